@@ -1,0 +1,590 @@
+"""Comparison tables: the one documented input format, its validation and its encoding.
+
+A comparison table is long format, one row per judgement:
+
+``annotator``
+    Who made the judgement (any hashable id). Optional: without it every row is its own
+    anonymous annotator (the aggregate-data setting of the position paper).
+``group``
+    Optional observed subgroup label (strings or integers).
+``y``
+    The outcome: ``1`` option a preferred, ``0`` option b preferred, ``0.5`` a tie
+    (booleans are read as 1 / 0).
+options, in one of two forms
+    * **attributes**: columns ``a_<name>`` and ``b_<name>`` for the same set of names, giving each
+      option's attribute vector; P(a > b | theta) = logistic((a - b)' theta).
+    * **items**: columns ``item_a`` and ``item_b`` naming items. Without an item table each item
+      gets an ability, identified by fixing a reference item's ability at 0 (the first item in
+      sorted order unless ``reference=`` names one; BradleyTerry2's ``refcat`` convention). With an
+      item-feature table (index = item id, numeric columns) the utility is linear in the features.
+``order``
+    Optional presentation order: ``1`` option a was shown first, ``0`` option b was.
+``pair``
+    Optional id of the option pair (kept for per-pair checks and held-out splits).
+
+Every problem is raised as :class:`~pluralstan.errors.PluralstanError` naming the column, value
+or row, before any Stan code runs. Encoding to Stan's data lives here, in :meth:`Comparisons.cells`
+and :meth:`Comparisons.design`: identical judgements collapse to counts per distinct cell
+(attribute difference, order, and optionally group or annotator) before they reach Stan.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from .errors import IdentificationWarning, PluralstanError
+
+#: Column names with a fixed meaning.
+RESERVED = ("annotator", "group", "y", "item_a", "item_b", "order", "pair")
+#: Outcome codes used in cells: column index of each outcome in the count matrix.
+OUTCOMES = ("b", "a", "tie")
+
+Mode = Literal["attributes", "items"]
+
+
+def _rows(mask: np.ndarray | pd.Series, index: pd.Index, limit: int = 5) -> str:
+    """Describe the first few offending rows of a boolean mask."""
+    bad = list(index[np.asarray(mask, dtype=bool)][:limit])
+    total = int(np.asarray(mask, dtype=bool).sum())
+    more = f" (and {total - len(bad)} more)" if total > len(bad) else ""
+    return f"row{'s' if total > 1 else ''} {', '.join(map(str, bad))}{more}"
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, what: str) -> np.ndarray:
+    """Return a finite float column or raise naming the column and the first bad rows."""
+    series = frame[column]
+    if series.dtype == bool:
+        series = series.astype(float)
+    values = pd.to_numeric(series, errors="coerce")
+    non_numeric = values.isna() & series.notna()
+    if non_numeric.any():
+        first = series[non_numeric].iloc[0]
+        raise PluralstanError(
+            f"{what} column {column!r} has a non-numeric value {first!r} at "
+            f"{_rows(non_numeric, frame.index)}; {what} values must be numbers"
+        )
+    arr = values.to_numpy(dtype=float)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise PluralstanError(
+            f"{what} column {column!r} has a missing or infinite value at "
+            f"{_rows(bad, frame.index)}; every {what} value must be a finite number"
+        )
+    return arr
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Judgements collapsed to counts per distinct cell.
+
+    Attributes
+    ----------
+    X
+        ``(C, P)`` attribute difference a - b of each cell.
+    order
+        ``(C,)`` +1 (a shown first), -1 (b shown first) or 0 (unknown).
+    counts
+        ``(C, 3)`` judgements per cell preferring b, preferring a, tied (see :data:`OUTCOMES`).
+    group
+        ``(C,)`` 0-based group code per cell, or ``None`` when cells pool the groups.
+    annotator
+        ``(C,)`` 0-based annotator code per cell, or ``None``.
+    cell_of_row, outcome_of_row
+        ``(N,)`` the cell and outcome code (0 b, 1 a, 2 tie) of every judgement, to expand
+        cell-level quantities back to judgements.
+    """
+
+    X: np.ndarray
+    order: np.ndarray
+    counts: np.ndarray
+    group: np.ndarray | None
+    annotator: np.ndarray | None
+    cell_of_row: np.ndarray
+    outcome_of_row: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        """Number of distinct cells."""
+        return int(self.X.shape[0])
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """A validated comparison table (see the module docstring for the format).
+
+    Build it with :meth:`from_frame` or :func:`read_csv`; the constructor does not validate.
+
+    Attributes
+    ----------
+    frame
+        The judgements with canonical columns: ``annotator``, ``y``, optional ``group`` /
+        ``order`` and either ``a_*`` / ``b_*`` or ``item_a`` / ``item_b``.
+    mode
+        ``"attributes"`` or ``"items"``.
+    attributes
+        Names of the design columns (the coordinates of theta).
+    items
+        Item-feature table (items mode with features), else ``None``.
+    item_levels
+        Sorted item ids (items mode), else ``()``.
+    reference
+        The reference item whose ability is fixed at 0 (items mode without features).
+    annotators
+        Optional annotator covariate table, indexed by annotator id.
+    """
+
+    frame: pd.DataFrame
+    mode: Mode
+    attributes: tuple[str, ...]
+    items: pd.DataFrame | None = None
+    item_levels: tuple[Hashable, ...] = ()
+    reference: Hashable | None = None
+    annotators: pd.DataFrame | None = None
+    truth: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        *,
+        items: pd.DataFrame | None = None,
+        annotators: pd.DataFrame | None = None,
+        reference: Hashable | None = None,
+        warn_unidentified: bool = True,
+        truth: dict[str, np.ndarray] | None = None,
+    ) -> Comparisons:
+        """Validate a long-format table and return a :class:`Comparisons`.
+
+        Parameters
+        ----------
+        frame
+            One row per judgement (see the module docstring).
+        items
+            Optional item-feature table for items mode: index (or an ``item`` column) = item id,
+            numeric feature columns.
+        annotators
+            Optional annotator covariate table: index (or an ``annotator`` column) = annotator
+            id; used by covariate-informed mixing.
+        reference
+            Items mode without features: the item whose ability is fixed at 0.
+        warn_unidentified
+            Warn (:class:`~pluralstan.errors.IdentificationWarning`) about coordinates the
+            design cannot identify.
+        truth
+            Known generating parameters (set by the simulators), carried along for checks.
+
+        Raises
+        ------
+        PluralstanError
+            Naming the column, value or row at fault.
+        """
+        if not isinstance(frame, pd.DataFrame):
+            raise PluralstanError(
+                f"comparisons must be a pandas DataFrame, got {type(frame).__name__}"
+            )
+        if len(frame) == 0:
+            raise PluralstanError("the comparison table is empty: it needs at least one judgement")
+        frame = frame.reset_index(drop=True)
+        frame.index = pd.RangeIndex(len(frame))
+        out = pd.DataFrame(index=frame.index)
+
+        # outcome
+        if "y" not in frame.columns:
+            raise PluralstanError(
+                f"missing outcome column 'y' (1 = a preferred, 0 = b preferred, 0.5 = tie); "
+                f"columns present: {list(frame.columns)}"
+            )
+        y = _numeric_column(frame, "y", "outcome")
+        bad = ~np.isin(y, (0.0, 0.5, 1.0))
+        if bad.any():
+            raise PluralstanError(
+                f"outcome column 'y' has value {y[bad][0]!r} at {_rows(bad, frame.index)}; "
+                "accepted: 1 (a preferred), 0 (b preferred), 0.5 (tie)"
+            )
+        out["y"] = y
+
+        # annotator and group ids
+        if "annotator" in frame.columns:
+            _check_ids(frame, "annotator")
+            out["annotator"] = frame["annotator"].to_numpy()
+        else:
+            out["annotator"] = np.arange(len(frame))
+        if "group" in frame.columns:
+            _check_ids(frame, "group")
+            out["group"] = frame["group"].to_numpy()
+        if "order" in frame.columns:
+            order = _numeric_column(frame, "order", "order")
+            bad = ~np.isin(order, (0.0, 1.0))
+            if bad.any():
+                raise PluralstanError(
+                    f"column 'order' has value {order[bad][0]!r} at {_rows(bad, frame.index)}; "
+                    "accepted: 1 (option a shown first), 0 (option b shown first)"
+                )
+            out["order"] = order
+        if "pair" in frame.columns:
+            _check_ids(frame, "pair")
+            out["pair"] = frame["pair"].to_numpy()
+
+        # options
+        a_cols = [c for c in frame.columns if isinstance(c, str) and c.startswith("a_")]
+        b_cols = [c for c in frame.columns if isinstance(c, str) and c.startswith("b_")]
+        has_items = "item_a" in frame.columns or "item_b" in frame.columns
+        if has_items and (a_cols or b_cols):
+            raise PluralstanError(
+                "the table has both item columns ('item_a'/'item_b') and attribute columns "
+                f"({(a_cols + b_cols)[:4]}...); describe options one way only"
+            )
+        if has_items:
+            mode: Mode = "items"
+            attrs, item_table, levels, ref = _validate_items(frame, out, items, reference)
+        elif a_cols or b_cols:
+            mode = "attributes"
+            attrs = _validate_attributes(frame, out, a_cols, b_cols)
+            item_table, levels, ref = None, (), None
+            if items is not None:
+                raise PluralstanError(
+                    "an item table was given but the comparisons describe options by attribute "
+                    "columns a_*/b_*; give 'item_a'/'item_b' columns to use an item table"
+                )
+        else:
+            raise PluralstanError(
+                "no option columns: give either 'item_a' and 'item_b' (item ids) or matching "
+                f"attribute columns 'a_<name>' and 'b_<name>'; columns present: {list(frame.columns)}"
+            )
+        ann_table = None
+        if annotators is not None:
+            ann_table = _validate_annotators(annotators, out["annotator"])
+        comps = cls(out, mode, attrs, item_table, levels, ref, ann_table, truth)
+        if warn_unidentified:
+            comps.check_identification()
+        return comps
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n(self) -> int:
+        """Number of judgements."""
+        return len(self.frame)
+
+    @property
+    def has_ties(self) -> bool:
+        """Whether any judgement is a tie."""
+        return bool((self.frame["y"] == 0.5).any())
+
+    @property
+    def has_order(self) -> bool:
+        """Whether presentation order is recorded."""
+        return "order" in self.frame.columns
+
+    @property
+    def has_groups(self) -> bool:
+        """Whether subgroup labels are present."""
+        return "group" in self.frame.columns
+
+    @property
+    def group_levels(self) -> tuple[Hashable, ...]:
+        """Sorted distinct group labels (empty when unlabeled)."""
+        if not self.has_groups:
+            return ()
+        return tuple(pd.unique(self.frame["group"].sort_values()))
+
+    @property
+    def annotator_levels(self) -> tuple[Hashable, ...]:
+        """Distinct annotator ids in order of first appearance."""
+        return tuple(pd.unique(self.frame["annotator"]))
+
+    def codes(self, column: Literal["group", "annotator"]) -> np.ndarray:
+        """0-based integer codes of ``group`` (sorted levels) or ``annotator`` (first seen)."""
+        if column == "group":
+            if not self.has_groups:
+                raise PluralstanError("this table has no 'group' column (subgroup labels)")
+            levels = self.group_levels
+        else:
+            levels = self.annotator_levels
+        return pd.Index(levels).get_indexer(self.frame[column]).astype(np.int64)
+
+    # ------------------------------------------------------------------ encoding
+    def design(self) -> np.ndarray:
+        """``(N, P)`` attribute difference a - b per judgement (columns = :attr:`attributes`)."""
+        if self.mode == "attributes":
+            a = self.frame[[f"a_{n}" for n in self.attributes]].to_numpy(float)
+            b = self.frame[[f"b_{n}" for n in self.attributes]].to_numpy(float)
+            return a - b
+        if self.items is not None:
+            feats = self.items.loc[:, list(self.attributes)]
+            return (
+                feats.loc[self.frame["item_a"]].to_numpy(float)
+                - feats.loc[self.frame["item_b"]].to_numpy(float)
+            )
+        cols = pd.Index(self.attributes)
+        n = len(self.frame)
+        X = np.zeros((n, len(cols)))
+        ia = cols.get_indexer(self.frame["item_a"])
+        ib = cols.get_indexer(self.frame["item_b"])
+        rows = np.arange(n)
+        X[rows[ia >= 0], ia[ia >= 0]] += 1.0  # the reference item has no column
+        X[rows[ib >= 0], ib[ib >= 0]] -= 1.0
+        return X
+
+    def order_sign(self) -> np.ndarray:
+        """``(N,)`` +1 when a was shown first, -1 when b was, 0 when not recorded."""
+        if not self.has_order:
+            return np.zeros(self.n)
+        return 2.0 * self.frame["order"].to_numpy(float) - 1.0
+
+    def outcome_codes(self) -> np.ndarray:
+        """``(N,)`` outcome code per judgement: 0 b preferred, 1 a preferred, 2 tie."""
+        y = self.frame["y"].to_numpy(float)
+        return np.where(y == 0.5, 2, y.astype(np.int64)).astype(np.int64)
+
+    def cells(self, by: Sequence[Literal["group", "annotator"]] = ()) -> Cells:
+        """Collapse judgements to counts per distinct cell.
+
+        A cell is a distinct (attribute difference, order[, group][, annotator]) combination;
+        the likelihood of every judgement in a cell depends only on the cell, so the counts
+        are sufficient statistics.
+
+        Parameters
+        ----------
+        by
+            Extra keys that split cells: ``"group"`` (labeled models), ``"annotator"``.
+        """
+        X = self.design()
+        order = self.order_sign()
+        keys = [X, order[:, None]]
+        codes = {col: self.codes(col) for col in by}
+        keys += [codes[col][:, None].astype(float) for col in by]
+        key = np.hstack(keys)
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        # number cells in order of first appearance, so the encoding is stable under sorting
+        rank = np.empty_like(first)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        cell_of_row = rank[inverse]
+        first_sorted = np.sort(first)
+        outcome = self.outcome_codes()
+        counts = np.zeros((len(first), 3), dtype=np.int64)
+        np.add.at(counts, (cell_of_row, outcome), 1)
+        return Cells(
+            X=X[first_sorted],
+            order=order[first_sorted],
+            counts=counts,
+            group=codes["group"][first_sorted] if "group" in codes else None,
+            annotator=codes["annotator"][first_sorted] if "annotator" in codes else None,
+            cell_of_row=cell_of_row.astype(np.int64),
+            outcome_of_row=outcome,
+        )
+
+    # ------------------------------------------------------------------ checks
+    def check_identification(self) -> list[str]:
+        """Warn about coordinates the design cannot identify; return their names.
+
+        A coordinate of theta is unidentified when its column of the design (a - b) is zero in
+        every judgement: the likelihood is flat along it and its posterior is its prior. In
+        items mode without features, items that are never compared, directly or through other
+        items, with the reference item are unidentified too.
+        """
+        X = self.design()
+        flat = [name for name, col in zip(self.attributes, X.T, strict=True) if not np.any(col)]
+        if self.mode == "items" and self.items is None:
+            flat = sorted(set(flat) | set(_disconnected_items(self)), key=str)
+        if flat:
+            warnings.warn(
+                f"the design cannot identify {len(flat)} coordinate(s) of theta: {flat[:10]}"
+                f"{' ...' if len(flat) > 10 else ''}; no judgement separates the options along "
+                "them (their a - b difference is always 0 or they are not connected to the "
+                "reference), so their posterior will simply be their prior",
+                IdentificationWarning,
+                stacklevel=3,
+            )
+        return flat
+
+    def subset(self, rows: np.ndarray | Sequence[int]) -> Comparisons:
+        """The same table restricted to ``rows`` (positions), keeping levels and item tables."""
+        frame = self.frame.iloc[np.asarray(rows)].reset_index(drop=True)
+        if len(frame) == 0:
+            raise PluralstanError("the selected subset of the comparison table is empty")
+        ann = self.annotators
+        if ann is not None:
+            ann = ann.loc[ann.index.isin(frame["annotator"])]
+        return Comparisons(frame, self.mode, self.attributes, self.items, self.item_levels,
+                           self.reference, ann, self.truth)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The canonical long table (a copy), e.g. to write as CSV."""
+        return self.frame.copy()
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_ids(frame: pd.DataFrame, column: str) -> None:
+    missing = frame[column].isna()
+    if missing.any():
+        raise PluralstanError(
+            f"column {column!r} has a missing id at {_rows(missing, frame.index)}; every row "
+            f"needs a {column} id"
+        )
+
+
+def _validate_attributes(
+    frame: pd.DataFrame, out: pd.DataFrame, a_cols: list[str], b_cols: list[str]
+) -> tuple[str, ...]:
+    a_names = [c[2:] for c in a_cols]
+    b_names = [c[2:] for c in b_cols]
+    only_a = sorted(set(a_names) - set(b_names))
+    only_b = sorted(set(b_names) - set(a_names))
+    if only_a or only_b:
+        raise PluralstanError(
+            "options a and b have different feature sets: "
+            + "; ".join(
+                s
+                for s in (
+                    f"a_{only_a[0]!s} has no matching b_{only_a[0]!s}" if only_a else "",
+                    f"b_{only_b[0]!s} has no matching a_{only_b[0]!s}" if only_b else "",
+                )
+                if s
+            )
+            + "; every attribute needs both an a_<name> and a b_<name> column"
+        )
+    for name in a_names:
+        out[f"a_{name}"] = _numeric_column(frame, f"a_{name}", "attribute")
+        out[f"b_{name}"] = _numeric_column(frame, f"b_{name}", "attribute")
+    return tuple(a_names)
+
+
+def _validate_items(
+    frame: pd.DataFrame,
+    out: pd.DataFrame,
+    items: pd.DataFrame | None,
+    reference: Hashable | None,
+) -> tuple[tuple[str, ...], pd.DataFrame | None, tuple[Hashable, ...], Hashable | None]:
+    for col in ("item_a", "item_b"):
+        if col not in frame.columns:
+            raise PluralstanError(f"items mode needs both 'item_a' and 'item_b'; {col!r} is missing")
+        _check_ids(frame, col)
+        out[col] = frame[col].to_numpy()
+    same = (frame["item_a"] == frame["item_b"]).to_numpy()
+    if same.any():
+        raise PluralstanError(
+            f"item {frame['item_a'][same].iloc[0]!r} is compared with itself at "
+            f"{_rows(same, frame.index)}; item_a and item_b must differ"
+        )
+    used = pd.unique(pd.concat([frame["item_a"], frame["item_b"]], ignore_index=True))
+    levels = tuple(sorted(used, key=lambda v: (str(type(v)), v)))
+    if items is None:
+        ref = levels[0] if reference is None else reference
+        if ref not in levels:
+            raise PluralstanError(
+                f"reference item {reference!r} does not appear in item_a or item_b; "
+                f"items present: {list(levels)[:10]}"
+            )
+        return tuple(str(v) for v in levels if v != ref), None, levels, ref
+    table = items.set_index("item") if "item" in items.columns else items
+    if table.index.has_duplicates:
+        dup = table.index[table.index.duplicated()][0]
+        raise PluralstanError(f"item table lists item {dup!r} more than once; item ids must be unique")
+    unknown = [v for v in levels if v not in table.index]
+    if unknown:
+        raise PluralstanError(
+            f"item {unknown[0]!r} appears in the comparisons but not in the item table "
+            f"({len(unknown)} unknown item(s)); add a row for it"
+        )
+    if table.shape[1] == 0:
+        raise PluralstanError("the item table has no feature columns")
+    checked = pd.DataFrame(
+        {c: _numeric_column(table.reset_index(drop=True), c, "item feature") for c in table.columns},
+        index=table.index,
+    )
+    checked.columns = [str(c) for c in checked.columns]
+    return tuple(checked.columns), checked, levels, None
+
+
+def _validate_annotators(table: pd.DataFrame, annotator: pd.Series) -> pd.DataFrame:
+    table = table.set_index("annotator") if "annotator" in table.columns else table
+    if table.index.has_duplicates:
+        dup = table.index[table.index.duplicated()][0]
+        raise PluralstanError(
+            f"annotator table lists annotator {dup!r} more than once; ids must be unique"
+        )
+    seen = pd.Index(pd.unique(annotator))
+    missing = seen.difference(table.index)
+    if len(missing):
+        raise PluralstanError(
+            f"annotator {missing[0]!r} has judgements but no row in the annotator table "
+            f"({len(missing)} missing)"
+        )
+    idle = table.index.difference(seen)
+    if len(idle):
+        raise PluralstanError(
+            f"annotator {idle[0]!r} is in the annotator table but has no judgements "
+            f"({len(idle)} such annotator(s)); drop them or add their judgements"
+        )
+    for col in table.columns:
+        na = table[col].isna().to_numpy()
+        if na.any():
+            who = table.index[na][0]
+            raise PluralstanError(
+                f"annotator covariate {col!r} is missing for annotator {who!r} "
+                f"({int(na.sum())} missing value(s)); impute or drop them before fitting"
+            )
+    return table.loc[list(seen)]
+
+
+def _disconnected_items(comps: Comparisons) -> list[str]:
+    """Items not connected to the reference item through the comparison graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    idx = pd.Index(comps.item_levels)
+    a = idx.get_indexer(comps.frame["item_a"])
+    b = idx.get_indexer(comps.frame["item_b"])
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(idx), len(idx)))
+    _, label = connected_components(graph, directed=False)
+    ref = label[idx.get_loc(comps.reference)]
+    return [str(v) for v, lab in zip(idx, label, strict=True) if lab != ref]
+
+
+def read_csv(
+    path: str | Path,
+    *,
+    items: str | Path | pd.DataFrame | None = None,
+    annotators: str | Path | pd.DataFrame | None = None,
+    reference: Hashable | None = None,
+) -> Comparisons:
+    """Read and validate a comparison table (and optional item / annotator tables) from CSV.
+
+    Raises
+    ------
+    PluralstanError
+        When a file does not exist, is not CSV, or fails validation.
+    """
+    frame = _read_table(path, "comparison table")
+    item_frame = _read_table(items, "item table") if isinstance(items, str | Path) else items
+    ann_frame = (
+        _read_table(annotators, "annotator table")
+        if isinstance(annotators, str | Path)
+        else annotators
+    )
+    return Comparisons.from_frame(frame, items=item_frame, annotators=ann_frame, reference=reference)
+
+
+def _read_table(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise PluralstanError(f"{what} file {str(path)!r} does not exist")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise PluralstanError(f"{what} file {str(path)!r} is not a readable CSV file: {err}") from err
+    if frame.shape[1] < 2:
+        raise PluralstanError(
+            f"{what} file {str(path)!r} parsed to {frame.shape[1]} column(s); is it a "
+            "comma-separated file with a header row?"
+        )
+    return frame

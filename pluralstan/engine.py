@@ -1,0 +1,353 @@
+"""The engine seam: one small interface, two Stan back ends.
+
+pluralstan talks to Stan through :class:`Engine`. Two adapters implement it:
+
+* :class:`PyStanEngine` - PyStan 3 / httpstan, installed from PyPI alone (the wheel carries stanc,
+  the Stan headers, Sundials and TBB and compiles with the system C++ compiler). The default.
+* :class:`CmdStanEngine` - cmdstanpy, used when a CmdStan installation is found.
+
+Both return a :class:`Draws` object (arrays shaped ``(chain, draw, *shape)`` for every Stan
+variable plus sampler statistics under ArviZ names), so every InferenceData is built by one
+function whichever engine ran. Choose with ``backend="auto" | "pystan" | "cmdstanpy"`` or the
+``PLURALSTAN_BACKEND`` environment variable.
+
+Compiled models are cached per machine and program text (PyStan: httpstan's cache; cmdstanpy:
+executables under ``~/.cache/pluralstan/cmdstan``). Builds take a per-program file lock so that
+several processes fitting the same model at once compile it once and never see a half-written
+cache entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import PluralstanError
+
+#: Environment variable that forces a back end ("pystan" or "cmdstanpy").
+BACKEND_ENV = "PLURALSTAN_BACKEND"
+
+#: ArviZ's names for Stan's sampler diagnostics.
+SAMPLE_STATS = {
+    "lp__": "lp",
+    "accept_stat__": "acceptance_rate",
+    "stepsize__": "step_size",
+    "treedepth__": "tree_depth",
+    "n_leapfrog__": "n_steps",
+    "divergent__": "diverging",
+    "energy__": "energy",
+}
+
+
+def cache_root() -> Path:
+    """Directory for pluralstan's own caches (locks, CmdStan executables)."""
+    base = os.environ.get("PLURALSTAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pluralstan"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class StanProgram:
+    """A Stan program: its name and its source text."""
+
+    name: str
+    code: str
+
+    @property
+    def sha(self) -> str:
+        """SHA-256 of the program text (recorded in every output for provenance)."""
+        return hashlib.sha256(self.code.encode()).hexdigest()
+
+
+@dataclass
+class SamplerConfig:
+    """NUTS settings shared by both engines."""
+
+    chains: int = 4
+    draws: int = 1000
+    warmup: int = 1000
+    seed: int = 1
+    adapt_delta: float = 0.8
+    max_treedepth: int = 10
+    thin: int = 1
+
+    def validate(self) -> None:
+        """Raise :class:`PluralstanError` for settings no engine accepts."""
+        for name in ("chains", "draws", "thin", "max_treedepth"):
+            if int(getattr(self, name)) < 1:
+                raise PluralstanError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if int(self.warmup) < 0:
+            raise PluralstanError(f"warmup must be >= 0, got {self.warmup!r}")
+        if not 0.0 < float(self.adapt_delta) < 1.0:
+            raise PluralstanError(f"adapt_delta must lie in (0, 1), got {self.adapt_delta!r}")
+        if not 0 <= int(self.seed) < 2**31:
+            raise PluralstanError(f"seed must be an integer in [0, 2**31), got {self.seed!r}")
+
+
+@dataclass
+class Draws:
+    """Engine-neutral output of one sampling run.
+
+    Attributes
+    ----------
+    variables
+        Every Stan variable (parameters, transformed parameters, generated quantities) as an
+        array shaped ``(chain, draw, *shape)``.
+    sample_stats
+        Sampler statistics under ArviZ names, each ``(chain, draw)``.
+    engine, engine_version
+        Which adapter produced the draws.
+    build_seconds, sample_seconds
+        Wall time spent building (compiling or loading from cache) and sampling.
+    compiled
+        Whether this call compiled the program (False: it came from the cache).
+    """
+
+    variables: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    engine: str
+    engine_version: str
+    build_seconds: float = 0.0
+    sample_seconds: float = 0.0
+    compiled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """What pluralstan needs from a Stan back end."""
+
+    name: str
+
+    @property
+    def version(self) -> str:  # pragma: no cover - protocol
+        """Version string of the back end."""
+
+    def is_cached(self, program: StanProgram) -> bool:  # pragma: no cover - protocol
+        """Whether ``program`` is already compiled on this machine."""
+
+    def sample(
+        self, program: StanProgram, data: dict[str, Any], config: SamplerConfig
+    ) -> Draws:  # pragma: no cover - protocol
+        """Run NUTS and return the draws."""
+
+
+@contextlib.contextmanager
+def build_lock(program: StanProgram, engine: str) -> Iterator[None]:
+    """Hold an exclusive per-program lock while a program is compiled or loaded.
+
+    Processes that build the same program serialise here; the second one then finds the cached
+    build instead of compiling again or reading a half-written one.
+    """
+    lock_dir = cache_root() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{engine}-{program.sha[:16]}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
+    """Turn PyStan's ``(*shape, draw * chain)`` (draw-major) into ``(chain, draw, *shape)``."""
+    shape = flat.shape[:-1]
+    arr = flat.reshape(*shape, flat.shape[-1] // chains, chains)  # (*shape, draw, chain)
+    return np.moveaxis(arr, (-1, -2), (0, 1))
+
+
+class PyStanEngine:
+    """PyStan 3 adapter (the embedded default)."""
+
+    name = "pystan"
+
+    @property
+    def version(self) -> str:
+        """``pystan/httpstan`` versions."""
+        import httpstan
+        import stan
+
+        return f"pystan {stan.__version__} / httpstan {httpstan.__version__}"
+
+    def is_cached(self, program: StanProgram) -> bool:
+        """Whether httpstan's cache holds a compiled module for ``program``."""
+        import httpstan.cache
+        import httpstan.models
+
+        model_dir = httpstan.cache.model_directory(
+            httpstan.models.calculate_model_name(program.code)
+        )
+        return model_dir.is_dir() and any(p.suffix == ".so" for p in model_dir.iterdir())
+
+    def sample(self, program: StanProgram, data: dict[str, Any], config: SamplerConfig) -> Draws:
+        """Build (or load from cache) and sample with PyStan."""
+        import stan
+
+        t0 = time.perf_counter()
+        with build_lock(program, self.name):
+            compiled = not self.is_cached(program)
+            # PyStan reports build progress on stdout/stderr; keep it out of user output
+            # unless a compile is actually happening.
+            sink = io.StringIO()
+            with contextlib.ExitStack() as stack:
+                if not compiled:
+                    stack.enter_context(contextlib.redirect_stdout(sink))
+                    stack.enter_context(contextlib.redirect_stderr(sink))
+                model = stan.build(program.code, data=data, random_seed=int(config.seed))
+        t1 = time.perf_counter()
+        fit = model.sample(
+            num_chains=int(config.chains),
+            num_samples=int(config.draws),
+            num_warmup=int(config.warmup),
+            num_thin=int(config.thin),
+            delta=float(config.adapt_delta),
+            max_depth=int(config.max_treedepth),
+        )
+        t2 = time.perf_counter()
+        n_total = np.asarray(fit["lp__"]).size
+        variables = {
+            name: _stack_chains(np.asarray(fit[name]).reshape(*dims, n_total), fit.num_chains)
+            for name, dims in zip(fit.param_names, fit.dims, strict=True)
+        }
+        stats = {
+            arviz_name: _stack_chains(np.asarray(fit[stan_name]).reshape(-1), fit.num_chains)
+            for stan_name, arviz_name in SAMPLE_STATS.items()
+            if stan_name in fit.sample_and_sampler_param_names
+        }
+        return Draws(variables, _cast_stats(stats), self.name, self.version, t1 - t0, t2 - t1,
+                     compiled)
+
+
+class CmdStanEngine:
+    """cmdstanpy adapter, used when a CmdStan installation is present.
+
+    Written against cmdstanpy's documented API (``CmdStanModel``, ``CmdStanMCMC.stan_variables``,
+    ``method_variables``); executables are cached under ``~/.cache/pluralstan/cmdstan/<sha>``.
+    """
+
+    name = "cmdstanpy"
+
+    @property
+    def version(self) -> str:
+        """``cmdstanpy/CmdStan`` versions."""
+        import cmdstanpy
+
+        return f"cmdstanpy {cmdstanpy.__version__} / cmdstan {cmdstanpy.cmdstan_version()}"
+
+    def _stan_file(self, program: StanProgram) -> Path:
+        folder = cache_root() / "cmdstan" / program.sha[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{program.name}.stan"
+        if not path.exists():
+            tmp = path.with_suffix(".stan.tmp")
+            tmp.write_text(program.code)
+            tmp.replace(path)
+        return path
+
+    def is_cached(self, program: StanProgram) -> bool:
+        """Whether the executable for ``program`` exists."""
+        return self._stan_file(program).with_suffix("").exists()
+
+    def sample(self, program: StanProgram, data: dict[str, Any], config: SamplerConfig) -> Draws:
+        """Compile (once) and sample with CmdStan."""
+        import cmdstanpy
+
+        t0 = time.perf_counter()
+        with build_lock(program, self.name):
+            compiled = not self.is_cached(program)
+            model = cmdstanpy.CmdStanModel(
+                stan_file=str(self._stan_file(program)), stanc_options={"O1": True}
+            )
+        t1 = time.perf_counter()
+        fit = model.sample(
+            data=data,
+            chains=int(config.chains),
+            iter_sampling=int(config.draws),
+            iter_warmup=int(config.warmup),
+            thin=int(config.thin),
+            seed=int(config.seed),
+            adapt_delta=float(config.adapt_delta),
+            max_treedepth=int(config.max_treedepth),
+            show_progress=False,
+        )
+        t2 = time.perf_counter()
+        variables = {
+            name: np.asarray(fit.stan_variable(name)).reshape(
+                int(config.chains), -1, *np.shape(fit.stan_variable(name))[1:]
+            )
+            for name in fit.metadata.stan_vars
+        }
+        methods = fit.method_variables()
+        stats = {
+            arviz_name: np.asarray(methods[stan_name]).T
+            for stan_name, arviz_name in SAMPLE_STATS.items()
+            if stan_name in methods
+        }
+        return Draws(variables, _cast_stats(stats), self.name, self.version, t1 - t0, t2 - t1,
+                     compiled)
+
+
+def _cast_stats(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Give sampler statistics the dtypes ArviZ expects (bool divergences, int depths)."""
+    out = dict(stats)
+    if "diverging" in out:
+        out["diverging"] = out["diverging"].astype(bool)
+    for key in ("tree_depth", "n_steps"):
+        if key in out:
+            out[key] = out[key].astype(np.int64)
+    return out
+
+
+@cache
+def cmdstan_available() -> bool:
+    """Whether cmdstanpy finds a CmdStan installation (``CMDSTAN`` or its default folder)."""
+    try:
+        import cmdstanpy
+
+        return bool(cmdstanpy.cmdstan_path()) and shutil.which("make") is not None
+    except Exception:  # cmdstanpy raises ValueError / RuntimeError when none is installed
+        return False
+
+
+def get_engine(backend: str | None = "auto") -> Engine:
+    """Return the engine for ``backend``.
+
+    Parameters
+    ----------
+    backend
+        ``"auto"`` (cmdstanpy when CmdStan is installed, PyStan otherwise), ``"pystan"`` or
+        ``"cmdstanpy"``. ``None`` or ``"auto"`` defer to ``$PLURALSTAN_BACKEND`` when set.
+    """
+    choice = (backend or "auto").lower()
+    if choice == "auto":
+        choice = os.environ.get(BACKEND_ENV, "auto").lower() or "auto"
+    if choice == "auto":
+        choice = "cmdstanpy" if cmdstan_available() else "pystan"
+    if choice == "pystan":
+        return PyStanEngine()
+    if choice == "cmdstanpy":
+        if not cmdstan_available():
+            raise PluralstanError(
+                "backend='cmdstanpy' needs a CmdStan installation, and none was found "
+                "(set CMDSTAN or run `python -m cmdstanpy.install_cmdstan` on a networked "
+                "machine); use backend='pystan', which needs nothing beyond PyPI"
+            )
+        return CmdStanEngine()
+    raise PluralstanError(
+        f"unknown backend {backend!r} (from the argument or ${BACKEND_ENV}); "
+        "accepted: 'auto', 'pystan', 'cmdstanpy'"
+    )

@@ -1,0 +1,20 @@
+"""The project's own exception and warning types.
+
+Every problem pluralstan detects in user input is raised as :class:`PluralstanError` (a
+``ValueError``) *before* any Stan code runs, with a message that names the column, value or row
+at fault and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+
+class PluralstanError(ValueError):
+    """Invalid input or an unusable result, detected by pluralstan itself."""
+
+
+class IdentificationWarning(UserWarning):
+    """The design cannot identify some parameter: its posterior will be its prior."""
+
+
+class DiagnosticWarning(UserWarning):
+    """A fit failed a sampler diagnostic (divergences, R-hat, ESS, E-BFMI, label switching)."""

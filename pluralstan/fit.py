@@ -1,0 +1,144 @@
+"""``pluralstan.fit``: encode, sample with the chosen engine, build and check the InferenceData."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import pandas as pd
+
+from . import diagnostics
+from .data import Comparisons
+from .engine import SamplerConfig, get_engine
+from .errors import PluralstanError
+from .inference import provenance, to_inference_data
+from .models import get_model
+
+
+def as_comparisons(comps: Comparisons | pd.DataFrame) -> Comparisons:
+    """Accept a validated table or a raw DataFrame (validated here)."""
+    if isinstance(comps, Comparisons):
+        return comps
+    if isinstance(comps, pd.DataFrame):
+        return Comparisons.from_frame(comps)
+    raise PluralstanError(
+        f"comparisons must be a pluralstan Comparisons or a pandas DataFrame, got "
+        f"{type(comps).__name__}"
+    )
+
+
+def fit(
+    model: str,
+    comps: Comparisons | pd.DataFrame,
+    *,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    seed: int = 1,
+    adapt_delta: float = 0.8,
+    max_treedepth: int = 10,
+    backend: str = "auto",
+    sample_prior: bool = False,
+    check: bool = True,
+    **options: Any,
+) -> az.InferenceData:
+    """Fit a registered model and return an :class:`arviz.InferenceData`.
+
+    Parameters
+    ----------
+    model
+        Registry name (``pluralstan models`` lists them), e.g. ``"aggregate"``.
+    comps
+        The judgements (:class:`~pluralstan.data.Comparisons` or a long DataFrame).
+    K
+        Number of mixture components, for the models that have them.
+    priors
+        Prior hyperparameters overriding the model's defaults (passed to Stan as data, so no
+        recompile).
+    chains, draws, warmup, seed, adapt_delta, max_treedepth
+        NUTS settings; the same seed, data and engine give identical draws.
+    backend
+        ``"auto"``, ``"pystan"`` or ``"cmdstanpy"`` (see :mod:`pluralstan.engine`).
+    sample_prior
+        Also run the program with the likelihood switched off and add ``prior`` and
+        ``prior_predictive`` groups.
+    check
+        Run :func:`pluralstan.diagnostics.check` and warn about failures.
+    **options
+        Model-specific options (e.g. ``ties=``, ``order=``, ``compress=`` for the aggregate model).
+
+    Returns
+    -------
+    arviz.InferenceData
+        Groups ``posterior``, ``posterior_predictive``, ``log_likelihood``, ``log_prior``,
+        ``sample_stats``, ``observed_data``, ``constant_data`` (and ``prior`` /
+        ``prior_predictive``), with named dims; provenance in every group's attributes.
+    """
+    spec = get_model(model)
+    comps = as_comparisons(comps)
+    if spec.needs_K and K is None:
+        raise PluralstanError(f"model {spec.name!r} needs the number of components K")
+    config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth)
+    config.validate()
+    enc = spec.encode(comps, K=K, priors=priors, **options)  # validates before any Stan code
+    engine = get_engine(backend)
+    program = spec.program
+    result = engine.sample(program, enc.data, config)
+    prior_draws = None
+    if sample_prior:
+        prior_draws = engine.sample(program, {**enc.data, "prior_only": 1}, config)
+    attrs = provenance(spec.name, program, result, comps, seed,
+                       {"K": K if K is not None else 0, "priors": _priors_of(enc.data),
+                        "max_treedepth": max_treedepth, **enc.extra_attrs})
+    idata = to_inference_data(result, enc, attrs, prior_draws)
+    if check:
+        diagnostics.check(idata, max_treedepth=max_treedepth)
+    return idata
+
+
+def _priors_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The prior hyperparameters in a Stan data dict (keys starting with ``prior_``)."""
+    out = {}
+    for key, value in data.items():
+        if key.startswith("prior_") and key != "prior_only":
+            out[key] = value.tolist() if hasattr(value, "tolist") else value
+    return out
+
+
+def save(idata: az.InferenceData, path: str | Path) -> Path:
+    """Write ``idata`` to NetCDF whole or not at all (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path) -> az.InferenceData:
+    """Read an InferenceData written by :func:`save`, with a clear error for other files."""
+    path = Path(path)
+    if not path.is_file():
+        raise PluralstanError(f"file {str(path)!r} does not exist")
+    try:
+        idata = az.from_netcdf(path, engine="h5netcdf")
+    except Exception as err:  # h5py / xarray raise many types for a non-NetCDF file
+        raise PluralstanError(
+            f"{str(path)!r} is not an InferenceData NetCDF file ({type(err).__name__}: {err})"
+        ) from err
+    if "posterior" not in idata.groups():
+        raise PluralstanError(
+            f"{str(path)!r} is a NetCDF file but holds no 'posterior' group; groups present: "
+            f"{list(idata.groups())}"
+        )
+    return idata

@@ -1,0 +1,122 @@
+"""Aggregate Bradley-Terry: one preference vector for everybody (``stan/aggregate_bt.stan``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..data import OUTCOMES, Comparisons
+from .base import Encoded, ModelSpec, broadcast_prior, expand_cells, merge_priors, register
+
+DEFAULT_PRIORS: dict[str, Any] = {
+    "theta_mean": 0.0,  # scalar or one value per attribute
+    "theta_sd": 2.5,  # weakly informative on the logit scale
+    "order_sd": 1.0,  # position effect gamma
+    "log_nu_mean": -1.0,  # Davidson tie parameter, log scale
+    "log_nu_sd": 1.5,
+}
+
+
+def encode(
+    comps: Comparisons,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    *,
+    ties: bool | None = None,
+    order: bool | None = None,
+    compress: bool = True,
+) -> Encoded:
+    """Encode a comparison table for the aggregate model.
+
+    Parameters
+    ----------
+    comps
+        The judgements; group and annotator ids are ignored (pooled).
+    K
+        Not used (the aggregate model has one component); accepted for a uniform API.
+    priors
+        Overrides of :data:`DEFAULT_PRIORS`.
+    ties
+        Model ties with Davidson's parameter; default: when the data contain ties.
+    order
+        Estimate a position effect; default: when the table records presentation order.
+    compress
+        Collapse identical judgements to counts (default). ``False`` keeps one cell per
+        judgement (the per-row form, same posterior; for checks and benchmarks).
+    """
+    p = merge_priors(DEFAULT_PRIORS, priors)
+    has_ties = comps.has_ties if ties is None else bool(ties)
+    if comps.has_ties and not has_ties:
+        from ..errors import PluralstanError
+
+        raise PluralstanError(
+            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
+            "or drop the tied rows"
+        )
+    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    cells = comps.cells()
+    if not compress:
+        cells = _one_cell_per_row(comps)
+    n_out = 2 + int(has_ties)
+    P = len(comps.attributes)
+    data = {
+        "C": cells.n_cells,
+        "P": P,
+        "X": cells.X,
+        "order": cells.order,
+        "has_ties": int(has_ties),
+        "has_order": int(has_order),
+        "y": cells.counts[:, :n_out],
+        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
+        "prior_theta_sd": broadcast_prior(p["theta_sd"], P, "theta_sd"),
+        "prior_order_sd": float(p["order_sd"]),
+        "prior_log_nu_mean": float(p["log_nu_mean"]),
+        "prior_log_nu_sd": float(p["log_nu_sd"]),
+        "prior_only": 0,
+    }
+    outcome = list(OUTCOMES[:n_out])
+    coords = {
+        "attribute": list(comps.attributes),
+        "cell": np.arange(cells.n_cells),
+        "outcome": outcome,
+        "comparison": np.arange(comps.n),
+    }
+    cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
+    return Encoded(
+        data=data,
+        coords=coords,
+        dims={"theta": ["attribute"], "y_rep": ["cell", "outcome"]},
+        observed={"y": cells.counts[:, :n_out]},
+        constant={"X": cells.X, "order": cells.order, "cell_of_row": cell_of_row},
+        predictive={"y_rep": "y"},
+        log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
+        log_lik_dims={"y": ["comparison"]},
+        drop=("log_p_cell",),
+        optional_scalars=("gamma", "log_nu"),
+        extra_attrs={"ties": int(has_ties), "order_effect": int(has_order),
+                     "compressed": int(compress)},
+    )
+
+
+def _one_cell_per_row(comps: Comparisons):
+    """The uncompressed encoding: each judgement is its own cell."""
+    from ..data import Cells
+
+    outcome = comps.outcome_codes()
+    counts = np.zeros((comps.n, 3), dtype=np.int64)
+    counts[np.arange(comps.n), outcome] = 1
+    return Cells(comps.design(), comps.order_sign(), counts, None, None,
+                 np.arange(comps.n), outcome)
+
+
+SPEC = register(
+    ModelSpec(
+        name="aggregate",
+        program_file="aggregate_bt.stan",
+        summary="Aggregate Bradley-Terry: one theta for the pooled population "
+        "(binomial sufficient statistics; optional Davidson ties and position effect)",
+        encode=encode,
+        default_priors=DEFAULT_PRIORS,
+    )
+)

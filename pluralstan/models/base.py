@@ -1,0 +1,176 @@
+"""The model registry: one entry per Stan program.
+
+A :class:`ModelSpec` names a program in ``stan/`` and an ``encode`` function that turns a
+:class:`~pluralstan.data.Comparisons` into an :class:`Encoded` bundle: the Stan data, the dims and
+coords of every output, the observed data, and how to build the log-likelihood group. The
+InferenceData builder (:mod:`pluralstan.inference`) is generic over these bundles, so each model
+states its layout once, here, and both engines produce the same InferenceData.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine import StanProgram
+from ..errors import PluralstanError
+
+LogLikFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class Encoded:
+    """Everything a fit needs besides the draws.
+
+    Attributes
+    ----------
+    data
+        The Stan data dictionary (priors included, ``prior_only`` = 0).
+    coords
+        Coordinate values for every named dim.
+    dims
+        Dims (beyond chain and draw) of Stan outputs, keyed by Stan variable name.
+    observed
+        The ``observed_data`` group; keys match the posterior-predictive names.
+    constant
+        The ``constant_data`` group (design, counts, indices).
+    predictive
+        Stan variable -> name in ``posterior_predictive`` (same as its observed counterpart).
+    log_lik
+        Function from the Stan outputs (``(chain, draw, ...)`` arrays) to the
+        ``log_likelihood`` group.
+    log_lik_dims
+        Dims of each ``log_likelihood`` variable.
+    drop
+        Stan outputs used internally (e.g. cell-level log probabilities), not kept.
+    optional_scalars
+        Stan outputs declared as ``array[flag] real``: kept as scalars when present.
+    label_dim
+        The dim indexing mixture components ("group"), when the model has one.
+    extra_attrs
+        Model-specific provenance written into the posterior attributes.
+    """
+
+    data: dict[str, Any]
+    coords: dict[str, Any]
+    dims: dict[str, list[str]]
+    observed: dict[str, np.ndarray]
+    constant: dict[str, np.ndarray]
+    predictive: dict[str, str]
+    log_lik: LogLikFn
+    log_lik_dims: dict[str, list[str]]
+    drop: tuple[str, ...] = ()
+    optional_scalars: tuple[str, ...] = ()
+    label_dim: str | None = None
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: a Stan program plus its encoder.
+
+    Attributes
+    ----------
+    name
+        Registry key used by :func:`pluralstan.fit`.
+    program_file
+        File name of the program in ``stan/``.
+    summary
+        One-line description for ``pluralstan models`` and the docs.
+    encode
+        ``encode(comps, K=None, priors=None, **options) -> Encoded``.
+    default_priors
+        Names and default values of the prior hyperparameters (all passed to Stan as data).
+    needs_K
+        Whether the model takes a number of mixture components ``K``.
+    """
+
+    name: str
+    program_file: str
+    summary: str
+    encode: Callable[..., Encoded]
+    default_priors: Mapping[str, Any]
+    needs_K: bool = False
+
+    @property
+    def program(self) -> StanProgram:
+        """The Stan program, read from the package's ``stan/`` folder."""
+        return load_program(self.program_file)
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (one entry per model name)."""
+    if spec.name in REGISTRY:
+        raise RuntimeError(f"model {spec.name!r} registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_model(name: str | ModelSpec) -> ModelSpec:
+    """Look a model up by name, with a clear error listing the known ones."""
+    if isinstance(name, ModelSpec):
+        return name
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise PluralstanError(
+            f"unknown model {name!r}; known models: {sorted(REGISTRY)}"
+        ) from None
+
+
+def stan_dir() -> Path:
+    """Folder holding the Stan programs (installed package data, or the source checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "stan", here.parent / "stan"):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeError(f"cannot find the Stan programs next to {here}")
+
+
+@cache
+def load_program(file_name: str) -> StanProgram:
+    """Read a program from :func:`stan_dir` (cached per process)."""
+    path = stan_dir() / file_name
+    return StanProgram(name=path.stem, code=path.read_text())
+
+
+def merge_priors(spec_defaults: Mapping[str, Any], priors: Mapping[str, Any] | None) -> dict:
+    """Overlay user priors on the defaults, rejecting unknown names."""
+    merged = dict(spec_defaults)
+    for key, value in (priors or {}).items():
+        if key not in merged:
+            raise PluralstanError(
+                f"unknown prior hyperparameter {key!r}; this model accepts {sorted(merged)}"
+            )
+        merged[key] = value
+    return merged
+
+
+def broadcast_prior(value: Any, size: int, name: str) -> np.ndarray:
+    """A scalar or length-``size`` prior hyperparameter as a float vector."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        return np.full(size, float(arr))
+    if arr.shape != (size,):
+        raise PluralstanError(
+            f"prior {name!r} must be a scalar or have length {size}, got shape {arr.shape}"
+        )
+    return arr
+
+
+def expand_cells(log_p_cell: np.ndarray, cell_of_row: np.ndarray, outcome_of_row: np.ndarray):
+    """Per-judgement log likelihood from cell-level outcome log probabilities.
+
+    ``log_p_cell`` is ``(chain, draw, C, n_outcomes)``; the result is ``(chain, draw, N)``.
+    Every judgement in a cell with the same outcome has the same log likelihood, so this is an
+    exact expansion of the sufficient-statistic form.
+    """
+    return log_p_cell[:, :, cell_of_row, outcome_of_row]

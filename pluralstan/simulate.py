@@ -1,0 +1,117 @@
+"""NumPy simulators that draw data from exactly the generative models of the Stan programs.
+
+Each simulator returns a validated :class:`~pluralstan.data.Comparisons` whose ``truth`` holds
+the generating parameters, so recovery, contraction and SBC can score the fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from .data import Comparisons
+from .errors import PluralstanError
+
+#: The position paper's Table 1 population (K = 2, d = 5).
+HIGH_CONFLICT_THETA = np.array([[2.0, 2.0, 0.0, -1.0, -1.0], [-1.0, -1.0, 0.0, 2.0, 2.0]])
+
+
+def attribute_names(d: int) -> list[str]:
+    """Default attribute names ``x1 .. xd``."""
+    return [f"x{j + 1}" for j in range(d)]
+
+
+def option_pairs(n_pairs: int, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n_pairs`` option pairs with attributes drawn Uniform(0, 1)^d (the paper's design)."""
+    return rng.uniform(size=(n_pairs, d)), rng.uniform(size=(n_pairs, d))
+
+
+def _frame(A: np.ndarray, B: np.ndarray, pair: np.ndarray, y: np.ndarray,
+           names: Sequence[str]) -> pd.DataFrame:
+    cols = {f"a_{n}": A[pair, j] for j, n in enumerate(names)}
+    cols |= {f"b_{n}": B[pair, j] for j, n in enumerate(names)}
+    return pd.DataFrame({"pair": pair, "y": y.astype(float), **cols})
+
+
+def bt(
+    theta: Sequence[float],
+    *,
+    n_pairs: int = 200,
+    judgements_per_pair: int = 100,
+    seed: int | None = None,
+) -> Comparisons:
+    """Simulate the aggregate Bradley-Terry model.
+
+    Each of ``n_pairs`` pairs of options (attributes Uniform(0, 1)^d) is judged
+    ``judgements_per_pair`` times, independently, with P(a > b) = logistic((a - b)' theta).
+    Every judgement comes from its own anonymous annotator.
+    """
+    theta = np.asarray(theta, dtype=float)
+    if theta.ndim != 1 or theta.size == 0:
+        raise PluralstanError(f"theta must be a non-empty vector, got shape {theta.shape}")
+    if n_pairs < 1 or judgements_per_pair < 1:
+        raise PluralstanError("n_pairs and judgements_per_pair must be at least 1")
+    rng = np.random.default_rng(seed)
+    A, B = option_pairs(n_pairs, theta.size, rng)
+    pair = np.repeat(np.arange(n_pairs), judgements_per_pair)
+    y = rng.uniform(size=pair.size) < expit((A[pair] - B[pair]) @ theta)
+    frame = _frame(A, B, pair, y, attribute_names(theta.size))
+    return Comparisons.from_frame(frame, truth={"theta": theta})
+
+
+def mixture(
+    thetas: np.ndarray,
+    pi: Sequence[float],
+    *,
+    n_pairs: int = 200,
+    n_annotators: int = 100,
+    pairs_per_annotator: int | None = None,
+    balanced: bool = True,
+    seed: int | None = None,
+) -> Comparisons:
+    """Simulate a K-group mixture of Bradley-Terry models with annotator identities.
+
+    Annotator ``i`` belongs to group ``z_i`` (``balanced=True``: exactly round(pi_k * n) per
+    group, as in the paper's 50 + 50 design; else ``z_i ~ Categorical(pi)``) and judges
+    ``pairs_per_annotator`` distinct pairs (default: all ``n_pairs``), each with
+    P(a > b) = logistic((a - b)' theta_{z_i}). The table carries the true ``group`` labels and
+    annotator ids; drop the ``group`` column to get unlabeled data.
+
+    With ``pairs_per_annotator = m`` this is the paired-annotator design (m judgements per
+    person); with ``m = 1`` every judgement is anonymous in effect.
+    """
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=float))
+    pi = np.asarray(pi, dtype=float)
+    K, d = thetas.shape
+    if pi.shape != (K,) or np.any(pi < 0) or not np.isclose(pi.sum(), 1.0):
+        raise PluralstanError(f"pi must be {K} non-negative weights summing to 1, got {pi}")
+    m = n_pairs if pairs_per_annotator is None else int(pairs_per_annotator)
+    if not 1 <= m <= n_pairs:
+        raise PluralstanError(f"pairs_per_annotator must lie in 1..{n_pairs}, got {m}")
+    rng = np.random.default_rng(seed)
+    A, B = option_pairs(n_pairs, d, rng)
+    if balanced:
+        sizes = np.floor(pi * n_annotators).astype(int)
+        sizes[np.argmax(pi)] += n_annotators - sizes.sum()
+        z = np.repeat(np.arange(K), sizes)
+    else:
+        z = rng.choice(K, size=n_annotators, p=pi)
+    pair = np.concatenate([rng.permutation(n_pairs)[:m] for _ in range(n_annotators)])
+    annotator = np.repeat(np.arange(n_annotators), m)
+    group = z[annotator]
+    eta = np.einsum("nd,nd->n", A[pair] - B[pair], thetas[group])
+    y = rng.uniform(size=pair.size) < expit(eta)
+    frame = _frame(A, B, pair, y, attribute_names(d))
+    frame.insert(0, "group", group)
+    frame.insert(0, "annotator", annotator)
+    return Comparisons.from_frame(frame, truth={"theta": thetas, "pi": pi, "z": z})
+
+
+def high_conflict(*, n_pairs: int = 200, n_annotators: int = 100, seed: int | None = None,
+                  pairs_per_annotator: int | None = None) -> Comparisons:
+    """The position paper's Table 1 data: K = 2, d = 5, pi = (0.5, 0.5), 50 + 50 annotators."""
+    return mixture(HIGH_CONFLICT_THETA, [0.5, 0.5], n_pairs=n_pairs, n_annotators=n_annotators,
+                   pairs_per_annotator=pairs_per_annotator, seed=seed)

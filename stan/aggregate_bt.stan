@@ -1,0 +1,92 @@
+// Aggregate Bradley-Terry model: one preference vector for the whole population.
+//
+// The data arrive as sufficient statistics: each "cell" is a distinct combination of
+// (attribute difference a - b, presentation order), with the number of judgements that
+// preferred a, preferred b, or tied. Without ties this is binomial; with ties it is the
+// Davidson (1970) model,
+//   P(a > b) = exp(eta / 2) / D,  P(b > a) = exp(-eta / 2) / D,  P(tie) = nu / D,
+//   D = exp(eta / 2) + exp(-eta / 2) + nu,
+// which reduces to P(a > b) = inv_logit(eta) when nu = 0. The linear predictor is
+//   eta = (a - b)' theta + gamma * order,
+// with order = +1 when a was shown first, -1 when b was, and 0 when unknown.
+// Priors are data, so prior sensitivity and prior-only runs need no recompile.
+functions {
+  // Davidson log-probabilities of (b preferred, a preferred, tie) for each cell.
+  matrix davidson_log_probs(vector eta, real log_nu) {
+    int C = rows(eta);
+    vector[C] abs_eta = abs(eta);
+    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
+    vector[C] log_denom = 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu - 0.5 * abs_eta));
+    return append_col(append_col(-0.5 * eta - log_denom, 0.5 * eta - log_denom),
+                      rep_vector(log_nu, C) - log_denom);
+  }
+}
+data {
+  int<lower=1> C;                        // number of cells
+  int<lower=1> P;                        // number of attributes (columns of the design)
+  matrix[C, P] X;                        // attribute difference a - b per cell
+  vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
+  int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
+  int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
+  array[C, 2 + has_ties] int<lower=0> y; // counts per cell: b preferred, a preferred[, tie]
+  // priors (passed as data)
+  vector[P] prior_theta_mean;
+  vector<lower=0>[P] prior_theta_sd;
+  real<lower=0> prior_order_sd;          // gamma ~ normal(0, prior_order_sd)
+  real prior_log_nu_mean;                // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
+  real<lower=0> prior_log_nu_sd;
+  int<lower=0, upper=1> prior_only;      // 1: ignore the likelihood (prior predictive runs)
+}
+transformed data {
+  array[C] int n_a = y[:, 2];
+  array[C] int n_ab;                      // trials decided for a or b
+  for (c in 1:C) {
+    n_ab[c] = y[c, 1] + y[c, 2];
+  }
+  matrix[C, 2 + has_ties] counts = to_matrix(y);
+}
+parameters {
+  vector[P] theta;                       // preference weights on the attributes
+  array[has_order] real gamma;           // position (shown-first) effect
+  array[has_ties] real log_nu;           // log Davidson tie parameter
+}
+model {
+  vector[C] eta = X * theta;             // utility difference a - b per cell
+  if (has_order) {
+    eta += gamma[1] * order;
+  }
+  theta ~ normal(prior_theta_mean, prior_theta_sd);
+  gamma ~ normal(0, prior_order_sd);
+  log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
+  if (!prior_only) {
+    if (has_ties) {
+      target += sum(counts .* davidson_log_probs(eta, log_nu[1]));
+    } else {
+      n_a ~ binomial_logit(n_ab, eta);
+    }
+  }
+}
+generated quantities {
+  // log prior density, for power-scaling sensitivity
+  real lprior = normal_lpdf(theta | prior_theta_mean, prior_theta_sd)
+                + normal_lpdf(gamma | 0, prior_order_sd)
+                + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
+  // log probability of each outcome in each cell; a judgement's log likelihood is the entry of
+  // its cell and outcome (expanded to one value per judgement in Python)
+  matrix[C, 2 + has_ties] log_p_cell;
+  array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
+  {
+    vector[C] eta = X * theta;
+    if (has_order) {
+      eta += gamma[1] * order;
+    }
+    if (has_ties) {
+      log_p_cell = davidson_log_probs(eta, log_nu[1]);
+    } else {
+      log_p_cell = append_col(log_inv_logit(-eta), log_inv_logit(eta));
+    }
+  }
+  for (c in 1:C) {
+    y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));
+  }
+}
