@@ -1,6 +1,6 @@
 """Registered models: importing this package registers every program in ``stan/``."""
 
-from . import aggregate  # noqa: F401  (registers the model)
+from . import aggregate, annotator, covariate, labeled, pal, unlabeled  # noqa: F401 (registration)
 from .base import REGISTRY, Encoded, ModelSpec, get_model, load_program, register, stan_dir
 
 __all__ = ["REGISTRY", "Encoded", "ModelSpec", "get_model", "load_program", "register", "stan_dir"]

@@ -1,0 +1,1 @@
+"""The Bayesian-workflow layer (issue 4): contraction, masking ratio, sensitivity, SBC, PPC, LOO, reports."""
