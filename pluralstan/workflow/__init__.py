@@ -1,1 +1,12 @@
-"""The Bayesian-workflow layer (issue 4): contraction, masking ratio, sensitivity, SBC, PPC, LOO, reports."""
+"""Bayesian-workflow layer: the quantities that turn fits into the audit of the position paper."""
+
+from .contraction import contraction
+from .predict import PairTable, observed_frequencies, pair_table, preference_probability
+
+__all__ = [
+    "PairTable",
+    "contraction",
+    "observed_frequencies",
+    "pair_table",
+    "preference_probability",
+]
