@@ -1,0 +1,434 @@
+"""Label switching in latent mixtures: post-hoc relabelling and a switching report.
+
+A mixture with exchangeable latent components has a posterior invariant under the ``K!``
+permutations of the component labels. Chains then settle in (or move between) different
+labelings, and every label-dependent summary of the raw draws (means of ``theta[k]``, R-hat, ESS)
+mixes components (Stan User's Guide, "Problematic posteriors"). Relabelling finds, for each draw,
+the permutation that makes the labels agree across draws, then permutes every posterior variable
+with a ``group`` dim.
+
+Two published algorithms, each solving the per-draw assignment problem exactly with
+:func:`scipy.optimize.linear_sum_assignment`:
+
+``"stephens"``
+    Stephens (2000), "Dealing with label switching in mixture models", JRSS B 62(4):795-809,
+    Algorithm 2 (the KL algorithm, as in the R package label.switching, Papastamoulis 2016).
+    It needs per-draw allocation probabilities ``p[s, i, k] = P(z_i = k | y_i, parameters_s)``,
+    which the marginalised Stan programs emit in generated quantities (``alloc`` with dims
+    ``(cell, outcome, group)``; each cell-outcome stands for ``y[cell, outcome]`` identical
+    judgements, its weight). It alternates between ``Q = mean_s p[s, :, perm_s]`` and, per draw,
+    the permutation minimising ``KL(p[s, :, perm_s] || Q)``.
+``"pivot"``
+    Pivotal reordering of Marin, Mengersen & Robert (2005), "Bayesian modelling and inference
+    on mixtures of distributions", Handbook of Statistics 25, section 4.2 (PRA in
+    label.switching): take the draw of highest log density as the pivot and give every draw
+    the permutation closest to it in the standardised squared distance over all variables with
+    a ``group`` dim. It needs no allocation probabilities, so it applies to any model.
+
+No maintained Python package implements either (label.switching is R only), hence this module.
+Only the ``posterior`` group is permuted; label-invariant variables and all other groups are
+left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from itertools import pairwise
+from typing import Any, Literal
+
+import arviz as az
+import numpy as np
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+
+from .diagnostics import RHAT_MAX
+from .errors import PluralstanError
+
+Method = Literal["auto", "stephens", "pivot"]
+
+#: Smallest probability used inside logarithms of the Stephens algorithm.
+_TINY = 1e-300
+
+
+# ---------------------------------------------------------------------- checks and plumbing
+def _check_latent(idata: az.InferenceData, dim: str) -> xr.Dataset:
+    """Return the posterior after checking it has a latent label dim."""
+    if "posterior" not in idata.groups():
+        raise PluralstanError("relabelling needs an InferenceData with a 'posterior' group")
+    post = idata.posterior
+    if dim not in post.dims:
+        raise PluralstanError(
+            f"the posterior has no {dim!r} dim (dims: {sorted(map(str, post.dims))}); only "
+            "mixture models have component labels to switch"
+        )
+    if post.attrs.get("group_labels") == "observed":
+        raise PluralstanError(
+            f"the {dim!r} dim of model {post.attrs.get('model', '?')!r} holds observed subgroup "
+            "labels, which cannot switch; relabelling applies to latent components"
+        )
+    return post
+
+
+def label_vars(post: xr.Dataset, dim: str = "group") -> list[str]:
+    """Posterior variables that carry the label ``dim``."""
+    return [str(v) for v, da in post.data_vars.items() if dim in da.dims]
+
+
+def _flat(da: xr.DataArray, dim: str) -> np.ndarray:
+    """``(chain * draw, K, rest)`` array of a labelled variable."""
+    other = [d for d in da.dims if d not in ("chain", "draw", dim)]
+    arr = da.transpose("chain", "draw", dim, *other).values
+    return arr.reshape(arr.shape[0] * arr.shape[1], arr.shape[2], -1)
+
+
+def permute(idata: az.InferenceData, perms: np.ndarray, dim: str = "group") -> az.InferenceData:
+    """Apply per-draw permutations to every posterior variable with the label ``dim``.
+
+    Parameters
+    ----------
+    idata
+        The fit.
+    perms
+        ``(chain, draw, K)`` integer array: after relabelling, component ``k`` of draw ``s`` is the
+        raw component ``perms[s, k]``.
+    dim
+        The label dim.
+
+    Returns
+    -------
+    arviz.InferenceData
+        A new object; the input is not modified.
+    """
+    post = idata.posterior
+    perms = np.asarray(perms)
+    K = post.sizes[dim]
+    want = (post.sizes["chain"], post.sizes["draw"], K)
+    if perms.shape != want or not np.all(np.sort(perms, axis=-1) == np.arange(K)):
+        raise PluralstanError(
+            f"perms must be a ({want[0]}, {want[1]}, {K}) array of permutations of 0..{K - 1}, "
+            f"got shape {perms.shape}"
+        )
+    new = post.copy()
+    for name in label_vars(post, dim):
+        da = post[name]
+        other = [d for d in da.dims if d not in ("chain", "draw", dim)]
+        arr = da.transpose("chain", "draw", dim, *other).values
+        index = perms.reshape(*perms.shape, *([1] * len(other)))
+        moved = np.take_along_axis(arr, index, axis=2)
+        new[name] = da.copy(data=np.moveaxis(
+            moved, range(arr.ndim), [da.dims.index(d) for d in ("chain", "draw", dim, *other)]
+        ))
+    groups = {g: (new if g == "posterior" else idata[g]) for g in idata.groups()}
+    return az.InferenceData(**groups)
+
+
+# ---------------------------------------------------------------------- algorithms
+def stephens(p: np.ndarray, weights: np.ndarray | None = None, max_iter: int = 100
+             ) -> tuple[np.ndarray, int]:
+    """Stephens' (2000) KL relabelling algorithm.
+
+    Parameters
+    ----------
+    p
+        ``(S, n, K)`` allocation probabilities of ``n`` observations in ``S`` draws.
+    weights
+        ``(n,)`` multiplicity of each observation (default 1).
+    max_iter
+        Iteration limit; the objective decreases monotonically and stops when no permutation
+        changes.
+
+    Returns
+    -------
+    perms, iterations
+        ``(S, K)`` permutations (``p[s, :, perms[s]]`` is the relabelled draw) and the number of
+        iterations run.
+    """
+    S, n, K = p.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    keep = w > 0
+    p, w = p[:, keep, :], w[keep]
+    perms = np.tile(np.arange(K), (S, 1))
+    rows = np.arange(S)[:, None]
+    for iteration in range(1, max_iter + 1):
+        relabelled = p[rows, :, perms].transpose(0, 2, 1)  # (S, n, K)
+        log_q = np.log(np.maximum(relabelled.mean(axis=0), _TINY))  # (n, K)
+        # cost[s, j, k] = -sum_i w_i p[s, i, j] log q[i, k]: raw component j gets label k
+        # (the p log p term of the KL divergence does not depend on the permutation)
+        cost = -np.einsum("sij,ik->sjk", p * w[None, :, None], log_q)
+        new = np.empty_like(perms)
+        for s in range(S):
+            raw, label = linear_sum_assignment(cost[s])
+            new[s, label] = raw
+        if np.array_equal(new, perms):
+            return perms, iteration
+        perms = new
+    return perms, max_iter
+
+
+def pivot(values: np.ndarray, pivot_index: int) -> np.ndarray:
+    """Pivotal reordering (Marin, Mengersen & Robert 2005).
+
+    Parameters
+    ----------
+    values
+        ``(S, K, m)`` label-dependent quantities of every draw, already standardised.
+    pivot_index
+        The draw every other is matched to (e.g. the one of highest log density).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(S, K)`` permutations.
+    """
+    ref = values[pivot_index]  # (K, m)
+    # cost[s, j, k] = ||values[s, j] - ref[k]||^2
+    cost = ((values[:, :, None, :] - ref[None, None, :, :]) ** 2).sum(axis=-1)
+    perms = np.empty(values.shape[:2], dtype=np.int64)
+    for s in range(values.shape[0]):
+        raw, label = linear_sum_assignment(cost[s])
+        perms[s, label] = raw
+    return perms
+
+
+def _weights(idata: az.InferenceData, alloc: xr.DataArray, dim: str) -> np.ndarray:
+    """Multiplicity of each allocation row: the observed counts with the same dims, else 1."""
+    obs_dims = [d for d in alloc.dims if d not in ("chain", "draw", dim)]
+    if "observed_data" in idata.groups():
+        for da in idata.observed_data.data_vars.values():
+            if list(da.dims) == obs_dims:
+                return da.values.reshape(-1).astype(float)
+    return np.ones(int(np.prod([alloc.sizes[d] for d in obs_dims])))
+
+
+def _pivot_values(post: xr.Dataset, names: list[str], dim: str) -> np.ndarray:
+    """Standardised label-dependent values, ``(S, K, m)``, for pivotal reordering."""
+    blocks = []
+    for name in names:
+        arr = _flat(post[name], dim)
+        scale = arr.std(axis=(0, 1), keepdims=True)  # over draws and components: label-free
+        blocks.append((arr - arr.mean(axis=(0, 1), keepdims=True)) / np.where(scale > 0, scale, 1))
+    return np.concatenate(blocks, axis=-1)
+
+
+def relabel(
+    idata: az.InferenceData,
+    *,
+    method: Method = "auto",
+    allocation: str | None = None,
+    var_names: list[str] | None = None,
+    dim: str = "group",
+    max_iter: int = 100,
+) -> tuple[az.InferenceData, xr.DataArray]:
+    """Relabel the latent components of a mixture fit draw by draw.
+
+    Parameters
+    ----------
+    idata
+        A fit whose posterior has a latent label dim (``group``).
+    method
+        ``"stephens"`` (needs allocation probabilities), ``"pivot"``, or ``"auto"``: Stephens
+        when the posterior holds allocation probabilities, else pivot.
+    allocation
+        Name of the allocation-probability variable (default: the fit's ``allocation``
+        attribute, else ``"alloc"``); its last label dim is ``dim``.
+    var_names
+        Pivot method: the variables to match on (default: every variable with ``dim`` except the
+        allocation probabilities).
+    dim
+        The label dim.
+    max_iter
+        Iteration limit of the Stephens algorithm.
+
+    Returns
+    -------
+    relabelled, permutations
+        A new InferenceData whose posterior variables with ``dim`` are permuted (the input is
+        unchanged; ``posterior.attrs["relabelling"]`` records the method), and the
+        ``(chain, draw, dim)`` permutations: relabelled component ``k`` of a draw is its raw
+        component ``permutations[chain, draw, k]``.
+
+    Raises
+    ------
+    PluralstanError
+        When the fit has no latent label dim, its labels are observed, or the chosen method
+        lacks what it needs.
+    """
+    post = _check_latent(idata, dim)
+    alloc_name = allocation or post.attrs.get("allocation") or "alloc"
+    if method == "auto":
+        method = "stephens" if alloc_name in post else "pivot"
+    n_chain, n_draw, K = post.sizes["chain"], post.sizes["draw"], post.sizes[dim]
+    if method == "stephens":
+        if alloc_name not in post or post[alloc_name].dims[-1] != dim:
+            raise PluralstanError(
+                f"method='stephens' needs allocation probabilities: a posterior variable "
+                f"{alloc_name!r} whose last dim is {dim!r}; this fit has none (use "
+                "method='pivot')"
+            )
+        alloc = post[alloc_name]
+        p = _flat(alloc, dim).transpose(0, 2, 1)  # (S, n, K)
+        flat, iterations = stephens(p, _weights(idata, alloc, dim), max_iter)
+        detail: dict[str, Any] = {"iterations": iterations, "allocation": alloc_name}
+    elif method == "pivot":
+        names = var_names or [v for v in label_vars(post, dim) if v != alloc_name]
+        unknown = [v for v in names if v not in post or dim not in post[v].dims]
+        if unknown or not names:
+            raise PluralstanError(
+                f"pivot relabelling needs posterior variables with a {dim!r} dim; "
+                f"{unknown or 'none'} given, available: {label_vars(post, dim)}"
+            )
+        lp = _log_density(idata)
+        at = int(np.argmax(lp)) if lp is not None else 0
+        flat = pivot(_pivot_values(post, names, dim), at)
+        detail = {"pivot_draw": at, "var_names": names}
+    else:
+        raise PluralstanError(f"unknown method {method!r}; accepted: 'auto', 'stephens', 'pivot'")
+    perms = flat.reshape(n_chain, n_draw, K)
+    out = permute(idata, perms, dim)
+    moved = float(np.mean(np.any(perms != np.arange(K), axis=-1)))
+    out.posterior.attrs["relabelling"] = json.dumps(
+        {"method": method, "dim": dim, "fraction_permuted": moved, **detail}
+    )
+    perm_da = xr.DataArray(
+        perms, dims=("chain", "draw", dim),
+        coords={"chain": post["chain"], "draw": post["draw"], dim: post[dim]},
+        name="permutation",
+    )
+    return out, perm_da
+
+
+def _log_density(idata: az.InferenceData) -> np.ndarray | None:
+    """Flattened ``lp`` of every draw, when the sampler recorded it."""
+    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
+        return idata.sample_stats["lp"].transpose("chain", "draw").values.reshape(-1)
+    return None
+
+
+# ---------------------------------------------------------------------- report
+def _max_rhat(ds: xr.Dataset, names: list[str]) -> dict[str, float | None]:
+    """Largest R-hat of each variable (``None`` when undefined, e.g. constant)."""
+    out: dict[str, float | None] = {}
+    if not names or ds.sizes.get("chain", 0) < 2:
+        return out
+    rhat = az.rhat(ds[names])
+    for name in names:
+        vals = np.asarray(rhat[name].values, dtype=float)
+        out[name] = float(np.nanmax(vals)) if np.isfinite(vals).any() else None
+    return out
+
+
+def _worst(rhats: dict[str, float | None]) -> tuple[float, str]:
+    finite = {k: v for k, v in rhats.items() if v is not None}
+    if not finite:
+        return np.nan, ""
+    name = max(finite, key=finite.__getitem__)
+    return finite[name], name
+
+
+def label_switching_report(
+    idata: az.InferenceData,
+    *,
+    method: Method = "auto",
+    dim: str = "group",
+    record: bool = True,
+    rhat_max: float = RHAT_MAX,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Diagnose label switching and the multimodality it can hide.
+
+    Relabels the draws (:func:`relabel`), then reports per chain the dominant permutation and
+    how often draws left it, whether chains settled in different permutations, and the largest
+    R-hat of (a) the raw label-dependent variables, (b) the same after relabelling and (c) the
+    label-invariant posterior variables (no ``dim``, e.g. ``p_agg`` and ``theta_bar``) and the
+    log density (allocation probabilities are left out of the R-hat sets). Raw R-hat failures
+    that vanish after relabelling are label switching; failures that survive relabelling, or
+    that affect label-invariant quantities, are genuine disagreement between chains (a
+    multimodal, poorly identified posterior).
+
+    Parameters
+    ----------
+    idata
+        A fit with a latent label dim.
+    method, dim, **kwargs
+        Passed to :func:`relabel`.
+    record
+        Store the report as JSON in ``idata.posterior.attrs["label_switching"]``, where
+        :func:`pluralstan.diagnostics.failed` reads its ``problems``.
+    rhat_max
+        R-hat threshold (default :data:`pluralstan.diagnostics.RHAT_MAX`).
+
+    Returns
+    -------
+    dict
+        Keys ``method``, ``chains`` (per chain: ``dominant_permutation``, ``fraction``,
+        ``switches``), ``chains_disagree``, ``rhat`` (``raw``, ``relabelled``,
+        ``label_invariant``: variable -> max R-hat), ``problems`` and ``notes``.
+    """
+    post = _check_latent(idata, dim)
+    relabelled, perms = relabel(idata, method=method, dim=dim, **kwargs)
+    chains: dict[str, dict[str, Any]] = {}
+    dominant = []
+    for c, chain in enumerate(post["chain"].values):
+        seq = [tuple(int(v) for v in row) for row in perms.values[c]]
+        best, count = Counter(seq).most_common(1)[0]
+        dominant.append(best)
+        switches = int(sum(a != b for a, b in pairwise(seq)))
+        chains[str(chain)] = {"dominant_permutation": list(best),
+                              "fraction": count / len(seq), "switches": switches}
+    disagree = len(set(dominant)) > 1
+    # R-hat on the parameters, not on the allocation probabilities: those are a function of
+    # them, and their many coordinates would exceed any threshold by chance alone
+    alloc_name = kwargs.get("allocation") or post.attrs.get("allocation") or "alloc"
+    labelled = [v for v in label_vars(post, dim) if v != alloc_name]
+    invariant = [str(v) for v, da in post.data_vars.items()
+                 if dim not in da.dims and float(da.std()) > 0]
+    inv_ds = post[invariant]
+    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
+        inv_ds = inv_ds.assign(lp=idata.sample_stats["lp"])
+        invariant = [*invariant, "lp"]
+    rhat = {
+        "raw": _max_rhat(post, labelled),
+        "relabelled": _max_rhat(relabelled.posterior, labelled),
+        "label_invariant": _max_rhat(inv_ds, invariant),
+    }
+    problems, notes = [], []
+    if disagree:
+        listing = ", ".join(f"chain {c}: {tuple(v['dominant_permutation'])}"
+                            for c, v in chains.items())
+        problems.append(
+            f"chains settled in different label permutations ({listing}); label-dependent "
+            "summaries of the raw draws mix components: summarise relabelled draws"
+        )
+    for c, v in chains.items():
+        if v["switches"]:
+            notes.append(f"chain {c} switched labels {v['switches']} times "
+                         f"({1 - v['fraction']:.0%} of draws away from its dominant permutation)")
+    worst, at = _worst(rhat["relabelled"])
+    if worst > rhat_max:
+        problems.append(
+            f"after relabelling, R-hat {worst:.3f} > {rhat_max} for {at}: chains disagree beyond "
+            "a label permutation (a multimodal posterior: the data do not identify the components)"
+        )
+    worst, at = _worst(rhat["label_invariant"])
+    if worst > rhat_max:
+        problems.append(
+            f"R-hat {worst:.3f} > {rhat_max} for the label-invariant {at}: the chains disagree "
+            "about the fit itself, not only about labels"
+        )
+    raw, _ = _worst(rhat["raw"])
+    rel, _ = _worst(rhat["relabelled"])
+    if raw > rhat_max >= rel:
+        notes.append(f"raw R-hat {raw:.3f} falls to {rel:.3f} after relabelling: pure label "
+                     "switching")
+    report = {
+        "method": json.loads(relabelled.posterior.attrs["relabelling"])["method"],
+        "chains": chains,
+        "chains_disagree": disagree,
+        "rhat": rhat,
+        "problems": problems,
+        "notes": notes,
+    }
+    if record:
+        idata.posterior.attrs["label_switching"] = json.dumps(report)
+    return report

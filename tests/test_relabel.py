@@ -1,0 +1,222 @@
+"""Relabelling and label-switching diagnostics on synthetic draws with known permutations.
+
+No Stan here: the draws are built in NumPy so that the true permutation of every draw is known.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import permutations
+
+import arviz as az
+import numpy as np
+import pytest
+
+from pluralstan import diagnostics
+from pluralstan.errors import PluralstanError
+from pluralstan.relabel import label_switching_report, permute, pivot, relabel, stephens
+
+CENTRES = np.array([[-2.0, 0.0], [0.0, 2.0], [2.0, -1.0]])  # K = 3 well-separated components
+PI = np.array([0.2, 0.3, 0.5])
+
+
+def _random_perms(rng: np.random.Generator, shape: tuple[int, ...], K: int) -> np.ndarray:
+    return np.argsort(rng.uniform(size=(*shape, K)), axis=-1)
+
+
+def _allocations(rng: np.random.Generator, S: int, n: int) -> np.ndarray:
+    """``(S, n, K)`` allocation probabilities of a 3-component mixture, jittered per draw."""
+    member = rng.integers(0, 3, size=n)
+    logits = 3.0 * np.eye(3)[member] + rng.normal(scale=0.5, size=(S, n, 3))
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _agrees_up_to_global_permutation(found: np.ndarray, truth: np.ndarray) -> bool:
+    """Whether ``found`` undoes ``truth`` in every draw, up to one permutation for all draws.
+
+    ``truth[s]`` scrambles draw ``s`` (scrambled component k = clean component truth[s, k]); a
+    correct relabelling ``found[s]`` then satisfies truth[s, found[s]] = sigma for one fixed sigma.
+    """
+    composed = np.take_along_axis(truth, found, axis=-1)
+    return bool(np.all(composed == composed[0]))
+
+
+def _idata(rng: np.random.Generator, scramble: np.ndarray, chains: int = 2, draws: int = 300,
+           jitter: float = 0.1) -> az.InferenceData:
+    """A fake mixture fit: theta, pi, alloc and a label-invariant quantity, scrambled per draw."""
+    K, d = CENTRES.shape
+    theta = CENTRES + rng.normal(scale=jitter, size=(chains, draws, K, d))
+    pi = np.broadcast_to(PI, (chains, draws, K)) + rng.normal(scale=0.01, size=(chains, draws, K))
+    n_cells = 20
+    member = rng.integers(0, K, size=n_cells)
+    alloc = 0.05 + 0.85 * np.eye(K)[member] + rng.uniform(0, 0.05, size=(chains, draws, n_cells, K))
+    alloc = alloc / alloc.sum(axis=-1, keepdims=True)
+    theta_bar = np.einsum("cdk,cdkj->cdj", pi, theta)  # label-invariant
+    take = scramble[:, :, :, None]
+    posterior = {
+        "theta": np.take_along_axis(theta, take, axis=2),
+        "pi": np.take_along_axis(pi, scramble, axis=2),
+        "alloc": np.take_along_axis(alloc[:, :, :, None, :],
+                                    scramble[:, :, None, None, :], axis=-1),
+        "theta_bar": theta_bar,
+    }
+    lp = rng.normal(size=(chains, draws))
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats={"lp": lp},
+        observed_data={"y": np.ones((n_cells, 1), dtype=int) * 5},
+        coords={"group": np.arange(K), "attribute": ["x1", "x2"], "cell": np.arange(n_cells),
+                "outcome": ["a"]},
+        dims={"theta": ["group", "attribute"], "pi": ["group"],
+              "alloc": ["cell", "outcome", "group"], "theta_bar": ["attribute"],
+              "y": ["cell", "outcome"]},
+    ), theta
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stephens_undoes_known_permutations(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    clean = _allocations(rng, S=200, n=60)
+    truth = _random_perms(rng, (200,), 3)
+    scrambled = np.take_along_axis(clean, truth[:, None, :], axis=-1)
+    found, iterations = stephens(scrambled)
+    assert iterations < 100
+    assert _agrees_up_to_global_permutation(found, truth)
+
+
+def test_stephens_weights_count_observations() -> None:
+    # four draws agree on both observations; the fifth agrees on observation 1 only as it is,
+    # and on observation 0 only after swapping its labels: the weights decide which wins
+    agree = [[0.9, 0.1], [0.9, 0.1]]
+    torn = [[0.1, 0.9], [0.9, 0.1]]
+    p = np.array([agree] * 4 + [torn])
+    heavy_first, _ = stephens(p, weights=np.array([10.0, 1.0]))
+    np.testing.assert_array_equal(heavy_first[:4], np.tile([0, 1], (4, 1)))
+    np.testing.assert_array_equal(heavy_first[4], [1, 0])
+    heavy_second, _ = stephens(p, weights=np.array([1.0, 10.0]))
+    np.testing.assert_array_equal(heavy_second, np.tile([0, 1], (5, 1)))
+    # a zero weight removes an observation altogether
+    only_first, _ = stephens(p, weights=np.array([1.0, 0.0]))
+    np.testing.assert_array_equal(only_first[4], [1, 0])
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_pivot_undoes_known_permutations(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = CENTRES[None] + rng.normal(scale=0.3, size=(150, 3, 2))
+    truth = _random_perms(rng, (150,), 3)
+    scrambled = np.take_along_axis(values, truth[:, :, None], axis=1)
+    found = pivot(scrambled, pivot_index=7)
+    assert _agrees_up_to_global_permutation(found, truth)
+    # the pivot draw keeps its labels
+    np.testing.assert_array_equal(found[7], np.arange(3))
+
+
+@pytest.mark.parametrize("method", ["stephens", "pivot"])
+def test_relabel_restores_every_group_variable(method: str) -> None:
+    rng = np.random.default_rng(11)
+    scramble = _random_perms(rng, (2, 300), 3)
+    idata, theta = _idata(rng, scramble)
+    out, perms = relabel(idata, method=method)
+    assert perms.dims == ("chain", "draw", "group")
+    # every draw now agrees with the clean draws up to one global permutation
+    sigma = np.take_along_axis(scramble, perms.values, axis=-1)
+    assert np.all(sigma == sigma[0, 0])
+    np.testing.assert_allclose(out.posterior["theta"].values,
+                               theta[:, :, sigma[0, 0], :])
+    # pi and alloc moved with theta; the label-invariant variable did not move
+    assert np.allclose(out.posterior["pi"].mean(("chain", "draw")).values,
+                       PI[sigma[0, 0]], atol=0.01)
+    np.testing.assert_array_equal(out.posterior["theta_bar"].values,
+                                  idata.posterior["theta_bar"].values)
+    assert out.posterior["alloc"].dims == idata.posterior["alloc"].dims
+    # the input is untouched and the method is recorded
+    assert not np.allclose(idata.posterior["theta"].values, out.posterior["theta"].values)
+    assert json.loads(out.posterior.attrs["relabelling"])["method"] == method
+
+
+def test_auto_method_prefers_stephens_when_allocations_exist() -> None:
+    rng = np.random.default_rng(5)
+    idata, _ = _idata(rng, _random_perms(rng, (2, 50), 3), draws=50)
+    _, _ = relabel(idata)
+    out, _ = relabel(idata)
+    assert json.loads(out.posterior.attrs["relabelling"])["method"] == "stephens"
+    without = az.InferenceData(posterior=idata.posterior.drop_vars("alloc"),
+                               sample_stats=idata.sample_stats)
+    out, _ = relabel(without)
+    assert json.loads(out.posterior.attrs["relabelling"])["method"] == "pivot"
+    with pytest.raises(PluralstanError, match="allocation probabilities"):
+        relabel(without, method="stephens")
+
+
+def test_report_detects_chains_in_different_permutations() -> None:
+    rng = np.random.default_rng(21)
+    swap = np.array([2, 0, 1])
+    scramble = np.stack([np.tile(np.arange(3), (300, 1)), np.tile(swap, (300, 1))])
+    idata, _ = _idata(rng, scramble)
+    report = label_switching_report(idata)
+    doms = [tuple(v["dominant_permutation"]) for v in report["chains"].values()]
+    assert report["chains_disagree"] and doms[0] != doms[1]
+    assert all(v["fraction"] == 1.0 and v["switches"] == 0 for v in report["chains"].values())
+    # raw R-hat is huge, relabelled and label-invariant R-hat are fine
+    assert report["rhat"]["raw"]["theta"] > 1.5
+    assert report["rhat"]["relabelled"]["theta"] < 1.01
+    assert report["rhat"]["label_invariant"]["theta_bar"] < 1.01
+    assert any("different label permutations" in p for p in report["problems"])
+    assert not any("after relabelling" in p for p in report["problems"])
+    # recorded where diagnostics.failed finds it
+    assert any("different label permutations" in p for p in diagnostics.failed(idata))
+
+
+def test_report_separates_genuine_multimodality() -> None:
+    rng = np.random.default_rng(8)
+    idata, _ = _idata(rng, np.tile(np.arange(3), (2, 300, 1)))
+    # chain 1 sits in another mode: its component 0 is elsewhere, not a relabelling of chain 0
+    idata.posterior["theta"].values[1, :, 0, :] += 3.0
+    report = label_switching_report(idata, method="pivot")
+    assert report["rhat"]["relabelled"]["theta"] > 1.1
+    assert any("after relabelling" in p for p in report["problems"])
+    # a chain that flips labels within itself is reported as a note, not a problem
+    rng = np.random.default_rng(9)
+    flips = np.tile(np.arange(3), (2, 300, 1))
+    flips[0, 150:] = [1, 2, 0]
+    idata, _ = _idata(rng, flips)
+    report = label_switching_report(idata, record=False)
+    assert report["chains"]["0"]["switches"] == 1
+    assert any("switched labels" in n for n in report["notes"])
+    assert "label_switching" not in idata.posterior.attrs
+
+
+def test_permute_validates_and_round_trips() -> None:
+    rng = np.random.default_rng(2)
+    idata, _ = _idata(rng, np.tile(np.arange(3), (2, 20, 1)), draws=20)
+    perms = _random_perms(rng, (2, 20), 3)
+    inverse = np.argsort(perms, axis=-1)
+    back = permute(permute(idata, perms), inverse)
+    np.testing.assert_array_equal(back.posterior["theta"].values, idata.posterior["theta"].values)
+    with pytest.raises(PluralstanError, match="permutations"):
+        permute(idata, np.zeros((2, 20, 3), dtype=int))
+
+
+def test_refuses_observed_labels_and_fits_without_groups() -> None:
+    rng = np.random.default_rng(1)
+    idata, _ = _idata(rng, np.tile(np.arange(3), (2, 20, 1)), draws=20)
+    idata.posterior.attrs["group_labels"] = "observed"
+    idata.posterior.attrs["model"] = "labeled"
+    with pytest.raises(PluralstanError, match="observed subgroup labels"):
+        relabel(idata)
+    plain = az.from_dict(posterior={"theta": rng.normal(size=(2, 20, 3))},
+                         dims={"theta": ["attribute"]})
+    with pytest.raises(PluralstanError, match="no 'group' dim"):
+        label_switching_report(plain)
+
+
+def test_all_permutations_of_three_are_reachable() -> None:
+    # guard against an assignment that only ever returns identity or one swap
+    rng = np.random.default_rng(4)
+    clean = _allocations(rng, S=6, n=40)
+    truth = np.array(list(permutations(range(3))))
+    found, _ = stephens(np.take_along_axis(clean, truth[:, None, :], axis=-1))
+    assert len({tuple(r) for r in found}) == 6
+    assert _agrees_up_to_global_permutation(found, truth)
