@@ -1,0 +1,128 @@
+"""Masking ratio on the position paper's designs: large for high conflict, 1 for a homogeneous
+population (against the truth) and the noise floor (against observed frequencies)."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pytest
+
+import pluralstan as ps
+from pluralstan.workflow import (
+    masking_ratio,
+    pair_table,
+    point_estimate_theta,
+    split_pairs,
+    summarize_masking,
+)
+
+FAST = {"chains": 4, "draws": 300, "warmup": 300}
+HOMOGENEOUS = np.array([[0.5, 0.5, 0.0, 0.5, 0.5]] * 2)
+
+
+def _fit_split(thetas: np.ndarray, seed: int):
+    comps = ps.simulate.mixture(thetas, [0.5, 0.5], n_pairs=200, n_annotators=100, seed=seed)
+    train, test = split_pairs(comps, 0.25, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        fit = ps.fit("aggregate", train, seed=seed, **FAST)
+    return train, test, fit
+
+
+@pytest.fixture(scope="module")
+def high_conflict():
+    """The paper's Table 1 design: 200 pairs x 100 annotators (50 + 50), 50 pairs held out."""
+    return _fit_split(ps.simulate.HIGH_CONFLICT_THETA, seed=1)
+
+
+@pytest.fixture(scope="module")
+def homogeneous():
+    return _fit_split(HOMOGENEOUS, seed=2)
+
+
+def test_split_is_by_pair(high_conflict):
+    train, test, _ = high_conflict
+    train_pairs = set(pair_table(train).pairs)
+    test_pairs = set(pair_table(test).pairs)
+    assert not train_pairs & test_pairs
+    assert len(test_pairs) == 50 and len(train_pairs) == 150
+    assert train.n + test.n == 200 * 100
+
+
+def test_high_conflict_masking_is_large(high_conflict):
+    train, test, fit = high_conflict
+    truth = masking_ratio(fit, test, target="truth")
+    observed = masking_ratio(fit, test, target="observed")
+    assert set(truth["ratio"].dims) == {"chain", "draw"}
+    assert truth["group_ratio"].dims == ("chain", "draw", "group")
+    # criterion: the aggregate model averages two opposed groups, so its within-group error
+    # (~0.05) is an order of magnitude above its aggregate error; the whole 90% interval of
+    # the ratio lies above 10 against the truth and against observed frequencies, whose noise
+    # floor (the ratio of a perfect model) is ~2.
+    for result in (truth, observed):
+        row = summarize_masking(result).set_index("quantity").loc["ratio"]
+        assert row["lower"] > 10
+    assert observed.attrs["noise_floor"] == pytest.approx(2.0, rel=0.15)
+    assert float(truth["group_error"].mean()) > 0.03
+
+
+def test_point_estimate_pipeline_matches_the_posterior(high_conflict):
+    train, test, fit = high_conflict
+    theta = point_estimate_theta(train)
+    post = fit.posterior["theta"].mean(("chain", "draw"))
+    # criterion: with 15,000 judgements the MSE fit and the posterior mean agree within 0.1
+    np.testing.assert_allclose(theta.values, post.values, atol=0.1)
+    point = masking_ratio(theta, test, target="truth")
+    assert "chain" not in point.dims and float(point["ratio"]) > 10
+    assert theta.attrs["mse"] < 0.01
+
+
+def test_homogeneous_population_has_no_masking(homogeneous):
+    _, test, fit = homogeneous
+    truth = masking_ratio(fit, test, target="truth")
+    # identical groups: each group's true probability is the aggregate one, in every draw
+    np.testing.assert_allclose(truth["ratio"].values, 1.0, rtol=1e-12)
+    observed = summarize_masking(masking_ratio(fit, test)).set_index("quantity").loc["ratio"]
+    # against observed frequencies a well-specified model sits at the noise floor (~2 here)
+    assert observed["median"] == pytest.approx(observed["noise_floor"], rel=0.25)
+
+
+def _mixture_idata(thetas: np.ndarray, labels: list[int], rng: np.random.Generator):
+    """A hand-built mixture posterior centred on the truth, components stored in ``labels`` order."""
+    draws = thetas[labels][None, None] + rng.normal(0.0, 0.05, size=(2, 200, *thetas.shape))
+    return az.from_dict(
+        posterior={"theta": draws, "pi": np.full((2, 200, 2), 0.5)},
+        coords={"group": [0, 1], "attribute": [f"x{j + 1}" for j in range(thetas.shape[1])]},
+        dims={"theta": ["group", "attribute"], "pi": ["group"]},
+    )
+
+
+@pytest.mark.parametrize("labels", [[0, 1], [1, 0]])
+def test_mixture_fit_predicts_each_group(high_conflict, labels):
+    _, test, fit = high_conflict
+    mixture = _mixture_idata(ps.simulate.HIGH_CONFLICT_THETA, labels, np.random.default_rng(0))
+    if labels == [1, 0]:  # latent labels: give them names that are not the observed groups
+        mixture.posterior = mixture.posterior.assign_coords(group=["c0", "c1"])
+    result = masking_ratio(mixture, test, target="truth")
+    # criterion: components matched to the right groups predict them with error < 0.005,
+    # where the aggregate fit's within-group error is > 0.03 (a swap would give ~0.1)
+    assert float(result["group_error"].max()) < 0.005
+    agg = masking_ratio(fit, test, target="truth")
+    assert float(result["group_error"].mean()) < float(agg["group_error"].mean()) / 5
+
+
+def test_bad_input_is_rejected(high_conflict):
+    train, test, fit = high_conflict
+    with pytest.raises(ps.PluralstanError, match="test_fraction"):
+        split_pairs(train, 1.5)
+    no_group = ps.Comparisons.from_frame(test.to_frame().drop(columns="group"))
+    with pytest.raises(ps.PluralstanError, match="group"):
+        masking_ratio(fit, no_group)
+    bt = ps.simulate.bt([1.0, 0.0], n_pairs=10, judgements_per_pair=3, seed=0)
+    frame = bt.to_frame().assign(group=0)
+    with pytest.raises(ps.PluralstanError, match="truth"):
+        masking_ratio(fit, ps.Comparisons.from_frame(frame), target="truth")
+    with pytest.raises(ps.PluralstanError, match="target"):
+        masking_ratio(fit, test, target="oracle")
