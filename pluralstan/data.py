@@ -57,6 +57,11 @@ def _rows(mask: np.ndarray | pd.Series, index: pd.Index, limit: int = 5) -> str:
     return f"row{'s' if total > 1 else ''} {', '.join(map(str, bad))}{more}"
 
 
+def _show(value: object) -> str:
+    """repr of a value, with NumPy scalars shown as plain Python values."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _numeric_column(frame: pd.DataFrame, column: str, what: str) -> np.ndarray:
     """Return a finite float column or raise naming the column and the first bad rows."""
     series = frame[column]
@@ -67,7 +72,7 @@ def _numeric_column(frame: pd.DataFrame, column: str, what: str) -> np.ndarray:
     if non_numeric.any():
         first = series[non_numeric].iloc[0]
         raise PluralstanError(
-            f"{what} column {column!r} has a non-numeric value {first!r} at "
+            f"{what} column {column!r} has a non-numeric value {_show(first)} at "
             f"{_rows(non_numeric, frame.index)}; {what} values must be numbers"
         )
     arr = values.to_numpy(dtype=float)
@@ -206,7 +211,7 @@ class Comparisons:
         bad = ~np.isin(y, (0.0, 0.5, 1.0))
         if bad.any():
             raise PluralstanError(
-                f"outcome column 'y' has value {y[bad][0]!r} at {_rows(bad, frame.index)}; "
+                f"outcome column 'y' has value {_show(y[bad][0])} at {_rows(bad, frame.index)}; "
                 "accepted: 1 (a preferred), 0 (b preferred), 0.5 (tie)"
             )
         out["y"] = y
@@ -225,7 +230,7 @@ class Comparisons:
             bad = ~np.isin(order, (0.0, 1.0))
             if bad.any():
                 raise PluralstanError(
-                    f"column 'order' has value {order[bad][0]!r} at {_rows(bad, frame.index)}; "
+                    f"column 'order' has value {_show(order[bad][0])} at {_rows(bad, frame.index)}; "
                     "accepted: 1 (option a shown first), 0 (option b shown first)"
                 )
             out["order"] = order
@@ -472,7 +477,7 @@ def _validate_items(
     same = (frame["item_a"] == frame["item_b"]).to_numpy()
     if same.any():
         raise PluralstanError(
-            f"item {frame['item_a'][same].iloc[0]!r} is compared with itself at "
+            f"item {_show(frame['item_a'][same].iloc[0])} is compared with itself at "
             f"{_rows(same, frame.index)}; item_a and item_b must differ"
         )
     used = pd.unique(pd.concat([frame["item_a"], frame["item_b"]], ignore_index=True))
@@ -488,11 +493,11 @@ def _validate_items(
     table = items.set_index("item") if "item" in items.columns else items
     if table.index.has_duplicates:
         dup = table.index[table.index.duplicated()][0]
-        raise PluralstanError(f"item table lists item {dup!r} more than once; item ids must be unique")
+        raise PluralstanError(f"item table lists item {_show(dup)} more than once; item ids must be unique")
     unknown = [v for v in levels if v not in table.index]
     if unknown:
         raise PluralstanError(
-            f"item {unknown[0]!r} appears in the comparisons but not in the item table "
+            f"item {_show(unknown[0])} appears in the comparisons but not in the item table "
             f"({len(unknown)} unknown item(s)); add a row for it"
         )
     if table.shape[1] == 0:
@@ -510,19 +515,19 @@ def _validate_annotators(table: pd.DataFrame, annotator: pd.Series) -> pd.DataFr
     if table.index.has_duplicates:
         dup = table.index[table.index.duplicated()][0]
         raise PluralstanError(
-            f"annotator table lists annotator {dup!r} more than once; ids must be unique"
+            f"annotator table lists annotator {_show(dup)} more than once; ids must be unique"
         )
     seen = pd.Index(pd.unique(annotator))
     missing = seen.difference(table.index)
     if len(missing):
         raise PluralstanError(
-            f"annotator {missing[0]!r} has judgements but no row in the annotator table "
+            f"annotator {_show(missing[0])} has judgements but no row in the annotator table "
             f"({len(missing)} missing)"
         )
     idle = table.index.difference(seen)
     if len(idle):
         raise PluralstanError(
-            f"annotator {idle[0]!r} is in the annotator table but has no judgements "
+            f"annotator {_show(idle[0])} is in the annotator table but has no judgements "
             f"({len(idle)} such annotator(s)); drop them or add their judgements"
         )
     for col in table.columns:
@@ -530,7 +535,7 @@ def _validate_annotators(table: pd.DataFrame, annotator: pd.Series) -> pd.DataFr
         if na.any():
             who = table.index[na][0]
             raise PluralstanError(
-                f"annotator covariate {col!r} is missing for annotator {who!r} "
+                f"annotator covariate {col!r} is missing for annotator {_show(who)} "
                 f"({int(na.sum())} missing value(s)); impute or drop them before fitting"
             )
     return table.loc[list(seen)]

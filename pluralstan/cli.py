@@ -1,0 +1,192 @@
+"""The ``pluralstan`` command line.
+
+Examples
+--------
+::
+
+    pluralstan models                                   # list the registered models
+    pluralstan simulate high-conflict --out comps.csv   # the position paper's Table 1 data
+    pluralstan fit aggregate comps.csv --out fit.nc     # fit, check diagnostics, save NetCDF
+    pluralstan summary fit.nc                           # posterior summary + diagnostics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import PluralstanError
+
+EPILOG = """\
+The comparison CSV has one row per judgement: columns `y` (1 = option a preferred, 0 = b
+preferred, 0.5 = tie), optional `annotator`, `group`, `order`, `pair`, and either attribute
+columns `a_<name>`/`b_<name>` or item ids `item_a`/`item_b` (with --items for an item-feature
+table). Engine: --backend or $PLURALSTAN_BACKEND (auto | pystan | cmdstanpy).
+"""
+
+
+def _parse_prior(items: Sequence[str]) -> dict[str, object]:
+    """Parse ``KEY=VALUE`` prior overrides; VALUE is a number or a JSON list."""
+    priors: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PluralstanError(f"--prior expects KEY=VALUE (e.g. theta_sd=1.0), got {item!r}")
+        try:
+            priors[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise PluralstanError(
+                f"--prior {key}: value {value!r} is neither a number nor a JSON list"
+            ) from None
+    return priors
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List registered models."""
+    from .models import REGISTRY
+
+    width = max(len(n) for n in REGISTRY)
+    for name, spec in sorted(REGISTRY.items()):
+        k = " (takes --K)" if spec.needs_K else ""
+        print(f"{name:<{width}}  {spec.summary}{k}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Write simulated comparisons as CSV."""
+    from . import simulate
+
+    if args.design == "high-conflict":
+        comps = simulate.high_conflict(n_pairs=args.pairs, n_annotators=args.annotators,
+                                       pairs_per_annotator=args.per_annotator, seed=args.seed)
+    else:
+        theta = [float(v) for v in args.theta.split(",")]
+        comps = simulate.bt(theta, n_pairs=args.pairs, judgements_per_pair=args.annotators,
+                            seed=args.seed)
+    _write_atomic(Path(args.out), comps.to_frame().to_csv(index=False))
+    print(f"wrote {comps.n} judgements to {args.out}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a model to a CSV and save the InferenceData."""
+    from .data import read_csv
+    from .fit import fit, save
+
+    comps = read_csv(args.comparisons, items=args.items, annotators=args.annotators,
+                     reference=args.reference)
+    idata = fit(args.model, comps, K=args.K, priors=_parse_prior(args.prior), chains=args.chains,
+                draws=args.draws, warmup=args.warmup, seed=args.seed, backend=args.backend,
+                sample_prior=args.sample_prior, adapt_delta=args.adapt_delta)
+    save(idata, args.out)
+    print(f"saved {args.out}")
+    _print_summary(idata)
+    return 0
+
+
+def _print_summary(idata) -> None:
+    import arviz as az
+
+    from . import diagnostics
+
+    post = idata.posterior
+    names = [v for v in post.data_vars if post[v].ndim <= 4 and post[v].size // (
+        post.sizes["chain"] * post.sizes["draw"]) <= 50]
+    print(az.summary(idata, var_names=names, kind="all").to_string())
+    problems = diagnostics.failed(idata)
+    print("diagnostics: " + ("all checks passed" if not problems else "; ".join(problems)))
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Print the summary and diagnostics of a saved fit."""
+    from .fit import load
+
+    idata = load(args.fit)
+    attrs = idata.posterior.attrs
+    print(f"model {attrs.get('model')} | engine {attrs.get('engine_version')} | "
+          f"seed {attrs.get('seed')} | program sha256 {str(attrs.get('stan_program_sha256'))[:12]}")
+    _print_summary(idata)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="pluralstan",
+        description="Bayesian identifiability audits for pluralistic preference models "
+        "(Bradley-Terry mixtures in Stan).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("simulate", help="write simulated comparisons as CSV")
+    p.add_argument("design", choices=["high-conflict", "bt"],
+                   help="high-conflict: the position paper's Table 1 population; bt: one theta")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--pairs", type=int, default=200, help="option pairs (default 200)")
+    p.add_argument("--annotators", type=int, default=100,
+                   help="annotators (high-conflict) or judgements per pair (bt); default 100")
+    p.add_argument("--per-annotator", type=int, default=None,
+                   help="pairs each annotator judges (high-conflict; default all)")
+    p.add_argument("--theta", default="1,-1,0.5", help="bt: comma-separated theta")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("fit", help="fit a model to a comparison CSV and save NetCDF",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model name (see `pluralstan models`)")
+    p.add_argument("comparisons", help="comparison table (CSV)")
+    p.add_argument("--out", required=True, help="NetCDF file for the InferenceData")
+    p.add_argument("--K", type=int, default=None, help="number of mixture components")
+    p.add_argument("--items", default=None, help="item-feature table (CSV, column `item`)")
+    p.add_argument("--annotators", default=None,
+                   help="annotator covariate table (CSV, column `annotator`)")
+    p.add_argument("--reference", default=None, help="reference item (ability fixed at 0)")
+    p.add_argument("--prior", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a prior hyperparameter (repeatable), e.g. theta_sd=1")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--adapt-delta", type=float, default=0.8)
+    p.add_argument("--backend", default="auto", choices=["auto", "pystan", "cmdstanpy"])
+    p.add_argument("--sample-prior", action="store_true",
+                   help="also sample the prior (adds prior / prior_predictive groups)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("summary", help="summary and diagnostics of a saved fit")
+    p.add_argument("fit", help="NetCDF file written by `pluralstan fit`")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pluralstan`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PluralstanError as err:
+        print(f"pluralstan: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Shared fixtures. Fits are small (the suite must stay well under 20 minutes on 2 cores) and
+compiled programs are cached per machine, so only the first run pays for compilation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import pluralstan as ps
+
+#: Small but honest sampler settings for tests.
+FAST = {"chains": 4, "draws": 400, "warmup": 400}
+
+
+@pytest.fixture(scope="session")
+def small_bt():
+    """Aggregate BT data with a known theta (4 attributes, 60 pairs x 20 judgements)."""
+    return ps.simulate.bt([1.0, -0.5, 0.0, 2.0], n_pairs=60, judgements_per_pair=20, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_bt_fit(small_bt):
+    """One aggregate fit shared by the layout tests (with prior draws)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        return ps.fit("aggregate", small_bt, seed=11, sample_prior=True, **FAST)
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(12345)

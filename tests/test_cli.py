@@ -1,0 +1,61 @@
+"""The ``pluralstan`` console script: simulate -> fit -> summary, help, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import pluralstan as ps
+from pluralstan.cli import main
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("models", "simulate", "fit", "summary"):
+        assert command in out
+    assert "item_a" in out  # the input format is explained
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "aggregate" in out and "Bradley-Terry" in out
+
+
+def test_simulate_fit_summary_end_to_end(tmp_path, capsys):
+    csv = tmp_path / "comps.csv"
+    fit = tmp_path / "fit.nc"
+    assert main(["simulate", "bt", "--theta", "1,-1", "--pairs", "30", "--annotators", "10",
+                 "--out", str(csv)]) == 0
+    assert main(["fit", "aggregate", str(csv), "--out", str(fit), "--chains", "2",
+                 "--draws", "300", "--warmup", "300", "--prior", "theta_sd=1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "theta[x1]" in out and "diagnostics:" in out
+    idata = ps.load(fit)
+    assert '"prior_theta_sd": [1.5, 1.5]' in idata.posterior.attrs["priors"]
+    assert main(["summary", str(fit)]) == 0
+    assert "model aggregate" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a_x,b_x,y\n0.1,0.2,1\n0.3,0.1,7\n")
+    out = tmp_path / "fit.nc"
+    assert main(["fit", "aggregate", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'y' has value 7.0 at row 1" in err
+    assert not out.exists()
+    assert main(["summary", str(tmp_path / "missing.nc")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["fit", "aggregate", str(bad), "--out", str(out), "--prior", "oops"]) == 2
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "pluralstan.cli", "models"],
+                            capture_output=True, text=True, check=True)
+    assert "aggregate" in result.stdout
