@@ -1,1 +1,236 @@
-"""Placeholder: filled in by the model-suite work (issue 3)."""
+"""Labeled K-mixture Bradley-Terry, subgroup label observed per judgement (``labeled_bt.stan``).
+
+Identification route (i) of the position paper's Proposition 1: each judgement carries its
+annotator's subgroup label (column ``group``), so subgroup ``k``'s preference vector ``theta_k``
+is learned from that subgroup's judgements and the weights ``pi`` from the labels of the
+distinct annotators (``n_annotators ~ multinomial(pi)``, ``pi ~ dirichlet(pi_alpha)``).
+
+``pooling="partial"`` shrinks the ``theta_k`` towards a population vector ``mu`` with per-attribute
+spread ``tau`` (non-centred); ``pooling="none"`` gives every group an independent prior. Ties
+(Davidson) and the position effect are those of the aggregate model. The ``group`` dim holds the
+observed label values as strings; labels are data, so these components cannot switch and
+:mod:`pluralstan.relabel` refuses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..data import OUTCOMES, Comparisons
+from ..errors import PluralstanError
+from .base import Encoded, ModelSpec, broadcast_prior, expand_cells, merge_priors, register
+
+DEFAULT_PRIORS: dict[str, Any] = {
+    "theta_mean": 0.0,  # mean of mu (partial pooling) or of each theta_k (no pooling)
+    "theta_sd": 2.5,  # sd of mu (partial pooling) or of each theta_k (no pooling)
+    "tau_sd": 1.0,  # half-normal scale of the between-group spread (partial pooling)
+    "pi_alpha": 1.0,  # Dirichlet concentration of pi: scalar or one value per group
+    "order_sd": 1.0,  # position effect gamma
+    "log_nu_mean": -1.0,  # Davidson tie parameter, log scale
+    "log_nu_sd": 1.5,
+}
+
+POOLING = ("partial", "none")
+
+
+def resolve_ties_order(
+    comps: Comparisons, ties: bool | None, order: bool | None
+) -> tuple[int, int]:
+    """Whether to model ties and a position effect, as the aggregate model decides them.
+
+    Raises
+    ------
+    PluralstanError
+        When the data contain ties but ``ties=False``.
+    """
+    has_ties = comps.has_ties if ties is None else bool(ties)
+    if comps.has_ties and not has_ties:
+        raise PluralstanError(
+            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
+            "or drop the tied rows"
+        )
+    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    return int(has_ties), int(has_order)
+
+
+def pi_alpha_vector(value: Any, K: int) -> np.ndarray:
+    """The Dirichlet concentration ``pi_alpha`` as a length-``K`` vector of positive numbers."""
+    alpha = broadcast_prior(value, K, "pi_alpha")
+    if not np.all(np.isfinite(alpha) & (alpha > 0)):
+        raise PluralstanError(
+            f"prior 'pi_alpha' must be finite and positive, got {alpha.tolist()}; use "
+            "concentration * pi_0 with pi_0 a point of the simplex and concentration > 0"
+        )
+    return alpha
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (for readable error messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_labels(comps: Comparisons, K: int | None) -> tuple[Hashable, ...]:
+    """Validate the subgroup labels and return their levels.
+
+    Raises
+    ------
+    PluralstanError
+        Without a ``group`` column; when an annotator carries two labels; when ``K`` does not
+        match the number of label levels or integer labels fall outside ``0..K-1``.
+    """
+    if not comps.has_groups:
+        raise PluralstanError(
+            "the labeled model needs the subgroup label column 'group' (one label per "
+            "judgement); for data without labels use the 'unlabeled' model"
+        )
+    levels = comps.group_levels
+    if K is not None:
+        if int(K) != len(levels):
+            raise PluralstanError(
+                f"K={K} but column 'group' has {len(levels)} label level(s) "
+                f"{[_plain(v) for v in levels[:10]]}; "
+                "the labeled model has one component per observed label (omit K or recode "
+                "'group')"
+            )
+        integer = all(isinstance(v, int | np.integer) for v in levels)
+        outside = [v for v in levels if integer and not 0 <= int(v) < int(K)]
+        if outside:
+            raise PluralstanError(
+                f"column 'group' has integer label {_plain(outside[0])!r}, outside "
+                f"0..{int(K) - 1} for K={K}; integer labels must be 0..K-1 (or omit K to use "
+                "the labels as given)"
+            )
+    per_annotator = comps.frame.groupby("annotator", sort=False)["group"].nunique()
+    mixed = per_annotator[per_annotator > 1]
+    if len(mixed):
+        who = _plain(mixed.index[0])
+        labels = sorted((_plain(v) for v in pd.unique(
+            comps.frame.loc[comps.frame["annotator"] == who, "group"])), key=str)
+        raise PluralstanError(
+            f"annotator {who!r} carries {len(labels)} different labels {labels[:5]} in column "
+            f"'group' ({len(mixed)} such annotator(s)); a subgroup label belongs to the "
+            "annotator, so each annotator needs exactly one"
+        )
+    return levels
+
+
+def annotators_per_group(comps: Comparisons) -> np.ndarray:
+    """Number of distinct annotators carrying each label level (sorted levels)."""
+    first = comps.frame.drop_duplicates("annotator")
+    codes = pd.Index(comps.group_levels).get_indexer(first["group"])
+    return np.bincount(codes, minlength=len(comps.group_levels)).astype(np.int64)
+
+
+def encode(
+    comps: Comparisons,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    *,
+    pooling: Literal["partial", "none"] = "partial",
+    ties: bool | None = None,
+    order: bool | None = None,
+) -> Encoded:
+    """Encode a labeled comparison table for the labeled K-mixture model.
+
+    Parameters
+    ----------
+    comps
+        The judgements, with a ``group`` column (one label per annotator).
+    K
+        Number of subgroups; optional (default: the number of label levels). When given it must
+        equal that number, and integer labels must be ``0..K-1``.
+    priors
+        Overrides of :data:`DEFAULT_PRIORS`.
+    pooling
+        ``"partial"``: ``theta_k ~ normal(mu, tau)`` (non-centred); ``"none"``: independent
+        ``theta_k ~ normal(theta_mean, theta_sd)``.
+    ties
+        Model ties with Davidson's parameter; default: when the data contain ties.
+    order
+        Estimate a position effect; default: when the table records presentation order.
+
+    Raises
+    ------
+    PluralstanError
+        For a missing or inconsistent ``group`` column, a ``K`` that does not match the labels,
+        an unknown ``pooling`` or invalid priors.
+    """
+    if pooling not in POOLING:
+        raise PluralstanError(f"unknown pooling {pooling!r}; accepted: {list(POOLING)}")
+    levels = check_labels(comps, K)
+    p = merge_priors(DEFAULT_PRIORS, priors)
+    has_ties, has_order = resolve_ties_order(comps, ties, order)
+    cells = comps.cells(by=["group"])
+    n_out = 2 + has_ties
+    P, G = len(comps.attributes), len(levels)
+    n_annotators = annotators_per_group(comps)
+    partial = int(pooling == "partial")
+    data = {
+        "C": cells.n_cells,
+        "P": P,
+        "K": G,
+        "X": cells.X,
+        "order": cells.order,
+        "group": cells.group + 1,
+        "has_ties": has_ties,
+        "has_order": has_order,
+        "y": cells.counts[:, :n_out],
+        "n_annotators": n_annotators,
+        "partial": partial,
+        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
+        "prior_theta_sd": broadcast_prior(p["theta_sd"], P, "theta_sd"),
+        "prior_tau_sd": broadcast_prior(p["tau_sd"], P, "tau_sd"),
+        "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], G),
+        "prior_order_sd": float(p["order_sd"]),
+        "prior_log_nu_mean": float(p["log_nu_mean"]),
+        "prior_log_nu_sd": float(p["log_nu_sd"]),
+        "prior_only": 0,
+    }
+    coords = {
+        "group": [str(v) for v in levels],
+        "attribute": list(comps.attributes),
+        "cell": np.arange(cells.n_cells),
+        "outcome": list(OUTCOMES[:n_out]),
+        "comparison": np.arange(comps.n),
+    }
+    dims = {"theta": ["group", "attribute"], "pi": ["group"], "theta_bar": ["attribute"],
+            "y_rep": ["cell", "outcome"], "cell_group": ["cell"], "n_annotators": ["group"]}
+    drop: Sequence[str] = ("log_p_cell", "z")
+    if partial:
+        dims |= {"mu": ["attribute"], "tau": ["attribute"]}
+    else:
+        drop = (*drop, "mu", "tau")  # zero-length under pooling="none"
+    cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
+    return Encoded(
+        data=data,
+        coords=coords,
+        dims=dims,
+        observed={"y": cells.counts[:, :n_out]},
+        constant={"X": cells.X, "order": cells.order, "cell_group": cells.group,
+                  "cell_of_row": cell_of_row, "n_annotators": n_annotators},
+        predictive={"y_rep": "y"},
+        log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
+        log_lik_dims={"y": ["comparison"]},
+        drop=tuple(drop),
+        optional_scalars=("gamma", "log_nu"),
+        # observed labels cannot switch: no latent label dim
+        label_dim=None,
+        extra_attrs={"ties": has_ties, "order_effect": has_order, "pooling": pooling,
+                     "group_labels": "observed"},
+    )
+
+
+SPEC = register(
+    ModelSpec(
+        name="labeled",
+        program_file="labeled_bt.stan",
+        summary="Labeled K-mixture Bradley-Terry: one theta per observed subgroup label "
+        "(partial or no pooling; pi from annotator labels; optional ties and position effect)",
+        encode=encode,
+        default_priors=DEFAULT_PRIORS,
+    )
+)

@@ -1,1 +1,181 @@
-"""Placeholder: filled in by the model-suite work (issue 3)."""
+"""Unlabeled comparison-level K-mixture Bradley-Terry (``stan/unlabeled_bt.stan``).
+
+Every judgement comes from an anonymous annotator of a latent subgroup, so the group is
+marginalised judgement by judgement, ``P(a > b) = sum_k pi_k logistic((a - b)' theta_k)``, on the
+pooled counts per cell. Any ``group`` or ``annotator`` column is ignored: this is the aggregate
+data setting of the position paper.
+
+The model is **not identified** from such data (Proposition 1): expect within-group posteriors
+that stay close to the prior, several modes, label switching and R-hat failures on
+label-dependent quantities, while the label-invariant summaries ``p_agg`` (aggregate P(a
+preferred) per cell) and ``theta_bar`` (``sum_k pi_k theta_k``) are informed by the data. Use
+:func:`pluralstan.relabel.label_switching_report` to separate label switching from genuine
+multimodality, and the prior-sensitivity grid (``pi_alpha = concentration * pi_0``) to show how
+much of the answer the assumed mixture supplies.
+
+``identify="ordered"`` constrains ``theta[0, j] < ... < theta[K-1, j]`` for one attribute ``j``
+(``ordered_attribute``, default the first). It removes the K! label permutations, nothing more:
+it does not identify the mixture and it distorts the posterior where the components overlap in
+attribute ``j``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Literal
+
+import numpy as np
+
+from ..data import OUTCOMES, Comparisons
+from ..errors import PluralstanError
+from .base import Encoded, ModelSpec, broadcast_prior, expand_cells, merge_priors, register
+from .labeled import pi_alpha_vector, resolve_ties_order
+
+DEFAULT_PRIORS: dict[str, Any] = {
+    "pi_alpha": 1.0,  # Dirichlet concentration: scalar or K values (concentration * pi_0)
+    "theta_mean": 0.0,  # every theta_k, scalar or one value per attribute
+    "theta_sd": 2.5,
+    "order_sd": 1.0,  # position effect gamma
+    "log_nu_mean": -1.0,  # Davidson tie parameter, log scale
+    "log_nu_sd": 1.5,
+}
+
+IDENTIFY = ("none", "ordered")
+
+
+def _components(K: Any) -> int:
+    """Validate the number of latent components."""
+    try:
+        k = operator.index(K)
+    except TypeError:
+        raise PluralstanError(
+            f"K must be a positive integer (the number of latent subgroups), got {K!r}"
+        ) from None
+    if k < 1:
+        raise PluralstanError(f"K must be at least 1, got {k}")
+    return k
+
+
+def _ident_attribute(comps: Comparisons, identify: str, attribute: str | None) -> int:
+    """1-based index of the attribute that orders the components."""
+    if identify not in IDENTIFY:
+        raise PluralstanError(f"unknown identify {identify!r}; accepted: {list(IDENTIFY)}")
+    if attribute is None:
+        return 1
+    if identify == "none":
+        raise PluralstanError(
+            f"ordered_attribute={attribute!r} needs identify='ordered' (it names the attribute "
+            "whose coordinates order the components)"
+        )
+    if attribute not in comps.attributes:
+        raise PluralstanError(
+            f"ordered_attribute {attribute!r} is not an attribute of the table; attributes: "
+            f"{list(comps.attributes)[:10]}"
+        )
+    return comps.attributes.index(attribute) + 1
+
+
+def encode(
+    comps: Comparisons,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    *,
+    identify: Literal["none", "ordered"] = "none",
+    ordered_attribute: str | None = None,
+    ties: bool | None = None,
+    order: bool | None = None,
+) -> Encoded:
+    """Encode a comparison table for the unlabeled K-mixture model.
+
+    Parameters
+    ----------
+    comps
+        The judgements; group and annotator ids are ignored (pooled cells).
+    K
+        Number of latent subgroups (required).
+    priors
+        Overrides of :data:`DEFAULT_PRIORS`; ``pi_alpha`` is a scalar or a length-``K`` vector of
+        positive numbers (large concentrations pin ``pi`` near ``pi_alpha / sum(pi_alpha)``).
+    identify
+        ``"none"`` (exchangeable labels) or ``"ordered"`` (order the components by one attribute).
+    ordered_attribute
+        With ``identify="ordered"``: the attribute whose coordinates are ordered (default: the
+        first attribute).
+    ties
+        Model ties with Davidson's parameter; default: when the data contain ties.
+    order
+        Estimate a position effect; default: when the table records presentation order.
+
+    Raises
+    ------
+    PluralstanError
+        For a missing or invalid ``K``, an unknown ``identify`` or attribute, invalid priors.
+    """
+    if K is None:
+        raise PluralstanError("the unlabeled model needs the number of latent subgroups K")
+    K = _components(K)
+    ident_attr = _ident_attribute(comps, identify, ordered_attribute)
+    p = merge_priors(DEFAULT_PRIORS, priors)
+    has_ties, has_order = resolve_ties_order(comps, ties, order)
+    cells = comps.cells()
+    n_out = 2 + has_ties
+    P = len(comps.attributes)
+    data = {
+        "C": cells.n_cells,
+        "P": P,
+        "K": K,
+        "X": cells.X,
+        "order": cells.order,
+        "has_ties": has_ties,
+        "has_order": has_order,
+        "y": cells.counts[:, :n_out],
+        "identify": int(identify == "ordered"),
+        "ident_attr": ident_attr,
+        "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], K),
+        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
+        "prior_theta_sd": broadcast_prior(p["theta_sd"], P, "theta_sd"),
+        "prior_order_sd": float(p["order_sd"]),
+        "prior_log_nu_mean": float(p["log_nu_mean"]),
+        "prior_log_nu_sd": float(p["log_nu_sd"]),
+        "prior_only": 0,
+    }
+    coords = {
+        "group": np.arange(K),
+        "attribute": list(comps.attributes),
+        "cell": np.arange(cells.n_cells),
+        "outcome": list(OUTCOMES[:n_out]),
+        "comparison": np.arange(comps.n),
+    }
+    cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
+    return Encoded(
+        data=data,
+        coords=coords,
+        dims={"theta": ["group", "attribute"], "pi": ["group"], "theta_bar": ["attribute"],
+              "p_agg": ["cell"], "alloc": ["cell", "outcome", "group"],
+              "y_rep": ["cell", "outcome"]},
+        observed={"y": cells.counts[:, :n_out]},
+        constant={"X": cells.X, "order": cells.order, "cell_of_row": cell_of_row},
+        predictive={"y_rep": "y"},
+        log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
+        log_lik_dims={"y": ["comparison"]},
+        drop=("log_p_cell", "theta_lead_ordered", "theta_lead_free", "theta_rest"),
+        optional_scalars=("gamma", "log_nu"),
+        label_dim="group",
+        extra_attrs={"ties": has_ties, "order_effect": has_order, "identify": identify,
+                     "ordered_attribute": comps.attributes[ident_attr - 1]
+                     if identify == "ordered" else "",
+                     "group_labels": "latent", "allocation": "alloc"},
+    )
+
+
+SPEC = register(
+    ModelSpec(
+        name="unlabeled",
+        program_file="unlabeled_bt.stan",
+        summary="Unlabeled comparison-level K-mixture Bradley-Terry on pooled counts (latent "
+        "group marginalised per judgement; not identified from aggregate data)",
+        encode=encode,
+        default_priors=DEFAULT_PRIORS,
+        needs_K=True,
+    )
+)

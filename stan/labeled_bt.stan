@@ -1,0 +1,131 @@
+// Labeled K-mixture Bradley-Terry model: every judgement carries its annotator's subgroup label.
+//
+// This is identification route (i) of the position paper's Proposition 1: with the label
+// observed, subgroup k's preference vector theta_k is learned from the judgements of subgroup k,
+// and the mixture weights pi from the labels of the distinct annotators. The data arrive as
+// sufficient statistics: a cell is a distinct (attribute difference a - b, presentation order,
+// group), with the number of judgements preferring b, preferring a and (optionally) tied. Ties
+// follow Davidson (1970) and the position effect enters exactly as in aggregate_bt.stan:
+//   eta = (a - b)' theta_{group} + gamma * order,
+//   P(a > b) = exp(eta / 2) / D, P(b > a) = exp(-eta / 2) / D, P(tie) = nu / D,
+//   D = exp(eta / 2) + exp(-eta / 2) + nu   (inv_logit(eta) when there are no ties).
+// Pooling of the subgroup vectors is a data switch, so both variants are one program:
+//   partial = 1: theta_k = mu + tau .* z_k, z_k ~ normal(0, 1) (non-centred hierarchy),
+//                mu ~ normal(prior_theta_mean, prior_theta_sd), tau ~ half-normal(prior_tau_sd);
+//   partial = 0: theta_k = prior_theta_mean + prior_theta_sd .* z_k, i.e. independent
+//                theta_k ~ normal(prior_theta_mean, prior_theta_sd).
+// Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
+// n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
+functions {
+  // Davidson log-probabilities of (b preferred, a preferred, tie) for each cell.
+  matrix davidson_log_probs(vector eta, real log_nu) {
+    int C = rows(eta);
+    vector[C] abs_eta = abs(eta);
+    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
+    vector[C] log_denom = 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu - 0.5 * abs_eta));
+    return append_col(append_col(-0.5 * eta - log_denom, 0.5 * eta - log_denom),
+                      rep_vector(log_nu, C) - log_denom);
+  }
+}
+data {
+  int<lower=1> C;                        // number of cells
+  int<lower=1> P;                        // number of attributes (columns of the design)
+  int<lower=1> K;                        // number of subgroups (observed label levels)
+  matrix[C, P] X;                        // attribute difference a - b per cell
+  vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
+  array[C] int<lower=1, upper=K> group;  // subgroup label of each cell
+  int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
+  int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
+  array[C, 2 + has_ties] int<lower=0> y; // counts per cell: b preferred, a preferred[, tie]
+  array[K] int<lower=0> n_annotators;    // distinct annotators carrying each label
+  int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
+  // priors (passed as data)
+  vector[P] prior_theta_mean;            // mean of mu (partial) or of every theta_k (none)
+  vector<lower=0>[P] prior_theta_sd;     // sd of mu (partial) or of every theta_k (none)
+  vector<lower=0>[P] prior_tau_sd;       // tau ~ half-normal(prior_tau_sd) (partial only)
+  vector<lower=0>[K] prior_pi_alpha;     // pi ~ dirichlet(prior_pi_alpha)
+  real<lower=0> prior_order_sd;          // gamma ~ normal(0, prior_order_sd)
+  real prior_log_nu_mean;                // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
+  real<lower=0> prior_log_nu_sd;
+  int<lower=0, upper=1> prior_only;      // 1: ignore the likelihood (prior predictive runs)
+}
+transformed data {
+  array[C] int n_a = y[:, 2];
+  array[C] int n_ab;                      // trials decided for a or b
+  for (c in 1:C) {
+    n_ab[c] = y[c, 1] + y[c, 2];
+  }
+  matrix[C, 2 + has_ties] counts = to_matrix(y);
+}
+parameters {
+  vector[partial ? P : 0] mu;            // population preference (partial pooling)
+  vector<lower=0>[partial ? P : 0] tau;  // between-group spread per attribute (partial pooling)
+  matrix[K, P] z;                        // standardised subgroup deviations
+  simplex[K] pi;                         // subgroup shares in the annotator population
+  array[has_order] real gamma;           // position (shown-first) effect
+  array[has_ties] real log_nu;           // log Davidson tie parameter
+}
+transformed parameters {
+  matrix[K, P] theta;                    // preference weights of each subgroup (row k)
+  if (partial) {
+    theta = rep_matrix(mu', K) + z .* rep_matrix(tau', K);
+  } else {
+    theta = rep_matrix(prior_theta_mean', K) + z .* rep_matrix(prior_theta_sd', K);
+  }
+}
+model {
+  vector[C] eta = rows_dot_product(X, theta[group]);  // utility difference a - b per cell
+  if (has_order) {
+    eta += gamma[1] * order;
+  }
+  to_vector(z) ~ std_normal();
+  if (partial) {
+    mu ~ normal(prior_theta_mean, prior_theta_sd);
+    tau ~ normal(0, prior_tau_sd);
+  }
+  pi ~ dirichlet(prior_pi_alpha);
+  gamma ~ normal(0, prior_order_sd);
+  log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
+  if (!prior_only) {
+    n_annotators ~ multinomial(pi);
+    if (has_ties) {
+      target += sum(counts .* davidson_log_probs(eta, log_nu[1]));
+    } else {
+      n_a ~ binomial_logit(n_ab, eta);
+    }
+  }
+}
+generated quantities {
+  // population-average preference sum_k pi_k theta_k (label-invariant)
+  vector[P] theta_bar = (pi' * theta)';
+  // log prior density of the top-level parameters, for power-scaling sensitivity (the
+  // hierarchical z_k enter through mu and tau under partial pooling)
+  real lprior = dirichlet_lpdf(pi | prior_pi_alpha)
+                + normal_lpdf(gamma | 0, prior_order_sd)
+                + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
+  if (partial) {
+    lprior += normal_lpdf(mu | prior_theta_mean, prior_theta_sd)
+              + normal_lpdf(tau | 0, prior_tau_sd);
+  } else {
+    lprior += normal_lpdf(to_vector(theta) | to_vector(rep_matrix(prior_theta_mean', K)),
+                          to_vector(rep_matrix(prior_theta_sd', K)));
+  }
+  // log probability of each outcome in each cell; a judgement's log likelihood is the entry of
+  // its cell and outcome (expanded to one value per judgement in Python)
+  matrix[C, 2 + has_ties] log_p_cell;
+  array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
+  {
+    vector[C] eta = rows_dot_product(X, theta[group]);
+    if (has_order) {
+      eta += gamma[1] * order;
+    }
+    if (has_ties) {
+      log_p_cell = davidson_log_probs(eta, log_nu[1]);
+    } else {
+      log_p_cell = append_col(log_inv_logit(-eta), log_inv_logit(eta));
+    }
+  }
+  for (c in 1:C) {
+    y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));
+  }
+}

@@ -1,0 +1,159 @@
+// Unlabeled comparison-level K-mixture Bradley-Terry model.
+//
+// Every judgement comes from an anonymous annotator of a latent subgroup k with probability
+// pi_k, so the latent group is marginalised judgement by judgement:
+//   P(outcome | cell) = sum_k pi_k P_k(outcome | cell),
+//   eta_k = (a - b)' theta_k + gamma * order,
+// with P_k the Davidson (1970) probabilities of aggregate_bt.stan (inv_logit(eta_k) without
+// ties). Identical judgements are exchangeable, so the data are the pooled counts per cell =
+// distinct (attribute difference, presentation order) and the likelihood is multinomial in the
+// mixture probabilities.
+//
+// This model is NOT identified from aggregate data (Proposition 1 of the position paper): the
+// likelihood depends on (pi, theta) only through the per-cell mixture probabilities, which many
+// decompositions reproduce (e.g. "everybody indifferent" and "two opposed halves"). Expect wide
+// posteriors for theta_k and pi that do not contract with more data, several modes, and R-hat
+// failures on label-dependent quantities; the population summaries theta_bar and p_agg are the
+// quantities the data inform. Labels are exchangeable: the posterior is invariant under the K!
+// permutations of the components.
+//
+// identify = 1 imposes the identifying constraint theta[1, j] < ... < theta[K, j] for the
+// attribute j = ident_attr (an `ordered` parameter). It removes the permutation symmetry only;
+// it does not identify the mixture, and it distorts the posterior where the components overlap
+// in attribute j (Stan User's Guide, "Problematic posteriors").
+functions {
+  // Davidson log-probabilities of (b preferred, a preferred, tie) for each cell.
+  matrix davidson_log_probs(vector eta, real log_nu) {
+    int C = rows(eta);
+    vector[C] abs_eta = abs(eta);
+    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
+    vector[C] log_denom = 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu - 0.5 * abs_eta));
+    return append_col(append_col(-0.5 * eta - log_denom, 0.5 * eta - log_denom),
+                      rep_vector(log_nu, C) - log_denom);
+  }
+  // log(pi_k) + log P_k(outcome | cell) for every component k: array of C x (2 + has_ties).
+  array[] matrix component_log_probs(matrix eta, vector log_pi, int has_ties,
+                                     array[] real log_nu) {
+    int C = rows(eta);
+    int K = cols(eta);
+    array[K] matrix[C, 2 + has_ties] lp;
+    for (k in 1:K) {
+      if (has_ties) {
+        lp[k] = davidson_log_probs(col(eta, k), log_nu[1]) + log_pi[k];
+      } else {
+        lp[k] = append_col(log_inv_logit(-col(eta, k)), log_inv_logit(col(eta, k))) + log_pi[k];
+      }
+    }
+    return lp;
+  }
+  // Element-wise log_sum_exp over components: log P(outcome | cell) of the mixture.
+  matrix log_sum_exp_components(array[] matrix lp) {
+    int K = size(lp);
+    matrix[rows(lp[1]), cols(lp[1])] m = lp[1];
+    for (k in 2:K) {
+      m = fmax(m, lp[k]);
+    }
+    matrix[rows(lp[1]), cols(lp[1])] s = exp(lp[1] - m);
+    for (k in 2:K) {
+      s += exp(lp[k] - m);
+    }
+    return m + log(s);
+  }
+}
+data {
+  int<lower=1> C;                        // number of cells
+  int<lower=1> P;                        // number of attributes (columns of the design)
+  int<lower=1> K;                        // number of latent subgroups (assumed)
+  matrix[C, P] X;                        // attribute difference a - b per cell
+  vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
+  int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
+  int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
+  array[C, 2 + has_ties] int<lower=0> y; // pooled counts per cell: b preferred, a preferred[, tie]
+  int<lower=0, upper=1> identify;        // 1: order the components by theta[, ident_attr]
+  int<lower=1, upper=P> ident_attr;      // the attribute that orders the components
+  // priors (passed as data)
+  vector<lower=0>[K] prior_pi_alpha;     // pi ~ dirichlet(prior_pi_alpha) (concentration * pi_0)
+  vector[P] prior_theta_mean;            // theta_k ~ normal(prior_theta_mean, prior_theta_sd)
+  vector<lower=0>[P] prior_theta_sd;
+  real<lower=0> prior_order_sd;          // gamma ~ normal(0, prior_order_sd)
+  real prior_log_nu_mean;                // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
+  real<lower=0> prior_log_nu_sd;
+  int<lower=0, upper=1> prior_only;      // 1: ignore the likelihood (prior predictive runs)
+}
+transformed data {
+  matrix[C, 2 + has_ties] counts = to_matrix(y);
+  array[P - 1] int rest;                 // the attributes other than ident_attr
+  for (j in 1:(P - 1)) {
+    rest[j] = j < ident_attr ? j : j + 1;
+  }
+  // prior mean and sd of vec(theta) (column-major K x P), the same for every component
+  vector[K * P] theta_loc = to_vector(rep_matrix(prior_theta_mean', K));
+  vector[K * P] theta_scale = to_vector(rep_matrix(prior_theta_sd', K));
+}
+parameters {
+  simplex[K] pi;                                  // subgroup shares
+  array[identify] ordered[K] theta_lead_ordered;  // theta[, ident_attr] when identify = 1
+  array[1 - identify] vector[K] theta_lead_free;  // theta[, ident_attr] when identify = 0
+  matrix[K, P - 1] theta_rest;                    // the other columns of theta
+  array[has_order] real gamma;                    // position (shown-first) effect
+  array[has_ties] real log_nu;                    // log Davidson tie parameter
+}
+transformed parameters {
+  matrix[K, P] theta;                    // preference weights of each latent subgroup (row k)
+  if (identify) {
+    theta[:, ident_attr] = theta_lead_ordered[1];
+  } else {
+    theta[:, ident_attr] = theta_lead_free[1];
+  }
+  theta[:, rest] = theta_rest;
+}
+model {
+  matrix[C, K] eta = X * theta';         // utility difference a - b per cell and component
+  if (has_order) {
+    eta += rep_matrix(gamma[1] * order, K);
+  }
+  to_vector(theta) ~ normal(theta_loc, theta_scale);
+  pi ~ dirichlet(prior_pi_alpha);
+  gamma ~ normal(0, prior_order_sd);
+  log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
+  if (!prior_only) {
+    target += sum(counts .* log_sum_exp_components(
+                               component_log_probs(eta, log(pi), has_ties, log_nu)));
+  }
+}
+generated quantities {
+  // population-average preference sum_k pi_k theta_k (label-invariant)
+  vector[P] theta_bar = (pi' * theta)';
+  // log prior density, for power-scaling sensitivity
+  real lprior = normal_lpdf(to_vector(theta) | theta_loc, theta_scale)
+                + dirichlet_lpdf(pi | prior_pi_alpha)
+                + normal_lpdf(gamma | 0, prior_order_sd)
+                + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
+  // mixture log probability of each outcome in each cell (expanded to one log likelihood value
+  // per judgement in Python)
+  matrix[C, 2 + has_ties] log_p_cell;
+  vector[C] p_agg;                       // aggregate P(a preferred) per cell (label-invariant)
+  // allocation probabilities P(group k | cell, outcome): a judgement's posterior group
+  // membership given the parameters, for relabelling (Stephens 2000)
+  array[C, 2 + has_ties] vector[K] alloc;
+  array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
+  {
+    matrix[C, K] eta = X * theta';
+    if (has_order) {
+      eta += rep_matrix(gamma[1] * order, K);
+    }
+    array[K] matrix[C, 2 + has_ties] lp = component_log_probs(eta, log(pi), has_ties, log_nu);
+    log_p_cell = log_sum_exp_components(lp);
+    for (c in 1:C) {
+      for (o in 1:(2 + has_ties)) {
+        for (k in 1:K) {
+          alloc[c, o, k] = exp(lp[k][c, o] - log_p_cell[c, o]);
+        }
+      }
+    }
+  }
+  p_agg = exp(log_p_cell[:, 2]);
+  for (c in 1:C) {
+    y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));
+  }
+}
