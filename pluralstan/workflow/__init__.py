@@ -2,16 +2,21 @@
 
 from .contraction import contraction
 from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
+from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
 from .predict import PairTable, observed_frequencies, pair_table, preference_probability
 
 __all__ = [
     "PairTable",
+    "calibration_table",
     "contraction",
     "masking_ratio",
     "observed_frequencies",
     "pair_table",
+    "plot_calibration",
     "point_estimate_theta",
+    "ppc_frequencies",
     "preference_probability",
+    "replicated_frequencies",
     "split_pairs",
     "summarize_masking",
 ]
