@@ -47,6 +47,10 @@ from .errors import PluralstanError
 
 Method = Literal["auto", "stephens", "pivot"]
 
+#: Names under which pluralstan's programs emit allocation probabilities: ``alloc``
+#: (comparison-level mixtures, per cell and outcome) and ``membership`` (annotator-level).
+ALLOCATION_NAMES = ("alloc", "membership")
+
 #: Smallest probability used inside logarithms of the Stephens algorithm.
 _TINY = 1e-300
 
@@ -68,6 +72,16 @@ def _check_latent(idata: az.InferenceData, dim: str) -> xr.Dataset:
             "labels, which cannot switch; relabelling applies to latent components"
         )
     return post
+
+
+def allocation_name(post: xr.Dataset, allocation: str | None = None) -> str | None:
+    """The allocation-probability variable: ``allocation``, the fit's ``allocation``
+    attribute, or the first of :data:`ALLOCATION_NAMES` in the posterior."""
+    if allocation:
+        return allocation
+    if post.attrs.get("allocation"):
+        return str(post.attrs["allocation"])
+    return next((name for name in ALLOCATION_NAMES if name in post), None)
 
 
 def label_vars(post: xr.Dataset, dim: str = "group") -> list[str]:
@@ -230,8 +244,8 @@ def relabel(
         ``"stephens"`` (needs allocation probabilities), ``"pivot"``, or ``"auto"``: Stephens
         when the posterior holds allocation probabilities, else pivot.
     allocation
-        Name of the allocation-probability variable (default: the fit's ``allocation``
-        attribute, else ``"alloc"``); its last label dim is ``dim``.
+        Name of the allocation-probability variable (default: :func:`allocation_name`); its
+        last dim is ``dim``.
     var_names
         Pivot method: the variables to match on (default: every variable with ``dim`` except the
         allocation probabilities).
@@ -255,7 +269,7 @@ def relabel(
         lacks what it needs.
     """
     post = _check_latent(idata, dim)
-    alloc_name = allocation or post.attrs.get("allocation") or "alloc"
+    alloc_name = allocation_name(post, allocation)
     if method == "auto":
         method = "stephens" if alloc_name in post else "pivot"
     n_chain, n_draw, K = post.sizes["chain"], post.sizes["draw"], post.sizes[dim]
@@ -263,8 +277,8 @@ def relabel(
         if alloc_name not in post or post[alloc_name].dims[-1] != dim:
             raise PluralstanError(
                 f"method='stephens' needs allocation probabilities: a posterior variable "
-                f"{alloc_name!r} whose last dim is {dim!r}; this fit has none (use "
-                "method='pivot')"
+                f"({alloc_name or ' or '.join(ALLOCATION_NAMES)}) whose last dim is {dim!r}; "
+                "this fit has none (use method='pivot')"
             )
         alloc = post[alloc_name]
         p = _flat(alloc, dim).transpose(0, 2, 1)  # (S, n, K)
@@ -379,7 +393,7 @@ def label_switching_report(
     disagree = len(set(dominant)) > 1
     # R-hat on the parameters, not on the allocation probabilities: those are a function of
     # them, and their many coordinates would exceed any threshold by chance alone
-    alloc_name = kwargs.get("allocation") or post.attrs.get("allocation") or "alloc"
+    alloc_name = allocation_name(post, kwargs.get("allocation"))
     labelled = [v for v in label_vars(post, dim) if v != alloc_name]
     invariant = [str(v) for v, da in post.data_vars.items()
                  if dim not in da.dims and float(da.std()) > 0]

@@ -139,9 +139,13 @@ def test_relabel_restores_every_group_variable(method: str) -> None:
 def test_auto_method_prefers_stephens_when_allocations_exist() -> None:
     rng = np.random.default_rng(5)
     idata, _ = _idata(rng, _random_perms(rng, (2, 50), 3), draws=50)
-    _, _ = relabel(idata)
     out, _ = relabel(idata)
     assert json.loads(out.posterior.attrs["relabelling"])["method"] == "stephens"
+    # the annotator-level models call their allocation probabilities "membership"
+    renamed = az.InferenceData(posterior=idata.posterior.rename_vars(alloc="membership"),
+                               observed_data=idata.observed_data)
+    detail = json.loads(relabel(renamed)[0].posterior.attrs["relabelling"])
+    assert (detail["method"], detail["allocation"]) == ("stephens", "membership")
     without = az.InferenceData(posterior=idata.posterior.drop_vars("alloc"),
                                sample_stats=idata.sample_stats)
     out, _ = relabel(without)
