@@ -1,1 +1,298 @@
-"""Placeholder: filled in by the model-suite work (issue 3)."""
+"""Annotator-level latent types: the paired-annotator mixture (``stan/annotator_bt.stan``).
+
+Each annotator belongs to one of ``K`` latent types and makes all of their judgements with that
+type's preference vector; the likelihood of an annotator's whole set of judgements is mixed over
+the types. Repeated judgements from one person are what identify the types (seed 002's paired
+preferences): with one judgement per annotator the model is the unidentified judgement-level
+mixture.
+
+Outputs: ``theta`` ``("group", "attribute")``, ``pi`` ``("group",)``, ``membership``
+``("annotator", "group")`` (per-draw allocation probabilities, for relabelling and for
+classifying annotators), ``log_likelihood["y"]`` with dim ``annotator`` (the unit of
+leave-one-annotator-out LOO), and ``posterior_predictive["y"]`` counts per cell and outcome.
+
+The encoding helpers here (:func:`check_K`, :func:`annotator_cells`, :func:`likelihood_data`)
+are shared with the covariate-informed model (:mod:`pluralstan.models.covariate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..data import OUTCOMES, Comparisons
+from ..errors import PluralstanError
+from .base import Encoded, ModelSpec, broadcast_prior, merge_priors, register
+
+Identify = Literal["none", "ordered"]
+
+DEFAULT_PRIORS: dict[str, Any] = {
+    "theta_mean": 0.0,  # scalar or one value per attribute (same for every type)
+    "theta_sd": 2.5,  # weakly informative on the logit scale
+    "pi_alpha": 1.0,  # Dirichlet concentration: scalar or one value per type
+    "order_sd": 1.0,  # position effect gamma
+    "log_nu_mean": -1.0,  # Davidson tie parameter, log scale
+    "log_nu_sd": 1.5,
+}
+
+
+@dataclass(frozen=True)
+class AnnotatorCells:
+    """Judgements collapsed to cells within annotators, cells sorted by annotator.
+
+    Attributes
+    ----------
+    X, order, counts
+        ``(C, P)`` design, ``(C,)`` order sign and ``(C, n_outcomes)`` counts per cell.
+    annotator
+        ``(C,)`` 0-based annotator code of each cell (non-decreasing).
+    cell_of_row, outcome_of_row
+        ``(N,)`` cell (in the sorted numbering) and outcome code of every judgement.
+    """
+
+    X: np.ndarray
+    order: np.ndarray
+    counts: np.ndarray
+    annotator: np.ndarray
+    cell_of_row: np.ndarray
+    outcome_of_row: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells."""
+        return int(self.X.shape[0])
+
+
+def check_K(K: Any, comps: Comparisons) -> int:
+    """Validate the number of latent types against the number of annotators.
+
+    Raises
+    ------
+    PluralstanError
+        When ``K`` is not an integer in ``1 .. number of annotators``.
+    """
+    n_ann = len(comps.annotator_levels)
+    whole = isinstance(K, int | np.integer) or (isinstance(K, float) and K.is_integer())
+    if isinstance(K, bool) or not whole:
+        raise PluralstanError(
+            f"K (the number of latent types) must be a positive integer, got {K!r}"
+        )
+    K = int(K)
+    if K < 1:
+        raise PluralstanError(f"K (the number of latent types) must be at least 1, got {K}")
+    if K > n_ann:
+        raise PluralstanError(
+            f"K = {K} latent types but only {n_ann} annotator(s) in column 'annotator': each "
+            "type needs annotators to describe; use K <= the number of annotators"
+        )
+    return K
+
+
+def check_identify(identify: str) -> int:
+    """The ``identify_ordered`` flag for ``identify="none" | "ordered"``."""
+    if identify not in ("none", "ordered"):
+        raise PluralstanError(
+            f"identify={identify!r} is not an option; accepted: 'none' (symmetric prior, labels "
+            "may switch; relabel afterwards) or 'ordered' (types ordered by the first attribute)"
+        )
+    return int(identify == "ordered")
+
+
+def annotator_cells(comps: Comparisons, n_outcomes: int) -> AnnotatorCells:
+    """Cells of ``comps.cells(by=["annotator"])`` sorted by annotator (stable).
+
+    Raises
+    ------
+    PluralstanError
+        When an annotator of the annotator table has no judgement in the comparison table.
+    """
+    if comps.annotators is not None:
+        idle = comps.annotators.index.difference(pd.Index(comps.annotator_levels))
+        if len(idle):
+            raise PluralstanError(
+                f"annotator {idle[0]!r} is in the annotator table but has no judgements "
+                f"({len(idle)} such annotator(s)); drop them or add their judgements"
+            )
+    cells = comps.cells(by=["annotator"])
+    perm = np.argsort(cells.annotator, kind="stable")
+    new_of_old = np.empty_like(perm)
+    new_of_old[perm] = np.arange(perm.size)
+    return AnnotatorCells(
+        X=cells.X[perm],
+        order=cells.order[perm],
+        counts=cells.counts[perm][:, :n_outcomes],
+        annotator=cells.annotator[perm],
+        cell_of_row=new_of_old[cells.cell_of_row],
+        outcome_of_row=cells.outcome_of_row,
+    )
+
+
+def likelihood_data(
+    comps: Comparisons,
+    K: Any,
+    priors: dict[str, Any],
+    *,
+    identify: str,
+    ties: bool | None,
+    order: bool | None,
+) -> tuple[dict[str, Any], dict[str, Any], AnnotatorCells, dict[str, Any]]:
+    """Stan data, coords, cells and provenance common to the annotator-level programs.
+
+    Returns
+    -------
+    data, coords, cells, attrs
+        Stan data (likelihood, theta / order / tie priors, flags; ``prior_only`` = 0), coords
+        for ``attribute``, ``group``, ``annotator``, ``cell``, ``outcome``, the sorted cells,
+        and the model attributes recorded in the posterior.
+    """
+    K = check_K(K, comps)
+    flag = check_identify(identify)
+    has_ties = comps.has_ties if ties is None else bool(ties)
+    if comps.has_ties and not has_ties:
+        raise PluralstanError(
+            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
+            "or drop the tied rows"
+        )
+    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    n_out = 2 + int(has_ties)
+    cells = annotator_cells(comps, n_out)
+    P = len(comps.attributes)
+    data = {
+        "I": len(comps.annotator_levels),
+        "C": cells.n_cells,
+        "P": P,
+        "K": K,
+        "X": cells.X,
+        "order": cells.order,
+        "ann": cells.annotator + 1,
+        "has_ties": int(has_ties),
+        "has_order": int(has_order),
+        "identify_ordered": flag,
+        "y": cells.counts,
+        "prior_theta_mean": broadcast_prior(priors["theta_mean"], P, "theta_mean"),
+        "prior_theta_sd": positive(broadcast_prior(priors["theta_sd"], P, "theta_sd"), "theta_sd"),
+        "prior_order_sd": float(positive(priors["order_sd"], "order_sd")),
+        "prior_log_nu_mean": float(priors["log_nu_mean"]),
+        "prior_log_nu_sd": float(positive(priors["log_nu_sd"], "log_nu_sd")),
+        "prior_only": 0,
+    }
+    coords = {
+        "attribute": list(comps.attributes),
+        "group": np.arange(K),
+        "annotator": list(comps.annotator_levels),
+        "cell": np.arange(cells.n_cells),
+        "outcome": list(OUTCOMES[:n_out]),
+        "comparison": np.arange(comps.n),
+    }
+    attrs = {"ties": int(has_ties), "order_effect": int(has_order), "identify": identify}
+    return data, coords, cells, attrs
+
+
+def positive(value: Any, name: str) -> Any:
+    """Return ``value`` if every entry is a finite positive number, else raise naming it."""
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr) & (arr > 0)):
+        raise PluralstanError(
+            f"prior {name!r} must be finite and positive, got {np.asarray(value).tolist()!r}"
+        )
+    return value
+
+
+def encode(
+    comps: Comparisons,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    *,
+    identify: Identify = "none",
+    ties: bool | None = None,
+    order: bool | None = None,
+) -> Encoded:
+    """Encode a comparison table for the annotator-level latent-type model.
+
+    Parameters
+    ----------
+    comps
+        The judgements; the ``annotator`` column defines the units that share a type (a table
+        without it makes every judgement its own annotator). Observed ``group`` labels are
+        ignored.
+    K
+        Number of latent types, ``1 <= K <=`` number of annotators.
+    priors
+        Overrides of :data:`DEFAULT_PRIORS`. ``pi_alpha`` is a scalar or one Dirichlet
+        concentration per type (e.g. ``concentration * pi_grid`` for prior sensitivity).
+    identify
+        ``"none"``: exchangeable types (labels may switch between and within chains; relabel
+        with :mod:`pluralstan.relabel`). ``"ordered"``: the first attribute coordinate of theta
+        is increasing in the type index.
+    ties
+        Model ties with Davidson's parameter; default: when the data contain ties.
+    order
+        Estimate a position effect; default: when the table records presentation order.
+
+    Raises
+    ------
+    PluralstanError
+        For a bad ``K``, ``identify``, prior, or an annotator without judgements.
+    """
+    p = merge_priors(DEFAULT_PRIORS, priors)
+    data, coords, cells, attrs = likelihood_data(
+        comps, K, p, identify=identify, ties=ties, order=order
+    )
+    data["prior_pi_alpha"] = positive(
+        broadcast_prior(p["pi_alpha"], data["K"], "pi_alpha"), "pi_alpha"
+    )
+    return Encoded(
+        data=data,
+        coords=coords,
+        dims={
+            "theta": ["group", "attribute"],
+            "pi": ["group"],
+            "membership": ["annotator", "group"],
+            "y_rep": ["cell", "outcome"],
+            **CONSTANT_DIMS,
+        },
+        observed={"y": cells.counts},
+        constant=constant_data(cells),
+        predictive={"y_rep": "y"},
+        log_lik=lambda v: {"y": v["log_lik"]},
+        log_lik_dims={"y": ["annotator"]},
+        drop=("log_lik", "theta_first", "theta_rest"),
+        optional_scalars=("gamma", "log_nu"),
+        label_dim="group",
+        extra_attrs=attrs,
+    )
+
+
+#: Dims of the ``constant_data`` variables of the annotator-level models.
+CONSTANT_DIMS: dict[str, list[str]] = {
+    "X": ["cell", "attribute"],
+    "order": ["cell"],
+    "cell_annotator": ["cell"],
+    "cell_of_row": ["comparison"],
+}
+
+
+def constant_data(cells: AnnotatorCells) -> dict[str, np.ndarray]:
+    """The ``constant_data`` group: design, order and annotator of each cell, cell of each row."""
+    return {
+        "X": cells.X,
+        "order": cells.order,
+        "cell_annotator": cells.annotator,
+        "cell_of_row": cells.cell_of_row,
+    }
+
+
+SPEC = register(
+    ModelSpec(
+        name="annotator",
+        program_file="annotator_bt.stan",
+        summary="Annotator-level latent types: each annotator's judgements share one of K "
+        "preference vectors (paired-annotator mixture; per-annotator log likelihood)",
+        encode=encode,
+        default_priors=DEFAULT_PRIORS,
+        needs_K=True,
+    )
+)

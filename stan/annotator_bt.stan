@@ -1,0 +1,189 @@
+// Annotator-level latent-type Bradley-Terry mixture (the "paired-annotator" model).
+//
+// Annotator i belongs to one latent type z_i in 1..K, P(z_i = k) = pi_k, and makes every one of
+// their judgements with that type's preference vector theta_k. Marginalising z_i,
+//   p(y_i | theta, pi) = sum_k pi_k prod_j p(y_ij | theta_k),
+// so an annotator's judgements enter the mixture as one block. Repeated judgements from the same
+// person say which type the person belongs to, which pooled one-judgement-per-person data cannot
+// (the paired-preferences argument of seed 002); with one judgement each this model is the
+// judgement-level mixture and inherits its non-identification.
+//
+// Data arrive as sufficient statistics: a cell is a distinct (annotator, a - b, order) with its
+// counts of a preferred, b preferred and ties; cells are sorted by annotator. For cell c and
+// type k, with eta_ck = x_c' theta_k + gamma * order_c, the Davidson (1970) log likelihood is
+//   l_ck = w_c * eta_ck - n_c * log D(eta_ck) + t_c * log nu,
+//   D(eta) = exp(eta / 2) + exp(-eta / 2) + nu,
+// with w_c = (n_a - n_b) / 2, n_c the cell total and t_c its ties. Without ties (nu = 0) the
+// same expression is the binomial one, written as w_c = n_a and log D = log1p_exp(eta).
+// An annotator's log likelihood under type k is a sum over their cells. The linear part is a
+// precomputed I x P matrix of sufficient statistics times theta'; only the log normaliser is
+// evaluated per cell, as one C x K matrix from one matrix product, and summed per annotator by a
+// sparse annotator-indicator matrix weighted by n_c. No loop over judgements touches K.
+// Priors are data, so prior sensitivity and prior-only runs need no recompile.
+functions {
+  // log D(eta) elementwise; with no tie parameter, log1p_exp(eta) (the binomial normaliser).
+  matrix log_normaliser(matrix eta, array[] real log_nu) {
+    if (size(log_nu) == 0) {
+      return log1p_exp(eta);
+    }
+    matrix[rows(eta), cols(eta)] abs_eta = abs(eta);
+    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
+    return 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu[1] - 0.5 * abs_eta));
+  }
+
+  // I x K matrix: log likelihood of annotator i's judgements under type k.
+  //   S, S_order, n_tie_ann: per-annotator sufficient statistics of the linear part
+  //   csr_w, csr_v, csr_u:   annotator-indicator matrix (I x C) weighted by the cell totals
+  matrix type_log_lik(matrix theta, matrix X, vector order, array[] real gamma,
+                      array[] real log_nu, matrix S, vector S_order, vector n_tie_ann,
+                      vector csr_w, array[] int csr_v, array[] int csr_u) {
+    int I = rows(S);
+    int C = rows(X);
+    int K = rows(theta);
+    matrix[C, K] eta = X * theta';
+    vector[I] shift = rep_vector(0, I);
+    if (size(gamma) > 0) {
+      eta += rep_matrix(gamma[1] * order, K);
+      shift += gamma[1] * S_order;
+    }
+    if (size(log_nu) > 0) {
+      shift += log_nu[1] * n_tie_ann;
+    }
+    matrix[C, K] log_d = log_normaliser(eta, log_nu);
+    matrix[I, K] out = S * theta' + rep_matrix(shift, K);
+    for (k in 1:K) {
+      out[ : , k] -= csr_matrix_times_vector(I, C, csr_w, csr_v, csr_u, log_d[ : , k]);
+    }
+    return out;
+  }
+
+  // outcome probabilities (b preferred, a preferred[, tie]) of one judgement
+  vector outcome_probs(real eta, array[] real log_nu) {
+    if (size(log_nu) == 0) {
+      return softmax([-0.5 * eta, 0.5 * eta]');
+    }
+    return softmax([-0.5 * eta, 0.5 * eta, log_nu[1]]');
+  }
+}
+data {
+  int<lower=1> I;                          // number of annotators
+  int<lower=1> C;                          // number of cells (annotator x distinct judgement)
+  int<lower=1> P;                          // number of attributes (columns of the design)
+  int<lower=1> K;                          // number of latent types
+  matrix[C, P] X;                          // attribute difference a - b per cell
+  vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
+  array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
+  int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
+  int<lower=0, upper=1> has_order;         // 1: estimate a position effect gamma
+  int<lower=0, upper=1> identify_ordered;  // 1: order the types by their first coordinate
+  array[C, 2 + has_ties] int<lower=0> y;   // counts per cell: b preferred, a preferred[, tie]
+  // priors (passed as data)
+  vector[P] prior_theta_mean;              // theta[k] ~ normal(prior_theta_mean, prior_theta_sd)
+  vector<lower=0>[P] prior_theta_sd;
+  vector<lower=0>[K] prior_pi_alpha;       // pi ~ dirichlet(prior_pi_alpha)
+  real<lower=0> prior_order_sd;            // gamma ~ normal(0, prior_order_sd)
+  real prior_log_nu_mean;                  // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
+  real<lower=0> prior_log_nu_sd;
+  int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
+}
+transformed data {
+  vector[C] n_a = to_vector(y[ : , 2]);
+  vector[C] n_b = to_vector(y[ : , 1]);
+  vector[C] n_tie = has_ties ? to_vector(y[ : , 3]) : rep_vector(0, C);
+  vector[C] n_cell = n_a + n_b + n_tie;
+  array[C] int n_cell_int;
+  for (c in 1:C) {
+    n_cell_int[c] = sum(y[c]);
+  }
+  // weight of eta in a cell's log likelihood
+  vector[C] w_lin = has_ties ? 0.5 * (n_a - n_b) : n_a;
+  // annotator-indicator matrix in compressed row storage, weighted by the cell totals
+  vector[C] csr_w = n_cell;
+  array[C] int csr_v = linspaced_int_array(C, 1, C);
+  array[I + 1] int csr_u;
+  csr_u[1] = 1;
+  {
+    array[I] int cells_of = rep_array(0, I);
+    for (c in 1:C) {
+      if (c > 1 && ann[c] < ann[c - 1]) {
+        reject("cells must be sorted by annotator; cell ", c, " breaks the order");
+      }
+      cells_of[ann[c]] += 1;
+    }
+    for (i in 1:I) {
+      if (cells_of[i] == 0) {
+        reject("annotator ", i, " has no judgements");
+      }
+      csr_u[i + 1] = csr_u[i] + cells_of[i];
+    }
+  }
+  // per-annotator sufficient statistics of the linear part
+  matrix[I, P] S;
+  vector[I] S_order;
+  vector[I] n_tie_ann;
+  for (p in 1:P) {
+    S[ : , p] = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* X[ : , p]);
+  }
+  S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* order);
+  n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
+  // prior location and scale of to_vector(theta) (column-major, K x P)
+  vector[K * P] theta_mu = to_vector(rep_matrix(prior_theta_mean', K));
+  vector[K * P] theta_sigma = to_vector(rep_matrix(prior_theta_sd', K));
+}
+parameters {
+  simplex[K] pi;                                    // type shares
+  array[identify_ordered] ordered[K] theta_first;   // theta[ : , 1] when labels are identified
+  matrix[K, P - identify_ordered] theta_rest;       // the other coordinates of theta
+  array[has_order] real gamma;                      // position (shown-first) effect
+  array[has_ties] real log_nu;                      // log Davidson tie parameter
+}
+transformed parameters {
+  matrix[K, P] theta;                               // preference vector of each type (rows)
+  if (identify_ordered) {
+    theta = append_col(theta_first[1], theta_rest);
+  } else {
+    theta = theta_rest;
+  }
+}
+model {
+  to_vector(theta) ~ normal(theta_mu, theta_sigma);
+  pi ~ dirichlet(prior_pi_alpha);
+  gamma ~ normal(0, prior_order_sd);
+  log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
+  if (!prior_only) {
+    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
+                                   csr_w, csr_v, csr_u)
+                      + rep_matrix(log(pi)', I);
+    for (i in 1:I) {
+      target += log_sum_exp(lp[i]);
+    }
+  }
+}
+generated quantities {
+  // log prior density, for power-scaling sensitivity
+  real lprior = normal_lpdf(to_vector(theta) | theta_mu, theta_sigma)
+                + dirichlet_lpdf(pi | prior_pi_alpha)
+                + normal_lpdf(gamma | 0, prior_order_sd)
+                + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
+  vector[I] log_lik;           // log p(y_i | theta, pi): the unit of leave-one-annotator-out
+  matrix[I, K] membership;     // P(z_i = k | y_i, theta, pi); pi itself when prior_only
+  array[C, 2 + has_ties] int y_rep;  // replicated counts per cell, same annotators
+  {
+    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
+                                   csr_w, csr_v, csr_u)
+                      + rep_matrix(log(pi)', I);
+    array[I] int z;
+    for (i in 1:I) {
+      log_lik[i] = log_sum_exp(lp[i]);
+      membership[i] = prior_only ? pi' : exp(lp[i] - log_lik[i]);
+      z[i] = categorical_rng(membership[i]');
+    }
+    for (c in 1:C) {
+      real eta = X[c] * theta[z[ann[c]]]';
+      if (has_order) {
+        eta += gamma[1] * order[c];
+      }
+      y_rep[c] = multinomial_rng(outcome_probs(eta, log_nu), n_cell_int[c]);
+    }
+  }
+}

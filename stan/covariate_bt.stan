@@ -1,0 +1,203 @@
+// Covariate-informed mixing: the annotator-level latent-type Bradley-Terry mixture whose type
+// shares depend on annotator covariates (identification route (ii) of the position paper).
+//
+// Annotator i belongs to latent type z_i in 1..K with
+//   P(z_i = k | w_i) = pi_ik,  pi_i = softmax(beta * w_i),
+// a multinomial-logit (softmax) regression on the annotator's covariate vector w_i (first entry
+// 1, the intercept; categorical covariates dummy-coded, numeric ones standardised, in Python).
+// The first type is the reference: beta[1] = 0. Given the type, every judgement of the
+// annotator follows the Bradley-Terry / Davidson model with the type's theta_k, and the
+// annotator's whole set of judgements is mixed as one block,
+//   p(y_i | theta, beta) = sum_k pi_ik prod_j p(y_ij | theta_k).
+// Covariates that predict the type make annotators with similar covariates share information
+// about their type, and tie the type labels to observable characteristics.
+//
+// The likelihood is computed exactly as in annotator_bt.stan (the functions block is shared
+// verbatim): cells are distinct (annotator, a - b, order) with their outcome counts, sorted by
+// annotator; the linear part of each annotator's log likelihood is a precomputed I x P matrix of
+// sufficient statistics times theta', the log normaliser is one C x K matrix from one matrix
+// product, summed per annotator by a weighted sparse annotator-indicator matrix. For cell c and
+// type k, with eta_ck = x_c' theta_k + gamma * order_c,
+//   l_ck = w_c * eta_ck - n_c * log D(eta_ck) + t_c * log nu,
+//   D(eta) = exp(eta / 2) + exp(-eta / 2) + nu  (Davidson ties; nu = 0: binomial),
+// with w_c = (n_a - n_b) / 2 (n_a without ties), n_c the cell total and t_c its ties.
+// Priors are data, so prior sensitivity and prior-only runs need no recompile.
+functions {
+  // log D(eta) elementwise; with no tie parameter, log1p_exp(eta) (the binomial normaliser).
+  matrix log_normaliser(matrix eta, array[] real log_nu) {
+    if (size(log_nu) == 0) {
+      return log1p_exp(eta);
+    }
+    matrix[rows(eta), cols(eta)] abs_eta = abs(eta);
+    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
+    return 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu[1] - 0.5 * abs_eta));
+  }
+
+  // I x K matrix: log likelihood of annotator i's judgements under type k.
+  //   S, S_order, n_tie_ann: per-annotator sufficient statistics of the linear part
+  //   csr_w, csr_v, csr_u:   annotator-indicator matrix (I x C) weighted by the cell totals
+  matrix type_log_lik(matrix theta, matrix X, vector order, array[] real gamma,
+                      array[] real log_nu, matrix S, vector S_order, vector n_tie_ann,
+                      vector csr_w, array[] int csr_v, array[] int csr_u) {
+    int I = rows(S);
+    int C = rows(X);
+    int K = rows(theta);
+    matrix[C, K] eta = X * theta';
+    vector[I] shift = rep_vector(0, I);
+    if (size(gamma) > 0) {
+      eta += rep_matrix(gamma[1] * order, K);
+      shift += gamma[1] * S_order;
+    }
+    if (size(log_nu) > 0) {
+      shift += log_nu[1] * n_tie_ann;
+    }
+    matrix[C, K] log_d = log_normaliser(eta, log_nu);
+    matrix[I, K] out = S * theta' + rep_matrix(shift, K);
+    for (k in 1:K) {
+      out[ : , k] -= csr_matrix_times_vector(I, C, csr_w, csr_v, csr_u, log_d[ : , k]);
+    }
+    return out;
+  }
+
+  // outcome probabilities (b preferred, a preferred[, tie]) of one judgement
+  vector outcome_probs(real eta, array[] real log_nu) {
+    if (size(log_nu) == 0) {
+      return softmax([-0.5 * eta, 0.5 * eta]');
+    }
+    return softmax([-0.5 * eta, 0.5 * eta, log_nu[1]]');
+  }
+}
+data {
+  int<lower=1> I;                          // number of annotators
+  int<lower=1> C;                          // number of cells (annotator x distinct judgement)
+  int<lower=1> P;                          // number of attributes (columns of the design)
+  int<lower=1> K;                          // number of latent types
+  int<lower=1> Q;                          // covariates per annotator, intercept included
+  matrix[I, Q] W;                          // annotator covariates; column 1 is the intercept (1)
+  matrix[C, P] X;                          // attribute difference a - b per cell
+  vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
+  array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
+  int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
+  int<lower=0, upper=1> has_order;         // 1: estimate a position effect gamma
+  int<lower=0, upper=1> identify_ordered;  // 1: order the types by their first coordinate
+  array[C, 2 + has_ties] int<lower=0> y;   // counts per cell: b preferred, a preferred[, tie]
+  // priors (passed as data)
+  vector[P] prior_theta_mean;              // theta[k] ~ normal(prior_theta_mean, prior_theta_sd)
+  vector<lower=0>[P] prior_theta_sd;
+  vector<lower=0>[Q] prior_beta_sd;        // beta[k, q] ~ normal(0, prior_beta_sd[q]), k > 1
+  real<lower=0> prior_order_sd;            // gamma ~ normal(0, prior_order_sd)
+  real prior_log_nu_mean;                  // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
+  real<lower=0> prior_log_nu_sd;
+  int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
+}
+transformed data {
+  vector[C] n_a = to_vector(y[ : , 2]);
+  vector[C] n_b = to_vector(y[ : , 1]);
+  vector[C] n_tie = has_ties ? to_vector(y[ : , 3]) : rep_vector(0, C);
+  vector[C] n_cell = n_a + n_b + n_tie;
+  array[C] int n_cell_int;
+  for (c in 1:C) {
+    n_cell_int[c] = sum(y[c]);
+  }
+  // weight of eta in a cell's log likelihood
+  vector[C] w_lin = has_ties ? 0.5 * (n_a - n_b) : n_a;
+  // annotator-indicator matrix in compressed row storage, weighted by the cell totals
+  vector[C] csr_w = n_cell;
+  array[C] int csr_v = linspaced_int_array(C, 1, C);
+  array[I + 1] int csr_u;
+  csr_u[1] = 1;
+  {
+    array[I] int cells_of = rep_array(0, I);
+    for (c in 1:C) {
+      if (c > 1 && ann[c] < ann[c - 1]) {
+        reject("cells must be sorted by annotator; cell ", c, " breaks the order");
+      }
+      cells_of[ann[c]] += 1;
+    }
+    for (i in 1:I) {
+      if (cells_of[i] == 0) {
+        reject("annotator ", i, " has no judgements");
+      }
+      csr_u[i + 1] = csr_u[i] + cells_of[i];
+    }
+  }
+  // per-annotator sufficient statistics of the linear part
+  matrix[I, P] S;
+  vector[I] S_order;
+  vector[I] n_tie_ann;
+  for (p in 1:P) {
+    S[ : , p] = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* X[ : , p]);
+  }
+  S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* order);
+  n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
+  // prior location and scale of to_vector(theta) (column-major, K x P)
+  vector[K * P] theta_mu = to_vector(rep_matrix(prior_theta_mean', K));
+  vector[K * P] theta_sigma = to_vector(rep_matrix(prior_theta_sd', K));
+  // prior scale of to_vector(beta_free) (column-major, (K - 1) x Q)
+  vector[(K - 1) * Q] beta_sigma = to_vector(rep_matrix(prior_beta_sd', K - 1));
+}
+parameters {
+  matrix[K - 1, Q] beta_free;                       // softmax coefficients of types 2..K
+  array[identify_ordered] ordered[K] theta_first;   // theta[ : , 1] when labels are identified
+  matrix[K, P - identify_ordered] theta_rest;       // the other coordinates of theta
+  array[has_order] real gamma;                      // position (shown-first) effect
+  array[has_ties] real log_nu;                      // log Davidson tie parameter
+}
+transformed parameters {
+  matrix[K, P] theta;                               // preference vector of each type (rows)
+  if (identify_ordered) {
+    theta = append_col(theta_first[1], theta_rest);
+  } else {
+    theta = theta_rest;
+  }
+  // softmax coefficients, type 1 the reference (its row fixed at 0)
+  matrix[K, Q] beta = append_row(rep_row_vector(0, Q), beta_free);
+}
+model {
+  to_vector(theta) ~ normal(theta_mu, theta_sigma);
+  to_vector(beta_free) ~ normal(0, beta_sigma);
+  gamma ~ normal(0, prior_order_sd);
+  log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
+  if (!prior_only) {
+    matrix[I, K] eta_pi = W * beta';                // softmax linear predictor per annotator
+    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
+                                   csr_w, csr_v, csr_u);
+    for (i in 1:I) {
+      target += log_sum_exp(lp[i] + log_softmax(eta_pi[i]')');
+    }
+  }
+}
+generated quantities {
+  // log prior density, for power-scaling sensitivity
+  real lprior = normal_lpdf(to_vector(theta) | theta_mu, theta_sigma)
+                + normal_lpdf(to_vector(beta_free) | 0, beta_sigma)
+                + normal_lpdf(gamma | 0, prior_order_sd)
+                + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
+  matrix[I, K] pi_annotator;   // P(z_i = k | w_i, beta): each annotator's prior type shares
+  vector[K] pi;                // type shares averaged over these annotators
+  vector[I] log_lik;           // log p(y_i | theta, beta, w_i): leave-one-annotator-out unit
+  matrix[I, K] membership;     // P(z_i = k | y_i, w_i, theta, beta); pi_annotator if prior_only
+  array[C, 2 + has_ties] int y_rep;  // replicated counts per cell, same annotators
+  {
+    matrix[I, K] eta_pi = W * beta';
+    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
+                                   csr_w, csr_v, csr_u);
+    array[I] int z;
+    for (i in 1:I) {
+      vector[K] log_pi_i = log_softmax(eta_pi[i]');
+      pi_annotator[i] = exp(log_pi_i)';
+      lp[i] += log_pi_i';
+      log_lik[i] = log_sum_exp(lp[i]);
+      membership[i] = prior_only ? pi_annotator[i] : exp(lp[i] - log_lik[i]);
+      z[i] = categorical_rng(membership[i]');
+    }
+    pi = (rep_row_vector(1.0 / I, I) * pi_annotator)';
+    for (c in 1:C) {
+      real eta = X[c] * theta[z[ann[c]]]';
+      if (has_order) {
+        eta += gamma[1] * order[c];
+      }
+      y_rep[c] = multinomial_rng(outcome_probs(eta, log_nu), n_cell_int[c]);
+    }
+  }
+}

@@ -1,0 +1,246 @@
+"""Tests of the annotator-level latent-type model (``stan/annotator_bt.stan``).
+
+Recovery criterion (stated once, used below): chains are aligned to the true labels one chain at
+a time, by the permutation that best matches the chain's posterior mean of theta to the truth
+(``scipy.optimize.linear_sum_assignment`` on squared distances); this is the test's scoring rule,
+not a relabelling method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.special import log_expit, logsumexp
+
+import pluralstan as ps
+from pluralstan.errors import DiagnosticWarning, PluralstanError
+from pluralstan.models import annotator
+
+FIT = {"chains": 2, "draws": 300, "warmup": 300, "backend": "pystan"}
+
+
+# ---------------------------------------------------------------------------- helpers
+def reference_type_log_lik(
+    comps: ps.Comparisons, theta: np.ndarray, gamma: float = 0.0, log_nu: float | None = None
+) -> np.ndarray:
+    """``(I, K)`` log p(y_i | theta_k) summed judgement by judgement (no cells, no sparse sums)."""
+    X, o = comps.design(), comps.order_sign()
+    outcome, who = comps.outcome_codes(), comps.codes("annotator")
+    eta = X @ theta.T + gamma * o[:, None]  # (N, K)
+    if log_nu is None:
+        lp = np.where(outcome[:, None] == 1, log_expit(eta), log_expit(-eta))
+    else:
+        log_d = np.logaddexp(np.logaddexp(eta / 2, -eta / 2), log_nu)
+        per_outcome = np.stack([-eta / 2, eta / 2, np.full_like(eta, log_nu)]) - log_d
+        lp = np.take_along_axis(per_outcome, outcome[None, :, None], axis=0)[0]
+    out = np.zeros((len(comps.annotator_levels), theta.shape[0]))
+    np.add.at(out, who, lp)
+    return out
+
+
+def align_chains(idata: az.InferenceData, theta_true: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-chain permutation of the group axis onto the true labels (see module docstring).
+
+    Returns theta ``(chain, draw, K, P)``, pi ``(chain, draw, K)``, membership
+    ``(chain, draw, I, K)`` in the true labelling, and ``perm`` ``(chain, K)`` with
+    ``perm[c, true_k]`` = the fitted group that chain c uses for true group k.
+    """
+    post = idata.posterior
+    theta = post["theta"].transpose("chain", "draw", "group", "attribute").values
+    pi = post["pi"].transpose("chain", "draw", "group").values
+    memb = post["membership"].transpose("chain", "draw", "annotator", "group").values
+    perms = []
+    for c in range(theta.shape[0]):
+        cost = ((theta_true[:, None, :] - theta[c].mean(axis=0)[None, :, :]) ** 2).sum(-1)
+        _, col = linear_sum_assignment(cost)
+        perms.append(col)
+    perm = np.array(perms)
+    take = np.arange(theta.shape[0])[:, None]
+    return {
+        "theta": theta[take, :, perm].transpose(0, 2, 1, 3),
+        "pi": pi.transpose(0, 2, 1)[take, perm].transpose(0, 2, 1),
+        "membership": memb.transpose(0, 3, 1, 2)[take, perm].transpose(0, 2, 3, 1),
+        "perm": perm,
+    }
+
+
+def quiet_fit(*args, **kwargs) -> az.InferenceData:
+    """Fit, keeping diagnostic warnings out of the log (the tests read the record instead)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiagnosticWarning)
+        return ps.fit(*args, **kwargs)
+
+
+def ties_order_data(seed: int = 3) -> ps.Comparisons:
+    """Small mixture data with ties, presentation order and repeated identical judgements."""
+    comps = ps.simulate.high_conflict(seed=seed, n_annotators=12, n_pairs=15,
+                                      pairs_per_annotator=4)
+    frame = comps.to_frame().drop(columns="group")
+    rng = np.random.default_rng(seed)
+    frame.loc[rng.uniform(size=len(frame)) < 0.2, "y"] = 0.5
+    frame["order"] = rng.integers(0, 2, size=len(frame)).astype(float)
+    frame = pd.concat([frame, frame.iloc[::3]], ignore_index=True)  # identical repeats
+    return ps.Comparisons.from_frame(frame)
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def small() -> ps.Comparisons:
+    return ps.simulate.high_conflict(seed=1, n_annotators=6, n_pairs=10, pairs_per_annotator=3)
+
+
+@pytest.mark.parametrize("K", [0, -1, 1.5, "2", True, None])
+def test_rejects_bad_K(small, K):
+    with pytest.raises(PluralstanError, match="K"):
+        annotator.encode(small, K=K)
+
+
+def test_rejects_more_types_than_annotators(small):
+    with pytest.raises(PluralstanError, match=r"K = 7 .* only 6 annotator"):
+        ps.fit("annotator", small, K=7)
+
+
+def test_rejects_bad_identify_and_priors(small):
+    with pytest.raises(PluralstanError, match="identify='sorted'"):
+        annotator.encode(small, K=2, identify="sorted")
+    with pytest.raises(PluralstanError, match="pi_alpha"):
+        annotator.encode(small, K=2, priors={"pi_alpha": [1.0, 0.0]})
+    with pytest.raises(PluralstanError, match=r"pi_alpha.*length 2"):
+        annotator.encode(small, K=2, priors={"pi_alpha": [1.0, 1.0, 1.0]})
+    with pytest.raises(PluralstanError, match="theta_sd"):
+        annotator.encode(small, K=2, priors={"theta_sd": -1.0})
+    with pytest.raises(PluralstanError, match="unknown prior"):
+        annotator.encode(small, K=2, priors={"alpha": 1.0})
+
+
+def test_rejects_annotator_without_judgements(small):
+    table = pd.DataFrame({"age": np.arange(7.0)}, index=pd.Index(range(7), name="annotator"))
+    with pytest.raises(PluralstanError, match=r"annotator 6 .* no judgements"):
+        ps.Comparisons.from_frame(small.to_frame(), annotators=table)
+    # a table that bypassed validation is caught by the encoder, before Stan runs
+    sneaky = dataclasses.replace(small, annotators=table)
+    with pytest.raises(PluralstanError, match=r"annotator 6 .* no judgements"):
+        annotator.encode(sneaky, K=2)
+
+
+# ---------------------------------------------------------------------------- encoding
+def test_cells_sorted_by_annotator_and_sufficient(small):
+    enc = annotator.encode(small, K=2)
+    ann = enc.data["ann"]
+    assert np.all(np.diff(ann) >= 0) and set(ann) == set(range(1, 7))
+    assert enc.data["y"].sum() == small.n
+    # every judgement maps to a cell of its own annotator with its own design row
+    rows = enc.constant["cell_of_row"]
+    assert np.array_equal(ann[rows] - 1, small.codes("annotator"))
+    assert np.allclose(enc.data["X"][rows], small.design())
+    assert enc.coords["group"].tolist() == [0, 1]
+    assert enc.log_lik_dims == {"y": ["annotator"]}
+
+
+# ---------------------------------------------------------------------------- Stan program
+def test_likelihood_matches_judgement_level_reference():
+    """Cells, sparse per-annotator sums and the Davidson/order terms equal a direct sum."""
+    comps = ties_order_data()
+    idata = ps.fit("annotator", comps, K=2, chains=1, draws=10, warmup=10, seed=2,
+                   backend="pystan", check=False)
+    post = idata.posterior
+    assert {"gamma", "log_nu"} <= set(post.data_vars)
+    ll = idata.log_likelihood["y"]
+    assert ll.dims == ("chain", "draw", "annotator") and ll.sizes["annotator"] == 12
+    for d in range(3):
+        draw = post.isel(chain=0, draw=d)
+        lp = reference_type_log_lik(comps, draw["theta"].values, float(draw["gamma"]),
+                                    float(draw["log_nu"])) + np.log(draw["pi"].values)
+        np.testing.assert_allclose(ll.isel(chain=0, draw=d).values, logsumexp(lp, axis=1),
+                                   rtol=1e-8)
+        memb = np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
+        np.testing.assert_allclose(draw["membership"].values, memb, rtol=1e-6, atol=1e-12)
+    # replicated counts: same shape as y, same number of judgements per cell
+    y, y_rep = idata.observed_data["y"], idata.posterior_predictive["y"]
+    assert y_rep.shape[2:] == y.shape and y.sizes["outcome"] == 3
+    assert np.all(y_rep.sum("outcome") == y.sum("outcome"))
+
+
+# ---------------------------------------------------------------------------- recovery
+@pytest.fixture(scope="module")
+def by_m() -> dict[int, tuple[ps.Comparisons, az.InferenceData]]:
+    """One population (Table 1 design, 100 annotators), m = 1, 2, 5, 20 judgements each."""
+    out = {}
+    for m in (1, 2, 5, 20):
+        comps = ps.simulate.high_conflict(seed=11, pairs_per_annotator=m)
+        out[m] = comps, quiet_fit("annotator", comps, K=2, seed=11, **FIT)
+    return out
+
+
+def test_recovery_of_theta_and_pi(by_m):
+    """Criterion: over three data sets (m = 20), at least 27 of the 36 true values of theta and
+    pi lie inside the central 90% posterior intervals (expected 32.4) and every |z-score|
+    (posterior mean - truth) / posterior sd is below 3.5, after per-chain label alignment;
+    the ``identify="ordered"`` fit keeps theta[:, 0] increasing in every draw."""
+    runs = [by_m[20]]
+    for seed, identify in ((12, "none"), (13, "ordered")):
+        comps = ps.simulate.high_conflict(seed=seed, pairs_per_annotator=20)
+        runs.append((comps, quiet_fit("annotator", comps, K=2, seed=seed, identify=identify,
+                                      **FIT)))
+    inside, zs = 0, []
+    for comps, idata in runs:
+        al = align_chains(idata, comps.truth["theta"])
+        for name in ("theta", "pi"):
+            draws = al[name].reshape(-1, *al[name].shape[2:])
+            lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+            truth = comps.truth[name]
+            inside += int(((lo <= truth) & (truth <= hi)).sum())
+            zs.append(np.abs(draws.mean(0) - truth) / draws.std(0))
+    assert inside >= 27, inside
+    assert max(z.max() for z in zs) < 3.5
+    ordered = runs[2][1].posterior["theta"].isel(attribute=0)
+    assert bool((ordered.diff("group") > 0).all())
+
+
+def test_recovery_improves_with_judgements_per_annotator(by_m):
+    """Criterion: with the same population, going from m = 1, 2 to m = 5 to m = 20
+    (a) the mean posterior sd of theta shrinks: sd(20) < sd(5) < min(sd(1), sd(2));
+    (b) membership accuracy (share of annotators whose posterior mean membership puts more
+    than 1/2 on their true type) rises: acc(20) > acc(5) > max(acc(1), acc(2)), acc(20) >= 0.95;
+    (c) the error of the posterior mean of theta falls: err(20) < err(5) < max(err(1), err(2))."""
+    sd, acc, err = {}, {}, {}
+    for m, (comps, idata) in by_m.items():
+        al = align_chains(idata, comps.truth["theta"])
+        theta = al["theta"].reshape(-1, *al["theta"].shape[2:])
+        sd[m] = float(theta.std(0).mean())
+        err[m] = float(np.sqrt(((theta.mean(0) - comps.truth["theta"]) ** 2).mean()))
+        memb = al["membership"].reshape(-1, *al["membership"].shape[2:]).mean(0)
+        acc[m] = float((memb[np.arange(memb.shape[0]), comps.truth["z"]] > 0.5).mean())
+    summary = f"sd={sd}, acc={acc}, err={err}"
+    assert sd[20] < sd[5] < min(sd[1], sd[2]), summary
+    assert acc[20] > acc[5] > max(acc[1], acc[2]) and acc[20] >= 0.95, summary
+    assert err[20] < err[5] < max(err[1], err[2]), summary
+
+
+def test_leave_one_annotator_out_loo(by_m):
+    """The log-likelihood group has one value per annotator, so PSIS-LOO leaves out annotators."""
+    _, idata = by_m[5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loo = az.loo(idata, pointwise=True)
+    assert loo.n_data_points == 100
+    assert np.isfinite(loo.elpd_loo)
+
+
+def test_concentrated_mixing_prior_is_honoured():
+    """A sharp Dirichlet (pi_alpha = 1000 * (0.3, 0.7)) samples cleanly and dominates 100
+    annotators: posterior mean of sorted pi within 0.05 of (0.3, 0.7), no divergences."""
+    comps = ps.simulate.high_conflict(seed=21, pairs_per_annotator=10)
+    idata = quiet_fit("annotator", comps, K=2, seed=21,
+                      priors={"pi_alpha": 1000 * np.array([0.3, 0.7])}, **FIT)
+    diag = ps.diagnostics.check(idata, warn=False)
+    assert diag.divergences == 0
+    pi_mean = np.sort(idata.posterior["pi"].mean(("chain", "draw")).values)
+    np.testing.assert_allclose(pi_mean, [0.3, 0.7], atol=0.05)
+    assert float(idata.posterior["pi"].std(("chain", "draw")).max()) < 0.03

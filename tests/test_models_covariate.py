@@ -1,0 +1,164 @@
+"""Tests of covariate-informed mixing (``stan/covariate_bt.stan``) and its simulator."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.special import log_softmax, logsumexp
+
+import pluralstan as ps
+from pluralstan.errors import DiagnosticWarning, PluralstanError
+from pluralstan.models import covariate
+from pluralstan.simulate import HIGH_CONFLICT_THETA
+
+from .test_models_annotator import reference_type_log_lik
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    """Mixed covariates for 8 annotators: numeric, string and boolean columns."""
+    return pd.DataFrame(
+        {"age": [21.0, 35, 50, 62, 28, 44, 39, 57],
+         "region": ["north", "south", "east", "north", "south", "east", "north", "east"],
+         "student": [True, False, False, False, True, False, True, False]},
+        index=pd.Index(range(8), name="annotator"),
+    )
+
+
+@pytest.fixture(scope="module")
+def comps(table) -> ps.Comparisons:
+    base = ps.simulate.high_conflict(seed=4, n_annotators=8, n_pairs=12, pairs_per_annotator=5)
+    return ps.Comparisons.from_frame(base.to_frame(), annotators=table)
+
+
+# ---------------------------------------------------------------------------- encoding
+def test_covariate_encoding_is_recorded(comps):
+    enc = covariate.encode(comps, K=2, reference_levels={"region": "south"})
+    names = enc.coords["covariate"]
+    assert names == ["intercept", "age", "region[east]", "region[north]", "student[True]"]
+    W = enc.data["W"]
+    assert W.shape == (8, 5) and np.all(W[:, 0] == 1)
+    np.testing.assert_allclose([W[:, 1].mean(), W[:, 1].std(ddof=1)], [0, 1], atol=1e-12)
+    south = np.array(comps.annotators["region"] == "south")
+    assert np.all(W[south][:, 2:4] == 0)  # the reference level has no dummy
+    record = json.loads(enc.extra_attrs["covariate_encoding"])
+    assert record["region"]["reference"] == "south"
+    assert record["age"]["kind"] == "numeric" and record["age"]["mean"] == pytest.approx(42.0)
+    assert record["student"]["reference"] == "False"
+    # intercept prior first, then one slope prior per encoded covariate
+    enc = covariate.encode(comps, K=2, priors={"beta_sd": [1, 2, 3, 4], "intercept_sd": 0.5})
+    assert enc.data["prior_beta_sd"].tolist() == [0.5, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_rejects_missing_annotator_table():
+    plain = ps.simulate.high_conflict(seed=4, n_annotators=8, n_pairs=12, pairs_per_annotator=5)
+    with pytest.raises(PluralstanError, match="needs an annotator covariate table"):
+        ps.fit("covariate", plain, K=2)
+
+
+def test_rejects_missing_covariate_values(comps, table):
+    holes = table.assign(age=table["age"].where(table.index != 3))
+    with pytest.raises(PluralstanError, match="covariate 'age' is missing for annotator 3"):
+        ps.Comparisons.from_frame(comps.to_frame(), annotators=holes)
+
+
+def test_rejects_uninformative_covariates_and_bad_levels(comps, table):
+    for bad, what in ((table.assign(age=1.0), "'age' is constant"),
+                      (table.assign(region="north"), "'region' has a single level")):
+        c = ps.Comparisons.from_frame(comps.to_frame(), annotators=bad)
+        with pytest.raises(PluralstanError, match=what):
+            covariate.encode(c, K=2)
+    with pytest.raises(PluralstanError, match="reference level 'west'"):
+        covariate.encode(comps, K=2, reference_levels={"region": "west"})
+    with pytest.raises(PluralstanError, match="not in the annotator table"):
+        covariate.encode(comps, K=2, reference_levels={"sex": "f"})
+    with pytest.raises(PluralstanError, match=r"K = 9 .* only 8 annotator"):
+        covariate.encode(comps, K=9)
+    with pytest.raises(PluralstanError, match=r"beta_sd.*length 4"):
+        covariate.encode(comps, K=2, priors={"beta_sd": [1.0, 1.0]})
+
+
+def test_rejects_annotator_without_judgements(comps, table):
+    extra = pd.concat([table, table.iloc[[0]].set_axis(pd.Index([99], name="annotator"))])
+    with pytest.raises(PluralstanError, match=r"annotator 99 .* no judgements"):
+        ps.Comparisons.from_frame(comps.to_frame(), annotators=extra)
+
+
+# ---------------------------------------------------------------------------- simulator
+def test_simulator_validates_beta():
+    with pytest.raises(PluralstanError, match=r"shape \(K, Q\) = \(2, 2\)"):
+        covariate.simulate(HIGH_CONFLICT_THETA, [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0]], seed=1)
+    with pytest.raises(PluralstanError, match="zero first row"):
+        covariate.simulate(HIGH_CONFLICT_THETA, [[1.0, 0.0], [0.0, 1.0]], seed=1)
+
+
+def test_simulator_draws_types_from_the_softmax_regression():
+    """Criterion: with 4000 annotators, the share of each type among annotators with a low and
+    a high covariate matches the mean softmax probability within 4 binomial standard errors."""
+    beta = np.array([[0.0, 0.0], [0.5, 2.0]])
+    sim = covariate.simulate(HIGH_CONFLICT_THETA, beta, n_annotators=4000, n_pairs=20,
+                             pairs_per_annotator=1, seed=5)
+    z, p = sim.truth["z"], sim.truth["pi_annotator"][:, 1]
+    high = sim.annotators["score"].to_numpy() > 0
+    for part in (high, ~high):
+        se = np.sqrt(p[part].mean() * (1 - p[part].mean()) / part.sum())
+        assert abs(z[part].mean() - p[part].mean()) < 4 * se
+    assert sim.truth["pi"] == pytest.approx(sim.truth["pi_annotator"].mean(0))
+    assert np.array_equal(sim.frame.groupby("annotator")["group"].first().to_numpy(), z)
+
+
+# ---------------------------------------------------------------------------- Stan program
+def test_likelihood_matches_judgement_level_reference(comps):
+    """Per-annotator log likelihood and membership equal a direct judgement-level sum mixed
+    with each annotator's softmax weights."""
+    idata = ps.fit("covariate", comps, K=2, chains=1, draws=10, warmup=10, seed=3,
+                   backend="pystan", check=False)
+    post = idata.posterior
+    W = idata.constant_data["W"].values
+    assert post["beta"].dims[2:] == ("group", "covariate")
+    assert np.all(post["beta"].isel(group=0) == 0)
+    for d in range(3):
+        draw = post.isel(chain=0, draw=d)
+        log_pi = log_softmax(W @ draw["beta"].values.T, axis=1)
+        lp = reference_type_log_lik(comps, draw["theta"].values) + log_pi
+        np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=0, draw=d).values,
+                                   logsumexp(lp, axis=1), rtol=1e-8)
+        np.testing.assert_allclose(draw["membership"].values,
+                                   np.exp(lp - logsumexp(lp, axis=1, keepdims=True)),
+                                   rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(draw["pi"].values, np.exp(log_pi).mean(0), rtol=1e-8)
+    assert idata.posterior_predictive["y"].shape[2:] == idata.observed_data["y"].shape
+
+
+def test_recovers_sign_of_a_strong_covariate():
+    """Criterion: with a strong covariate (slope 3 per sd for type 1 against type 0) and 100
+    annotators judging 20 pairs each, after per-chain alignment of the labels to the truth
+    (linear_sum_assignment on posterior mean theta) the slope contrast is positive with
+    posterior probability above 0.95 and its central 90% interval contains 3; the
+    covariate's mean membership ordering matches the truth (annotators with a high score are
+    mostly assigned to type 1)."""
+    beta = np.array([[0.0, 0.0], [0.0, 3.0]])
+    sim = covariate.simulate(HIGH_CONFLICT_THETA, beta, n_annotators=100,
+                             pairs_per_annotator=20, seed=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiagnosticWarning)
+        idata = ps.fit("covariate", sim, K=2, chains=2, draws=300, warmup=300, seed=8,
+                       backend="pystan")
+    post = idata.posterior
+    theta = post["theta"].transpose("chain", "draw", "group", "attribute").values
+    slope = post["beta"].sel(covariate="score").transpose("chain", "draw", "group").values
+    contrast = []
+    for c in range(theta.shape[0]):
+        cost = ((sim.truth["theta"][:, None] - theta[c].mean(0)[None]) ** 2).sum(-1)
+        _, fitted_of_true = linear_sum_assignment(cost)
+        contrast.append(slope[c, :, fitted_of_true[1]] - slope[c, :, fitted_of_true[0]])
+    contrast = np.concatenate(contrast)
+    assert (contrast > 0).mean() > 0.95
+    lo, hi = np.quantile(contrast, [0.05, 0.95])
+    assert lo <= 3.0 <= hi, (lo, hi)
