@@ -28,6 +28,7 @@ diagnostic, so a figure cut out of a report still says so. Figures are built on
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import textwrap
@@ -69,7 +70,9 @@ def _label(value: Hashable) -> str:
 
 
 def _group_label(value: Hashable) -> str:
-    return f"group {value}" if isinstance(value, int | np.integer) else str(value)
+    """``group 0`` for integer codes (latent classes, numeric labels), else the label itself."""
+    numeric = isinstance(value, int | np.integer) or (isinstance(value, str) and value.isdigit())
+    return f"group {value}" if numeric else str(value)
 
 
 def _component_name(var: str, coords: Sequence[Hashable]) -> str:
@@ -171,10 +174,16 @@ def _aligned_truth(
     return out
 
 
+def latent_groups(idata: az.InferenceData) -> bool:
+    """Whether the fit's groups are latent classes (arbitrary labels) rather than observed."""
+    attrs = idata.posterior.attrs
+    if "group_labels" in attrs:
+        return attrs["group_labels"] == "latent"
+    return attrs.get("model") in LATENT_GROUP_MODELS
+
+
 def _match_default(idata: az.InferenceData, match_truth: bool | None) -> bool:
-    if match_truth is not None:
-        return bool(match_truth)
-    return idata.posterior.attrs.get("model") in LATENT_GROUP_MODELS
+    return latent_groups(idata) if match_truth is None else bool(match_truth)
 
 
 def _title(fig: Figure, text: str, idata: az.InferenceData) -> None:
@@ -400,8 +409,12 @@ def plot_forest(idata: az.InferenceData, truth: Mapping[str, Any] | None = None,
     ax = plot_forest_by_group(idata, truth=truth, **kwargs)
     fig = ax.figure
     groups = idata.posterior["theta"].sizes.get("group")
-    _title(fig, f"theta by group ({groups} groups)" if groups else "theta (pooled population)",
-           idata)
+    text = f"theta by group ({groups} groups)" if groups else "theta (pooled population)"
+    if groups and latent_groups(idata):
+        method = json.loads(idata.posterior.attrs.get("relabelling", "{}")).get("method")
+        text += (f"; latent labels relabelled ({method})" if method else
+                 "; latent labels as sampled (may switch: see pluralstan.relabel)")
+    _title(fig, text, idata)
     return fig
 
 
@@ -522,39 +535,65 @@ def cell_frequencies(idata: az.InferenceData, outcome: str = "a") -> tuple[xr.Da
     return obs.sel(outcome=outcome) / totals, rep.sel(outcome=outcome) / totals
 
 
+def cell_groups(idata: az.InferenceData) -> np.ndarray | None:
+    """Group label of every cell when cells are split by an observed group, else ``None``.
+
+    Read from ``constant_data["cell_group"]`` (0-based codes into the posterior's ``group``
+    coordinate), which labeled models record.
+    """
+    const = idata.get("constant_data")
+    if const is None or "cell_group" not in const or "group" not in idata.posterior.coords:
+        return None
+    codes = np.asarray(const["cell_group"].values)
+    if codes.shape != (idata.observed_data.sizes.get("cell", -1),):
+        return None
+    return np.asarray(idata.posterior["group"].values)[codes.astype(int)]
+
+
 def plot_ppc_cells(idata: az.InferenceData, prob: float = 0.9) -> Figure:
     """Posterior predictive check of the per-cell frequency with which a was preferred.
 
     Left: cells sorted by their predicted frequency; the replicated central interval as a bar,
-    the observed frequency as a dot (red when outside the interval). Right: observed against
-    the posterior predictive mean with the identity line, point area proportional to the
-    number of judgements in the cell (a calibration view).
+    the observed frequency as a dot (ringed in red when outside the interval). Right: observed
+    against the posterior predictive mean with the identity line, point area proportional to
+    the number of judgements in the cell (a calibration view). Cells split by an observed group
+    (:func:`cell_groups`) are coloured by group.
     """
     obs, rep = cell_frequencies(idata)
     n = idata.observed_data["y"].sum("outcome").values
     lo, mid, hi = rep.quantile([(1 - prob) / 2, 0.5, (1 + prob) / 2], dim=SAMPLE_DIMS).values
     mean = rep.mean(SAMPLE_DIMS).values
-    o = obs.values
     order = np.argsort(mean, kind="stable")
+    o, lo, mid, hi, mean, n = (v[order] for v in (obs.values, lo, mid, hi, mean, n))
     outside = (o < lo) | (o > hi)
+    groups = cell_groups(idata)
+    labels = groups[order] if groups is not None else np.full(o.size, "observed", dtype=object)
     fig = _figure(12.0, 4.6)
     left, right = fig.subplots(1, 2, width_ratios=(1.7, 1))
     x = np.arange(o.size)
-    left.vlines(x, lo[order], hi[order], color="C0", alpha=0.45, lw=2.5,
-                label=f"replicated {prob:.0%} interval")
-    left.plot(x, mid[order], "_", color="C0", markersize=5)
-    left.plot(x[~outside[order]], o[order][~outside[order]], "o", color="black",
-              markersize=3, label="observed")
-    left.plot(x[outside[order]], o[order][outside[order]], "o", color=FLAG_COLOR,
-              markersize=3.5, label="observed, outside the interval")
+    bar = "0.7" if groups is not None else "C0"
+    left.vlines(x, lo, hi, color=bar, alpha=0.6, lw=2.5, label=f"replicated {prob:.0%} interval")
+    left.plot(x, mid, "_", color=bar, markersize=5)
+    size = 8 + 40 * n / n.max()
+    # colours follow the posterior's group order, as in the forest plot
+    levels = idata.posterior["group"].values if groups is not None else ["observed"]
+    for i, g in enumerate(levels):
+        at = labels == g
+        if not at.any():
+            continue
+        color = "black" if groups is None else f"C{i}"
+        name = _group_label(g) if groups is not None else "observed"
+        left.plot(x[at], o[at], "o", color=color, markersize=3, label=name, gid="observed")
+        right.scatter(mean[at], o[at], s=size[at], alpha=0.5, color="C0" if groups is None
+                      else color, edgecolor="none", label=name, gid="observed")
+    left.plot(x[outside], o[outside], "o", markerfacecolor="none", markeredgecolor=FLAG_COLOR,
+              markersize=7, label="outside the interval", gid="outside")
     left.set_xlabel("cell (sorted by predicted frequency)")
     left.set_ylabel("share of judgements preferring a")
     left.set_ylim(-0.03, 1.03)
     left.legend(loc="upper left", fontsize="small", frameon=False)
-    cover = 1 - outside.mean()
-    left.set_title(f"{o.size} cells; {cover:.0%} of observed frequencies inside the "
-                   f"{prob:.0%} intervals", fontsize="medium")
-    right.scatter(mean, o, s=8 + 40 * n / n.max(), alpha=0.5, color="C0", edgecolor="none")
+    left.set_title(f"{o.size} cells; {1 - outside.mean():.0%} of observed frequencies inside "
+                   f"the {prob:.0%} intervals", fontsize="medium")
     right.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--")
     right.set_xlim(-0.03, 1.03)
     right.set_ylim(-0.03, 1.03)

@@ -10,6 +10,7 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import pytest
+import xarray as xr
 from matplotlib.figure import Figure
 from scipy import stats
 from scipy.special import expit
@@ -230,12 +231,27 @@ def test_ppc_draws_every_cell_once_per_panel():
     idata, _ = mixture_idata(cells=30)
     fig = plots.plot_ppc_cells(idata)
     left, right = fig.axes
-    observed = [line for line in left.lines if line.get_marker() == "o"]
-    assert sum(len(line.get_xdata()) for line in observed) == 30
-    assert len(right.collections[0].get_offsets()) == 30
+    observed = [line for line in left.lines if line.get_gid() == "observed"]
+    assert len(observed) == 1 and len(observed[0].get_xdata()) == 30
+    assert sum(len(c.get_offsets()) for c in right.collections if c.get_gid() == "observed") == 30
     obs, rep = plots.cell_frequencies(idata)
     assert obs.dims == ("cell",) and rep.dims == ("chain", "draw", "cell")
     assert float(rep.min()) >= 0 and float(rep.max()) <= 1
+    # the red rings mark exactly the cells outside the replicated 90% interval
+    lo, hi = rep.quantile([0.05, 0.95], dim=("chain", "draw")).values
+    ring = next(line for line in left.lines if line.get_gid() == "outside")
+    assert len(ring.get_xdata()) == int(((obs.values < lo) | (obs.values > hi)).sum())
+
+
+def test_ppc_colours_cells_by_observed_group():
+    idata, _ = mixture_idata(cells=30, model="labeled")
+    codes = np.arange(30) % 2
+    idata.add_groups(constant_data=xr.Dataset({"cell_group": ("cell", codes)}))
+    assert list(plots.cell_groups(idata)) == list(codes)
+    left, _ = plots.plot_ppc_cells(idata).axes
+    observed = {line.get_label(): len(line.get_xdata()) for line in left.lines
+                if line.get_gid() == "observed"}
+    assert observed == {"group 0": 15, "group 1": 15}
 
 
 def test_randomised_pit_is_uniform_when_the_predictive_is_right():
