@@ -19,6 +19,9 @@
 // precomputed I x P matrix of sufficient statistics times theta'; only the log normaliser is
 // evaluated per cell, as one C x K matrix from one matrix product, and summed per annotator by a
 // sparse annotator-indicator matrix weighted by n_c. No loop over judgements touches K.
+// identify = 1 orders the types by theta[ : , ident_attr] (an `ordered` parameter). That removes
+// the label-permutation symmetry only and distorts the posterior where the types overlap on that
+// attribute; identify = 0 keeps the labels exchangeable (relabel the draws afterwards).
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   // log D(eta) elementwise; with no tie parameter, log1p_exp(eta) (the binomial normaliser).
@@ -75,7 +78,8 @@ data {
   array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
   int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
   int<lower=0, upper=1> has_order;         // 1: estimate a position effect gamma
-  int<lower=0, upper=1> identify_ordered;  // 1: order the types by their first coordinate
+  int<lower=0, upper=1> identify;          // 1: order the types by theta[ : , ident_attr]
+  int<lower=1, upper=P> ident_attr;        // the attribute that orders the types
   array[C, 2 + has_ties] int<lower=0> y;   // counts per cell: b preferred, a preferred[, tie]
   // priors (passed as data)
   vector[P] prior_theta_mean;              // theta[k] ~ normal(prior_theta_mean, prior_theta_sd)
@@ -126,24 +130,30 @@ transformed data {
   }
   S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* order);
   n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
+  array[P - 1] int rest;                   // the attributes other than ident_attr
+  for (j in 1:(P - 1)) {
+    rest[j] = j < ident_attr ? j : j + 1;
+  }
   // prior location and scale of to_vector(theta) (column-major, K x P)
   vector[K * P] theta_mu = to_vector(rep_matrix(prior_theta_mean', K));
   vector[K * P] theta_sigma = to_vector(rep_matrix(prior_theta_sd', K));
 }
 parameters {
   simplex[K] pi;                                    // type shares
-  array[identify_ordered] ordered[K] theta_first;   // theta[ : , 1] when labels are identified
-  matrix[K, P - identify_ordered] theta_rest;       // the other coordinates of theta
+  array[identify] ordered[K] theta_lead_ordered;   // theta[ : , ident_attr] when identify = 1
+  array[1 - identify] vector[K] theta_lead_free;   // theta[ : , ident_attr] when identify = 0
+  matrix[K, P - 1] theta_rest;                     // the other columns of theta
   array[has_order] real gamma;                      // position (shown-first) effect
   array[has_ties] real log_nu;                      // log Davidson tie parameter
 }
 transformed parameters {
-  matrix[K, P] theta;                               // preference vector of each type (rows)
-  if (identify_ordered) {
-    theta = append_col(theta_first[1], theta_rest);
+  matrix[K, P] theta;                              // preference vector of each type (rows)
+  if (identify) {
+    theta[ : , ident_attr] = theta_lead_ordered[1];
   } else {
-    theta = theta_rest;
+    theta[ : , ident_attr] = theta_lead_free[1];
   }
+  theta[ : , rest] = theta_rest;
 }
 model {
   to_vector(theta) ~ normal(theta_mu, theta_sigma);

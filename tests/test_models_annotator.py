@@ -109,6 +109,12 @@ def test_rejects_more_types_than_annotators(small):
 def test_rejects_bad_identify_and_priors(small):
     with pytest.raises(PluralstanError, match="identify='sorted'"):
         annotator.encode(small, K=2, identify="sorted")
+    with pytest.raises(PluralstanError, match="needs identify='ordered'"):
+        annotator.encode(small, K=2, ordered_attribute="x2")
+    with pytest.raises(PluralstanError, match="'x9' is not an attribute"):
+        annotator.encode(small, K=2, identify="ordered", ordered_attribute="x9")
+    enc = annotator.encode(small, K=2, identify="ordered", ordered_attribute="x3")
+    assert (enc.data["identify"], enc.data["ident_attr"]) == (1, 3)
     with pytest.raises(PluralstanError, match="pi_alpha"):
         annotator.encode(small, K=2, priors={"pi_alpha": [1.0, 0.0]})
     with pytest.raises(PluralstanError, match=r"pi_alpha.*length 2"):

@@ -91,14 +91,35 @@ def check_K(K: Any, comps: Comparisons) -> int:
     return K
 
 
-def check_identify(identify: str) -> int:
-    """The ``identify_ordered`` flag for ``identify="none" | "ordered"``."""
+def check_identify(
+    comps: Comparisons, identify: str, ordered_attribute: str | None
+) -> tuple[int, int]:
+    """The Stan flags ``identify`` and ``ident_attr`` (1-based) for the labelling option.
+
+    Raises
+    ------
+    PluralstanError
+        For an unknown ``identify``, or an ``ordered_attribute`` that is not an attribute or is
+        given without ``identify="ordered"``.
+    """
     if identify not in ("none", "ordered"):
         raise PluralstanError(
-            f"identify={identify!r} is not an option; accepted: 'none' (symmetric prior, labels "
-            "may switch; relabel afterwards) or 'ordered' (types ordered by the first attribute)"
+            f"identify={identify!r} is not an option; accepted: 'none' (exchangeable types, labels "
+            "may switch; relabel afterwards) or 'ordered' (types ordered by one attribute)"
         )
-    return int(identify == "ordered")
+    if ordered_attribute is None:
+        return int(identify == "ordered"), 1
+    if identify == "none":
+        raise PluralstanError(
+            f"ordered_attribute={ordered_attribute!r} needs identify='ordered' (it names the "
+            "attribute whose coordinates order the types)"
+        )
+    if ordered_attribute not in comps.attributes:
+        raise PluralstanError(
+            f"ordered_attribute {ordered_attribute!r} is not an attribute of the table; "
+            f"attributes: {list(comps.attributes)[:10]}"
+        )
+    return 1, comps.attributes.index(ordered_attribute) + 1
 
 
 def annotator_cells(comps: Comparisons, n_outcomes: int) -> AnnotatorCells:
@@ -136,6 +157,7 @@ def likelihood_data(
     priors: dict[str, Any],
     *,
     identify: str,
+    ordered_attribute: str | None,
     ties: bool | None,
     order: bool | None,
 ) -> tuple[dict[str, Any], dict[str, Any], AnnotatorCells, dict[str, Any]]:
@@ -149,7 +171,7 @@ def likelihood_data(
         and the model attributes recorded in the posterior.
     """
     K = check_K(K, comps)
-    flag = check_identify(identify)
+    flag, ident_attr = check_identify(comps, identify, ordered_attribute)
     has_ties = comps.has_ties if ties is None else bool(ties)
     if comps.has_ties and not has_ties:
         raise PluralstanError(
@@ -170,7 +192,8 @@ def likelihood_data(
         "ann": cells.annotator + 1,
         "has_ties": int(has_ties),
         "has_order": int(has_order),
-        "identify_ordered": flag,
+        "identify": flag,
+        "ident_attr": ident_attr,
         "y": cells.counts,
         "prior_theta_mean": broadcast_prior(priors["theta_mean"], P, "theta_mean"),
         "prior_theta_sd": positive(broadcast_prior(priors["theta_sd"], P, "theta_sd"), "theta_sd"),
@@ -187,7 +210,8 @@ def likelihood_data(
         "outcome": list(OUTCOMES[:n_out]),
         "comparison": np.arange(comps.n),
     }
-    attrs = {"ties": int(has_ties), "order_effect": int(has_order), "identify": identify}
+    attrs = {"ties": int(has_ties), "order_effect": int(has_order), "identify": identify,
+             "ordered_attribute": comps.attributes[ident_attr - 1] if flag else ""}
     return data, coords, cells, attrs
 
 
@@ -207,6 +231,7 @@ def encode(
     priors: dict[str, Any] | None = None,
     *,
     identify: Identify = "none",
+    ordered_attribute: str | None = None,
     ties: bool | None = None,
     order: bool | None = None,
 ) -> Encoded:
@@ -225,8 +250,11 @@ def encode(
         concentration per type (e.g. ``concentration * pi_grid`` for prior sensitivity).
     identify
         ``"none"``: exchangeable types (labels may switch between and within chains; relabel
-        with :mod:`pluralstan.relabel`). ``"ordered"``: the first attribute coordinate of theta
-        is increasing in the type index.
+        with :mod:`pluralstan.relabel`). ``"ordered"``: theta's coordinate on
+        ``ordered_attribute`` is increasing in the type index (removes the permutation symmetry
+        only; it distorts the posterior where types overlap on that attribute).
+    ordered_attribute
+        With ``identify="ordered"``: the attribute that orders the types (default: the first).
     ties
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
@@ -239,7 +267,8 @@ def encode(
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
     data, coords, cells, attrs = likelihood_data(
-        comps, K, p, identify=identify, ties=ties, order=order
+        comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
+        order=order,
     )
     data["prior_pi_alpha"] = positive(
         broadcast_prior(p["pi_alpha"], data["K"], "pi_alpha"), "pi_alpha"
@@ -259,12 +288,16 @@ def encode(
         predictive={"y_rep": "y"},
         log_lik=lambda v: {"y": v["log_lik"]},
         log_lik_dims={"y": ["annotator"]},
-        drop=("log_lik", "theta_first", "theta_rest"),
+        drop=INTERNAL,
         optional_scalars=("gamma", "log_nu"),
         label_dim="group",
         extra_attrs=attrs,
     )
 
+
+#: Stan outputs used internally (parts of ``theta``, the per-annotator log likelihood, which
+#: goes to the log_likelihood group): not kept in the posterior.
+INTERNAL = ("log_lik", "theta_lead_ordered", "theta_lead_free", "theta_rest")
 
 #: Dims of the ``constant_data`` variables of the annotator-level models.
 CONSTANT_DIMS: dict[str, list[str]] = {

@@ -32,6 +32,7 @@ from ..errors import PluralstanError
 from ..simulate import attribute_names, option_pairs
 from .annotator import (
     CONSTANT_DIMS,
+    INTERNAL,
     Identify,
     constant_data,
     likelihood_data,
@@ -162,6 +163,7 @@ def encode(
     priors: dict[str, Any] | None = None,
     *,
     identify: Identify = "none",
+    ordered_attribute: str | None = None,
     reference_levels: Mapping[str, Hashable] | None = None,
     ties: bool | None = None,
     order: bool | None = None,
@@ -178,9 +180,10 @@ def encode(
     priors
         Overrides of :data:`DEFAULT_PRIORS`; ``beta_sd`` is a scalar or one value per encoded
         covariate column (the ``covariate`` coordinates without the intercept).
-    identify
-        ``"none"`` or ``"ordered"`` (first attribute coordinate of theta increasing in the
-        type), as in :func:`pluralstan.models.annotator.encode`.
+    identify, ordered_attribute
+        ``"none"`` or ``"ordered"`` (theta's coordinate on ``ordered_attribute``, default the
+        first attribute, increasing in the type), as in
+        :func:`pluralstan.models.annotator.encode`.
     reference_levels
         Reference level per categorical covariate (see :func:`encode_covariates`).
     ties, order
@@ -199,7 +202,8 @@ def encode(
         )
     p = merge_priors(DEFAULT_PRIORS, priors)
     data, coords, cells, attrs = likelihood_data(
-        comps, K, p, identify=identify, ties=ties, order=order
+        comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
+        order=order,
     )
     W, names, encoding = encode_covariates(comps.annotators, comps.annotator_levels,
                                            reference_levels)
@@ -232,7 +236,7 @@ def encode(
         predictive={"y_rep": "y"},
         log_lik=lambda v: {"y": v["log_lik"]},
         log_lik_dims={"y": ["annotator"]},
-        drop=("log_lik", "theta_first", "theta_rest", "beta_free"),
+        drop=(*INTERNAL, "beta_free"),
         optional_scalars=("gamma", "log_nu"),
         label_dim="group",
         extra_attrs=attrs,
