@@ -54,6 +54,9 @@ FIGURES = ("rank", "forest", "pair", "ppc", "pit", "energy")
 #: Models whose groups are latent classes: their labels are arbitrary, so a known truth is
 #: matched to the fitted components before it is drawn.
 LATENT_GROUP_MODELS = frozenset({"unlabeled", "annotator", "covariate", "pal"})
+#: Deterministic summaries of other parameters (theta_bar = sum_k pi_k theta_k): their
+#: correlation with what they summarise is structural, so pair plots leave them out.
+DERIVED = frozenset({"theta_bar"})
 #: Dims of per-observation quantities: variables carrying them are not plotted as parameters.
 OBSERVATION_DIMS = frozenset({"annotator", "comparison", "cell", "outcome"})
 SAMPLE_DIMS = ("chain", "draw")
@@ -426,9 +429,10 @@ def nonidentified_pairs(idata: az.InferenceData, max_pairs: int = 4) -> list[tup
     correlated (a trade-off between subgroups the data cannot separate), then each pi against
     the theta component it is most correlated with. The rest, and everything for the aggregate
     model, are the strongest absolute posterior correlations among all components (pairs within
-    the simplex pi are skipped: their correlation is fixed by the sum-to-one constraint).
+    the simplex pi are skipped: their correlation is fixed by the sum-to-one constraint, and so
+    are the deterministic summaries in :data:`DERIVED`).
     """
-    flat = flatten_components(idata)
+    flat = flatten_components(idata, [v for v in parameter_names(idata) if v not in DERIVED])
     names = list(flat.data_vars)
     if len(names) < 2:
         return []
@@ -691,10 +695,13 @@ def plot_cell_pit(idata: az.InferenceData, *, seed: int = 0, ci_prob: float = 0.
     fig = _figure(7.0, 4.6)
     ax = fig.subplots()
     uniform = stats.uniform()
-    # simultaneous band by simulation ("optimized" takes ~10 s for a few dozen cells)
+    # Simultaneous band by simulation ("optimized" takes ~15 s for a few dozen cells). The
+    # random state must be a Generator: ArviZ 0.23 reseeds every simulated ECDF with an int
+    # seed, so all 500 trials coincide and the band comes out far too narrow.
     az.plot_ecdf(pit, cdf=uniform.cdf, rvs=uniform.rvs, difference=True,
                  confidence_bands="simulated", ci_prob=ci_prob,
-                 eval_points=np.linspace(0, 1, 101), random_state=seed, ax=ax)
+                 eval_points=np.linspace(0, 1, 101), random_state=np.random.default_rng(seed),
+                 ax=ax)
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.set_xlabel("PIT of the count preferring a, per cell")
     ax.set_ylabel("ECDF - uniform CDF")
