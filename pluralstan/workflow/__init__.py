@@ -4,16 +4,21 @@ from .contraction import contraction
 from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
 from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
 from .predict import PairTable, observed_frequencies, pair_table, preference_probability
+from .sensitivity import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
 
 __all__ = [
     "PairTable",
     "calibration_table",
     "contraction",
+    "grid_fits",
+    "grid_shifts",
     "masking_ratio",
     "observed_frequencies",
     "pair_table",
+    "pi_grid_sensitivity",
     "plot_calibration",
     "point_estimate_theta",
+    "power_scaling",
     "ppc_frequencies",
     "preference_probability",
     "replicated_frequencies",
