@@ -1,5 +1,6 @@
 """Bayesian-workflow layer: the quantities that turn fits into the audit of the position paper."""
 
+from .audit import AuditResult, aggregation_audit, audit_rewards, mediocrity_example
 from .contraction import contraction
 from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
 from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
@@ -7,12 +8,16 @@ from .predict import PairTable, observed_frequencies, pair_table, preference_pro
 from .sensitivity import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
 
 __all__ = [
+    "AuditResult",
     "PairTable",
+    "aggregation_audit",
+    "audit_rewards",
     "calibration_table",
     "contraction",
     "grid_fits",
     "grid_shifts",
     "masking_ratio",
+    "mediocrity_example",
     "observed_frequencies",
     "pair_table",
     "pi_grid_sensitivity",
