@@ -1,6 +1,7 @@
 """Bayesian-workflow layer: the quantities that turn fits into the audit of the position paper."""
 
 from .audit import AuditResult, aggregation_audit, audit_rewards, mediocrity_example
+from .compare import annotator_log_likelihood, compare_K, compare_models, loo, pareto_k_table
 from .contraction import contraction
 from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
 from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
@@ -11,15 +12,20 @@ __all__ = [
     "AuditResult",
     "PairTable",
     "aggregation_audit",
+    "annotator_log_likelihood",
     "audit_rewards",
     "calibration_table",
+    "compare_K",
+    "compare_models",
     "contraction",
     "grid_fits",
     "grid_shifts",
+    "loo",
     "masking_ratio",
     "mediocrity_example",
     "observed_frequencies",
     "pair_table",
+    "pareto_k_table",
     "pi_grid_sensitivity",
     "plot_calibration",
     "point_estimate_theta",

@@ -1,0 +1,251 @@
+"""Model comparison by PSIS-LOO: per judgement and leave-one-annotator-out.
+
+Two units of prediction:
+
+``"comparison"``
+    Leave one judgement out: ArviZ's PSIS-LOO on the per-judgement log likelihood that
+    comparison-level models store (dim ``comparison``).
+``"annotator"``
+    Leave one annotator out (LOAO): predict all of a held-out person's judgements, the relevant
+    question for mixtures whose components are people. Annotator-level models store one log
+    likelihood value per annotator; for comparison-level models the judgements are conditionally
+    independent given the parameters, so an annotator's log likelihood is the *exact* sum of
+    their judgements' values (:func:`annotator_log_likelihood`).
+
+Importance sampling is unreliable for observations with Pareto k above ArviZ's threshold
+(``min(1 - 1/log10(S), 0.7)``); every function here counts them, names them and warns
+(:class:`~pluralstan.errors.DiagnosticWarning`), because an ELPD difference resting on them is
+not trustworthy (refit without them or use K-fold cross-validation).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Literal
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.sparse import csr_matrix
+
+from .. import diagnostics
+from ..data import Comparisons
+from ..errors import DiagnosticWarning, PluralstanError
+
+__all__ = [
+    "annotator_log_likelihood",
+    "compare_K",
+    "compare_models",
+    "loo",
+    "pareto_k_table",
+]
+
+Level = Literal["comparison", "annotator"]
+
+
+def annotator_log_likelihood(
+    idata: az.InferenceData, comps: Comparisons | None = None, var_name: str = "y"
+) -> az.InferenceData:
+    """The fit with its log likelihood summed per annotator (dim ``annotator``).
+
+    Parameters
+    ----------
+    idata
+        A fit; a log likelihood already per annotator is returned unchanged.
+    comps
+        The table the model was fitted to (needed to map judgements to annotators).
+    var_name
+        The log-likelihood variable.
+
+    Returns
+    -------
+    arviz.InferenceData
+        A shallow copy whose ``log_likelihood[var_name]`` has dims ``(chain, draw, annotator)``,
+        annotators in order of first appearance in ``comps``.
+    """
+    ll = _log_lik(idata, var_name)
+    if "annotator" in ll.dims:
+        return idata
+    if comps is None:
+        raise PluralstanError(
+            "leave-one-annotator-out for a comparison-level fit needs the comparison table "
+            "(comps=) to know who made each judgement"
+        )
+    if ll.sizes.get("comparison") != comps.n:
+        raise PluralstanError(
+            f"the fit's log likelihood has {ll.sizes.get('comparison')} judgements but the "
+            f"table has {comps.n}; pass the table the model was fitted to"
+        )
+    codes = comps.codes("annotator")
+    levels = list(comps.annotator_levels)
+    member = csr_matrix((np.ones(comps.n), (np.arange(comps.n), codes)),
+                        shape=(comps.n, len(levels)))
+    flat = ll.transpose("chain", "draw", "comparison").to_numpy().reshape(-1, comps.n)
+    summed = np.asarray((member.T @ flat.T).T).reshape(ll.sizes["chain"], ll.sizes["draw"], -1)
+    da = xr.DataArray(summed, dims=("chain", "draw", "annotator"),
+                      coords={"chain": ll["chain"].values, "draw": ll["draw"].values,
+                              "annotator": levels}, attrs=ll.attrs)
+    groups = {g: idata[g] for g in idata.groups() if g != "log_likelihood"}
+    groups["log_likelihood"] = xr.Dataset({var_name: da}, attrs=idata.log_likelihood.attrs)
+    return az.InferenceData(**groups)
+
+
+def _log_lik(idata: az.InferenceData, var_name: str) -> xr.DataArray:
+    if "log_likelihood" not in idata.groups() or var_name not in idata.log_likelihood:
+        raise PluralstanError(
+            f"the fit has no log_likelihood variable {var_name!r}; PSIS-LOO needs the "
+            "pointwise log likelihood that pluralstan.fit stores"
+        )
+    return idata.log_likelihood[var_name]
+
+
+def _at_level(idata: az.InferenceData, level: Level, comps: Comparisons | None,
+              var_name: str) -> az.InferenceData:
+    if level not in ("comparison", "annotator"):
+        raise PluralstanError(f"level must be 'comparison' or 'annotator', got {level!r}")
+    ll = _log_lik(idata, var_name)
+    if level == "annotator":
+        return annotator_log_likelihood(idata, comps, var_name)
+    if "comparison" not in ll.dims:
+        raise PluralstanError(
+            f"this fit's log likelihood has dims {ll.dims}, not per judgement: compare it at "
+            "level='annotator' (comparison-level fits are summed per annotator exactly)"
+        )
+    return idata
+
+
+def pareto_k_table(elpd: az.ELPDData, comps: Comparisons | None = None) -> pd.DataFrame:
+    """Observations whose Pareto k exceeds the reliability threshold, worst first.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``observation`` (the coordinate: judgement index or annotator id), ``pareto_k`` and,
+        for judgements when ``comps`` is given, their ``annotator`` and ``pair``.
+    """
+    k = elpd.pareto_k
+    bad = k.where(k > elpd.good_k, drop=True)
+    dim = k.dims[0]
+    table = pd.DataFrame({"observation": bad[dim].values, "pareto_k": bad.values})
+    if comps is not None and dim == "comparison":
+        rows = table["observation"].to_numpy(dtype=int)
+        table["annotator"] = comps.frame["annotator"].to_numpy()[rows]
+        if "pair" in comps.frame:
+            table["pair"] = comps.frame["pair"].to_numpy()[rows]
+    return table.sort_values("pareto_k", ascending=False, ignore_index=True)
+
+
+def _warn_k(name: str, elpd: az.ELPDData, table: pd.DataFrame, level: Level) -> None:
+    if len(table):
+        shown = ", ".join(str(o) for o in table["observation"].head(10))
+        more = " ..." if len(table) > 10 else ""
+        warnings.warn(
+            f"{name}: {len(table)} of {elpd.n_data_points} {level} observations have Pareto k "
+            f"> {elpd.good_k:.2f} ({level} {shown}{more}); PSIS-LOO is unreliable for them: "
+            "refit leaving them out or use K-fold cross-validation",
+            DiagnosticWarning,
+            stacklevel=3,
+        )
+
+
+def loo(
+    idata: az.InferenceData,
+    *,
+    level: Level = "comparison",
+    comps: Comparisons | None = None,
+    var_name: str = "y",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PSIS-LOO of one fit, per judgement or per annotator.
+
+    Returns
+    -------
+    summary, high_k
+        ``summary``: one row with ``elpd``, ``se``, ``p_loo``, ``n_observations``, ``level``,
+        ``n_high_k``, ``good_k`` and the fit's diagnostic ``flag``; ``high_k``: the
+        :func:`pareto_k_table` of the observations above the threshold (also raised as a
+        :class:`~pluralstan.errors.DiagnosticWarning`).
+    """
+    data = _at_level(idata, level, comps, var_name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Pareto.*", category=UserWarning)
+        elpd = az.loo(data, pointwise=True, var_name=var_name)
+    high = pareto_k_table(elpd, comps)
+    _warn_k(idata.posterior.attrs.get("model", "fit"), elpd, high, level)
+    summary = pd.DataFrame([{
+        "elpd": float(elpd.elpd_loo), "se": float(elpd.se), "p_loo": float(elpd.p_loo),
+        "n_observations": int(elpd.n_data_points), "level": level, "n_high_k": len(high),
+        "good_k": float(elpd.good_k), "flag": diagnostics.flag(idata),
+    }])
+    return summary, high
+
+
+def compare_models(
+    fits: Mapping[str, az.InferenceData],
+    *,
+    level: Level = "comparison",
+    comps: Comparisons | None = None,
+    var_name: str = "y",
+) -> pd.DataFrame:
+    """``az.compare`` table of several fits of the same judgements, with Pareto-k columns.
+
+    Parameters
+    ----------
+    fits
+        Name -> fit (e.g. ``{"aggregate": ..., "labeled": ...}``), all of the same data.
+    level
+        ``"comparison"`` (leave one judgement out) or ``"annotator"`` (leave one annotator out;
+        needed whenever one of the fits has an annotator-level likelihood).
+    comps
+        The comparison table (needed for ``level="annotator"`` and to name flagged judgements).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ArviZ's comparison table (rank, elpd_loo, p_loo, elpd_diff, weight, se, dse, warning)
+        plus ``n_high_k``, ``high_k`` (the first flagged observations) and ``flag``.
+    """
+    if len(fits) < 2:
+        raise PluralstanError(f"compare at least two fits, got {len(fits)}")
+    data = {name: _at_level(f, level, comps, var_name) for name, f in fits.items()}
+    sizes = {name: int(np.prod([s for d, s in _log_lik(d, var_name).sizes.items()
+                                if d not in ("chain", "draw")]))
+             for name, d in data.items()}
+    if len(set(sizes.values())) > 1:
+        raise PluralstanError(
+            f"the fits have different numbers of {level} observations {sizes}; PSIS-LOO "
+            "comparisons need the same observations"
+        )
+    extra = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Pareto.*", category=UserWarning)
+        for name, d in data.items():
+            elpd = az.loo(d, pointwise=True, var_name=var_name)
+            high = pareto_k_table(elpd, comps)
+            extra[name] = (len(high), ", ".join(str(o) for o in high["observation"].head(10)),
+                           elpd, high)
+        table = az.compare(data, ic="loo", var_name=var_name)
+    for name, (_, _, elpd, high) in extra.items():
+        _warn_k(name, elpd, high, level)
+    table["n_high_k"] = [extra[n][0] for n in table.index]
+    table["high_k"] = [extra[n][1] for n in table.index]
+    table["flag"] = [diagnostics.flag(fits[n]) for n in table.index]
+    table.attrs["level"] = level
+    return table
+
+
+def compare_K(
+    fits: Mapping[int, az.InferenceData],
+    *,
+    level: Level = "annotator",
+    comps: Comparisons | None = None,
+    var_name: str = "y",
+) -> pd.DataFrame:
+    """Choose the number of components: :func:`compare_models` of fits keyed by K.
+
+    Leave-one-annotator-out is the default level: the question K answers is how many kinds of
+    people there are, so the unit to predict is a new person.
+    """
+    named = {f"K={int(k)}": fit for k, fit in sorted(fits.items())}
+    return compare_models(named, level=level, comps=comps, var_name=var_name)

@@ -1,0 +1,82 @@
+"""PSIS-LOO per judgement and per annotator, az.compare tables, surfaced Pareto-k warnings."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pytest
+
+import pluralstan as ps
+from pluralstan.workflow import annotator_log_likelihood, compare_K, compare_models, loo
+
+FAST = {"chains": 4, "draws": 300, "warmup": 300}
+
+
+@pytest.fixture(scope="module")
+def two_fits():
+    """The same 1,200 judgements by 40 annotators, described with all attributes and with the
+    decisive attribute x1 (theta 2.0) dropped."""
+    comps = ps.simulate.mixture(np.array([[2.0, -0.5, 0.5]]), [1.0], n_pairs=30,
+                                n_annotators=40, seed=7)
+    frame = comps.to_frame()
+    reduced = ps.Comparisons.from_frame(frame.drop(columns=["a_x1", "b_x1"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        full = ps.fit("aggregate", comps, seed=7, **FAST)
+        worse = ps.fit("aggregate", reduced, seed=7, **FAST)
+    return comps, full, worse
+
+
+def test_annotator_sum_is_exact(two_fits):
+    comps, full, _ = two_fits
+    per_ann = annotator_log_likelihood(full, comps)
+    ll = per_ann.log_likelihood["y"]
+    assert ll.dims == ("chain", "draw", "annotator") and ll.sizes["annotator"] == 40
+    raw = full.log_likelihood["y"].values
+    first = comps.frame["annotator"] == comps.annotator_levels[0]
+    np.testing.assert_allclose(ll.isel(annotator=0).values, raw[:, :, first.to_numpy()].sum(-1))
+    np.testing.assert_allclose(ll.sum("annotator").values, raw.sum(-1))
+    assert per_ann.posterior is full.posterior  # the rest of the fit is shared, not copied
+
+
+def test_compare_prefers_the_model_with_the_decisive_attribute(two_fits):
+    comps, full, worse = two_fits
+    for level in ("comparison", "annotator"):
+        table = compare_models({"full": full, "no_x1": worse}, level=level, comps=comps)
+        # criterion: dropping the attribute with weight 2 costs far more than 4 standard errors
+        # of the ELPD difference, judged by judgement or by annotator
+        assert table.index[0] == "full"
+        assert table.loc["no_x1", "elpd_diff"] > 4 * table.loc["no_x1", "dse"]
+        assert {"n_high_k", "high_k", "flag"} <= set(table.columns)
+    summary, high = loo(full, level="annotator", comps=comps)
+    assert summary.loc[0, "n_observations"] == 40 and summary.loc[0, "level"] == "annotator"
+    assert summary.loc[0, "n_high_k"] == len(high)
+    ranked = compare_K({1: full, 2: worse}, comps=comps)
+    assert list(ranked.index) == ["K=1", "K=2"]
+
+
+def test_high_pareto_k_observations_are_named():
+    rng = np.random.default_rng(1)
+    ll = rng.normal(-0.7, 0.05, size=(2, 500, 30))
+    ll[:, :, 17] = -np.exp(rng.normal(0.0, 3.0, size=(2, 500)))  # one wildly influential point
+    idata = az.from_dict(posterior={"mu": rng.normal(size=(2, 500))},
+                         log_likelihood={"y": ll}, dims={"y": ["comparison"]},
+                         coords={"comparison": np.arange(30)})
+    with pytest.warns(ps.DiagnosticWarning, match=r"comparison 17"):
+        summary, high = loo(idata)
+    assert high["observation"].tolist() == [17]
+    assert summary.loc[0, "n_high_k"] == 1
+
+
+def test_levels_are_checked(two_fits):
+    comps, full, _ = two_fits
+    with pytest.raises(ps.PluralstanError, match="comps"):
+        loo(full, level="annotator")
+    with pytest.raises(ps.PluralstanError, match="level"):
+        loo(full, level="person")
+    with pytest.raises(ps.PluralstanError, match="judgements"):
+        annotator_log_likelihood(full, comps.subset(np.arange(10)))
+    with pytest.raises(ps.PluralstanError, match="at least two"):
+        compare_models({"full": full})
