@@ -1,0 +1,681 @@
+"""Simulation-based calibration (SBC) for every registered model.
+
+SBC (Talts et al. 2018; Modrak et al. 2023) checks a model *and* its sampler together: draw
+parameters from the prior, simulate data from them, fit, and record the rank of each true value
+among the (thinned) posterior draws. If the simulator, the Stan program and the sampler agree, the
+ranks are uniform; a U shape means over-confident posteriors, a hump under-confident ones, a slope
+a bias.
+
+The simulator is the Stan program itself, so it cannot drift from the model: every program has a
+``prior_only`` switch and generates ``y_rep`` with the shape of the observed counts ``y``. One
+prior-only run therefore yields draws ``(theta, y_rep)`` from exactly the model's joint
+distribution (conditional on the design: covariates and trials per cell); each replicate then
+refits the program with ``data["y"] = y_rep``. What is ranked:
+
+* every parameter and transformed parameter (names read from ``stanc --info``; generated
+  quantities are left out, since they may depend on the observed data),
+* data-dependent test quantities, by default the log likelihood of the simulated data (the sum of
+  ``y * log_p_cell`` over cells and outcomes when the program emits ``log_p_cell`` with the shape
+  of ``y``; the multinomial coefficient is the same for the truth and every draw and drops out).
+
+**Mixture models switch labels**, so the rank of "component 1" is meaningless. For models whose
+encoder sets ``Encoded.label_dim``, every variable that carries that dim is sorted along it,
+separately for each other coordinate, in the truth and in every draw: ranks are of the order
+statistics ``theta[(1), x1] <= theta[(2), x1]`` and so on, which any relabelling leaves unchanged
+(and SBC holds for any function of the parameters). Quantities labelled ``(k)`` are these.
+
+The pass / fail decision per quantity is the ECDF simultaneous-band test of Säilynoja, Bürkner &
+Vehtari (2022), the test behind the ECDF-difference plots: the ECDF of the fractional ranks
+``(r + 0.5) / (L + 1)`` must stay inside the simultaneous ``prob`` band of the discrete uniform at
+every evaluation point. :attr:`SBCResult.passed` applies it at family-wise level ``prob`` over all
+quantities (Bonferroni) and requires every replicate to have finished, because dropping failed
+fits biases the ranks. A chi-square test of the rank histogram is reported beside it.
+
+Examples
+--------
+>>> import pluralstan as ps                                             # doctest: +SKIP
+>>> from pluralstan.workflow.sbc import sbc                            # doctest: +SKIP
+>>> design = ps.simulate.bt([0.5, -0.5], n_pairs=20, judgements_per_pair=3)  # doctest: +SKIP
+>>> result = sbc("aggregate", design, n_sims=200, seed=1)               # doctest: +SKIP
+>>> result.summary()                                                    # doctest: +SKIP
+>>> result.save_plots("figures/sbc")                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+from arviz.stats.ecdf_utils import compute_ecdf, ecdf_confidence_band
+from scipy import stats
+
+from ..data import Comparisons
+from ..engine import SamplerConfig, StanProgram, get_engine
+from ..errors import DiagnosticWarning, PluralstanError
+from ..models import get_model
+from ..models.base import Encoded, ModelSpec
+from ..parallel import Job, RunReport, run_jobs
+
+#: Signature of a data-dependent test quantity: (Stan outputs with a leading draw axis,
+#: simulated ``y``) -> name -> one value per draw.
+QuantityFn = Callable[[Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+
+__all__ = [
+    "SBCResult",
+    "cell_log_lik",
+    "discrete_uniform_cdf",
+    "ecdf_band_test",
+    "fractional_ranks",
+    "rank_chisquare",
+    "sbc",
+    "sbc_replicate",
+    "stan_parameter_names",
+]
+
+
+# --------------------------------------------------------------------------- model introspection
+@cache
+def _stanc_info(code: str) -> dict[str, Any]:
+    """``stanc --info`` of a program (the stanc binary shipped in the httpstan wheel)."""
+    import httpstan
+
+    stanc = Path(httpstan.__file__).resolve().parent / "stanc"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "program.stan"
+        path.write_text(code)
+        out = subprocess.run([str(stanc), "--info", str(path)], capture_output=True,
+                             text=True, check=False)
+    if out.returncode != 0:
+        raise PluralstanError(f"stanc --info failed on the program: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def stan_parameter_names(program: StanProgram) -> list[str]:
+    """Names declared in the ``parameters`` and ``transformed parameters`` blocks, in order."""
+    info = _stanc_info(program.code)
+    return [*info.get("parameters", {}), *info.get("transformed parameters", {})]
+
+
+# --------------------------------------------------------------------------- rank statistics
+def fractional_ranks(ranks: np.ndarray, max_rank: int) -> np.ndarray:
+    """Map ranks ``0..L`` to ``(r + 0.5) / (L + 1)``, the midpoints of ``L + 1`` equal bins."""
+    return (np.asarray(ranks, dtype=float) + 0.5) / (max_rank + 1)
+
+
+def discrete_uniform_cdf(x: np.ndarray, max_rank: int) -> np.ndarray:
+    """CDF of the fractional rank of a uniform rank on ``0..L``, evaluated at ``x``.
+
+    ``P((r + 0.5) / (L + 1) <= x) = floor(x (L + 1) + 0.5) / (L + 1)``, clipped to [0, 1]; exact at
+    every point, so the simultaneous bands built on it are calibrated for discrete ranks.
+    """
+    n = max_rank + 1
+    return np.clip(np.floor(np.asarray(x, dtype=float) * n + 0.5) / n, 0.0, 1.0)
+
+
+def _eval_points(n_sims: int, max_rank: int) -> np.ndarray:
+    """Interior evaluation points ``j / K``, ``K = min(L + 1, N)`` (as the R package SBC)."""
+    k = max(2, min(max_rank + 1, n_sims))
+    return np.arange(1, k) / k
+
+
+def ecdf_band_test(ranks: np.ndarray, max_rank: int, prob: float = 0.95) -> tuple[bool, float]:
+    """Simultaneous ECDF-band test of rank uniformity (Säilynoja, Bürkner & Vehtari 2022).
+
+    Parameters
+    ----------
+    ranks
+        One rank in ``0..max_rank`` per simulation.
+    max_rank
+        ``L``, the number of thinned posterior draws.
+    prob
+        Simultaneous coverage of the band under uniformity (the test's level is ``1 - prob``).
+
+    Returns
+    -------
+    inside : bool
+        Whether the ECDF of the fractional ranks stays inside the band at every point.
+    worst : float
+        The largest ``|ECDF - CDF|`` over the evaluation points (for reporting).
+    """
+    u = np.sort(fractional_ranks(ranks, max_rank))
+    z = _eval_points(u.size, max_rank)
+    cdf = discrete_uniform_cdf(z, max_rank)
+    ecdf = compute_ecdf(u, z)
+    # ArviZ's optimised simultaneous band (the one az.plot_ecdf draws)
+    lower, upper = ecdf_confidence_band(u.size, z, cdf, prob=prob, method="optimized")
+    inside = bool(np.all((ecdf >= lower - 1e-12) & (ecdf <= upper + 1e-12)))
+    return inside, float(np.max(np.abs(ecdf - cdf)))
+
+
+def _rank_bins(max_rank: int, n_bins: int) -> np.ndarray:
+    """Integer bin edges over ranks ``0..L`` (``n_bins`` bins of near-equal width)."""
+    return np.unique(np.round(np.linspace(0, max_rank + 1, n_bins + 1)).astype(int))
+
+
+def default_bins(n_sims: int, max_rank: int) -> int:
+    """Histogram bins: at most 20, at least 5 expected ranks per bin, at most ``L + 1``."""
+    return int(max(2, min(20, n_sims // 5, max_rank + 1)))
+
+
+def rank_chisquare(ranks: np.ndarray, max_rank: int, n_bins: int | None = None
+                   ) -> tuple[float, int, float]:
+    """Chi-square test of the binned rank histogram against the discrete uniform.
+
+    Returns the statistic, its degrees of freedom and the p-value. Expected counts use the exact
+    bin probabilities (bins need not divide ``L + 1`` evenly).
+    """
+    ranks = np.asarray(ranks)
+    edges = _rank_bins(max_rank, n_bins or default_bins(ranks.size, max_rank))
+    observed = np.histogram(ranks, bins=edges)[0]
+    expected = ranks.size * np.diff(edges) / (max_rank + 1)
+    result = stats.chisquare(observed, expected)
+    return float(result.statistic), int(edges.size - 2), float(result.pvalue)
+
+
+def _ranks_of(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rank of each truth among ``draws`` (leading axis); ties broken uniformly at random."""
+    below = (draws < truth).sum(axis=0)
+    ties = (draws == truth).sum(axis=0)
+    return below + rng.integers(0, ties + 1)
+
+
+# --------------------------------------------------------------------------- test quantities
+def cell_log_lik(variables: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
+    """Log likelihood of the simulated counts, for programs that emit ``log_p_cell``.
+
+    ``sum(y * log_p_cell)`` over cells and outcomes, per draw; the multinomial coefficient is
+    constant in the parameters and so irrelevant to ranks. Returns ``{}`` when the program has no
+    ``log_p_cell`` of the shape of ``y`` (pass your own ``quantities`` function then).
+    """
+    log_p = variables.get("log_p_cell")
+    y = np.asarray(y, dtype=float)
+    if log_p is None or log_p.shape[1:] != y.shape:
+        return {}
+    flat = log_p.reshape(log_p.shape[0], -1)
+    return {"log_lik": flat @ y.reshape(-1)}
+
+
+# --------------------------------------------------------------------------- one replicate
+def _pool_chains(arr: np.ndarray, thin: int) -> np.ndarray:
+    """``(chain, draw, *shape)`` -> ``(kept draws, *shape)``: every ``thin``-th draw of each chain,
+    chains interleaved."""
+    kept = np.moveaxis(arr[:, ::thin], 0, 1)
+    return kept.reshape(kept.shape[0] * kept.shape[1], *arr.shape[2:])
+
+
+def _invariant(arr: np.ndarray, label_axis: int | None) -> np.ndarray:
+    """Sort along the mixture label axis (order statistics are invariant to relabelling)."""
+    return arr if label_axis is None else np.sort(arr, axis=label_axis)
+
+
+def sbc_replicate(
+    program: StanProgram,
+    data: Mapping[str, Any],
+    config: SamplerConfig,
+    truth: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    label_axes: Mapping[str, int],
+    thin: int,
+    quantities: QuantityFn | None,
+    rank_seed: int,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Fit one simulated data set and rank the truth (runs in a worker).
+
+    Parameters
+    ----------
+    program, data, config
+        The Stan program, its data with ``y`` replaced by the simulated counts, and NUTS settings.
+    truth
+        The generating draw: every Stan output of the prior-only run at that draw.
+    names
+        Variables to rank.
+    label_axes
+        Variable -> axis of its mixture label (within the variable's own shape).
+    thin
+        Keep every ``thin``-th draw of each chain (ranks need near-independent draws).
+    quantities
+        Data-dependent test quantities (see :func:`cell_log_lik`), or ``None``.
+    rank_seed
+        Seed for breaking ties between the truth and draws.
+    backend
+        Engine name.
+
+    Returns
+    -------
+    dict
+        ``ranks`` (name -> integer array of the variable's shape, or scalar), ``at_truth``
+        (test quantities at the truth), ``max_rank`` and sampler diagnostics
+        (``divergences``, ``max_rhat``, ``min_ess_bulk``).
+    """
+    draws = get_engine(backend).sample(program, dict(data), config)
+    rng = np.random.default_rng(rank_seed)
+    flat = {name: _pool_chains(arr, thin) for name, arr in draws.variables.items()}
+    max_rank = next(iter(flat.values())).shape[0]
+    ranks: dict[str, np.ndarray] = {}
+    at_truth: dict[str, float] = {}
+    for name in names:
+        axis = label_axes.get(name)
+        post = _invariant(flat[name], None if axis is None else axis + 1)
+        ranks[name] = _ranks_of(_invariant(np.asarray(truth[name]), axis), post, rng)
+    if quantities is not None:
+        y = np.asarray(data["y"])
+        at_draws = quantities(flat, y)
+        for name, value in quantities({k: np.asarray(v)[None] for k, v in truth.items()},
+                                      y).items():
+            at_truth[name] = float(np.asarray(value)[0])
+            ranks[name] = _ranks_of(at_truth[name], np.asarray(at_draws[name]), rng)
+    ranked = {n: draws.variables[n] for n in names if draws.variables[n].size}
+    dataset = az.convert_to_dataset(ranked)
+    rhat = float(az.rhat(dataset).to_array().max()) if config.chains > 1 else math.nan
+    ess = float(az.ess(dataset, method="bulk").to_array().min())
+    divergences = int(draws.sample_stats["diverging"].sum()) if "diverging" in \
+        draws.sample_stats else 0
+    return {"ranks": ranks, "at_truth": at_truth, "max_rank": int(max_rank),
+            "divergences": divergences,
+            "max_rhat": rhat, "min_ess_bulk": ess}
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class SBCResult:
+    """Ranks and verdicts of an SBC run.
+
+    Attributes
+    ----------
+    model
+        Registry name of the model.
+    ranks
+        Tidy table, one row per simulation and quantity: ``sim``, ``seed``, ``quantity`` (e.g.
+        ``theta[x1]``, ``theta[(1), x1]`` for an order statistic, ``log_lik``), ``variable``,
+        ``rank``, ``max_rank``, ``truth``.
+    sims
+        One row per simulation: ``sim``, ``seed``, ``ok``, ``divergences``, ``max_rhat``,
+        ``min_ess_bulk``, ``seconds``, ``error``.
+    prob
+        Simultaneous band coverage used by the tests and plots.
+    label_invariant
+        Whether mixture variables were sorted along their label dim.
+    settings
+        Everything needed to reproduce the run (sampler settings, priors, seeds).
+    prior_problems
+        Problems of the prior-only run that generated the truths (e.g. divergences).
+    """
+
+    model: str
+    ranks: pd.DataFrame
+    sims: pd.DataFrame
+    prob: float
+    label_invariant: bool
+    settings: dict[str, Any] = field(default_factory=dict)
+    prior_problems: list[str] = field(default_factory=list)
+
+    @property
+    def quantities(self) -> list[str]:
+        """The ranked quantities, in table order."""
+        return list(dict.fromkeys(self.ranks["quantity"]))
+
+    @property
+    def n_failed(self) -> int:
+        """Simulations whose fit raised."""
+        return int((~self.sims["ok"]).sum())
+
+    def summary(self) -> pd.DataFrame:
+        """Per quantity: the ECDF band test, the chi-square test and the family-wise verdict.
+
+        Columns: ``quantity``, ``n_sims``, ``max_rank``, ``ecdf_max_diff``, ``in_band`` (ECDF
+        inside the simultaneous ``prob`` band), ``chi2``, ``chi2_df``, ``chi2_p``, ``pass``
+        (inside the Bonferroni-widened band, level ``prob`` over all quantities together) and
+        ``n_sims_divergent`` (replicates whose fit had divergent transitions).
+        """
+        names = self.quantities
+        family_prob = 1.0 - (1.0 - self.prob) / max(1, len(names))
+        divergent = int((self.sims["divergences"] > 0).sum())
+        rows = []
+        for name, sub in self.ranks.groupby("quantity", sort=False):
+            max_rank = int(sub["max_rank"].iloc[0])
+            in_band, worst = ecdf_band_test(sub["rank"].to_numpy(), max_rank, self.prob)
+            family_ok, _ = ecdf_band_test(sub["rank"].to_numpy(), max_rank, family_prob)
+            chi2, df, p = rank_chisquare(sub["rank"].to_numpy(), max_rank)
+            rows.append({"quantity": name, "n_sims": len(sub), "max_rank": max_rank,
+                         "ecdf_max_diff": worst, "in_band": in_band, "chi2": chi2,
+                         "chi2_df": df, "chi2_p": p, "pass": family_ok,
+                         "n_sims_divergent": divergent})
+        return pd.DataFrame(rows)
+
+    @property
+    def passed(self) -> bool:
+        """All quantities pass (family-wise level ``prob``) and no replicate failed."""
+        return self.n_failed == 0 and bool(self.summary()["pass"].all())
+
+    def report(self) -> str:
+        """A short plain-text verdict naming the failing quantities and any fit problems."""
+        table = self.summary()
+        lines = [f"SBC of model {self.model!r}: {len(self.sims)} simulations, "
+                 f"{self.n_failed} failed; ECDF simultaneous-band test at {self.prob:.0%} "
+                 f"(family-wise over {len(table)} quantities): "
+                 f"{'PASS' if self.passed else 'FAIL'}"]
+        bad = table.loc[~table["pass"], "quantity"].tolist()
+        if bad:
+            lines.append(f"  outside the band: {', '.join(bad)}")
+        if self.label_invariant:
+            lines.append("  mixture quantities ranked as order statistics over the label dim "
+                         "((k) = k-th smallest), which relabelling leaves unchanged")
+        n_div = int((self.sims["divergences"] > 0).sum())
+        if n_div:
+            lines.append(f"  [diagnostics: {n_div} replicate fits had divergent transitions]")
+        lines += [f"  [prior run: {p}]" for p in self.prior_problems]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ plots
+    def _select(self, quantities: Sequence[str] | None) -> list[str]:
+        names = list(quantities) if quantities is not None else self.quantities
+        unknown = sorted(set(names) - set(self.quantities))
+        if unknown:
+            raise PluralstanError(f"unknown SBC quantities {unknown}; ranked: {self.quantities}")
+        return names
+
+    def _grid(self, n: int, title: str):
+        import matplotlib.pyplot as plt
+
+        cols = min(4, n)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
+                                 constrained_layout=True)
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        fig.suptitle(title)
+        return fig, axes.flat
+
+    def plot_ranks(self, quantities: Sequence[str] | None = None, bins: int | None = None):
+        """Rank histograms with the pointwise 99% binomial band of a uniform histogram (grey).
+
+        Returns the matplotlib figure.
+        """
+        names = self._select(quantities)
+        n_sims = int(self.ranks.groupby("quantity").size().min())
+        fig, axes = self._grid(len(names), f"SBC rank histograms: {self.model} "
+                                           f"({n_sims} simulations)")
+        for ax, name in zip(axes, names, strict=False):
+            sub = self.ranks[self.ranks["quantity"] == name]
+            max_rank = int(sub["max_rank"].iloc[0])
+            edges = _rank_bins(max_rank, bins or default_bins(len(sub), max_rank))
+            p_bin = np.diff(edges) / (max_rank + 1)
+            lo, hi = stats.binom.interval(0.99, len(sub), p_bin)
+            ax.stairs(hi, edges, baseline=lo, fill=True, color="0.85", label="99% band")
+            ax.stairs(len(sub) * p_bin, edges, color="0.5", linestyle="--")
+            ax.stairs(np.histogram(sub["rank"], bins=edges)[0], edges, color="C0", linewidth=1.5)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("rank")
+        return fig
+
+    def plot_ecdf_diff(self, quantities: Sequence[str] | None = None):
+        """ECDF-difference plots of the fractional ranks with simultaneous ``prob`` bands.
+
+        Uses :func:`arviz.plot_ecdf` (``difference=True``, optimised simultaneous bands) with the
+        exact CDF of discrete uniform ranks. Returns the matplotlib figure.
+        """
+        names = self._select(quantities)
+        fig, axes = self._grid(len(names), f"SBC ECDF difference: {self.model} "
+                                           f"({self.prob:.0%} simultaneous bands)")
+        for ax, name in zip(axes, names, strict=False):
+            sub = self.ranks[self.ranks["quantity"] == name]
+            max_rank = int(sub["max_rank"].iloc[0])
+            az.plot_ecdf(fractional_ranks(sub["rank"], max_rank),
+                         eval_points=_eval_points(len(sub), max_rank),
+                         cdf=lambda x, L=max_rank: discrete_uniform_cdf(x, L),
+                         difference=True, confidence_bands="optimized", ci_prob=self.prob,
+                         ax=ax)
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("fractional rank")
+        return fig
+
+    def save_plots(self, folder: str | Path, prefix: str | None = None) -> dict[str, Path]:
+        """Write ``<prefix>_ranks.png`` and ``<prefix>_ecdf_diff.png`` (whole or not at all)."""
+        import matplotlib.pyplot as plt
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = prefix or f"sbc_{self.model}"
+        paths = {}
+        for kind, make in (("ranks", self.plot_ranks), ("ecdf_diff", self.plot_ecdf_diff)):
+            fig = make()
+            path = folder / f"{prefix}_{kind}.png"
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            try:
+                fig.savefig(tmp, format="png", dpi=110)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            finally:
+                plt.close(fig)
+            paths[kind] = path
+        return paths
+
+
+# --------------------------------------------------------------------------- driver
+def _labels(name: str, shape: tuple[int, ...], enc: Encoded) -> list[str]:
+    """Quantity labels of a variable's elements: ``theta[x1]``, ``theta[(1), x1]``, ``gamma``."""
+    if shape in ((), (1,)) and name not in enc.dims:
+        return [name]
+    dims = enc.dims.get(name, [f"{name}_dim_{i}" for i in range(len(shape))])
+    axes = []
+    for dim, size in zip(dims, shape, strict=True):
+        if dim == enc.label_dim:
+            axes.append([f"({k + 1})" for k in range(size)])
+        elif dim in enc.coords and len(enc.coords[dim]) == size:
+            axes.append([str(c) for c in enc.coords[dim]])
+        else:
+            axes.append([str(i) for i in range(size)])
+    return [f"{name}[{', '.join(parts)}]" for parts in itertools.product(*axes)]
+
+
+def _prior_draws(spec: ModelSpec, enc: Encoded, n_sims: int, prior_thin: int, seed: int,
+                 backend: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``n_sims`` thinned joint draws (every Stan output) from one prior-only run."""
+    chains = 2
+    config = SamplerConfig(chains=chains, draws=math.ceil(n_sims * prior_thin / chains),
+                           warmup=500, seed=seed)
+    draws = get_engine(backend).sample(spec.program, {**enc.data, "prior_only": 1}, config)
+    problems = []
+    n_div = int(draws.sample_stats["diverging"].sum()) if "diverging" in draws.sample_stats \
+        else 0
+    if n_div:
+        problems.append(f"{n_div} divergent transitions in the prior-only run: the truths may "
+                        "not be exact prior draws")
+    joint = {name: _pool_chains(arr, prior_thin)[:n_sims] for name, arr in draws.variables.items()}
+    return joint, problems
+
+
+def _check_settings(n_sims: int, thin: int, prior_thin: int, prob: float) -> None:
+    if int(n_sims) < 10:
+        raise PluralstanError(f"n_sims must be at least 10 for a rank test to mean anything, "
+                              f"got {n_sims!r}")
+    for name, value in (("thin", thin), ("prior_thin", prior_thin)):
+        if int(value) < 1:
+            raise PluralstanError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 < float(prob) < 1.0:
+        raise PluralstanError(f"prob must lie in (0, 1), got {prob!r}")
+
+
+def sbc(
+    model: str | ModelSpec,
+    comps: Comparisons | pd.DataFrame,
+    *,
+    n_sims: int = 200,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    fit_priors: dict[str, Any] | None = None,
+    chains: int = 2,
+    draws: int = 200,
+    warmup: int = 200,
+    thin: int = 4,
+    prior_thin: int = 5,
+    seed: int = 1,
+    adapt_delta: float = 0.8,
+    max_treedepth: int = 10,
+    var_names: Sequence[str] | None = None,
+    quantities: QuantityFn | None = cell_log_lik,
+    label_invariant: bool = True,
+    prob: float = 0.95,
+    backend: str = "auto",
+    n_workers: int | None = None,
+    scheduler: Any = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> SBCResult:
+    """Simulation-based calibration of a registered model on a given design.
+
+    Parameters
+    ----------
+    model
+        Registry name (or spec) of the model.
+    comps
+        The design: its options, pairs, annotators and trials per cell are kept; its outcomes are
+        replaced by simulated ones.
+    n_sims
+        Number of simulated data sets (prior draws). 100-200 give the tests useful power.
+    K
+        Number of mixture components, for models that need it.
+    priors
+        Prior hyperparameters of the simulating model (and of the fitted one).
+    fit_priors
+        Overrides for the *fitted* model only (deliberate mis-specification, to check that SBC
+        detects it); ``None``: the fitted prior is the simulating prior.
+    chains, draws, warmup, adapt_delta, max_treedepth
+        NUTS settings of every refit.
+    thin
+        Keep every ``thin``-th draw per chain, so ``L = chains * draws / thin`` draws are ranked.
+    prior_thin
+        Thinning of the prior-only run that supplies the truths.
+    seed
+        Seeds everything (prior run, refits, tie-breaking); the same seed gives the same ranks.
+    var_names
+        Variables to rank (default: every parameter and transformed parameter).
+    quantities
+        Data-dependent test quantities, ``f(outputs, y) -> {name: per-draw values}``; a
+        module-level function (workers import it). ``None`` ranks parameters only.
+    label_invariant
+        Sort mixture variables along their label dim (see the module docstring).
+    prob
+        Simultaneous band coverage for the tests and plots.
+    backend, n_workers, scheduler, out_dir, progress
+        Passed to :func:`pluralstan.parallel.run_jobs` (``out_dir`` makes the run resumable).
+    **options
+        Model options for the encoder (e.g. ``ties=``, ``order=`` for the aggregate model).
+
+    Returns
+    -------
+    SBCResult
+    """
+    from ..fit import as_comparisons
+
+    spec = get_model(model)
+    comps = as_comparisons(comps)
+    _check_settings(n_sims, thin, prior_thin, prob)
+    if spec.needs_K and K is None:
+        raise PluralstanError(f"model {spec.name!r} needs the number of components K")
+    config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth)
+    config.validate()
+    enc = spec.encode(comps, K=K, priors=priors, **options)
+    enc_fit = enc if fit_priors is None else spec.encode(
+        comps, K=K, priors={**(priors or {}), **fit_priors}, **options)
+    names = _ranked_names(spec, var_names)
+    label_axes = {n: enc.dims[n].index(enc.label_dim) for n in names
+                  if label_invariant and enc.label_dim and enc.label_dim in enc.dims.get(n, [])}
+
+    joint, prior_problems = _prior_draws(spec, enc, n_sims, prior_thin, seed, backend)
+    for problem in prior_problems:
+        warnings.warn(f"SBC of {spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
+    y_name = next((s for s, o in enc.predictive.items() if o == "y"), "y_rep")
+    if joint[y_name].shape[1:] != np.shape(enc.data["y"]):
+        raise PluralstanError(
+            f"model {spec.name!r}: the program's {y_name} has shape {joint[y_name].shape[1:]} "
+            f"but the Stan data 'y' has shape {np.shape(enc.data['y'])}; SBC needs replicated "
+            "data of the shape of the observed counts"
+        )
+    names = [n for n in names if joint[n][0].size]  # drop switched-off optional parameters
+    seeds = _seeds(seed, n_sims)
+    jobs = [
+        Job(f"sim{i:04d}", sbc_replicate, {
+            "program": spec.program,
+            "data": {**enc_fit.data, "y": joint[y_name][i].astype(np.int64)},
+            "config": SamplerConfig(chains, draws, warmup, seeds[i], adapt_delta, max_treedepth),
+            "truth": {k: v[i] for k, v in joint.items() if k != y_name},
+            "names": names, "label_axes": label_axes, "thin": int(thin),
+            "quantities": quantities, "rank_seed": seeds[i], "backend": backend,
+        }, seed=seeds[i])
+        for i in range(n_sims)
+    ]
+    report = run_jobs(jobs, out_dir=out_dir, n_workers=n_workers, scheduler=scheduler,
+                      warm=[(spec.program, enc_fit.data)], backend=backend, progress=progress,
+                      desc=f"SBC {spec.name}")
+    settings = {"n_sims": n_sims, "chains": chains, "draws": draws, "warmup": warmup,
+                "thin": thin, "prior_thin": prior_thin, "seed": seed,
+                "adapt_delta": adapt_delta, "max_treedepth": max_treedepth,
+                "priors": priors or {}, "fit_priors": fit_priors or {}, "K": K,
+                "stan_program_sha256": spec.program.sha}
+    ranks, sims = _tables(report, joint, names, label_axes, enc)
+    return SBCResult(spec.name, ranks, sims, float(prob), bool(label_axes), settings,
+                     prior_problems)
+
+
+def _ranked_names(spec: ModelSpec, var_names: Sequence[str] | None) -> list[str]:
+    available = stan_parameter_names(spec.program)
+    if var_names is None:
+        return available
+    unknown = [n for n in var_names if n not in available]
+    if unknown:
+        raise PluralstanError(f"var_names {unknown} are not parameters of model {spec.name!r}; "
+                              f"its parameters: {available}")
+    return list(var_names)
+
+
+def _seeds(seed: int, n: int) -> list[int]:
+    """Independent per-simulation seeds in [0, 2**31) from one seed."""
+    children = np.random.SeedSequence(int(seed)).spawn(n)
+    return [int(c.generate_state(1)[0] % (2**31 - 1)) for c in children]
+
+
+def _tables(report: RunReport, joint: Mapping[str, np.ndarray], names: Sequence[str],
+            label_axes: Mapping[str, int], enc: Encoded) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy rank table and per-simulation table from the runner's results."""
+    rank_rows, sim_rows = [], []
+    for i, res in enumerate(report.results.values()):
+        value = res.value if res.ok else {}
+        sim_rows.append({"sim": i, "seed": res.seed, "ok": res.ok,
+                         "divergences": value.get("divergences", 0),
+                         "max_rhat": value.get("max_rhat", math.nan),
+                         "min_ess_bulk": value.get("min_ess_bulk", math.nan),
+                         "seconds": res.seconds, "error": None if res.ok else res.message})
+        if not res.ok:
+            continue
+        for name, ranks in value["ranks"].items():
+            ranks = np.asarray(ranks)
+            if name in joint:
+                truth = _invariant(joint[name][i], label_axes.get(name)).reshape(-1)
+                labels = _labels(name, joint[name][i].shape, enc)
+            else:  # a data-dependent quantity, evaluated at the truth in the worker
+                truth, labels = np.array([value["at_truth"][name]]), [name]
+            for label, r, t in zip(labels, ranks.reshape(-1), truth, strict=True):
+                rank_rows.append({"sim": i, "seed": res.seed, "quantity": label,
+                                  "variable": name, "rank": int(r),
+                                  "max_rank": int(value["max_rank"]), "truth": float(t)})
+    return pd.DataFrame(rank_rows), pd.DataFrame(sim_rows)
