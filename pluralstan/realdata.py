@@ -112,7 +112,7 @@ def _recode(y: pd.Series, path: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise PluralstanError(
-            f"{path}: column 'y' has value {y.iloc[row]!r} at row {row}; the data folder's "
+            f"{path}: column 'y' has value {y.iloc[row]} at row {row}; the data folder's "
             "convention is 1 (item_a preferred), -1 (item_b preferred), 0 (tie)"
         )
     return y.map(_Y_MAP).to_numpy(float)
@@ -265,9 +265,9 @@ def load_taxes(
     -------
     Comparisons
         Attributes mode; the design is the dummy coding of :func:`tax_design`. The annotator
-        table has numeric covariates ``democrat``, ``republican`` (Independent is the
-        baseline; ``unknown`` too with ``missing_party="label"``) and
-        ``inequality_aversion``; ``taxes_harm_economy`` is left out (397 missing values).
+        table has ``partyid`` (string; the covariate model dummy-codes it) and
+        ``inequality_aversion`` (0/1); ``taxes_harm_economy`` is left out (397 missing
+        values, and the annotator table must be complete).
     """
     if missing_party not in ("drop", "label"):
         raise PluralstanError(
@@ -292,12 +292,9 @@ def load_taxes(
     )
     table = pd.DataFrame({
         "annotator": people["respondent_id"].to_numpy(),
-        "democrat": (people["partyid"] == "Democrat").to_numpy(float),
-        "republican": (people["partyid"] == "Republican").to_numpy(float),
+        "partyid": people["partyid"].to_numpy(),
         "inequality_aversion": people["inequality_aversion"].to_numpy(float),
     })
-    if missing_party == "label":
-        table["unknown"] = (people["partyid"] == "Unknown").to_numpy(float)
     labels = _group_column(people, group, "taxes_conjoint_respondents.csv")
     if labels is not None:
         frame["group"] = frame["annotator"].map(labels.set_axis(people["respondent_id"]))
@@ -489,14 +486,16 @@ def load_personas(
        95% agreement with the persona on pairs that split it.
     4. Options are described by :func:`text_features` of the statements (``f0``, ``f1``, ...),
        so a linear preference over features must be learnt; ``truth["group"]`` holds every
-       user's persona index and ``truth["stance"]`` the (persona x item) stances.
+       user's persona index and ``truth["stance"]`` the (persona x item) stances, both in
+       the order of ``comps.group_levels`` (sorted persona names), and ``truth["features"]``
+       the (item x feature) matrix.
 
     Returns
     -------
     Comparisons
-        Attributes mode with ``a_f<j>`` / ``b_f<j>`` and ``pair`` (a statement-pair id
-        ``"<id_a>|<id_b>"``), ``group`` = persona name, plus ``item_a`` / ``item_b`` ids in
-        the frame's ``pair`` column only (items are described by their features).
+        Attributes mode with ``a_f<j>`` / ``b_f<j>``, ``group`` = persona name and ``pair``
+        = ``"<i>|<j>"``, the pool indices of the two statements (rows of
+        ``truth["features"]``), for held-out-pair splits.
     """
     root = data_dir(folder)
     table = _read(root / "anthropic_persona", "persona_statements_subset.csv")
@@ -537,7 +536,41 @@ def load_personas(
     fa = pd.DataFrame(feats[frame["_a"]], columns=[f"a_{n}" for n in names])
     fb = pd.DataFrame(feats[frame["_b"]], columns=[f"b_{n}" for n in names])
     frame = pd.concat([frame.drop(columns=["_a", "_b"]), fa, fb], axis=1)
-    group_index = pd.Index(personas).get_indexer(frame.drop_duplicates("annotator")["group"])
-    truth = {"group": group_index.astype(np.int64), "stance": stance,
+    # truth follows pluralstan's group coding (sorted labels, as Comparisons.codes("group"))
+    levels = sorted(personas)
+    group_index = pd.Index(levels).get_indexer(frame.drop_duplicates("annotator")["group"])
+    truth = {"group": group_index.astype(np.int64),
+             "stance": stance[[list(personas).index(p) for p in levels]],
              "features": feats}
     return Comparisons.from_frame(frame, truth=truth)
+
+
+# ---------------------------------------------------------------------- audit outputs
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (index as the first column).
+
+    Written by hand because pandas' ``to_markdown`` needs the optional ``tabulate`` package.
+    """
+    def cell(v: object) -> str:
+        if isinstance(v, float | np.floating):
+            return "" if np.isnan(v) else f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|")
+
+    shown = frame.reset_index()
+    head = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def write_table(frame: pd.DataFrame, out: Path, name: str, caption: str = "") -> None:
+    """Write ``frame`` as ``<name>.csv`` and ``<name>.md`` (with ``caption``) under ``out``.
+
+    Each file is written to a temporary name and renamed, so it is whole or absent.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    md = (f"{caption}\n\n" if caption else "") + markdown_table(frame)
+    for suffix, text in ((".csv", frame.to_csv()), (".md", md)):
+        tmp = out / f".{name}{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / f"{name}{suffix}")
