@@ -1,1 +1,783 @@
-"""Placeholder: filled in by the model-suite work (issue 3)."""
+"""PAL ideal-point mixture, Bayesian (``stan/pal_ideal_point.stan``, ``stan/pal_new_users.stan``).
+
+The variant implemented is PAL's **model A with a linear map** (Chen, Chen, Rege & Vinayak 2024,
+eq. 8 and the synthetic experiments of their section 4.1): options are attribute vectors
+x in R^D, mapped to an L-dimensional latent space by f(x) = W x (no intercept, L <= D); there
+are K prototype ideal points q_k in the latent space and user i's ideal point is
+u_i = sum_k w_ik q_k with w_i on the simplex, w_i ~ Dirichlet(alpha). User i prefers the closer
+option::
+
+    P(a > b | i) = logistic(||W b - u_i||^2 - ||W a - u_i||^2)
+
+PAL leaves the link h unspecified and trains with a hinge or logistic loss; we take the logistic
+link (which also fixes the scale of the latent space) and put priors on everything, so every
+output comes with its posterior uncertainty. The prototypes are parameterised by their latent
+images q_k = f(p_k): with a linear f the paper's p_k in the attribute space is identified only
+up to the null space of W. Model B (prompt-dependent ideal points, inner-product distance) and
+non-linear maps are not implemented: with attribute vectors and no prompts, model A with a linear
+f is the version whose identification can be stated exactly.
+
+Identification (see the header of the Stan program). Distances are invariant to rotations and
+reflections of the latent space; the program keeps W in row-echelon form (positive diagonal,
+zeros to its left) with the Bartlett prior of an iid-normal W, so the prior of every
+rotation-invariant quantity is that of the unconstrained model. Prototype labels are fixed by
+ordering their first latent coordinate. What the data identify is rotation-invariant: the metric
+M = W'W, each user's utility U_i(x) = beta_i' x - x' M x with beta_i = 2 W' u_i, preference
+probabilities (:func:`preference_probability`) and user-by-user agreement (:func:`agreement`).
+The prototypes (vertices of a simplex containing the users) and hence the weights w_i are only
+weakly identified; report them with that caveat.
+
+Unseen users (PAL section 3.3.1). :func:`fit_new_users` localises new users from a few
+judgements with the shared parameters held at their posterior: it passes ``n_draws`` evenly
+thinned posterior draws of (W, prototypes, position effect) to ``pal_new_users.stan``, where each
+new user's posterior is the mixture over those draws reweighted by that user's own judgements,
+p(w_j | y_j, y_seen), marginalised exactly (``log_sum_exp``); no plug-in posterior mean is used.
+:func:`accuracy` then reports seen, zero-shot and few-shot held-out accuracy as PAL does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.special import expit
+
+from .. import diagnostics
+from ..data import Comparisons
+from ..engine import SamplerConfig, get_engine
+from ..errors import IdentificationWarning, PluralstanError
+from .base import Encoded, ModelSpec, broadcast_prior, load_program, merge_priors, register
+
+DEFAULT_PRIORS: dict[str, Any] = {
+    "W_sd": 1.0,  # entries of the map W: iid normal(0, W_sd) (Bartlett form after rotation)
+    "proto_sd": 1.0,  # prototype coordinates: iid normal(0, proto_sd)
+    "w_alpha": 1.0,  # user weights: Dirichlet(w_alpha), scalar or one value per prototype
+    "order_sd": 1.0,  # position (shown-first) effect gamma
+}
+
+#: Outcome labels of the count columns (PAL has no tie outcome).
+PAL_OUTCOMES = ("b", "a")
+
+
+# ---------------------------------------------------------------------- encoding
+@dataclass(frozen=True)
+class PalCells:
+    """Judgements collapsed to counts per distinct (option a, option b, order, annotator).
+
+    The shared :meth:`~pluralstan.data.Comparisons.cells` keys cells on a - b only, which is
+    sufficient for linear utilities but not here: the ideal-point log-odds depend on a + b too.
+
+    Attributes
+    ----------
+    A, B
+        ``(C, D)`` attributes of options a and b.
+    order
+        ``(C,)`` +1 (a shown first), -1 (b shown first) or 0.
+    counts
+        ``(C, 2)`` judgements preferring b, preferring a.
+    annotator
+        ``(C,)`` 0-based annotator code (first-seen order of the table).
+    cell_of_row
+        ``(N,)`` the cell of every judgement.
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    order: np.ndarray
+    counts: np.ndarray
+    annotator: np.ndarray
+    cell_of_row: np.ndarray
+
+
+def option_matrices(comps: Comparisons) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, D)`` attribute vectors of options a and b, columns = ``comps.attributes``.
+
+    Attributes mode reads ``a_*`` / ``b_*``; items mode with an item table reads its features;
+    items mode without one uses one-hot item indicators with the reference item at the origin
+    (the same coordinates as :meth:`~pluralstan.data.Comparisons.design`).
+    """
+    frame = comps.frame
+    if comps.mode == "attributes":
+        A = frame[[f"a_{n}" for n in comps.attributes]].to_numpy(float)
+        B = frame[[f"b_{n}" for n in comps.attributes]].to_numpy(float)
+        return A, B
+    if comps.items is not None:
+        feats = comps.items.loc[:, list(comps.attributes)]
+        return (feats.loc[frame["item_a"]].to_numpy(float),
+                feats.loc[frame["item_b"]].to_numpy(float))
+    cols = pd.Index(comps.attributes)
+    eye = np.vstack([np.eye(len(cols)), np.zeros((1, len(cols)))])  # last row: the reference
+    ia, ib = cols.get_indexer(frame["item_a"]), cols.get_indexer(frame["item_b"])
+    return eye[ia], eye[ib]  # index -1 (the reference item) picks the zero row
+
+
+def pal_cells(comps: Comparisons) -> PalCells:
+    """Collapse a comparison table to :class:`PalCells` (cells in order of first appearance)."""
+    A, B = option_matrices(comps)
+    order = comps.order_sign()
+    ann = comps.codes("annotator")
+    key = np.hstack([A, B, order[:, None], ann[:, None].astype(float)])
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty_like(first)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    cell_of_row = rank[inverse.reshape(-1)]
+    keep = np.sort(first)
+    counts = np.zeros((len(first), 2), dtype=np.int64)
+    np.add.at(counts, (cell_of_row, comps.frame["y"].to_numpy().astype(np.int64)), 1)
+    return PalCells(A[keep], B[keep], order[keep], counts, ann[keep], cell_of_row)
+
+
+def _check_no_ties(comps: Comparisons, what: str) -> None:
+    if comps.has_ties:
+        rows = np.flatnonzero(comps.frame["y"].to_numpy() == 0.5)
+        raise PluralstanError(
+            f"{what}: outcome column 'y' has ties (0.5) at rows {list(rows[:5])}; the PAL model "
+            "has no tie outcome (accepted: 1 a preferred, 0 b preferred); drop the tied rows"
+        )
+
+
+def _check_K(K: Any, n_annotators: int) -> int:
+    if isinstance(K, bool) or not isinstance(K, int | np.integer):
+        raise PluralstanError(f"K (number of prototypes) must be an integer, got {K!r}")
+    if K < 1:
+        raise PluralstanError(f"K (number of prototypes) must be at least 1, got {K}")
+    if K > n_annotators:
+        raise PluralstanError(
+            f"K = {K} prototypes exceeds the {n_annotators} annotator(s) in the table; "
+            f"accepted: 1 <= K <= {n_annotators}"
+        )
+    return int(K)
+
+
+def _check_translation(A: np.ndarray, B: np.ndarray) -> None:
+    """Warn when a combination of attributes is constant over all options.
+
+    Then c'x = 1 for every option and W -> W + t c', u -> u + t leaves every distance difference
+    unchanged: the latent space can be translated and only the priors pin its origin.
+    """
+    X = np.vstack([A, B])
+    coef, *_ = np.linalg.lstsq(X, np.ones(len(X)), rcond=None)
+    if np.allclose(X @ coef, 1.0, atol=1e-8):
+        warnings.warn(
+            "a linear combination of the attributes is constant over all options (e.g. shares "
+            "summing to 1), so the latent space can be translated without changing any "
+            "preference: the origin of W and the prototypes is set by their priors alone",
+            IdentificationWarning,
+            stacklevel=3,
+        )
+
+
+def encode(
+    comps: Comparisons,
+    K: int | None = None,
+    priors: dict[str, Any] | None = None,
+    *,
+    latent_dim: int | None = None,
+    order: bool | None = None,
+) -> Encoded:
+    """Encode a comparison table for the PAL ideal-point model.
+
+    Parameters
+    ----------
+    comps
+        The judgements, with annotator ids (each annotator is a user with its own ideal point).
+    K
+        Number of prototypes, ``1 <= K <= number of annotators``.
+    priors
+        Overrides of :data:`DEFAULT_PRIORS`.
+    latent_dim
+        Dimension L of the latent space, ``1 <= L <= D`` (default: D, a full metric W'W).
+    order
+        Estimate a position effect; default: when the table records presentation order.
+
+    Raises
+    ------
+    PluralstanError
+        For K or ``latent_dim`` out of range, ties, or unknown prior names.
+    """
+    p = merge_priors(DEFAULT_PRIORS, priors)
+    annotators = comps.annotator_levels
+    K = _check_K(K, len(annotators))
+    _check_no_ties(comps, "pal")
+    D = len(comps.attributes)
+    L = D if latent_dim is None else latent_dim
+    if isinstance(L, bool) or not isinstance(L, int | np.integer) or not 1 <= L <= D:
+        raise PluralstanError(
+            f"latent_dim must be an integer in 1..{D} (the number of attributes), got {L!r}"
+        )
+    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    cells = pal_cells(comps)
+    _check_translation(cells.A, cells.B)
+    for name in ("W_sd", "proto_sd", "order_sd"):
+        if not float(p[name]) > 0:
+            raise PluralstanError(f"prior {name!r} must be a positive number, got {p[name]!r}")
+    alpha = broadcast_prior(p["w_alpha"], K, "w_alpha")
+    if np.any(alpha <= 0):
+        raise PluralstanError(f"prior 'w_alpha' must be positive, got {p['w_alpha']!r}")
+    data = {
+        "I": len(annotators), "K": K, "D": D, "L": int(L), "C": len(cells.counts),
+        "X_a": cells.A, "X_b": cells.B, "annotator": cells.annotator + 1,
+        "order": cells.order, "has_order": int(has_order), "y": cells.counts,
+        "prior_W_sd": float(p["W_sd"]), "prior_proto_sd": float(p["proto_sd"]),
+        "prior_w_alpha": alpha, "prior_order_sd": float(p["order_sd"]), "prior_only": 0,
+    }
+    coords = {
+        "attribute": list(comps.attributes),
+        "group": np.arange(K),
+        "latent": np.arange(int(L)),
+        "annotator": list(annotators),
+        "cell": np.arange(len(cells.counts)),
+        "outcome": list(PAL_OUTCOMES),
+    }
+    return Encoded(
+        data=data,
+        coords=coords,
+        dims={
+            "w": ["annotator", "group"],
+            "W": ["latent", "attribute"], "proto": ["latent", "group"],
+            "u": ["annotator", "latent"], "theta": ["group", "attribute"], "pi": ["group"],
+            "y_rep": ["cell", "outcome"],
+        },
+        observed={"y": cells.counts},
+        constant={"X_a": cells.A, "X_b": cells.B, "order": cells.order,
+                  "annotator_code": cells.annotator, "cell_of_row": cells.cell_of_row},
+        predictive={"y_rep": "y"},
+        log_lik=lambda v: {"y": v["log_lik"]},
+        log_lik_dims={"y": ["annotator"]},
+        # the raw row-echelon / ordered parameters are kept only through W and proto
+        drop=("log_lik", "W_diag", "W_free", "proto_first", "proto_rest"),
+        optional_scalars=("gamma",),
+        label_dim="group",
+        extra_attrs={"latent_dim": int(L), "order_effect": int(has_order)},
+    )
+
+
+SPEC = register(
+    ModelSpec(
+        name="pal",
+        program_file="pal_ideal_point.stan",
+        summary="PAL model A: K prototype ideal points, users on their simplex, linear map to "
+        "a latent space, logistic link on squared-distance differences (annotator-level)",
+        encode=encode,
+        default_priors=DEFAULT_PRIORS,
+        needs_K=True,
+    )
+)
+
+
+# ---------------------------------------------------------------------- simulation
+def canonical_rotation(W: np.ndarray, proto: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Stan program's representative of (W, prototypes) under latent rotations and labels.
+
+    Rotates so that W is in row-echelon form with a positive diagonal (QR of its leading L x L
+    block), then orders the prototypes by their first latent coordinate.
+
+    Parameters
+    ----------
+    W
+        ``(L, D)`` map.
+    proto
+        ``(L, K)`` prototypes in the latent space.
+    """
+    L = W.shape[0]
+    Q, R = np.linalg.qr(W[:, :L])
+    Q = Q * np.sign(np.diag(R))  # positive diagonal: fixes reflections too
+    W_c, proto_c = Q.T @ W, Q.T @ proto
+    W_c[:, :L] = np.triu(W_c[:, :L])  # exact zeros below the diagonal (round-off otherwise)
+    return W_c, proto_c[:, np.argsort(proto_c[0], kind="stable")]
+
+
+def log_odds(W: np.ndarray, u: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``||W b - u||^2 - ||W a - u||^2`` per judgement.
+
+    ``W`` is (L, D), ``u`` (N, L) and ``A`` / ``B`` (N, D).
+    """
+    return np.sum((B @ W.T - u) ** 2, axis=1) - np.sum((A @ W.T - u) ** 2, axis=1)
+
+
+def simulate(
+    K: int = 3,
+    *,
+    n_annotators: int = 60,
+    judgements: int = 40,
+    n_attributes: int = 4,
+    latent_dim: int = 2,
+    n_items: int = 40,
+    item_sd: float | None = None,
+    W: np.ndarray | None = None,
+    prototypes: np.ndarray | None = None,
+    W_sd: float = 1.0,
+    proto_sd: float = 1.0,
+    w_alpha: float | Sequence[float] = 1.0,
+    partition: bool = False,
+    seed: int | None = None,
+) -> Comparisons:
+    """Simulate PAL model A with a linear map (the generative model of ``pal_ideal_point.stan``).
+
+    A pool of ``n_items`` options has attributes x ~ normal(0, item_sd^2 I_D) (PAL section 4.1:
+    item_sd = 1 / sqrt(D), the default). W (L x D) has iid normal(0, W_sd) entries and the K
+    prototypes iid normal(0, proto_sd) coordinates unless given; each annotator has weights
+    w_i ~ Dirichlet(w_alpha) (PAL's *mixture* setting) or, with ``partition=True``, sits exactly
+    on prototype ``i mod K`` (PAL's *partition* setting, the alpha -> 0 limit). Each annotator
+    judges ``judgements`` pairs of distinct items drawn uniformly, each independently with
+    P(a > b) = logistic(||W b - u_i||^2 - ||W a - u_i||^2).
+
+    Returns
+    -------
+    Comparisons
+        Attribute-mode table with ``annotator`` (0..I-1) and ``pair`` ids; ``truth`` holds the
+        canonical (rotation- and label-fixed) ``W``, ``proto`` (L, K), the weights ``w`` (I, K),
+        ideal points ``u`` (I, L), the metric ``M`` = W'W, ``theta`` = 2 proto' W (K, D) and
+        ``pi`` (mean weights).
+    """
+    if not 1 <= latent_dim <= n_attributes:
+        raise PluralstanError(f"latent_dim must lie in 1..{n_attributes}, got {latent_dim}")
+    if n_items < 2 or judgements < 1:
+        raise PluralstanError("n_items must be at least 2 and judgements at least 1")
+    _check_K(K, n_annotators)
+    rng = np.random.default_rng(seed)
+    D, L = n_attributes, latent_dim
+    sd = 1.0 / np.sqrt(D) if item_sd is None else float(item_sd)
+    items = rng.normal(0.0, sd, size=(n_items, D))
+    W = rng.normal(0.0, W_sd, size=(L, D)) if W is None else np.asarray(W, dtype=float)
+    proto = (rng.normal(0.0, proto_sd, size=(L, K)) if prototypes is None
+             else np.asarray(prototypes, dtype=float))
+    if W.shape != (L, D) or proto.shape != (L, K):
+        raise PluralstanError(f"W must be ({L}, {D}) and prototypes ({L}, {K}); got "
+                              f"{W.shape} and {proto.shape}")
+    W, proto = canonical_rotation(W, proto)
+    if partition:
+        w = np.eye(K)[np.arange(n_annotators) % K]
+    else:
+        w = rng.dirichlet(broadcast_prior(w_alpha, K, "w_alpha"), size=n_annotators)
+    u = w @ proto.T
+    ann = np.repeat(np.arange(n_annotators), judgements)
+    first = rng.integers(0, n_items, size=ann.size)
+    second = (first + rng.integers(1, n_items, size=ann.size)) % n_items  # distinct from first
+    A, B = items[first], items[second]
+    y = rng.uniform(size=ann.size) < expit(log_odds(W, u[ann], A, B))
+    names = [f"x{j + 1}" for j in range(D)]
+    frame = pd.DataFrame({"annotator": ann, "pair": first * n_items + second, "y": y.astype(float)})
+    frame = frame.join(pd.DataFrame(A, columns=[f"a_{n}" for n in names]))
+    frame = frame.join(pd.DataFrame(B, columns=[f"b_{n}" for n in names]))
+    truth = {"W": W, "proto": proto, "w": w, "u": u, "M": W.T @ W, "theta": 2 * proto.T @ W,
+             "pi": w.mean(axis=0)}
+    return Comparisons.from_frame(frame, truth=truth)
+
+
+def train_test_split(
+    comps: Comparisons, *, test_per_user: int, n_unseen: int = 0
+) -> tuple[Comparisons, Comparisons, Comparisons | None]:
+    """PAL's evaluation split: seen users' training / held-out judgements, and unseen users.
+
+    The last ``n_unseen`` annotators (first-seen order) are unseen: all their judgements go to
+    the third table. Of every other annotator the last ``test_per_user`` judgements (table
+    order) are held out.
+    """
+    levels = pd.Index(comps.annotator_levels)
+    if not 0 <= n_unseen < len(levels):
+        raise PluralstanError(f"n_unseen must lie in 0..{len(levels) - 1}, got {n_unseen}")
+    code = comps.codes("annotator")
+    unseen = code >= len(levels) - n_unseen
+    position = comps.frame.groupby("annotator", sort=False).cumcount(ascending=False).to_numpy()
+    test = ~unseen & (position < test_per_user)
+    train = ~unseen & ~test
+    short = pd.Index(comps.frame.loc[~unseen, "annotator"]).difference(
+        pd.Index(comps.frame.loc[train, "annotator"]))
+    if len(short):
+        raise PluralstanError(
+            f"annotator {short[0]!r} has no more than test_per_user = {test_per_user} "
+            "judgements, so none would be left to train on"
+        )
+    new = comps.subset(np.flatnonzero(unseen)) if n_unseen else None
+    return comps.subset(np.flatnonzero(train)), comps.subset(np.flatnonzero(test)), new
+
+
+def true_probability(comps: Comparisons) -> np.ndarray:
+    """P(a > b) per judgement under the simulation truth (annotator ids index ``truth['u']``)."""
+    truth = comps.truth or {}
+    if "W" not in truth or "u" not in truth:
+        raise PluralstanError("this table carries no PAL simulation truth (see pal.simulate)")
+    A, B = option_matrices(comps)
+    ann = comps.frame["annotator"].to_numpy().astype(np.int64)
+    return expit(log_odds(truth["W"], truth["u"][ann], A, B))
+
+
+# ---------------------------------------------------------------------- prediction
+def _check_attributes(idata: az.InferenceData, comps: Comparisons) -> None:
+    fitted = [str(v) for v in idata.posterior["attribute"].values]
+    if fitted != [str(v) for v in comps.attributes]:
+        raise PluralstanError(
+            f"the table's attributes {list(comps.attributes)} differ from the fitted model's "
+            f"{fitted}; give options with the same attributes in the same order"
+        )
+
+
+def _design(comps: Comparisons) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    A, B = option_matrices(comps)
+    dims = ("comparison", "attribute")
+    coords = {"attribute": list(comps.attributes)}
+    return (xr.DataArray(A - B, dims=dims, coords=coords),
+            xr.DataArray(A + B, dims=dims, coords=coords),
+            xr.DataArray(comps.order_sign(), dims=("comparison",)))
+
+
+def _seen_codes(idata: az.InferenceData, comps: Comparisons) -> np.ndarray:
+    index = pd.Index(idata.posterior["annotator"].values)
+    code = index.get_indexer(comps.frame["annotator"])
+    if np.any(code < 0):
+        who = comps.frame["annotator"][code < 0].iloc[0]
+        raise PluralstanError(
+            f"annotator {who!r} was not in the fit ({int(np.sum(code < 0))} judgement(s) of "
+            "unknown annotators); localise new users with pal.fit_new_users first"
+        )
+    return code
+
+
+def preference_probability(
+    idata_seen: az.InferenceData,
+    comps: Comparisons,
+    idata_new: az.InferenceData | None = None,
+) -> xr.DataArray:
+    """Posterior draws of P(a > b) for every judgement of ``comps``.
+
+    Parameters
+    ----------
+    idata_seen
+        A ``"pal"`` fit.
+    comps
+        Judgements of annotators in ``idata_seen`` (or, with ``idata_new``, in ``idata_new``);
+        their outcomes are not used.
+    idata_new
+        A :func:`fit_new_users` result; each of its draws is paired with the seen-fit draw of the
+        shared parameters it was localised under.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(chain, draw, comparison)``.
+    """
+    _check_attributes(idata_seen, comps)
+    post = idata_seen.posterior
+    X_diff, X_sum, order = _design(comps)
+    if idata_new is None:
+        code = _seen_codes(idata_seen, comps)
+        W, u = post["W"], post["u"].isel(annotator=xr.DataArray(code, dims="comparison"))
+        gamma = post["gamma"] if "gamma" in post else 0.0
+    else:
+        code = _seen_codes(idata_new, comps)
+        new = idata_new.posterior
+        flat = post[["W", "proto"] + (["gamma"] if "gamma" in post else [])].stack(
+            sample=("chain", "draw"))
+        pick = idata_new.constant_data["seen_sample"].values[new["seen_draw"].values - 1]
+        pick = xr.DataArray(pick, dims=("chain", "draw", "annotator"),
+                            coords={"chain": new.chain, "draw": new.draw})
+        shared = flat.drop_vars(["sample", "chain", "draw"]).isel(sample=pick)
+        shared = shared.isel(annotator=xr.DataArray(code, dims="comparison"))
+        w = new["w"].isel(annotator=xr.DataArray(code, dims="comparison"))
+        W = shared["W"]
+        u = xr.dot(shared["proto"], w, dim="group")
+        gamma = shared["gamma"] if "gamma" in shared else 0.0
+    Zd = xr.dot(W, X_diff, dim="attribute")
+    eta = xr.dot(Zd, 2 * u - xr.dot(W, X_sum, dim="attribute"), dim="latent") + gamma * order
+    return xr.apply_ufunc(expit, eta).transpose("chain", "draw", "comparison")
+
+
+def agreement(idata: az.InferenceData, comps: Comparisons, *, n_draws: int = 100) -> xr.DataArray:
+    """Posterior mean probability that two seen users pick the same option, over the table's pairs.
+
+    For users i, j and an option pair, the chance of agreeing is p_i p_j + (1 - p_i)(1 - p_j)
+    with p = P(a > b); it is averaged over the distinct pairs of ``comps`` and ``n_draws``
+    thinned posterior draws. Rotation-invariant, hence identified.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("annotator", "annotator_other")``.
+    """
+    _check_attributes(idata, comps)
+    A, B = option_matrices(comps)
+    _, keep = np.unique(np.hstack([A, B]), axis=0, return_index=True)
+    pairs = dataclasses.replace(comps, frame=comps.frame.iloc[np.sort(keep)].reset_index(drop=True))
+    post = idata.posterior.stack(sample=("chain", "draw"))
+    take = np.linspace(0, post.sizes["sample"] - 1, min(n_draws, post.sizes["sample"])).astype(int)
+    post = post.isel(sample=take)
+    X_diff, X_sum, order = _design(pairs)
+    Zd = xr.dot(post["W"], X_diff, dim="attribute")
+    quad = xr.dot(Zd, xr.dot(post["W"], X_sum, dim="attribute"), dim="latent")
+    eta = 2 * xr.dot(Zd, post["u"], dim="latent") - quad
+    if "gamma" in post:
+        eta = eta + post["gamma"] * order
+    p = xr.apply_ufunc(expit, eta).transpose("sample", "annotator", "comparison").values
+    same = (np.einsum("sic,sjc->ij", p, p) + np.einsum("sic,sjc->ij", 1 - p, 1 - p)) / (
+        p.shape[0] * p.shape[2])
+    ann = idata.posterior["annotator"].values
+    return xr.DataArray(same, dims=("annotator", "annotator_other"),
+                        coords={"annotator": ann, "annotator_other": ann})
+
+
+def identified(idata: az.InferenceData) -> xr.Dataset:
+    """Rotation-invariant summaries of a ``"pal"`` fit, per draw.
+
+    ``M`` = W'W (the metric on the attributes; dims ``attribute``, ``attribute_other``) and
+    ``beta`` = 2 W' u_i (each user's linear utility coefficients; dims ``annotator``,
+    ``attribute``), so that U_i(x) = beta_i' x - x' M x.
+    """
+    post = idata.posterior
+    W2 = post["W"].rename(attribute="attribute_other")
+    return xr.Dataset({
+        "M": xr.dot(post["W"], W2, dim="latent"),
+        "beta": 2 * xr.dot(post["W"], post["u"], dim="latent"),
+    })
+
+
+# ---------------------------------------------------------------------- unseen users
+def _fit_priors(idata: az.InferenceData) -> dict[str, Any]:
+    raw = idata.posterior.attrs.get("priors")
+    return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+
+
+def fit_new_users(
+    idata_seen: az.InferenceData,
+    comps_new: Comparisons,
+    *,
+    n_draws: int = 100,
+    w_alpha: float | Sequence[float] | None = None,
+    chains: int = 2,
+    draws: int = 500,
+    warmup: int = 500,
+    seed: int = 1,
+    adapt_delta: float = 0.8,
+    backend: str = "auto",
+    check: bool = True,
+) -> az.InferenceData:
+    """Localise unseen users from a few judgements, the shared parameters held at their posterior.
+
+    ``n_draws`` evenly thinned posterior draws of (W, prototypes, gamma) from ``idata_seen``
+    enter ``pal_new_users.stan`` as data; each new user's weights get the posterior
+    p(w_j | y_j, y_seen), the mixture over those draws reweighted by the user's own judgements
+    (not a plug-in of the posterior mean).
+
+    Parameters
+    ----------
+    idata_seen
+        A ``"pal"`` fit.
+    comps_new
+        Judgements of users not in ``idata_seen``, on options with the same attributes.
+    n_draws
+        Number of posterior draws of the shared parameters to carry over.
+    w_alpha
+        Dirichlet concentration of the new users' weights (default: the seen fit's).
+    chains, draws, warmup, seed, adapt_delta, backend, check
+        As for :func:`pluralstan.fit`.
+
+    Returns
+    -------
+    arviz.InferenceData
+        Posterior ``w`` (annotator, group) and ``seen_draw`` (the 1-based index, into
+        ``constant_data.seen_sample``, of the carried-over draw paired with each draw),
+        annotator-level ``log_likelihood``, ``posterior_predictive`` ``y`` per cell.
+    """
+    if "W" not in idata_seen.posterior or "proto" not in idata_seen.posterior:
+        raise PluralstanError("idata_seen is not a 'pal' fit (it has no W / proto posterior)")
+    _check_attributes(idata_seen, comps_new)
+    _check_no_ties(comps_new, "fit_new_users")
+    seen = pd.Index(idata_seen.posterior["annotator"].values)
+    overlap = pd.Index(comps_new.annotator_levels).intersection(seen)
+    if len(overlap):
+        raise PluralstanError(
+            f"annotator {overlap[0]!r} of comps_new was seen in the fit ({len(overlap)} such); "
+            "new users must be unseen (use preference_probability for seen users)"
+        )
+    flat = idata_seen.posterior.stack(sample=("chain", "draw"))
+    total = flat.sizes["sample"]
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or not 1 <= n_draws <= total:
+        raise PluralstanError(f"n_draws must be an integer in 1..{total}, got {n_draws!r}")
+    sample = np.linspace(0, total - 1, n_draws).round().astype(np.int64)
+    flat = flat.isel(sample=sample)
+    K = flat.sizes["group"]
+    alpha = w_alpha if w_alpha is not None else _fit_priors(idata_seen).get("prior_w_alpha", 1.0)
+    cells = pal_cells(comps_new)
+    gamma = (flat["gamma"].values if "gamma" in flat else np.zeros(n_draws))
+    data = {
+        "J": len(comps_new.annotator_levels), "K": K, "D": len(comps_new.attributes),
+        "L": flat.sizes["latent"], "S": n_draws,
+        "W": flat["W"].transpose("sample", "latent", "attribute").values,
+        "proto": flat["proto"].transpose("sample", "latent", "group").values,
+        "gamma": gamma, "C": len(cells.counts), "X_a": cells.A, "X_b": cells.B,
+        "user": cells.annotator + 1, "order": cells.order, "y": cells.counts,
+        "prior_w_alpha": broadcast_prior(alpha, K, "w_alpha"), "prior_only": 0,
+    }
+    enc = Encoded(
+        data=data,
+        coords={"annotator": list(comps_new.annotator_levels), "group": np.arange(K),
+                "cell": np.arange(len(cells.counts)), "outcome": list(PAL_OUTCOMES)},
+        dims={"w": ["annotator", "group"], "seen_draw": ["annotator"],
+              "y_rep": ["cell", "outcome"]},
+        observed={"y": cells.counts},
+        constant={"seen_sample": sample, "X_a": cells.A, "X_b": cells.B,
+                  "user_code": cells.annotator},
+        predictive={"y_rep": "y"},
+        log_lik=lambda v: {"y": v["log_lik"]},
+        log_lik_dims={"y": ["annotator"]},
+        drop=("log_lik",),
+    )
+    from ..inference import provenance, to_inference_data  # here: inference imports models
+
+    config = SamplerConfig(chains, draws, warmup, seed, adapt_delta)
+    config.validate()
+    program = load_program("pal_new_users.stan")
+    result = get_engine(backend).sample(program, data, config)
+    attrs = provenance("pal_new_users", program, result, comps_new, seed,
+                       {"K": K, "n_draws": n_draws, "priors": {"prior_w_alpha":
+                        data["prior_w_alpha"].tolist()}})
+    idata = to_inference_data(result, enc, attrs)
+    if check:
+        diagnostics.check(idata, var_names=["w"])
+    return idata
+
+
+# ---------------------------------------------------------------------- accuracy
+def _scores(p: xr.DataArray, comps: Comparisons) -> dict[str, float]:
+    """Accuracy (posterior-mean probability thresholded at 1/2) and mean log predictive density."""
+    p_bar = p.mean(("chain", "draw")).values
+    y = comps.frame["y"].to_numpy()
+    hit = np.where(p_bar == 0.5, 0.5, (p_bar > 0.5) == (y == 1))
+    acc = float(np.mean(hit))
+    return {
+        "judgements": len(y),
+        "accuracy": acc,
+        "accuracy_se": float(np.sqrt(acc * (1 - acc) / len(y))),
+        "log_score": float(np.mean(np.where(y == 1, np.log(p_bar), np.log1p(-p_bar)))),
+    }
+
+
+def _oracle(comps: Comparisons) -> float:
+    """Accuracy of the true probabilities on the same judgements (NaN without truth)."""
+    try:
+        p = true_probability(comps)
+    except PluralstanError:
+        return np.nan
+    y = comps.frame["y"].to_numpy()
+    return float(np.mean((p > 0.5) == (y == 1)))
+
+
+def _zero_shot(idata_seen: az.InferenceData, comps: Comparisons) -> xr.DataArray:
+    """P(a > b) for a user drawn from the seen population: averaged over the seen users."""
+    post = idata_seen.posterior
+    X_diff, X_sum, order = _design(comps)
+    Zd = xr.dot(post["W"], X_diff, dim="attribute")
+    quad = xr.dot(Zd, xr.dot(post["W"], X_sum, dim="attribute"), dim="latent")
+    eta = 2 * xr.dot(Zd, post["u"], dim="latent") - quad
+    if "gamma" in post:
+        eta = eta + post["gamma"] * order
+    return xr.apply_ufunc(expit, eta).mean("annotator").transpose("chain", "draw", "comparison")
+
+
+def _relabel(comps: Comparisons, rows: np.ndarray, suffix: str) -> Comparisons:
+    """Rows of ``comps`` with annotator ids ``"<id>@<suffix>"`` (no re-validation needed)."""
+    frame = comps.frame.iloc[rows].reset_index(drop=True)
+    frame["annotator"] = [f"{a}@{suffix}" for a in frame["annotator"]]
+    return dataclasses.replace(comps, frame=frame, annotators=None)
+
+
+def accuracy(
+    idata_seen: az.InferenceData,
+    test_seen: Comparisons | None = None,
+    comps_new: Comparisons | None = None,
+    *,
+    shots: Sequence[int] = (0, 1, 2, 5, 10, 20),
+    n_draws: int = 100,
+    chains: int = 2,
+    draws: int = 500,
+    warmup: int = 500,
+    seed: int = 1,
+    backend: str = "auto",
+) -> pd.DataFrame:
+    """Seen, zero-shot and few-shot held-out accuracy, as PAL reports them (its Fig. 2d, 4d).
+
+    * ``seen``: held-out judgements ``test_seen`` of users in the fit (unseen pairs, seen users).
+    * ``unseen``, ``shots = n``: each user of ``comps_new`` is localised from their first ``n``
+      judgements (table order) with :func:`fit_new_users` and scored on their judgements after
+      the first ``max(shots)``, so every point of the curve uses the same test judgements. All
+      shot counts are localised in one Stan run (each (user, n) is its own pseudo-user).
+      ``n = 0`` is PAL's zero-shot prediction: P(a > b) averaged over the seen users.
+
+    A prediction is the posterior mean of P(a > b) thresholded at 1/2.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per setting: ``setting``, ``shots`` (<NA> for seen), ``users``, ``judgements``,
+        ``accuracy``, ``accuracy_se`` (binomial), ``log_score`` (mean log predictive
+        probability), ``oracle_accuracy`` (the true probabilities' accuracy on the same
+        judgements, for simulated data; else NaN) and ``diagnostics``
+        (:func:`pluralstan.diagnostics.flag` of the fits involved).
+    """
+    rows: list[dict[str, Any]] = []
+    seen_flag = diagnostics.flag(idata_seen)
+    if test_seen is not None:
+        p = preference_probability(idata_seen, test_seen)
+        rows.append({"setting": "seen", "shots": pd.NA,
+                     "users": len(test_seen.annotator_levels), **_scores(p, test_seen),
+                     "oracle_accuracy": _oracle(test_seen), "diagnostics": seen_flag})
+    if comps_new is not None:
+        rows += _unseen_rows(idata_seen, comps_new, shots, seen_flag,
+                             {"n_draws": n_draws, "chains": chains, "draws": draws,
+                              "warmup": warmup, "seed": seed, "backend": backend})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["shots"] = table["shots"].astype("Int64")
+    return table
+
+
+def _unseen_rows(idata_seen: az.InferenceData, comps_new: Comparisons, shots: Sequence[int],
+                 seen_flag: str, fit_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    shots = sorted({int(n) for n in shots})
+    if not shots or shots[0] < 0:
+        raise PluralstanError(f"shots must be non-negative integers, got {shots}")
+    position = comps_new.frame.groupby("annotator", sort=False).cumcount().to_numpy()
+    counts = comps_new.frame["annotator"].value_counts()
+    short = counts[counts <= shots[-1]]
+    if len(short):
+        raise PluralstanError(
+            f"new user {short.index[0]!r} has {short.iloc[0]} judgement(s); every new user needs "
+            f"more than max(shots) = {shots[-1]} (the rest are the test judgements)"
+        )
+    test_rows = np.flatnonzero(position >= shots[-1])
+    test = comps_new.subset(test_rows)
+    oracle = _oracle(test)
+    n_users = len(comps_new.annotator_levels)
+    out = []
+    if shots[0] == 0:
+        out.append({"setting": "unseen", "shots": 0, "users": n_users,
+                    **_scores(_zero_shot(idata_seen, test), test),
+                    "oracle_accuracy": oracle, "diagnostics": seen_flag})
+    positive = [n for n in shots if n > 0]
+    if positive:
+        train = [_relabel(comps_new, np.flatnonzero(position < n), str(n)) for n in positive]
+        frame = pd.concat([c.frame for c in train], ignore_index=True)
+        idata_new = fit_new_users(idata_seen, dataclasses.replace(train[0], frame=frame),
+                                  **fit_kwargs)
+        flag = " ".join(f for f in (seen_flag, diagnostics.flag(idata_new)) if f)
+        for n in positive:
+            tested = _relabel(comps_new, test_rows, str(n))
+            p = preference_probability(idata_seen, tested, idata_new)
+            out.append({"setting": "unseen", "shots": n, "users": n_users,
+                        **_scores(p, tested), "oracle_accuracy": oracle, "diagnostics": flag})
+    return out
+
+
+__all__ = [
+    "DEFAULT_PRIORS", "PalCells", "accuracy", "agreement", "canonical_rotation", "encode",
+    "fit_new_users", "identified", "log_odds", "option_matrices", "pal_cells",
+    "preference_probability", "simulate", "train_test_split", "true_probability",
+]
