@@ -52,7 +52,7 @@ def test_split_is_by_pair(high_conflict):
 
 
 def test_high_conflict_masking_is_large(high_conflict):
-    train, test, fit = high_conflict
+    _, test, fit = high_conflict
     truth = masking_ratio(fit, test, target="truth")
     observed = masking_ratio(fit, test, target="observed")
     assert set(truth["ratio"].dims) == {"chain", "draw"}
@@ -90,7 +90,7 @@ def test_homogeneous_population_has_no_masking(homogeneous):
 
 
 def _mixture_idata(thetas: np.ndarray, labels: list[int], rng: np.random.Generator):
-    """A hand-built mixture posterior centred on the truth, components stored in ``labels`` order."""
+    """Hand-built mixture posterior centred on the truth, components stored in ``labels`` order."""
     draws = thetas[labels][None, None] + rng.normal(0.0, 0.05, size=(2, 200, *thetas.shape))
     return az.from_dict(
         posterior={"theta": draws, "pi": np.full((2, 200, 2), 0.5)},

@@ -6,10 +6,12 @@ from .contraction import contraction
 from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
 from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
 from .predict import PairTable, observed_frequencies, pair_table, preference_probability
+from .report import DisclosureReport, disclosure_report
 from .sensitivity import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
 
 __all__ = [
     "AuditResult",
+    "DisclosureReport",
     "PairTable",
     "aggregation_audit",
     "annotator_log_likelihood",
@@ -18,6 +20,7 @@ __all__ = [
     "compare_K",
     "compare_models",
     "contraction",
+    "disclosure_report",
     "grid_fits",
     "grid_shifts",
     "loo",

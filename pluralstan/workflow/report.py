@@ -1,0 +1,445 @@
+"""The four-item pluralism identifiability disclosure of the position paper, as one call.
+
+:func:`disclosure_report` turns a comparison table, an aggregate fit and a mixture fit (plus an
+optional pi-grid sensitivity run) into
+
+1. **subgroup composition**: the stated K and mixture pi (prior, posterior, observed shares);
+2. **within-subgroup posteriors**: each group's theta with credible intervals beside the
+   aggregate theta, and whether each contracts below its prior;
+3. **identification gap**: the masking ratio of the aggregate fit (and of the mixture fit) on
+   held-out pairs, with its posterior interval;
+4. **prior sensitivity**: how each theta_k moves over the grid of assumed pi,
+
+written as Markdown, as a self-contained HTML page (figures embedded as base64 PNG) and as the
+InferenceData files behind it (:func:`pluralstan.fit.save`). Every table row and statement that
+rests on a fit which failed its diagnostics carries that fit's flag. Every file is written
+whole or not at all (temporary file, then rename), and the Markdown and HTML are written last,
+so a report never points to a missing file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import matplotlib
+
+matplotlib.use("Agg")  # file output only; never opens a window
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .. import diagnostics
+from ..data import Comparisons
+from ..errors import PluralstanError
+from ..fit import save
+from .contraction import contraction
+from .masking import masking_ratio, summarize_masking
+
+__all__ = ["DisclosureReport", "disclosure_report"]
+
+#: Contraction above which a report says a parameter "contracts" (a reading aid, not a test).
+CONTRACTION_READING = 0.5
+#: The position paper's suggested bound on a moderate masking ratio.
+PAPER_MASKING_BOUND = 1.5
+
+
+@dataclass
+class DisclosureReport:
+    """What :func:`disclosure_report` wrote.
+
+    Attributes
+    ----------
+    markdown, html
+        The report text.
+    paths
+        ``"markdown"``, ``"html"``, each figure and each InferenceData file -> its path.
+    tables
+        The tables behind the four items, keyed by item.
+    """
+
+    markdown: str
+    html: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- rendering
+@dataclass
+class _Doc:
+    """Blocks rendered both to Markdown and to HTML (no Markdown library is a dependency)."""
+
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", (level, text)))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("text", text))
+
+    def table(self, frame: pd.DataFrame) -> None:
+        """Add a table; the full diagnostic problems are stated in the text, so a non-empty
+        ``flag`` shows as a short marker in each row."""
+        if "flag" in frame:
+            frame = frame.assign(flag=np.where(frame["flag"] != "", "DIAGNOSTICS FAILED", ""))
+        self.blocks.append(("table", frame))
+
+    def figure(self, name: str, png: bytes, caption: str) -> None:
+        self.blocks.append(("figure", (name, png, caption)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                out.append("#" * value[0] + " " + value[1])
+            elif kind == "text":
+                out.append(value)
+            elif kind == "table":
+                out.append(_markdown_table(value))
+            else:
+                name, _, caption = value
+                out.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        body = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                body.append(f"<h{value[0]}>{html.escape(value[1])}</h{value[0]}>")
+            elif kind == "text":
+                body.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "table":
+                body.append(value.to_html(index=False, border=0, na_rep="",
+                                          float_format=lambda v: f"{v:.3g}"))
+            else:
+                name, png, caption = value
+                data = base64.b64encode(png).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(name)}" '
+                            f'src="data:image/png;base64,{data}"/>'
+                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{padding:.2em .6em;"
+                 "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}")
+        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
+                f"{html.escape(title)}</title><style>{style}</style></head><body>\n"
+                + "\n".join(body) + "\n</body></html>\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return "" if np.isnan(value) else f"{value:.3g}"
+    return str(value).replace("|", "\\|")
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * frame.shape[1]
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([head, rule, *rows])
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _write_whole(path: Path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _marked(text: str, idata: az.InferenceData) -> str:
+    flag = diagnostics.flag(idata)
+    return f"{text} **{flag}**" if flag else text
+
+
+# ---------------------------------------------------------------------------- items
+def _interval(da: xr.DataArray, prob: float) -> xr.Dataset:
+    q = da.quantile([0.5 - prob / 2, 0.5 + prob / 2], ("chain", "draw"))
+    return xr.Dataset({"mean": da.mean(("chain", "draw")),
+                       "lower": q.isel(quantile=0, drop=True),
+                       "upper": q.isel(quantile=1, drop=True)})
+
+
+def _composition(comps: Comparisons, mixture: az.InferenceData, prob: float) -> pd.DataFrame:
+    post = mixture.posterior
+    groups = [str(g) for g in post["theta"]["group"].values]
+    table = pd.DataFrame({"group": groups})
+    priors = json.loads(post.attrs.get("priors", "{}") or "{}")
+    alpha = np.asarray(priors.get("prior_pi_alpha", []), dtype=float)
+    if alpha.size == len(groups):
+        table["prior_pi"] = alpha / alpha.sum()
+        table["prior_concentration"] = alpha.sum()
+    if "pi" in post:
+        stats = _interval(post["pi"], prob)
+        table["posterior_pi"] = stats["mean"].values
+        table["lower"], table["upper"] = stats["lower"].values, stats["upper"].values
+    if comps.has_groups and set(groups) == {str(g) for g in comps.group_levels}:
+        first = comps.frame.drop_duplicates("annotator")
+        shares = first["group"].astype(str).value_counts(normalize=True)
+        table["observed_share"] = shares.reindex(groups).to_numpy()
+    table["flag"] = diagnostics.flag(mixture)
+    return table
+
+
+def _within(aggregate: az.InferenceData, mixture: az.InferenceData, prob: float
+            ) -> pd.DataFrame:
+    agg = _interval(aggregate.posterior["theta"], prob).to_dataframe().reset_index()
+    agg.insert(0, "model", "aggregate")
+    agg.insert(1, "group", "all")
+    agg["flag"] = diagnostics.flag(aggregate)
+    mix = _interval(mixture.posterior["theta"], prob).to_dataframe().reset_index()
+    mix.insert(0, "model", mixture.posterior.attrs.get("model", "mixture"))
+    mix["group"] = mix["group"].astype(str)
+    mix["flag"] = diagnostics.flag(mixture)
+    table = pd.concat([agg, mix], ignore_index=True)
+    for label, idata in (("all", aggregate), (None, mixture)):
+        if "prior" not in idata.groups():
+            continue
+        c = contraction(idata, ["theta"])
+        c["group"] = "all" if label else c["group"].astype(str)
+        table = table.merge(c[["group", "attribute", "contraction"]], how="left",
+                            on=["group", "attribute"], suffixes=("", "_new"))
+        if "contraction_new" in table:
+            table["contraction"] = table["contraction"].fillna(table.pop("contraction_new"))
+    if "contraction" in table:
+        table["contracts"] = np.where(table["contraction"].isna(), "",
+                                      np.where(table["contraction"] > CONTRACTION_READING,
+                                               "yes", "no"))
+    cols = [c for c in table.columns if c != "flag"] + ["flag"]
+    return table[cols]
+
+
+def _forest(table: pd.DataFrame) -> bytes:
+    attrs = list(dict.fromkeys(table["attribute"]))
+    series = list(dict.fromkeys(zip(table["model"], table["group"], strict=True)))
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(attrs) * len(series) / 2))
+    offsets = np.linspace(-0.3, 0.3, len(series))
+    for off, (model, group) in zip(offsets, series, strict=True):
+        part = table[(table["model"] == model) & (table["group"] == group)]
+        y = np.array([attrs.index(a) for a in part["attribute"]]) + off
+        ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["lower"],
+                                           part["upper"] - part["mean"]],
+                    fmt="o", ms=4, capsize=2,
+                    label=f"{model}" + ("" if group == "all" else f" group {group}"))
+    ax.axvline(0, color="0.7", lw=1)
+    ax.set_yticks(range(len(attrs)), attrs)
+    ax.invert_yaxis()
+    ax.set_xlabel("theta (posterior mean and interval)")
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def _masking_plot(results: Mapping[str, xr.Dataset]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, ds in results.items():
+        values = np.log10(np.asarray(ds["ratio"]).ravel())
+        ax.hist(values, bins=40, alpha=0.6, label=f"{name} ({ds.attrs.get('model', '')})")
+    ax.axvline(np.log10(PAPER_MASKING_BOUND), color="k", ls="--", lw=1,
+               label=f"paper's bound {PAPER_MASKING_BOUND}")
+    floor = next(iter(results.values())).attrs.get("noise_floor", 1.0)
+    ax.axvline(np.log10(floor), color="0.5", ls=":", lw=1, label=f"noise floor {floor:.2f}")
+    ax.set_xlabel("log10 masking ratio (posterior draws)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _sensitivity_plot(table: pd.DataFrame) -> bytes:
+    """One panel per group: theta_k per attribute, one series per assumed pi."""
+    groups = list(dict.fromkeys(table["group"]))
+    grid = list(dict.fromkeys(table["grid"]))
+    attrs = list(dict.fromkeys(table["attribute"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3), sharey=True,
+                             squeeze=False)
+    offsets = np.linspace(-0.25, 0.25, len(grid))
+    for ax, group in zip(axes[0], groups, strict=True):
+        for off, point in zip(offsets, grid, strict=True):
+            part = table[(table["group"] == group) & (table["grid"] == point)]
+            x = np.array([attrs.index(a) for a in part["attribute"]]) + off
+            ax.errorbar(x, part["mean"], yerr=[part["mean"] - part["lower"],
+                                               part["upper"] - part["mean"]],
+                        fmt="o", ms=3, capsize=2, label=point)
+        ax.axhline(0, color="0.7", lw=1)
+        ax.set_xticks(range(len(attrs)), attrs)
+        ax.set_title(f"group {group}", fontsize=9)
+    axes[0, 0].set_ylabel("theta_k")
+    axes[0, -1].legend(fontsize=7, title="assumed pi", title_fontsize=7)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------- entry point
+def disclosure_report(
+    comps: Comparisons,
+    aggregate: az.InferenceData,
+    mixture: az.InferenceData,
+    out_dir: str | Path,
+    *,
+    test: Comparisons | None = None,
+    sensitivity: pd.DataFrame | None = None,
+    sensitivity_fits: Mapping[str, az.InferenceData] | None = None,
+    target: str | None = None,
+    prob: float = 0.9,
+    title: str = "Pluralism identifiability disclosure",
+) -> DisclosureReport:
+    """Write the four-item disclosure for a data set and its fits.
+
+    Parameters
+    ----------
+    comps
+        The judgements the models were fitted to.
+    aggregate
+        The aggregate-model fit (``theta`` with dims ``("attribute",)``).
+    mixture
+        A mixture fit (``theta`` with dims ``("group", "attribute")``, usually ``pi``).
+        Fits made with ``sample_prior=True`` also get contraction in item two.
+    out_dir
+        Folder for ``report.md``, ``report.html``, ``figures/`` and ``fits/``.
+    test
+        Held-out judgements (with ``group``) for the masking ratio; without them the ratio is
+        computed on ``comps`` itself and the report says so (in-sample errors are optimistic).
+    sensitivity, sensitivity_fits
+        Output of :func:`~pluralstan.workflow.sensitivity.pi_grid_sensitivity`; without it
+        item four is reported as not performed.
+    target
+        Masking target, ``"observed"`` or ``"truth"``; default: ``"truth"`` when the data carry
+        a simulated mixture truth, else ``"observed"``.
+    prob
+        Mass of every credible interval.
+    title
+        Report title.
+
+    Returns
+    -------
+    DisclosureReport
+    """
+    for name, idata in (("aggregate", aggregate), ("mixture", mixture)):
+        if "theta" not in idata.posterior:
+            raise PluralstanError(f"the {name} fit has no posterior 'theta'")
+    if "group" in aggregate.posterior["theta"].dims:
+        raise PluralstanError("the aggregate fit's theta has a 'group' dim: pass the aggregate "
+                              "(one-theta) fit as aggregate= and the mixture fit as mixture=")
+    if "group" not in mixture.posterior["theta"].dims:
+        raise PluralstanError("the mixture fit's theta has no 'group' dim")
+    if not comps.has_groups and test is None:
+        raise PluralstanError("the masking ratio needs subgroup labels: comps has no 'group' "
+                              "column and no labelled test= table was given")
+    held_out = test if test is not None else comps
+    truth = comps.truth or {}
+    if target is None:
+        target = "truth" if np.ndim(truth.get("theta", ())) == 2 and "pi" in truth else "observed"
+    out = Path(out_dir)
+    doc = _Doc()
+    tables: dict[str, pd.DataFrame] = {}
+    figures: dict[str, bytes] = {}
+    doc.heading(title, 1)
+    doc.text(f"{comps.n} judgements by {len(comps.annotator_levels)} annotators over "
+             f"{len(comps.attributes)} attributes. Intervals are {prob:.0%} equal-tailed "
+             "posterior intervals. Claims resting on a fit that failed its sampler diagnostics "
+             "are marked **[diagnostics failed: ...]**.")
+
+    # item 1
+    K = mixture.posterior.sizes["group"]
+    tables["composition"] = _composition(comps, mixture, prob)
+    doc.heading("1. Subgroup composition")
+    doc.text(_marked(f"Stated number of subgroups K = {K} (model "
+                     f"'{mixture.posterior.attrs.get('model', 'mixture')}'). Assumed (prior) and "
+                     "estimated mixture weights pi:", mixture))
+    doc.table(tables["composition"])
+
+    # item 2
+    tables["within"] = _within(aggregate, mixture, prob)
+    figures["theta_forest"] = _forest(tables["within"])
+    doc.heading("2. Within-subgroup posteriors")
+    if "contraction" in tables["within"]:
+        note = (f"Contraction = 1 - Var_post / Var_prior from prior draws of the same program; "
+                f"'contracts' reads contraction > {CONTRACTION_READING}.")
+    else:
+        note = ("Contraction not computed: the fits carry no prior draws (fit with "
+                "sample_prior=True).")
+    doc.text(_marked(_marked("Each subgroup's theta beside the aggregate theta. " + note,
+                             aggregate), mixture))
+    doc.table(tables["within"])
+    doc.figure("theta_forest", figures["theta_forest"],
+               "theta per attribute: aggregate fit and each subgroup of the mixture fit")
+
+    # item 3
+    results = {"aggregate": masking_ratio(aggregate, held_out, target=target),
+               "mixture": masking_ratio(mixture, held_out, target=target)}
+    tables["masking"] = pd.concat([summarize_masking(r, prob) for r in results.values()],
+                                  ignore_index=True)
+    figures["masking"] = _masking_plot(results)
+    ratio = tables["masking"].query("quantity == 'ratio'").set_index("model")
+    agg_row = ratio.iloc[0]
+    doc.heading("3. Identification gap (masking ratio)")
+    where = "held-out pairs" if test is not None else "the fitted pairs (in-sample)"
+    doc.text(_marked(
+        f"Masking ratio of the aggregate fit on {where}, target '{target}': median "
+        f"{agg_row['median']:.3g} ({prob:.0%} interval {agg_row['lower']:.3g} to "
+        f"{agg_row['upper']:.3g}); the paper calls a ratio below {PAPER_MASKING_BOUND} "
+        f"moderate. A perfect model's ratio (noise floor) is "
+        f"{results['aggregate'].attrs['noise_floor']:.3g}. The mixture fit's ratio is "
+        f"{ratio.iloc[1]['median']:.3g} ({ratio.iloc[1]['lower']:.3g} to "
+        f"{ratio.iloc[1]['upper']:.3g}).", aggregate))
+    doc.table(tables["masking"])
+    doc.figure("masking", figures["masking"], "posterior draws of the masking ratio")
+
+    # item 4
+    doc.heading("4. Prior sensitivity over the assumed mixture pi")
+    if sensitivity is None:
+        doc.text("NOT PERFORMED: no pi-grid sensitivity run was given "
+                 "(pluralstan.workflow.pi_grid_sensitivity).")
+    else:
+        if sensitivity_fits:  # the fits written with the report decide its marks
+            flags = {label: diagnostics.flag(f) for label, f in sensitivity_fits.items()}
+            sensitivity = sensitivity.assign(flag=sensitivity["grid"].map(flags).fillna(
+                sensitivity["flag"]))
+        tables["sensitivity"] = sensitivity
+        worst = (sensitivity.assign(abs_shift_sd=sensitivity["shift_sd"].abs())
+                 .groupby("grid", sort=False)
+                 .agg(max_abs_shift_sd=("abs_shift_sd", "max"),
+                      max_abs_shift=("shift", lambda s: s.abs().max()), flag=("flag", "first"))
+                 .reset_index())
+        tables["sensitivity_summary"] = worst
+        figures["sensitivity"] = _sensitivity_plot(sensitivity)
+        failed = [g for g, f in zip(worst["grid"], worst["flag"], strict=True) if f]
+        doc.text("Largest shift of any theta_k (in posterior sds of the reference grid point) "
+                 "per assumed pi" + (f"; fits with failed diagnostics: {failed}" if failed
+                                     else "") + ":")
+        doc.table(worst)
+        doc.figure("sensitivity", figures["sensitivity"], "theta_k across the pi grid")
+
+    # files: fits and figures first, the report last
+    paths: dict[str, Path] = {}
+    for name, idata in (("aggregate", aggregate), ("mixture", mixture)):
+        paths[f"fit_{name}"] = save(idata, out / "fits" / f"{name}.nc")
+    for i, (label, idata) in enumerate((sensitivity_fits or {}).items()):
+        paths[f"fit_sensitivity_{i}"] = save(idata, out / "fits" / f"sensitivity_{i}.nc")
+        _write_whole(out / "fits" / f"sensitivity_{i}.label.txt", label.encode())
+    for name, png in figures.items():
+        paths[f"figure_{name}"] = _write_whole(out / "figures" / f"{name}.png", png)
+    doc.text("Files: " + ", ".join(str(p.relative_to(out)) for p in paths.values()) + ".")
+    markdown, page = doc.markdown(), doc.html(title)
+    paths["markdown"] = _write_whole(out / "report.md", markdown.encode())
+    paths["html"] = _write_whole(out / "report.html", page.encode())
+    return DisclosureReport(markdown, page, paths, tables)
