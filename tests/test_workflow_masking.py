@@ -7,13 +7,18 @@ import warnings
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
+from scipy.special import expit
 
 import pluralstan as ps
 from pluralstan.workflow import (
     masking_ratio,
+    observed_frequencies,
     pair_table,
     point_estimate_theta,
+    preference_probability,
     split_pairs,
     summarize_masking,
 )
@@ -103,8 +108,8 @@ def _mixture_idata(thetas: np.ndarray, labels: list[int], rng: np.random.Generat
 def test_mixture_fit_predicts_each_group(high_conflict, labels):
     _, test, fit = high_conflict
     mixture = _mixture_idata(ps.simulate.HIGH_CONFLICT_THETA, labels, np.random.default_rng(0))
-    if labels == [1, 0]:  # latent labels: give them names that are not the observed groups
-        mixture.posterior = mixture.posterior.assign_coords(group=["c0", "c1"])
+    if labels == [1, 0]:  # latent components 0, 1 that look like, but are not, groups 0, 1
+        mixture.posterior.attrs["group_labels"] = "latent"
     result = masking_ratio(mixture, test, target="truth")
     # criterion: components matched to the right groups predict them with error < 0.005,
     # where the aggregate fit's within-group error is > 0.03 (a swap would give ~0.1)
@@ -126,3 +131,41 @@ def test_bad_input_is_rejected(high_conflict):
         masking_ratio(fit, ps.Comparisons.from_frame(frame), target="truth")
     with pytest.raises(ps.PluralstanError, match="target"):
         masking_ratio(fit, test, target="oracle")
+
+
+def test_pair_table_orients_reversed_judgements():
+    frame = pd.DataFrame({
+        "pair": ["p", "p", "q", "q"],
+        "a_x1": [1.0, 0.0, 0.5, 0.5], "b_x1": [0.0, 1.0, 0.0, 0.0],
+        "a_x2": [0.0, 1.0, 0.0, 0.0], "b_x2": [1.0, 0.0, 1.0, 1.0],
+        "y": [1.0, 1.0, 0.0, 1.0],
+    })
+    comps = ps.Comparisons.from_frame(frame)
+    table = pair_table(comps)
+    assert table.sign_of_row.tolist() == [1.0, -1.0, 1.0, 1.0]
+    assert table.design.sel(pair="p").values.tolist() == [1.0, -1.0]
+    # row 1 shows pair p reversed and prefers its a (= p's b): p's a won once in two
+    freq = observed_frequencies(comps)["freq"]
+    assert freq.sel(pair="p").item() == 0.5 and freq.sel(pair="q").item() == 0.5
+    bad = frame.assign(a_x1=[1.0, 0.3, 0.5, 0.5])
+    with pytest.raises(ps.PluralstanError, match="pair id 'p' at row 1"):
+        pair_table(ps.Comparisons.from_frame(bad))
+
+
+def test_population_probability_is_the_pi_weighted_mixture():
+    rng = np.random.default_rng(3)
+    theta = rng.normal(size=(1, 4, 2, 3))
+    pi = np.array([0.2, 0.8])
+    idata = az.from_dict(
+        posterior={"theta": theta, "pi": np.broadcast_to(pi, (1, 4, 2))},
+        coords={"group": ["a", "b"], "attribute": ["x1", "x2", "x3"]},
+        dims={"theta": ["group", "attribute"], "pi": ["group"]},
+    )
+    X = xr.DataArray(rng.normal(size=(5, 3)), dims=("pair", "attribute"),
+                     coords={"attribute": ["x1", "x2", "x3"]})
+    out = preference_probability(idata, X)
+    by_hand = expit(np.einsum("cdka,pa->cdkp", theta, X.values))
+    np.testing.assert_allclose(out["p_group"].values, by_hand)
+    np.testing.assert_allclose(out["p"].values, np.einsum("k,cdkp->cdp", pi, by_hand))
+    with pytest.raises(ps.PluralstanError, match="attributes"):
+        preference_probability(idata, X.assign_coords(attribute=["x1", "x2", "z"]))

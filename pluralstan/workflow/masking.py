@@ -184,17 +184,21 @@ def _noise_floor(test: Comparisons, counts: xr.DataArray, weight: xr.DataArray) 
     return float(within / pooled_noise.mean("pair"))
 
 
-def _match_groups(p_group: xr.DataArray, targets: xr.Dataset) -> xr.DataArray:
+def _match_groups(p_group: xr.DataArray, targets: xr.Dataset, latent: bool
+                  ) -> xr.DataArray:
     """Give the components of a mixture fit the observed group labels.
 
-    Components whose labels are the observed groups are used as they are; latent components
-    (0..K-1) are matched one-to-one to observed groups by the assignment with the least total
-    squared error of their posterior-mean predictions (scipy's ``linear_sum_assignment``), which
-    is the most favourable labelling for the mixture.
+    Components whose labels are the observed groups are used as they are, unless the fit marks
+    them as latent (``posterior.attrs["group_labels"] == "latent"``: labels 0..K-1 that only
+    look like the observed ones); latent components are matched one-to-one to observed groups
+    by the assignment with the least total squared error of their posterior-mean predictions
+    (scipy's ``linear_sum_assignment``), the most favourable labelling for the mixture. Relabel
+    a label-switching posterior first (:func:`pluralstan.relabel.relabel`): one assignment for
+    all draws assumes the draws agree on their labels.
     """
     observed = [str(g) for g in targets["group"].values]
     fitted = [str(g) for g in p_group["group"].values]
-    if sorted(fitted) == sorted(observed):
+    if not latent and sorted(fitted) == sorted(observed):
         mapping = dict(zip(fitted, p_group["group"].values, strict=True))
         return p_group.sel(group=[mapping[g] for g in observed]).assign_coords(
             group=targets["group"].values)
@@ -251,7 +255,12 @@ def masking_ratio(
     else:
         pred = preference_probability(fit, design)
         model, flag = fit.posterior.attrs.get("model", "fit"), diagnostics.flag(fit)
-    p_group = _match_groups(pred["p_group"], targets) if "p_group" in pred else pred["p"]
+    if "p_group" in pred:
+        latent = not isinstance(fit, xr.DataArray) and (
+            fit.posterior.attrs.get("group_labels") == "latent")
+        p_group = _match_groups(pred["p_group"], targets, latent)
+    else:
+        p_group = pred["p"]
     agg_err = ((pred["p"] - targets["agg_target"]) ** 2).mean("pair")
     group_err = ((p_group - targets["group_target"]) ** 2).mean("pair", skipna=True)
     within = (targets["weight"] * group_err).sum("group")
