@@ -31,6 +31,7 @@ from ..errors import PluralstanError
 __all__ = ["contraction"]
 
 SAMPLE_DIMS = ("chain", "draw")
+_VALUE_COLUMNS = ("prior_sd", "post_mean", "post_sd", "contraction", "truth", "z")
 
 
 def _truth_array(value: np.ndarray, post: xr.DataArray) -> xr.DataArray | None:
@@ -113,5 +114,3 @@ def contraction(
     table["flag"] = flag
     return table
 
-
-_VALUE_COLUMNS = ("prior_sd", "post_mean", "post_sd", "contraction", "truth", "z")

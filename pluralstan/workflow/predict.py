@@ -32,7 +32,13 @@ from scipy.special import expit
 from ..data import Comparisons
 from ..errors import PluralstanError
 
-__all__ = ["PairTable", "observed_frequencies", "pair_table", "preference_probability"]
+__all__ = [
+    "PairTable",
+    "mixture_weights",
+    "observed_frequencies",
+    "pair_table",
+    "preference_probability",
+]
 
 
 @dataclass(frozen=True)
