@@ -422,7 +422,8 @@ def label_switching_report(
     if worst > rhat_max:
         problems.append(
             f"after relabelling, R-hat {worst:.3f} > {rhat_max} for {at}: chains disagree beyond "
-            "a label permutation (a multimodal posterior: the data do not identify the components)"
+            "a label permutation (several modes or a poorly identified component; compare the "
+            "chains' relabelled means before summarising)"
         )
     worst, at = _worst(rhat["label_invariant"])
     if worst > rhat_max:
