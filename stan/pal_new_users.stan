@@ -2,7 +2,8 @@
 // pal_ideal_point.stan; PAL section 3.3.1: "keep the prototypes and mapping fixed and learn only
 // the new user's weights").
 //
-// The shared parameters (map W, prototypes, position effect) are not re-estimated: they enter as
+// The shared parameters (metric M = W'W, prototype utilities theta, position effect; see
+// pal_ideal_point.stan for the parameterisation) are not re-estimated: they enter as
 // S draws theta_1..theta_S from the posterior given the seen users' data. New user j has weights
 // w_j ~ dirichlet(prior_w_alpha) and its judgements y_j are independent of the other users given
 // theta, so
@@ -31,10 +32,9 @@ data {
   int<lower=1> J;                        // new users
   int<lower=1> K;                        // prototypes
   int<lower=1> D;                        // attributes of an option
-  int<lower=1, upper=D> L;               // latent dimension
   int<lower=1> S;                        // posterior draws of the shared parameters
-  array[S] matrix[L, D] W;               // map per draw
-  array[S] matrix[L, K] proto;           // prototypes per draw
+  array[S] matrix[D, D] L_M;             // Cholesky factor of the metric per draw
+  array[S] matrix[K, D] theta;           // prototype utilities per draw
   vector[S] gamma;                       // position effect per draw (0 when not modelled)
   int<lower=1> C;                        // distinct cells (option a, option b, order, user)
   matrix[C, D] X_a;
@@ -47,13 +47,12 @@ data {
 }
 transformed data {
   // The log-odds are linear in w_j for a fixed draw: eta = G_s[c] * w_user[c] + base_s[c] with
-  // G_s = 2 (X_diff W_s') proto_s and base_s = -(X_diff W_s') . (X_sum W_s') + gamma_s order.
+  // G_s = X_diff theta_s' and base_s = -(a - b)' M_s (a + b) + gamma_s order.
   array[S] matrix[C, K] G;
   array[S] vector[C] base;
   for (s in 1:S) {
-    matrix[C, L] Zd = (X_a - X_b) * W[s]';
-    G[s] = 2 * Zd * proto[s];
-    base[s] = -rows_dot_product(Zd, (X_a + X_b) * W[s]') + gamma[s] * order;
+    G[s] = (X_a - X_b) * theta[s]';
+    base[s] = -rows_dot_product((X_a - X_b) * L_M[s], (X_a + X_b) * L_M[s]) + gamma[s] * order;
   }
   vector[C] n_a = to_vector(y[:, 2]);
   vector[C] n_b = to_vector(y[:, 1]);

@@ -1,36 +1,35 @@
 """PAL ideal-point mixture, Bayesian (``stan/pal_ideal_point.stan``, ``stan/pal_new_users.stan``).
 
 The variant implemented is PAL's **model A with a linear map** (Chen, Chen, Rege & Vinayak 2024,
-eq. 8 and the synthetic experiments of their section 4.1): options are attribute vectors
-x in R^D, mapped to an L-dimensional latent space by f(x) = W x (no intercept, L <= D); there
-are K prototype ideal points q_k in the latent space and user i's ideal point is
-u_i = sum_k w_ik q_k with w_i on the simplex, w_i ~ Dirichlet(alpha). User i prefers the closer
-option::
+eq. 8 and the synthetic experiments of their section 4.1), with a full-rank map (d' = D):
+options are attribute vectors x in R^D, f(x) = W x, there are K prototype ideal points p_k and
+user i's ideal point is a_i = sum_k w_ik p_k with w_i on the simplex, w_i ~ Dirichlet(alpha).
+User i prefers the closer option::
 
-    P(a > b | i) = logistic(||W b - u_i||^2 - ||W a - u_i||^2)
+    P(a > b | i) = logistic(||W (b - a_i)||^2 - ||W (a - a_i)||^2)
+                 = logistic(beta_i' (a - b) - (a' M a - b' M b)),
 
-PAL leaves the link h unspecified and trains with a hinge or logistic loss; we take the logistic
-link (which also fixes the scale of the latent space) and put priors on everything, so every
-output comes with its posterior uncertainty. The prototypes are parameterised by their latent
-images q_k = f(p_k): with a linear f the paper's p_k in the attribute space is identified only
-up to the null space of W. Model B (prompt-dependent ideal points, inner-product distance) and
-non-linear maps are not implemented: with attribute vectors and no prompts, model A with a linear
-f is the version whose identification can be stated exactly.
+with the metric M = W'W, prototype utilities theta_k = 2 M p_k and beta_i = sum_k w_ik theta_k.
+The Stan program samples this identified parameterisation (theta, M): PAL-A with a linear map
+is a Bradley-Terry model whose user utilities lie in the convex hull of K prototype utilities,
+plus a shared concave quadratic term. PAL leaves the link h unspecified and trains with hinge or
+logistic losses; we take the logistic link (which fixes the scale) and put priors on everything:
+M ~ Wishart(D, W_sd^2 I) (the law of W'W for iid normal W), theta_k ~ normal(0, theta_sd),
+w_i ~ Dirichlet(w_alpha). Model B (prompt-dependent ideal points) and non-linear maps are not
+implemented; neither is a reduced-rank map (d' < D), whose posterior was multimodal in our runs
+(the row space of W is a point on a Grassmannian; R-hat 1.6 with d' = 2, D = 3).
 
-Identification (see the header of the Stan program). Distances are invariant to rotations and
-reflections of the latent space; the program keeps W in row-echelon form (positive diagonal,
-zeros to its left) with the Bartlett prior of an iid-normal W, so the prior of every
-rotation-invariant quantity is that of the unconstrained model. Prototype labels are fixed by
-ordering their first latent coordinate. What the data identify is rotation-invariant: the metric
-M = W'W, each user's utility U_i(x) = beta_i' x - x' M x with beta_i = 2 W' u_i, preference
-probabilities (:func:`preference_probability`) and user-by-user agreement (:func:`agreement`).
-The prototypes (vertices of a simplex containing the users) and hence the weights w_i are only
-weakly identified; report them with that caveat.
+Identification. Distances are invariant to rotations of the latent space (W -> R W); sampling M
+instead of W removes them. Prototype labels are fixed by ordering theta's first attribute. The
+data identify M, every user's utility U_i(x) = beta_i' x - x' M x, preference probabilities
+(:func:`preference_probability`) and user-by-user agreement (:func:`agreement`). The prototypes
+(vertices of a simplex containing the users' beta_i) and hence the weights w_i are only weakly
+identified: a larger simplex fits equally well and only the priors pull the vertices in.
 
 Unseen users (PAL section 3.3.1). :func:`fit_new_users` localises new users from a few
 judgements with the shared parameters held at their posterior: it passes ``n_draws`` evenly
-thinned posterior draws of (W, prototypes, position effect) to ``pal_new_users.stan``, where each
-new user's posterior is the mixture over those draws reweighted by that user's own judgements,
+thinned posterior draws of (M, theta, gamma) to ``pal_new_users.stan``, where each new user's
+posterior is the mixture over those draws reweighted by that user's own judgements,
 p(w_j | y_j, y_seen), marginalised exactly (``log_sum_exp``); no plug-in posterior mean is used.
 :func:`accuracy` then reports seen, zero-shot and few-shot held-out accuracy as PAL does.
 """
@@ -57,8 +56,8 @@ from ..errors import IdentificationWarning, PluralstanError
 from .base import Encoded, ModelSpec, broadcast_prior, load_program, merge_priors, register
 
 DEFAULT_PRIORS: dict[str, Any] = {
-    "W_sd": 1.0,  # entries of the map W: iid normal(0, W_sd) (Bartlett form after rotation)
-    "proto_sd": 1.0,  # prototype coordinates: iid normal(0, proto_sd)
+    "W_sd": 1.0,  # M = W'W ~ Wishart(D, W_sd^2 I): the law of W'W for iid normal(0, W_sd) W
+    "theta_sd": 2.5,  # prototype utilities theta_k: iid normal(0, theta_sd), logit scale
     "w_alpha": 1.0,  # user weights: Dirichlet(w_alpha), scalar or one value per prototype
     "order_sd": 1.0,  # position (shown-first) effect gamma
 }
@@ -160,8 +159,9 @@ def _check_K(K: Any, n_annotators: int) -> int:
 def _check_translation(A: np.ndarray, B: np.ndarray) -> None:
     """Warn when a combination of attributes is constant over all options.
 
-    Then c'x = 1 for every option and W -> W + t c', u -> u + t leaves every distance difference
-    unchanged: the latent space can be translated and only the priors pin its origin.
+    Then c'x = 1 for every option and W -> W + t c', a_i -> a_i + t (a translation of the
+    latent space) leaves every distance difference unchanged: in the sampled parameters, M can
+    trade off against the utilities theta and only the priors separate them.
     """
     X = np.vstack([A, B])
     coef, *_ = np.linalg.lstsq(X, np.ones(len(X)), rcond=None)
@@ -169,7 +169,7 @@ def _check_translation(A: np.ndarray, B: np.ndarray) -> None:
         warnings.warn(
             "a linear combination of the attributes is constant over all options (e.g. shares "
             "summing to 1), so the latent space can be translated without changing any "
-            "preference: the origin of W and the prototypes is set by their priors alone",
+            "preference: M and the prototype utilities theta are separated by their priors alone",
             IdentificationWarning,
             stacklevel=3,
         )
@@ -180,7 +180,6 @@ def encode(
     K: int | None = None,
     priors: dict[str, Any] | None = None,
     *,
-    latent_dim: int | None = None,
     order: bool | None = None,
 ) -> Encoded:
     """Encode a comparison table for the PAL ideal-point model.
@@ -193,46 +192,39 @@ def encode(
         Number of prototypes, ``1 <= K <= number of annotators``.
     priors
         Overrides of :data:`DEFAULT_PRIORS`.
-    latent_dim
-        Dimension L of the latent space, ``1 <= L <= D`` (default: D, a full metric W'W).
     order
         Estimate a position effect; default: when the table records presentation order.
 
     Raises
     ------
     PluralstanError
-        For K or ``latent_dim`` out of range, ties, or unknown prior names.
+        For K out of range, ties, or bad or unknown prior values.
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
     annotators = comps.annotator_levels
     K = _check_K(K, len(annotators))
     _check_no_ties(comps, "pal")
     D = len(comps.attributes)
-    L = D if latent_dim is None else latent_dim
-    if isinstance(L, bool) or not isinstance(L, int | np.integer) or not 1 <= L <= D:
-        raise PluralstanError(
-            f"latent_dim must be an integer in 1..{D} (the number of attributes), got {L!r}"
-        )
     has_order = comps.has_order if order is None else bool(order) and comps.has_order
     cells = pal_cells(comps)
     _check_translation(cells.A, cells.B)
-    for name in ("W_sd", "proto_sd", "order_sd"):
+    for name in ("W_sd", "theta_sd", "order_sd"):
         if not float(p[name]) > 0:
             raise PluralstanError(f"prior {name!r} must be a positive number, got {p[name]!r}")
     alpha = broadcast_prior(p["w_alpha"], K, "w_alpha")
     if np.any(alpha <= 0):
         raise PluralstanError(f"prior 'w_alpha' must be positive, got {p['w_alpha']!r}")
     data = {
-        "I": len(annotators), "K": K, "D": D, "L": int(L), "C": len(cells.counts),
+        "I": len(annotators), "K": K, "D": D, "C": len(cells.counts),
         "X_a": cells.A, "X_b": cells.B, "annotator": cells.annotator + 1,
         "order": cells.order, "has_order": int(has_order), "y": cells.counts,
-        "prior_W_sd": float(p["W_sd"]), "prior_proto_sd": float(p["proto_sd"]),
+        "prior_W_sd": float(p["W_sd"]), "prior_theta_sd": float(p["theta_sd"]),
         "prior_w_alpha": alpha, "prior_order_sd": float(p["order_sd"]), "prior_only": 0,
     }
     coords = {
         "attribute": list(comps.attributes),
+        "attribute_other": list(comps.attributes),
         "group": np.arange(K),
-        "latent": np.arange(int(L)),
         "annotator": list(annotators),
         "cell": np.arange(len(cells.counts)),
         "outcome": list(PAL_OUTCOMES),
@@ -241,10 +233,9 @@ def encode(
         data=data,
         coords=coords,
         dims={
-            "w": ["annotator", "group"],
-            "W": ["latent", "attribute"], "proto": ["latent", "group"],
-            "u": ["annotator", "latent"], "theta": ["group", "attribute"], "pi": ["group"],
-            "y_rep": ["cell", "outcome"],
+            "theta": ["group", "attribute"], "w": ["annotator", "group"],
+            "beta": ["annotator", "attribute"], "M": ["attribute", "attribute_other"],
+            "proto": ["group", "attribute"], "pi": ["group"], "y_rep": ["cell", "outcome"],
         },
         observed={"y": cells.counts},
         constant={"X_a": cells.A, "X_b": cells.B, "order": cells.order,
@@ -252,11 +243,11 @@ def encode(
         predictive={"y_rep": "y"},
         log_lik=lambda v: {"y": v["log_lik"]},
         log_lik_dims={"y": ["annotator"]},
-        # the raw row-echelon / ordered parameters are kept only through W and proto
-        drop=("log_lik", "W_diag", "W_free", "proto_first", "proto_rest"),
+        # the raw Cholesky / ordered parameters are kept only through M and theta
+        drop=("log_lik", "L_M", "theta_first", "theta_rest"),
         optional_scalars=("gamma",),
         label_dim="group",
-        extra_attrs={"latent_dim": int(L), "order_effect": int(has_order)},
+        extra_attrs={"order_effect": int(has_order)},
     )
 
 
@@ -264,8 +255,8 @@ SPEC = register(
     ModelSpec(
         name="pal",
         program_file="pal_ideal_point.stan",
-        summary="PAL model A: K prototype ideal points, users on their simplex, linear map to "
-        "a latent space, logistic link on squared-distance differences (annotator-level)",
+        summary="PAL model A: K prototype ideal points, users in their convex hull, full-rank "
+        "linear map (metric M), logistic link on squared-distance differences",
         encode=encode,
         default_priors=DEFAULT_PRIORS,
         needs_K=True,
@@ -274,33 +265,21 @@ SPEC = register(
 
 
 # ---------------------------------------------------------------------- simulation
-def canonical_rotation(W: np.ndarray, proto: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The Stan program's representative of (W, prototypes) under latent rotations and labels.
+def log_odds(M: np.ndarray, beta: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``beta_i' (a - b) - (a' M a - b' M b)`` per judgement.
 
-    Rotates so that W is in row-echelon form with a positive diagonal (QR of its leading L x L
-    block), then orders the prototypes by their first latent coordinate.
-
-    Parameters
-    ----------
-    W
-        ``(L, D)`` map.
-    proto
-        ``(L, K)`` prototypes in the latent space.
+    ``M`` is (D, D), ``beta`` (N, D) (the judging user's utility) and ``A`` / ``B`` (N, D).
     """
-    L = W.shape[0]
-    Q, R = np.linalg.qr(W[:, :L])
-    Q = Q * np.sign(np.diag(R))  # positive diagonal: fixes reflections too
-    W_c, proto_c = Q.T @ W, Q.T @ proto
-    W_c[:, :L] = np.triu(W_c[:, :L])  # exact zeros below the diagonal (round-off otherwise)
-    return W_c, proto_c[:, np.argsort(proto_c[0], kind="stable")]
+    return np.sum((A - B) * beta, axis=1) - np.sum(((A - B) @ M) * (A + B), axis=1)
 
 
-def log_odds(W: np.ndarray, u: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``||W b - u||^2 - ||W a - u||^2`` per judgement.
+def distance_log_odds(W: np.ndarray, ideal: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """PAL's form ``||W (b - a_i)||^2 - ||W (a - a_i)||^2``; ``ideal`` is (N, D).
 
-    ``W`` is (L, D), ``u`` (N, L) and ``A`` / ``B`` (N, D).
+    Equal to :func:`log_odds` with M = W'W and beta_i = 2 M a_i (the reparameterisation the Stan
+    program samples).
     """
-    return np.sum((B @ W.T - u) ** 2, axis=1) - np.sum((A @ W.T - u) ** 2, axis=1)
+    return np.sum(((B - ideal) @ W.T) ** 2, axis=1) - np.sum(((A - ideal) @ W.T) ** 2, axis=1)
 
 
 def simulate(
@@ -308,14 +287,13 @@ def simulate(
     *,
     n_annotators: int = 60,
     judgements: int = 40,
-    n_attributes: int = 4,
-    latent_dim: int = 2,
+    n_attributes: int = 3,
     n_items: int = 40,
     item_sd: float | None = None,
-    W: np.ndarray | None = None,
-    prototypes: np.ndarray | None = None,
+    M: np.ndarray | None = None,
+    theta: np.ndarray | None = None,
     W_sd: float = 1.0,
-    proto_sd: float = 1.0,
+    theta_sd: float = 2.5,
     w_alpha: float | Sequence[float] = 1.0,
     partition: bool = False,
     seed: int | None = None,
@@ -323,53 +301,52 @@ def simulate(
     """Simulate PAL model A with a linear map (the generative model of ``pal_ideal_point.stan``).
 
     A pool of ``n_items`` options has attributes x ~ normal(0, item_sd^2 I_D) (PAL section 4.1:
-    item_sd = 1 / sqrt(D), the default). W (L x D) has iid normal(0, W_sd) entries and the K
-    prototypes iid normal(0, proto_sd) coordinates unless given; each annotator has weights
-    w_i ~ Dirichlet(w_alpha) (PAL's *mixture* setting) or, with ``partition=True``, sits exactly
-    on prototype ``i mod K`` (PAL's *partition* setting, the alpha -> 0 limit). Each annotator
-    judges ``judgements`` pairs of distinct items drawn uniformly, each independently with
-    P(a > b) = logistic(||W b - u_i||^2 - ||W a - u_i||^2).
+    item_sd = 1 / sqrt(D), the default). Unless given, M = W'W with W iid normal(0, W_sd) (D x D)
+    and the prototype utilities theta_k ~ normal(0, theta_sd), labelled in increasing order of
+    their first attribute. Each annotator has weights w_i ~ Dirichlet(w_alpha) (PAL's *mixture*
+    setting) or, with ``partition=True``, sits on prototype ``i mod K`` (PAL's *partition*
+    setting, the alpha -> 0 limit). Each annotator judges ``judgements`` pairs of distinct items
+    drawn uniformly, each independently with P(a > b) = logistic(beta_i'(a - b) - (a'Ma - b'Mb)).
 
     Returns
     -------
     Comparisons
-        Attribute-mode table with ``annotator`` (0..I-1) and ``pair`` ids; ``truth`` holds the
-        canonical (rotation- and label-fixed) ``W``, ``proto`` (L, K), the weights ``w`` (I, K),
-        ideal points ``u`` (I, L), the metric ``M`` = W'W, ``theta`` = 2 proto' W (K, D) and
-        ``pi`` (mean weights).
+        Attribute-mode table with ``annotator`` (0..I-1) and ``pair`` ids; ``truth`` holds
+        ``M``, ``theta`` (K, D), ``proto`` (K, D; the ideal points M^{-1} theta_k / 2), ``w``
+        (I, K), ``beta`` (I, D), ``ideal`` (I, D; the users' ideal points) and ``pi``.
     """
-    if not 1 <= latent_dim <= n_attributes:
-        raise PluralstanError(f"latent_dim must lie in 1..{n_attributes}, got {latent_dim}")
-    if n_items < 2 or judgements < 1:
-        raise PluralstanError("n_items must be at least 2 and judgements at least 1")
+    if n_items < 2 or judgements < 1 or n_attributes < 1:
+        raise PluralstanError("n_items must be at least 2, judgements and n_attributes at least 1")
     _check_K(K, n_annotators)
     rng = np.random.default_rng(seed)
-    D, L = n_attributes, latent_dim
+    D = n_attributes
     sd = 1.0 / np.sqrt(D) if item_sd is None else float(item_sd)
     items = rng.normal(0.0, sd, size=(n_items, D))
-    W = rng.normal(0.0, W_sd, size=(L, D)) if W is None else np.asarray(W, dtype=float)
-    proto = (rng.normal(0.0, proto_sd, size=(L, K)) if prototypes is None
-             else np.asarray(prototypes, dtype=float))
-    if W.shape != (L, D) or proto.shape != (L, K):
-        raise PluralstanError(f"W must be ({L}, {D}) and prototypes ({L}, {K}); got "
-                              f"{W.shape} and {proto.shape}")
-    W, proto = canonical_rotation(W, proto)
+    if M is None:
+        W = rng.normal(0.0, W_sd, size=(D, D))
+        M = W.T @ W
+    M = np.asarray(M, dtype=float)
+    theta = rng.normal(0.0, theta_sd, size=(K, D)) if theta is None else np.asarray(theta, float)
+    if M.shape != (D, D) or theta.shape != (K, D):
+        raise PluralstanError(f"M must be ({D}, {D}) and theta ({K}, {D}); got {M.shape} and "
+                              f"{theta.shape}")
+    theta = theta[np.argsort(theta[:, 0], kind="stable")]
     if partition:
         w = np.eye(K)[np.arange(n_annotators) % K]
     else:
         w = rng.dirichlet(broadcast_prior(w_alpha, K, "w_alpha"), size=n_annotators)
-    u = w @ proto.T
+    beta = w @ theta
     ann = np.repeat(np.arange(n_annotators), judgements)
     first = rng.integers(0, n_items, size=ann.size)
     second = (first + rng.integers(1, n_items, size=ann.size)) % n_items  # distinct from first
     A, B = items[first], items[second]
-    y = rng.uniform(size=ann.size) < expit(log_odds(W, u[ann], A, B))
+    y = rng.uniform(size=ann.size) < expit(log_odds(M, beta[ann], A, B))
     names = [f"x{j + 1}" for j in range(D)]
     frame = pd.DataFrame({"annotator": ann, "pair": first * n_items + second, "y": y.astype(float)})
     frame = frame.join(pd.DataFrame(A, columns=[f"a_{n}" for n in names]))
     frame = frame.join(pd.DataFrame(B, columns=[f"b_{n}" for n in names]))
-    truth = {"W": W, "proto": proto, "w": w, "u": u, "M": W.T @ W, "theta": 2 * proto.T @ W,
-             "pi": w.mean(axis=0)}
+    truth = {"M": M, "theta": theta, "proto": 0.5 * np.linalg.solve(M, theta.T).T, "w": w,
+             "beta": beta, "ideal": 0.5 * np.linalg.solve(M, beta.T).T, "pi": w.mean(axis=0)}
     return Comparisons.from_frame(frame, truth=truth)
 
 
@@ -402,13 +379,13 @@ def train_test_split(
 
 
 def true_probability(comps: Comparisons) -> np.ndarray:
-    """P(a > b) per judgement under the simulation truth (annotator ids index ``truth['u']``)."""
+    """P(a > b) per judgement under the simulation truth (annotator ids index ``beta``)."""
     truth = comps.truth or {}
-    if "W" not in truth or "u" not in truth:
+    if "M" not in truth or "beta" not in truth:
         raise PluralstanError("this table carries no PAL simulation truth (see pal.simulate)")
     A, B = option_matrices(comps)
     ann = comps.frame["annotator"].to_numpy().astype(np.int64)
-    return expit(log_odds(truth["W"], truth["u"][ann], A, B))
+    return expit(log_odds(truth["M"], truth["beta"][ann], A, B))
 
 
 # ---------------------------------------------------------------------- prediction
@@ -442,6 +419,15 @@ def _seen_codes(idata: az.InferenceData, comps: Comparisons) -> np.ndarray:
     return code
 
 
+def _eta(beta: xr.DataArray, M: xr.DataArray, gamma: xr.DataArray | float,
+         design: tuple[xr.DataArray, xr.DataArray, xr.DataArray]) -> xr.DataArray:
+    """Log-odds beta'(a - b) - (a - b)' M (a + b) + gamma order, broadcast by xarray."""
+    X_diff, X_sum, order = design
+    quad = xr.dot(X_diff, xr.dot(M, X_sum.rename(attribute="attribute_other"),
+                                 dim="attribute_other"), dim="attribute")
+    return xr.dot(X_diff, beta, dim="attribute") - quad + gamma * order
+
+
 def preference_probability(
     idata_seen: az.InferenceData,
     comps: Comparisons,
@@ -467,36 +453,40 @@ def preference_probability(
     """
     _check_attributes(idata_seen, comps)
     post = idata_seen.posterior
-    X_diff, X_sum, order = _design(comps)
+    design = _design(comps)
     if idata_new is None:
-        code = _seen_codes(idata_seen, comps)
-        W, u = post["W"], post["u"].isel(annotator=xr.DataArray(code, dims="comparison"))
+        code = xr.DataArray(_seen_codes(idata_seen, comps), dims="comparison")
+        beta, M = post["beta"].isel(annotator=code), post["M"]
         gamma = post["gamma"] if "gamma" in post else 0.0
     else:
-        code = _seen_codes(idata_new, comps)
+        code = xr.DataArray(_seen_codes(idata_new, comps), dims="comparison")
         new = idata_new.posterior
-        flat = post[["W", "proto"] + (["gamma"] if "gamma" in post else [])].stack(
-            sample=("chain", "draw"))
+        names = ["M", "theta"] + (["gamma"] if "gamma" in post else [])
+        flat = post[names].stack(sample=("chain", "draw"))
+        flat = flat.drop_vars(["sample", "chain", "draw"])
         pick = idata_new.constant_data["seen_sample"].values[new["seen_draw"].values - 1]
         pick = xr.DataArray(pick, dims=("chain", "draw", "annotator"),
                             coords={"chain": new.chain, "draw": new.draw})
-        shared = flat.drop_vars(["sample", "chain", "draw"]).isel(sample=pick)
-        shared = shared.isel(annotator=xr.DataArray(code, dims="comparison"))
-        w = new["w"].isel(annotator=xr.DataArray(code, dims="comparison"))
-        W = shared["W"]
-        u = xr.dot(shared["proto"], w, dim="group")
+        shared = flat.isel(sample=pick).isel(annotator=code)
+        beta = xr.dot(new["w"].isel(annotator=code), shared["theta"], dim="group")
+        M = shared["M"]
         gamma = shared["gamma"] if "gamma" in shared else 0.0
-    Zd = xr.dot(W, X_diff, dim="attribute")
-    eta = xr.dot(Zd, 2 * u - xr.dot(W, X_sum, dim="attribute"), dim="latent") + gamma * order
+    eta = _eta(beta, M, gamma, design)
     return xr.apply_ufunc(expit, eta).transpose("chain", "draw", "comparison")
+
+
+def _population_probability(post: xr.Dataset, comps: Comparisons) -> xr.DataArray:
+    """P(a > b) per posterior draw, seen annotator and judgement of ``comps``."""
+    gamma = post["gamma"] if "gamma" in post else 0.0
+    return xr.apply_ufunc(expit, _eta(post["beta"], post["M"], gamma, _design(comps)))
 
 
 def agreement(idata: az.InferenceData, comps: Comparisons, *, n_draws: int = 100) -> xr.DataArray:
     """Posterior mean probability that two seen users pick the same option, over the table's pairs.
 
     For users i, j and an option pair, the chance of agreeing is p_i p_j + (1 - p_i)(1 - p_j)
-    with p = P(a > b); it is averaged over the distinct pairs of ``comps`` and ``n_draws``
-    thinned posterior draws. Rotation-invariant, hence identified.
+    with p = P(a > b); it is averaged over the distinct option pairs of ``comps`` and
+    ``n_draws`` thinned posterior draws. Rotation-invariant, hence identified.
 
     Returns
     -------
@@ -509,34 +499,13 @@ def agreement(idata: az.InferenceData, comps: Comparisons, *, n_draws: int = 100
     pairs = dataclasses.replace(comps, frame=comps.frame.iloc[np.sort(keep)].reset_index(drop=True))
     post = idata.posterior.stack(sample=("chain", "draw"))
     take = np.linspace(0, post.sizes["sample"] - 1, min(n_draws, post.sizes["sample"])).astype(int)
-    post = post.isel(sample=take)
-    X_diff, X_sum, order = _design(pairs)
-    Zd = xr.dot(post["W"], X_diff, dim="attribute")
-    quad = xr.dot(Zd, xr.dot(post["W"], X_sum, dim="attribute"), dim="latent")
-    eta = 2 * xr.dot(Zd, post["u"], dim="latent") - quad
-    if "gamma" in post:
-        eta = eta + post["gamma"] * order
-    p = xr.apply_ufunc(expit, eta).transpose("sample", "annotator", "comparison").values
+    p = _population_probability(post.isel(sample=take), pairs)
+    p = p.transpose("sample", "annotator", "comparison").values
     same = (np.einsum("sic,sjc->ij", p, p) + np.einsum("sic,sjc->ij", 1 - p, 1 - p)) / (
         p.shape[0] * p.shape[2])
     ann = idata.posterior["annotator"].values
     return xr.DataArray(same, dims=("annotator", "annotator_other"),
                         coords={"annotator": ann, "annotator_other": ann})
-
-
-def identified(idata: az.InferenceData) -> xr.Dataset:
-    """Rotation-invariant summaries of a ``"pal"`` fit, per draw.
-
-    ``M`` = W'W (the metric on the attributes; dims ``attribute``, ``attribute_other``) and
-    ``beta`` = 2 W' u_i (each user's linear utility coefficients; dims ``annotator``,
-    ``attribute``), so that U_i(x) = beta_i' x - x' M x.
-    """
-    post = idata.posterior
-    W2 = post["W"].rename(attribute="attribute_other")
-    return xr.Dataset({
-        "M": xr.dot(post["W"], W2, dim="latent"),
-        "beta": 2 * xr.dot(post["W"], post["u"], dim="latent"),
-    })
 
 
 # ---------------------------------------------------------------------- unseen users
@@ -561,7 +530,7 @@ def fit_new_users(
 ) -> az.InferenceData:
     """Localise unseen users from a few judgements, the shared parameters held at their posterior.
 
-    ``n_draws`` evenly thinned posterior draws of (W, prototypes, gamma) from ``idata_seen``
+    ``n_draws`` evenly thinned posterior draws of (M, theta, gamma) from ``idata_seen``
     enter ``pal_new_users.stan`` as data; each new user's weights get the posterior
     p(w_j | y_j, y_seen), the mixture over those draws reweighted by the user's own judgements
     (not a plug-in of the posterior mean).
@@ -586,8 +555,8 @@ def fit_new_users(
         ``constant_data.seen_sample``, of the carried-over draw paired with each draw),
         annotator-level ``log_likelihood``, ``posterior_predictive`` ``y`` per cell.
     """
-    if "W" not in idata_seen.posterior or "proto" not in idata_seen.posterior:
-        raise PluralstanError("idata_seen is not a 'pal' fit (it has no W / proto posterior)")
+    if "M" not in idata_seen.posterior or "theta" not in idata_seen.posterior:
+        raise PluralstanError("idata_seen is not a 'pal' fit (it has no M / theta posterior)")
     _check_attributes(idata_seen, comps_new)
     _check_no_ties(comps_new, "fit_new_users")
     seen = pd.Index(idata_seen.posterior["annotator"].values)
@@ -609,9 +578,9 @@ def fit_new_users(
     gamma = (flat["gamma"].values if "gamma" in flat else np.zeros(n_draws))
     data = {
         "J": len(comps_new.annotator_levels), "K": K, "D": len(comps_new.attributes),
-        "L": flat.sizes["latent"], "S": n_draws,
-        "W": flat["W"].transpose("sample", "latent", "attribute").values,
-        "proto": flat["proto"].transpose("sample", "latent", "group").values,
+        "S": n_draws,
+        "L_M": np.linalg.cholesky(flat["M"].transpose("sample", ...).values),
+        "theta": flat["theta"].transpose("sample", "group", "attribute").values,
         "gamma": gamma, "C": len(cells.counts), "X_a": cells.A, "X_b": cells.B,
         "user": cells.annotator + 1, "order": cells.order, "y": cells.counts,
         "prior_w_alpha": broadcast_prior(alpha, K, "w_alpha"), "prior_only": 0,
@@ -672,14 +641,8 @@ def _oracle(comps: Comparisons) -> float:
 
 def _zero_shot(idata_seen: az.InferenceData, comps: Comparisons) -> xr.DataArray:
     """P(a > b) for a user drawn from the seen population: averaged over the seen users."""
-    post = idata_seen.posterior
-    X_diff, X_sum, order = _design(comps)
-    Zd = xr.dot(post["W"], X_diff, dim="attribute")
-    quad = xr.dot(Zd, xr.dot(post["W"], X_sum, dim="attribute"), dim="latent")
-    eta = 2 * xr.dot(Zd, post["u"], dim="latent") - quad
-    if "gamma" in post:
-        eta = eta + post["gamma"] * order
-    return xr.apply_ufunc(expit, eta).mean("annotator").transpose("chain", "draw", "comparison")
+    p = _population_probability(idata_seen.posterior, comps).mean("annotator")
+    return p.transpose("chain", "draw", "comparison")
 
 
 def _relabel(comps: Comparisons, rows: np.ndarray, suffix: str) -> Comparisons:
@@ -777,7 +740,7 @@ def _unseen_rows(idata_seen: az.InferenceData, comps_new: Comparisons, shots: Se
 
 
 __all__ = [
-    "DEFAULT_PRIORS", "PalCells", "accuracy", "agreement", "canonical_rotation", "encode",
-    "fit_new_users", "identified", "log_odds", "option_matrices", "pal_cells",
+    "DEFAULT_PRIORS", "PalCells", "accuracy", "agreement", "distance_log_odds", "encode",
+    "fit_new_users", "log_odds", "option_matrices", "pal_cells",
     "preference_probability", "simulate", "train_test_split", "true_probability",
 ]
