@@ -1,0 +1,796 @@
+"""pluralstan benchmark harness: one table for the performance targets of issue 5.
+
+Run from the repository root::
+
+    python benchmarks/run.py                 # full sizes (tens of minutes on 2 cores)
+    python benchmarks/run.py --quick         # tiny sizes: proves the harness works
+    python benchmarks/run.py --targets 1 3 --out benchmarks/results
+
+It prints one table and writes ``benchmarks.csv``, ``benchmarks.md`` and ``machine.json`` to the
+output folder (default ``benchmarks/results``). Every ratio is measured side by side in one run,
+on the same data with the same number of chains, warm-up iterations and draws, because the
+machines these run on are shared and noisy: read ratios, not absolute seconds.
+
+What the rows measure
+---------------------
+``seconds``
+    Sampling wall time (warm-up plus draws), compilation excluded for every engine: Stan
+    programs come from the compile cache (compiled, untimed, on first use); NumPyro's XLA
+    programs from JAX's persistent compilation cache (a first, untimed run fills it); PyMC's
+    own ``sampling_time``.
+``min_ess_bulk`` / ``ess_per_s``
+    Bulk ESS (``arviz.ess``), minimum over every coordinate of the model parameters that all
+    engines share (``theta``, and ``pi`` for mixtures), per second of ``seconds``. Mixture draws
+    are put in one label order per chain first (:func:`canonical_labels`), the same way for every
+    engine; otherwise chains that settled in different label permutations make ESS meaningless.
+``grad_ms``
+    Milliseconds per evaluation of the log density and its gradient. Stan:
+    :func:`stan_gradient_seconds` (slope of sampling time on leapfrog steps, so data loading,
+    generated quantities and output transfer drop out). NumPyro: a jitted ``value_and_grad``
+    of the potential. PyMC: its compiled ``logp_dlogp_function``.
+``ratio`` / ``ratio_is`` / ``goal`` / ``meets``
+    The quantity the issue sets a goal for, what it divides, the goal, and whether this run met
+    it. Rows from fits carry :func:`pluralstan.diagnostics.flag` (empty when the fit passed) in
+    ``note``.
+
+Targets (issue 5): 1 sufficient statistics vs a naive per-row program written the way bpcs writes
+Bradley-Terry (``benchmarks/stan/naive_bt.stan``, ``naive_labeled_bt.stan``); 2 the aggregate and
+annotator-latent models in NumPyro and PyMC (``benchmarks/peers``, optional extra
+``pluralstan[bench]``; skipped with a note when absent); 3 scaling of the annotator model with the
+number of judgements, and peak memory; 4 whole workflow scripts and the warm re-run overhead of a
+fit; 6 within-chain parallelism (``reduce_sum``) under PyStan. Target 5 (parallel and distributed
+sweeps) is a feature of :mod:`pluralstan.parallel`, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:  # the peers live in benchmarks/peers, beside this script
+    sys.path.insert(0, str(REPO))
+
+import pluralstan as ps  # noqa: E402
+from pluralstan import diagnostics  # noqa: E402
+from pluralstan.engine import Draws, PyStanEngine, SamplerConfig, StanProgram  # noqa: E402
+from pluralstan.models import get_model  # noqa: E402
+
+#: Model parameters compared across engines (those a model has).
+PARAMETERS = ("theta", "pi")
+#: Two posterior means agree when they differ by at most this many combined MCSEs.
+AGREEMENT_Z = 3.0
+#: NumPyro and PyMC, when installed (the optional extra ``pluralstan[bench]``).
+PEERS = {"numpyro": "numpyro", "pymc": "pymc"}
+
+
+# ---------------------------------------------------------------------------- settings and rows
+@dataclass(frozen=True)
+class Settings:
+    """Problem sizes and sampler settings of one benchmark run.
+
+    Attributes
+    ----------
+    n_pairs, n_annotators
+        Target 1: the seed paper's Table 1 design (every annotator judges every pair once).
+    peer_annotators, peer_pairs_per_annotator
+        Target 2: annotators and judgements each (200 pairs), 1,000 x 20 = 20,000 judgements.
+    scaling_n
+        Target 3: numbers of judgements (10 per annotator).
+    chains, warmup, draws
+        NUTS settings shared by every engine in a comparison.
+    grad_draws
+        Warm-up iterations and draws of a gradient-timing run (:func:`stan_gradient_seconds`).
+    workflows
+        Target 4: time the workflow scripts (skipped in ``--quick``).
+    """
+
+    n_pairs: int = 200
+    n_annotators: int = 100
+    peer_annotators: int = 1000
+    peer_pairs_per_annotator: int = 20
+    scaling_n: tuple[int, ...] = (1_000, 10_000, 100_000)
+    chains: int = 2
+    warmup: int = 500
+    draws: int = 500
+    grad_draws: int = 100
+    workflows: bool = True
+    seed: int = 20261122
+
+
+QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per_annotator=5,
+                 scaling_n=(100, 300), warmup=100, draws=100, grad_draws=50, workflows=False)
+
+
+@dataclass
+class Row:
+    """One line of the benchmark table (see the module docstring for the columns)."""
+
+    target: str
+    case: str
+    engine: str
+    n: int | None = None
+    chains: int | None = None
+    draws: int | None = None
+    seconds: float | None = None
+    min_ess_bulk: float | None = None
+    ess_per_s: float | None = None
+    grad_ms: float | None = None
+    ratio: float | None = None
+    ratio_is: str = ""
+    goal: str = ""
+    meets: str = ""
+    note: str = ""
+
+
+@dataclass
+class Run:
+    """Draws of one engine on one problem, in engine-neutral form.
+
+    ``variables`` are ``(chain, draw, ...)`` arrays of the compared parameters;
+    ``sample_stats`` use ArviZ names (``diverging``, ``energy``, ...).
+    """
+
+    engine: str
+    variables: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    sample_seconds: float
+    build_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- machine
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory and library versions of the machine the table was made on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "pluralstan": ps.__version__,
+        "stan engine": PyStanEngine().version,
+        "arviz": az.__version__,
+        "numpy": np.__version__,
+    }
+    with contextlib.suppress(OSError, ValueError):
+        kb = next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+        info["memory_gb"] = round(int(kb.split()[1]) / 2**20, 1)
+    for name in PEERS:
+        peer = load_peer(name)
+        info[name] = peer.version() if peer else "not installed"
+    return info
+
+
+def load_peer(name: str) -> Any | None:
+    """The peer module ``benchmarks.peers.<name>_bt``, or ``None`` when its library is absent."""
+    if importlib.util.find_spec(PEERS[name]) is None:
+        return None
+    if name == "numpyro":
+        from benchmarks.peers import numpyro_bt
+
+        return numpyro_bt
+    from benchmarks.peers import pymc_bt
+
+    return pymc_bt
+
+
+# ---------------------------------------------------------------------------- running Stan
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence sampler chatter and diagnostic warnings (they are reported in the table)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def program(file_name: str) -> StanProgram:
+    """A benchmark-only Stan program from ``benchmarks/stan``."""
+    path = HERE / "stan" / file_name
+    return StanProgram(name=path.stem, code=path.read_text())
+
+
+def ensure_built(prog: StanProgram) -> None:
+    """Compile ``prog`` into httpstan's cache unless it is there already.
+
+    ``stan.build`` compiles through an HTTP request that aiohttp abandons after 300 s, which a
+    first compile on a busy 2-core machine can exceed. This does what httpstan's model view
+    does (stanc warnings, extension module, compiler output into the cache) without the HTTP
+    round trip, under pluralstan's per-program build lock; ``stan.build`` then loads it.
+    """
+    import asyncio
+
+    import httpstan.cache
+    import httpstan.compile
+    import httpstan.models
+
+    from pluralstan.engine import build_lock
+
+    engine = PyStanEngine()
+    with build_lock(prog, engine.name):
+        if engine.is_cached(prog):
+            return
+        name = httpstan.models.calculate_model_name(prog.code)
+        httpstan.cache.delete_model_directory(name)
+        _, stanc_warnings = httpstan.compile.compile(prog.code, f"model_{name.split('/')[1]}")
+        httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
+        with quiet():
+            output = asyncio.run(httpstan.models.build_services_extension_module(prog.code))
+        httpstan.cache.dump_services_extension_module_compiler_output(output, name)
+
+
+def config(s: Settings, seed: int | None = None) -> SamplerConfig:
+    """The shared NUTS settings."""
+    return SamplerConfig(chains=s.chains, draws=s.draws, warmup=s.warmup,
+                         seed=s.seed if seed is None else seed)
+
+
+def run_registered(model: str, comps: ps.Comparisons, s: Settings, label: str,
+                   **options: Any) -> Run:
+    """Fit a registered pluralstan model with PyStan through :func:`pluralstan.fit`."""
+    ensure_built(get_model(model).program)
+    with quiet():
+        idata = ps.fit(model, comps, chains=s.chains, draws=s.draws, warmup=s.warmup,
+                       seed=s.seed, backend="pystan", check=False, **options)
+    post = idata.posterior
+    return Run(
+        engine=label,
+        variables={k: post[k].to_numpy() for k in PARAMETERS if k in post},
+        sample_stats={k: idata.sample_stats[k].to_numpy()
+                      for k in ("diverging", "tree_depth", "n_steps", "energy")},
+        sample_seconds=float(post.attrs["sample_seconds"]),
+        build_seconds=float(post.attrs["build_seconds"]),
+        extra={"idata": idata},
+    )
+
+
+def run_program(prog: StanProgram, data: dict[str, Any], s: Settings, label: str) -> Run:
+    """Sample a benchmark-only Stan program with pluralstan's PyStan engine."""
+    ensure_built(prog)
+    with quiet():
+        draws: Draws = PyStanEngine().sample(prog, data, config(s))
+    return Run(label, {k: v for k, v in draws.variables.items() if k in PARAMETERS},
+               draws.sample_stats, draws.sample_seconds, draws.build_seconds)
+
+
+def run_peer(peer: Any, model: str, data: dict[str, Any], s: Settings) -> Run:
+    """Sample a peer model (NumPyro or PyMC) with the shared settings."""
+    with quiet():
+        out = peer.sample(model, data, chains=s.chains, warmup=s.warmup, draws=s.draws,
+                          seed=s.seed)
+    return Run(peer.NAME, {k: v for k, v in out["variables"].items() if k in PARAMETERS},
+               out["sample_stats"], out["sample_seconds"], out["build_seconds"])
+
+
+def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: int,
+                          seed: int = 1) -> float:
+    """Seconds per log-density gradient of a compiled Stan program under PyStan.
+
+    PyStan's ``grad_log_prob`` rebuilds the model from its data on every call (an HTTP request
+    to httpstan), so timing it measures data loading, not gradients; and Stan's step-size
+    initialisation overrides any fixed step size, so trajectory lengths cannot be forced.
+    Instead one chain runs NUTS for ``iterations`` warm-up and ``iterations`` saved draws,
+    counting every leapfrog step (``save_warmup``), and the ``fixed_param`` sampler then runs
+    the same number of iterations without any gradient: same model set-up, generated
+    quantities and output transfer. The difference in wall time, divided by the number of
+    leapfrog steps, is the cost of one gradient. It can come out at or below zero when the
+    gradients are cheaper than the timing noise of a shared machine; the table says so.
+    """
+    import stan
+
+    ensure_built(prog)
+    with quiet():
+        model = stan.build(prog.code, data=data, random_seed=seed)
+        t0 = time.perf_counter()
+        fit = model.sample(num_chains=1, num_warmup=iterations, num_samples=iterations,
+                           save_warmup=True)
+        t1 = time.perf_counter()
+        model.fixed_param(num_chains=1, num_samples=2 * iterations)
+        t2 = time.perf_counter()
+    return ((t1 - t0) - (t2 - t1)) / float(np.sum(fit["n_leapfrog__"]))
+
+
+# ---------------------------------------------------------------------------- summaries
+def canonical_labels(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Put mixture components in one order per chain: decreasing chain mean of ``theta[:, 0]``.
+
+    A chain-level relabelling (written here because no maintained Python library relabels
+    mixtures; :mod:`pluralstan.relabel` needs allocation probabilities that the peers do not
+    produce). It is applied identically to every engine, so ESS and posterior means are
+    compared on the same labelling. Switches within a chain are not undone; they would show as
+    low ESS and a diagnostics flag.
+    """
+    theta = variables.get("theta")
+    if theta is None or theta.ndim != 4:  # (chain, draw, group, attribute): a mixture
+        return variables
+    out = {k: v.copy() for k, v in variables.items()}
+    for c in range(theta.shape[0]):
+        order = np.argsort(-theta[c, :, :, 0].mean(axis=0))
+        out["theta"][c] = theta[c][:, order]
+        if "pi" in out:
+            out["pi"][c] = variables["pi"][c][:, order]
+    return out
+
+
+def posterior_of(run: Run) -> az.InferenceData:
+    """InferenceData holding the compared parameters (canonical labels) and sampler stats."""
+    variables = canonical_labels(run.variables)
+    return az.InferenceData(posterior=az.dict_to_dataset(variables),
+                            sample_stats=az.dict_to_dataset(run.sample_stats))
+
+
+def min_ess(idata: az.InferenceData) -> float:
+    """Minimum bulk ESS over every coordinate of every compared parameter."""
+    ess = az.ess(idata.posterior, method="bulk")
+    return float(min(np.min(ess[v].to_numpy()) for v in ess.data_vars))
+
+
+def flag_of(idata: az.InferenceData) -> str:
+    """Run pluralstan's diagnostics on the compared parameters and return its table flag."""
+    diagnostics.check(idata, warn=False)
+    return diagnostics.flag(idata)
+
+
+def agreement_z(a: az.InferenceData, b: az.InferenceData) -> float:
+    """Largest difference of posterior means in units of their combined Monte Carlo SE."""
+    z = []
+    for v in a.posterior.data_vars:
+        if v not in b.posterior:
+            continue
+        diff = a.posterior[v].mean(("chain", "draw")) - b.posterior[v].mean(("chain", "draw"))
+        se = np.sqrt(az.mcse(a.posterior[[v]], method="mean")[v] ** 2
+                     + az.mcse(b.posterior[[v]], method="mean")[v] ** 2)
+        z.append(float(np.max(np.abs(diff / se))))
+    return max(z)
+
+
+def fit_row(target: str, case: str, run: Run, n: int, s: Settings, note: str = "") -> Row:
+    """A table row for a sampling run (ESS, ESS/s, diagnostics flag)."""
+    idata = posterior_of(run)
+    ess = min_ess(idata)
+    notes = [x for x in (note, flag_of(idata)) if x]
+    return Row(target, case, run.engine, n, s.chains, s.draws, round(run.sample_seconds, 2),
+               round(ess, 1), round(ess / run.sample_seconds, 2), note="; ".join(notes))
+
+
+def with_gradient(row: Row, seconds: float) -> Row:
+    """Put a gradient time (ms) on ``row``, noting when it is below the timing resolution."""
+    row.grad_ms = round(1e3 * seconds, 4)
+    if seconds <= 0:
+        row.note = "; ".join(x for x in (row.note, "gradient below timing resolution") if x)
+    return row
+
+
+def compare(row: Row, ref: Row, ratio_is: str, goal: float) -> Row:
+    """Set ``row``'s ratio to its ESS/s over ``ref``'s and score it against ``goal`` (>=)."""
+    ratio = row.ess_per_s / ref.ess_per_s
+    return replace(row, ratio=round(ratio, 2), ratio_is=ratio_is, goal=f">= {goal:g}",
+                   meets="yes" if ratio >= goal else "no")
+
+
+def same_posterior(a: Run, b: Run) -> str:
+    """Note saying whether two runs' posterior means agree within Monte Carlo error."""
+    z = agreement_z(posterior_of(a), posterior_of(b))
+    verdict = "same posterior" if z <= AGREEMENT_Z else "POSTERIORS DIFFER"
+    return f"{verdict}: max |mean diff| = {z:.1f} MCSE vs {a.engine}"
+
+
+# ---------------------------------------------------------------------------- data
+def row_data(comps: ps.Comparisons) -> dict[str, np.ndarray]:
+    """Per-row arrays for the naive programs: option attributes and binary outcomes."""
+    frame = comps.frame
+    return {
+        "A": frame[[f"a_{n}" for n in comps.attributes]].to_numpy(float),
+        "B": frame[[f"b_{n}" for n in comps.attributes]].to_numpy(float),
+        "y": (comps.outcome_codes() == 1).astype(np.int64),
+    }
+
+
+def naive_data(comps: ps.Comparisons, priors: dict[str, Any]) -> dict[str, Any]:
+    """Stan data of ``naive_bt.stan`` with the aggregate model's priors."""
+    rows = row_data(comps)
+    return {"N": comps.n, "P": len(comps.attributes), **rows,
+            "prior_theta_mean": priors["prior_theta_mean"],
+            "prior_theta_sd": priors["prior_theta_sd"], "prior_only": 0}
+
+
+def peer_data(model: str, comps: ps.Comparisons, enc_data: dict[str, Any]) -> dict[str, Any]:
+    """The peers' data, taken from pluralstan's own encoding so all engines see the same data.
+
+    ``aggregate``: the binomial cells pluralstan passes to Stan. ``annotator``: one row per
+    judgement with its annotator code (the peers mix each annotator's summed log likelihood).
+    """
+    sd = float(np.unique(enc_data["prior_theta_sd"])[0])
+    mean = float(np.unique(enc_data["prior_theta_mean"])[0])
+    if model == "aggregate":
+        y = np.asarray(enc_data["y"])
+        return {"X": enc_data["X"], "n_a": y[:, 1], "n_total": y.sum(axis=1),
+                "theta_mean": mean, "theta_sd": sd}
+    return {"X": comps.design(), "y": (comps.outcome_codes() == 1).astype(np.int64),
+            "annotator": comps.codes("annotator"), "n_annotators": int(enc_data["I"]),
+            "K": int(enc_data["K"]), "theta_mean": mean, "theta_sd": sd,
+            "pi_alpha": float(np.unique(enc_data["prior_pi_alpha"])[0])}
+
+
+def annotator_comps(n: int, s: Settings, per_annotator: int) -> ps.Comparisons:
+    """High-conflict data with ``n`` judgements, ``per_annotator`` each (200 option pairs)."""
+    with quiet():
+        return ps.simulate.high_conflict(n_pairs=200, n_annotators=max(n // per_annotator, 2),
+                                         pairs_per_annotator=per_annotator, seed=s.seed)
+
+
+# ---------------------------------------------------------------------------- targets
+def target_sufficient_statistics(s: Settings) -> list[Row]:
+    """Target 1: aggregate and labeled models vs naive per-row programs on Table 1 data."""
+    comps = ps.simulate.high_conflict(n_pairs=s.n_pairs, n_annotators=s.n_annotators,
+                                      seed=s.seed)
+    case = f"Table 1 design: {s.n_pairs} pairs x {s.n_annotators} annotators"
+    n = comps.n
+    rows = []
+    enc = get_model("aggregate").encode(comps)
+    naive = run_program(program("naive_bt.stan"), naive_data(comps, enc.data), s,
+                        "naive per-row Stan (bpcs style)")
+    agg = run_registered("aggregate", comps, s, "pluralstan aggregate (cells)")
+    ref = fit_row("1 sufficient statistics", case, naive, n, s, f"{n} Bernoulli rows")
+    rows.append(ref)
+    rows.append(compare(fit_row("1 sufficient statistics", case, agg, n, s,
+                                f"{enc.data['C']} binomial cells; " + same_posterior(naive, agg)),
+                        ref, "aggregate / naive ESS/s", 20))
+
+    lab_enc = get_model("labeled").encode(comps, pooling="none")
+    d = lab_enc.data
+    lab_naive_data = {"N": n, "P": d["P"], "K": d["K"], **row_data(comps),
+                      "g": comps.codes("group") + 1, "n_annotators": d["n_annotators"],
+                      "prior_theta_mean": d["prior_theta_mean"],
+                      "prior_theta_sd": d["prior_theta_sd"],
+                      "prior_pi_alpha": d["prior_pi_alpha"], "prior_only": 0}
+    lab_naive = run_program(program("naive_labeled_bt.stan"), lab_naive_data, s,
+                            "naive per-row labeled Stan")
+    lab = run_registered("labeled", comps, s, "pluralstan labeled (cells)", pooling="none")
+    ref = fit_row("1 sufficient statistics", case, lab_naive, n, s, f"{n} Bernoulli rows")
+    rows.append(ref)
+    rows.append(compare(fit_row("1 sufficient statistics", case, lab, n, s,
+                                f"{d['C']} binomial cells, pooling='none'; "
+                                + same_posterior(lab_naive, lab)),
+                        ref, "labeled / naive ESS/s", 20))
+    return rows
+
+
+def target_peers(s: Settings) -> list[Row]:
+    """Target 2: aggregate and annotator-latent models vs NumPyro and PyMC."""
+    comps = annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
+                            s.peer_pairs_per_annotator)
+    n = comps.n
+    target = "2 vs other engines"
+    rows = []
+    for model, K in (("aggregate", None), ("annotator", 2)):
+        case = f"{model}, {len(comps.annotator_levels)} annotators"
+        enc = get_model(model).encode(comps, K=K)
+        ours = run_registered(model, comps, s, f"pluralstan {model} (PyStan)", K=K)
+        prog = get_model(model).program
+        grad = stan_gradient_seconds(prog, enc.data, s.grad_draws)
+        ref = with_gradient(fit_row(target, case, ours, n, s), grad)
+        rows.append(ref)
+        data = peer_data(model, comps, enc.data)
+        for name in PEERS:
+            peer = load_peer(name)
+            if peer is None:
+                rows.append(Row(target, case, name, n, note=f"skipped: {PEERS[name]} is not "
+                                "installed (pip install 'pluralstan[bench]')"))
+                continue
+            other = run_peer(peer, model, data, s)
+            row = with_gradient(fit_row(target, case, other, n, s, same_posterior(ours, other)),
+                                peer.gradient_seconds(model, data))
+            # the goal is pluralstan's ESS/s over the peer's: put it on the peer's row
+            ratio = ref.ess_per_s / row.ess_per_s
+            rows.append(replace(row, ratio=round(ratio, 2),
+                                ratio_is=f"pluralstan / {name} ESS/s", goal=">= 1",
+                                meets="yes" if ratio >= 1 else "no"))
+    return rows
+
+
+def target_scaling(s: Settings) -> list[Row]:
+    """Target 3: annotator model at growing N; gradient, time per ESS, and peak memory.
+
+    The largest size is fitted in a fresh process (:func:`memory_probe`), so that its peak
+    memory is that fit's alone; the smaller ones are fitted here.
+    """
+    target = "3 scaling (annotator, K=2)"
+    rows, base = [], None
+    prog = get_model("annotator").program
+    for n in s.scaling_n:
+        comps = annotator_comps(n, s, per_annotator=10)
+        enc = get_model("annotator").encode(comps, K=2)
+        grad = stan_gradient_seconds(prog, enc.data, s.grad_draws)
+        case = f"N = {comps.n}"
+        note = f"{enc.data['I']} annotators, {enc.data['C']} cells"
+        if n == max(s.scaling_n):
+            probe = run_probe(["--memory-probe", str(n)], s)
+            row, seconds = Row(**probe["row"]), probe["row"]["seconds"]
+            row.case, row.note = case, "; ".join(x for x in (note, row.note) if x)
+            rows.append(memory_row(n, s, probe))
+        else:
+            run = run_registered("annotator", comps, s, "pluralstan annotator (PyStan)", K=2)
+            row, seconds = fit_row(target, case, run, comps.n, s, note), run.sample_seconds
+        row = with_gradient(row, grad)
+        per_ess = seconds / row.min_ess_bulk
+        if base is None:
+            base = (comps.n, grad, per_ess)
+        elif min(grad, base[1]) > 0:
+            growth = comps.n / base[0]
+            g_ratio, e_ratio = (grad / base[1]) / growth, (per_ess / base[2]) / growth
+            row = replace(row, ratio=round(g_ratio, 3),
+                          ratio_is=f"grad-time growth / N growth (x{growth:g})", goal="<= 1",
+                          meets="yes" if g_ratio <= 1 else "no")
+            row.note += (f"; s per effective draw {per_ess:.3g} (growth / N growth "
+                         f"{e_ratio:.3f})")
+        rows.insert(len(rows) - (n == max(s.scaling_n)), row)
+    return rows
+
+
+def run_probe(args: list[str], s: Settings) -> dict[str, Any]:
+    """Run this script in a fresh process with a probe option; return its JSON line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args,
+           "--_settings", json.dumps(asdict(s))]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"probe {args} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_row(n: int, s: Settings, probe: dict[str, Any]) -> Row:
+    """The peak-memory row of the fit at ``n`` judgements made by :func:`memory_probe`."""
+    peak = max(probe["maxrss_self_mb"], probe["maxrss_children_mb"])
+    return Row("3 scaling (annotator, K=2)", f"peak memory, N = {n}",
+               "pluralstan annotator (PyStan)", n, s.chains, s.draws,
+               ratio=round(peak / 1024, 3), ratio_is="peak RSS (GB) of the largest process",
+               goal="< 2", meets="yes" if peak / 1024 < 2 else "no",
+               note=(f"Python peak {probe['maxrss_self_mb']:.0f} MB, sampler worker peak "
+                     f"{probe['maxrss_children_mb']:.0f} MB, tracemalloc peak "
+                     f"{probe['tracemalloc_peak_mb']:.0f} MB; log_likelihood stored per "
+                     f"annotator ({probe['log_lik_shape']}), never judgements x draws"))
+
+
+def memory_probe(n: int, s: Settings) -> None:
+    """Body of the memory subprocess: fit, then print the row and peak memory as JSON."""
+    import tracemalloc
+
+    from httpstan import services_stub
+
+    comps = annotator_comps(n, s, per_annotator=10)
+    ensure_built(get_model("annotator").program)
+    tracemalloc.start()
+    run = run_registered("annotator", comps, s, "pluralstan annotator (PyStan)", K=2)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    services_stub.executor.shutdown(wait=True)  # reap the sampler workers to read their peak
+    row = fit_row("3 scaling (annotator, K=2)", "", run, comps.n, s)
+    mb = 1 / 1024  # ru_maxrss is in KiB on Linux
+    print(json.dumps({
+        "row": asdict(row),
+        "maxrss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mb,
+        "maxrss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * mb,
+        "tracemalloc_peak_mb": peak / 2**20,
+        "log_lik_shape": "x".join(map(str, run.extra["idata"].log_likelihood["y"].shape)),
+    }))
+
+
+def target_workflows(s: Settings) -> list[Row]:
+    """Target 4: workflow scripts with a warm cache, and the pre-sampling overhead of a fit."""
+    target = "4 workflows"
+    rows = [overhead_row(s)]
+    for script in ("high_conflict.py", "diversity_sweep.py"):
+        path = REPO / "workflows" / script
+        if not s.workflows:
+            rows.append(Row(target, script, "script", note="skipped in --quick"))
+            continue
+        if not path.exists():
+            rows.append(Row(target, script, "script", note=f"skipped: workflows/{script} does "
+                            "not exist yet"))
+            continue
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                              cwd=REPO)
+        wall = time.perf_counter() - t0
+        note = "" if done.returncode == 0 else f"FAILED (exit {done.returncode}): " + \
+            done.stderr.strip().splitlines()[-1][:200]
+        rows.append(Row(target, script, "script", seconds=round(wall, 1), note=note))
+    scripts = [r for r in rows[1:] if r.seconds is not None and not r.note]
+    if len(scripts) == 2:
+        total = sum(r.seconds for r in scripts)
+        rows.append(Row(target, "high_conflict.py + diversity_sweep.py", "scripts",
+                        seconds=round(total, 1), ratio=round(total / 60, 2),
+                        ratio_is="minutes, warm cache", goal="<= 5",
+                        meets="yes" if total <= 300 else "no"))
+    return rows
+
+
+def overhead_row(s: Settings) -> Row:
+    """Warm re-run of a fit: seconds before sampling starts (encode + build from the cache)."""
+    comps = ps.simulate.high_conflict(n_pairs=s.n_pairs, n_annotators=s.n_annotators,
+                                      seed=s.seed)
+    small = replace(s, warmup=50, draws=50)
+    run_registered("aggregate", comps, small, "warm-up fit")  # make sure the cache is warm
+    t0 = time.perf_counter()
+    get_model("aggregate").encode(comps)
+    encode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = run_registered("aggregate", comps, small, "pluralstan aggregate")
+    total = time.perf_counter() - t0
+    idata = run.extra["idata"]
+    before = encode_s + run.build_seconds
+    return Row("4 workflows", "warm re-run of a fit", "pluralstan aggregate (PyStan)", comps.n,
+               small.chains, small.draws, seconds=round(total, 2),
+               ratio=round(before, 3), ratio_is="seconds before sampling starts",
+               goal="< 2", meets="yes" if before < 2 else "no",
+               note=(f"encode {encode_s:.3f} s + build from cache "
+                     f"{idata.posterior.attrs['build_seconds']:.3f} s; after sampling "
+                     f"(InferenceData, diagnostics) {total - before - run.sample_seconds:.2f} s"))
+
+
+def target_threads(s: Settings) -> list[Row]:
+    """Target 6: does ``reduce_sum`` run on several threads under PyStan, and does it pay?
+
+    httpstan compiles every model with ``STAN_THREADS`` but never calls Stan's
+    ``init_threadpool_tbb``, so ``STAN_NUM_THREADS`` is ignored and ``reduce_sum`` runs in
+    TBB's default arena (all cores); its process pool also runs one chain per core. The
+    measurement runs one chain in a subprocess and reports CPU seconds per wall second of the
+    sampler worker: above 1 means the chain used several threads.
+    """
+    comps = ps.simulate.high_conflict(n_pairs=s.n_pairs, n_annotators=s.n_annotators,
+                                      seed=s.seed)
+    enc = get_model("aggregate").encode(comps)
+    data = naive_data(comps, enc.data)
+    rows, base = [], None
+    for file_name, extra in (("naive_bt.stan", {}), ("naive_bt_reduce_sum.stan",
+                                                      {"grainsize": 1})):
+        grad = stan_gradient_seconds(program(file_name), {**data, **extra}, s.grad_draws)
+        probe = run_probe(["--thread-probe", file_name], s)
+        row = with_gradient(Row("6 within-chain threads", f"naive BT, N = {comps.n}, 1 chain",
+                                file_name.removesuffix(".stan"), comps.n, 1, s.draws,
+                                seconds=round(probe["wall"], 2),
+                                note=f"sampler worker used {probe['cpu_per_wall']:.2f} CPU s "
+                                "per wall s"), grad)
+        if base is None:
+            base = grad
+        elif min(grad, base) > 0:
+            row = replace(row, ratio=round(base / grad, 2),
+                          ratio_is="speed-up per gradient vs serial", goal="> 1 to pay",
+                          meets="yes" if base / grad > 1 else "no")
+        rows.append(row)
+    return rows
+
+
+def thread_probe(file_name: str, s: Settings) -> None:
+    """Body of the thread subprocess: one chain; print wall and worker CPU time as JSON."""
+    from httpstan import services_stub
+
+    comps = ps.simulate.high_conflict(n_pairs=s.n_pairs, n_annotators=s.n_annotators,
+                                      seed=s.seed)
+    data = naive_data(comps, get_model("aggregate").encode(comps).data)
+    if "reduce_sum" in file_name:
+        data["grainsize"] = 1
+    one = replace(s, chains=1)
+    with quiet():  # the program is in the compile cache already (built by the parent)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        PyStanEngine().sample(program(file_name), data, config(one))
+        wall = time.perf_counter() - t0
+    services_stub.executor.shutdown(wait=True)  # reap the worker so its CPU time is counted
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    print(json.dumps({"wall": wall, "cpu_per_wall": cpu / wall}))
+
+
+TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
+    "1": target_sufficient_statistics,
+    "2": target_peers,
+    "3": target_scaling,
+    "4": target_workflows,
+    "6": target_threads,
+}
+
+
+# ---------------------------------------------------------------------------- output
+def table(rows: list[Row]) -> pd.DataFrame:
+    """The rows as a DataFrame with the documented columns."""
+    return pd.DataFrame([asdict(r) for r in rows], columns=[f.name for f in fields(Row)])
+
+
+def markdown(frame: pd.DataFrame, info: dict[str, Any], command: str) -> str:
+    """The table as Markdown, headed by the machine and the command that produced it."""
+    lines = [f"Command: `{command}`", "", "Machine: " + "; ".join(
+        f"{k} {v}" for k, v in info.items()), ""]
+    shown = frame.astype(object).where(frame.notna(), "")
+    header = "| " + " | ".join(shown.columns) + " |"
+    lines += [header, "|" + "---|" * len(shown.columns)]
+    for _, r in shown.iterrows():
+        cells = (str(v).replace("|", "/") for v in r.to_numpy())
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(frame: pd.DataFrame, info: dict[str, Any], out: Path, command: str) -> None:
+    """Write CSV, Markdown and machine JSON whole (temporary name, then rename)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("benchmarks.csv", frame.to_csv(index=False)),
+                       ("benchmarks.md", markdown(frame, info, command)),
+                       ("machine.json", json.dumps(info, indent=2))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds per target")
+    parser.add_argument("--targets", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--draws", type=int, help="warm-up iterations and draws per chain "
+                        "(default 500, --quick 100)")
+    parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--thread-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--_settings", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    s = QUICK if args.quick else Settings()
+    if args._settings:
+        raw = json.loads(args._settings)
+        s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"])})
+    if args.memory_probe:
+        memory_probe(args.memory_probe, s)
+        return 0
+    if args.thread_probe:
+        thread_probe(args.thread_probe, s)
+        return 0
+    if args.draws:
+        s = replace(s, warmup=args.draws, draws=args.draws)
+    info = machine()
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows: list[Row] = []
+    for key in args.targets:
+        t0 = time.perf_counter()
+        rows += TARGETS[key](s)
+        print(f"target {key} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        write(table(rows), info, args.out, command.strip())  # keep what is done so far
+    frame = table(rows)
+    with pd.option_context("display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 60):
+        print("Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
+        print(frame.drop(columns=["note"]).to_string(index=False))
+        print("\nNotes:")
+        for _, r in frame[frame["note"] != ""].iterrows():
+            print(f"  [{r['target']} | {r['case']} | {r['engine']}] {r['note']}")
+    print(f"\nwritten to {args.out}/benchmarks.csv and benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

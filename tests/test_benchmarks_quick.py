@@ -1,0 +1,104 @@
+"""The benchmark harness runs end to end (``benchmarks/run.py --quick``) and reports what it claims.
+
+No timing assertions: benchmark numbers live in the table the harness writes, not in tests. What
+is asserted is the table's content: every target produces its rows, the comparisons carry ratios,
+the sufficient-statistic and per-row programs reach the same posterior, and the outputs (CSV,
+Markdown, machine description) are written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "benchmarks" / "run.py"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
+    """Run the quick harness once for every test in this module."""
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.read_csv(out / "benchmarks.csv", keep_default_na=False), out, done.stdout
+
+
+def test_every_target_has_rows_and_outputs_are_written(quick):
+    table, out, stdout = quick
+    targets = {t.split()[0] for t in table["target"]}
+    assert targets == {"1", "2", "3", "4", "6"}
+    assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
+    info = json.loads((out / "machine.json").read_text())
+    assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
+    assert "Machine: cpu" in stdout and "ratio" in stdout
+
+
+def test_sufficient_statistics_rows_compare_same_posterior(quick):
+    table, _, _ = quick
+    t1 = table[table["target"].str.startswith("1")]
+    engines = list(t1["engine"])
+    assert engines == ["naive per-row Stan (bpcs style)", "pluralstan aggregate (cells)",
+                       "naive per-row labeled Stan", "pluralstan labeled (cells)"]
+    compressed = t1[t1["engine"].str.startswith("pluralstan")]
+    # each sufficient-statistic fit is scored against its naive twin, on the same posterior
+    assert list(compressed["ratio_is"]) == ["aggregate / naive ESS/s", "labeled / naive ESS/s"]
+    assert (pd.to_numeric(compressed["ratio"]) > 0).all()
+    assert compressed["note"].str.contains("same posterior: max |mean diff|", regex=False).all()
+    # the compressed program really receives fewer rows than judgements
+    cells = compressed["note"].str.extract(r"^(\d+) binomial cells")[0].astype(int)
+    assert (cells < pd.to_numeric(compressed["n"])).all()
+
+
+def test_peer_rows_are_measured_or_skipped_with_a_reason(quick):
+    table, _, _ = quick
+    t2 = table[table["target"].str.startswith("2")]
+    for model in ("aggregate", "annotator"):
+        rows = t2[t2["case"].str.startswith(model)].set_index("engine")
+        ours = rows.loc[f"pluralstan {model} (PyStan)"]
+        assert float(ours["ess_per_s"]) > 0 and float(ours["grad_ms"]) > 0
+        for peer in ("numpyro", "pymc"):
+            row = rows.loc[peer]
+            if importlib.util.find_spec(peer) is None:
+                assert row["note"].startswith("skipped:") and "not installed" in row["note"]
+                continue
+            assert row["ratio_is"] == f"pluralstan / {peer} ESS/s"
+            expected = float(ours["ess_per_s"]) / float(row["ess_per_s"])
+            assert np.isclose(float(row["ratio"]), expected, rtol=0.01, atol=0.01)
+            assert float(row["grad_ms"]) > 0
+            assert "same posterior" in row["note"]
+
+
+def test_scaling_rows_cover_every_size_and_memory(quick):
+    table, _, _ = quick
+    t3 = table[table["target"].str.startswith("3")]
+    sizes = t3[t3["case"].str.startswith("N = ")]
+    assert list(pd.to_numeric(sizes["n"])) == [100, 300]
+    assert (pd.to_numeric(sizes["grad_ms"]) > 0).all()
+    assert sizes["ratio"].iloc[0] == "" and float(sizes["ratio"].iloc[1]) > 0
+    memory = t3[t3["case"].str.startswith("peak memory")].iloc[0]
+    assert 0 < float(memory["ratio"]) < 2
+    # the annotator model stores one log-likelihood value per annotator (30 at N = 300)
+    assert "per annotator (2x100x30)" in memory["note"]
+
+
+def test_overhead_and_thread_rows(quick):
+    table, _, _ = quick
+    t4 = table[table["target"].str.startswith("4")].set_index("case")
+    overhead = t4.loc["warm re-run of a fit"]
+    assert overhead["ratio_is"] == "seconds before sampling starts"
+    assert float(overhead["ratio"]) >= 0
+    assert t4.loc["high_conflict.py", "note"].startswith("skipped")
+    t6 = table[table["target"].str.startswith("6")]
+    assert list(t6["engine"]) == ["naive_bt", "naive_bt_reduce_sum"]
+    assert t6["note"].str.contains("CPU s per wall s").all()
