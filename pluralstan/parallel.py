@@ -546,9 +546,15 @@ def _run_dask(todo: Sequence[Job], scheduler: Any,
     try:
         prebuilt: dict[str, bool] = {}
         if todo:
+            # one build task pinned to each worker (client.run would call PyStan inside the
+            # worker's event loop, where it cannot start its own)
+            workers = list(client.scheduler_info()["workers"])
             for program, data in warm:
-                per_worker = client.run(prebuild, program, dict(data), backend)
-                prebuilt[program.name] = any(per_worker.values())
+                builds = [client.submit(prebuild, program, dict(data), backend, workers=[w],
+                                        allow_other_workers=False, pure=False,
+                                        key=f"pluralstan-build-{uuid.uuid4().hex[:8]}")
+                          for w in workers]
+                prebuilt[program.name] = any(client.gather(builds))
         futures = {
             client.submit(execute, job.fn, dict(job.kwargs), pure=False,
                           key=f"pluralstan-{job.key}-{uuid.uuid4().hex[:8]}"): job

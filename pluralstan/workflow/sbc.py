@@ -131,6 +131,16 @@ def _eval_points(n_sims: int, max_rank: int) -> np.ndarray:
     return np.arange(1, k) / k
 
 
+@cache
+def _band(n_sims: int, max_rank: int, prob: float) -> tuple[np.ndarray, ...]:
+    """Evaluation points, uniform CDF and simultaneous band; they depend on the sizes only."""
+    z = _eval_points(n_sims, max_rank)
+    cdf = discrete_uniform_cdf(z, max_rank)
+    # ArviZ's optimised simultaneous band (the one az.plot_ecdf draws)
+    lower, upper = ecdf_confidence_band(n_sims, z, cdf, prob=prob, method="optimized")
+    return z, cdf, lower, upper
+
+
 def ecdf_band_test(ranks: np.ndarray, max_rank: int, prob: float = 0.95) -> tuple[bool, float]:
     """Simultaneous ECDF-band test of rank uniformity (Säilynoja, Bürkner & Vehtari 2022).
 
@@ -151,11 +161,8 @@ def ecdf_band_test(ranks: np.ndarray, max_rank: int, prob: float = 0.95) -> tupl
         The largest ``|ECDF - CDF|`` over the evaluation points (for reporting).
     """
     u = np.sort(fractional_ranks(ranks, max_rank))
-    z = _eval_points(u.size, max_rank)
-    cdf = discrete_uniform_cdf(z, max_rank)
+    z, cdf, lower, upper = _band(u.size, int(max_rank), float(prob))
     ecdf = compute_ecdf(u, z)
-    # ArviZ's optimised simultaneous band (the one az.plot_ecdf draws)
-    lower, upper = ecdf_confidence_band(u.size, z, cdf, prob=prob, method="optimized")
     inside = bool(np.all((ecdf >= lower - 1e-12) & (ecdf <= upper + 1e-12)))
     return inside, float(np.max(np.abs(ecdf - cdf)))
 
@@ -166,8 +173,11 @@ def _rank_bins(max_rank: int, n_bins: int) -> np.ndarray:
 
 
 def default_bins(n_sims: int, max_rank: int) -> int:
-    """Histogram bins: at most 20, at least 5 expected ranks per bin, at most ``L + 1``."""
-    return int(max(2, min(20, n_sims // 5, max_rank + 1)))
+    """Histogram bins: the largest divisor of ``L + 1`` that leaves at least 5 expected ranks per
+    bin, at most 20 (equal-width bins); at least 2."""
+    target = max(2, min(20, n_sims // 5, max_rank + 1))
+    divisors = [b for b in range(2, target + 1) if (max_rank + 1) % b == 0]
+    return divisors[-1] if divisors else target
 
 
 def rank_chisquare(ranks: np.ndarray, max_rank: int, n_bins: int | None = None
@@ -214,6 +224,12 @@ def _pool_chains(arr: np.ndarray, thin: int) -> np.ndarray:
     chains interleaved."""
     kept = np.moveaxis(arr[:, ::thin], 0, 1)
     return kept.reshape(kept.shape[0] * kept.shape[1], *arr.shape[2:])
+
+
+def _usable_rank(n_draws: int) -> int:
+    """Draws to rank among: the largest ``L <= n_draws`` with ``L + 1`` a multiple of 20 (when
+    ``n_draws >= 19``), so that rank histograms have bins of equal width."""
+    return n_draws if n_draws < 19 else 20 * ((n_draws + 1) // 20) - 1
 
 
 def _invariant(arr: np.ndarray, label_axis: int | None) -> np.ndarray:
@@ -264,7 +280,8 @@ def sbc_replicate(
     draws = get_engine(backend).sample(program, dict(data), config)
     rng = np.random.default_rng(rank_seed)
     flat = {name: _pool_chains(arr, thin) for name, arr in draws.variables.items()}
-    max_rank = next(iter(flat.values())).shape[0]
+    max_rank = _usable_rank(next(iter(flat.values())).shape[0])
+    flat = {name: arr[:max_rank] for name, arr in flat.items()}
     ranks: dict[str, np.ndarray] = {}
     at_truth: dict[str, float] = {}
     for name in names:
@@ -420,6 +437,7 @@ class SBCResult:
             ax.stairs(np.histogram(sub["rank"], bins=edges)[0], edges, color="C0", linewidth=1.5)
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("rank")
+            ax.set_ylabel("simulations")
         return fig
 
     def plot_ecdf_diff(self, quantities: Sequence[str] | None = None):
@@ -442,6 +460,7 @@ class SBCResult:
             ax.axhline(0.0, color="0.5", linewidth=0.8)
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("fractional rank")
+            ax.set_ylabel("ECDF - uniform CDF")
         return fig
 
     def save_plots(self, folder: str | Path, prefix: str | None = None) -> dict[str, Path]:
@@ -525,7 +544,7 @@ def sbc(
     chains: int = 2,
     draws: int = 200,
     warmup: int = 200,
-    thin: int = 4,
+    thin: int = 2,
     prior_thin: int = 5,
     seed: int = 1,
     adapt_delta: float = 0.8,
@@ -562,13 +581,15 @@ def sbc(
     chains, draws, warmup, adapt_delta, max_treedepth
         NUTS settings of every refit.
     thin
-        Keep every ``thin``-th draw per chain, so ``L = chains * draws / thin`` draws are ranked.
+        Keep every ``thin``-th draw per chain; of those, ``L`` draws are ranked, the largest
+        number with ``L + 1`` a multiple of 20 (e.g. 99 of 100), so histogram bins are equal.
     prior_thin
         Thinning of the prior-only run that supplies the truths.
     seed
         Seeds everything (prior run, refits, tie-breaking); the same seed gives the same ranks.
     var_names
-        Variables to rank (default: every parameter and transformed parameter).
+        Variables to rank (default: every parameter and transformed parameter, except those
+        the encoder marks as internal in ``Encoded.drop``).
     quantities
         Data-dependent test quantities, ``f(outputs, y) -> {name: per-draw values}``; a
         module-level function (workers import it). ``None`` ranks parameters only.
@@ -597,7 +618,7 @@ def sbc(
     enc = spec.encode(comps, K=K, priors=priors, **options)
     enc_fit = enc if fit_priors is None else spec.encode(
         comps, K=K, priors={**(priors or {}), **fit_priors}, **options)
-    names = _ranked_names(spec, var_names)
+    names = _ranked_names(spec, var_names, enc)
     label_axes = {n: enc.dims[n].index(enc.label_dim) for n in names
                   if label_invariant and enc.label_dim and enc.label_dim in enc.dims.get(n, [])}
 
@@ -637,10 +658,12 @@ def sbc(
                      prior_problems)
 
 
-def _ranked_names(spec: ModelSpec, var_names: Sequence[str] | None) -> list[str]:
+def _ranked_names(spec: ModelSpec, var_names: Sequence[str] | None, enc: Encoded) -> list[str]:
+    """The variables to rank: ``var_names``, or every parameter the encoder does not mark as
+    internal (``Encoded.drop``, e.g. the raw pieces a mixture program assembles ``theta`` from)."""
     available = stan_parameter_names(spec.program)
     if var_names is None:
-        return available
+        return [n for n in available if n not in enc.drop]
     unknown = [n for n in var_names if n not in available]
     if unknown:
         raise PluralstanError(f"var_names {unknown} are not parameters of model {spec.name!r}; "

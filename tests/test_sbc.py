@@ -1,0 +1,200 @@
+"""Simulation-based calibration: the rank statistics, and SBC on a correct and a wrong model.
+
+The end-to-end tests run 80 simulations per SBC through one shared two-worker process pool
+(a prior-only run supplies the truths; each replicate refits the aggregate program with 2 chains x
+100 draws, thinned by 2 to L = 99 ranked draws).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+import pluralstan as ps
+from pluralstan.models import get_model
+from pluralstan.parallel import local_pool
+from pluralstan.workflow import sbc as sbc_mod
+from pluralstan.workflow.sbc import (
+    discrete_uniform_cdf,
+    ecdf_band_test,
+    fractional_ranks,
+    rank_chisquare,
+    sbc,
+    stan_parameter_names,
+)
+
+N_SIMS = 80
+FAST = {"chains": 2, "draws": 100, "warmup": 150, "thin": 2}
+
+
+# --------------------------------------------------------------------------- rank statistics
+def test_discrete_uniform_cdf_is_exact_for_fractional_ranks():
+    L = 9
+    u = fractional_ranks(np.arange(L + 1), L)  # one of each rank: the exact distribution
+    x = np.linspace(0, 1, 57)
+    empirical = (u[None, :] <= x[:, None]).mean(axis=1)
+    np.testing.assert_allclose(discrete_uniform_cdf(x, L), empirical)
+
+
+def test_band_test_accepts_uniform_and_rejects_skewed_ranks():
+    rng = np.random.default_rng(0)
+    L, n = 99, 200
+    uniform = rng.integers(0, L + 1, size=n)
+    inside, _ = ecdf_band_test(uniform, L, prob=0.95)
+    assert inside
+    # truths systematically above the posterior (a biased fit): ranks pile up at the top
+    skewed = np.minimum(L, rng.integers(0, L + 1, size=n) + 30)
+    inside, worst = ecdf_band_test(skewed, L, prob=0.95)
+    assert not inside and worst > 0.2
+    # over-confident posteriors: a U shape
+    u_shape = np.where(rng.uniform(size=n) < 0.5, rng.integers(0, 10, n), rng.integers(90, 100, n))
+    assert not ecdf_band_test(u_shape, L, prob=0.95)[0]
+
+
+def test_band_test_false_alarm_rate_is_near_its_level():
+    # the band is simultaneous: under uniform ranks it is crossed about 1 - prob of the time
+    rng = np.random.default_rng(1)
+    rejections = [not ecdf_band_test(rng.integers(0, 100, size=80), 99, prob=0.9)[0]
+                  for _ in range(400)]
+    assert 0.05 <= np.mean(rejections) <= 0.15  # 0.10 expected; binomial sd 0.015
+
+
+def test_rank_chisquare_uses_exact_expected_counts():
+    L = 99
+    flat = np.repeat(np.arange(L + 1), 2)  # a perfectly flat histogram
+    stat, df, p = rank_chisquare(flat, L, n_bins=10)
+    assert stat == pytest.approx(0.0) and df == 9 and p == pytest.approx(1.0)
+    stat, _, p = rank_chisquare(np.zeros(100, dtype=int), L, n_bins=10)
+    assert p < 1e-10
+
+
+def test_order_statistics_make_ranks_label_invariant():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(3, 4))  # (group, attribute)
+    draws = rng.normal(size=(50, 3, 4))
+    perm = np.array([2, 0, 1])
+
+    def ranks(t, d):
+        return sbc_mod._ranks_of(sbc_mod._invariant(t, 0), sbc_mod._invariant(d, 1),
+                                 np.random.default_rng(0))
+
+    np.testing.assert_array_equal(ranks(truth, draws), ranks(truth[perm], draws[:, perm]))
+    # without sorting, relabelling the posterior changes the ranks
+    raw = sbc_mod._ranks_of(truth, draws, np.random.default_rng(0))
+    assert not np.array_equal(raw, sbc_mod._ranks_of(truth, draws[:, perm],
+                                                     np.random.default_rng(0)))
+
+
+def test_ties_are_broken_uniformly():
+    # a constant quantity: the truth ties with every draw, so its rank must be uniform on 0..L
+    ranks = [sbc_mod._ranks_of(np.array(1.0), np.ones(9), np.random.default_rng(s))
+             for s in range(2000)]
+    counts = np.bincount(ranks, minlength=10)
+    assert counts.size == 10 and counts.min() > 140  # 200 expected per rank
+
+
+def test_cell_log_lik_matches_multinomial_kernel():
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(2), size=(4, 5))  # (draw, cell, outcome)
+    y = rng.integers(0, 6, size=(5, 2))
+    out = sbc_mod.cell_log_lik({"log_p_cell": np.log(p)}, y)
+    np.testing.assert_allclose(out["log_lik"], (y * np.log(p)).sum(axis=(1, 2)))
+    assert sbc_mod.cell_log_lik({"theta": p}, y) == {}
+
+
+def test_parameter_names_come_from_the_program():
+    assert stan_parameter_names(get_model("aggregate").program) == ["theta", "gamma", "log_nu"]
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def design():
+    # few, weakly informative judgements: the prior matters, so a wrong prior shows
+    return ps.simulate.bt([0.5, -0.5], n_pairs=15, judgements_per_pair=2, seed=3)
+
+
+def test_bad_settings_raise_before_sampling(design):
+    with pytest.raises(ps.PluralstanError, match="n_sims"):
+        sbc("aggregate", design, n_sims=3)
+    with pytest.raises(ps.PluralstanError, match="thin"):
+        sbc("aggregate", design, n_sims=20, thin=0)
+    with pytest.raises(ps.PluralstanError, match=r"not parameters.*'theta'"):
+        sbc("aggregate", design, n_sims=20, var_names=["beta"])
+    with pytest.raises(ps.PluralstanError, match="unknown prior hyperparameter 'thetasd'"):
+        sbc("aggregate", design, n_sims=20, fit_priors={"thetasd": 1.0})
+    with pytest.raises(ps.PluralstanError, match="unknown model"):
+        sbc("no-such-model", design, n_sims=20)
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def pool():
+    with local_pool(2) as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def correct(design, pool):
+    return sbc("aggregate", design, n_sims=N_SIMS, seed=11, scheduler=pool, progress=False,
+               **FAST)
+
+
+@pytest.fixture(scope="module")
+def wrong_prior(design, pool):
+    # simulate with theta ~ normal(0, 2.5) (the default), fit with theta ~ normal(0, 0.5)
+    return sbc("aggregate", design, n_sims=N_SIMS, seed=12, scheduler=pool, progress=False,
+               fit_priors={"theta_sd": 0.5}, **FAST)
+
+
+def test_sbc_passes_on_the_correct_model(correct):
+    assert correct.n_failed == 0
+    assert correct.quantities == ["theta[x1]", "theta[x2]", "log_lik"]
+    summary = correct.summary()
+    assert summary["pass"].all(), correct.report()
+    assert correct.passed
+    assert (summary["max_rank"] == 99).all()
+    assert correct.ranks["rank"].between(0, 99).all()
+    assert len(correct.ranks) == N_SIMS * 3
+    assert not correct.label_invariant  # the aggregate model has no mixture labels
+
+
+def test_sbc_detects_a_prior_the_data_were_not_simulated_from(wrong_prior):
+    # a too-narrow prior makes the posteriors over-confident: the truths fall outside them
+    assert not wrong_prior.passed
+    summary = wrong_prior.summary().set_index("quantity")
+    assert not summary.loc["theta[x1]", "in_band"]
+    assert not summary.loc["theta[x2]", "in_band"]
+    ranks = wrong_prior.ranks[wrong_prior.ranks["variable"] == "theta"]["rank"]
+    extreme = ((ranks < 10) | (ranks > 89)).mean()
+    assert extreme > 0.4  # 0.2 expected under calibration
+    assert "outside the band: theta[x1], theta[x2]" in wrong_prior.report()
+
+
+def test_truths_are_prior_draws(correct):
+    truths = correct.ranks[correct.ranks["variable"] == "theta"]["truth"]
+    # theta ~ normal(0, 2.5) a priori: sample sd of 160 truths within 20% of 2.5
+    assert abs(truths.std() / 2.5 - 1) < 0.2
+    # every replicate's sampler diagnostics are recorded beside its ranks
+    assert correct.sims["ok"].all()
+    assert np.isfinite(correct.sims[["max_rhat", "min_ess_bulk"]].to_numpy()).all()
+    assert (correct.sims["divergences"] == 0).all()
+
+
+def test_plots_are_written_whole(correct, tmp_path):
+    paths = correct.save_plots(tmp_path)
+    assert set(paths) == {"ranks", "ecdf_diff"}
+    for path in paths.values():
+        image = imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 600
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ps.PluralstanError, match="unknown SBC quantities"):
+        correct.plot_ranks(["theta[x9]"])
+
+
+def test_same_seed_same_ranks(design):
+    # the seed fixes the truths, the refits and the tie-breaking
+    runs = [sbc("aggregate", design, n_sims=10, seed=5, scheduler="serial", progress=False,
+                **FAST) for _ in range(2)]
+    pd.testing.assert_frame_equal(runs[0].ranks, runs[1].ranks)
