@@ -63,6 +63,12 @@ def test_report_files_and_items(fits, tmp_path):
     # item 3: on the high-conflict design the aggregate fit masks, the labeled fit much less
     ratio = report.tables["masking"].query("quantity == 'ratio'").set_index("model")["median"]
     assert ratio["aggregate"] > 5 and ratio["labeled"] < ratio["aggregate"] / 3
+    # the paper's point-estimate pipeline sits beside the posterior, and masks as much
+    assert ratio["point estimate"] > 5
+    # power-scaling sensitivity of theta for both fits (default priors: no conflict expected)
+    power = report.tables["power_scaling"]
+    assert set(power["fit"]) == {"aggregate", "mixture"} and len(power) == 15
+    assert "Power-scaling sensitivity of theta" in md.split(ITEMS[3])[1]
     # item 1: prior pi (Dirichlet(1, 1) -> 0.5) and observed shares are stated
     comp = report.tables["composition"]
     assert comp["prior_pi"].tolist() == [0.5, 0.5] and comp["observed_share"].sum() == 1.0

@@ -44,7 +44,8 @@ from ..data import Comparisons
 from ..errors import PluralstanError
 from ..fit import save
 from .contraction import contraction
-from .masking import masking_ratio, summarize_masking
+from .masking import masking_ratio, point_estimate_theta, summarize_masking
+from .sensitivity import power_scaling
 
 __all__ = ["DisclosureReport", "disclosure_report"]
 
@@ -386,7 +387,8 @@ def disclosure_report(
     # item 3
     results = {"aggregate": masking_ratio(aggregate, held_out, target=target),
                "mixture": masking_ratio(mixture, held_out, target=target)}
-    tables["masking"] = pd.concat([summarize_masking(r, prob) for r in results.values()],
+    point = masking_ratio(point_estimate_theta(comps), held_out, target=target)
+    tables["masking"] = pd.concat([summarize_masking(r, prob) for r in (*results.values(), point)],
                                   ignore_index=True)
     figures["masking"] = _masking_plot(results)
     ratio = tables["masking"].query("quantity == 'ratio'").set_index("model")
@@ -400,7 +402,9 @@ def disclosure_report(
         f"moderate. A perfect model's ratio (noise floor) is "
         f"{results['aggregate'].attrs['noise_floor']:.3g}. The mixture fit's ratio is "
         f"{ratio.iloc[1]['median']:.3g} ({ratio.iloc[1]['lower']:.3g} to "
-        f"{ratio.iloc[1]['upper']:.3g}).", aggregate))
+        f"{ratio.iloc[1]['upper']:.3g}). The paper's own pipeline (one theta fitted by "
+        f"least squares to the pooled frequencies) has ratio {ratio.iloc[2]['median']:.3g}.",
+        aggregate))
     doc.table(tables["masking"])
     doc.figure("masking", figures["masking"], "posterior draws of the masking ratio")
 
@@ -428,6 +432,22 @@ def disclosure_report(
                                      else "") + ":")
         doc.table(worst)
         doc.figure("sensitivity", figures["sensitivity"], "theta_k across the pi grid")
+
+    power = {name: power_scaling(idata, ["theta"]) for name, idata in
+             (("aggregate", aggregate), ("mixture", mixture))
+             if {"log_prior", "log_likelihood"} <= set(idata.groups())}
+    if power:
+        tables["power_scaling"] = pd.concat(
+            [t.assign(fit=name) for name, t in power.items()], ignore_index=True)
+        flagged = tables["power_scaling"].query("prior_data_conflict or weak_likelihood")
+        doc.text("Power-scaling sensitivity of theta (priorsense, threshold 0.05): "
+                 + (f"{len(flagged)} coordinate(s) flagged: "
+                    + "; ".join(f"{r.fit} {r.variable}: {r.diagnosis}"
+                                for r in flagged.itertuples())
+                    if len(flagged) else "no prior-data conflict or weak likelihood flagged")
+                 + ".")
+        doc.table(tables["power_scaling"][["fit", "variable", "prior", "likelihood",
+                                           "diagnosis", "flag"]])
 
     # files: fits and figures first, the report last
     paths: dict[str, Path] = {}
