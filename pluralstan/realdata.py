@@ -574,3 +574,22 @@ def write_table(frame: pd.DataFrame, out: Path, name: str, caption: str = "") ->
         tmp = out / f".{name}{suffix}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / f"{name}{suffix}")
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Hubert & Arabie's adjusted Rand index of two labelings of the same items.
+
+    Written by hand (a dozen lines) because scikit-learn, which provides
+    ``adjusted_rand_score``, is not a dependency of pluralstan.
+    """
+    from scipy.special import comb
+
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    table = np.zeros((ia.max() + 1, ib.max() + 1))
+    np.add.at(table, (ia, ib), 1)
+    pairs = comb(table, 2).sum()
+    rows, cols = comb(table.sum(axis=1), 2).sum(), comb(table.sum(axis=0), 2).sum()
+    expected = rows * cols / comb(len(a), 2)
+    top = 0.5 * (rows + cols)
+    return float((pairs - expected) / (top - expected)) if top != expected else 1.0

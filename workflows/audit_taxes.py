@@ -1,0 +1,263 @@
+"""Audit of the tax-plan conjoint (Ballard-Rosa, Martin & Scheve 2017, J. Politics).
+
+2,000 US adults each chose between two tax plans 8 times (16,000 forced choices). A plan is six
+bracket rates and a revenue level; the utility is linear in attribute-level dummies with a
+stated reference level per attribute (:data:`pluralstan.realdata.TAX_REFERENCE`), so each
+coefficient is an AMCE-style log-odds effect of moving one attribute off its reference level.
+Respondents without a party id (75; the data README says 60) are left out of every fit, so all
+models see the same 1,925 respondents (15,400 choices).
+
+The audit fits
+
+1. the aggregate model (one utility for everybody);
+2. the labeled model by party (Democrat / Independent / Republican) when registered, else one
+   aggregate fit per party (no pooling);
+3. the annotator-latent model (8 judgements per respondent) with K types, when registered;
+4. the covariate-informed mixing model with party as the covariate, when registered;
+
+and asks how much of the partisan difference the latent model finds without the labels: the
+latent model implies a party's utility as the membership-weighted average of the type
+utilities, and ``recovered`` is the projection of that implied Democrat - Republican contrast
+on the labeled contrast, ``<d_latent, d_labeled> / <d_labeled, d_labeled>`` (1 = all of it,
+0 = none), computed per posterior draw of the latent model against the labeled posterior mean.
+
+Outputs in ``--out``: ``aggregate.{csv,md}``, ``by_party.{csv,md}``, ``latent.{csv,md}``
+(when the models exist), ``effects.png``, ``report.md`` (disclosure: data, exclusions,
+models, diagnostics, what was not run). Run ``python workflows/audit_taxes.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+import pluralstan as ps
+from pluralstan import realdata
+from pluralstan.data import Comparisons
+
+PARTIES = ("Democrat", "Independent", "Republican")
+#: Attribute whose coefficient orders the latent types (identify="ordered").
+ORDER_BY = "taxrate6=55%"
+
+
+def _sampler(args: argparse.Namespace) -> dict:
+    return {"chains": args.chains, "draws": args.draws, "warmup": args.draws, "seed": args.seed}
+
+
+def _summary(theta, label: str, flag: str) -> pd.DataFrame:
+    """Posterior mean, sd and 90% interval per attribute of a ``(chain, draw, attribute)`` array."""
+    q = theta.quantile([0.05, 0.95], dim=("chain", "draw"))
+    return pd.DataFrame({
+        "fit": label,
+        "attribute": [str(a) for a in theta.coords["attribute"].values],
+        "mean": theta.mean(("chain", "draw")).values,
+        "sd": theta.std(("chain", "draw")).values,
+        "q5": q.sel(quantile=0.05).values,
+        "q95": q.sel(quantile=0.95).values,
+        "diagnostics": flag or "ok",
+    })
+
+
+def fit_aggregate(comps: Comparisons, args: argparse.Namespace) -> pd.DataFrame:
+    """Aggregate utility: one row per attribute level."""
+    idata = ps.fit("aggregate", comps, **_sampler(args))
+    return _summary(idata.posterior["theta"], "aggregate", ps.diagnostics.flag(idata))
+
+
+def fit_by_party(comps: Comparisons, args: argparse.Namespace) -> tuple[pd.DataFrame, np.ndarray]:
+    """Utilities by party, and the posterior-mean Democrat - Republican contrast.
+
+    Uses the ``labeled`` model (partial pooling) when registered, else independent aggregate
+    fits per party.
+    """
+    parts = []
+    if "labeled" in args.models:
+        # partial pooling: a hierarchical scale, hence a higher adapt_delta against divergences
+        idata = ps.fit("labeled", comps, adapt_delta=0.95, **_sampler(args))
+        flag = ps.diagnostics.flag(idata)
+        for party in PARTIES:
+            theta = idata.posterior["theta"].sel(group=party)
+            parts.append(_summary(theta, f"labeled: {party}", flag))
+    else:
+        for party in PARTIES:
+            rows = np.flatnonzero((comps.frame["group"] == party).to_numpy())
+            idata = ps.fit("aggregate", comps.subset(rows), **_sampler(args))
+            parts.append(_summary(idata.posterior["theta"], f"aggregate: {party}",
+                                  ps.diagnostics.flag(idata)))
+    table = pd.concat(parts, ignore_index=True)
+    means = {p: t["mean"].to_numpy() for p, t in zip(PARTIES, parts, strict=True)}
+    return table, means["Democrat"] - means["Republican"]
+
+
+def _party_of(comps: Comparisons) -> np.ndarray:
+    """Party label of every annotator, in the models' annotator order."""
+    first = comps.frame.drop_duplicates("annotator").set_index("annotator")["group"]
+    return first.reindex(comps.annotator_levels).astype(str).to_numpy()
+
+
+def recovered_share(idata, party: np.ndarray, d_labeled: np.ndarray,
+                    membership: str) -> np.ndarray:
+    """Per-draw share of the labeled Democrat - Republican contrast the latent fit implies.
+
+    A party's implied utility is ``sum_k mean_{i in party} m_ik theta_k`` with ``m`` the
+    per-draw membership probabilities; the share is the projection of the implied contrast
+    on ``d_labeled``. Invariant to relabelling the types, so label switching cannot bias it.
+    """
+    m = idata.posterior[membership].transpose("chain", "draw", "annotator", "group").values
+    theta = idata.posterior["theta"].transpose("chain", "draw", "group", "attribute").values
+    w_dem = m[:, :, party == "Democrat", :].mean(axis=2)  # (chain, draw, K)
+    w_rep = m[:, :, party == "Republican", :].mean(axis=2)
+    d_latent = np.einsum("cdk,cdkp->cdp", w_dem - w_rep, theta)
+    return (d_latent @ d_labeled / (d_labeled @ d_labeled)).reshape(-1)
+
+
+def fit_latent(comps: Comparisons, d_labeled: np.ndarray, args: argparse.Namespace,
+               Ks: list[int]) -> pd.DataFrame:
+    """Annotator-latent (and covariate-informed, when registered) fits by K."""
+    from pluralstan.workflow.compare import loo
+
+    party = _party_of(comps)
+    runs = []
+    if "annotator" in args.models:
+        runs += [("annotator", K, comps) for K in Ks]
+    if "covariate" in args.models:
+        with_party = dataclasses.replace(comps, annotators=comps.annotators[["partyid"]])
+        runs += [("covariate", K, with_party) for K in Ks if K > 1]
+    rows = []
+    for model, K, data in runs:
+        options = {"reference_levels": {"partyid": "Independent"}} if model == "covariate" else {}
+        if K > 1:  # label the types by their taste for the highest top-bracket rate
+            options |= {"identify": "ordered", "ordered_attribute": ORDER_BY}
+        idata = ps.fit(model, data, K=K, **options, **_sampler(args))
+        elpd = loo(idata, level="annotator", comps=data)[0].iloc[0]
+        share = recovered_share(idata, party, d_labeled, "membership")
+        rows.append({
+            "model": model, "K": K, "elpd_loo": elpd["elpd"], "se": elpd["se"],
+            "n_high_k": elpd["n_high_k"],
+            "recovered_mean": share.mean(), "recovered_q5": np.quantile(share, 0.05),
+            "recovered_q95": np.quantile(share, 0.95),
+            "diagnostics": ps.diagnostics.flag(idata) or "ok",
+        })
+    return pd.DataFrame(rows).set_index(["model", "K"]) if rows else pd.DataFrame()
+
+
+def plot_effects(aggregate: pd.DataFrame, by_party: pd.DataFrame, path: Path) -> None:
+    """AMCE-style effects: aggregate and by party, 90% intervals."""
+    attrs = list(aggregate["attribute"])
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(attrs) + 1.2))
+    fits = [aggregate, *[g for _, g in by_party.groupby("fit", sort=False)]]
+    for i, t in enumerate(fits):
+        y = np.arange(len(attrs)) + (i - (len(fits) - 1) / 2) * 0.18
+        t = t.set_index("attribute").loc[attrs]
+        ax.hlines(y, t["q5"], t["q95"], color=f"C{i}", lw=1.5)
+        ax.plot(t["mean"], y, "o", ms=3, color=f"C{i}", label=t["fit"].iloc[0])
+    ax.set_yticks(np.arange(len(attrs)), attrs, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("effect on log-odds of choosing the plan (vs reference level)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"data folder (default: ${realdata.ENV_VAR} or ../shared/data)")
+    p.add_argument("--out", type=Path, default=Path("out/audit_taxes"), help="output folder")
+    p.add_argument("--seed", type=int, default=1, help="sampler seed")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain")
+    p.add_argument("--quick", action="store_true",
+                   help="CI subset: 300 draws per chain, latent model with K = 2 only, no "
+                        "covariate model")
+    p.add_argument("--models", default="labeled,annotator,covariate",
+                   help="comma-separated optional models to use when registered: 'labeled' "
+                        "(else per-party aggregate fits), 'annotator', 'covariate'; 'none' "
+                        "for the aggregate model only")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.draws = min(args.draws, 300)
+        args.models = ",".join(m for m in args.models.split(",") if m != "covariate")
+    args.models = [m for m in args.models.split(",") if m in ps.models]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the audit; returns the process exit status."""
+    args = parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    comps = realdata.load_taxes(args.data, missing_party="drop")
+
+    aggregate = fit_aggregate(comps, args)
+    realdata.write_table(aggregate.set_index("attribute"), out, "aggregate",
+                         "Aggregate utility (log-odds vs each attribute's reference level).")
+    by_party, d_labeled = fit_by_party(comps, args)
+    realdata.write_table(by_party.set_index(["fit", "attribute"]), out, "by_party",
+                         "Utilities by party (90% intervals).")
+    plot_effects(aggregate, by_party, out / "effects.png")
+    latent = fit_latent(comps, d_labeled, args, [2] if args.quick else [1, 2, 3])
+    if len(latent):
+        realdata.write_table(latent, out, "latent",
+                             "Latent types: leave-one-respondent-out LOO and the share of the "
+                             "labeled Democrat - Republican contrast they recover.")
+
+    contrast = pd.Series(d_labeled, index=aggregate["attribute"])
+    head = pd.DataFrame({
+        "value": {
+            "respondents (partyid known)": len(comps.annotator_levels),
+            "choices": comps.n,
+            "largest |Dem - Rep| effect": f"{contrast.abs().idxmax()} "
+                                          f"({contrast[contrast.abs().idxmax()]:+.2f})",
+            **({f"recovered by {m} K={k}": f"{r.recovered_mean:.2f} "
+                                          f"[{r.recovered_q5:.2f}, {r.recovered_q95:.2f}]"
+                for (m, k), r in latent.iterrows()} if len(latent) else {}),
+        }
+    }).rename_axis("taxes")
+    print(realdata.markdown_table(head))
+    _report(out, comps, aggregate, by_party, latent, head)
+    return 0
+
+
+def _report(out: Path, comps, aggregate, by_party, latent, head) -> None:
+    missing = [m for m in ("labeled", "annotator", "covariate") if m not in ps.models]
+    flags = sorted(set(aggregate["diagnostics"]) | set(by_party["diagnostics"])
+                   | (set(latent["diagnostics"]) if len(latent) else set()))
+    lines = [
+        "# Tax-plan conjoint audit: disclosure report", "",
+        "* Data: Ballard-Rosa, Martin & Scheve (2017), via cregg `taxes` (MIT). "
+        f"{comps.n} choices by {len(comps.annotator_levels)} respondents with a known party "
+        "id; 75 respondents without one are excluded from every fit.",
+        "* Design: attribute-level dummies against the reference levels "
+        f"{realdata.TAX_REFERENCE}.",
+        "* Identification: subgroup utilities are identified by the party labels in the "
+        "labeled fit; the latent fits identify types only through the 8 repeated judgements "
+        "per respondent (no labels).",
+        f"* Diagnostics: {'; '.join(flags)}",
+        *( [f"* Not run (model not registered yet): {', '.join(missing)}"] if missing else []),
+        "", "## Headline", "", realdata.markdown_table(head),
+        "## Aggregate", "", realdata.markdown_table(aggregate.set_index("attribute")),
+        "## By party", "", realdata.markdown_table(by_party.set_index(["fit", "attribute"])),
+    ]
+    if len(latent):
+        lines += ["## Latent types", "", realdata.markdown_table(latent)]
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "report.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
