@@ -119,3 +119,16 @@ def test_wrong_table_is_rejected(conflict_fit):
         ppc_frequencies(fit, comps.subset(np.arange(10)))
     with pytest.raises(ps.PluralstanError, match="bins"):
         calibration_table(fit, comps, bins=0)
+
+
+def test_labeled_mixture_passes_the_group_checks(conflict_fit):
+    """A model with one theta per observed group reproduces each group's frequencies (its cells
+    are split by group, so replications come straight from y_rep)."""
+    comps, aggregate = conflict_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        labeled = ps.fit("labeled", comps, seed=4, pooling="none", **FAST)
+    mixture = ppc_frequencies(labeled, comps, by_group=True)
+    # criterion: nominal 10% outside the 90% interval; allow 25% (the aggregate fit: > 50%)
+    assert mixture["outside"].mean() < 0.25
+    assert ppc_frequencies(aggregate, comps, by_group=True)["outside"].mean() > 0.5
