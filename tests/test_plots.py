@@ -169,6 +169,27 @@ def test_forest_matches_latent_labels_to_the_truth_but_not_observed_ones():
     assert y_rows["unlabeled"] == y_rows["labeled"]
 
 
+def test_forest_title_says_whether_latent_labels_were_relabelled():
+    idata, _ = mixture_idata(K=2, model="annotator")
+    assert plots.latent_groups(idata)
+    assert "latent labels as sampled" in plots.plot_forest(idata)._suptitle.get_text()
+    idata.posterior.attrs["relabelling"] = json.dumps({"method": "stephens"})
+    assert "relabelled (stephens)" in plots.plot_forest(idata)._suptitle.get_text()
+    idata.posterior.attrs["group_labels"] = "observed"  # recorded by the encoder: it wins
+    assert not plots.latent_groups(idata)
+    assert "latent" not in plots.plot_forest(idata)._suptitle.get_text()
+
+
+def test_observed_string_labels_are_named_like_codes():
+    idata, _ = mixture_idata(K=2, model="labeled")
+    idata.posterior = idata.posterior.assign_coords(group=["0", "1"])
+    ax = plots.plot_forest_by_group(idata)
+    assert {g for g, _ in interval_rows(ax)} == {"group 0", "group 1"}
+    idata.posterior = idata.posterior.assign_coords(group=["left", "right"])
+    ax = plots.plot_forest_by_group(idata)
+    assert {g for g, _ in interval_rows(ax)} == {"left", "right"}
+
+
 def test_forest_of_the_aggregate_model_and_as_a_reference(small_bt_fit, small_bt):
     ax = plots.plot_forest_by_group(small_bt_fit, truth=small_bt.truth)
     assert interval_rows(ax) == {("aggregate", a) for a in ATTRS}
