@@ -54,6 +54,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -79,6 +80,8 @@ from pluralstan.models import get_model  # noqa: E402
 PARAMETERS = ("theta", "pi")
 #: Two posterior means agree when they differ by at most this many combined MCSEs.
 AGREEMENT_Z = 3.0
+#: Seconds after which a workflow script is stopped (the goal for both together is 300).
+WORKFLOW_TIMEOUT = 1200
 #: NumPyro and PyMC, when installed (the optional extra ``pluralstan[bench]``).
 PEERS = {"numpyro": "numpyro", "pymc": "pymc"}
 
@@ -112,7 +115,7 @@ class Settings:
     chains: int = 2
     warmup: int = 500
     draws: int = 500
-    grad_draws: int = 100
+    grad_draws: int = 50
     workflows: bool = True
     seed: int = 20261122
 
@@ -616,11 +619,16 @@ def target_workflows(s: Settings) -> list[Row]:
                             "not exist yet"))
             continue
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
-                              cwd=REPO)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:  # outputs are not kept
+                done = subprocess.run([sys.executable, str(path), "--out", tmp],
+                                      capture_output=True, text=True, cwd=REPO,
+                                      timeout=WORKFLOW_TIMEOUT)
+            note = "" if done.returncode == 0 else f"FAILED (exit {done.returncode}): " + \
+                (done.stderr.strip().splitlines() or [""])[-1][:200]
+        except subprocess.TimeoutExpired:
+            note = f"stopped after {WORKFLOW_TIMEOUT} s"
         wall = time.perf_counter() - t0
-        note = "" if done.returncode == 0 else f"FAILED (exit {done.returncode}): " + \
-            done.stderr.strip().splitlines()[-1][:200]
         rows.append(Row(target, script, "script", seconds=round(wall, 1), note=note))
     scripts = [r for r in rows[1:] if r.seconds is not None and not r.note]
     if len(scripts) == 2:
@@ -784,7 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.max_columns", None, "display.width", 250,
                            "display.max_colwidth", 60):
         print("Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
-        print(frame.drop(columns=["note"]).to_string(index=False))
+        shown = frame.astype(object).where(frame.notna(), "")
+        print(shown.drop(columns=["note"]).to_string(index=False))
         print("\nNotes:")
         for _, r in frame[frame["note"] != ""].iterrows():
             print(f"  [{r['target']} | {r['case']} | {r['engine']}] {r['note']}")
