@@ -473,8 +473,8 @@ def plot_nonidentified_pairs(
 ) -> Figure:
     """Scatter plots of the pairs from :func:`nonidentified_pairs`, divergences in red.
 
-    Each panel is :func:`arviz.plot_pair` of two components, titled with their posterior
-    correlation; the truth, when known, is drawn as reference lines.
+    Each panel is :func:`arviz.plot_pair` of two components, one colour per chain, titled with
+    their posterior correlation; the truth, when known, is a white diamond.
     """
     pairs = nonidentified_pairs(idata, max_pairs)
     if not pairs:
@@ -489,27 +489,34 @@ def plot_nonidentified_pairs(
     axes = np.ravel(fig.subplots(nrows, ncols, squeeze=False))
     for ax in axes[len(pairs):]:
         ax.set_visible(False)
+    chains = flat["chain"].values
     for ax, (a, b) in zip(axes, pairs, strict=False):
         ref = {n: known[n] for n in (a, b) if n in known}
-        az.plot_pair(
-            source, var_names=[a, b], divergences=has_div, ax=ax,
-            scatter_kwargs={"alpha": 0.45, "s": 12},
-            divergences_kwargs={"color": FLAG_COLOR, "markersize": 5, "alpha": 0.9},
-            reference_values=ref if len(ref) == 2 else None,
-            reference_values_kwargs={"marker": "D", "markerfacecolor": "white",
-                                     "color": "black", "markersize": 8},
-        )
+        # one call per chain, coloured as in the rank plot: chains stuck in different modes
+        # (label switching, multimodality) show up as differently coloured clouds
+        for i, chain in enumerate(chains):
+            last = i == len(chains) - 1
+            az.plot_pair(
+                source.sel(chain=[chain]), var_names=[a, b], divergences=has_div, ax=ax,
+                scatter_kwargs={"marker": "o", "s": 5, "alpha": 0.4, "color": f"C{i}",
+                                "gid": f"chain|{chain}"},
+                divergences_kwargs={"color": FLAG_COLOR, "markersize": 5, "alpha": 0.9},
+                reference_values=ref if last and len(ref) == 2 else None,
+                reference_values_kwargs={"marker": "D", "markerfacecolor": "white",
+                                         "color": "black", "markersize": 8},
+            )
         r = float(np.corrcoef(flat[a].values.ravel(), flat[b].values.ravel())[0, 1])
         ax.set_title(f"posterior correlation {r:+.2f}", fontsize="medium")
         ax.set_xlabel(a)
         ax.set_ylabel(b)
     _tidy(fig)
-    text = "least identified directions"
+    notes = ["colour: chain"]
     if has_div:
         n_div = int(idata.sample_stats["diverging"].sum())
-        text += f" ({n_div} divergent transitions, in red)" if n_div else " (no divergences)"
+        notes.append(f"red: {n_div} divergent transitions" if n_div else "no divergences")
     if known:
-        text += "; white diamond = truth"
+        notes.append("white diamond: truth")
+    text = f"least identified directions ({'; '.join(notes)})"
     _title(fig, text, idata)
     return fig
 

@@ -226,6 +226,10 @@ def test_pair_plot_leads_with_the_non_identified_directions():
     ridge = fig.axes[0]
     assert float(ridge.get_title().rsplit(" ", 1)[1]) < -0.8
     assert (ridge.get_xlabel(), ridge.get_ylabel()) == pairs[0]
+    # one cloud per chain, every draw drawn once
+    clouds = {c.get_gid(): len(c.get_offsets()) for c in ridge.collections
+              if (c.get_gid() or "").startswith("chain|")}
+    assert clouds == {"chain|0": 200, "chain|1": 200}
 
 
 def test_aggregate_pairs_are_the_strongest_correlations(small_bt_fit):
