@@ -373,7 +373,9 @@ def plot_forest_by_group(
     attributes = list(da["attribute"].values)
     n_rows = len(rows)
     if ax is None:
-        ax = _figure(7.0, 0.9 + 0.32 * len(attributes) * (n_rows + 0.6)).subplots()
+        # about a third of an inch per row, capped so that designs with many items stay viewable
+        height = min(0.9 + 0.32 * len(attributes) * (n_rows + 0.6), 24.0)
+        ax = _figure(7.0, height).subplots()
     qs = [(1 - outer) / 2, (1 - inner) / 2, 0.5, (1 + inner) / 2, (1 + outer) / 2]
     step = 1.0 / (n_rows + 1)
     colors = [f"C{i}" for i in range(len(rows) - (reference is not None))] + (
@@ -399,7 +401,7 @@ def plot_forest_by_group(
     ax.set_yticks([-j for j in range(len(attributes))], [str(a) for a in attributes])
     ax.set_ylim(-len(attributes) + 0.5, 0.5)
     ax.set_ylabel("attribute")
-    ax.set_xlabel(f"{var_name} (logit scale per unit of attribute difference)")
+    ax.set_xlabel(f"{var_name} (log-odds scale)")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
               fontsize="small", title=f"median, {inner:.0%} / {outer:.0%}\ncentral intervals",
               title_fontsize="small")
