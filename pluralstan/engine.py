@@ -183,15 +183,30 @@ class PyStanEngine:
 
         return f"pystan {stan.__version__} / httpstan {httpstan.__version__}"
 
-    def is_cached(self, program: StanProgram) -> bool:
-        """Whether httpstan's cache holds a compiled module for ``program``."""
+    @staticmethod
+    def _model_dir(program: StanProgram) -> Path:
         import httpstan.cache
         import httpstan.models
 
-        model_dir = httpstan.cache.model_directory(
-            httpstan.models.calculate_model_name(program.code)
-        )
-        return model_dir.is_dir() and any(p.suffix == ".so" for p in model_dir.iterdir())
+        return httpstan.cache.model_directory(httpstan.models.calculate_model_name(program.code))
+
+    def is_cached(self, program: StanProgram) -> bool:
+        """Whether httpstan's cache holds a complete build of ``program``.
+
+        A complete entry has the compiled extension module and the compiler log httpstan
+        writes after it; a folder with only one of them is a build that was interrupted.
+        """
+        model_dir = self._model_dir(program)
+        if not model_dir.is_dir():
+            return False
+        has_module = any(p.suffix == ".so" for p in model_dir.iterdir())
+        return has_module and (model_dir / "stderr.log").is_file()
+
+    def _discard_partial_build(self, program: StanProgram) -> None:
+        """Remove a half-written cache entry (an interrupted build) so it is rebuilt cleanly."""
+        model_dir = self._model_dir(program)
+        if model_dir.is_dir() and not self.is_cached(program):
+            shutil.rmtree(model_dir, ignore_errors=True)
 
     def sample(self, program: StanProgram, data: dict[str, Any], config: SamplerConfig) -> Draws:
         """Build (or load from cache) and sample with PyStan."""
@@ -200,6 +215,8 @@ class PyStanEngine:
         t0 = time.perf_counter()
         with build_lock(program, self.name):
             compiled = not self.is_cached(program)
+            if compiled:
+                self._discard_partial_build(program)
             # PyStan reports build progress on stdout/stderr; keep it out of user output
             # unless a compile is actually happening.
             sink = io.StringIO()

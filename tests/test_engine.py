@@ -59,6 +59,9 @@ def test_sampler_settings_are_validated_before_stan_runs(small_bt):
 
 
 def _build_and_sample(code: str, queue) -> None:
+    from pluralstan.parallel import install_worker_cleanup
+
+    install_worker_cleanup()  # let this child exit although httpstan started chain processes
     program = StanProgram("tiny", code)
     draws = PyStanEngine().sample(
         program, {"N": 3, "y": [0.1, 0.5, 0.9], "prior_sd": 1.0},
@@ -69,8 +72,15 @@ def _build_and_sample(code: str, queue) -> None:
 
 def test_four_processes_share_the_compile_cache_without_duplicate_builds():
     """Four processes fit a never-seen program at once: exactly one compiles, the other three
-    wait on the build lock and load the cached module; all four give the same draws."""
+    wait on the build lock and load the cached module; all four give the same draws. The cache
+    starts with a half-written entry (a module file but no compiler log, as an interrupted build
+    leaves it), which must be discarded and rebuilt rather than loaded."""
     code = TINY + f"// {uuid.uuid4()}\n"  # a fresh program text, so the cache starts cold
+    program = StanProgram("tiny", code)
+    partial = PyStanEngine._model_dir(program)
+    partial.mkdir(parents=True)
+    (partial / "stan_services_model_x.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert not PyStanEngine().is_cached(program)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_build_and_sample, args=(code, queue)) for _ in range(4)]
