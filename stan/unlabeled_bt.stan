@@ -9,13 +9,14 @@
 // distinct (attribute difference, presentation order) and the likelihood is multinomial in the
 // mixture probabilities.
 //
-// This model is NOT identified from aggregate data (Proposition 1 of the position paper): the
-// likelihood depends on (pi, theta) only through the per-cell mixture probabilities, which many
-// decompositions reproduce (e.g. "everybody indifferent" and "two opposed halves"). Expect wide
-// posteriors for theta_k and pi that do not contract with more data, several modes, and R-hat
-// failures on label-dependent quantities; the population summaries theta_bar and p_agg are the
-// quantities the data inform. Labels are exchangeable: the posterior is invariant under the K!
-// permutations of the components.
+// The model is not identified from aggregate data (Proposition 1 of the position paper): the
+// likelihood depends on (pi, theta) only through the per-cell mixture probabilities, and in the
+// linear limit of the link only through theta_bar = sum_k pi_k theta_k, so "everybody
+// indifferent" and "two opposed halves" fit alike. The curvature of the logistic link carries
+// weak information about the components that grows with the judgements per cell, so expect
+// wide posteriors for theta_k and pi with several modes and chains that disagree, while the
+// label-invariant summaries theta_bar and p_agg contract. Labels are exchangeable: the
+// posterior is invariant under the K! permutations of the components.
 //
 // identify = 1 imposes the identifying constraint theta[1, j] < ... < theta[K, j] for the
 // attribute j = ident_attr (an `ordered` parameter). It removes the permutation symmetry only;

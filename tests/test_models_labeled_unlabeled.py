@@ -201,11 +201,11 @@ def test_ties_and_order_run_in_both_programs() -> None:
 # ---------------------------------------------------------------------- unlabeled fits
 @pytest.fixture(scope="module")
 def unlabeled_fit():
-    """K = 2 unlabeled mixture on the aggregate-only high-conflict data, with prior draws."""
-    comps = _aggregate_only(ps.simulate.high_conflict(n_pairs=100, n_annotators=100,
-                                                      pairs_per_annotator=50, seed=7))
+    """K = 2 unlabeled mixture on aggregate-only data from the high-conflict population
+    (60 pairs x 20 judgements; labels and annotator ids dropped), with prior draws."""
+    comps = _aggregate_only(_labeled_data(8))
     idata = _fit("unlabeled", comps, K=2, priors={"theta_sd": 2.5}, chains=4, draws=300,
-                 warmup=300, seed=7, sample_prior=True)
+                 warmup=300, seed=8, sample_prior=True)
     return comps, idata
 
 
@@ -213,22 +213,41 @@ THETA_PRIOR_VAR = 2.5**2
 
 
 def _contraction(post, prior_var):
+    """Posterior contraction 1 - Var_post / Var_prior (Schad, Betancourt & Vasishth 2021)."""
     return 1.0 - post.var(("chain", "draw")).values / prior_var
 
 
-def test_unlabeled_within_group_theta_does_not_contract(unlabeled_fit) -> None:
-    """Proposition 1 made measurable. Criterion: after relabelling (so that label switching
-    cannot inflate the variance), the posterior contraction 1 - Var_post / Var_prior of every
-    within-group coordinate theta[k, j] is below 0.5 (prior variance 2.5^2, the sd passed),
-    while the aggregate predicted probability p_agg contracts above 0.9 in every cell (prior
-    variance from the prior draws)."""
+def test_unlabeled_aggregate_contracts_but_subgroups_do_not(unlabeled_fit) -> None:
+    """Proposition 1 made measurable on aggregate-only data.
+
+    Criteria. Identified, label-invariant quantities: the aggregate P(a preferred) p_agg
+    contracts by more than 0.9 in every cell and theta_bar = sum_k pi_k theta_k by more than
+    0.9 in every attribute (prior variances from the prior draws). Not identified: the
+    label-invariant between-group difference |theta[0, j] - theta[1, j]|, the heterogeneity the
+    aggregate hides, contracts by less than 0.5 in every attribute (prior variance from the
+    prior draws); the within-group coordinates theta[k, j], after Stephens relabelling (which
+    can only shrink their variance), contract by less than 0.9 each and less than 0.75 on
+    average (prior variance 2.5^2, the sd passed). The logistic curvature does carry some
+    information about the components, so within-group contraction is not zero; it grows with
+    the judgements per cell (about 0.8-0.9 at 50 per cell in the same population).
+    """
     _, idata = unlabeled_fit
+    post, prior = idata.posterior, idata.prior
+    p_contraction = _contraction(post["p_agg"], prior["p_agg"].var(("chain", "draw")).values)
+    assert np.all(p_contraction > 0.9), p_contraction.min()
+    bar = _contraction(post["theta_bar"], prior["theta_bar"].var(("chain", "draw")).values)
+    assert np.all(bar > 0.9), bar
+
+    def spread(theta):
+        return abs(theta.sel(group=0) - theta.sel(group=1))
+
+    spread_prior_var = spread(prior["theta"]).var(("chain", "draw")).values
+    spread_contraction = _contraction(spread(post["theta"]), spread_prior_var)
+    assert np.all(spread_contraction < 0.5), spread_contraction.round(2)
     rel, _ = relabel(idata)
     theta_contraction = _contraction(rel.posterior["theta"], THETA_PRIOR_VAR)
-    assert np.all(theta_contraction < 0.5), theta_contraction.round(2)
-    p_prior_var = idata.prior["p_agg"].var(("chain", "draw")).values
-    p_contraction = _contraction(idata.posterior["p_agg"], p_prior_var)
-    assert np.all(p_contraction > 0.9), p_contraction.min()
+    assert np.all(theta_contraction < 0.9), theta_contraction.round(2)
+    assert theta_contraction.mean() < 0.75, theta_contraction.round(2)
 
 
 def test_unlabeled_layout_and_label_switching_report(unlabeled_fit) -> None:
@@ -248,13 +267,16 @@ def test_unlabeled_layout_and_label_switching_report(unlabeled_fit) -> None:
 
 
 def test_unlabeled_large_concentration_pins_pi() -> None:
-    """The prior-sensitivity grid fixes pi through pi_alpha = concentration * pi_0: with
-    concentration 1e4 the posterior of pi must stay within 0.02 of pi_0 = (0.3, 0.7)."""
+    """The prior-sensitivity grid fixes pi through pi_alpha = concentration * pi_0. With
+    concentration 1e4 (prior sd of pi_0 about 0.005) the sampler must still work and the
+    posterior of pi stay at pi_0 = (0.3, 0.7): mean within 0.01, sd below 0.01."""
     comps = _aggregate_only(_labeled_data(5))
     idata = _fit("unlabeled", comps, K=2, priors={"pi_alpha": [3000.0, 7000.0]}, seed=5,
                  **SMALL)
-    pi = idata.posterior["pi"].values.reshape(-1, 2)
-    assert np.all(np.abs(pi - [0.3, 0.7]) < 0.02)
+    pi = idata.posterior["pi"]
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    assert np.all(np.abs(pi.mean(("chain", "draw")).values - [0.3, 0.7]) < 0.01)
+    assert np.all(pi.std(("chain", "draw")).values < 0.01)
 
 
 def test_unlabeled_ordered_constraint_holds_in_every_draw() -> None:

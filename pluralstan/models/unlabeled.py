@@ -5,10 +5,14 @@ marginalised judgement by judgement, ``P(a > b) = sum_k pi_k logistic((a - b)' t
 pooled counts per cell. Any ``group`` or ``annotator`` column is ignored: this is the aggregate
 data setting of the position paper.
 
-The model is **not identified** from such data (Proposition 1): expect within-group posteriors
-that stay close to the prior, several modes, label switching and R-hat failures on
-label-dependent quantities, while the label-invariant summaries ``p_agg`` (aggregate P(a
-preferred) per cell) and ``theta_bar`` (``sum_k pi_k theta_k``) are informed by the data. Use
+The model is **not identified** from such data (Proposition 1): in the linear limit of the link
+the likelihood depends on the components only through ``theta_bar = sum_k pi_k theta_k``; the
+curvature of the logistic adds weak information that grows with the judgements per cell. On
+the paper's high-conflict population (60 pairs x 20 judgements, aggregate only) the
+label-invariant summaries ``p_agg`` (aggregate P(a preferred) per cell) and ``theta_bar``
+contract by more than 0.95, the between-group difference ``|theta_0 - theta_1|`` by less than
+0.3, and the relabelled within-group coordinates by 0.2-0.8 with chains in different modes
+(``tests/test_models_labeled_unlabeled.py``). Use
 :func:`pluralstan.relabel.label_switching_report` to separate label switching from genuine
 multimodality, and the prior-sensitivity grid (``pi_alpha = concentration * pi_0``) to show how
 much of the answer the assumed mixture supplies.
