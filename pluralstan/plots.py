@@ -782,13 +782,15 @@ def dashboard(
     dict
         Figure name (:data:`FIGURES`, those that apply) to the PNG path when ``out_dir`` is
         given, else to the :class:`~matplotlib.figure.Figure`.
-        ``pair`` is left out when the posterior has fewer than two varying components, ``ppc``
+        ``forest`` is left out without a ``theta`` over ``(group,) attribute``, ``pair`` when
+        the posterior has fewer than two varying components, ``ppc``
         and ``pit`` without posterior predictive counts, ``energy`` without NUTS energies.
     """
     if not isinstance(idata, az.InferenceData) or "posterior" not in idata.groups():
         raise PluralstanError(
             f"dashboard needs an InferenceData with a posterior group, got {type(idata).__name__}"
         )
+    _aligned_truth(idata, truth, match=False)  # a malformed truth fails before any drawing
     has_counts = all(g in idata.groups() and "y" in idata[g]
                      for g in ("observed_data", "posterior_predictive"))
     builders = {
@@ -801,8 +803,9 @@ def dashboard(
     }
     applies = {
         "rank": idata.posterior.sizes.get("chain", 0) >= 1,
-        "forest": "theta" in idata.posterior,
-        "pair": len(flatten_components(idata).data_vars) >= 2,
+        "forest": "theta" in idata.posterior and "attribute" in idata.posterior["theta"].dims
+        and set(idata.posterior["theta"].dims) <= {*SAMPLE_DIMS, "group", "attribute"},
+        "pair": bool(nonidentified_pairs(idata, max_pairs=1)),
         "ppc": has_counts,
         "pit": has_counts,
         "energy": "sample_stats" in idata.groups() and "energy" in idata.sample_stats,

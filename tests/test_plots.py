@@ -130,9 +130,13 @@ def test_clean_fit_titles_carry_no_flag():
         assert "diagnostics failed" not in fig._suptitle.get_text(), name
 
 
-def test_dashboard_rejects_what_is_not_a_fit():
+def test_dashboard_rejects_what_is_not_a_fit_or_a_malformed_truth(tmp_path):
     with pytest.raises(PluralstanError, match="InferenceData with a posterior"):
         plots.dashboard({"theta": np.zeros(3)})
+    idata, _ = mixture_idata()
+    with pytest.raises(PluralstanError, match=r"truth\['pi'\] has shape \(3,\)"):
+        plots.dashboard(idata, out_dir=tmp_path, truth={"pi": np.ones(3) / 3})
+    assert list(tmp_path.iterdir()) == []  # nothing drawn before the check
 
 
 # ------------------------------------------------------------------------------ forest
