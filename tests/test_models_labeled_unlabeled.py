@@ -264,6 +264,9 @@ def test_unlabeled_layout_and_label_switching_report(unlabeled_fit) -> None:
     assert set(report["problems"]) <= set(ps.diagnostics.failed(idata))
     # label-invariant summaries are what the data pin down: their chains agree
     assert report["rhat"]["label_invariant"]["p_agg"] < 1.05
+    # relabelling removes the between-chain disagreement that is only a permutation
+    assert report["rhat"]["relabelled"]["theta"] < report["rhat"]["raw"]["theta"]
+    assert report["method"] == "stephens"
 
 
 def test_unlabeled_large_concentration_pins_pi() -> None:
