@@ -98,6 +98,17 @@ def fit_by_party(comps: Comparisons, args: argparse.Namespace) -> tuple[pd.DataF
     return table, means["Democrat"] - means["Republican"]
 
 
+def subsample(comps: Comparisons, per_party: int, seed: int) -> Comparisons:
+    """All choices of ``per_party`` randomly chosen respondents of each party."""
+    rng = np.random.default_rng(seed)
+    people = comps.frame.drop_duplicates("annotator")
+    keep = np.concatenate([
+        rng.choice(g["annotator"].to_numpy(), size=min(per_party, len(g)), replace=False)
+        for _, g in people.groupby("group", sort=True)
+    ])
+    return comps.subset(np.flatnonzero(comps.frame["annotator"].isin(keep).to_numpy()))
+
+
 def _party_of(comps: Comparisons) -> np.ndarray:
     """Party label of every annotator, in the models' annotator order."""
     first = comps.frame.drop_duplicates("annotator").set_index("annotator")["group"]
@@ -180,9 +191,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain")
+    p.add_argument("--per-party", type=int, default=None,
+                   help="use only this many respondents per party (a seeded random subset)")
     p.add_argument("--quick", action="store_true",
-                   help="CI subset: 300 draws per chain, latent model with K = 2 only, no "
-                        "covariate model")
+                   help="CI subset: 80 respondents per party, 300 draws per chain, latent "
+                        "model with K = 2 only, no covariate model")
     p.add_argument("--models", default="labeled,annotator,covariate",
                    help="comma-separated optional models to use when registered: 'labeled' "
                         "(else per-party aggregate fits), 'annotator', 'covariate'; 'none' "
@@ -190,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.draws = min(args.draws, 300)
+        args.per_party = min(args.per_party or 80, 80)
         args.models = ",".join(m for m in args.models.split(",") if m != "covariate")
     args.models = [m for m in args.models.split(",") if m in ps.models]
     return args
@@ -201,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     comps = realdata.load_taxes(args.data, missing_party="drop")
+    if args.per_party is not None:
+        comps = subsample(comps, args.per_party, args.seed)
 
     aggregate = fit_aggregate(comps, args)
     realdata.write_table(aggregate.set_index("attribute"), out, "aggregate",
@@ -228,11 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     }).rename_axis("taxes")
     print(realdata.markdown_table(head))
-    _report(out, comps, aggregate, by_party, latent, head)
+    _report(out, comps, aggregate, by_party, latent, head, args.per_party)
     return 0
 
 
-def _report(out: Path, comps, aggregate, by_party, latent, head) -> None:
+def _report(out: Path, comps, aggregate, by_party, latent, head, per_party) -> None:
     missing = [m for m in ("labeled", "annotator", "covariate") if m not in ps.models]
     flags = sorted(set(aggregate["diagnostics"]) | set(by_party["diagnostics"])
                    | (set(latent["diagnostics"]) if len(latent) else set()))
@@ -240,7 +256,8 @@ def _report(out: Path, comps, aggregate, by_party, latent, head) -> None:
         "# Tax-plan conjoint audit: disclosure report", "",
         "* Data: Ballard-Rosa, Martin & Scheve (2017), via cregg `taxes` (MIT). "
         f"{comps.n} choices by {len(comps.annotator_levels)} respondents with a known party "
-        "id; 75 respondents without one are excluded from every fit.",
+        "id; 75 respondents without one are excluded from every fit"
+        + (f"; a random subset of {per_party} respondents per party." if per_party else "."),
         "* Design: attribute-level dummies against the reference levels "
         f"{realdata.TAX_REFERENCE}.",
         "* Identification: subgroup utilities are identified by the party labels in the "
