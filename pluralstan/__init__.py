@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import diagnostics, simulate  # noqa: E402
+from . import diagnostics, relabel, simulate, workflow  # noqa: E402
 from .data import Comparisons, read_csv  # noqa: E402
 from .engine import get_engine  # noqa: E402
 from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError  # noqa: E402
@@ -28,6 +28,8 @@ __all__ = [
     "load",
     "models",
     "read_csv",
+    "relabel",
     "save",
     "simulate",
+    "workflow",
 ]

@@ -8,6 +8,7 @@ Examples
     pluralstan simulate high-conflict --out comps.csv   # the position paper's Table 1 data
     pluralstan fit aggregate comps.csv --out fit.nc     # fit, check diagnostics, save NetCDF
     pluralstan summary fit.nc                           # posterior summary + diagnostics
+    pluralstan disclose comps.csv agg.nc mix.nc --out report/   # the four-item disclosure
 """
 
 from __future__ import annotations
@@ -122,6 +123,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_disclose(args: argparse.Namespace) -> int:
+    """Write the four-item pluralism identifiability disclosure from saved fits."""
+    from .data import read_csv
+    from .fit import load
+    from .workflow import disclosure_report
+
+    comps = read_csv(args.comparisons, items=args.items, annotators=args.annotators)
+    test = read_csv(args.test, items=args.items) if args.test else None
+    report = disclosure_report(comps, load(args.aggregate), load(args.mixture), args.out,
+                               test=test, target=args.target)
+    print(f"wrote {report.paths['markdown']} and {report.paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -170,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-prior", action="store_true",
                    help="also sample the prior (adds prior / prior_predictive groups)")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("disclose", help="four-item pluralism identifiability disclosure report "
+                       "(Markdown + HTML) from saved fits")
+    p.add_argument("comparisons", help="comparison CSV the fits were made on")
+    p.add_argument("aggregate", help="NetCDF of the aggregate fit")
+    p.add_argument("mixture", help="NetCDF of a mixture fit (labeled, annotator, ...)")
+    p.add_argument("--test", default=None,
+                   help="held-out comparison CSV (with `group`) for the masking ratio")
+    p.add_argument("--items", default=None, help="item-feature table (CSV)")
+    p.add_argument("--annotators", default=None, help="annotator covariate table (CSV)")
+    p.add_argument("--target", choices=["observed", "truth"], default=None,
+                   help="masking target (default: observed frequencies)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_disclose)
 
     p = sub.add_parser("summary", help="summary and diagnostics of a saved fit")
     p.add_argument("fit", help="NetCDF file written by `pluralstan fit`")

@@ -59,3 +59,21 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "pluralstan.cli", "models"],
                             capture_output=True, text=True, check=True)
     assert "aggregate" in result.stdout
+
+
+def test_disclose_writes_the_four_item_report(tmp_path, capsys):
+    csv = tmp_path / "comps.csv"
+    assert main(["simulate", "high-conflict", "--pairs", "24", "--annotators", "10",
+                 "--out", str(csv)]) == 0
+    for model, extra in (("aggregate", []), ("labeled", ["--K", "2"])):
+        assert main(["fit", model, str(csv), "--out", str(tmp_path / f"{model}.nc"),
+                     "--chains", "2", "--draws", "200", "--warmup", "200", *extra]) == 0
+    out = tmp_path / "report"
+    assert main(["disclose", str(csv), str(tmp_path / "aggregate.nc"),
+                 str(tmp_path / "labeled.nc"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for item in ("1", "2", "3", "4"):
+        assert f"## {item}" in text or f"Item {item}" in text or f"{item}." in text
+    assert "masking" in text.lower()
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html
