@@ -67,11 +67,6 @@ FLAG_COLOR = "#b2182b"
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _label(value: Hashable) -> str:
-    """Readable coordinate label: ``group 0`` for integer codes, the value itself otherwise."""
-    return str(value)
-
-
 def _group_label(value: Hashable) -> str:
     """``group 0`` for integer codes (latent classes, numeric labels), else the label itself."""
     numeric = isinstance(value, int | np.integer) or (isinstance(value, str) and value.isdigit())
@@ -79,7 +74,8 @@ def _group_label(value: Hashable) -> str:
 
 
 def _component_name(var: str, coords: Sequence[Hashable]) -> str:
-    return var if not coords else f"{var}[{', '.join(map(_label, coords))}]"
+    """``theta[0, x1]``: the variable with its coordinate values, as ArviZ labels components."""
+    return var if not coords else f"{var}[{', '.join(map(str, coords))}]"
 
 
 def parameter_names(idata: az.InferenceData) -> list[str]:
