@@ -66,6 +66,20 @@ def _worst(ds, reduce: str) -> tuple[float, str]:
     return best_val, best_name
 
 
+#: Dims of per-observation generated quantities (allocation probabilities, predictions): they
+#: are not parameters, and R-hat / ESS of thousands of them would drown the parameters' checks.
+PER_OBSERVATION_DIMS = ("annotator", "cell", "comparison", "pair")
+
+
+def parameter_names(idata: az.InferenceData) -> list[str]:
+    """Posterior variables to diagnose: those that vary and are not per-observation quantities."""
+    post = idata.posterior
+    return [
+        name for name, da in post.data_vars.items()
+        if not set(da.dims) & set(PER_OBSERVATION_DIMS) and da.size and float(da.std()) > 0
+    ]
+
+
 def check(
     idata: az.InferenceData,
     *,

@@ -92,12 +92,15 @@ def fit(
     prior_draws = None
     if sample_prior:
         prior_draws = engine.sample(program, {**enc.data, "prior_only": 1}, config)
-    attrs = provenance(spec.name, program, result, comps, seed,
-                       {"K": K if K is not None else 0, "priors": _priors_of(enc.data),
-                        "max_treedepth": max_treedepth, **enc.extra_attrs})
+    extra = {"K": K if K is not None else 0, "priors": _priors_of(enc.data),
+             "max_treedepth": max_treedepth, **enc.extra_attrs}
+    if enc.label_dim:  # components are latent: labels may switch (see pluralstan.relabel)
+        extra.setdefault("group_labels", "latent")
+    attrs = provenance(spec.name, program, result, comps, seed, extra)
     idata = to_inference_data(result, enc, attrs, prior_draws)
     if check:
-        diagnostics.check(idata, max_treedepth=max_treedepth)
+        diagnostics.check(idata, max_treedepth=max_treedepth,
+                          var_names=diagnostics.parameter_names(idata))
     return idata
 
 
