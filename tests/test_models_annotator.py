@@ -173,6 +173,19 @@ def test_likelihood_matches_judgement_level_reference():
     assert np.all(y_rep.sum("outcome") == y.sum("outcome"))
 
 
+def test_prior_only_run_draws_types_from_pi():
+    """With the likelihood switched off, membership is pi itself (types drawn from the prior),
+    and the prior predictive replicates every cell's number of judgements."""
+    comps = ties_order_data(seed=4)
+    idata = ps.fit("annotator", comps, K=3, chains=1, draws=10, warmup=10, seed=5,
+                   backend="pystan", check=False, sample_prior=True)
+    prior = idata.prior
+    pi = prior["pi"].expand_dims(annotator=prior.sizes["annotator"], axis=2)
+    np.testing.assert_allclose(prior["membership"].values, pi.values)
+    y = idata.observed_data["y"]
+    assert np.all(idata.prior_predictive["y"].sum("outcome") == y.sum("outcome"))
+
+
 # ---------------------------------------------------------------------------- recovery
 @pytest.fixture(scope="module")
 def by_m() -> dict[int, tuple[ps.Comparisons, az.InferenceData]]:
