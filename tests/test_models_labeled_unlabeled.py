@@ -140,7 +140,7 @@ def test_labeled_layout(labeled_fits) -> None:
     assert idata.log_likelihood["y"].shape[-1] == comps.n
     assert idata.posterior_predictive["y"].shape[2:] == idata.observed_data["y"].shape
     assert "lprior" in idata.log_prior
-    assert post.attrs["group_labels"] == "observed"
+    assert (post.attrs["group_labels"], post.attrs["K"]) == ("observed", 2)
     with pytest.raises(PluralstanError, match="observed subgroup labels"):
         relabel(idata)
 

@@ -219,7 +219,7 @@ def encode(
         optional_scalars=("gamma", "log_nu"),
         # observed labels cannot switch: no latent label dim
         label_dim=None,
-        extra_attrs={"ties": has_ties, "order_effect": has_order, "pooling": pooling,
+        extra_attrs={"K": G, "ties": has_ties, "order_effect": has_order, "pooling": pooling,
                      "group_labels": "observed"},
     )
 

@@ -165,7 +165,7 @@ def encode(
         drop=("log_p_cell", "theta_lead_ordered", "theta_lead_free", "theta_rest"),
         optional_scalars=("gamma", "log_nu"),
         label_dim="group",
-        extra_attrs={"ties": has_ties, "order_effect": has_order, "identify": identify,
+        extra_attrs={"K": K, "ties": has_ties, "order_effect": has_order, "identify": identify,
                      "ordered_attribute": comps.attributes[ident_attr - 1]
                      if identify == "ordered" else "",
                      "group_labels": "latent", "allocation": "alloc"},
