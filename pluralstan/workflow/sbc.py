@@ -10,10 +10,14 @@ The simulator is the Stan program itself, so it cannot drift from the model: eve
 ``prior_only`` switch and generates ``y_rep`` with the shape of the observed counts ``y``. One
 prior-only run therefore yields draws ``(theta, y_rep)`` from exactly the model's joint
 distribution (conditional on the design: covariates and trials per cell); each replicate then
-refits the program with ``data["y"] = y_rep``. What is ranked:
+refits the program with ``data["y"] = y_rep``. The prior draws come from NUTS, thinned by
+``prior_thin``; problems of that run (divergences, e.g. in a funnel-shaped hierarchical prior) are
+reported in :attr:`SBCResult.prior_problems`, because then the truths are not exact prior draws.
+What is ranked:
 
 * every parameter and transformed parameter (names read from ``stanc --info``; generated
-  quantities are left out, since they may depend on the observed data),
+  quantities are left out, since they may depend on the observed data, and so are the internal
+  pieces an encoder lists in ``Encoded.drop``),
 * data-dependent test quantities, by default the log likelihood of the simulated data (the sum of
   ``y * log_p_cell`` over cells and outcomes when the program emits ``log_p_cell`` with the shape
   of ``y``; the multinomial coefficient is the same for the truth and every draw and drops out).
@@ -295,7 +299,10 @@ def sbc_replicate(
                                       y).items():
             at_truth[name] = float(np.asarray(value)[0])
             ranks[name] = _ranks_of(at_truth[name], np.asarray(at_draws[name]), rng)
-    ranked = {n: draws.variables[n] for n in names if draws.variables[n].size}
+    # diagnostics of what is ranked: mixture variables sorted like their ranks (label-dependent
+    # components of a switching posterior have meaningless R-hat and ESS)
+    ranked = {n: _invariant(draws.variables[n], None if label_axes.get(n) is None
+                            else label_axes[n] + 2) for n in names}
     dataset = az.convert_to_dataset(ranked)
     rhat = float(az.rhat(dataset).to_array().max()) if config.chains > 1 else math.nan
     ess = float(az.ess(dataset, method="bulk").to_array().min())
@@ -320,8 +327,9 @@ class SBCResult:
         ``theta[x1]``, ``theta[(1), x1]`` for an order statistic, ``log_lik``), ``variable``,
         ``rank``, ``max_rank``, ``truth``.
     sims
-        One row per simulation: ``sim``, ``seed``, ``ok``, ``divergences``, ``max_rhat``,
-        ``min_ess_bulk``, ``seconds``, ``error``.
+        One row per simulation: ``sim``, ``seed``, ``ok``, ``divergences``, ``max_rhat`` and
+        ``min_ess_bulk`` (over the ranked variables, sorted like them for mixtures), ``seconds``,
+        ``error``.
     prob
         Simultaneous band coverage used by the tests and plots.
     label_invariant
