@@ -42,7 +42,7 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
-from .diagnostics import RHAT_MAX
+from .diagnostics import PER_OBSERVATION_DIMS, RHAT_MAX
 from .errors import PluralstanError
 
 Method = Literal["auto", "stephens", "pivot"]
@@ -332,6 +332,11 @@ def _max_rhat(ds: xr.Dataset, names: list[str]) -> dict[str, float | None]:
     return out
 
 
+def _is_parameter(da: xr.DataArray) -> bool:
+    """Whether a variable is parameter-like (no per-observation dim such as ``cell``)."""
+    return not set(map(str, da.dims)) & set(PER_OBSERVATION_DIMS)
+
+
 def _worst(rhats: dict[str, float | None]) -> tuple[float, str]:
     finite = {k: v for k, v in rhats.items() if v is not None}
     if not finite:
@@ -355,7 +360,9 @@ def label_switching_report(
     how often draws left it, whether chains settled in different permutations, and the largest
     R-hat of (a) the raw label-dependent variables, (b) the same after relabelling and (c) the
     label-invariant posterior variables (no ``dim``, e.g. ``p_agg`` and ``theta_bar``) and the
-    log density (allocation probabilities are left out of the R-hat sets). Raw R-hat failures
+    log density. Problems are judged on parameter-like variables, as
+    :func:`pluralstan.diagnostics.check` does; per-observation allocation probabilities are left
+    out and label-invariant predictions such as ``p_agg`` are reported only. Raw R-hat failures
     that vanish after relabelling are label switching; failures that survive relabelling, or
     that affect label-invariant quantities, are genuine disagreement between chains (a
     multimodal, poorly identified posterior).
@@ -391,10 +398,11 @@ def label_switching_report(
         chains[str(chain)] = {"dominant_permutation": list(best),
                               "fraction": count / len(seq), "switches": switches}
     disagree = len(set(dominant)) > 1
-    # R-hat on the parameters, not on the allocation probabilities: those are a function of
-    # them, and their many coordinates would exceed any threshold by chance alone
-    alloc_name = allocation_name(post, kwargs.get("allocation"))
-    labelled = [v for v in label_vars(post, dim) if v != alloc_name]
+    # Problems are judged on parameters, as diagnostics.check does: per-observation quantities
+    # (allocation probabilities, per-cell predictions) are functions of them, and the maximum
+    # R-hat over thousands of coordinates exceeds any threshold by chance alone. Label-invariant
+    # predictions (e.g. p_agg) are still reported, for information.
+    labelled = [v for v in label_vars(post, dim) if _is_parameter(post[v])]
     invariant = [str(v) for v, da in post.data_vars.items()
                  if dim not in da.dims and float(da.std()) > 0]
     inv_ds = post[invariant]
@@ -406,6 +414,7 @@ def label_switching_report(
         "relabelled": _max_rhat(relabelled.posterior, labelled),
         "label_invariant": _max_rhat(inv_ds, invariant),
     }
+    judged = {k: v for k, v in rhat["label_invariant"].items() if _is_parameter(inv_ds[k])}
     problems, notes = [], []
     if disagree:
         listing = ", ".join(f"chain {c}: {tuple(v['dominant_permutation'])}"
@@ -425,7 +434,7 @@ def label_switching_report(
             "a label permutation (several modes or a poorly identified component; compare the "
             "chains' relabelled means before summarising)"
         )
-    worst, at = _worst(rhat["label_invariant"])
+    worst, at = _worst(judged)
     if worst > rhat_max:
         problems.append(
             f"R-hat {worst:.3f} > {rhat_max} for the label-invariant {at}: the chains disagree "
