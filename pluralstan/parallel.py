@@ -266,7 +266,7 @@ def prebuild(program: StanProgram, data: Mapping[str, Any], backend: str = "auto
         Whether this call compiled the program (False: it was already in the cache).
     """
     install_worker_cleanup()
-    config = SamplerConfig(chains=1, draws=1, warmup=1, seed=1)
+    config = SamplerConfig(chains=1, draws=1, warmup=20, seed=1)  # 20: no adaptation warning
     sink = io.StringIO()
     try:
         with contextlib.ExitStack() as stack:
