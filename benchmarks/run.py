@@ -684,8 +684,9 @@ def target_threads(s: Settings) -> list[Row]:
         row = with_gradient(Row("6 within-chain threads", f"naive BT, N = {comps.n}, 1 chain",
                                 file_name.removesuffix(".stan"), comps.n, 1, s.draws,
                                 seconds=round(probe["wall"], 2),
-                                note=f"sampler worker used {probe['cpu_per_wall']:.2f} CPU s "
-                                "per wall s"), grad)
+                                note=f"sampler worker: {probe['threads']} threads, "
+                                f"{probe['cpu_per_wall']:.2f} CPU s per wall s of the fit"),
+                            grad)
         if base is None:
             base = grad
         elif min(grad, base) > 0:
@@ -711,10 +712,23 @@ def thread_probe(file_name: str, s: Settings) -> None:
         t0 = time.perf_counter()
         PyStanEngine().sample(program(file_name), data, config(one))
         wall = time.perf_counter() - t0
+    # threads of each sampler worker while it is still alive: TBB starts its own worker
+    # threads the first time reduce_sum runs in parallel (``_processes`` is the executor's
+    # private pid -> process map; no public API lists the workers)
+    threads = max(_thread_count(pid) for pid in services_stub.executor._processes)
     services_stub.executor.shutdown(wait=True)  # reap the worker so its CPU time is counted
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    print(json.dumps({"wall": wall, "cpu_per_wall": cpu / wall}))
+    print(json.dumps({"wall": wall, "cpu_per_wall": cpu / wall, "threads": threads}))
+
+
+def _thread_count(pid: int) -> int:
+    """Number of threads of process ``pid`` (Linux ``/proc``; 0 where unavailable)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
 
 
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
