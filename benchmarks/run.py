@@ -40,6 +40,30 @@ annotator-latent models in NumPyro and PyMC (``benchmarks/peers``, optional extr
 number of judgements, and peak memory; 4 whole workflow scripts and the warm re-run overhead of a
 fit; 6 within-chain parallelism (``reduce_sum``) under PyStan. Target 5 (parallel and distributed
 sweeps) is a feature of :mod:`pluralstan.parallel`, not a benchmark.
+
+Within-chain parallelism (target 6)
+-----------------------------------
+httpstan 4.13 compiles every model with ``STAN_THREADS`` defined (``httpstan/models.py``) but never
+calls Stan's ``init_threadpool_tbb``, so ``STAN_NUM_THREADS`` is ignored and ``reduce_sum`` runs in
+TBB's default arena, one thread per core; the probe counts the sampler worker's threads to show it.
+PyStan also runs one chain per worker process of a pool with one worker per core. So on a machine
+with as many chains as cores (the default here: 2 and 2) threads can only compete with the other
+chains, and the gain per gradient has to pay for ``reduce_sum``'s slicing and its extra autodiff
+stacks; the table reports that trade directly. pluralstan's own models need it least: their
+likelihoods run over sufficient-statistic cells, not judgements. With cmdstanpy
+(``cpp_options={"STAN_THREADS": True}``, ``threads_per_chain=``) the thread count per chain is
+explicit, so one long chain, or fewer chains than cores, can use the spare cores; CmdStan cannot
+be installed on these machines (no network route to its releases), so that is not measured here.
+
+Memory (target 3)
+-----------------
+The annotator model stores its log likelihood per annotator (``log_likelihood["y"]`` with dim
+``annotator``; the unit leave-one-annotator-out LOO needs), so memory grows with annotators x
+draws, never judgements x draws. The model has no option for a per-judgement matrix: a
+judgement's log likelihood is not defined without the annotator's latent type, and the
+type-conditional one (theta_k per draw against ``constant_data`` ``X`` and ``cell_of_row``) can be
+computed from the posterior when wanted. The aggregate and labeled models store one value per
+judgement (dim ``comparison``), expanded in Python from cell-level outcome probabilities.
 """
 
 from __future__ import annotations
