@@ -9,12 +9,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import diagnostics, relabel, simulate, workflow  # noqa: E402
-from .data import Comparisons, read_csv  # noqa: E402
-from .engine import get_engine  # noqa: E402
-from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError  # noqa: E402
-from .fit import fit, load, save  # noqa: E402
-from .models import REGISTRY as models  # noqa: E402
+from . import diagnostics, relabel, simulate, workflow
+from .data import Comparisons, read_csv
+from .engine import get_engine
+from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError
+from .fit import fit, load, save
+from .models import REGISTRY as models
 
 __all__ = [
     "Comparisons",

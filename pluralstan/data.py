@@ -230,7 +230,8 @@ class Comparisons:
             bad = ~np.isin(order, (0.0, 1.0))
             if bad.any():
                 raise PluralstanError(
-                    f"column 'order' has value {_show(order[bad][0])} at {_rows(bad, frame.index)}; "
+                    f"column 'order' has value {_show(order[bad][0])} at "
+                    f"{_rows(bad, frame.index)}; "
                     "accepted: 1 (option a shown first), 0 (option b shown first)"
                 )
             out["order"] = order
@@ -262,7 +263,8 @@ class Comparisons:
         else:
             raise PluralstanError(
                 "no option columns: give either 'item_a' and 'item_b' (item ids) or matching "
-                f"attribute columns 'a_<name>' and 'b_<name>'; columns present: {list(frame.columns)}"
+                "attribute columns 'a_<name>' and 'b_<name>'; columns present: "
+                f"{list(frame.columns)}"
             )
         ann_table = None
         if annotators is not None:
@@ -471,7 +473,9 @@ def _validate_items(
 ) -> tuple[tuple[str, ...], pd.DataFrame | None, tuple[Hashable, ...], Hashable | None]:
     for col in ("item_a", "item_b"):
         if col not in frame.columns:
-            raise PluralstanError(f"items mode needs both 'item_a' and 'item_b'; {col!r} is missing")
+            raise PluralstanError(
+                f"items mode needs both 'item_a' and 'item_b'; {col!r} is missing"
+            )
         _check_ids(frame, col)
         out[col] = frame[col].to_numpy()
     same = (frame["item_a"] == frame["item_b"]).to_numpy()
@@ -493,7 +497,9 @@ def _validate_items(
     table = items.set_index("item") if "item" in items.columns else items
     if table.index.has_duplicates:
         dup = table.index[table.index.duplicated()][0]
-        raise PluralstanError(f"item table lists item {_show(dup)} more than once; item ids must be unique")
+        raise PluralstanError(
+            f"item table lists item {_show(dup)} more than once; item ids must be unique"
+        )
     unknown = [v for v in levels if v not in table.index]
     if unknown:
         raise PluralstanError(
@@ -503,7 +509,10 @@ def _validate_items(
     if table.shape[1] == 0:
         raise PluralstanError("the item table has no feature columns")
     checked = pd.DataFrame(
-        {c: _numeric_column(table.reset_index(drop=True), c, "item feature") for c in table.columns},
+        {
+            c: _numeric_column(table.reset_index(drop=True), c, "item feature")
+            for c in table.columns
+        },
         index=table.index,
     )
     checked.columns = [str(c) for c in checked.columns]
@@ -576,7 +585,9 @@ def read_csv(
         if isinstance(annotators, str | Path)
         else annotators
     )
-    return Comparisons.from_frame(frame, items=item_frame, annotators=ann_frame, reference=reference)
+    return Comparisons.from_frame(
+        frame, items=item_frame, annotators=ann_frame, reference=reference
+    )
 
 
 def _read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -586,7 +597,9 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise PluralstanError(f"{what} file {str(path)!r} is not a readable CSV file: {err}") from err
+        raise PluralstanError(
+            f"{what} file {str(path)!r} is not a readable CSV file: {err}"
+        ) from err
     if frame.shape[1] < 2:
         raise PluralstanError(
             f"{what} file {str(path)!r} parsed to {frame.shape[1]} column(s); is it a "

@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,7 +91,9 @@ class SamplerConfig:
         """Raise :class:`PluralstanError` for settings no engine accepts."""
         for name in ("chains", "draws", "thin", "max_treedepth"):
             if int(getattr(self, name)) < 1:
-                raise PluralstanError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise PluralstanError(
+                    f"{name} must be a positive integer, got {getattr(self, name)!r}"
+                )
         if int(self.warmup) < 0:
             raise PluralstanError(f"warmup must be >= 0, got {self.warmup!r}")
         if not 0.0 < float(self.adapt_delta) < 1.0:
@@ -202,6 +205,31 @@ class PyStanEngine:
         has_module = any(p.suffix == ".so" for p in model_dir.iterdir())
         return has_module and (model_dir / "stderr.log").is_file()
 
+    def _compile(self, program: StanProgram) -> None:
+        """Compile ``program`` straight into httpstan's cache, as httpstan's own handler does.
+
+        ``stan.build`` compiles through an HTTP request whose client gives up after 300 s, which
+        a loaded two-core machine can exceed; compiling here has no such limit, and
+        ``stan.build`` then finds the module in the cache.
+        """
+        import asyncio
+
+        import httpstan.cache
+        import httpstan.compile
+        import httpstan.models
+
+        name = httpstan.models.calculate_model_name(program.code)
+        httpstan.cache.delete_model_directory(name)
+        try:
+            _, stanc_warnings = httpstan.compile.compile(
+                program.code, f"model_{name.split('/')[1]}"
+            )
+        except ValueError as err:
+            raise PluralstanError(f"Stan program {program.name!r} does not compile: {err}") from err
+        httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
+        output = asyncio.run(httpstan.models.build_services_extension_module(program.code))
+        httpstan.cache.dump_services_extension_module_compiler_output(output, name)
+
     def _discard_partial_build(self, program: StanProgram) -> None:
         """Remove a half-written cache entry (an interrupted build) so it is rebuilt cleanly."""
         model_dir = self._model_dir(program)
@@ -217,6 +245,9 @@ class PyStanEngine:
             compiled = not self.is_cached(program)
             if compiled:
                 self._discard_partial_build(program)
+                print(f"pluralstan: compiling Stan program {program.name!r} (once per machine; "
+                      "about a minute)", file=sys.stderr, flush=True)
+                self._compile(program)
             # PyStan reports build progress on stdout/stderr; keep it out of user output
             # unless a compile is actually happening.
             sink = io.StringIO()

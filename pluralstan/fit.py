@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pandas as pd
 from . import diagnostics
 from .data import Comparisons
 from .engine import SamplerConfig, get_engine
-from .errors import PluralstanError
+from .errors import DiagnosticWarning, PluralstanError
 from .inference import provenance, to_inference_data
 from .models import get_model
 
@@ -101,6 +102,12 @@ def fit(
     if check:
         diagnostics.check(idata, max_treedepth=max_treedepth,
                           var_names=diagnostics.parameter_names(idata))
+        if enc.label_dim and chains > 1:  # latent labels: did chains settle in other permutations?
+            from .relabel import label_switching_report
+
+            report = label_switching_report(idata)
+            for problem in report.get("problems", []):
+                warnings.warn(f"{spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
     return idata
 
 

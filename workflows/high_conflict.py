@@ -30,16 +30,16 @@ import warnings
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-import pluralstan as ps  # noqa: E402
-from pluralstan import diagnostics  # noqa: E402
-from pluralstan.outputs import save_figure, script_parser, step, write_table  # noqa: E402
-from pluralstan.plots import plot_forest_by_group  # noqa: E402
-from pluralstan.relabel import relabel  # noqa: E402
-from pluralstan.workflow import (  # noqa: E402
+import pluralstan as ps
+from pluralstan import diagnostics
+from pluralstan.outputs import save_figure, script_parser, step, write_table
+from pluralstan.plots import plot_forest_by_group
+from pluralstan.relabel import relabel
+from pluralstan.workflow import (
     contraction,
     masking_ratio,
     point_estimate_theta,
