@@ -14,7 +14,10 @@
 // gone; M is parameterised by its Cholesky factor with the prior of W'W for W with iid
 // normal(0, prior_W_sd) entries, M ~ Wishart(D, prior_W_sd^2 I) (wishart_cholesky). The
 // prototypes p_k = M^{-1} theta_k / 2 are returned in generated quantities. Prototype labels are
-// fixed by ordering theta's first attribute. The logistic link fixes the scale (PAL leaves h free).
+// left exchangeable: ordering theta's first attribute created a local mode at the constraint
+// boundary that trapped 2 of 4 chains (log density 85 below the mode) in our runs, so
+// label-dependent summaries need relabelling (pluralstan.relabel); M, the user utilities and all
+// probabilities are label-invariant. The logistic link fixes the scale (PAL leaves h free).
 // A reduced-rank map (d' < D) is not offered: the row space of W is then a point on a
 // Grassmannian and the posterior was multimodal in our runs (R-hat 1.6 with d' = 2, D = 3).
 //
@@ -62,13 +65,11 @@ transformed data {
 }
 parameters {
   cholesky_factor_cov[D] L_M;            // Cholesky factor of the metric M = W'W
-  ordered[K] theta_first;                // first attribute of each prototype utility (labels)
-  matrix[K, D - 1] theta_rest;           // remaining attributes
+  matrix[K, D] theta;                    // prototype linear utilities
   array[I] simplex[K] w;                 // each user's weights on the prototypes
   array[has_order] real gamma;           // position (shown-first) effect
 }
 transformed parameters {
-  matrix[K, D] theta = append_col(theta_first, theta_rest);  // prototype linear utilities
   matrix[I, D] beta;                     // user linear utilities, in the prototypes' hull
   for (i in 1:I) {
     beta[i] = w[i]' * theta;
@@ -76,8 +77,7 @@ transformed parameters {
 }
 model {
   L_M ~ wishart_cholesky(D, L_S);
-  theta_first ~ normal(0, prior_theta_sd);
-  to_vector(theta_rest) ~ normal(0, prior_theta_sd);
+  to_vector(theta) ~ normal(0, prior_theta_sd);
   w ~ dirichlet(prior_w_alpha);
   gamma ~ normal(0, prior_order_sd);
   if (!prior_only) {
@@ -88,8 +88,7 @@ model {
 generated quantities {
   // log prior density, for power-scaling sensitivity
   real lprior = wishart_cholesky_lpdf(L_M | D, L_S)
-                + normal_lpdf(theta_first | 0, prior_theta_sd)
-                + normal_lpdf(to_vector(theta_rest) | 0, prior_theta_sd)
+                + normal_lpdf(to_vector(theta) | 0, prior_theta_sd)
                 + dirichlet_lpdf(w | prior_w_alpha)
                 + normal_lpdf(gamma | 0, prior_order_sd);
   matrix[D, D] M = multiply_lower_tri_self_transpose(L_M);  // the metric W'W

@@ -20,8 +20,11 @@ implemented; neither is a reduced-rank map (d' < D), whose posterior was multimo
 (the row space of W is a point on a Grassmannian; R-hat 1.6 with d' = 2, D = 3).
 
 Identification. Distances are invariant to rotations of the latent space (W -> R W); sampling M
-instead of W removes them. Prototype labels are fixed by ordering theta's first attribute. The
-data identify M, every user's utility U_i(x) = beta_i' x - x' M x, preference probabilities
+instead of W removes them. Prototype labels are exchangeable (an ordering constraint on theta's
+first attribute trapped 2 of 4 chains in a local mode at the constraint boundary, 85 units of
+log density below the mode, in our runs), so label-dependent summaries (theta, w, pi, proto)
+need :mod:`pluralstan.relabel` across chains. The data identify M, every user's utility
+U_i(x) = beta_i' x - x' M x, preference probabilities
 (:func:`preference_probability`) and user-by-user agreement (:func:`agreement`). The prototypes
 (vertices of a simplex containing the users' beta_i) and hence the weights w_i are only weakly
 identified: a larger simplex fits equally well and only the priors pull the vertices in.
@@ -243,8 +246,8 @@ def encode(
         predictive={"y_rep": "y"},
         log_lik=lambda v: {"y": v["log_lik"]},
         log_lik_dims={"y": ["annotator"]},
-        # the raw Cholesky / ordered parameters are kept only through M and theta
-        drop=("log_lik", "L_M", "theta_first", "theta_rest"),
+        # the Cholesky factor is kept only through M
+        drop=("log_lik", "L_M"),
         optional_scalars=("gamma",),
         label_dim="group",
         extra_attrs={"order_effect": int(has_order)},
@@ -302,11 +305,11 @@ def simulate(
 
     A pool of ``n_items`` options has attributes x ~ normal(0, item_sd^2 I_D) (PAL section 4.1:
     item_sd = 1 / sqrt(D), the default). Unless given, M = W'W with W iid normal(0, W_sd) (D x D)
-    and the prototype utilities theta_k ~ normal(0, theta_sd), labelled in increasing order of
-    their first attribute. Each annotator has weights w_i ~ Dirichlet(w_alpha) (PAL's *mixture*
-    setting) or, with ``partition=True``, sits on prototype ``i mod K`` (PAL's *partition*
-    setting, the alpha -> 0 limit). Each annotator judges ``judgements`` pairs of distinct items
-    drawn uniformly, each independently with P(a > b) = logistic(beta_i'(a - b) - (a'Ma - b'Mb)).
+    and the prototype utilities theta_k ~ normal(0, theta_sd). Each annotator has weights
+    w_i ~ Dirichlet(w_alpha) (PAL's *mixture* setting) or, with ``partition=True``, sits on
+    prototype ``i mod K`` (PAL's *partition* setting, the alpha -> 0 limit). Each annotator
+    judges ``judgements`` pairs of distinct items drawn uniformly, each independently with
+    P(a > b) = logistic(beta_i'(a - b) - (a'Ma - b'Mb)).
 
     Returns
     -------
@@ -330,7 +333,6 @@ def simulate(
     if M.shape != (D, D) or theta.shape != (K, D):
         raise PluralstanError(f"M must be ({D}, {D}) and theta ({K}, {D}); got {M.shape} and "
                               f"{theta.shape}")
-    theta = theta[np.argsort(theta[:, 0], kind="stable")]
     if partition:
         w = np.eye(K)[np.arange(n_annotators) % K]
     else:
