@@ -166,6 +166,30 @@ def build_lock(program: StanProgram, engine: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _patient_stanc(seconds: float = 600.0) -> Iterator[None]:
+    """Give httpstan's stanc call a long timeout while a program is built.
+
+    httpstan runs stanc through ``subprocess.run(..., timeout=1)``, which a loaded machine can
+    exceed; its module-level ``subprocess`` reference is swapped for one whose ``run`` waits up
+    to ``seconds`` (httpstan.compile uses nothing else from ``subprocess``).
+    """
+    import subprocess
+    import types
+
+    import httpstan.compile
+
+    def run(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return subprocess.run(*args, timeout=max(timeout or 0.0, seconds), **kwargs)
+
+    saved = httpstan.compile.subprocess
+    httpstan.compile.subprocess = types.SimpleNamespace(run=run)
+    try:
+        yield
+    finally:
+        httpstan.compile.subprocess = saved
+
+
 def _stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
     """Turn PyStan's ``(*shape, draw * chain)`` (draw-major) into ``(chain, draw, *shape)``."""
     shape = flat.shape[:-1]
@@ -220,14 +244,17 @@ class PyStanEngine:
 
         name = httpstan.models.calculate_model_name(program.code)
         httpstan.cache.delete_model_directory(name)
-        try:
-            _, stanc_warnings = httpstan.compile.compile(
-                program.code, f"model_{name.split('/')[1]}"
-            )
-        except ValueError as err:
-            raise PluralstanError(f"Stan program {program.name!r} does not compile: {err}") from err
-        httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
-        output = asyncio.run(httpstan.models.build_services_extension_module(program.code))
+        with _patient_stanc():
+            try:
+                _, stanc_warnings = httpstan.compile.compile(
+                    program.code, f"model_{name.split('/')[1]}"
+                )
+            except ValueError as err:
+                raise PluralstanError(
+                    f"Stan program {program.name!r} does not compile: {err}"
+                ) from err
+            httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
+            output = asyncio.run(httpstan.models.build_services_extension_module(program.code))
         httpstan.cache.dump_services_extension_module_compiler_output(output, name)
 
     def _discard_partial_build(self, program: StanProgram) -> None:

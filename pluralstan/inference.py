@@ -22,7 +22,8 @@ def _split(draws: Draws, enc: Encoded) -> tuple[dict, dict, dict]:
         if name in enc.drop:
             internal[name] = arr
         elif name in enc.predictive:
-            predictive[enc.predictive[name]] = arr
+            if arr.size:  # a model may be asked not to replicate the data
+                predictive[enc.predictive[name]] = arr
         elif name in enc.optional_scalars:
             if arr.size:
                 posterior[name] = arr[..., 0]

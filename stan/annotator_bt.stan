@@ -89,6 +89,7 @@ data {
   real prior_log_nu_mean;                  // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
   real<lower=0> prior_log_nu_sd;
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
+  int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -177,7 +178,8 @@ generated quantities {
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
   vector[I] log_lik;           // log p(y_i | theta, pi): the unit of leave-one-annotator-out
   matrix[I, K] membership;     // P(z_i = k | y_i, theta, pi); pi itself when prior_only
-  array[C, 2 + has_ties] int y_rep;  // replicated counts per cell, same annotators
+  // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
+  array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
@@ -188,7 +190,7 @@ generated quantities {
       membership[i] = prior_only ? pi' : exp(lp[i] - log_lik[i]);
       z[i] = categorical_rng(membership[i]');
     }
-    for (c in 1:C) {
+    for (c in 1:size(y_rep)) {
       real eta = X[c] * theta[z[ann[c]]]';
       if (has_order) {
         eta += gamma[1] * order[c];

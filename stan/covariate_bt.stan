@@ -93,6 +93,7 @@ data {
   real prior_log_nu_mean;                  // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
   real<lower=0> prior_log_nu_sd;
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
+  int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -187,7 +188,8 @@ generated quantities {
   vector[K] pi;                // type shares averaged over these annotators
   vector[I] log_lik;           // log p(y_i | theta, beta, w_i): leave-one-annotator-out unit
   matrix[I, K] membership;     // P(z_i = k | y_i, w_i, theta, beta); pi_annotator if prior_only
-  array[C, 2 + has_ties] int y_rep;  // replicated counts per cell, same annotators
+  // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
+  array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
     matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
@@ -202,7 +204,7 @@ generated quantities {
       z[i] = categorical_rng(membership[i]');
     }
     pi = (rep_row_vector(1.0 / I, I) * pi_annotator)';
-    for (c in 1:C) {
+    for (c in 1:size(y_rep)) {
       real eta = X[c] * theta[z[ann[c]]]';
       if (has_order) {
         eta += gamma[1] * order[c];

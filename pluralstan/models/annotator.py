@@ -234,6 +234,7 @@ def encode(
     ordered_attribute: str | None = None,
     ties: bool | None = None,
     order: bool | None = None,
+    replicate: bool = True,
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -259,6 +260,9 @@ def encode(
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
         Estimate a position effect; default: when the table records presentation order.
+    replicate
+        Generate replicated data ``y_rep`` (posterior predictive checks, SBC). On large data
+        (one cell per annotator and pair) it is the bulk of the output: ``False`` skips it.
 
     Raises
     ------
@@ -270,6 +274,7 @@ def encode(
         comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
         order=order,
     )
+    data["replicate"] = int(replicate)
     data["prior_pi_alpha"] = positive(
         broadcast_prior(p["pi_alpha"], data["K"], "pi_alpha"), "pi_alpha"
     )

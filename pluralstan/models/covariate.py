@@ -167,6 +167,7 @@ def encode(
     reference_levels: Mapping[str, Hashable] | None = None,
     ties: bool | None = None,
     order: bool | None = None,
+    replicate: bool = True,
 ) -> Encoded:
     """Encode a comparison table and its annotator table for covariate-informed mixing.
 
@@ -186,7 +187,7 @@ def encode(
         :func:`pluralstan.models.annotator.encode`.
     reference_levels
         Reference level per categorical covariate (see :func:`encode_covariates`).
-    ties, order
+    ties, order, replicate
         As in the annotator model.
 
     Raises
@@ -205,6 +206,7 @@ def encode(
         comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
         order=order,
     )
+    data["replicate"] = int(replicate)
     W, names, encoding = encode_covariates(comps.annotators, comps.annotator_levels,
                                            reference_levels)
     Q = W.shape[1]
