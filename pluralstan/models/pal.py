@@ -466,7 +466,9 @@ def preference_probability(
         names = ["M", "theta"] + (["gamma"] if "gamma" in post else [])
         flat = post[names].stack(sample=("chain", "draw"))
         flat = flat.drop_vars(["sample", "chain", "draw"])
-        pick = idata_new.constant_data["seen_sample"].values[new["seen_draw"].values - 1]
+        # Stan's integer outputs arrive as floats from some engines
+        draw_index = new["seen_draw"].values.astype(np.int64) - 1
+        pick = idata_new.constant_data["seen_sample"].values[draw_index]
         pick = xr.DataArray(pick, dims=("chain", "draw", "annotator"),
                             coords={"chain": new.chain, "draw": new.draw})
         shared = flat.isel(sample=pick).isel(annotator=code)
