@@ -18,6 +18,12 @@ each program once before fanning out (in this process for the local pool, whose 
 this machine's compile cache; on every worker for Dask, which may span machines). The engine's
 per-program file lock makes concurrent builds on one machine compile once.
 
+On a cluster, start a scheduler and workers (``dask scheduler``; ``dask worker tcp://host:8786
+--nthreads 1`` on each machine, one thread per worker because every fit already runs its chains
+in parallel processes) and pass ``scheduler="tcp://host:8786"``. Job functions must be importable
+on the workers (install pluralstan there); stored results are pickles, so read ``out_dir`` only if
+you trust who wrote it.
+
 Examples
 --------
 >>> from pluralstan.parallel import Job, run_jobs                  # doctest: +SKIP
