@@ -7,14 +7,12 @@ from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize
 from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
 from .predict import PairTable, observed_frequencies, pair_table, preference_probability
 from .report import DisclosureReport, disclosure_report
-from .sbc import SBCResult, sbc
 from .sensitivity import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
 
 __all__ = [
     "AuditResult",
     "DisclosureReport",
     "PairTable",
-    "SBCResult",
     "aggregation_audit",
     "annotator_log_likelihood",
     "audit_rewards",
@@ -38,7 +36,6 @@ __all__ = [
     "ppc_frequencies",
     "preference_probability",
     "replicated_frequencies",
-    "sbc",
     "split_pairs",
     "summarize_masking",
 ]
