@@ -62,7 +62,10 @@ def fit_all(train: ps.Comparisons, sampler: dict, seed: int) -> dict:
         with step(f"fitting {name}"), warnings.catch_warnings():
             warnings.simplefilter("ignore", ps.DiagnosticWarning)  # recorded on the fit instead
             K = None if name == "aggregate" else 2
-            idata = ps.fit(name, train, K=K, seed=seed, sample_prior=True, **sampler)
+            # the annotator model's y_rep has one cell per annotator and pair (15,000 here):
+            # the table needs no replicated data, and skipping it makes sampling ~9x faster
+            options = {"replicate": False} if name == "annotator" else {}
+            idata = ps.fit(name, train, K=K, seed=seed, sample_prior=True, **sampler, **options)
             if name in LATENT:
                 idata, _ = relabel(idata)
             fits[name] = idata
