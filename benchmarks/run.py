@@ -778,7 +778,7 @@ def markdown(frame: pd.DataFrame, info: dict[str, Any], command: str) -> str:
     header = "| " + " | ".join(shown.columns) + " |"
     lines += [header, "|" + "---|" * len(shown.columns)]
     for _, r in shown.iterrows():
-        cells = (str(v).replace("|", "/") for v in r.to_numpy())
+        cells = (str(v).replace("|", "\\|") for v in r.to_numpy())
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
