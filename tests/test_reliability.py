@@ -640,7 +640,7 @@ def _mixture_comps(seed: int = 2) -> ps.Comparisons:
 def test_same_data_seed_and_engine_give_bit_identical_mixture_draws() -> None:
     """Annotator-level K = 2 mixture, run twice with seed 7 and once with seed 8."""
     comps = _mixture_comps()
-    settings = {"K": 2, "chains": 2, "draws": 150, "warmup": 150}
+    settings = {"K": 2, "chains": 2, "draws": 100, "warmup": 100}
     first = _quiet_fit("annotator", comps, seed=7, **settings)
     again = _quiet_fit("annotator", comps, seed=7, **settings)
     other = _quiet_fit("annotator", comps, seed=8, **settings)
@@ -682,16 +682,19 @@ def test_every_model_records_provenance_in_every_group_and_on_disk(model: str,
 
 
 def test_data_hash_changes_when_one_judgement_changes() -> None:
-    """Flipping one outcome changes data_sha256 and nothing else in the provenance."""
-    comps = ps.simulate.bt([1.0, -0.5], n_pairs=10, judgements_per_pair=3, seed=4)
+    """Flipping one outcome changes the hash a fit records (``data_sha256 == data_hash(comps)``
+    is asserted on real fits of every model above); restoring it gives the hash back."""
+    comps = _mixture_comps()
     frame = comps.to_frame()
     frame.loc[7, "y"] = 1.0 - frame.loc[7, "y"]
     flipped = ps.Comparisons.from_frame(frame)
-    a = _quiet_fit("aggregate", comps, seed=3, **TINY).posterior.attrs
-    b = _quiet_fit("aggregate", flipped, seed=3, **TINY).posterior.attrs
-    assert a["data_sha256"] != b["data_sha256"]
-    for key in ("pluralstan_version", "engine_version", "stan_program_sha256", "seed"):
-        assert a[key] == b[key], key
+    assert data_hash(flipped) != data_hash(comps)
+    frame.loc[7, "y"] = 1.0 - frame.loc[7, "y"]
+    assert data_hash(ps.Comparisons.from_frame(frame)) == data_hash(comps)
+    people = pd.DataFrame({"annotator": list(comps.annotator_levels), "age": np.arange(12.0)})
+    older = people.assign(age=people["age"].where(people.index != 3, 99.0))
+    assert data_hash(ps.Comparisons.from_frame(comps.frame, annotators=people)) != data_hash(
+        ps.Comparisons.from_frame(comps.frame, annotators=older))
 
 
 # ---------------------------------------------------------------------- diagnostics
