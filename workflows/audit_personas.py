@@ -109,7 +109,7 @@ def latent_predict(idata, X: np.ndarray, users: np.ndarray, levels: list,
         ll = np.where(ys[None, :, None] == 1, log_expit(eta), log_expit(-eta))  # (S, M, K)
         new = pd.Index(pd.unique(users))
         per_user = np.zeros((theta.shape[0], len(new), theta.shape[1]))
-        np.add.at(per_user, (slice(None), new.get_indexer(us)), ll.transpose(1, 0, 2))
+        np.add.at(per_user, (slice(None), new.get_indexer(us)), ll)
         log_w = log_w + per_user[:, new.get_indexer(users), :]
     w = np.exp(log_w - logsumexp(log_w, axis=2, keepdims=True))
     return (util * w).sum(axis=2).mean(axis=0)
