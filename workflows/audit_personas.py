@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                          "diagnostics": ps.diagnostics.flag(idata) or "ok"})
     table = pd.DataFrame(rows).set_index(["model", "split"])
     if "annotator" in fits:
-        member = fits["annotator"].posterior["membership"].mean(("chain", "draw"))
+        from pluralstan.relabel import relabel
+
+        # label-dependent summary: relabel draw by draw (Stephens) before averaging
+        member = relabel(fits["annotator"])[0].posterior["membership"].mean(("chain", "draw"))
         best = member.transpose("annotator", "group").values.argmax(axis=1)
         truth = train.frame.drop_duplicates("annotator")["group"].to_numpy()
         table["ari_train_users"] = np.nan
