@@ -95,7 +95,7 @@ def test_cems_groups_and_figures(cems):
 def test_taxes_tables_have_the_promised_rows(taxes):
     _, out = taxes
     agg = pd.read_csv(out / "aggregate.csv", index_col="attribute")
-    assert "80 respondents per party" in (out / "report.md").read_text()
+    assert "40 respondents per party" in (out / "report.md").read_text()
     assert len(agg) == 25 and np.isfinite(agg[["mean", "sd", "q5", "q95"]].to_numpy()).all()
     party = pd.read_csv(out / "by_party.csv")
     assert party.groupby("fit").size().eq(25).all() and party["fit"].nunique() == 3

@@ -194,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-party", type=int, default=None,
                    help="use only this many respondents per party (a seeded random subset)")
     p.add_argument("--quick", action="store_true",
-                   help="CI subset: 80 respondents per party, 300 draws per chain, latent "
+                   help="CI subset: 40 respondents per party, 2 chains x 300 draws, latent "
                         "model with K = 2 only, no covariate model")
     p.add_argument("--models", default="labeled,annotator,covariate",
                    help="comma-separated optional models to use when registered: 'labeled' "
@@ -203,7 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.draws = min(args.draws, 300)
-        args.per_party = min(args.per_party or 80, 80)
+        args.chains = min(args.chains, 2)
+        args.per_party = min(args.per_party or 40, 40)
         args.models = ",".join(m for m in args.models.split(",") if m != "covariate")
     args.models = [m for m in args.models.split(",") if m in ps.models]
     return args
