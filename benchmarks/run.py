@@ -7,7 +7,8 @@ Run from the repository root::
     python benchmarks/run.py --targets 1 3 --out benchmarks/results
 
 It prints one table and writes ``benchmarks.csv``, ``benchmarks.md`` and ``machine.json`` to the
-output folder (default ``benchmarks/results``). Every ratio is measured side by side in one run,
+output folder (default ``benchmarks/results``, git-ignored; the latest full table is kept as
+``benchmarks/latest_results.{md,csv}``). Every ratio is measured side by side in one run,
 on the same data with the same number of chains, warm-up iterations and draws, because the
 machines these run on are shared and noisy: read ratios, not absolute seconds.
 
