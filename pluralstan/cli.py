@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import PluralstanError
+from .outputs import write_atomic
 
 EPILOG = """\
 The comparison CSV has one row per judgement: columns `y` (1 = option a preferred, 0 = b
@@ -47,14 +46,6 @@ def _parse_prior(items: Sequence[str]) -> dict[str, object]:
     return priors
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered models."""
     from .models import REGISTRY
@@ -74,10 +65,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         comps = simulate.high_conflict(n_pairs=args.pairs, n_annotators=args.annotators,
                                        pairs_per_annotator=args.per_annotator, seed=args.seed)
     else:
-        theta = [float(v) for v in args.theta.split(",")]
+        try:
+            theta = [float(v) for v in args.theta.split(",")]
+        except ValueError:
+            raise PluralstanError(
+                f"--theta expects comma-separated numbers (e.g. 1,-1,0.5), got {args.theta!r}"
+            ) from None
         comps = simulate.bt(theta, n_pairs=args.pairs, judgements_per_pair=args.annotators,
                             seed=args.seed)
-    _write_atomic(Path(args.out), comps.to_frame().to_csv(index=False))
+    write_atomic(Path(args.out), comps.to_frame().to_csv(index=False))
     print(f"wrote {comps.n} judgements to {args.out}")
     return 0
 

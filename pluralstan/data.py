@@ -30,6 +30,7 @@ and :meth:`Comparisons.design`: identical judgements collapse to counts per dist
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -199,6 +200,12 @@ class Comparisons:
             raise PluralstanError("the comparison table is empty: it needs at least one judgement")
         frame = frame.reset_index(drop=True)
         frame.index = pd.RangeIndex(len(frame))
+        _check_columns(frame)
+        for table, what in ((items, "item table"), (annotators, "annotator table")):
+            if table is not None and not isinstance(table, pd.DataFrame):
+                raise PluralstanError(
+                    f"the {what} must be a pandas DataFrame, got {type(table).__name__}"
+                )
         out = pd.DataFrame(index=frame.index)
 
         # outcome
@@ -224,6 +231,7 @@ class Comparisons:
             out["annotator"] = np.arange(len(frame))
         if "group" in frame.columns:
             _check_ids(frame, "group")
+            _check_one_type(frame, "group")
             out["group"] = frame["group"].to_numpy()
         if "order" in frame.columns:
             order = _numeric_column(frame, "order", "order")
@@ -300,7 +308,7 @@ class Comparisons:
         """Sorted distinct group labels (empty when unlabeled)."""
         if not self.has_groups:
             return ()
-        return tuple(pd.unique(self.frame["group"].sort_values()))
+        return tuple(sorted(pd.unique(self.frame["group"]), key=lambda v: (str(type(v)), v)))
 
     @property
     def annotator_levels(self) -> tuple[Hashable, ...]:
@@ -430,6 +438,39 @@ class Comparisons:
 
 
 # ---------------------------------------------------------------------- helpers
+def _check_columns(frame: pd.DataFrame) -> None:
+    """Refuse duplicate column names and unknown columns that look like a misspelled one."""
+    dup = frame.columns[frame.columns.duplicated()]
+    if len(dup):
+        raise PluralstanError(
+            f"column {_show(dup[0])} appears more than once in the comparison table; "
+            "column names must be unique"
+        )
+    for col in frame.columns:
+        if not isinstance(col, str) or col in RESERVED or col.startswith(("a_", "b_")):
+            continue
+        close = difflib.get_close_matches(col.lower(), RESERVED, n=1, cutoff=0.75)
+        if close and close[0] not in frame.columns:
+            raise PluralstanError(
+                f"column {col!r} is not a column pluralstan reads; did you mean {close[0]!r}? "
+                f"known columns: {list(RESERVED)} and a_<name> / b_<name>"
+            )
+
+
+def _check_one_type(frame: pd.DataFrame, column: str) -> None:
+    """Refuse a label column that mixes value types (e.g. ``1`` and ``"1"``): they would be
+    different labels that print the same."""
+    kinds = frame[column].map(lambda v: "number" if isinstance(v, int | float | np.number)
+                              else type(v).__name__)
+    if kinds.nunique() > 1:
+        first = kinds.iloc[0]
+        raise PluralstanError(
+            f"column {column!r} mixes label types ({sorted(kinds.unique())}): row "
+            f"{int(np.flatnonzero(kinds.to_numpy() != first)[0])} is not a {first} like row 0; "
+            f"use one type for every {column} label"
+        )
+
+
 def _check_ids(frame: pd.DataFrame, column: str) -> None:
     missing = frame[column].isna()
     if missing.any():

@@ -89,6 +89,11 @@ class SamplerConfig:
 
     def validate(self) -> None:
         """Raise :class:`PluralstanError` for settings no engine accepts."""
+        for name in ("chains", "draws", "thin", "max_treedepth", "warmup", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                kind = "a non-negative" if name in ("warmup", "seed") else "a positive"
+                raise PluralstanError(f"{name} must be {kind} integer, got {value!r}")
         for name in ("chains", "draws", "thin", "max_treedepth"):
             if int(getattr(self, name)) < 1:
                 raise PluralstanError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import tempfile
 import warnings
@@ -86,6 +88,7 @@ def fit(
         raise PluralstanError(f"model {spec.name!r} needs the number of components K")
     config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth)
     config.validate()
+    _check_options(spec.name, spec.encode, options)
     enc = spec.encode(comps, K=K, priors=priors, **options)  # validates before any Stan code
     engine = get_engine(backend)
     program = spec.program
@@ -109,6 +112,19 @@ def fit(
             for problem in report.get("problems", []):
                 warnings.warn(f"{spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
     return idata
+
+
+def _check_options(model: str, encode: Any, options: dict[str, Any]) -> None:
+    """Refuse keyword options the model's encoder does not take, naming the accepted ones."""
+    params = inspect.signature(encode).parameters
+    accepted = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    for name in options:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PluralstanError(
+                f"unknown option {name!r} for model {model!r}{hint} accepted options: {accepted}"
+            )
 
 
 def _priors_of(data: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from .data import Comparisons
 from .errors import PluralstanError
+from .outputs import write_atomic
 
 #: Environment variable naming the data folder.
 ENV_VAR = "PLURALSTAN_DATA"
@@ -95,15 +96,26 @@ def data_dir(folder: str | Path | None = None) -> Path:
     )
 
 
-def _read(folder: Path, name: str, **kwargs) -> pd.DataFrame:
-    """Read one CSV file of the data folder, with an error naming the path when missing."""
+def _read(folder: Path, name: str, required: Sequence[str] = (), **kwargs) -> pd.DataFrame:
+    """Read one CSV file of the data folder, naming the path when it is missing, is not CSV
+    or lacks one of the ``required`` columns."""
     path = folder / name
     if not path.is_file():
         raise PluralstanError(
             f"data file {str(path)!r} does not exist; check the data folder (argument folder= "
             f"or the environment variable {ENV_VAR})"
         )
-    return pd.read_csv(path, **kwargs)
+    try:
+        table = pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise PluralstanError(f"data file {str(path)!r} is not a readable CSV file: {err}") from err
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise PluralstanError(
+            f"data file {str(path)!r} has no column {missing[0]!r}; it needs {list(required)}, "
+            f"columns present: {list(table.columns)}"
+        )
+    return table
 
 
 def _recode(y: pd.Series, path: str) -> np.ndarray:
@@ -134,8 +146,9 @@ def _load_items(
     stem: str, folder: str | Path | None, group: str | None, reference: str | None
 ) -> Comparisons:
     root = data_dir(folder)
-    comps = _read(root, f"{stem}_comparisons.csv")
-    people = _read(root, f"{stem}_annotators.csv").rename(columns={"annotator_id": "annotator"})
+    comps = _read(root, f"{stem}_comparisons.csv", ("annotator_id", "item_a", "item_b", "y"))
+    people = _read(root, f"{stem}_annotators.csv", ("annotator_id",))
+    people = people.rename(columns={"annotator_id": "annotator"})
     frame = pd.DataFrame({
         "annotator": comps["annotator_id"].to_numpy(),
         "item_a": comps["item_a"].to_numpy(),
@@ -571,9 +584,7 @@ def write_table(frame: pd.DataFrame, out: Path, name: str, caption: str = "") ->
     out.mkdir(parents=True, exist_ok=True)
     md = (f"{caption}\n\n" if caption else "") + markdown_table(frame)
     for suffix, text in ((".csv", frame.to_csv()), (".md", md)):
-        tmp = out / f".{name}{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / f"{name}{suffix}")
+        write_atomic(out / f"{name}{suffix}", text)
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:

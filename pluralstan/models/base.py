@@ -156,7 +156,12 @@ def merge_priors(spec_defaults: Mapping[str, Any], priors: Mapping[str, Any] | N
 
 def broadcast_prior(value: Any, size: int, name: str) -> np.ndarray:
     """A scalar or length-``size`` prior hyperparameter as a float vector."""
-    arr = np.asarray(value, dtype=float)
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise PluralstanError(
+            f"prior {name!r} must be a number or a list of {size} numbers, got {value!r}"
+        ) from None
     if arr.ndim == 0:
         return np.full(size, float(arr))
     if arr.shape != (size,):
