@@ -142,13 +142,17 @@ def theta_table(fits: dict) -> pd.DataFrame:
 
 def figures(fits: dict, masking: pd.DataFrame, truth: dict, out) -> None:
     """Forest plot of theta per model and the masking-ratio intervals."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 6.5), sharex=True)
-    for ax, name in zip(axes, MODELS[1:], strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6.5), sharex=True)
+    for i, (ax, name) in enumerate(zip(axes, MODELS[1:], strict=True)):
         plot_forest_by_group(fits[name], truth=truth, reference=fits["aggregate"], ax=ax)
-        ax.set_title(f"{name} 2-mixture vs aggregate {diagnostics.flag(fits[name])}"[:90],
-                     fontsize=10)
+        failed = " [diagnostics failed: see table1.md]" if diagnostics.failed(fits[name]) else ""
+        ax.set_title(f"{name} 2-mixture{failed}", fontsize=10,
+                     color="firebrick" if failed else "black")
+        if i < 2 and ax.get_legend() is not None:  # one legend, on the last panel
+            ax.get_legend().remove()
     fig.suptitle("High-conflict population: subgroup posteriors (90% / 50% intervals), "
                  "truth marked, aggregate posterior in grey")
+    fig.tight_layout()
     save_figure(fig, out / "forest.png")
 
     ratio = masking[masking["quantity"] == "ratio"]
