@@ -48,6 +48,7 @@ from scipy.special import expit, log_expit
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
+from pluralstan.outputs import save_figure
 
 #: Largest accepted |posterior mean - Davidson ML estimate| on the logit scale. The posterior
 #: sd of each ability is about 0.08 and the prior (sd 2.5) is negligible against 4,454
@@ -239,8 +240,7 @@ def plot_abilities(table: pd.DataFrame, path: Path, flag: str) -> None:
                  fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_by_group(table: pd.DataFrame, path: Path) -> None:
@@ -262,8 +262,7 @@ def plot_by_group(table: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel(f"ability ({REFERENCE} = 0), 90% interval")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- main

@@ -43,6 +43,7 @@ from scipy.special import expit, log_expit, logsumexp
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
+from pluralstan.outputs import save_figure
 
 
 def split(comps: Comparisons, unseen_share: float, holdout: float, shots: int, seed: int
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png")
     print(realdata.markdown_table(table))
     lines = ["# Persona semi-synthetic audit", "",
              f"{comps.n} judgements by {len(comps.annotator_levels)} simulated users of the "

@@ -35,6 +35,7 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
+from pluralstan.outputs import save_figure
 
 
 def _sampler(args: argparse.Namespace) -> dict:
@@ -97,8 +98,7 @@ def plot_statements(table: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_xlabel(f"ability (reference {table.index[table['sd'] == 0][0]} = 0), +-2 sd")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,6 +43,7 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
+from pluralstan.outputs import save_figure
 
 PARTIES = ("Democrat", "Independent", "Republican")
 #: Attribute whose coefficient orders the latent types (identify="ordered").
@@ -177,8 +178,7 @@ def plot_effects(aggregate: pd.DataFrame, by_party: pd.DataFrame, path: Path) ->
     ax.set_xlabel("effect on log-odds of choosing the plan (vs reference level)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
