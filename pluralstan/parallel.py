@@ -44,7 +44,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -58,6 +57,7 @@ import pandas as pd
 
 from .engine import SamplerConfig, StanProgram, get_engine
 from .errors import PluralstanError
+from .outputs import write_atomic
 
 #: Job keys become file names: letters, digits, ``.``, ``_`` and ``-`` only.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -294,28 +294,16 @@ def _result_path(out_dir: Path, key: str) -> Path:
     return out_dir / f"{key}{RESULT_SUFFIX}"
 
 
-def _write_whole(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _store(out_dir: Path, job: Job, result: JobResult) -> None:
     """Keep a success (pickle with its fingerprint) or a failure note (text, rerun on resume)."""
     error_path = out_dir / f"{job.key}{ERROR_SUFFIX}"
     if result.ok:
         payload = {"fingerprint": job.fingerprint(), "value": result.value,
                    "seconds": result.seconds, "seed": job.seed}
-        _write_whole(_result_path(out_dir, job.key), pickle.dumps(payload, protocol=4))
+        write_atomic(_result_path(out_dir, job.key), pickle.dumps(payload, protocol=4))
         error_path.unlink(missing_ok=True)
     else:
-        _write_whole(error_path, f"{result.message}\n\n{result.error}".encode())
+        write_atomic(error_path, f"{result.message}\n\n{result.error}".encode())
 
 
 def _load_stored(out_dir: Path, job: Job) -> JobResult | None:

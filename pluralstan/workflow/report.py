@@ -23,8 +23,6 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from .. import diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
 from ..fit import save
+from ..outputs import write_atomic
 from .contraction import contraction
 from .masking import masking_ratio, point_estimate_theta, summarize_masking
 from .sensitivity import power_scaling
@@ -154,20 +153,6 @@ def _png(fig: plt.Figure) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _write_whole(path: Path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _marked(text: str, idata: az.InferenceData) -> str:
@@ -455,11 +440,11 @@ def disclosure_report(
         paths[f"fit_{name}"] = save(idata, out / "fits" / f"{name}.nc")
     for i, (label, idata) in enumerate((sensitivity_fits or {}).items()):
         paths[f"fit_sensitivity_{i}"] = save(idata, out / "fits" / f"sensitivity_{i}.nc")
-        _write_whole(out / "fits" / f"sensitivity_{i}.label.txt", label.encode())
+        write_atomic(out / "fits" / f"sensitivity_{i}.label.txt", label.encode())
     for name, png in figures.items():
-        paths[f"figure_{name}"] = _write_whole(out / "figures" / f"{name}.png", png)
+        paths[f"figure_{name}"] = write_atomic(out / "figures" / f"{name}.png", png)
     doc.text("Files: " + ", ".join(str(p.relative_to(out)) for p in paths.values()) + ".")
     markdown, page = doc.markdown(), doc.html(title)
-    paths["markdown"] = _write_whole(out / "report.md", markdown.encode())
-    paths["html"] = _write_whole(out / "report.html", page.encode())
+    paths["markdown"] = write_atomic(out / "report.md", markdown.encode())
+    paths["html"] = write_atomic(out / "report.html", page.encode())
     return DisclosureReport(markdown, page, paths, tables)
