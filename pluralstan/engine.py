@@ -153,6 +153,15 @@ class Engine(Protocol):
     ) -> Draws:  # pragma: no cover - protocol
         """Run NUTS and return the draws."""
 
+    def generate(
+        self, program: StanProgram, data: dict[str, Any], params: dict[str, Any], seed: int
+    ) -> dict[str, np.ndarray]:  # pragma: no cover - protocol
+        """Evaluate transformed parameters and generated quantities at fixed parameter values.
+
+        One draw of Stan's ``fixed_param`` sampler started at ``params`` (constrained values of
+        the ``parameters`` block): every output with a leading draw axis of length 1.
+        """
+
 
 @contextlib.contextmanager
 def build_lock(program: StanProgram, engine: str) -> Iterator[None]:
@@ -268,11 +277,13 @@ class PyStanEngine:
         if model_dir.is_dir() and not self.is_cached(program):
             shutil.rmtree(model_dir, ignore_errors=True)
 
-    def sample(self, program: StanProgram, data: dict[str, Any], config: SamplerConfig) -> Draws:
-        """Build (or load from cache) and sample with PyStan."""
+    def _build(self, program: StanProgram, data: dict[str, Any], seed: int) -> tuple[Any, bool]:
+        """Compile ``program`` once per machine, then instantiate it with ``data``.
+
+        Returns the PyStan model and whether this call compiled.
+        """
         import stan
 
-        t0 = time.perf_counter()
         with build_lock(program, self.name):
             compiled = not self.is_cached(program)
             if compiled:
@@ -287,7 +298,13 @@ class PyStanEngine:
                 if not compiled:
                     stack.enter_context(contextlib.redirect_stdout(sink))
                     stack.enter_context(contextlib.redirect_stderr(sink))
-                model = stan.build(program.code, data=data, random_seed=int(config.seed))
+                model = stan.build(program.code, data=data, random_seed=int(seed))
+        return model, compiled
+
+    def sample(self, program: StanProgram, data: dict[str, Any], config: SamplerConfig) -> Draws:
+        """Build (or load from cache) and sample with PyStan."""
+        t0 = time.perf_counter()
+        model, compiled = self._build(program, data, config.seed)
         t1 = time.perf_counter()
         fit = model.sample(
             num_chains=int(config.chains),
@@ -298,11 +315,7 @@ class PyStanEngine:
             max_depth=int(config.max_treedepth),
         )
         t2 = time.perf_counter()
-        n_total = np.asarray(fit["lp__"]).size
-        variables = {
-            name: _stack_chains(np.asarray(fit[name]).reshape(*dims, n_total), fit.num_chains)
-            for name, dims in zip(fit.param_names, fit.dims, strict=True)
-        }
+        variables = self._variables(fit)
         stats = {
             arviz_name: _stack_chains(np.asarray(fit[stan_name]).reshape(-1), fit.num_chains)
             for stan_name, arviz_name in SAMPLE_STATS.items()
@@ -310,6 +323,24 @@ class PyStanEngine:
         }
         return Draws(variables, _cast_stats(stats), self.name, self.version, t1 - t0, t2 - t1,
                      compiled)
+
+    @staticmethod
+    def _variables(fit: Any) -> dict[str, np.ndarray]:
+        """Every Stan output of a PyStan fit as ``(chain, draw, *shape)``."""
+        n_total = np.asarray(fit["lp__"]).size
+        return {
+            name: _stack_chains(np.asarray(fit[name]).reshape(*dims, n_total), fit.num_chains)
+            for name, dims in zip(fit.param_names, fit.dims, strict=True)
+        }
+
+    def generate(self, program: StanProgram, data: dict[str, Any], params: dict[str, Any],
+                 seed: int) -> dict[str, np.ndarray]:
+        """Outputs at fixed ``params``: one draw of PyStan's ``fixed_param`` sampler."""
+        model, _ = self._build(program, data, seed)
+        init = _init_values(params)
+        with contextlib.redirect_stderr(io.StringIO()):  # PyStan's one-draw progress bar
+            fit = model.fixed_param(num_chains=1, num_samples=1, init=[init])
+        return {name: arr[0] for name, arr in self._variables(fit).items()}
 
 
 class CmdStanEngine:
@@ -365,12 +396,7 @@ class CmdStanEngine:
             show_progress=False,
         )
         t2 = time.perf_counter()
-        variables = {
-            name: np.asarray(fit.stan_variable(name)).reshape(
-                int(config.chains), -1, *np.shape(fit.stan_variable(name))[1:]
-            )
-            for name in fit.metadata.stan_vars
-        }
+        variables = self._variables(fit, int(config.chains))
         methods = fit.method_variables()
         stats = {
             arviz_name: np.asarray(methods[stan_name]).T
@@ -379,6 +405,37 @@ class CmdStanEngine:
         }
         return Draws(variables, _cast_stats(stats), self.name, self.version, t1 - t0, t2 - t1,
                      compiled)
+
+    @staticmethod
+    def _variables(fit: Any, chains: int) -> dict[str, np.ndarray]:
+        """Every Stan output of a CmdStan fit as ``(chain, draw, *shape)``."""
+        return {
+            name: np.asarray(fit.stan_variable(name)).reshape(
+                chains, -1, *np.shape(fit.stan_variable(name))[1:]
+            )
+            for name in fit.metadata.stan_vars
+        }
+
+    def generate(self, program: StanProgram, data: dict[str, Any], params: dict[str, Any],
+                 seed: int) -> dict[str, np.ndarray]:
+        """Outputs at fixed ``params``: one draw of CmdStan's ``fixed_param`` sampler."""
+        import cmdstanpy
+
+        with build_lock(program, self.name):
+            model = cmdstanpy.CmdStanModel(
+                stan_file=str(self._stan_file(program)), stanc_options={"O1": True}
+            )
+        inits = _init_values(params)
+        fit = model.sample(data=data, chains=1, iter_sampling=1, fixed_param=True,
+                           inits=inits, seed=int(seed), show_progress=False)
+        return {name: arr[0] for name, arr in self._variables(fit, 1).items()}
+
+
+def _init_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameter values as nested lists for Stan's ``init``; zero-size ones are left out (their
+    shape does not survive the conversion, and they have nothing to initialise)."""
+    return {name: np.asarray(value).tolist() for name, value in params.items()
+            if np.asarray(value).size}
 
 
 def _cast_stats(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -207,14 +207,16 @@ def sbc_run(tmp_path_factory):
 def test_sbc_summary_covers_every_model(sbc_run):
     stdout, out = sbc_run
     summary = assert_tables(out, "sbc_summary")
-    models = ("aggregate", "labeled", "unlabeled", "annotator", "covariate")
+    models = ("aggregate", "labeled", "unlabeled", "annotator", "covariate", "pal")
     assert set(summary["model"]) == set(models)
     assert (summary["n_failed"] == 0).all() and (summary["n_sims"] == 10).all()
-    # programs that emit cell log probabilities also rank the simulated data's log likelihood
-    with_loglik = set(summary.loc[summary["quantity"] == "log_lik", "model"])
-    assert {"aggregate", "labeled", "unlabeled"} <= with_loglik
+    # every model also ranks the simulated data's log likelihood (cell-level or per annotator)
+    assert set(summary.loc[summary["quantity"] == "log_lik", "model"]) == set(models)
     # mixture components with latent labels are ranked as order statistics
     assert "theta[(1), x1]" in set(summary.loc[summary["model"] == "unlabeled", "quantity"])
+    pal_quantities = set(summary.loc[summary["model"] == "pal", "quantity"])
+    assert {"L_M[x1, x1]", "theta[(2), x2]", "w[0, (1)]", "beta[5, x2]"} <= pal_quantities
+    assert "L_M[x1, x2]" not in pal_quantities  # the zero upper triangle tests nothing
     assert finite(summary[["ecdf_max_diff", "chi2_p"]])
     assert summary["chi2_p"].between(0, 1).all() and (summary["ecdf_max_diff"] >= 0).all()
     ranks = pd.read_csv(out / "sbc_ranks.csv")

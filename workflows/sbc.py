@@ -12,10 +12,14 @@ Designs (small, so that hundreds of refits are affordable; d = 2 attributes):
 * ``labeled``: 2 labeled groups, 12 annotators judging 6 of 20 pairs each;
 * ``unlabeled``: the same judgements without labels (K = 2);
 * ``annotator``: the same, annotator identities kept and labels dropped (K = 2);
-* ``covariate``: 12 annotators with one standard normal covariate, 6 of 20 pairs each (K = 2).
+* ``covariate``: 12 annotators with one standard normal covariate, 6 of 20 pairs each (K = 2);
+* ``pal``: the PAL ideal-point model, 6 users x 10 judgements between 20 options (K = 2
+  prototypes); ranked: the Cholesky factor ``L_M`` of the metric, the prototype utilities
+  ``theta`` and user weights ``w`` (as order statistics over the prototypes) and the user
+  utilities ``beta``.
 
-The ``pal`` ideal-point model is calibrated in its own test suite on its own design and is not
-part of this table.
+The annotator-level models (``annotator``, ``covariate``, ``pal``) rank the sum of their
+per-annotator ``log_lik``, evaluated at the truth by the program itself with the simulated data.
 
 Outputs in --out: ``sbc_summary.{csv,md}`` (headline: one row per model and quantity),
 ``sbc_ranks.csv`` (every rank), ``sbc_<model>_ranks.png`` and ``sbc_<model>_ecdf_diff.png``.
@@ -34,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 import pluralstan as ps
-from pluralstan.models import covariate
+from pluralstan.models import covariate, pal
 from pluralstan.outputs import script_parser, step, write_atomic, write_table
 from pluralstan.parallel import local_pool
 from pluralstan.workflow.sbc import sbc
@@ -42,20 +46,23 @@ from pluralstan.workflow.sbc import sbc
 THETA = np.array([[1.0, -0.5], [-0.5, 1.0]])
 
 
-def designs(seed: int) -> dict[str, tuple[ps.Comparisons, int | None]]:
-    """Model -> (design whose outcomes SBC replaces, K)."""
+def designs(seed: int) -> dict[str, tuple[ps.Comparisons, int | None, dict]]:
+    """Model -> (design whose outcomes SBC replaces, K, further arguments of ``sbc``)."""
     labeled = ps.simulate.mixture(THETA, [0.5, 0.5], n_pairs=20, n_annotators=12,
                                   pairs_per_annotator=6, seed=seed)
     unlabeled = ps.Comparisons.from_frame(labeled.frame.drop(columns="group"))
     cov = covariate.simulate(THETA, np.array([[0.0, 0.0], [0.0, 1.0]]), n_annotators=12,
                              n_pairs=20, pairs_per_annotator=6, seed=seed)
+    users = pal.simulate(K=2, n_annotators=6, judgements=10, n_attributes=2, n_items=20,
+                         seed=seed)
     return {
         "aggregate": (ps.simulate.bt(THETA[0], n_pairs=20, judgements_per_pair=5, seed=seed),
-                      None),
-        "labeled": (labeled, 2),
-        "unlabeled": (unlabeled, 2),
-        "annotator": (unlabeled, 2),
-        "covariate": (cov, 2),
+                      None, {}),
+        "labeled": (labeled, 2, {}),
+        "unlabeled": (unlabeled, 2, {}),
+        "annotator": (unlabeled, 2, {}),
+        "covariate": (cov, 2, {}),
+        "pal": (users, 2, {"var_names": ["L_M", "theta", "w", "beta"]}),
     }
 
 
@@ -72,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     results, summaries = {}, []
     with local_pool(args.workers) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", ps.DiagnosticWarning)  # reported in the table
-        for i, (model, (design, K)) in enumerate(designs(args.seed).items()):
+        for i, (model, (design, K, extra)) in enumerate(designs(args.seed).items()):
             with step(f"SBC {model}: {settings['n_sims']} simulations"):
                 result = sbc(model, design, K=K, seed=args.seed + i, scheduler=pool,
-                             out_dir=args.out / "jobs" / model, progress=False, **settings)
+                             out_dir=args.out / "jobs" / model, progress=False,
+                             **settings, **extra)
             results[model] = result
             summaries.append(result.summary().assign(model=model, n_failed=result.n_failed))
             result.save_plots(args.out)

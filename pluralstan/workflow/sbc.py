@@ -18,9 +18,12 @@ What is ranked:
 * every parameter and transformed parameter (names read from ``stanc --info``; generated
   quantities are left out, since they may depend on the observed data, and so are the internal
   pieces an encoder lists in ``Encoded.drop``),
-* data-dependent test quantities, by default the log likelihood of the simulated data (the sum of
-  ``y * log_p_cell`` over cells and outcomes when the program emits ``log_p_cell`` with the shape
-  of ``y``; the multinomial coefficient is the same for the truth and every draw and drops out).
+* data-dependent test quantities, by default the log likelihood of the simulated data
+  (:func:`data_log_lik`: the sum of ``y * log_p_cell`` over cells and outcomes for programs that
+  emit cell-level outcome log probabilities, else the sum of the program's ``log_lik``, e.g. one
+  value per annotator for the annotator-level models). Its value at the truth is computed by the
+  Stan program too: one draw of Stan's ``fixed_param`` sampler at the true parameters, with the
+  simulated data (:meth:`pluralstan.engine.Engine.generate`), so no likelihood is written twice.
 
 **Mixture models switch labels**, so the rank of "component 1" is meaningless. For models whose
 encoder sets ``Encoded.label_dim``, every variable that carries that dim is sorted along it,
@@ -73,13 +76,13 @@ from ..models import get_model
 from ..models.base import Encoded, ModelSpec
 from ..parallel import Job, RunReport, run_jobs
 
-#: Signature of a data-dependent test quantity: (Stan outputs with a leading draw axis,
-#: simulated ``y``) -> name -> one value per draw.
+#: Signature of a data-dependent test quantity: (Stan outputs, computed with the simulated data,
+#: with a leading draw axis; simulated ``y``) -> name -> one value per draw.
 QuantityFn = Callable[[Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
 
 __all__ = [
     "SBCResult",
-    "cell_log_lik",
+    "data_log_lik",
     "discrete_uniform_cdf",
     "ecdf_band_test",
     "fractional_ranks",
@@ -107,10 +110,11 @@ def _stanc_info(code: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def stan_parameter_names(program: StanProgram) -> list[str]:
-    """Names declared in the ``parameters`` and ``transformed parameters`` blocks, in order."""
+def stan_parameter_names(program: StanProgram, transformed: bool = True) -> list[str]:
+    """Names declared in the ``parameters`` (and ``transformed parameters``) blocks, in order."""
     info = _stanc_info(program.code)
-    return [*info.get("parameters", {}), *info.get("transformed parameters", {})]
+    return [*info.get("parameters", {}), *(info.get("transformed parameters", {})
+                                           if transformed else {})]
 
 
 # --------------------------------------------------------------------------- rank statistics
@@ -207,19 +211,24 @@ def _ranks_of(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator) ->
 
 
 # --------------------------------------------------------------------------- test quantities
-def cell_log_lik(variables: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
-    """Log likelihood of the simulated counts, for programs that emit ``log_p_cell``.
+def data_log_lik(variables: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
+    """Log likelihood of the simulated counts, per draw.
 
-    ``sum(y * log_p_cell)`` over cells and outcomes, per draw; the multinomial coefficient is
-    constant in the parameters and so irrelevant to ranks. Returns ``{}`` when the program has no
-    ``log_p_cell`` of the shape of ``y`` (pass your own ``quantities`` function then).
+    ``sum(y * log_p_cell)`` over cells and outcomes when the program emits cell-level outcome log
+    probabilities ``log_p_cell`` of the shape of ``y`` (comparison-level models); otherwise the sum
+    of its ``log_lik`` output (annotator-level models: one value per annotator, computed in Stan
+    from the data the program was run with). Multinomial coefficients are constant in the
+    parameters and so irrelevant to ranks. Returns ``{}`` when the program has neither (pass your
+    own ``quantities`` function then).
     """
-    log_p = variables.get("log_p_cell")
     y = np.asarray(y, dtype=float)
-    if log_p is None or log_p.shape[1:] != y.shape:
-        return {}
-    flat = log_p.reshape(log_p.shape[0], -1)
-    return {"log_lik": flat @ y.reshape(-1)}
+    log_p = variables.get("log_p_cell")
+    if log_p is not None and log_p.shape[1:] == y.shape:
+        return {"log_lik": log_p.reshape(log_p.shape[0], -1) @ y.reshape(-1)}
+    log_lik = variables.get("log_lik")
+    if log_lik is not None:
+        return {"log_lik": log_lik.reshape(log_lik.shape[0], -1).sum(axis=1)}
+    return {}
 
 
 # --------------------------------------------------------------------------- one replicate
@@ -247,6 +256,7 @@ def sbc_replicate(
     config: SamplerConfig,
     truth: Mapping[str, np.ndarray],
     names: Sequence[str],
+    param_names: Sequence[str],
     label_axes: Mapping[str, int],
     thin: int,
     quantities: QuantityFn | None,
@@ -263,12 +273,15 @@ def sbc_replicate(
         The generating draw: every Stan output of the prior-only run at that draw.
     names
         Variables to rank.
+    param_names
+        The program's ``parameters`` (to evaluate test quantities at the truth with the
+        simulated data).
     label_axes
         Variable -> axis of its mixture label (within the variable's own shape).
     thin
         Keep every ``thin``-th draw of each chain (ranks need near-independent draws).
     quantities
-        Data-dependent test quantities (see :func:`cell_log_lik`), or ``None``.
+        Data-dependent test quantities (see :func:`data_log_lik`), or ``None``.
     rank_seed
         Seed for breaking ties between the truth and draws.
     backend
@@ -281,7 +294,8 @@ def sbc_replicate(
         (test quantities at the truth), ``max_rank`` and sampler diagnostics
         (``divergences``, ``max_rhat``, ``min_ess_bulk``).
     """
-    draws = get_engine(backend).sample(program, dict(data), config)
+    engine = get_engine(backend)
+    draws = engine.sample(program, dict(data), config)
     rng = np.random.default_rng(rank_seed)
     flat = {name: _pool_chains(arr, thin) for name, arr in draws.variables.items()}
     max_rank = _usable_rank(next(iter(flat.values())).shape[0])
@@ -295,8 +309,10 @@ def sbc_replicate(
     if quantities is not None:
         y = np.asarray(data["y"])
         at_draws = quantities(flat, y)
-        for name, value in quantities({k: np.asarray(v)[None] for k, v in truth.items()},
-                                      y).items():
+        # outputs at the truth recomputed with the simulated data (the prior run used the design's)
+        at_true = engine.generate(program, dict(data), {n: truth[n] for n in param_names},
+                                  rank_seed)
+        for name, value in quantities(at_true, y).items():
             at_truth[name] = float(np.asarray(value)[0])
             ranks[name] = _ranks_of(at_truth[name], np.asarray(at_draws[name]), rng)
     # diagnostics of what is ranked: mixture variables sorted like their ranks (label-dependent
@@ -558,7 +574,7 @@ def sbc(
     adapt_delta: float = 0.8,
     max_treedepth: int = 10,
     var_names: Sequence[str] | None = None,
-    quantities: QuantityFn | None = cell_log_lik,
+    quantities: QuantityFn | None = data_log_lik,
     label_invariant: bool = True,
     prob: float = 0.95,
     backend: str = "auto",
@@ -649,6 +665,7 @@ def sbc(
             "config": SamplerConfig(chains, draws, warmup, seeds[i], adapt_delta, max_treedepth),
             "truth": {k: v[i] for k, v in joint.items() if k != y_name},
             "names": names, "label_axes": label_axes, "thin": int(thin),
+            "param_names": stan_parameter_names(spec.program, transformed=False),
             "quantities": quantities, "rank_seed": seeds[i], "backend": backend,
         }, seed=seeds[i])
         for i in range(n_sims)
@@ -700,13 +717,19 @@ def _tables(report: RunReport, joint: Mapping[str, np.ndarray], names: Sequence[
             continue
         for name, ranks in value["ranks"].items():
             ranks = np.asarray(ranks)
-            if name in joint:
+            if name in value["at_truth"]:  # data-dependent, evaluated at the truth in the worker
+                truth, labels = np.array([value["at_truth"][name]]), [name]
+            else:
                 truth = _invariant(joint[name][i], label_axes.get(name)).reshape(-1)
                 labels = _labels(name, joint[name][i].shape, enc)
-            else:  # a data-dependent quantity, evaluated at the truth in the worker
-                truth, labels = np.array([value["at_truth"][name]]), [name]
             for label, r, t in zip(labels, ranks.reshape(-1), truth, strict=True):
                 rank_rows.append({"sim": i, "seed": res.seed, "quantity": label,
                                   "variable": name, "rank": int(r),
                                   "max_rank": int(value["max_rank"]), "truth": float(t)})
-    return pd.DataFrame(rank_rows), pd.DataFrame(sim_rows)
+    ranks = pd.DataFrame(rank_rows)
+    if len(ranks):
+        # structural constants (e.g. the zero upper triangle of a Cholesky factor): the truth is
+        # the same in every simulation and every rank a tie, so they test nothing
+        varies = ranks.groupby("quantity", sort=False)["truth"].transform("nunique") > 1
+        ranks = ranks[varies | (ranks["sim"].nunique() < 2)].reset_index(drop=True)
+    return ranks, pd.DataFrame(sim_rows)
