@@ -105,6 +105,9 @@ class Cells:
     cell_of_row, outcome_of_row
         ``(N,)`` the cell and outcome code (0 b, 1 a, 2 tie) of every judgement, to expand
         cell-level quantities back to judgements.
+    A, B
+        ``(C, P)`` attributes of options a and b, when the cells keep options apart
+        (``cells(options=True)``, for models not linear in a - b); else ``None``.
     """
 
     X: np.ndarray
@@ -114,6 +117,8 @@ class Cells:
     annotator: np.ndarray | None
     cell_of_row: np.ndarray
     outcome_of_row: np.ndarray
+    A: np.ndarray | None = None
+    B: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -326,27 +331,29 @@ class Comparisons:
         return pd.Index(levels).get_indexer(self.frame[column]).astype(np.int64)
 
     # ------------------------------------------------------------------ encoding
-    def design(self) -> np.ndarray:
-        """``(N, P)`` attribute difference a - b per judgement (columns = :attr:`attributes`)."""
+    def options(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, P)`` attribute vectors of options a and b (columns = :attr:`attributes`).
+
+        Attribute mode reads ``a_*`` / ``b_*``; item mode with an item table reads its features;
+        item mode without one uses one-hot item indicators with the reference item at the origin.
+        """
         if self.mode == "attributes":
-            a = self.frame[[f"a_{n}" for n in self.attributes]].to_numpy(float)
-            b = self.frame[[f"b_{n}" for n in self.attributes]].to_numpy(float)
-            return a - b
+            return (self.frame[[f"a_{n}" for n in self.attributes]].to_numpy(float),
+                    self.frame[[f"b_{n}" for n in self.attributes]].to_numpy(float))
         if self.items is not None:
             feats = self.items.loc[:, list(self.attributes)]
-            return (
-                feats.loc[self.frame["item_a"]].to_numpy(float)
-                - feats.loc[self.frame["item_b"]].to_numpy(float)
-            )
+            return (feats.loc[self.frame["item_a"]].to_numpy(float),
+                    feats.loc[self.frame["item_b"]].to_numpy(float))
         cols = pd.Index(self.attributes)
-        n = len(self.frame)
-        X = np.zeros((n, len(cols)))
-        ia = cols.get_indexer(self.frame["item_a"])
-        ib = cols.get_indexer(self.frame["item_b"])
-        rows = np.arange(n)
-        X[rows[ia >= 0], ia[ia >= 0]] += 1.0  # the reference item has no column
-        X[rows[ib >= 0], ib[ib >= 0]] -= 1.0
-        return X
+        eye = np.vstack([np.eye(len(cols)), np.zeros((1, len(cols)))])  # last row: the reference
+        # get_indexer gives -1 for the reference item, which picks the zero row
+        return (eye[cols.get_indexer(self.frame["item_a"])],
+                eye[cols.get_indexer(self.frame["item_b"])])
+
+    def design(self) -> np.ndarray:
+        """``(N, P)`` attribute difference a - b per judgement (columns = :attr:`attributes`)."""
+        a, b = self.options()
+        return a - b
 
     def order_sign(self) -> np.ndarray:
         """``(N,)`` +1 when a was shown first, -1 when b was, 0 when not recorded."""
@@ -359,7 +366,8 @@ class Comparisons:
         y = self.frame["y"].to_numpy(float)
         return np.where(y == 0.5, 2, y.astype(np.int64)).astype(np.int64)
 
-    def cells(self, by: Sequence[Literal["group", "annotator"]] = ()) -> Cells:
+    def cells(self, by: Sequence[Literal["group", "annotator"]] = (), *,
+              options: bool = False) -> Cells:
         """Collapse judgements to counts per distinct cell.
 
         A cell is a distinct (attribute difference, order[, group][, annotator]) combination;
@@ -370,10 +378,15 @@ class Comparisons:
         ----------
         by
             Extra keys that split cells: ``"group"`` (labeled models), ``"annotator"``.
+        options
+            Key cells on the two options' attributes (a, b) instead of their difference a - b,
+            for models whose likelihood is not a function of a - b alone (PAL's ideal points);
+            the cells then carry ``A`` and ``B``.
         """
-        X = self.design()
+        A, B = self.options()
+        X = A - B
         order = self.order_sign()
-        keys = [X, order[:, None]]
+        keys = [np.hstack([A, B]) if options else X, order[:, None]]
         codes = {col: self.codes(col) for col in by}
         keys += [codes[col][:, None].astype(float) for col in by]
         key = np.hstack(keys)
@@ -395,6 +408,8 @@ class Comparisons:
             annotator=codes["annotator"][first_sorted] if "annotator" in codes else None,
             cell_of_row=cell_of_row.astype(np.int64),
             outcome_of_row=outcome,
+            A=A[first_sorted] if options else None,
+            B=B[first_sorted] if options else None,
         )
 
     # ------------------------------------------------------------------ checks

@@ -148,6 +148,11 @@ def test_items_mode_reference_coding_and_ties():
     # London vs Paris: London is the reference (no column), so the row is -1 on Paris
     np.testing.assert_array_equal(X[0], [0.0, -1.0])
     np.testing.assert_array_equal(X[1], [-1.0, 1.0])
+    # the options themselves: one-hot indicators, the reference item at the origin
+    A, B = comps.options()
+    np.testing.assert_array_equal(A[0], [0.0, 0.0])
+    np.testing.assert_array_equal(B[0], [0.0, 1.0])
+    np.testing.assert_array_equal(A - B, X)
     assert comps.has_ties
     np.testing.assert_array_equal(comps.outcome_codes(), [1, 0, 2, 1, 0])
 
@@ -158,6 +163,8 @@ def test_item_features_give_linear_utilities():
     comps = Comparisons.from_frame(item_frame(), items=items)
     assert comps.attributes == ("english", "capital")
     np.testing.assert_array_equal(comps.design()[0], [1.0, 0.0])
+    A, B = comps.options()  # London (english, capital) vs Paris (capital)
+    np.testing.assert_array_equal(np.vstack([A[0], B[0]]), [[1.0, 1.0], [0.0, 1.0]])
 
 
 def test_unidentified_coordinates_are_warned_by_name():

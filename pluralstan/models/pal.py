@@ -43,7 +43,6 @@ import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import arviz as az
@@ -53,7 +52,7 @@ import xarray as xr
 from scipy.special import expit
 
 from .. import diagnostics
-from ..data import Comparisons
+from ..data import Cells, Comparisons
 from ..engine import SamplerConfig, get_engine
 from ..errors import IdentificationWarning, PluralstanError
 from .base import Encoded, ModelSpec, broadcast_prior, load_program, merge_priors, register
@@ -70,71 +69,14 @@ PAL_OUTCOMES = ("b", "a")
 
 
 # ---------------------------------------------------------------------- encoding
-@dataclass(frozen=True)
-class PalCells:
-    """Judgements collapsed to counts per distinct (option a, option b, order, annotator).
+def _cells(comps: Comparisons) -> Cells:
+    """Counts per distinct (option a, option b, order, annotator), columns (b, a).
 
-    The shared :meth:`~pluralstan.data.Comparisons.cells` keys cells on a - b only, which is
-    sufficient for linear utilities but not here: the ideal-point log-odds depend on a + b too.
-
-    Attributes
-    ----------
-    A, B
-        ``(C, D)`` attributes of options a and b.
-    order
-        ``(C,)`` +1 (a shown first), -1 (b shown first) or 0.
-    counts
-        ``(C, 2)`` judgements preferring b, preferring a.
-    annotator
-        ``(C,)`` 0-based annotator code (first-seen order of the table).
-    cell_of_row
-        ``(N,)`` the cell of every judgement.
+    Keyed on both options, not on a - b as the linear models are: the ideal-point log-odds
+    depend on a + b too. PAL has no tie outcome (checked by the callers).
     """
-
-    A: np.ndarray
-    B: np.ndarray
-    order: np.ndarray
-    counts: np.ndarray
-    annotator: np.ndarray
-    cell_of_row: np.ndarray
-
-
-def option_matrices(comps: Comparisons) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, D)`` attribute vectors of options a and b, columns = ``comps.attributes``.
-
-    Attributes mode reads ``a_*`` / ``b_*``; items mode with an item table reads its features;
-    items mode without one uses one-hot item indicators with the reference item at the origin
-    (the same coordinates as :meth:`~pluralstan.data.Comparisons.design`).
-    """
-    frame = comps.frame
-    if comps.mode == "attributes":
-        A = frame[[f"a_{n}" for n in comps.attributes]].to_numpy(float)
-        B = frame[[f"b_{n}" for n in comps.attributes]].to_numpy(float)
-        return A, B
-    if comps.items is not None:
-        feats = comps.items.loc[:, list(comps.attributes)]
-        return (feats.loc[frame["item_a"]].to_numpy(float),
-                feats.loc[frame["item_b"]].to_numpy(float))
-    cols = pd.Index(comps.attributes)
-    eye = np.vstack([np.eye(len(cols)), np.zeros((1, len(cols)))])  # last row: the reference
-    ia, ib = cols.get_indexer(frame["item_a"]), cols.get_indexer(frame["item_b"])
-    return eye[ia], eye[ib]  # index -1 (the reference item) picks the zero row
-
-
-def pal_cells(comps: Comparisons) -> PalCells:
-    """Collapse a comparison table to :class:`PalCells` (cells in order of first appearance)."""
-    A, B = option_matrices(comps)
-    order = comps.order_sign()
-    ann = comps.codes("annotator")
-    key = np.hstack([A, B, order[:, None], ann[:, None].astype(float)])
-    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    cell_of_row = rank[inverse.reshape(-1)]
-    keep = np.sort(first)
-    counts = np.zeros((len(first), 2), dtype=np.int64)
-    np.add.at(counts, (cell_of_row, comps.frame["y"].to_numpy().astype(np.int64)), 1)
-    return PalCells(A[keep], B[keep], order[keep], counts, ann[keep], cell_of_row)
+    cells = comps.cells(by=("annotator",), options=True)
+    return dataclasses.replace(cells, counts=cells.counts[:, :2])
 
 
 def _check_no_ties(comps: Comparisons, what: str) -> None:
@@ -209,7 +151,7 @@ def encode(
     _check_no_ties(comps, "pal")
     D = len(comps.attributes)
     has_order = comps.has_order if order is None else bool(order) and comps.has_order
-    cells = pal_cells(comps)
+    cells = _cells(comps)
     _check_translation(cells.A, cells.B)
     for name in ("W_sd", "theta_sd", "order_sd"):
         if not float(p[name]) > 0:
@@ -385,7 +327,7 @@ def true_probability(comps: Comparisons) -> np.ndarray:
     truth = comps.truth or {}
     if "M" not in truth or "beta" not in truth:
         raise PluralstanError("this table carries no PAL simulation truth (see pal.simulate)")
-    A, B = option_matrices(comps)
+    A, B = comps.options()
     ann = comps.frame["annotator"].to_numpy().astype(np.int64)
     return expit(log_odds(truth["M"], truth["beta"][ann], A, B))
 
@@ -401,7 +343,7 @@ def _check_attributes(idata: az.InferenceData, comps: Comparisons) -> None:
 
 
 def _design(comps: Comparisons) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    A, B = option_matrices(comps)
+    A, B = comps.options()
     dims = ("comparison", "attribute")
     coords = {"attribute": list(comps.attributes)}
     return (xr.DataArray(A - B, dims=dims, coords=coords),
@@ -498,7 +440,7 @@ def agreement(idata: az.InferenceData, comps: Comparisons, *, n_draws: int = 100
         Dims ``("annotator", "annotator_other")``.
     """
     _check_attributes(idata, comps)
-    A, B = option_matrices(comps)
+    A, B = comps.options()
     _, keep = np.unique(np.hstack([A, B]), axis=0, return_index=True)
     pairs = dataclasses.replace(comps, frame=comps.frame.iloc[np.sort(keep)].reset_index(drop=True))
     post = idata.posterior.stack(sample=("chain", "draw"))
@@ -578,7 +520,7 @@ def fit_new_users(
     flat = flat.isel(sample=sample)
     K = flat.sizes["group"]
     alpha = w_alpha if w_alpha is not None else _fit_priors(idata_seen).get("prior_w_alpha", 1.0)
-    cells = pal_cells(comps_new)
+    cells = _cells(comps_new)
     gamma = (flat["gamma"].values if "gamma" in flat else np.zeros(n_draws))
     data = {
         "J": len(comps_new.annotator_levels), "K": K, "D": len(comps_new.attributes),
@@ -744,7 +686,6 @@ def _unseen_rows(idata_seen: az.InferenceData, comps_new: Comparisons, shots: Se
 
 
 __all__ = [
-    "DEFAULT_PRIORS", "PalCells", "accuracy", "agreement", "distance_log_odds", "encode",
-    "fit_new_users", "log_odds", "option_matrices", "pal_cells",
-    "preference_probability", "simulate", "train_test_split", "true_probability",
+    "DEFAULT_PRIORS", "accuracy", "agreement", "distance_log_odds", "encode", "fit_new_users",
+    "log_odds", "preference_probability", "simulate", "train_test_split", "true_probability",
 ]
