@@ -21,6 +21,7 @@ Data sets (origin, licence and columns in the data folder's ``README.md``):
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Sequence
@@ -31,7 +32,10 @@ import pandas as pd
 
 from .data import Comparisons
 from .errors import PluralstanError
-from .outputs import write_atomic
+from .outputs import (
+    script_parser,
+    write_table,  # noqa: F401  (re-export: tests/test_reliability.py uses it)
+)
 
 #: Environment variable naming the data folder.
 ENV_VAR = "PLURALSTAN_DATA"
@@ -268,7 +272,8 @@ def load_taxes(
     folder
         Data folder (see :func:`data_dir`).
     missing_party
-        What to do with the 75 respondents whose ``partyid`` is missing: ``"drop"`` their
+        What to do with the 75 respondents whose ``partyid`` is missing (the data folder's
+        README says 60; the file has 75): ``"drop"`` their
         choices (default; the labeled analysis then covers 1,925 respondents), or ``"label"``
         them with the explicit group ``"Unknown"``.
     group
@@ -558,33 +563,32 @@ def load_personas(
     return Comparisons.from_frame(frame, truth=truth)
 
 
-# ---------------------------------------------------------------------- audit outputs
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table of ``frame`` (index as the first column).
+# ---------------------------------------------------------------------- audit helpers
+def audit_parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    """The audit scripts' parser: :func:`pluralstan.outputs.script_parser` (``--quick``,
+    ``--seed``, default 1 here, ``--out``) plus ``--data`` (the data folder), ``--chains`` and
+    ``--draws`` (draws and warm-up per chain)."""
+    parser = script_parser(description, default_out)
+    parser.set_defaults(seed=1)
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"data folder (default: ${ENV_VAR} or ../shared/data)")
+    parser.add_argument("--chains", type=int, default=4, help="chains (default 4)")
+    parser.add_argument("--draws", type=int, default=1000,
+                        help="draws (and warm-up) per chain (default 1000)")
+    return parser
 
-    Written by hand because pandas' ``to_markdown`` needs the optional ``tabulate`` package.
+
+def loo_by_K(fits: dict, comps: Comparisons) -> pd.DataFrame:
+    """Leave-one-annotator-out comparison of latent fits keyed by K, indexed by K.
+
+    The columns ``elpd_loo``, ``se``, ``elpd_diff``, ``dse`` and ``n_high_k`` of
+    :func:`pluralstan.workflow.compare.compare_K`.
     """
-    def cell(v: object) -> str:
-        if isinstance(v, float | np.floating):
-            return "" if np.isnan(v) else f"{v:.{digits}f}"
-        return str(v).replace("|", "\\|")
+    from .workflow.compare import compare_K
 
-    shown = frame.reset_index()
-    head = "| " + " | ".join(map(str, shown.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(False)]
-    return "\n".join([head, rule, *body]) + "\n"
-
-
-def write_table(frame: pd.DataFrame, out: Path, name: str, caption: str = "") -> None:
-    """Write ``frame`` as ``<name>.csv`` and ``<name>.md`` (with ``caption``) under ``out``.
-
-    Each file is written to a temporary name and renamed, so it is whole or absent.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    md = (f"{caption}\n\n" if caption else "") + markdown_table(frame)
-    for suffix, text in ((".csv", frame.to_csv()), (".md", md)):
-        write_atomic(out / f"{name}{suffix}", text)
+    compared = compare_K(fits, comps=comps)
+    compared.index = pd.Index([int(str(k).split("=")[1]) for k in compared.index], name="K")
+    return compared[["elpd_loo", "se", "elpd_diff", "dse", "n_high_k"]]
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:

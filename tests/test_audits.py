@@ -7,6 +7,7 @@ the tests then check the content of its tables and figures.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 import pluralstan as ps
+from pluralstan import realdata
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 SCHOOLS = {"London", "Paris", "Milano", "StGallen", "Barcelona", "Stockholm"}
@@ -26,20 +28,22 @@ def _script(name: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def cems(tmp_path_factory):
-    out = tmp_path_factory.mktemp("audit_cems")
-    module = _script("audit_cems")
+def _quick_run(name: str, tmp_path_factory) -> tuple:
+    """Run a script's ``main`` in --quick mode (seed 3) into a fresh folder."""
+    out = tmp_path_factory.mktemp(name)
+    module = _script(name)
     assert module.main(["--quick", "--seed", "3", "--out", str(out)]) == 0
     return module, out
+
+
+@pytest.fixture(scope="module")
+def cems(tmp_path_factory):
+    return _quick_run("audit_cems", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def taxes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("audit_taxes")
-    module = _script("audit_taxes")
-    assert module.main(["--quick", "--seed", "3", "--out", str(out)]) == 0
-    return module, out
+    return _quick_run("audit_taxes", tmp_path_factory)
 
 
 def _png(path: Path) -> None:
@@ -108,3 +112,87 @@ def test_taxes_tables_have_the_promised_rows(taxes):
         assert list(zip(latent["model"], latent["K"], strict=True)) == [("annotator", 2)]
         assert np.isfinite(latent[["elpd_loo", "recovered_mean"]].to_numpy()).all()
         assert (latent["recovered_q5"] <= latent["recovered_mean"]).all()
+
+
+# ---------------------------------------------------------------------- Polis
+@pytest.fixture(scope="module")
+def polis(tmp_path_factory):
+    return _quick_run("audit_polis", tmp_path_factory)
+
+
+def test_polis_statements_cover_the_pairs(polis):
+    _, out = polis
+    statements = pd.read_csv(out / "statements.csv")
+    # the --quick construction: brexit, at most 15 pairs per participant, seed 3
+    comps = realdata.load_polis("brexit-consensus", max_pairs=15, seed=3)
+    assert set(statements["statement"]) == set(comps.item_levels)
+    by_name = statements.set_index("statement")
+    assert by_name.loc[str(comps.reference), ["ability", "sd"]].eq(0).all()
+    assert np.isfinite(statements[["ability", "sd"]].to_numpy()).all()
+    assert (by_name.drop(str(comps.reference))["sd"] > 0).all()
+    assert statements["ability"].is_monotonic_decreasing  # best first, as the doc says
+    _png(out / "types.png")
+
+
+def test_polis_latent_table_has_each_K_and_a_valid_rand_index(polis):
+    _, out = polis
+    latent = pd.read_csv(out / "latent.csv")
+    assert list(latent["K"]) == [1, 2]
+    assert np.isfinite(latent[["elpd_loo", "se", "elpd_diff", "ari_vs_polis",
+                               "mean_max_membership"]].to_numpy()).all()
+    assert latent["ari_vs_polis"].between(-1, 1).all()
+    assert latent.set_index("K").loc[1, "ari_vs_polis"] == 0  # one type: no partition
+    assert latent["elpd_diff"].min() == 0  # compare_K's best model
+    shares = latent["type_shares"].str.split(" / ").map(lambda s: sum(map(float, s)))
+    np.testing.assert_allclose(shares, 1.0, atol=0.02)  # two-decimal rounding
+    report = (out / "report.md").read_text()
+    assert "## Headline" in report and "derived from the same votes" in report
+    best = int(latent.loc[latent["elpd_diff"].idxmin(), "K"])
+    assert re.search(rf"\|\s*K by LOO\s*\|\s*{best}\s*\|", report)
+
+
+# ---------------------------------------------------------------------- personas
+@pytest.fixture(scope="module")
+def personas(tmp_path_factory):
+    return _quick_run("audit_personas", tmp_path_factory)
+
+
+def test_personas_accuracy_has_every_model_and_split(personas):
+    _, out = personas
+    table = pd.read_csv(out / "accuracy.csv")
+    models = [m for m in ("aggregate", "annotator", "pal") if m in ps.models]
+    assert set(zip(table["model"], table["split"], strict=True)) == {
+        (m, s) for m in models for s in ("seen", "unseen", "few-shot")}
+    assert table["accuracy"].between(0, 1).all() and np.isfinite(table["accuracy"]).all()
+    # every model is scored on the same judgements of each split; few-shot reuses the unseen
+    # users' test judgements
+    counts = table.pivot(index="model", columns="split", values="judgements")
+    assert (counts.nunique() == 1).all() and (counts > 0).all().all()
+    assert (counts["unseen"] == counts["few-shot"]).all()
+    # the aggregate model ignores the revealed pairs, so its unseen and few-shot agree exactly
+    agg = table.query("model == 'aggregate'").set_index("split")["accuracy"]
+    assert agg["unseen"] == agg["few-shot"]
+    _png(out / "accuracy.png")
+
+
+def test_personas_group_recovery_is_a_rand_index(personas):
+    _, out = personas
+    table = pd.read_csv(out / "accuracy.csv")
+    ari = table.dropna(subset=["ari_train_users"])
+    latent = [m for m in ("annotator", "pal") if m in ps.models]
+    assert list(zip(ari["model"], ari["split"], strict=True)) == [(m, "seen") for m in latent]
+    assert ari["ari_train_users"].between(-1, 1).all()
+    report = (out / "report.md").read_text()
+    assert "## Held-out accuracy" in report and "## Diagnostics" in report
+
+
+def test_personas_ari_per_draw_is_label_invariant(personas):
+    module, _ = personas
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 10)
+    alloc = rng.dirichlet([1, 1], size=(5, 20))  # (draws, users, K)
+    swapped = alloc[:, :, ::-1]
+    np.testing.assert_allclose(module.ari_per_draw(alloc, truth),
+                               module.ari_per_draw(swapped, truth))
+    perfect = np.stack([np.eye(2)[truth]] * 3)
+    np.testing.assert_allclose(module.ari_per_draw(perfect, truth), 1.0)

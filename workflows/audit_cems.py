@@ -21,6 +21,9 @@ allowed (487 ties among 4,454 judgements). The audit
 3. when the ``annotator`` latent-type model is registered, fits K = 1..4 and compares them by
    leave-one-annotator-out PSIS-LOO, and asks whether a type that ranks Paris first appears.
 
+``--quick`` (the test suite's subset): 500 draws per chain, groups by work status only, no
+latent-type model (the K = 1..4 LOO comparison, ``--K``, needs the full run).
+
 Outputs in ``--out``: ``abilities.{csv,md}``, ``ml_crosscheck.{csv,md}``,
 ``by_group.{csv,md}``, ``latent_loo.{csv,md}`` (when the model exists), ``abilities.png``,
 ``by_group.png``, ``report.md``. Every table carries the fit's diagnostic flag.
@@ -48,7 +51,7 @@ from scipy.special import expit, log_expit
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure
+from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
 #: Largest accepted |posterior mean - Davidson ML estimate| on the logit scale. The posterior
 #: sd of each ability is about 0.08 and the prior (sd 2.5) is negligible against 4,454
@@ -198,7 +201,6 @@ def latent_types(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) ->
     Paris-loving type, its share of students (mean membership) and the share of full-time
     workers in it (against 13 / 303 = 4% overall).
     """
-    from pluralstan.workflow.compare import compare_K
 
     work = comps.annotators["work"].reindex(comps.annotator_levels).eq("yes").to_numpy()
     fits, rows = {}, []
@@ -215,9 +217,7 @@ def latent_types(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) ->
         })
     table = pd.DataFrame(rows).set_index("K")
     if len(fits) > 1:
-        compared = compare_K(fits, comps=comps)
-        compared.index = [int(str(k).split("=")[1]) for k in compared.index]
-        table = table.join(compared[["elpd_loo", "se", "elpd_diff", "dse", "n_high_k"]])
+        table = table.join(realdata.loo_by_K(fits, comps))
     return table
 
 
@@ -267,18 +267,10 @@ def plot_by_group(table: pd.DataFrame, path: Path) -> None:
 
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=None,
-                   help=f"data folder (default: ${realdata.ENV_VAR} or ../shared/data)")
-    p.add_argument("--out", type=Path, default=Path("out/audit_cems"), help="output folder")
-    p.add_argument("--seed", type=int, default=1, help="sampler seed")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain")
-    p.add_argument("--quick", action="store_true",
-                   help="CI subset: 500 draws per chain, groups by work status only, no "
-                        "latent-type model (the K = 1..4 LOO comparison needs the full run)")
+    """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
+    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_cems")
+    p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="numbers of latent types compared by LOO (default 1 2 3 4)")
     p.add_argument("--models", default="labeled,annotator",
                    help="comma-separated optional models to use when registered: 'labeled' "
                         "(else per-group aggregate fits) and 'annotator' (latent types); "
@@ -306,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     abil["dittrich_scale"] = abil["mean"] / 2.0  # log-linear worth scale of the paper
     abil["diagnostics"] = flag or "ok"
     abil = abil.sort_values("mean", ascending=False)
-    realdata.write_table(abil, out, "abilities",
-                         "Aggregate item abilities (logit scale, London = 0), Davidson ties. "
-                         f"Criterion: |posterior mean - Davidson ML| < {ML_TOLERANCE}. {flag}")
+    write_table(abil.reset_index(), out, "abilities", floatfmt=".4g")
 
     log_nu = idata.posterior["log_nu"]
     check = pd.DataFrame({
@@ -321,26 +311,25 @@ def main(argv: list[str] | None = None) -> int:
         "log_nu_posterior_mean": [float(log_nu.mean())],
         "log_nu_ml": [float(ml["davidson_log_nu"].iloc[0])],
     }, index=pd.Index(["cems"], name="data"))
-    realdata.write_table(check, out, "ml_crosscheck",
-                         "Posterior vs independent SciPy ML fits on the same identification.")
+    write_table(check.reset_index(), out, "ml_crosscheck", floatfmt=".4g")
     plot_abilities(abil, out / "abilities.png", flag)
 
     by_group = pd.concat([fit_by_group(comps, c, args)
                           for c in (GROUPS_QUICK if args.quick else GROUPS_FULL)])
-    realdata.write_table(by_group, out, "by_group",
-                         "Abilities by student covariate (London = 0); p_first = posterior "
-                         "probability the school has the largest ability.")
+    write_table(by_group.reset_index(), out, "by_group", floatfmt=".4g")
     plot_by_group(by_group, out / "by_group.png")
 
     latent = None
     if "annotator" in args.models and not args.quick:
-        latent = latent_types(comps, args, [1, 2, 3, 4])
-        realdata.write_table(latent, out, "latent_loo",
-                             "Annotator-latent types: leave-one-annotator-out PSIS-LOO by K.")
+        with step(f"annotator-latent fits, K = {args.K}"):
+            latent = latent_types(comps, args, args.K)
+        write_table(latent.reset_index(), out, "latent_loo", floatfmt=".4g")
 
     head = _headline(abil, by_group)
-    print(realdata.markdown_table(head))
-    _report(out, abil, check, by_group, latent, head, args.models)
+    print(_markdown(head))
+    if latent is not None:
+        print(_markdown(latent.drop(columns="diagnostics")))
+    _report(out, abil, check, by_group, latent, head, args.models, flag)
     return 0
 
 
@@ -353,7 +342,11 @@ def _headline(abil: pd.DataFrame, by_group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"ranked first": rows}).rename_axis("students")
 
 
-def _report(out: Path, abil, check, by_group, latent, head, models: list[str]) -> None:
+def _markdown(table: pd.DataFrame) -> str:
+    return table.reset_index().to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def _report(out: Path, abil, check, by_group, latent, head, models: list[str], flag: str) -> None:
     missing = [m for m in ("labeled", "annotator") if m not in ps.models]
     skipped = [m for m in ("labeled", "annotator") if m in ps.models and m not in models]
     if latent is None and "annotator" in models:
@@ -362,20 +355,25 @@ def _report(out: Path, abil, check, by_group, latent, head, models: list[str]) -
         "# CEMS audit", "",
         "Data: CEMS business-school choice (Dittrich et al. 1998; BradleyTerry2 `CEMS`), "
         "4,454 judgements by 303 students, 487 ties. Outcome coded 1 / 0 / 0.5 (tie).", "",
-        "## Aggregate abilities", "", realdata.markdown_table(abil), "",
-        "## Cross-check with maximum likelihood", "", realdata.markdown_table(check), "",
-        "## By group", "", realdata.markdown_table(by_group), "",
+        "## Aggregate abilities", "",
+        "Logit scale, London = 0, Davidson ties. Criterion: |posterior mean - Davidson ML| < "
+        f"{ML_TOLERANCE}. {flag}", "", _markdown(abil), "",
+        "## Cross-check with maximum likelihood", "",
+        "Posterior vs independent SciPy ML fits on the same identification.", "",
+        _markdown(check), "",
+        "## By group", "",
+        "Abilities by student covariate (London = 0); p_first = posterior probability the "
+        "school has the largest ability.", "", _markdown(by_group), "",
     ]
     if latent is not None:
-        lines += ["## Annotator-latent types (LOO by K)", "", realdata.markdown_table(latent), ""]
-    lines += ["## Headline", "", realdata.markdown_table(head), ""]
+        lines += ["## Annotator-latent types (LOO by K)", "",
+                  "Leave-one-annotator-out PSIS-LOO by K.", "", _markdown(latent), ""]
+    lines += ["## Headline", "", _markdown(head), ""]
     if missing:
         lines += [f"Not run (model not registered yet): {', '.join(missing)}.", ""]
     if skipped:
         lines += [f"Not run (left out with --models): {', '.join(skipped)}.", ""]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "report.md")
+    write_atomic(out / "report.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,20 @@ Splits, following PAL's evaluation (Chen et al. 2024):
   draw (``p(k | shots) ∝ pi_k prod_j p(y_j | theta_k)``), and the remaining pairs are
   predicted.
 
-Accuracy is the share of held-out judgements whose posterior predictive probability is on the
-right side of 1/2. The fitted models are the aggregate model and the annotator-latent model
-(K = number of personas); PAL's ideal-point model is left out until it is committed. Group
-recovery: adjusted Rand index of the training users' most probable type against their persona.
+Accuracy is the share of held-out judgements whose posterior-mean predictive probability is on
+the right side of 1/2. The fitted models (each when registered) are the aggregate model, the
+annotator-latent model and PAL's ideal-point model (``"pal"``, model A with a linear map), the
+latter two with K = number of personas. The PAL model's unseen / few-shot predictions are
+:func:`pluralstan.models.pal.accuracy`'s: zero-shot averages the seen users' probabilities;
+few-shot localises each new user from the same revealed pairs with the shared parameters held
+at their posterior (:func:`pluralstan.models.pal.fit_new_users`). Group recovery: adjusted Rand
+index of the training users' most probable type (annotator model: membership; PAL: largest
+prototype weight) against their persona, computed per posterior draw and averaged, so label
+switching between chains cannot lower it.
+
+The new-user localisation of PAL runs min(chains, 2) chains x min(draws, 500) draws.
+``--quick`` (the test suite's subset): 20 users per persona, 30 pairs each, 6 features,
+2 chains x 300 draws.
 
 Outputs in ``--out``: ``accuracy.{csv,md}``, ``accuracy.png``, ``report.md``.
 Run ``python workflows/audit_personas.py --help``.
@@ -30,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -43,7 +52,7 @@ from scipy.special import expit, log_expit, logsumexp
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure
+from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
 
 def split(comps: Comparisons, unseen_share: float, holdout: float, shots: int, seed: int
@@ -116,36 +125,79 @@ def latent_predict(idata, X: np.ndarray, users: np.ndarray, levels: list,
     return (util * w).sum(axis=2).mean(axis=0)
 
 
+def ari_per_draw(alloc: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Adjusted Rand index of each draw's most probable type against ``truth``.
+
+    ``alloc`` is ``(draws, annotators, K)`` (membership probabilities or weights). Within one
+    draw the labels are consistent, so the index is invariant to label switching.
+    """
+    best = alloc.argmax(axis=2)
+    return np.array([realdata.adjusted_rand_index(b, truth) for b in best])
+
+
+def unseen_table(comps: Comparisons, parts: dict[str, np.ndarray]) -> Comparisons:
+    """The unseen users' judgements, each user's revealed ``shots`` rows first.
+
+    :func:`pluralstan.models.pal.accuracy` reveals a new user's first ``n`` judgements in table
+    order and scores the rest, so this order makes its few-shot split the same as the other
+    models'.
+    """
+    users = comps.frame["annotator"].to_numpy()
+    order = []
+    for user in pd.unique(users[parts["shots"]]):
+        order += [r for r in parts["shots"] if users[r] == user]
+        order += [r for r in parts["unseen_test"] if users[r] == user]
+    return comps.subset(np.asarray(order, dtype=np.int64))
+
+
+def pal_rows(idata, comps: Comparisons, parts: dict[str, np.ndarray], args) -> list[dict]:
+    """Seen / unseen / few-shot rows of the PAL model (:func:`pluralstan.models.pal.accuracy`)."""
+    from pluralstan.models import pal
+
+    table = pal.accuracy(idata, comps.subset(parts["seen"]), unseen_table(comps, parts),
+                         shots=(0, args.shots), chains=min(args.chains, 2),
+                         draws=min(args.draws, 500), warmup=min(args.draws, 500),
+                         seed=args.seed)
+
+    def split_name(r: pd.Series) -> str:
+        if r["setting"] == "seen":
+            return "seen"
+        return "unseen" if int(r["shots"]) == 0 else "few-shot"
+
+    return [{"model": "pal", "split": split_name(r),
+             "judgements": int(r["judgements"]), "accuracy": float(r["accuracy"]),
+             "diagnostics": r["diagnostics"] or "ok"} for _, r in table.iterrows()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=None,
-                   help=f"data folder (default: ${realdata.ENV_VAR} or ../shared/data)")
-    p.add_argument("--out", type=Path, default=Path("out/audit_personas"), help="output folder")
-    p.add_argument("--seed", type=int, default=1, help="seed of the users, split and sampler")
+    """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
+    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_personas")
     p.add_argument("--users", type=int, default=60, help="users per persona")
     p.add_argument("--pairs", type=int, default=40, help="pairs per user")
     p.add_argument("--features", type=int, default=16, help="SVD text features")
     p.add_argument("--holdout", type=float, default=0.25, help="held-out share of seen users")
     p.add_argument("--unseen", type=float, default=0.2, help="share of users held out")
     p.add_argument("--shots", type=int, default=5, help="revealed pairs of unseen users")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain")
-    p.add_argument("--quick", action="store_true",
-                   help="CI subset: 25 users per persona, 30 pairs, 8 features, 300 draws")
+    p.add_argument("--models", default="annotator,pal",
+                   help="comma-separated models fitted besides the aggregate one, when "
+                        "registered: 'annotator', 'pal'; 'none' for the aggregate model only")
     args = p.parse_args(argv)
     if args.quick:
-        args.users, args.pairs = min(args.users, 25), min(args.pairs, 30)
-        args.features, args.draws = min(args.features, 8), min(args.draws, 300)
+        args.users, args.pairs = min(args.users, 20), min(args.pairs, 30)
+        args.features, args.draws = min(args.features, 6), min(args.draws, 300)
+        args.chains = min(args.chains, 2)
+    args.models = [m for m in args.models.split(",") if m in ps.models]
     return args
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.reset_index().to_markdown(index=False, floatfmt=".3f") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the audit; returns the process exit status."""
     args = parse_args(argv)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     comps = realdata.load_personas(args.data, users_per_persona=args.users,
                                    pairs_per_user=args.pairs, n_components=args.features,
                                    seed=args.seed)
@@ -155,13 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     users = comps.frame["annotator"].to_numpy()
     sampler = {"chains": args.chains, "draws": args.draws, "warmup": args.draws,
                "seed": args.seed}
-    fits = {"aggregate": ps.fit("aggregate", train, **sampler)}
     K = len(comps.group_levels)
-    if "annotator" in ps.models:
-        fits["annotator"] = ps.fit("annotator", train, K=K, **sampler)
+    fits = {}
+    for name in ["aggregate", *args.models]:
+        with step(f"{name} fit, {train.n} training judgements"):
+            fits[name] = ps.fit(name, train, **({} if name == "aggregate" else {"K": K}),
+                                **sampler)
     rows = []
     shots = (X[parts["shots"]], y[parts["shots"]], users[parts["shots"]])
     for name, idata in fits.items():
+        if name == "pal":
+            with step("PAL seen / unseen / few-shot predictions"):
+                rows += pal_rows(idata, comps, parts, args)
+            continue
         for split_name, rows_, with_shots in (("seen", parts["seen"], False),
                                               ("unseen", parts["unseen_test"], False),
                                               ("few-shot", parts["unseen_test"], True)):
@@ -174,18 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                          "accuracy": accuracy(p, y[rows_]),
                          "diagnostics": ps.diagnostics.flag(idata) or "ok"})
     table = pd.DataFrame(rows).set_index(["model", "split"])
-    if "annotator" in fits:
-        from pluralstan.relabel import relabel
-
-        # label-dependent summary: relabel draw by draw (Stephens) before averaging
-        member = relabel(fits["annotator"])[0].posterior["membership"].mean(("chain", "draw"))
-        best = member.transpose("annotator", "group").values.argmax(axis=1)
-        truth = train.frame.drop_duplicates("annotator")["group"].to_numpy()
-        table["ari_train_users"] = np.nan
-        ari = realdata.adjusted_rand_index(best, truth)
-        table.loc[("annotator", "seen"), "ari_train_users"] = ari
-    realdata.write_table(table, out, "accuracy",
-                         "Held-out accuracy (PAL's seen / unseen / few-shot splits).")
+    # group recovery of the training users (truth in the models' annotator order)
+    truth = train.frame.drop_duplicates("annotator")["group"].to_numpy()
+    table["ari_train_users"] = np.nan
+    for name, var in (("annotator", "membership"), ("pal", "w")):
+        if name in fits:
+            alloc = _draws(fits[name], var, ("annotator", "group"))
+            table.loc[(name, "seen"), "ari_train_users"] = ari_per_draw(alloc, truth).mean()
+    write_table(table.reset_index(), out, "accuracy", floatfmt=".4g")
     fig, ax = plt.subplots(figsize=(5, 3))
     wide = table["accuracy"].unstack("split")[["seen", "unseen", "few-shot"]]
     wide.plot.bar(ax=ax, rot=0)
@@ -194,14 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_ylim(0, 1)
     fig.tight_layout()
     save_figure(fig, out / "accuracy.png")
-    print(realdata.markdown_table(table))
+    shown = table.drop(columns="diagnostics")
+    print(_markdown(shown))
+    flags = sorted(set(table["diagnostics"]))
     lines = ["# Persona semi-synthetic audit", "",
              f"{comps.n} judgements by {len(comps.annotator_levels)} simulated users of the "
-             f"personas {list(comps.group_levels)}; {args.features} TF-IDF/SVD features.", "",
-             realdata.markdown_table(table)]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "report.md")
+             f"personas {list(comps.group_levels)} ({args.users} per persona, {args.pairs} "
+             f"pairs each); {args.features} TF-IDF/SVD features; {args.chains} chains x "
+             f"{args.draws} draws, seed {args.seed}. Unseen users: {args.unseen:.0%} of each "
+             f"persona; few-shot: {args.shots} revealed pairs.", "",
+             "## Held-out accuracy (PAL's seen / unseen / few-shot splits)", "",
+             _markdown(shown), "## Diagnostics", "", *[f"* {f}" for f in flags], ""]
+    write_atomic(out / "report.md", "\n".join(lines))
     return 0
 
 

@@ -7,13 +7,16 @@ participant agreed with is preferred to one they disagreed with; passes are not 
 pairs of one participant come from only ``n_agree + n_disagree`` votes. The audit fits
 
 1. the aggregate item model (one statement ranking for everybody: the "consensus" view);
-2. the annotator-latent model with K = 1..3 types (``--quick``: 1..2), chosen by
+2. the annotator-latent model with K = 1..3 types (``--K``; ``--quick``: 1, 2), chosen by
    leave-one-participant-out PSIS-LOO (:func:`pluralstan.workflow.compare.compare_K`), with
    the types relabelled draw by draw (Stephens' method, :func:`pluralstan.relabel.relabel`);
 3. the agreement of each participant's most probable type with Polis's own opinion group
    (adjusted Rand index). Caveat: Polis's groups are computed from the same votes (PCA +
    k-means), so agreement shows the two methods see the same structure, not that either is
    right.
+
+``--quick`` (the test suite's subset): brexit-consensus, at most 15 pairs per participant,
+K = 1, 2, 2 chains x 300 draws.
 
 Outputs in ``--out``: ``statements.{csv,md}``, ``latent.{csv,md}``, ``types.png``,
 ``report.md``. Run ``python workflows/audit_polis.py --help``.
@@ -35,7 +38,7 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure
+from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
 
 def _sampler(args: argparse.Namespace) -> dict:
@@ -59,7 +62,6 @@ def statement_table(comps: Comparisons, idata, conversation: str, folder) -> pd.
 def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> pd.DataFrame:
     """Annotator-latent fits by K: LOO comparison, type shares and ARI with Polis's groups."""
     from pluralstan.relabel import relabel
-    from pluralstan.workflow.compare import compare_K
 
     polis_group = comps.frame.drop_duplicates("annotator").set_index("annotator")["group"]
     polis_group = polis_group.reindex(comps.annotator_levels).to_numpy()
@@ -82,9 +84,7 @@ def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> 
         })
     table = pd.DataFrame(rows).set_index("K")
     if len(fits) > 1:
-        compared = compare_K(fits, comps=comps)
-        compared.index = [int(str(k).split("=")[1]) for k in compared.index]
-        table = table.join(compared[["elpd_loo", "se", "elpd_diff", "dse", "n_high_k"]])
+        table = table.join(realdata.loo_by_K(fits, comps))
     return table
 
 
@@ -102,61 +102,59 @@ def plot_statements(table: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=None,
-                   help=f"data folder (default: ${realdata.ENV_VAR} or ../shared/data)")
-    p.add_argument("--out", type=Path, default=Path("out/audit_polis"), help="output folder")
+    """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
+    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_polis")
     p.add_argument("--conversation", default="brexit-consensus",
                    choices=realdata.POLIS_CONVERSATIONS)
     p.add_argument("--max-pairs", type=int, default=30, help="pairs kept per participant")
-    p.add_argument("--seed", type=int, default=1, help="seed of the pair subset and sampler")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain")
-    p.add_argument("--quick", action="store_true",
-                   help="CI subset: brexit only, 300 draws per chain, 15 pairs per participant, "
-                        "K = 1, 2")
+    p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3],
+                   help="numbers of latent types compared by LOO (default 1 2 3)")
     args = p.parse_args(argv)
     if args.quick:
         args.draws, args.max_pairs = min(args.draws, 300), min(args.max_pairs, 15)
+        args.chains, args.K = min(args.chains, 2), [1, 2]
         args.conversation = "brexit-consensus"
     return args
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.reset_index().to_markdown(index=False, floatfmt=".3g") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the audit; returns the process exit status."""
     args = parse_args(argv)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     comps = realdata.load_polis(args.conversation, args.data, max_pairs=args.max_pairs,
                                 seed=args.seed)
-    idata = ps.fit("aggregate", comps, **_sampler(args))
+    with step(f"aggregate fit, {comps.n} pairs"):
+        idata = ps.fit("aggregate", comps, **_sampler(args))
     statements = statement_table(comps, idata, args.conversation, args.data)
-    realdata.write_table(statements, out, "statements",
-                         f"Aggregate statement abilities, {args.conversation}.")
+    write_table(statements.reset_index(), out, "statements", floatfmt=".4g")
     plot_statements(statements, out / "types.png",
                     f"{args.conversation}: aggregate ranking {ps.diagnostics.flag(idata)}")
-    latent = latent_fits(comps, args, [1, 2] if args.quick else [1, 2, 3])
-    realdata.write_table(latent, out, "latent",
-                         "Latent types by K: leave-one-participant-out LOO and adjusted Rand "
-                         "index against Polis's own groups (computed from the same votes).")
-    best_k = int(latent["elpd_loo"].idxmax()) if "elpd_loo" in latent else 1
+    with step(f"annotator-latent fits, K = {args.K}"):
+        latent = latent_fits(comps, args, args.K)
+    write_table(latent.reset_index(), out, "latent", floatfmt=".4g")
+    best_k = int(latent["elpd_loo"].idxmax()) if "elpd_loo" in latent else args.K[0]
     head = pd.DataFrame({"value": {
         "participants": len(comps.annotator_levels), "pairs": comps.n,
         "K by LOO": best_k, "ARI at that K": f"{latent.loc[best_k, 'ari_vs_polis']:.2f}",
         "top statement": statements.index[0],
     }}).rename_axis(args.conversation)
-    print(realdata.markdown_table(head))
+    print(_markdown(head))
     lines = ["# Polis audit", "",
              f"{args.conversation}: {comps.n} within-participant pairs from "
-             f"{len(comps.annotator_levels)} participants (at most {args.max_pairs} each).",
+             f"{len(comps.annotator_levels)} participants (at most {args.max_pairs} each); "
+             f"{args.chains} chains x {args.draws} draws, seed {args.seed}.",
              "Polis groups are derived from the same votes: a reference, not ground truth.", "",
-             realdata.markdown_table(head), realdata.markdown_table(latent),
-             realdata.markdown_table(statements.head(15))]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "report.md")
+             "## Headline", "", _markdown(head),
+             "## Latent types by K", "",
+             "Leave-one-participant-out PSIS-LOO and adjusted Rand index of each participant's "
+             "most probable type against Polis's own groups (clustered participants only).", "",
+             _markdown(latent),
+             "## Aggregate statement abilities (top 15)", "", _markdown(statements.head(15))]
+    write_atomic(out / "report.md", "\n".join(lines))
     return 0
 
 

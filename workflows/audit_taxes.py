@@ -21,6 +21,9 @@ utilities, and ``recovered`` is the projection of that implied Democrat - Republ
 on the labeled contrast, ``<d_latent, d_labeled> / <d_labeled, d_labeled>`` (1 = all of it,
 0 = none), computed per posterior draw of the latent model against the labeled posterior mean.
 
+``--quick`` (the test suite's subset): 40 respondents per party, 2 chains x 300 draws, the
+latent model with K = 2 only, no covariate model.
+
 Outputs in ``--out``: ``aggregate.{csv,md}``, ``by_party.{csv,md}``, ``latent.{csv,md}``
 (when the models exist), ``effects.png``, ``report.md`` (disclosure: data, exclusions,
 models, diagnostics, what was not run). Run ``python workflows/audit_taxes.py --help``.
@@ -43,7 +46,7 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure
+from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
 PARTIES = ("Democrat", "Independent", "Republican")
 #: Attribute whose coefficient orders the latent types (identify="ordered").
@@ -182,20 +185,12 @@ def plot_effects(aggregate: pd.DataFrame, by_party: pd.DataFrame, path: Path) ->
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=None,
-                   help=f"data folder (default: ${realdata.ENV_VAR} or ../shared/data)")
-    p.add_argument("--out", type=Path, default=Path("out/audit_taxes"), help="output folder")
-    p.add_argument("--seed", type=int, default=1, help="sampler seed")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain")
+    """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
+    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_taxes")
     p.add_argument("--per-party", type=int, default=None,
                    help="use only this many respondents per party (a seeded random subset)")
-    p.add_argument("--quick", action="store_true",
-                   help="CI subset: 40 respondents per party, 2 chains x 300 draws, latent "
-                        "model with K = 2 only, no covariate model")
+    p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3],
+                   help="numbers of latent types (default 1 2 3; the covariate model uses K > 1)")
     p.add_argument("--models", default="labeled,annotator,covariate",
                    help="comma-separated optional models to use when registered: 'labeled' "
                         "(else per-party aggregate fits), 'annotator', 'covariate'; 'none' "
@@ -205,6 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.draws = min(args.draws, 300)
         args.chains = min(args.chains, 2)
         args.per_party = min(args.per_party or 40, 40)
+        args.K = [2]
         args.models = ",".join(m for m in args.models.split(",") if m != "covariate")
     args.models = [m for m in args.models.split(",") if m in ps.models]
     return args
@@ -219,18 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_party is not None:
         comps = subsample(comps, args.per_party, args.seed)
 
-    aggregate = fit_aggregate(comps, args)
-    realdata.write_table(aggregate.set_index("attribute"), out, "aggregate",
-                         "Aggregate utility (log-odds vs each attribute's reference level).")
-    by_party, d_labeled = fit_by_party(comps, args)
-    realdata.write_table(by_party.set_index(["fit", "attribute"]), out, "by_party",
-                         "Utilities by party (90% intervals).")
+    with step(f"aggregate fit, {comps.n} choices"):
+        aggregate = fit_aggregate(comps, args)
+    write_table(aggregate, out, "aggregate", floatfmt=".4g")
+    with step("fits by party"):
+        by_party, d_labeled = fit_by_party(comps, args)
+    write_table(by_party, out, "by_party", floatfmt=".4g")
     plot_effects(aggregate, by_party, out / "effects.png")
-    latent = fit_latent(comps, d_labeled, args, [2] if args.quick else [1, 2, 3])
+    with step(f"latent fits ({', '.join(args.models)}), K = {args.K}"):
+        latent = fit_latent(comps, d_labeled, args, args.K)
     if len(latent):
-        realdata.write_table(latent, out, "latent",
-                             "Latent types: leave-one-respondent-out LOO and the share of the "
-                             "labeled Democrat - Republican contrast they recover.")
+        write_table(latent.reset_index(), out, "latent", floatfmt=".4g")
 
     contrast = pd.Series(d_labeled, index=aggregate["attribute"])
     head = pd.DataFrame({
@@ -244,9 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                 for (m, k), r in latent.iterrows()} if len(latent) else {}),
         }
     }).rename_axis("taxes")
-    print(realdata.markdown_table(head))
+    print(_markdown(head))
+    if len(latent):
+        print(_markdown(latent.drop(columns="diagnostics")))
     _report(out, comps, aggregate, by_party, latent, head, args.per_party)
     return 0
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.reset_index().to_markdown(index=False, floatfmt=".4g") + "\n"
 
 
 def _report(out: Path, comps, aggregate, by_party, latent, head, per_party) -> None:
@@ -266,15 +267,17 @@ def _report(out: Path, comps, aggregate, by_party, latent, head, per_party) -> N
         "per respondent (no labels).",
         f"* Diagnostics: {'; '.join(flags)}",
         *( [f"* Not run (model not registered yet): {', '.join(missing)}"] if missing else []),
-        "", "## Headline", "", realdata.markdown_table(head),
-        "## Aggregate", "", realdata.markdown_table(aggregate.set_index("attribute")),
-        "## By party", "", realdata.markdown_table(by_party.set_index(["fit", "attribute"])),
+        "", "## Headline", "", _markdown(head),
+        "## Aggregate", "", "Utility: log-odds vs each attribute's reference level.", "",
+        aggregate.to_markdown(index=False, floatfmt=".4g"), "",
+        "## By party", "", "Utilities by party (90% intervals).", "",
+        by_party.to_markdown(index=False, floatfmt=".4g"), "",
     ]
     if len(latent):
-        lines += ["## Latent types", "", realdata.markdown_table(latent)]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+        lines += ["## Latent types", "",
+                  "Leave-one-respondent-out LOO and the share of the labeled Democrat - "
+                  "Republican contrast they recover.", "", _markdown(latent)]
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
