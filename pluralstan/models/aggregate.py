@@ -7,7 +7,15 @@ from typing import Any
 import numpy as np
 
 from ..data import OUTCOMES, Comparisons
-from .base import Encoded, ModelSpec, broadcast_prior, expand_cells, merge_priors, register
+from .base import (
+    Encoded,
+    ModelSpec,
+    bt_prior_data,
+    expand_cells,
+    merge_priors,
+    register,
+    resolve_ties_order,
+)
 
 DEFAULT_PRIORS: dict[str, Any] = {
     "theta_mean": 0.0,  # scalar or one value per attribute
@@ -46,15 +54,7 @@ def encode(
         judgement (the per-row form, same posterior; for checks and benchmarks).
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
-    has_ties = comps.has_ties if ties is None else bool(ties)
-    if comps.has_ties and not has_ties:
-        from ..errors import PluralstanError
-
-        raise PluralstanError(
-            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
-            "or drop the tied rows"
-        )
-    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    has_ties, has_order = resolve_ties_order(comps, ties, order)
     cells = comps.cells()
     if not compress:
         cells = _one_cell_per_row(comps)
@@ -68,11 +68,7 @@ def encode(
         "has_ties": int(has_ties),
         "has_order": int(has_order),
         "y": cells.counts[:, :n_out],
-        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
-        "prior_theta_sd": broadcast_prior(p["theta_sd"], P, "theta_sd"),
-        "prior_order_sd": float(p["order_sd"]),
-        "prior_log_nu_mean": float(p["log_nu_mean"]),
-        "prior_log_nu_sd": float(p["log_nu_sd"]),
+        **bt_prior_data(p, P),
         "prior_only": 0,
     }
     outcome = list(OUTCOMES[:n_out])

@@ -25,7 +25,16 @@ import pandas as pd
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
-from .base import Encoded, ModelSpec, broadcast_prior, merge_priors, register
+from .base import (
+    Encoded,
+    ModelSpec,
+    broadcast_prior,
+    bt_prior_data,
+    merge_priors,
+    positive,
+    register,
+    resolve_ties_order,
+)
 
 Identify = Literal["none", "ordered"]
 
@@ -172,13 +181,7 @@ def likelihood_data(
     """
     K = check_K(K, comps)
     flag, ident_attr = check_identify(comps, identify, ordered_attribute)
-    has_ties = comps.has_ties if ties is None else bool(ties)
-    if comps.has_ties and not has_ties:
-        raise PluralstanError(
-            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
-            "or drop the tied rows"
-        )
-    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    has_ties, has_order = resolve_ties_order(comps, ties, order)
     n_out = 2 + int(has_ties)
     cells = annotator_cells(comps, n_out)
     P = len(comps.attributes)
@@ -195,11 +198,7 @@ def likelihood_data(
         "identify": flag,
         "ident_attr": ident_attr,
         "y": cells.counts,
-        "prior_theta_mean": broadcast_prior(priors["theta_mean"], P, "theta_mean"),
-        "prior_theta_sd": positive(broadcast_prior(priors["theta_sd"], P, "theta_sd"), "theta_sd"),
-        "prior_order_sd": float(positive(priors["order_sd"], "order_sd")),
-        "prior_log_nu_mean": float(priors["log_nu_mean"]),
-        "prior_log_nu_sd": float(positive(priors["log_nu_sd"], "log_nu_sd")),
+        **bt_prior_data(priors, P),
         "prior_only": 0,
     }
     coords = {
@@ -213,16 +212,6 @@ def likelihood_data(
     attrs = {"ties": int(has_ties), "order_effect": int(has_order), "identify": identify,
              "ordered_attribute": comps.attributes[ident_attr - 1] if flag else ""}
     return data, coords, cells, attrs
-
-
-def positive(value: Any, name: str) -> Any:
-    """Return ``value`` if every entry is a finite positive number, else raise naming it."""
-    arr = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(arr) & (arr > 0)):
-        raise PluralstanError(
-            f"prior {name!r} must be finite and positive, got {np.asarray(value).tolist()!r}"
-        )
-    return value
 
 
 def encode(

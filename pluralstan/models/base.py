@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import Comparisons
 from ..engine import StanProgram
 from ..errors import PluralstanError
 
@@ -169,6 +170,54 @@ def broadcast_prior(value: Any, size: int, name: str) -> np.ndarray:
             f"prior {name!r} must be a scalar or have length {size}, got shape {arr.shape}"
         )
     return arr
+
+
+def positive(value: Any, name: str) -> Any:
+    """Return ``value`` if every entry is a finite positive number, else raise naming it."""
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr) & (arr > 0)):
+        raise PluralstanError(
+            f"prior {name!r} must be finite and positive, got {np.asarray(value).tolist()!r}"
+        )
+    return value
+
+
+def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
+    """Stan data of the priors every Bradley-Terry program shares, checked.
+
+    ``theta ~ normal(theta_mean, theta_sd)`` per attribute, the position effect
+    ``gamma ~ normal(0, order_sd)`` and Davidson's ``log(nu) ~ normal(log_nu_mean, log_nu_sd)``.
+    """
+    return {
+        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
+        "prior_theta_sd": positive(broadcast_prior(p["theta_sd"], P, "theta_sd"), "theta_sd"),
+        "prior_order_sd": float(positive(p["order_sd"], "order_sd")),
+        "prior_log_nu_mean": float(p["log_nu_mean"]),
+        "prior_log_nu_sd": float(positive(p["log_nu_sd"], "log_nu_sd")),
+    }
+
+
+def resolve_ties_order(
+    comps: Comparisons, ties: bool | None, order: bool | None
+) -> tuple[int, int]:
+    """Whether to model ties (Davidson) and a position effect.
+
+    Default: ties when the outcomes contain any, a position effect when the table records
+    presentation order.
+
+    Raises
+    ------
+    PluralstanError
+        When the data contain ties but ``ties=False``.
+    """
+    has_ties = comps.has_ties if ties is None else bool(ties)
+    if comps.has_ties and not has_ties:
+        raise PluralstanError(
+            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
+            "or drop the tied rows"
+        )
+    has_order = comps.has_order if order is None else bool(order) and comps.has_order
+    return int(has_ties), int(has_order)
 
 
 def expand_cells(log_p_cell: np.ndarray, cell_of_row: np.ndarray, outcome_of_row: np.ndarray):

@@ -36,10 +36,9 @@ from .annotator import (
     Identify,
     constant_data,
     likelihood_data,
-    positive,
 )
 from .annotator import DEFAULT_PRIORS as ANNOTATOR_PRIORS
-from .base import Encoded, ModelSpec, broadcast_prior, merge_priors, register
+from .base import Encoded, ModelSpec, broadcast_prior, merge_priors, positive, register
 
 DEFAULT_PRIORS: dict[str, Any] = {
     **{k: v for k, v in ANNOTATOR_PRIORS.items() if k != "pi_alpha"},

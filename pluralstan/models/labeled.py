@@ -26,7 +26,17 @@ import pandas as pd
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
-from .base import Encoded, ModelSpec, broadcast_prior, expand_cells, merge_priors, register
+from .base import (
+    Encoded,
+    ModelSpec,
+    broadcast_prior,
+    bt_prior_data,
+    expand_cells,
+    merge_priors,
+    positive,
+    register,
+    resolve_ties_order,
+)
 
 DEFAULT_PRIORS: dict[str, Any] = {
     "theta_mean": 0.0,  # mean of mu (partial pooling) or of each theta_k (no pooling)
@@ -39,26 +49,6 @@ DEFAULT_PRIORS: dict[str, Any] = {
 }
 
 POOLING = ("partial", "none")
-
-
-def resolve_ties_order(
-    comps: Comparisons, ties: bool | None, order: bool | None
-) -> tuple[int, int]:
-    """Whether to model ties and a position effect, as the aggregate model decides them.
-
-    Raises
-    ------
-    PluralstanError
-        When the data contain ties but ``ties=False``.
-    """
-    has_ties = comps.has_ties if ties is None else bool(ties)
-    if comps.has_ties and not has_ties:
-        raise PluralstanError(
-            "the outcome column 'y' contains ties (0.5) but ties=False; fit with ties=True "
-            "or drop the tied rows"
-        )
-    has_order = comps.has_order if order is None else bool(order) and comps.has_order
-    return int(has_ties), int(has_order)
 
 
 def pi_alpha_vector(value: Any, K: int) -> np.ndarray:
@@ -185,13 +175,9 @@ def encode(
         "y": cells.counts[:, :n_out],
         "n_annotators": n_annotators,
         "partial": partial,
-        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
-        "prior_theta_sd": broadcast_prior(p["theta_sd"], P, "theta_sd"),
-        "prior_tau_sd": broadcast_prior(p["tau_sd"], P, "tau_sd"),
+        **bt_prior_data(p, P),
+        "prior_tau_sd": positive(broadcast_prior(p["tau_sd"], P, "tau_sd"), "tau_sd"),
         "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], G),
-        "prior_order_sd": float(p["order_sd"]),
-        "prior_log_nu_mean": float(p["log_nu_mean"]),
-        "prior_log_nu_sd": float(p["log_nu_sd"]),
         "prior_only": 0,
     }
     coords = {

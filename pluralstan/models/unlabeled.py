@@ -32,8 +32,16 @@ import numpy as np
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
-from .base import Encoded, ModelSpec, broadcast_prior, expand_cells, merge_priors, register
-from .labeled import pi_alpha_vector, resolve_ties_order
+from .base import (
+    Encoded,
+    ModelSpec,
+    bt_prior_data,
+    expand_cells,
+    merge_priors,
+    register,
+    resolve_ties_order,
+)
+from .labeled import pi_alpha_vector
 
 DEFAULT_PRIORS: dict[str, Any] = {
     "pi_alpha": 1.0,  # Dirichlet concentration: scalar or K values (concentration * pi_0)
@@ -136,11 +144,7 @@ def encode(
         "identify": int(identify == "ordered"),
         "ident_attr": ident_attr,
         "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], K),
-        "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
-        "prior_theta_sd": broadcast_prior(p["theta_sd"], P, "theta_sd"),
-        "prior_order_sd": float(p["order_sd"]),
-        "prior_log_nu_mean": float(p["log_nu_mean"]),
-        "prior_log_nu_sd": float(p["log_nu_sd"]),
+        **bt_prior_data(p, P),
         "prior_only": 0,
     }
     coords = {
