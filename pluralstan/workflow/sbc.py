@@ -53,7 +53,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import subprocess
 import tempfile
 import warnings
@@ -74,6 +73,7 @@ from ..engine import SamplerConfig, StanProgram, get_engine
 from ..errors import DiagnosticWarning, PluralstanError
 from ..models import get_model
 from ..models.base import Encoded, ModelSpec
+from ..outputs import save_figure
 from ..parallel import Job, RunReport, run_jobs
 
 #: Signature of a data-dependent test quantity: (Stan outputs, computed with the simulated data,
@@ -489,27 +489,12 @@ class SBCResult:
 
     def save_plots(self, folder: str | Path, prefix: str | None = None) -> dict[str, Path]:
         """Write ``<prefix>_ranks.png`` and ``<prefix>_ecdf_diff.png`` (whole or not at all)."""
-        import matplotlib.pyplot as plt
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         prefix = prefix or f"sbc_{self.model}"
-        paths = {}
-        for kind, make in (("ranks", self.plot_ranks), ("ecdf_diff", self.plot_ecdf_diff)):
-            fig = make()
-            path = folder / f"{prefix}_{kind}.png"
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            try:
-                fig.savefig(tmp, format="png", dpi=110)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            finally:
-                plt.close(fig)
-            paths[kind] = path
-        return paths
+        return {kind: save_figure(make(), folder / f"{prefix}_{kind}.png", dpi=110)
+                for kind, make in (("ranks", self.plot_ranks),
+                                   ("ecdf_diff", self.plot_ecdf_diff))}
 
 
 # --------------------------------------------------------------------------- driver
