@@ -11,15 +11,7 @@
 // with order = +1 when a was shown first, -1 when b was, and 0 when unknown.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
-  // Davidson log-probabilities of (b preferred, a preferred, tie) for each cell.
-  matrix davidson_log_probs(vector eta, real log_nu) {
-    int C = rows(eta);
-    vector[C] abs_eta = abs(eta);
-    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
-    vector[C] log_denom = 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu - 0.5 * abs_eta));
-    return append_col(append_col(-0.5 * eta - log_denom, 0.5 * eta - log_denom),
-                      rep_vector(log_nu, C) - log_denom);
-  }
+  #include functions/davidson.stanfunctions
 }
 data {
   int<lower=1> C;                        // number of cells

@@ -23,15 +23,7 @@
 // it does not identify the mixture, and it distorts the posterior where the components overlap
 // in attribute j (Stan User's Guide, "Problematic posteriors").
 functions {
-  // Davidson log-probabilities of (b preferred, a preferred, tie) for each cell.
-  matrix davidson_log_probs(vector eta, real log_nu) {
-    int C = rows(eta);
-    vector[C] abs_eta = abs(eta);
-    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
-    vector[C] log_denom = 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu - 0.5 * abs_eta));
-    return append_col(append_col(-0.5 * eta - log_denom, 0.5 * eta - log_denom),
-                      rep_vector(log_nu, C) - log_denom);
-  }
+  #include functions/davidson.stanfunctions
   // log(pi_k) + log P_k(outcome | cell) for every component k: array of C x (2 + has_ties).
   array[] matrix component_log_probs(matrix eta, vector log_pi, int has_ties,
                                      array[] real log_nu) {

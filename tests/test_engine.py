@@ -108,3 +108,17 @@ def test_cmdstanpy_and_pystan_give_the_same_inference_data_layout(small_bt):
         assert set(a[group].data_vars) == set(b[group].data_vars), group
     diff = abs(a.posterior["theta"].mean() - b.posterior["theta"].mean())
     assert float(diff) < 0.1
+
+
+def test_shared_stan_functions_are_included_once_per_program():
+    # PyStan compiles a program from its text alone, so #include lines are expanded on load
+    from pluralstan.models import REGISTRY, stan_dir
+
+    shared = (stan_dir() / "functions" / "davidson.stanfunctions").read_text()
+    for name in ("aggregate", "labeled", "unlabeled"):
+        source = (stan_dir() / REGISTRY[name].program_file).read_text()
+        assert "#include functions/davidson.stanfunctions" in source
+        code = REGISTRY[name].program.code
+        assert "#include" not in code
+        assert code.count("matrix davidson_log_probs(") == 1
+        assert shared.rstrip("\n") in code

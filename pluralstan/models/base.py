@@ -9,6 +9,7 @@ states its layout once, here, and both engines produce the same InferenceData.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -136,11 +137,29 @@ def stan_dir() -> Path:
     raise RuntimeError(f"cannot find the Stan programs next to {here}")
 
 
+#: A Stan ``#include`` line: the file's path relative to :func:`stan_dir`.
+_INCLUDE = re.compile(r"^[ \t]*#include[ \t]+[\"<]?([\w./-]+?)[\">]?[ \t]*$", re.MULTILINE)
+
+
 @cache
 def load_program(file_name: str) -> StanProgram:
-    """Read a program from :func:`stan_dir` (cached per process)."""
+    """Read a program from :func:`stan_dir` (cached per process).
+
+    ``#include path`` lines (functions shared by several programs, in ``stan/functions/``) are
+    replaced by the file's text, as ``stanc --include-paths=stan`` would do: PyStan compiles a
+    program from its text alone, and the expanded text is what the compile cache is keyed on.
+    """
     path = stan_dir() / file_name
-    return StanProgram(name=path.stem, code=path.read_text())
+    return StanProgram(name=path.stem, code=_expand_includes(path.read_text()))
+
+
+def _expand_includes(code: str, depth: int = 0) -> str:
+    if depth > 8:
+        raise RuntimeError("Stan #include nested more than 8 deep (a cycle?)")
+    return _INCLUDE.sub(
+        lambda m: _expand_includes((stan_dir() / m.group(1)).read_text(), depth + 1).rstrip("\n"),
+        code,
+    )
 
 
 def merge_priors(spec_defaults: Mapping[str, Any], priors: Mapping[str, Any] | None) -> dict:
