@@ -192,12 +192,6 @@ def test_heldout_preference_probabilities_are_recovered(seen_fit, population):
     assert cover >= 0.8, cover
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured 2026-11-23: correlation 0.836 (< 0.9) with exchangeable prototype labels and "
-    "4 chains x 300 draws; agreement is label-invariant, so label switching is not the "
-    "cause; not yet diagnosed - open",
-)
 def test_user_agreement_is_recovered(seen_fit, population):
     """Identified quantity: user-by-user agreement over the observed pairs. Criterion: the
     correlation of posterior-mean and true agreement over all user pairs exceeds 0.9."""
@@ -212,6 +206,7 @@ def test_user_agreement_is_recovered(seen_fit, population):
     true_agree = (p @ p.T + (1 - p) @ (1 - p).T) / len(keep)
     iu = np.triu_indices(len(ids), 1)
     r = np.corrcoef(est.values[iu], true_agree[iu])[0, 1]
+    print(f"user-agreement correlation {r:.3f} over {iu[0].size} user pairs")
     assert r > 0.9, r
 
 
@@ -230,13 +225,6 @@ def test_pal_predicts_heterogeneous_users_better_than_aggregate_bt(seen_fit, pop
     assert acc_pal - acc_agg > 3 * se, (acc_pal, acc_agg, se)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured 2026-11-23: 20-shot 0.875 vs zero-shot 0.856 (SE of difference 0.025): in "
-    "this design the shared quadratic term M likely dominates the heterogeneous part (a linear "
-    "aggregate BT scores 0.64, zero-shot PAL 0.856), so zero-shot is already close to seen "
-    "accuracy; the design needs a smaller W_sd (untested) - open",
-)
 def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
     """PAL section 3.3.1 / Fig. 2d. Criteria, on the same held-out judgements of 12 unseen
     users: (1) 20-shot accuracy exceeds both zero-shot and 1-shot accuracy by more than two
@@ -246,6 +234,7 @@ def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
     table = quiet(pal.accuracy, seen_fit, test, new, shots=(0, 1, 5, 20), n_draws=60,
                   chains=2, draws=300, warmup=300, seed=5)
     assert list(table["setting"]) == ["seen", "unseen", "unseen", "unseen", "unseen"]
+    print(table.to_string())
     acc = dict(zip(table["shots"].fillna(-1), table["accuracy"], strict=True))
     se = dict(zip(table["shots"].fillna(-1), table["accuracy_se"], strict=True))
     for low in (0, 1):
