@@ -29,6 +29,12 @@ What the rows measure
     :func:`stan_gradient_seconds` (slope of sampling time on leapfrog steps, so data loading,
     generated quantities and output transfer drop out). NumPyro: a jitted ``value_and_grad``
     of the potential. PyMC: its compiled ``logp_dlogp_function``.
+``grads_per_draw`` / ``ess_per_kgrad``
+    Leapfrog steps (gradients) per saved draw, mean over chains and draws, and bulk ESS (the
+    ``min_ess_bulk`` above) per 1,000 gradients of the saved draws. With ``grad_ms`` they split
+    an ESS/s difference between engines into cost per gradient and sampler efficiency per
+    gradient; what is left is per-draw overhead (Stan: generated quantities and PyStan's output
+    transfer, reported in ``note`` as the ``fixed_param`` seconds per draw).
 ``ratio`` / ``ratio_is`` / ``goal`` / ``meets``
     The quantity the issue sets a goal for, what it divides, the goal, and whether this run met
     it. Rows from fits carry :func:`pluralstan.diagnostics.flag` (empty when the fit passed) in
@@ -107,8 +113,15 @@ PARAMETERS = ("theta", "pi")
 AGREEMENT_Z = 3.0
 #: Seconds after which a workflow script is stopped (the goal for both together is 300).
 WORKFLOW_TIMEOUT = 1200
+#: Arguments of the timed workflow scripts (target 4): the issue's 6-sigma x 10-replicate
+#: diversity sweep is one nu (the script's default sweeps three, 180 fits).
+WORKFLOW_ARGS = {"diversity_sweep.py": ("--nu", "0", "--replicates", "10")}
 #: NumPyro and PyMC, when installed (the optional extra ``pluralstan[bench]``).
 PEERS = {"numpyro": "numpyro", "pymc": "pymc"}
+#: Options of every annotator-model fit here. ``replicate=False``: no ``y_rep`` (cells x
+#: outcomes per draw), which the peers do not generate either and which PyStan's output
+#: transfer makes the dearest part of a draw on large data.
+OPTIONS = {"aggregate": {}, "annotator": {"K": 2, "replicate": False}}
 
 
 # ---------------------------------------------------------------------------- settings and rows
@@ -163,6 +176,8 @@ class Row:
     min_ess_bulk: float | None = None
     ess_per_s: float | None = None
     grad_ms: float | None = None
+    grads_per_draw: float | None = None
+    ess_per_kgrad: float | None = None
     ratio: float | None = None
     ratio_is: str = ""
     goal: str = ""
@@ -317,8 +332,16 @@ def run_peer(peer: Any, model: str, data: dict[str, Any], s: Settings) -> Run:
                out["sample_stats"], out["sample_seconds"], out["build_seconds"])
 
 
+@dataclass(frozen=True)
+class StanTiming:
+    """What :func:`stan_gradient_seconds` measures: a gradient, and a draw without one."""
+
+    gradient: float  #: seconds per log-density gradient
+    per_draw: float  #: seconds per ``fixed_param`` draw: generated quantities + output transfer
+
+
 def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: int,
-                          seed: int = 1) -> float:
+                          seed: int = 1) -> StanTiming:
     """Seconds per log-density gradient of a compiled Stan program under PyStan.
 
     PyStan's ``grad_log_prob`` rebuilds the model from its data on every call (an HTTP request
@@ -329,7 +352,9 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
     the same number of iterations without any gradient: same model set-up, generated
     quantities and output transfer. The difference in wall time, divided by the number of
     leapfrog steps, is the cost of one gradient. It can come out at or below zero when the
-    gradients are cheaper than the timing noise of a shared machine; the table says so.
+    gradients are cheaper than the timing noise of a shared machine; the table says so. The
+    ``fixed_param`` run's seconds per draw are returned too: the per-draw cost of generated
+    quantities and of PyStan's output transfer, which sampling pays on top of the gradients.
     """
     import stan
 
@@ -342,7 +367,8 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
         t1 = time.perf_counter()
         model.fixed_param(num_chains=1, num_samples=2 * iterations)
         t2 = time.perf_counter()
-    return ((t1 - t0) - (t2 - t1)) / float(np.sum(fit["n_leapfrog__"]))
+    return StanTiming(((t1 - t0) - (t2 - t1)) / float(np.sum(fit["n_leapfrog__"])),
+                      (t2 - t1) / (2 * iterations))
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -404,15 +430,27 @@ def fit_row(target: str, case: str, run: Run, n: int, s: Settings, note: str = "
     idata = posterior_of(run)
     ess = min_ess(idata)
     notes = [x for x in (note, flag_of(idata)) if x]
+    steps = np.asarray(run.sample_stats["n_steps"], dtype=float)  # (chain, saved draw)
     return Row(target, case, run.engine, n, s.chains, s.draws, round(run.sample_seconds, 2),
-               round(ess, 1), round(ess / run.sample_seconds, 2), note="; ".join(notes))
+               round(ess, 1), round(ess / run.sample_seconds, 2),
+               grads_per_draw=round(float(steps.mean()), 1),
+               ess_per_kgrad=round(1e3 * ess / float(steps.sum()), 2), note="; ".join(notes))
 
 
-def with_gradient(row: Row, seconds: float) -> Row:
-    """Put a gradient time (ms) on ``row``, noting when it is below the timing resolution."""
+def with_gradient(row: Row, timing: StanTiming | float) -> Row:
+    """Put a gradient time (ms) on ``row``, noting when it is below the timing resolution.
+
+    A :class:`StanTiming` also notes the per-draw cost of generated quantities and output.
+    """
+    seconds = timing.gradient if isinstance(timing, StanTiming) else timing
     row.grad_ms = round(1e3 * seconds, 4)
+    notes = [row.note]
     if seconds <= 0:
-        row.note = "; ".join(x for x in (row.note, "gradient below timing resolution") if x)
+        notes.append("gradient below timing resolution")
+    if isinstance(timing, StanTiming):
+        notes.append(f"generated quantities + output {1e3 * timing.per_draw:.1f} ms per draw "
+                     "(fixed_param)")
+    row.note = "; ".join(x for x in notes if x)
     return row
 
 
@@ -518,10 +556,10 @@ def target_peers(s: Settings) -> list[Row]:
     n = comps.n
     target = "2 vs other engines"
     rows = []
-    for model, K in (("aggregate", None), ("annotator", 2)):
+    for model, options in OPTIONS.items():
         case = f"{model}, {len(comps.annotator_levels)} annotators"
-        enc = get_model(model).encode(comps, K=K)
-        ours = run_registered(model, comps, s, f"pluralstan {model} (PyStan)", K=K)
+        enc = get_model(model).encode(comps, **options)
+        ours = run_registered(model, comps, s, f"pluralstan {model} (PyStan)", **options)
         prog = get_model(model).program
         grad = stan_gradient_seconds(prog, enc.data, s.grad_draws)
         ref = with_gradient(fit_row(target, case, ours, n, s), grad)
@@ -555,7 +593,7 @@ def target_scaling(s: Settings) -> list[Row]:
     prog = get_model("annotator").program
     for n in s.scaling_n:
         comps = annotator_comps(n, s, per_annotator=10)
-        enc = get_model("annotator").encode(comps, K=2)
+        enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
         grad = stan_gradient_seconds(prog, enc.data, s.grad_draws)
         case = f"N = {comps.n}"
         note = f"{enc.data['I']} annotators, {enc.data['C']} cells"
@@ -565,15 +603,17 @@ def target_scaling(s: Settings) -> list[Row]:
             row.case, row.note = case, "; ".join(x for x in (note, row.note) if x)
             rows.append(memory_row(n, s, probe))
         else:
-            run = run_registered("annotator", comps, s, "pluralstan annotator (PyStan)", K=2)
+            run = run_registered("annotator", comps, s, "pluralstan annotator (PyStan)",
+                                 **OPTIONS["annotator"])
             row, seconds = fit_row(target, case, run, comps.n, s, note), run.sample_seconds
         row = with_gradient(row, grad)
         per_ess = seconds / row.min_ess_bulk
         if base is None:
-            base = (comps.n, grad, per_ess)
-        elif min(grad, base[1]) > 0:
+            base = (comps.n, grad.gradient, per_ess)
+        elif min(grad.gradient, base[1]) > 0:
             growth = comps.n / base[0]
-            g_ratio, e_ratio = (grad / base[1]) / growth, (per_ess / base[2]) / growth
+            g_ratio = (grad.gradient / base[1]) / growth
+            e_ratio = (per_ess / base[2]) / growth
             row = replace(row, ratio=round(g_ratio, 3),
                           ratio_is=f"grad-time growth / N growth (x{growth:g})", goal="<= 1",
                           meets="yes" if g_ratio <= 1 else "no")
@@ -615,7 +655,8 @@ def memory_probe(n: int, s: Settings) -> None:
     comps = annotator_comps(n, s, per_annotator=10)
     ensure_built(get_model("annotator").program)
     tracemalloc.start()
-    run = run_registered("annotator", comps, s, "pluralstan annotator (PyStan)", K=2)
+    run = run_registered("annotator", comps, s, "pluralstan annotator (PyStan)",
+                         **OPTIONS["annotator"])
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     services_stub.executor.shutdown(wait=True)  # reap the sampler workers to read their peak
@@ -646,7 +687,8 @@ def target_workflows(s: Settings) -> list[Row]:
         t0 = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as tmp:  # outputs are not kept
-                done = subprocess.run([sys.executable, str(path), "--out", tmp],
+                done = subprocess.run([sys.executable, str(path), "--out", tmp,
+                                       *WORKFLOW_ARGS.get(script, ())],
                                       capture_output=True, text=True, cwd=REPO,
                                       timeout=WORKFLOW_TIMEOUT)
             note = "" if done.returncode == 0 else f"FAILED (exit {done.returncode}): " + \
@@ -654,7 +696,8 @@ def target_workflows(s: Settings) -> list[Row]:
         except subprocess.TimeoutExpired:
             note = f"stopped after {WORKFLOW_TIMEOUT} s"
         wall = time.perf_counter() - t0
-        rows.append(Row(target, script, "script", seconds=round(wall, 1), note=note))
+        case = " ".join((script, *WORKFLOW_ARGS.get(script, ())))
+        rows.append(Row(target, case, "script", seconds=round(wall, 1), note=note))
     scripts = [r for r in rows[1:] if r.seconds is not None and not r.note]
     if len(scripts) == 2:
         total = sum(r.seconds for r in scripts)
@@ -713,11 +756,12 @@ def target_threads(s: Settings) -> list[Row]:
                                 f"{probe['cpu_per_wall']:.2f} CPU s per wall s of the fit"),
                             grad)
         if base is None:
-            base = grad
-        elif min(grad, base) > 0:
-            row = replace(row, ratio=round(base / grad, 2),
+            base = grad.gradient
+        elif min(grad.gradient, base) > 0:
+            speed_up = base / grad.gradient
+            row = replace(row, ratio=round(speed_up, 2),
                           ratio_is="speed-up per gradient vs serial", goal="> 1 to pay",
-                          meets="yes" if base / grad > 1 else "no")
+                          meets="yes" if speed_up > 1 else "no")
         rows.append(row)
     return rows
 
@@ -823,9 +867,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[Row] = []
     for key in args.targets:
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()
         rows += TARGETS[key](s)
-        print(f"target {key} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        wall, load1 = time.perf_counter() - t0, os.getloadavg()
+        # the machine is shared: what else ran shows in the load average (1 and 5 minutes)
+        info[f"target {key}"] = (f"{wall:.0f} s, load average 1m/5m {load0[0]:.1f}/{load0[1]:.1f}"
+                                 f" at start, {load1[0]:.1f}/{load1[1]:.1f} at end")
+        print(f"target {key} done in {wall:.0f} s", file=sys.stderr)
         write(table(rows), info, args.out, command.strip())  # keep what is done so far
     frame = table(rows)
     with pd.option_context("display.max_columns", None, "display.width", 250,
