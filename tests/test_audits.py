@@ -50,12 +50,18 @@ def _png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
 
 
-def test_cems_help_lists_the_options(capsys):
+@pytest.mark.parametrize(("name", "extra"), [
+    ("audit_cems", ("--models", "--K")), ("audit_taxes", ("--models", "--K", "--per-party")),
+    ("audit_polis", ("--conversation", "--max-pairs", "--K")),
+    ("audit_personas", ("--models", "--users", "--shots")),
+])
+def test_help_lists_the_options(name, extra, capsys):
     with pytest.raises(SystemExit) as done:
-        _script("audit_cems").parse_args(["--help"])
+        _script(name).parse_args(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    assert all(opt in text for opt in ("--quick", "--seed", "--out", "--data", "--models"))
+    shared = ("--quick", "--seed", "--out", "--data", "--chains", "--draws")
+    assert all(opt in text for opt in shared + extra)
 
 
 def test_cems_abilities_match_the_ml_fits(cems):
@@ -172,6 +178,9 @@ def test_personas_accuracy_has_every_model_and_split(personas):
     # the aggregate model ignores the revealed pairs, so its unseen and few-shot agree exactly
     agg = table.query("model == 'aggregate'").set_index("split")["accuracy"]
     assert agg["unseen"] == agg["few-shot"]
+    # the true probabilities' accuracy depends on the judgements only, not on the model
+    assert table.groupby("split")["oracle_accuracy"].nunique().eq(1).all()
+    assert table["oracle_accuracy"].between(0.5, 1).all()  # half credit for indifference
     _png(out / "accuracy.png")
 
 

@@ -21,7 +21,7 @@ allowed (487 ties among 4,454 judgements). The audit
 3. when the ``annotator`` latent-type model is registered, fits K = 1..4 and compares them by
    leave-one-annotator-out PSIS-LOO, and asks whether a type that ranks Paris first appears.
 
-``--quick`` (the test suite's subset): 500 draws per chain, groups by work status only, no
+``--quick`` (the test suite's subset): 2 chains x 500 draws, groups by work status only, no
 latent-type model (the K = 1..4 LOO comparison, ``--K``, needs the full run).
 
 Outputs in ``--out``: ``abilities.{csv,md}``, ``ml_crosscheck.{csv,md}``,
@@ -277,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'none' for the aggregate model only")
     args = p.parse_args(argv)
     if args.quick:
-        args.draws = min(args.draws, 500)
+        args.draws, args.chains = min(args.draws, 500), min(args.chains, 2)
     args.models = [m for m in args.models.split(",") if m in ps.models]
     return args
 

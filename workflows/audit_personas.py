@@ -18,7 +18,8 @@ Splits, following PAL's evaluation (Chen et al. 2024):
   predicted.
 
 Accuracy is the share of held-out judgements whose posterior-mean predictive probability is on
-the right side of 1/2. The fitted models (each when registered) are the aggregate model, the
+the right side of 1/2; ``oracle_accuracy`` is that of the true probabilities on the same
+judgements (pairs the persona is indifferent about count half), the ceiling. The fitted models (each when registered) are the aggregate model, the
 annotator-latent model and PAL's ideal-point model (``"pal"``, model A with a linear map), the
 latter two with K = number of personas. The PAL model's unseen / few-shot predictions are
 :func:`pluralstan.models.pal.accuracy`'s: zero-shot averages the seen users' probabilities;
@@ -54,6 +55,9 @@ from pluralstan import realdata
 from pluralstan.data import Comparisons
 from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
+#: Strength of the simulated users' preference (:func:`pluralstan.realdata.load_personas`).
+BETA = 3.0
+
 
 def split(comps: Comparisons, unseen_share: float, holdout: float, shots: int, seed: int
           ) -> dict[str, np.ndarray]:
@@ -84,6 +88,20 @@ def split(comps: Comparisons, unseen_share: float, holdout: float, shots: int, s
 def _draws(idata, name: str, dims: tuple[str, ...]) -> np.ndarray:
     da = idata.posterior[name].stack(sample=("chain", "draw"))
     return da.transpose("sample", *dims).values
+
+
+def oracle_accuracy(comps: Comparisons, rows: np.ndarray) -> float:
+    """Accuracy of the true preference probabilities (the users' personas and ``BETA``).
+
+    Pairs on which the persona's stance is equal have probability 1/2 and count as half right,
+    so this is the best any model can expect on ``rows``, up to sampling noise.
+    """
+    truth = comps.truth
+    k = truth["group"][comps.codes("annotator")][rows]
+    ia, ib = np.array([p.split("|") for p in comps.frame["pair"].iloc[rows]], dtype=int).T
+    p = expit(BETA * (truth["stance"][k, ia] - truth["stance"][k, ib]) / 2.0)
+    y = comps.frame["y"].to_numpy()[rows]
+    return float(np.mean(np.where(p == 0.5, 0.5, (p > 0.5) == (y == 1))))
 
 
 def accuracy(p: np.ndarray, y: np.ndarray) -> float:
@@ -198,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the audit; returns the process exit status."""
     args = parse_args(argv)
     out = args.out
-    comps = realdata.load_personas(args.data, users_per_persona=args.users,
+    comps = realdata.load_personas(args.data, beta=BETA, users_per_persona=args.users,
                                    pairs_per_user=args.pairs, n_components=args.features,
                                    seed=args.seed)
     parts = split(comps, args.unseen, args.holdout, args.shots, args.seed)
@@ -232,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                          "accuracy": accuracy(p, y[rows_]),
                          "diagnostics": ps.diagnostics.flag(idata) or "ok"})
     table = pd.DataFrame(rows).set_index(["model", "split"])
+    test_rows = {"seen": parts["seen"], "unseen": parts["unseen_test"],
+                 "few-shot": parts["unseen_test"]}
+    oracle = {s: oracle_accuracy(comps, r) for s, r in test_rows.items()}
+    table.insert(2, "oracle_accuracy", table.index.get_level_values("split").map(oracle))
     # group recovery of the training users (truth in the models' annotator order)
     truth = train.frame.drop_duplicates("annotator")["group"].to_numpy()
     table["ari_train_users"] = np.nan
