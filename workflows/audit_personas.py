@@ -19,9 +19,10 @@ Splits, following PAL's evaluation (Chen et al. 2024):
 
 Accuracy is the share of held-out judgements whose posterior-mean predictive probability is on
 the right side of 1/2; ``oracle_accuracy`` is that of the true probabilities on the same
-judgements (pairs the persona is indifferent about count half), the ceiling. The fitted models (each when registered) are the aggregate model, the
-annotator-latent model and PAL's ideal-point model (``"pal"``, model A with a linear map), the
-latter two with K = number of personas. The PAL model's unseen / few-shot predictions are
+judgements (pairs the persona is indifferent about count half), the ceiling. The fitted models
+(each when registered) are the aggregate model, the annotator-latent model and PAL's
+ideal-point model (``"pal"``, model A with a linear map), the latter two with K = number of
+personas. The PAL model's unseen / few-shot predictions are
 :func:`pluralstan.models.pal.accuracy`'s: zero-shot averages the seen users' probabilities;
 few-shot localises each new user from the same revealed pairs with the shared parameters held
 at their posterior (:func:`pluralstan.models.pal.fit_new_users`). Group recovery: adjusted Rand
