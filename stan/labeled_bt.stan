@@ -106,6 +106,8 @@ generated quantities {
   // its cell and outcome (expanded to one value per judgement in Python)
   matrix[C, 2 + has_ties] log_p_cell;
   array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
+  // replicated label counts (the labels are data the model generates, through pi)
+  array[K] int n_annotators_rep = multinomial_rng(pi, sum(n_annotators));
   {
     vector[C] eta = rows_dot_product(X, theta[group]);
     if (has_order) {

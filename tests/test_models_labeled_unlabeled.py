@@ -139,6 +139,12 @@ def test_labeled_layout(labeled_fits) -> None:
     assert "z" not in post and "log_p_cell" not in post
     assert idata.log_likelihood["y"].shape[-1] == comps.n
     assert idata.posterior_predictive["y"].shape[2:] == idata.observed_data["y"].shape
+    # the label counts are modelled data too (n ~ multinomial(pi)), replicated per draw
+    n_obs = idata.observed_data["n_annotators"]
+    assert list(n_obs.values) == list(labeled.annotators_per_group(comps))
+    n_rep = idata.posterior_predictive["n_annotators"]
+    assert n_rep.dims == ("chain", "draw", "group")
+    assert (n_rep.sum("group") == n_obs.sum()).all()
     assert "lprior" in idata.log_prior
     assert (post.attrs["group_labels"], post.attrs["K"]) == ("observed", 2)
     with pytest.raises(PluralstanError, match="observed subgroup labels"):

@@ -188,7 +188,8 @@ def encode(
         "comparison": np.arange(comps.n),
     }
     dims = {"theta": ["group", "attribute"], "pi": ["group"], "theta_bar": ["attribute"],
-            "y_rep": ["cell", "outcome"], "cell_group": ["cell"], "n_annotators": ["group"]}
+            "y_rep": ["cell", "outcome"], "cell_group": ["cell"], "n_annotators": ["group"],
+            "n_annotators_rep": ["group"]}
     drop: Sequence[str] = ("log_p_cell", "z")
     if partial:
         dims |= {"mu": ["attribute"], "tau": ["attribute"]}
@@ -199,10 +200,12 @@ def encode(
         data=data,
         coords=coords,
         dims=dims,
-        observed={"y": cells.counts[:, :n_out]},
+        # the label counts are modelled (n_annotators ~ multinomial(pi)), so they are observed
+        # data with a replicate, like the judgement counts
+        observed={"y": cells.counts[:, :n_out], "n_annotators": n_annotators},
         constant={"X": cells.X, "order": cells.order, "cell_group": cells.group,
-                  "cell_of_row": cell_of_row, "n_annotators": n_annotators},
-        predictive={"y_rep": "y"},
+                  "cell_of_row": cell_of_row},
+        predictive={"y_rep": "y", "n_annotators_rep": "n_annotators"},
         log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
         log_lik_dims={"y": ["comparison"]},
         drop=tuple(drop),

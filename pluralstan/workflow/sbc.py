@@ -7,10 +7,12 @@ ranks are uniform; a U shape means over-confident posteriors, a hump under-confi
 a bias.
 
 The simulator is the Stan program itself, so it cannot drift from the model: every program has a
-``prior_only`` switch and generates ``y_rep`` with the shape of the observed counts ``y``. One
-prior-only run therefore yields draws ``(theta, y_rep)`` from exactly the model's joint
-distribution (conditional on the design: covariates and trials per cell); each replicate then
-refits the program with ``data["y"] = y_rep``. The prior draws come from NUTS, thinned by
+``prior_only`` switch and generates a replicate of every data item it models (``y_rep`` of the
+judgement counts ``y``; the labeled model also ``n_annotators_rep`` of its label counts), listed
+in ``Encoded.predictive``. One prior-only run therefore yields draws ``(theta, y_rep, ...)`` from
+exactly the model's joint distribution (conditional on the design: covariates and trials per
+cell); each replicate then refits the program with every modelled data item replaced by its
+simulated value. The prior draws come from NUTS, thinned by
 ``prior_thin``; problems of that run (divergences, e.g. in a funnel-shaped hierarchical prior) are
 reported in :attr:`SBCResult.prior_problems`, because then the truths are not exact prior draws.
 What is ranked:
@@ -634,21 +636,22 @@ def sbc(
     joint, prior_problems = _prior_draws(spec, enc, n_sims, prior_thin, seed, backend)
     for problem in prior_problems:
         warnings.warn(f"SBC of {spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
-    y_name = next((s for s, o in enc.predictive.items() if o == "y"), "y_rep")
-    if joint[y_name].shape[1:] != np.shape(enc.data["y"]):
-        raise PluralstanError(
-            f"model {spec.name!r}: the program's {y_name} has shape {joint[y_name].shape[1:]} "
-            f"but the Stan data 'y' has shape {np.shape(enc.data['y'])}; SBC needs replicated "
-            "data of the shape of the observed counts"
-        )
+    for rep, obs in enc.predictive.items():  # modelled data item -> its replicate
+        if joint[rep].shape[1:] != np.shape(enc.data[obs]):
+            raise PluralstanError(
+                f"model {spec.name!r}: the program's {rep} has shape {joint[rep].shape[1:]} but "
+                f"the Stan data {obs!r} has shape {np.shape(enc.data[obs])}; SBC needs "
+                "replicated data of the shape of the observed data"
+            )
     names = [n for n in names if joint[n][0].size]  # drop switched-off optional parameters
     seeds = _seeds(seed, n_sims)
     jobs = [
         Job(f"sim{i:04d}", sbc_replicate, {
             "program": spec.program,
-            "data": {**enc_fit.data, "y": joint[y_name][i].astype(np.int64)},
+            "data": {**enc_fit.data, **{obs: joint[rep][i].astype(np.int64)
+                                        for rep, obs in enc.predictive.items()}},
             "config": SamplerConfig(chains, draws, warmup, seeds[i], adapt_delta, max_treedepth),
-            "truth": {k: v[i] for k, v in joint.items() if k != y_name},
+            "truth": {k: v[i] for k, v in joint.items() if k not in enc.predictive},
             "names": names, "label_axes": label_axes, "thin": int(thin),
             "param_names": stan_parameter_names(spec.program, transformed=False),
             "quantities": quantities, "rank_seed": seeds[i], "backend": backend,
