@@ -51,7 +51,8 @@ def _png(path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "extra"), [
-    ("audit_cems", ("--models", "--K")), ("audit_taxes", ("--models", "--K", "--per-party")),
+    ("audit_cems", ("--models", "--K", "--groups")),
+    ("audit_taxes", ("--models", "--K", "--per-party")),
     ("audit_polis", ("--conversation", "--max-pairs", "--K")),
     ("audit_personas", ("--models", "--users", "--shots")),
 ])

@@ -271,11 +271,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_cems")
     p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3, 4],
                    help="numbers of latent types compared by LOO (default 1 2 3 4)")
+    p.add_argument("--groups", nargs="+", choices=GROUPS_FULL, default=None,
+                   help="student covariates to split by (default: all of "
+                        f"{' '.join(GROUPS_FULL)}; --quick: work)")
     p.add_argument("--models", default="labeled,annotator",
                    help="comma-separated optional models to use when registered: 'labeled' "
                         "(else per-group aggregate fits) and 'annotator' (latent types); "
                         "'none' for the aggregate model only")
     args = p.parse_args(argv)
+    if args.groups is None:
+        args.groups = list(GROUPS_QUICK if args.quick else GROUPS_FULL)
     if args.quick:
         args.draws, args.chains = min(args.draws, 500), min(args.chains, 2)
     args.models = [m for m in args.models.split(",") if m in ps.models]
@@ -315,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_abilities(abil, out / "abilities.png", flag)
 
     by_group = pd.concat([fit_by_group(comps, c, args)
-                          for c in (GROUPS_QUICK if args.quick else GROUPS_FULL)])
+                          for c in args.groups])
     write_table(by_group.reset_index(), out, "by_group", floatfmt=".4g")
     plot_by_group(by_group, out / "by_group.png")
 
@@ -334,11 +339,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _headline(abil: pd.DataFrame, by_group: pd.DataFrame) -> pd.DataFrame:
-    work = by_group.xs("work", level="covariate")
     rows = {"all students": abil["mean"].idxmax()}
-    for g in dict.fromkeys(work.index.get_level_values("group")):
-        s = work.xs(g, level="group")
-        rows[f"work = {g}"] = f"{s['p_first'].idxmax()} (P = {s['p_first'].max():.2f})"
+    for (cov, g), s in by_group.groupby(level=["covariate", "group"], sort=False):
+        rows[f"{cov} = {g}"] = f"{s['p_first'].idxmax()[2]} (P = {s['p_first'].max():.2f})"
     return pd.DataFrame({"ranked first": rows}).rename_axis("students")
 
 

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     save_figure(fig, out / "accuracy.png")
     shown = table.drop(columns="diagnostics")
     print(_markdown(shown))
-    flags = sorted(set(table["diagnostics"]))
+    flags = table.reset_index().drop_duplicates("model").set_index("model")["diagnostics"]
     lines = ["# Persona semi-synthetic audit", "",
              f"{comps.n} judgements by {len(comps.annotator_levels)} simulated users of the "
              f"personas {list(comps.group_levels)} ({args.users} per persona, {args.pairs} "
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.draws} draws, seed {args.seed}. Unseen users: {args.unseen:.0%} of each "
              f"persona; few-shot: {args.shots} revealed pairs.", "",
              "## Held-out accuracy (PAL's seen / unseen / few-shot splits)", "",
-             _markdown(shown), "## Diagnostics", "", *[f"* {f}" for f in flags], ""]
+             _markdown(shown), "## Diagnostics", "", *[f"* {m}: {f}" for m, f in flags.items()], ""]
     write_atomic(out / "report.md", "\n".join(lines))
     return 0
 
