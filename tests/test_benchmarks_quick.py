@@ -24,6 +24,16 @@ RUN = REPO / "benchmarks" / "run.py"
 pytestmark = pytest.mark.slow
 
 
+def gradient_measured(row: pd.Series) -> bool:
+    """A Stan gradient time is positive, or at quick sizes below the timing resolution and said so.
+
+    Stan's is a difference of two sampling runs' wall times (``stan_gradient_seconds``), which
+    can come out at or below zero for a cheap model on a loaded machine; the row must then say so.
+    """
+    grad = float(row["grad_ms"])
+    return grad > 0 or "gradient below timing resolution" in row["note"]
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
     """Run the quick harness once for every test in this module."""
@@ -66,7 +76,8 @@ def test_peer_rows_are_measured_or_skipped_with_a_reason(quick):
     for model in ("aggregate", "annotator"):
         rows = t2[t2["case"].str.startswith(model)].set_index("engine")
         ours = rows.loc[f"pluralstan {model} (PyStan)"]
-        assert float(ours["ess_per_s"]) > 0 and float(ours["grad_ms"]) > 0
+        assert float(ours["ess_per_s"]) > 0 and gradient_measured(ours)
+        assert float(ours["grads_per_draw"]) >= 1 and float(ours["ess_per_kgrad"]) > 0
         for peer in ("numpyro", "pymc"):
             row = rows.loc[peer]
             if importlib.util.find_spec(peer) is None:
@@ -84,8 +95,10 @@ def test_scaling_rows_cover_every_size_and_memory(quick):
     t3 = table[table["target"].str.startswith("3")]
     sizes = t3[t3["case"].str.startswith("N = ")]
     assert list(pd.to_numeric(sizes["n"])) == [100, 300]
-    assert (pd.to_numeric(sizes["grad_ms"]) > 0).all()
-    assert sizes["ratio"].iloc[0] == "" and float(sizes["ratio"].iloc[1]) > 0
+    assert all(gradient_measured(row) for _, row in sizes.iterrows())
+    # the growth ratio is reported whenever both gradient times are measurable
+    if (pd.to_numeric(sizes["grad_ms"]) > 0).all():
+        assert sizes["ratio"].iloc[0] == "" and float(sizes["ratio"].iloc[1]) > 0
     memory = t3[t3["case"].str.startswith("peak memory")].iloc[0]
     assert 0 < float(memory["ratio"]) < 2
     # the annotator model stores one log-likelihood value per annotator (30 at N = 300)
