@@ -32,10 +32,7 @@ import pandas as pd
 
 from .data import Comparisons
 from .errors import PluralstanError
-from .outputs import (
-    script_parser,
-    write_table,  # noqa: F401  (re-export: tests/test_reliability.py uses it)
-)
+from .outputs import script_parser
 
 #: Environment variable naming the data folder.
 ENV_VAR = "PLURALSTAN_DATA"

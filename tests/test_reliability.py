@@ -577,16 +577,6 @@ def test_outputs_write_table_is_whole_or_nothing(tmp_path: Path, monkeypatch, ex
     assert _files(tmp_path / "new") == []
 
 
-def test_realdata_write_table_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
-    def fail(src, dst):
-        raise OSError("rename failed")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError):
-        realdata.write_table(pd.DataFrame({"a": [1, 2]}), tmp_path, "t")
-    assert _files(tmp_path) == []
-
-
 def test_cli_simulate_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
     real_fdopen = os.fdopen
     monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _HalfHandle(real_fdopen(fd, *a, **k),
