@@ -24,49 +24,7 @@
 // attribute; identify = 0 keeps the labels exchangeable (relabel the draws afterwards).
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
-  // log D(eta) elementwise; with no tie parameter, log1p_exp(eta) (the binomial normaliser).
-  matrix log_normaliser(matrix eta, array[] real log_nu) {
-    if (size(log_nu) == 0) {
-      return log1p_exp(eta);
-    }
-    matrix[rows(eta), cols(eta)] abs_eta = abs(eta);
-    // log(exp(eta / 2) + exp(-eta / 2) + nu) without overflow
-    return 0.5 * abs_eta + log1p(exp(-abs_eta) + exp(log_nu[1] - 0.5 * abs_eta));
-  }
-
-  // I x K matrix: log likelihood of annotator i's judgements under type k.
-  //   S, S_order, n_tie_ann: per-annotator sufficient statistics of the linear part
-  //   csr_w, csr_v, csr_u:   annotator-indicator matrix (I x C) weighted by the cell totals
-  matrix type_log_lik(matrix theta, matrix X, vector order, array[] real gamma,
-                      array[] real log_nu, matrix S, vector S_order, vector n_tie_ann,
-                      vector csr_w, array[] int csr_v, array[] int csr_u) {
-    int I = rows(S);
-    int C = rows(X);
-    int K = rows(theta);
-    matrix[C, K] eta = X * theta';
-    vector[I] shift = rep_vector(0, I);
-    if (size(gamma) > 0) {
-      eta += rep_matrix(gamma[1] * order, K);
-      shift += gamma[1] * S_order;
-    }
-    if (size(log_nu) > 0) {
-      shift += log_nu[1] * n_tie_ann;
-    }
-    matrix[C, K] log_d = log_normaliser(eta, log_nu);
-    matrix[I, K] out = S * theta' + rep_matrix(shift, K);
-    for (k in 1:K) {
-      out[ : , k] -= csr_matrix_times_vector(I, C, csr_w, csr_v, csr_u, log_d[ : , k]);
-    }
-    return out;
-  }
-
-  // outcome probabilities (b preferred, a preferred[, tie]) of one judgement
-  vector outcome_probs(real eta, array[] real log_nu) {
-    if (size(log_nu) == 0) {
-      return softmax([-0.5 * eta, 0.5 * eta]');
-    }
-    return softmax([-0.5 * eta, 0.5 * eta, log_nu[1]]');
-  }
+  #include functions/annotator_types.stanfunctions
 }
 data {
   int<lower=1> I;                          // number of annotators

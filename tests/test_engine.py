@@ -114,11 +114,15 @@ def test_shared_stan_functions_are_included_once_per_program():
     # PyStan compiles a program from its text alone, so #include lines are expanded on load
     from pluralstan.models import REGISTRY, stan_dir
 
-    shared = (stan_dir() / "functions" / "davidson.stanfunctions").read_text()
-    for name in ("aggregate", "labeled", "unlabeled"):
-        source = (stan_dir() / REGISTRY[name].program_file).read_text()
-        assert "#include functions/davidson.stanfunctions" in source
-        code = REGISTRY[name].program.code
-        assert "#include" not in code
-        assert code.count("matrix davidson_log_probs(") == 1
-        assert shared.rstrip("\n") in code
+    shared = {
+        "davidson.stanfunctions": ("aggregate", "labeled", "unlabeled"),
+        "annotator_types.stanfunctions": ("annotator", "covariate"),
+    }
+    for file_name, models in shared.items():
+        text = (stan_dir() / "functions" / file_name).read_text().rstrip("\n")
+        for name in models:
+            source = (stan_dir() / REGISTRY[name].program_file).read_text()
+            assert f"#include functions/{file_name}" in source
+            code = REGISTRY[name].program.code
+            assert "#include" not in code
+            assert code.count(text) == 1, (name, file_name)
