@@ -575,6 +575,18 @@ def audit_parser(description: str, default_out: str) -> argparse.ArgumentParser:
     return parser
 
 
+def model_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated ``--models`` of an audit script, each a registered model; an unknown
+    name stops the script with a usage error naming it (before any data are read)."""
+    from .models import REGISTRY
+
+    names = [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in REGISTRY]
+    if unknown:
+        parser.error(f"--models: unknown model {unknown[0]!r}; registered: {sorted(REGISTRY)}")
+    return names
+
+
 def loo_by_K(fits: dict, comps: Comparisons) -> pd.DataFrame:
     """Leave-one-annotator-out comparison of latent fits keyed by K, indexed by K.
 

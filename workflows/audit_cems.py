@@ -283,7 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.groups = list(GROUPS_QUICK if args.quick else GROUPS_FULL)
     if args.quick:
         args.draws, args.chains = min(args.draws, 500), min(args.chains, 2)
-    args.models = [m for m in args.models.split(",") if m in ps.models]
+    args.models = realdata.model_list(p, args.models)
     return args
 
 
@@ -350,8 +350,7 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _report(out: Path, abil, check, by_group, latent, head, models: list[str], flag: str) -> None:
-    missing = [m for m in ("labeled", "annotator") if m not in ps.models]
-    skipped = [m for m in ("labeled", "annotator") if m in ps.models and m not in models]
+    skipped = [m for m in ("labeled", "annotator") if m not in models]
     if latent is None and "annotator" in models:
         skipped.append("annotator (--quick)")
     lines = [
@@ -372,8 +371,6 @@ def _report(out: Path, abil, check, by_group, latent, head, models: list[str], f
         lines += ["## Annotator-latent types (LOO by K)", "",
                   "Leave-one-annotator-out PSIS-LOO by K.", "", _markdown(latent), ""]
     lines += ["## Headline", "", _markdown(head), ""]
-    if missing:
-        lines += [f"Not run (model not registered yet): {', '.join(missing)}.", ""]
     if skipped:
         lines += [f"Not run (left out with --models): {', '.join(skipped)}.", ""]
     write_atomic(out / "report.md", "\n".join(lines))

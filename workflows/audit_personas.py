@@ -205,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.users, args.pairs = min(args.users, 20), min(args.pairs, 30)
         args.features, args.draws = min(args.features, 6), min(args.draws, 300)
         args.chains = min(args.chains, 2)
-    args.models = [m for m in args.models.split(",") if m in ps.models]
+    args.models = realdata.model_list(p, args.models)
     return args
 
 

@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.per_party = min(args.per_party or 40, 40)
         args.K = [2]
         args.models = ",".join(m for m in args.models.split(",") if m != "covariate")
-    args.models = [m for m in args.models.split(",") if m in ps.models]
+    args.models = realdata.model_list(p, args.models)
     return args
 
 
@@ -251,7 +251,6 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _report(out: Path, comps, aggregate, by_party, latent, head, per_party) -> None:
-    missing = [m for m in ("labeled", "annotator", "covariate") if m not in ps.models]
     flags = sorted(set(aggregate["diagnostics"]) | set(by_party["diagnostics"])
                    | (set(latent["diagnostics"]) if len(latent) else set()))
     lines = [
@@ -266,7 +265,6 @@ def _report(out: Path, comps, aggregate, by_party, latent, head, per_party) -> N
         "labeled fit; the latent fits identify types only through the 8 repeated judgements "
         "per respondent (no labels).",
         f"* Diagnostics: {'; '.join(flags)}",
-        *( [f"* Not run (model not registered yet): {', '.join(missing)}"] if missing else []),
         "", "## Headline", "", _markdown(head),
         "## Aggregate", "", "Utility: log-odds vs each attribute's reference level.", "",
         aggregate.to_markdown(index=False, floatfmt=".4g"), "",
