@@ -16,17 +16,21 @@ from .models.base import Encoded
 
 
 def _split(draws: Draws, enc: Encoded) -> tuple[dict, dict, dict]:
-    """Sort Stan outputs into posterior, predictive and internal variables."""
+    """Sort Stan outputs into posterior, predictive and internal variables.
+
+    Zero-size outputs are outputs a fit was asked to skip (``replicate=False``,
+    ``membership=False``, no position effect): they are left out.
+    """
     posterior, predictive, internal = {}, {}, {}
     for name, arr in draws.variables.items():
         if name in enc.drop:
             internal[name] = arr
+        elif not arr.size:
+            continue
         elif name in enc.predictive:
-            if arr.size:  # a model may be asked not to replicate the data
-                predictive[enc.predictive[name]] = arr
+            predictive[enc.predictive[name]] = arr
         elif name in enc.optional_scalars:
-            if arr.size:
-                posterior[name] = arr[..., 0]
+            posterior[name] = arr[..., 0]
         elif name == "lprior":
             internal[name] = arr
         else:

@@ -48,6 +48,7 @@ data {
   real<lower=0> prior_log_nu_sd;
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
   int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
+  int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -135,18 +136,25 @@ generated quantities {
                 + normal_lpdf(gamma | 0, prior_order_sd)
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
   vector[I] log_lik;           // log p(y_i | theta, pi): the unit of leave-one-annotator-out
-  matrix[I, K] membership;     // P(z_i = k | y_i, theta, pi); pi itself when prior_only
+  // P(z_i = k | y_i, theta, pi), pi itself when prior_only (I x K per draw: optional on big data)
+  matrix[save_membership ? I : 0, K] membership;
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
-    array[I] int z;
+    matrix[I, K] post;         // membership probabilities
     for (i in 1:I) {
       log_lik[i] = log_sum_exp(lp[i]);
-      membership[i] = prior_only ? pi' : exp(lp[i] - log_lik[i]);
-      z[i] = categorical_rng(membership[i]');
+      post[i] = prior_only ? pi' : exp(lp[i] - log_lik[i]);
+    }
+    if (save_membership) {
+      membership = post;
+    }
+    array[replicate ? I : 0] int z;
+    for (i in 1:size(z)) {
+      z[i] = categorical_rng(post[i]');
     }
     for (c in 1:size(y_rep)) {
       real eta = X[c] * theta[z[ann[c]]]';

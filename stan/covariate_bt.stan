@@ -52,6 +52,7 @@ data {
   real<lower=0> prior_log_nu_sd;
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
   int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
+  int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -145,21 +146,28 @@ generated quantities {
   matrix[I, K] pi_annotator;   // P(z_i = k | w_i, beta): each annotator's prior type shares
   vector[K] pi;                // type shares averaged over these annotators
   vector[I] log_lik;           // log p(y_i | theta, beta, w_i): leave-one-annotator-out unit
-  matrix[I, K] membership;     // P(z_i = k | y_i, w_i, theta, beta); pi_annotator if prior_only
+  // P(z_i = k | y_i, w_i, theta, beta), pi_annotator if prior_only (I x K per draw: optional)
+  matrix[save_membership ? I : 0, K] membership;
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
     matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
-    array[I] int z;
+    matrix[I, K] post;         // membership probabilities
     for (i in 1:I) {
       vector[K] log_pi_i = log_softmax(eta_pi[i]');
       pi_annotator[i] = exp(log_pi_i)';
       lp[i] += log_pi_i';
       log_lik[i] = log_sum_exp(lp[i]);
-      membership[i] = prior_only ? pi_annotator[i] : exp(lp[i] - log_lik[i]);
-      z[i] = categorical_rng(membership[i]');
+      post[i] = prior_only ? pi_annotator[i] : exp(lp[i] - log_lik[i]);
+    }
+    if (save_membership) {
+      membership = post;
+    }
+    array[replicate ? I : 0] int z;
+    for (i in 1:size(z)) {
+      z[i] = categorical_rng(post[i]');
     }
     pi = (rep_row_vector(1.0 / I, I) * pi_annotator)';
     for (c in 1:size(y_rep)) {

@@ -9,6 +9,7 @@ not a relabelling method.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
 import arviz as az
@@ -172,6 +173,23 @@ def test_likelihood_matches_judgement_level_reference():
     assert y_rep.shape[2:] == y.shape and y.sizes["outcome"] == 3
     assert np.all(y_rep.sum("outcome") == y.sum("outcome"))
 
+
+def test_large_data_options_skip_membership_and_replicates():
+    """membership=False, replicate=False: the output per draw is the parameters and the
+    per-annotator log likelihood (still exact), and relabelling falls back to the pivot method."""
+    comps = ties_order_data()
+    idata = ps.fit("annotator", comps, K=2, chains=1, draws=10, warmup=10, seed=2,
+                   backend="pystan", check=False, membership=False, replicate=False)
+    assert "membership" not in idata.posterior and "posterior_predictive" not in idata.groups()
+    ll = idata.log_likelihood["y"]
+    assert ll.sizes["annotator"] == 12
+    draw = idata.posterior.isel(chain=0, draw=0)
+    lp = reference_type_log_lik(comps, draw["theta"].values, float(draw["gamma"]),
+                                float(draw["log_nu"])) + np.log(draw["pi"].values)
+    np.testing.assert_allclose(ll.isel(chain=0, draw=0).values, logsumexp(lp, axis=1),
+                               rtol=1e-8)
+    relabelled, _ = ps.relabel.relabel(idata)
+    assert json.loads(relabelled.posterior.attrs["relabelling"])["method"] == "pivot"
 
 def test_prior_only_run_draws_types_from_pi():
     """With the likelihood switched off, membership is pi itself (types drawn from the prior),

@@ -136,6 +136,18 @@ def test_likelihood_matches_judgement_level_reference(comps):
     assert idata.posterior_predictive["y"].shape[2:] == idata.observed_data["y"].shape
 
 
+def test_membership_can_be_skipped_on_large_data(comps):
+    """membership=False drops the annotators x K output; the log likelihood is unchanged."""
+    idata = ps.fit("covariate", comps, K=2, chains=1, draws=5, warmup=10, seed=3,
+                   backend="pystan", check=False, membership=False)
+    assert "membership" not in idata.posterior and "pi_annotator" in idata.posterior
+    W = idata.constant_data["W"].values
+    draw = idata.posterior.isel(chain=0, draw=0)
+    lp = reference_type_log_lik(comps, draw["theta"].values) + log_softmax(
+        W @ draw["beta"].values.T, axis=1)
+    np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=0, draw=0).values,
+                               logsumexp(lp, axis=1), rtol=1e-8)
+
 def test_recovers_sign_of_a_strong_covariate():
     """Criterion: with a strong covariate (slope 3 per sd for type 1 against type 0) and 100
     annotators judging 20 pairs each, after per-chain alignment of the labels to the truth

@@ -15,18 +15,18 @@ allowed (487 ties among 4,454 judgements). The audit
    of the published tables could not be retrieved here, so the comparison with the published
    analysis is through its documented procedure, not through transcribed numbers;
 2. fits the abilities separately by work status (and, without ``--quick``, by each language
-   skill), with the ``labeled`` model when it is registered, else as independent aggregate
-   fits per group (the labeled model with no pooling), and reports whether full-time
+   skill), with the ``labeled`` model (or, with ``--models`` without it, as independent
+   aggregate fits per group: the labeled model with no pooling), and reports whether full-time
    workers rank Paris first (the known result);
-3. when the ``annotator`` latent-type model is registered, fits K = 1..4 and compares them by
+3. with the ``annotator`` latent-type model (in ``--models``), fits K = 1..4 and compares them by
    leave-one-annotator-out PSIS-LOO, and asks whether a type that ranks Paris first appears.
 
 ``--quick`` (the test suite's subset): 2 chains x 500 draws, groups by work status only, no
 latent-type model (the K = 1..4 LOO comparison, ``--K``, needs the full run).
 
 Outputs in ``--out``: ``abilities.{csv,md}``, ``ml_crosscheck.{csv,md}``,
-``by_group.{csv,md}``, ``latent_loo.{csv,md}`` (when the model exists), ``abilities.png``,
-``by_group.png``, ``report.md``. Every table carries the fit's diagnostic flag.
+``by_group.{csv,md}``, ``latent_loo.{csv,md}`` (with ``annotator`` in ``--models``),
+``abilities.png``, ``by_group.png``, ``report.md``. Every table carries the fit's diagnostic flag.
 
 Run ``python workflows/audit_cems.py --help``.
 """
@@ -159,8 +159,8 @@ def _draws_with_reference(da, reference: str = REFERENCE) -> tuple[np.ndarray, l
 def fit_by_group(comps: Comparisons, column: str, args: argparse.Namespace) -> pd.DataFrame:
     """Abilities by the levels of a student covariate.
 
-    Uses the ``labeled`` model when registered; otherwise fits the aggregate model to each
-    group's judgements separately (no pooling across groups). Returns one row per (group,
+    Uses the ``labeled`` model when ``--models`` names it; otherwise fits the aggregate model to
+    each group's judgements separately (no pooling across groups). Returns one row per (group,
     item): posterior mean, 90% interval, P(item ranked first), and the fit's diagnostic flag.
     """
     labeled = realdata.load_cems(args.data, group=column, reference=REFERENCE)
@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="student covariates to split by (default: all of "
                         f"{' '.join(GROUPS_FULL)}; --quick: work)")
     p.add_argument("--models", default="labeled,annotator",
-                   help="comma-separated optional models to use when registered: 'labeled' "
+                   help="comma-separated optional models to use: 'labeled' "
                         "(else per-group aggregate fits) and 'annotator' (latent types); "
                         "'none' for the aggregate model only")
     args = p.parse_args(argv)

@@ -20,7 +20,7 @@ Splits, following PAL's evaluation (Chen et al. 2024):
 Accuracy is the share of held-out judgements whose posterior-mean predictive probability is on
 the right side of 1/2; ``oracle_accuracy`` is that of the true probabilities on the same
 judgements (pairs the persona is indifferent about count half), the ceiling. The fitted models
-(each when registered) are the aggregate model, the annotator-latent model and PAL's
+(as ``--models`` selects) are the aggregate model, the annotator-latent model and PAL's
 ideal-point model (``"pal"``, model A with a linear map), the latter two with K = number of
 personas. The PAL model's unseen / few-shot predictions are
 :func:`pluralstan.models.pal.accuracy`'s: zero-shot averages the seen users' probabilities;
@@ -198,8 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unseen", type=float, default=0.2, help="share of users held out")
     p.add_argument("--shots", type=int, default=5, help="revealed pairs of unseen users")
     p.add_argument("--models", default="annotator,pal",
-                   help="comma-separated models fitted besides the aggregate one, when "
-                        "registered: 'annotator', 'pal'; 'none' for the aggregate model only")
+                   help="comma-separated models fitted besides the aggregate one: "
+                        "'annotator', 'pal'; 'none' for the aggregate model only")
     args = p.parse_args(argv)
     if args.quick:
         args.users, args.pairs = min(args.users, 20), min(args.pairs, 30)

@@ -10,10 +10,10 @@ models see the same 1,925 respondents (15,400 choices).
 The audit fits
 
 1. the aggregate model (one utility for everybody);
-2. the labeled model by party (Democrat / Independent / Republican) when registered, else one
-   aggregate fit per party (no pooling);
-3. the annotator-latent model (8 judgements per respondent) with K types, when registered;
-4. the covariate-informed mixing model with party as the covariate, when registered;
+2. the labeled model by party (Democrat / Independent / Republican), or, with ``--models``
+   without it, one aggregate fit per party (no pooling);
+3. the annotator-latent model (8 judgements per respondent) with K types;
+4. the covariate-informed mixing model with party as the covariate;
 
 and asks how much of the partisan difference the latent model finds without the labels: the
 latent model implies a party's utility as the membership-weighted average of the type
@@ -25,7 +25,7 @@ on the labeled contrast, ``<d_latent, d_labeled> / <d_labeled, d_labeled>`` (1 =
 latent model with K = 2 only, no covariate model.
 
 Outputs in ``--out``: ``aggregate.{csv,md}``, ``by_party.{csv,md}``, ``latent.{csv,md}``
-(when the models exist), ``effects.png``, ``report.md`` (disclosure: data, exclusions,
+(with a latent model in ``--models``), ``effects.png``, ``report.md`` (disclosure: data, exclusions,
 models, diagnostics, what was not run). Run ``python workflows/audit_taxes.py --help``.
 """
 
@@ -80,8 +80,8 @@ def fit_aggregate(comps: Comparisons, args: argparse.Namespace) -> pd.DataFrame:
 def fit_by_party(comps: Comparisons, args: argparse.Namespace) -> tuple[pd.DataFrame, np.ndarray]:
     """Utilities by party, and the posterior-mean Democrat - Republican contrast.
 
-    Uses the ``labeled`` model (partial pooling) when registered, else independent aggregate
-    fits per party.
+    Uses the ``labeled`` model (partial pooling) when ``--models`` names it, else independent
+    aggregate fits per party.
     """
     parts = []
     if "labeled" in args.models:
@@ -137,7 +137,7 @@ def recovered_share(idata, party: np.ndarray, d_labeled: np.ndarray,
 
 def fit_latent(comps: Comparisons, d_labeled: np.ndarray, args: argparse.Namespace,
                Ks: list[int]) -> pd.DataFrame:
-    """Annotator-latent (and covariate-informed, when registered) fits by K."""
+    """Annotator-latent (and covariate-informed, when in ``--models``) fits by K."""
     from pluralstan.workflow.compare import loo
 
     party = _party_of(comps)
@@ -192,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3],
                    help="numbers of latent types (default 1 2 3; the covariate model uses K > 1)")
     p.add_argument("--models", default="labeled,annotator,covariate",
-                   help="comma-separated optional models to use when registered: 'labeled' "
+                   help="comma-separated optional models to use: 'labeled' "
                         "(else per-party aggregate fits), 'annotator', 'covariate'; 'none' "
                         "for the aggregate model only")
     args = p.parse_args(argv)

@@ -224,6 +224,7 @@ def encode(
     ties: bool | None = None,
     order: bool | None = None,
     replicate: bool = True,
+    membership: bool = True,
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -252,6 +253,11 @@ def encode(
     replicate
         Generate replicated data ``y_rep`` (posterior predictive checks, SBC). On large data
         (one cell per annotator and pair) it is the bulk of the output: ``False`` skips it.
+    membership
+        Output ``membership`` (annotators x K per draw), which the Stephens relabelling and
+        per-annotator type summaries use. ``False`` skips it on large data: the output per draw
+        is then the I-vector ``log_lik`` (for leave-one-annotator-out LOO) and the parameters,
+        and :func:`pluralstan.relabel.relabel` falls back to pivotal reordering.
 
     Raises
     ------
@@ -264,6 +270,7 @@ def encode(
         order=order,
     )
     data["replicate"] = int(replicate)
+    data["save_membership"] = int(membership)
     data["prior_pi_alpha"] = positive(
         broadcast_prior(p["pi_alpha"], data["K"], "pi_alpha"), "pi_alpha"
     )

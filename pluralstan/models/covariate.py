@@ -167,6 +167,7 @@ def encode(
     ties: bool | None = None,
     order: bool | None = None,
     replicate: bool = True,
+    membership: bool = True,
 ) -> Encoded:
     """Encode a comparison table and its annotator table for covariate-informed mixing.
 
@@ -186,7 +187,7 @@ def encode(
         :func:`pluralstan.models.annotator.encode`.
     reference_levels
         Reference level per categorical covariate (see :func:`encode_covariates`).
-    ties, order, replicate
+    ties, order, replicate, membership
         As in the annotator model.
 
     Raises
@@ -206,6 +207,7 @@ def encode(
         order=order,
     )
     data["replicate"] = int(replicate)
+    data["save_membership"] = int(membership)
     W, names, encoding = encode_covariates(comps.annotators, comps.annotator_levels,
                                            reference_levels)
     Q = W.shape[1]
