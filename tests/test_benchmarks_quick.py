@@ -88,6 +88,13 @@ def test_peer_rows_are_measured_or_skipped_with_a_reason(quick):
             assert np.isclose(float(row["ratio"]), expected, rtol=0.01, atol=0.01)
             assert float(row["grad_ms"]) > 0
             assert "same posterior" in row["note"]
+    # the annotator model is also timed with its default output (membership kept)
+    rows = t2[t2["case"].str.startswith("annotator")].set_index("engine")
+    full, lean = rows.loc["pluralstan annotator (PyStan), default output"], rows.loc[
+        "pluralstan annotator (PyStan)"]
+    assert full["ratio_is"] == "ESS/s with membership output / without"
+    assert np.isclose(float(full["ratio"]),
+                      float(full["ess_per_s"]) / float(lean["ess_per_s"]), rtol=0.01, atol=0.01)
 
 
 def test_scaling_rows_cover_every_size_and_memory(quick):
