@@ -18,7 +18,7 @@ observed label values as strings; labels are data, so these components cannot sw
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any, Literal
 
 import numpy as np
@@ -187,14 +187,10 @@ def encode(
         "outcome": list(OUTCOMES[:n_out]),
         "comparison": np.arange(comps.n),
     }
+    # mu and tau are zero-length under pooling="none" and then left out of the posterior
     dims = {"theta": ["group", "attribute"], "pi": ["group"], "theta_bar": ["attribute"],
             "y_rep": ["cell", "outcome"], "cell_group": ["cell"], "n_annotators": ["group"],
-            "n_annotators_rep": ["group"]}
-    drop: Sequence[str] = ("log_p_cell", "z")
-    if partial:
-        dims |= {"mu": ["attribute"], "tau": ["attribute"]}
-    else:
-        drop = (*drop, "mu", "tau")  # zero-length under pooling="none"
+            "n_annotators_rep": ["group"], "mu": ["attribute"], "tau": ["attribute"]}
     cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
     return Encoded(
         data=data,
@@ -208,7 +204,7 @@ def encode(
         predictive={"y_rep": "y", "n_annotators_rep": "n_annotators"},
         log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
         log_lik_dims={"y": ["comparison"]},
-        drop=tuple(drop),
+        drop=("log_p_cell", "z"),
         optional_scalars=("gamma", "log_nu"),
         # observed labels cannot switch: no latent label dim
         label_dim=None,
