@@ -71,37 +71,48 @@ judgement's log likelihood is not defined without the annotator's latent type, a
 type-conditional one (theta_k per draw against ``constant_data`` ``X`` and ``cell_of_row``) can be
 computed from the posterior when wanted. The aggregate and labeled models store one value per
 judgement (dim ``comparison``), expanded in Python from cell-level outcome probabilities.
-What does grow with annotators is the rest of a draw: ``log_lik`` (I values) and ``membership``
-(I x K) are 3 I numbers per draw at K = 2, and PyStan keeps every draw's JSON text on its fit
-object besides the parsed array. At 1e5 judgements (10,000 annotators, 2 chains x 300 draws)
-that put the Python process at 2.4 GB (tracemalloc 1.8 GB) in the last full run, against a
-sampler worker peak of 0.9 GB: the part of target 3 not met. ``replicate=False`` (used for
-every annotator fit here) already drops ``y_rep``, cells x outcomes per draw.
+What does grow with annotators is the rest of a draw: ``log_lik`` (I values) and
+``membership`` (I x K) are 3 I numbers per draw at K = 2, and PyStan keeps every draw's JSON
+text on its fit object besides the parsed array. With the default output, 1e5 judgements
+(10,000 annotators, 2 chains x 300 draws) put the Python process at 2.4 GB. The large-data
+options ``replicate=False`` (no ``y_rep``, cells x outcomes per draw) and ``membership=False``
+(no I x K membership; relabelling then uses the pivot method) leave the parameters and the
+per-annotator ``log_lik``: every annotator fit here uses both (:data:`OPTIONS`), and the same
+fit then peaked at 1.42 GB (Python) and 0.46 GB (sampler worker). ``ru_maxrss`` is read
+without tracing allocations, which would itself cost memory.
 
 Where the annotator model's time goes (target 2)
 ------------------------------------------------
-Measured outside the harness on the target-2 data (1,000 annotators x 20 judgements, K = 2) with
-a C++ driver that calls ``stan::model::log_prob_grad`` on the stanc output compiled with
-httpstan's flags, round-robin with the alternatives, one thread, CPU time:
+On the target-2 data (1,000 annotators x 20 judgements, K = 2), measured on a quiet machine
+(nothing else running; 2 chains x 300 + 300 iterations):
 
-* One gradient costs 2.3-2.8 ms (2.3 ms wall on an idle machine); the same model's JAX
-  gradient costs 2.5-3.2 ms (2.7-2.9 ms pinned to one core) and PyMC's 3.7-4.9 ms. Compiled
-  ``-fPIC`` as a shared object, as httpstan builds it, adds 8%. Stan's gradient is not slower.
-* Stan ``profile`` blocks: the elementwise log normaliser (``log1p_exp`` of the C x K matrix,
-  one autodiff node per element) is 60% of the gradient, ``X * theta'`` 20%, the
-  annotator-indicator ``csr_matrix_times_vector`` 12%, the per-annotator ``log_sum_exp`` loop
-  4%. Rewriting the loop as a row-max matrix expression or as ``log_mix``, or the per-type
-  sparse products as one block-diagonal product, changed the gradient by 0.98x-1.17x (within
-  the run-to-run noise); per-annotator ``binomial_logit_glm`` calls (analytic gradients, 2,000
-  calls) were 1.17x slower, per-annotator ``binomial_logit`` 1.2x-1.9x; ``stanc --O1``
-  (matrices as one autodiff node; httpstan cannot pass it) 0.95x. The program was left as it is.
-* Both samplers spend the same number of gradients (about 4,200 per chain for 300 + 300
-  iterations, warm-up included) and Stan gets more ESS per gradient (``ess_per_kgrad`` 180 vs
-  130), but inside PyStan's sampler a gradient takes 1.8x (one chain: 8.0 vs 4.5 ms) to 2.1x
-  (two chains: 15.2 vs 7.2 ms) NumPyro's wall time on the shared machine (load 4-6), and a
-  saved draw adds generated quantities and PyStan's output transfer (``note``: ``fixed_param``
-  seconds per draw, start-up included). That gap, not the gradient, is why NumPyro's ESS/s is
-  higher; PyMC, whose gradient and sampler overhead are dearer, is behind.
+* Sampling took 19.7 s in PyStan against NumPyro's 9.9 s. Both samplers spend about 4,050
+  gradients per chain; Stan's NUTS gets more ESS per gradient (``ess_per_kgrad`` 168 vs 130),
+  which is worth 1.29x, but everything else costs more.
+* One gradient, timed alone: Stan 2.7-2.8 ms (a C++ driver calling
+  ``stan::model::log_prob_grad`` on the stanc output, compiled with httpstan's flags as a
+  shared object, one thread), JAX 2.1 ms (jitted ``value_and_grad``, the ``grad_ms`` of the
+  NumPyro row), PyMC 3.8 ms. XLA fuses the elementwise log normaliser into one vectorised loop;
+  Stan's reverse mode makes one autodiff node per element of the cells x types matrix.
+* Inside PyStan's sampler a gradient costs 3.6 ms (``grad_ms``: slope of sampling time on
+  leapfrog steps), 1.3x the driver's: NUTS's own work per leapfrog step and httpstan's
+  per-iteration messages to its server.
+* Each saved draw costs 5.8 ms of generated quantities and output transfer (``note``:
+  ``fixed_param`` seconds per draw, start-up included): 3.5 s of the 19.7 s for 1,000
+  per-annotator log likelihoods (kept for LOO) and the parameters.
+* Stan ``profile`` blocks put 60% of the gradient in the log normaliser (``log1p_exp`` of the
+  C x K matrix), 20% in ``X * theta'``, 12% in the annotator-indicator
+  ``csr_matrix_times_vector``, 4% in the per-annotator ``log_sum_exp`` loop. Rewriting the loop
+  as a row-max matrix expression or as ``log_mix``, or the per-type sparse products as one
+  block-diagonal product, changed the gradient by 0.98x-1.17x (within the run-to-run noise);
+  per-annotator ``binomial_logit_glm`` calls (analytic gradients, 2,000 calls) were 1.17x
+  slower, per-annotator ``binomial_logit`` 1.2x-1.9x; ``stanc --O1`` (matrices as one autodiff
+  node; httpstan cannot pass it) 0.95x. The program was left as it is.
+
+So NumPyro wins on this model by a cheaper fused gradient (1.3x), PyStan's in-sampler overhead
+(1.3x) and per-draw output (1.2x), against Stan's better ESS per gradient (1.29x). PyMC, whose
+gradient is dearer, draws level (0.99x-1.0x) on a quiet machine; under load (other fits
+running) PyMC fell further behind (1.5x-1.6x) and NumPyro less (0.58x-0.88x).
 """
 
 from __future__ import annotations
@@ -135,7 +146,13 @@ if str(REPO) not in sys.path:  # the peers live in benchmarks/peers, beside this
 
 import pluralstan as ps  # noqa: E402
 from pluralstan import diagnostics  # noqa: E402
-from pluralstan.engine import Draws, PyStanEngine, SamplerConfig, StanProgram  # noqa: E402
+from pluralstan.engine import (  # noqa: E402
+    Draws,
+    PyStanEngine,
+    SamplerConfig,
+    StanProgram,
+    _discard_stored_fits,
+)
 from pluralstan.models import get_model  # noqa: E402
 
 #: Model parameters compared across engines (those a model has).
@@ -154,8 +171,8 @@ PEERS = {"numpyro": "numpyro", "pymc": "pymc"}
 #: membership probabilities; the peers generate neither, and PyStan's output transfer makes
 #: them the dearest part of a draw on large data. The per-annotator ``log_lik`` is kept.
 OPTIONS = {"aggregate": {}, "annotator": {"K": 2, "replicate": False, "membership": False}}
-#: Target 2 also times the annotator model with its default output (membership kept).
-DEFAULT_OUTPUT = {"annotator": {"membership": True}}
+#: Target 2 also times the annotator model with membership kept (its default; y_rep still off).
+WITH_MEMBERSHIP = {"annotator": {"membership": True}}
 
 
 # ---------------------------------------------------------------------------- settings and rows
@@ -392,16 +409,18 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
     gradients are cheaper than the timing noise of a shared machine; the table says so. The
     ``fixed_param`` run's seconds per draw are returned too: the per-draw cost of generated
     quantities and of PyStan's output transfer, which sampling pays on top of the gradients.
-    With ``repeats`` > 1 the pair of runs is repeated and each figure is the smallest, the
-    usual guard against a busy moment on a shared machine (timing noise only adds time).
+    With ``repeats`` > 1 the pair of runs is repeated with new seeds and the run with the
+    smallest gradient estimate is kept, the usual guard against a busy moment on a shared
+    machine (noise only adds time). httpstan's stored fits are deleted as the package's own
+    fits' are, so no timing is a read of a stored fit.
     """
     import stan
 
     ensure_built(prog)
     timings = []
-    with quiet():
-        model = stan.build(prog.code, data=data, random_seed=seed)
-        for _ in range(repeats):
+    with quiet(), _discard_stored_fits():
+        for r in range(repeats):
+            model = stan.build(prog.code, data=data, random_seed=seed + r)
             t0 = time.perf_counter()
             fit = model.sample(num_chains=1, num_warmup=iterations, num_samples=iterations,
                                save_warmup=True)
@@ -410,7 +429,7 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
             t2 = time.perf_counter()
             timings.append((((t1 - t0) - (t2 - t1)) / float(np.sum(fit["n_leapfrog__"])),
                             (t2 - t1) / (2 * iterations)))
-    return StanTiming(min(t[0] for t in timings), min(t[1] for t in timings))
+    return StanTiming(*min(timings))
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -606,10 +625,10 @@ def target_peers(s: Settings) -> list[Row]:
         grad = stan_gradient_seconds(prog, enc.data, s.grad_draws, s.grad_repeats)
         ref = with_gradient(fit_row(target, case, ours, n, s), grad)
         rows.append(ref)
-        if model in DEFAULT_OUTPUT:
-            more = {**options, **DEFAULT_OUTPUT[model]}
+        if model in WITH_MEMBERSHIP:
+            more = {**options, **WITH_MEMBERSHIP[model]}
             full = fit_row(target, case, run_registered(
-                model, comps, s, f"pluralstan {model} (PyStan), default output", **more), n, s)
+                model, comps, s, f"pluralstan {model} (PyStan), membership kept", **more), n, s)
             ratio = full.ess_per_s / ref.ess_per_s
             rows.append(replace(full, ratio=round(ratio, 2),
                                 ratio_is="ESS/s with membership output / without"))

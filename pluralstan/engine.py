@@ -204,6 +204,39 @@ def _patient_stanc(seconds: float = 600.0) -> Iterator[None]:
         httpstan.compile.subprocess = saved
 
 
+@contextlib.contextmanager
+def _discard_stored_fits() -> Iterator[None]:
+    """Delete the fits httpstan stores for the sampling requests made inside the block.
+
+    httpstan writes every seeded fit (one file per chain) to its cache directory and keeps it
+    for good, answering an identical later request from it. pluralstan returns the draws as
+    InferenceData, so the stored copy is only disk use that grows with every fit (24 GB of
+    them after two days of this project's tests, SBC runs and benchmarks) and makes a re-run
+    report the seconds of reading a file as sampling time. It is deleted once PyStan has read
+    it. httpstan has no public call that names a request's fit, hence the wrapper around its
+    fit-name function while the block runs (httpstan's server runs in this process).
+    """
+    import httpstan.cache
+    import httpstan.fits
+
+    names: list[str] = []
+    original = httpstan.fits.calculate_fit_name
+
+    def record(function: str, model_name: str, kwargs: dict) -> str:
+        name = original(function, model_name, kwargs)
+        names.append(name)
+        return name
+
+    httpstan.fits.calculate_fit_name = record
+    try:
+        yield
+    finally:
+        httpstan.fits.calculate_fit_name = original
+        for name in names:
+            with contextlib.suppress(KeyError):  # already gone
+                httpstan.cache.delete_fit(name)
+
+
 def _stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
     """Turn PyStan's ``(*shape, draw * chain)`` (draw-major) into ``(chain, draw, *shape)``."""
     shape = flat.shape[:-1]
@@ -306,14 +339,15 @@ class PyStanEngine:
         t0 = time.perf_counter()
         model, compiled = self._build(program, data, config.seed)
         t1 = time.perf_counter()
-        fit = model.sample(
-            num_chains=int(config.chains),
-            num_samples=int(config.draws),
-            num_warmup=int(config.warmup),
-            num_thin=int(config.thin),
-            delta=float(config.adapt_delta),
-            max_depth=int(config.max_treedepth),
-        )
+        with _discard_stored_fits():
+            fit = model.sample(
+                num_chains=int(config.chains),
+                num_samples=int(config.draws),
+                num_warmup=int(config.warmup),
+                num_thin=int(config.thin),
+                delta=float(config.adapt_delta),
+                max_depth=int(config.max_treedepth),
+            )
         t2 = time.perf_counter()
         variables = self._variables(fit)
         stats = {
@@ -338,7 +372,8 @@ class PyStanEngine:
         """Outputs at fixed ``params``: one draw of PyStan's ``fixed_param`` sampler."""
         model, _ = self._build(program, data, seed)
         init = _init_values(params)
-        with contextlib.redirect_stderr(io.StringIO()):  # PyStan's one-draw progress bar
+        # PyStan's one-draw progress bar goes to stderr
+        with contextlib.redirect_stderr(io.StringIO()), _discard_stored_fits():
             fit = model.fixed_param(num_chains=1, num_samples=1, init=[init])
         return {name: arr[0] for name, arr in self._variables(fit).items()}
 

@@ -88,9 +88,9 @@ def test_peer_rows_are_measured_or_skipped_with_a_reason(quick):
             assert np.isclose(float(row["ratio"]), expected, rtol=0.01, atol=0.01)
             assert float(row["grad_ms"]) > 0
             assert "same posterior" in row["note"]
-    # the annotator model is also timed with its default output (membership kept)
+    # the annotator model is also timed with membership kept
     rows = t2[t2["case"].str.startswith("annotator")].set_index("engine")
-    full, lean = rows.loc["pluralstan annotator (PyStan), default output"], rows.loc[
+    full, lean = rows.loc["pluralstan annotator (PyStan), membership kept"], rows.loc[
         "pluralstan annotator (PyStan)"]
     assert full["ratio_is"] == "ESS/s with membership output / without"
     assert np.isclose(float(full["ratio"]),

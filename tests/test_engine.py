@@ -18,6 +18,7 @@ from pluralstan.engine import (
     cmdstan_available,
     get_engine,
 )
+from pluralstan.models.base import get_model
 
 TINY = """
 // test program: normal mean with a data-passed prior
@@ -126,3 +127,22 @@ def test_shared_stan_functions_are_included_once_per_program():
             code = REGISTRY[name].program.code
             assert "#include" not in code
             assert code.count(text) == 1, (name, file_name)
+
+
+def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt):
+    """httpstan stores every seeded fit on disk; the PyStan adapter deletes each once read, so
+    the cache does not grow per fit and an identical re-run samples again (same draws)."""
+    spec = get_model("aggregate")
+    prog = spec.program
+    fits_dir = PyStanEngine._model_dir(prog) / "fits"
+    before = set(fits_dir.glob("*")) if fits_dir.exists() else set()
+    first = ps.fit("aggregate", small_bt, seed=12, chains=2, draws=50, warmup=50,
+                   backend="pystan", check=False)
+    data = spec.encode(small_bt).data
+    generated = PyStanEngine().generate(prog, data, {"theta": np.zeros(data["P"])}, seed=3)
+    again = ps.fit("aggregate", small_bt, seed=12, chains=2, draws=50, warmup=50,
+                   backend="pystan", check=False)
+    after = set(fits_dir.glob("*")) if fits_dir.exists() else set()
+    assert after <= before, sorted(map(str, after - before))
+    assert "lprior" in generated
+    np.testing.assert_array_equal(first.posterior["theta"].values, again.posterior["theta"].values)
