@@ -409,9 +409,11 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
     gradients are cheaper than the timing noise of a shared machine; the table says so. The
     ``fixed_param`` run's seconds per draw are returned too: the per-draw cost of generated
     quantities and of PyStan's output transfer, which sampling pays on top of the gradients.
-    With ``repeats`` > 1 the pair of runs is repeated with new seeds and the run with the
-    smallest gradient estimate is kept, the usual guard against a busy moment on a shared
-    machine (noise only adds time). httpstan's stored fits are deleted as the package's own
+    With ``repeats`` > 1 the pair of runs is repeated with new seeds: the per-draw cost is the
+    fastest ``fixed_param`` run's, and the gradient the smallest over the NUTS runs of their
+    time less that per-draw cost, per leapfrog step. Noise on a shared machine only adds time,
+    so each minimum is taken over a timing, never over a difference of two timings (whose
+    minimum noise would pull low). httpstan's stored fits are deleted as the package's own
     fits' are, so no timing is a read of a stored fit.
     """
     import stan
@@ -427,9 +429,9 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
             t1 = time.perf_counter()
             model.fixed_param(num_chains=1, num_samples=2 * iterations)
             t2 = time.perf_counter()
-            timings.append((((t1 - t0) - (t2 - t1)) / float(np.sum(fit["n_leapfrog__"])),
-                            (t2 - t1) / (2 * iterations)))
-    return StanTiming(*min(timings))
+            timings.append((t1 - t0, float(np.sum(fit["n_leapfrog__"])), t2 - t1))
+    per_draw = min(t[2] for t in timings) / (2 * iterations)
+    return StanTiming(min((t - per_draw * 2 * iterations) / n for t, n, _ in timings), per_draw)
 
 
 # ---------------------------------------------------------------------------- summaries
