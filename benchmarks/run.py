@@ -83,7 +83,7 @@ without tracing allocations, which would itself cost memory.
 
 Where the annotator model's time goes (target 2)
 ------------------------------------------------
-On the target-2 data (1,000 annotators x 20 judgements, K = 2), measured on a quiet machine
+On the target-2 data (1,000 annotators x 20 judgements, K = 2), one run on a quiet machine
 (nothing else running; 2 chains x 300 + 300 iterations):
 
 * Sampling took 19.7 s in PyStan against NumPyro's 9.9 s. Both samplers spend about 4,050
