@@ -210,7 +210,7 @@ def _discard_stored_fits() -> Iterator[None]:
 
     httpstan writes every seeded fit (one file per chain) to its cache directory and keeps it
     for good, answering an identical later request from it. pluralstan returns the draws as
-    InferenceData, so the stored copy is only disk use that grows with every fit (24 GB of
+    InferenceData, so the stored copy is only disk use that grows with every fit (18 GB of
     them after two days of this project's tests, SBC runs and benchmarks) and makes a re-run
     report the seconds of reading a file as sampling time. It is deleted once PyStan has read
     it. httpstan has no public call that names a request's fit, hence the wrapper around its
