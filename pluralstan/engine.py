@@ -26,8 +26,10 @@ import io
 import os
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -204,6 +206,43 @@ def _patient_stanc(seconds: float = 600.0) -> Iterator[None]:
         httpstan.compile.subprocess = saved
 
 
+#: Fits named by this process's requests, per thread (see :func:`_discard_stored_fits`).
+_FIT_NAMES = threading.local()
+#: How many requests of this process are using each stored fit; guarded by ``_FIT_LOCK``.
+_FITS_IN_USE: Counter[str] = Counter()
+_FIT_LOCK = threading.Lock()
+
+
+def _record_fit_names() -> None:
+    """Wrap httpstan's fit-name function (once per process) to note each request's fit.
+
+    httpstan has no public call that names a request's fit. Its server runs in the calling
+    thread's event loop, so a thread-local list collects the names of that thread's requests.
+    """
+    import httpstan.fits
+
+    with _FIT_LOCK:
+        original = httpstan.fits.calculate_fit_name
+        if not getattr(original, "pluralstan_records", False):
+            httpstan.fits.calculate_fit_name = _recording(original)
+
+
+def _recording(original: Callable[[str, str, dict], str]) -> Callable[[str, str, dict], str]:
+    """``original`` (httpstan's fit-name function), noting each name for this thread."""
+
+    def record(function: str, model_name: str, kwargs: dict) -> str:
+        name = original(function, model_name, kwargs)
+        names = getattr(_FIT_NAMES, "names", None)
+        if names is not None:
+            with _FIT_LOCK:
+                _FITS_IN_USE[name] += 1
+            names.append(name)
+        return name
+
+    record.pluralstan_records = True  # type: ignore[attr-defined]
+    return record
+
+
 @contextlib.contextmanager
 def _discard_stored_fits() -> Iterator[None]:
     """Delete the fits httpstan stores for the sampling requests made inside the block.
@@ -213,28 +252,40 @@ def _discard_stored_fits() -> Iterator[None]:
     InferenceData, so the stored copy is only disk use that grows with every fit (18 GB of
     them after two days of this project's tests, SBC runs and benchmarks) and makes a re-run
     report the seconds of reading a file as sampling time. It is deleted once PyStan has read
-    it. httpstan has no public call that names a request's fit, hence the wrapper around its
-    fit-name function while the block runs (httpstan's server runs in this process).
+    it, unless another thread of this process made the same request and is still reading it.
     """
     import httpstan.cache
-    import httpstan.fits
 
-    names: list[str] = []
-    original = httpstan.fits.calculate_fit_name
-
-    def record(function: str, model_name: str, kwargs: dict) -> str:
-        name = original(function, model_name, kwargs)
-        names.append(name)
-        return name
-
-    httpstan.fits.calculate_fit_name = record
+    _record_fit_names()
+    _FIT_NAMES.names = names = []
     try:
         yield
     finally:
-        httpstan.fits.calculate_fit_name = original
-        for name in names:
-            with contextlib.suppress(KeyError):  # already gone
-                httpstan.cache.delete_fit(name)
+        _FIT_NAMES.names = None
+        with _FIT_LOCK:
+            for name in names:
+                _FITS_IN_USE[name] -= 1
+                if _FITS_IN_USE[name] <= 0:
+                    del _FITS_IN_USE[name]
+                    with contextlib.suppress(KeyError):  # already gone
+                        httpstan.cache.delete_fit(name)
+
+
+def _sample_pystan(model: Any, **kwargs: Any) -> Any:
+    """``model.sample(**kwargs)``, deleting the stored fits afterwards.
+
+    Another process making the identical request (same program, data, seed and settings) at
+    the same moment can delete the stored fit between httpstan's answer and PyStan's read of
+    it; PyStan then reports the fit "not found", and the request is made once more.
+    """
+    for attempt in range(2):
+        try:
+            with _discard_stored_fits():
+                return model.sample(**kwargs)
+        except RuntimeError as err:
+            if attempt or not ("Fit `" in str(err) and "not found" in str(err)):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
@@ -339,15 +390,15 @@ class PyStanEngine:
         t0 = time.perf_counter()
         model, compiled = self._build(program, data, config.seed)
         t1 = time.perf_counter()
-        with _discard_stored_fits():
-            fit = model.sample(
-                num_chains=int(config.chains),
-                num_samples=int(config.draws),
-                num_warmup=int(config.warmup),
-                num_thin=int(config.thin),
-                delta=float(config.adapt_delta),
-                max_depth=int(config.max_treedepth),
-            )
+        fit = _sample_pystan(
+            model,
+            num_chains=int(config.chains),
+            num_samples=int(config.draws),
+            num_warmup=int(config.warmup),
+            num_thin=int(config.thin),
+            delta=float(config.adapt_delta),
+            max_depth=int(config.max_treedepth),
+        )
         t2 = time.perf_counter()
         variables = self._variables(fit)
         stats = {

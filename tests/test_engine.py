@@ -4,6 +4,7 @@ cmdstanpy adapter (run only where CmdStan is installed)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import shutil
 import uuid
 
 import numpy as np
@@ -146,3 +147,62 @@ def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt):
     assert after <= before, sorted(map(str, after - before))
     assert "lprior" in generated
     np.testing.assert_array_equal(first.posterior["theta"].values, again.posterior["theta"].values)
+
+
+def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt):
+    """Two threads making the identical request (as Dask thread workers prebuilding a model do)
+    both get the same draws, and the stored fit is gone afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fits_dir = PyStanEngine._model_dir(get_model("aggregate").program) / "fits"
+    before = set(fits_dir.glob("*")) if fits_dir.exists() else set()
+
+    def one(_: int):
+        return ps.fit("aggregate", small_bt, seed=13, chains=1, draws=30, warmup=30,
+                      backend="pystan", check=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(one, range(2))
+    np.testing.assert_array_equal(a.posterior["theta"].values, b.posterior["theta"].values)
+    after = set(fits_dir.glob("*")) if fits_dir.exists() else set()
+    assert after <= before
+
+
+def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
+    """Deterministic interleaving: thread A and the main thread request the same fit; the main
+    thread finishes first and must leave the file for A, which deletes it when it is done."""
+    import threading
+
+    import httpstan.cache
+    import httpstan.fits
+
+    from pluralstan.engine import _discard_stored_fits
+
+    model = f"models/pluralstantest{uuid.uuid4().hex[:8]}"
+    kwargs = {"random_seed": 1, "num_samples": 1}
+    a_named, main_done = threading.Event(), threading.Event()
+    name = {}
+
+    def thread_a():
+        with _discard_stored_fits():
+            name["a"] = httpstan.fits.calculate_fit_name("f", model, kwargs)
+            httpstan.cache.dump_fit(b"draws", name["a"])
+            a_named.set()
+            main_done.wait(10)
+            name["seen by a"] = httpstan.cache.load_fit(name["a"])
+
+    t = threading.Thread(target=thread_a)
+    t.start()
+    a_named.wait(10)
+    try:
+        with _discard_stored_fits():
+            assert httpstan.fits.calculate_fit_name("f", model, kwargs) == name["a"]
+        assert httpstan.cache.fit_path(name["a"]).exists()  # A still uses it
+        main_done.set()
+        t.join(10)
+        assert name["seen by a"] == b"draws"
+        assert not httpstan.cache.fit_path(name["a"]).exists()
+    finally:
+        main_done.set()
+        t.join(10)
+        shutil.rmtree(httpstan.cache.fit_path(name["a"]).parent.parent, ignore_errors=True)
