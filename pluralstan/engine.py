@@ -278,14 +278,14 @@ def _sample_pystan(model: Any, **kwargs: Any) -> Any:
     the same moment can delete the stored fit between httpstan's answer and PyStan's read of
     it; PyStan then reports the fit "not found", and the request is made once more.
     """
-    for attempt in range(2):
-        try:
-            with _discard_stored_fits():
-                return model.sample(**kwargs)
-        except RuntimeError as err:
-            if attempt or not ("Fit `" in str(err) and "not found" in str(err)):
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        with _discard_stored_fits():
+            return model.sample(**kwargs)
+    except RuntimeError as err:
+        if not ("Fit `" in str(err) and "not found" in str(err)):
+            raise
+    with _discard_stored_fits():
+        return model.sample(**kwargs)
 
 
 def _stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
