@@ -154,6 +154,7 @@ from pluralstan.engine import (  # noqa: E402
     _discard_stored_fits,
 )
 from pluralstan.models import get_model  # noqa: E402
+from pluralstan.models.base import Encoded  # noqa: E402
 
 #: Model parameters compared across engines (those a model has).
 PARAMETERS = ("theta", "pi")
@@ -550,17 +551,18 @@ def naive_data(comps: ps.Comparisons, priors: dict[str, Any]) -> dict[str, Any]:
             "prior_theta_sd": priors["prior_theta_sd"], "prior_only": 0}
 
 
-def peer_data(model: str, comps: ps.Comparisons, enc_data: dict[str, Any]) -> dict[str, Any]:
+def peer_data(model: str, comps: ps.Comparisons, enc: Encoded) -> dict[str, Any]:
     """The peers' data, taken from pluralstan's own encoding so all engines see the same data.
 
     ``aggregate``: the binomial cells pluralstan passes to Stan. ``annotator``: one row per
     judgement with its annotator code (the peers mix each annotator's summed log likelihood).
     """
+    enc_data = enc.data
     sd = float(np.unique(enc_data["prior_theta_sd"])[0])
     mean = float(np.unique(enc_data["prior_theta_mean"])[0])
     if model == "aggregate":
         y = np.asarray(enc_data["y"])
-        return {"X": enc_data["X"], "n_a": y[:, 1], "n_total": y.sum(axis=1),
+        return {"X": enc.constant["X"], "n_a": y[:, 1], "n_total": y.sum(axis=1),
                 "theta_mean": mean, "theta_sd": sd}
     return {"X": comps.design(), "y": (comps.outcome_codes() == 1).astype(np.int64),
             "annotator": comps.codes("annotator"), "n_annotators": int(enc_data["I"]),
@@ -634,7 +636,7 @@ def target_peers(s: Settings) -> list[Row]:
             ratio = full.ess_per_s / ref.ess_per_s
             rows.append(replace(full, ratio=round(ratio, 2),
                                 ratio_is="ESS/s with membership output / without"))
-        data = peer_data(model, comps, enc.data)
+        data = peer_data(model, comps, enc)
         for name in PEERS:
             peer = load_peer(name)
             if peer is None:

@@ -11,12 +11,19 @@
 // with order = +1 when a was shown first, -1 when b was, and 0 when unknown.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
+  #include functions/design.stanfunctions
   #include functions/davidson.stanfunctions
 }
 data {
   int<lower=1> C;                        // number of cells
   int<lower=1> P;                        // number of attributes (columns of the design)
-  matrix[C, P] X;                        // attribute difference a - b per cell
+  // the design (attribute difference a - b per cell), dense or in compressed row storage
+  int<lower=0, upper=1> X_sparse;        // 1: compressed row storage; 0: dense X
+  matrix[X_sparse ? 0 : C, P] X;         // the dense design
+  int<lower=0> X_nnz;                    // non-zero entries (X_sparse = 1; else 0)
+  vector[X_nnz] X_w;                     // their values,
+  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
+  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
@@ -43,7 +50,8 @@ parameters {
   array[has_ties] real log_nu;           // log Davidson tie parameter
 }
 model {
-  vector[C] eta = X * theta;             // utility difference a - b per cell
+  // utility difference a - b per cell
+  vector[C] eta = design_times(X, X_w, X_v, X_u, theta);
   if (has_order) {
     eta += gamma[1] * order;
   }
@@ -68,7 +76,7 @@ generated quantities {
   matrix[C, 2 + has_ties] log_p_cell;
   array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
   {
-    vector[C] eta = X * theta;
+    vector[C] eta = design_times(X, X_w, X_v, X_u, theta);
     if (has_order) {
       eta += gamma[1] * order;
     }

@@ -17,13 +17,15 @@
 // same expression is the binomial one, written as w_c = n_a and log D = log1p_exp(eta).
 // An annotator's log likelihood under type k is a sum over their cells. The linear part is a
 // precomputed I x P matrix of sufficient statistics times theta'; only the log normaliser is
-// evaluated per cell, as one C x K matrix from one matrix product, and summed per annotator by a
-// sparse annotator-indicator matrix weighted by n_c. No loop over judgements touches K.
+// evaluated per cell, as one C x K matrix of eta from the sparse (compressed-row) design, and
+// summed per annotator by a sparse annotator-indicator matrix weighted by n_c. No loop over
+// judgements touches K.
 // identify = 1 orders the types by theta[ : , ident_attr] (an `ordered` parameter). That removes
 // the label-permutation symmetry only and distorts the posterior where the types overlap on that
 // attribute; identify = 0 keeps the labels exchangeable (relabel the draws afterwards).
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
+  #include functions/design.stanfunctions
   #include functions/annotator_types.stanfunctions
 }
 data {
@@ -31,7 +33,13 @@ data {
   int<lower=1> C;                          // number of cells (annotator x distinct judgement)
   int<lower=1> P;                          // number of attributes (columns of the design)
   int<lower=1> K;                          // number of latent types
-  matrix[C, P] X;                          // attribute difference a - b per cell
+  // the design (attribute difference a - b per cell), dense or in compressed row storage
+  int<lower=0, upper=1> X_sparse;          // 1: compressed row storage; 0: dense X
+  matrix[X_sparse ? 0 : C, P] X;           // the dense design
+  int<lower=0> X_nnz;                      // non-zero entries (X_sparse = 1; else 0)
+  vector[X_nnz] X_w;                       // their values,
+  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
+  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
   vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
   array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
   int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
@@ -82,14 +90,10 @@ transformed data {
     }
   }
   // per-annotator sufficient statistics of the linear part
-  matrix[I, P] S;
-  vector[I] S_order;
-  vector[I] n_tie_ann;
-  for (p in 1:P) {
-    S[ : , p] = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* X[ : , p]);
-  }
-  S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* order);
-  n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
+  matrix[I, P] S = annotator_sums(X, X_w, X_v, X_u, ann, w_lin, I, P);
+  vector[I] S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u,
+                                              w_lin .* order);
+  vector[I] n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
   array[P - 1] int rest;                   // the attributes other than ident_attr
   for (j in 1:(P - 1)) {
     rest[j] = j < ident_attr ? j : j + 1;
@@ -121,8 +125,8 @@ model {
   gamma ~ normal(0, prior_order_sd);
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
-    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
-                                   csr_w, csr_v, csr_u)
+    matrix[I, K] lp = type_log_lik(type_eta(theta, X, X_w, X_v, X_u, order, gamma), theta,
+                                   gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
     for (i in 1:I) {
       target += log_sum_exp(lp[i]);
@@ -141,7 +145,8 @@ generated quantities {
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
-    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
+    matrix[C, K] eta = type_eta(theta, X, X_w, X_v, X_u, order, gamma);
+    matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
     matrix[I, K] post;         // membership probabilities
@@ -152,16 +157,8 @@ generated quantities {
     if (save_membership) {
       membership = post;
     }
-    array[replicate ? I : 0] int z;
-    for (i in 1:size(z)) {
-      z[i] = categorical_rng(post[i]');
-    }
-    for (c in 1:size(y_rep)) {
-      real eta = X[c] * theta[z[ann[c]]]';
-      if (has_order) {
-        eta += gamma[1] * order[c];
-      }
-      y_rep[c] = multinomial_rng(outcome_probs(eta, log_nu), n_cell_int[c]);
+    if (replicate) {
+      y_rep = replicate_rng(post, eta, ann, n_cell_int, log_nu);
     }
   }
 }

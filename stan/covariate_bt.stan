@@ -15,9 +15,9 @@
 // The likelihood is computed exactly as in annotator_bt.stan (the functions block is shared
 // verbatim): cells are distinct (annotator, a - b, order) with their outcome counts, sorted by
 // annotator; the linear part of each annotator's log likelihood is a precomputed I x P matrix of
-// sufficient statistics times theta', the log normaliser is one C x K matrix from one matrix
-// product, summed per annotator by a weighted sparse annotator-indicator matrix. For cell c and
-// type k, with eta_ck = x_c' theta_k + gamma * order_c,
+// sufficient statistics times theta', the log normaliser is one C x K matrix of eta from the
+// sparse design, summed per annotator by a weighted sparse annotator-indicator matrix. For
+// cell c and type k, with eta_ck = x_c' theta_k + gamma * order_c,
 //   l_ck = w_c * eta_ck - n_c * log D(eta_ck) + t_c * log nu,
 //   D(eta) = exp(eta / 2) + exp(-eta / 2) + nu  (Davidson ties; nu = 0: binomial),
 // with w_c = (n_a - n_b) / 2 (n_a without ties), n_c the cell total and t_c its ties.
@@ -26,6 +26,7 @@
 // attribute; identify = 0 keeps the labels exchangeable (relabel the draws afterwards).
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
+  #include functions/design.stanfunctions
   #include functions/annotator_types.stanfunctions
 }
 data {
@@ -35,7 +36,13 @@ data {
   int<lower=1> K;                          // number of latent types
   int<lower=1> Q;                          // covariates per annotator, intercept included
   matrix[I, Q] W;                          // annotator covariates; column 1 is the intercept (1)
-  matrix[C, P] X;                          // attribute difference a - b per cell
+  // the design (attribute difference a - b per cell), dense or in compressed row storage
+  int<lower=0, upper=1> X_sparse;          // 1: compressed row storage; 0: dense X
+  matrix[X_sparse ? 0 : C, P] X;           // the dense design
+  int<lower=0> X_nnz;                      // non-zero entries (X_sparse = 1; else 0)
+  vector[X_nnz] X_w;                       // their values,
+  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
+  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
   vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
   array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
   int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
@@ -86,14 +93,10 @@ transformed data {
     }
   }
   // per-annotator sufficient statistics of the linear part
-  matrix[I, P] S;
-  vector[I] S_order;
-  vector[I] n_tie_ann;
-  for (p in 1:P) {
-    S[ : , p] = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* X[ : , p]);
-  }
-  S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, w_lin .* order);
-  n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
+  matrix[I, P] S = annotator_sums(X, X_w, X_v, X_u, ann, w_lin, I, P);
+  vector[I] S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u,
+                                              w_lin .* order);
+  vector[I] n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
   array[P - 1] int rest;                   // the attributes other than ident_attr
   for (j in 1:(P - 1)) {
     rest[j] = j < ident_attr ? j : j + 1;
@@ -130,8 +133,8 @@ model {
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
     matrix[I, K] eta_pi = W * beta';                // softmax linear predictor per annotator
-    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
-                                   csr_w, csr_v, csr_u);
+    matrix[I, K] lp = type_log_lik(type_eta(theta, X, X_w, X_v, X_u, order, gamma), theta,
+                                   gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u);
     for (i in 1:I) {
       target += log_sum_exp(lp[i] + log_softmax(eta_pi[i]')');
     }
@@ -152,7 +155,8 @@ generated quantities {
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
-    matrix[I, K] lp = type_log_lik(theta, X, order, gamma, log_nu, S, S_order, n_tie_ann,
+    matrix[C, K] eta = type_eta(theta, X, X_w, X_v, X_u, order, gamma);
+    matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
     matrix[I, K] post;         // membership probabilities
     for (i in 1:I) {
@@ -165,17 +169,9 @@ generated quantities {
     if (save_membership) {
       membership = post;
     }
-    array[replicate ? I : 0] int z;
-    for (i in 1:size(z)) {
-      z[i] = categorical_rng(post[i]');
-    }
     pi = (rep_row_vector(1.0 / I, I) * pi_annotator)';
-    for (c in 1:size(y_rep)) {
-      real eta = X[c] * theta[z[ann[c]]]';
-      if (has_order) {
-        eta += gamma[1] * order[c];
-      }
-      y_rep[c] = multinomial_rng(outcome_probs(eta, log_nu), n_cell_int[c]);
+    if (replicate) {
+      y_rep = replicate_rng(post, eta, ann, n_cell_int, log_nu);
     }
   }
 }

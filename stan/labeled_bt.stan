@@ -23,7 +23,13 @@ data {
   int<lower=1> C;                        // number of cells
   int<lower=1> P;                        // number of attributes (columns of the design)
   int<lower=1> K;                        // number of subgroups (observed label levels)
-  matrix[C, P] X;                        // attribute difference a - b per cell
+  // the design (attribute difference a - b per cell), dense or in compressed row storage
+  int<lower=0, upper=1> X_sparse;        // 1: compressed row storage; 0: dense X
+  matrix[X_sparse ? 0 : C, P] X;         // the dense design
+  int<lower=0> X_nnz;                    // non-zero entries (X_sparse = 1; else 0)
+  vector[X_nnz] X_w;                     // their values,
+  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
+  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   array[C] int<lower=1, upper=K> group;  // subgroup label of each cell
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
@@ -48,6 +54,14 @@ transformed data {
     n_ab[c] = y[c, 1] + y[c, 2];
   }
   matrix[C, 2 + has_ties] counts = to_matrix(y);
+  // sparse design: the columns of its non-zeros in the K * P block design whose row c holds x_c
+  // in the block of group[c], so that eta = X_block * to_vector(theta') is one sparse product
+  array[X_nnz] int X_v_group;
+  for (c in 1:(X_sparse ? C : 0)) {
+    for (j in X_u[c]:(X_u[c + 1] - 1)) {
+      X_v_group[j] = (group[c] - 1) * P + X_v[j];
+    }
+  }
 }
 parameters {
   vector[partial ? P : 0] mu;            // population preference (partial pooling)
@@ -66,7 +80,10 @@ transformed parameters {
   }
 }
 model {
-  vector[C] eta = rows_dot_product(X, theta[group]);  // utility difference a - b per cell
+  // utility difference a - b per cell, x_c' theta[group[c]]
+  vector[C] eta = X_sparse
+                  ? csr_matrix_times_vector(C, K * P, X_w, X_v_group, X_u, to_vector(theta'))
+                  : rows_dot_product(X, theta[group]);
   if (has_order) {
     eta += gamma[1] * order;
   }
@@ -109,7 +126,9 @@ generated quantities {
   // replicated label counts (the labels are data the model generates, through pi)
   array[K] int n_annotators_rep = multinomial_rng(pi, sum(n_annotators));
   {
-    vector[C] eta = rows_dot_product(X, theta[group]);
+    vector[C] eta = X_sparse
+                    ? csr_matrix_times_vector(C, K * P, X_w, X_v_group, X_u, to_vector(theta'))
+                    : rows_dot_product(X, theta[group]);
     if (has_order) {
       eta += gamma[1] * order;
     }

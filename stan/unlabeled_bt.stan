@@ -23,6 +23,7 @@
 // it does not identify the mixture, and it distorts the posterior where the components overlap
 // in attribute j (Stan User's Guide, "Problematic posteriors").
 functions {
+  #include functions/design.stanfunctions
   #include functions/davidson.stanfunctions
   // log(pi_k) + log P_k(outcome | cell) for every component k: array of C x (2 + has_ties).
   array[] matrix component_log_probs(matrix eta, vector log_pi, int has_ties,
@@ -57,7 +58,13 @@ data {
   int<lower=1> C;                        // number of cells
   int<lower=1> P;                        // number of attributes (columns of the design)
   int<lower=1> K;                        // number of latent subgroups (assumed)
-  matrix[C, P] X;                        // attribute difference a - b per cell
+  // the design (attribute difference a - b per cell), dense or in compressed row storage
+  int<lower=0, upper=1> X_sparse;        // 1: compressed row storage; 0: dense X
+  matrix[X_sparse ? 0 : C, P] X;         // the dense design
+  int<lower=0> X_nnz;                    // non-zero entries (X_sparse = 1; else 0)
+  vector[X_nnz] X_w;                     // their values,
+  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
+  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
@@ -101,7 +108,8 @@ transformed parameters {
   theta[:, rest] = theta_rest;
 }
 model {
-  matrix[C, K] eta = X * theta';         // utility difference a - b per cell and component
+  // utility difference a - b per cell and component
+  matrix[C, K] eta = design_times(X, X_w, X_v, X_u, theta);
   if (has_order) {
     eta += rep_matrix(gamma[1] * order, K);
   }
@@ -131,7 +139,7 @@ generated quantities {
   array[C, 2 + has_ties] vector[K] alloc;
   array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
   {
-    matrix[C, K] eta = X * theta';
+    matrix[C, K] eta = design_times(X, X_w, X_v, X_u, theta);
     if (has_order) {
       eta += rep_matrix(gamma[1] * order, K);
     }

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.sparse import csr_matrix
 
 import pluralstan as ps
 from pluralstan.errors import PluralstanError
@@ -65,7 +66,11 @@ def test_loader_and_encoder_never_raise_foreign_exceptions(frame):
         except PluralstanError:
             continue
         assert enc.data["C"] >= 1
-        assert np.isfinite(enc.data["X"]).all()
+        assert np.isfinite(enc.data["X_w"]).all()
+        # the compressed-row design Stan reads is the cells' design
+        X = csr_matrix((enc.data["X_w"], enc.data["X_v"] - 1, enc.data["X_u"] - 1),
+                       shape=(enc.data["C"], enc.data["P"]))
+        assert np.array_equal(X.toarray(), enc.constant["X"])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))

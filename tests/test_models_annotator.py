@@ -145,7 +145,7 @@ def test_cells_sorted_by_annotator_and_sufficient(small):
     # every judgement maps to a cell of its own annotator with its own design row
     rows = enc.constant["cell_of_row"]
     assert np.array_equal(ann[rows] - 1, small.codes("annotator"))
-    assert np.allclose(enc.data["X"][rows], small.design())
+    assert np.allclose(enc.constant["X"][rows], small.design())
     assert enc.coords["group"].tolist() == [0, 1]
     assert enc.log_lik_dims == {"y": ["annotator"]}
 

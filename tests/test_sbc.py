@@ -115,13 +115,14 @@ def test_generate_evaluates_the_program_at_fixed_parameters_with_new_data():
     comps = ps.simulate.mixture(ps.simulate.HIGH_CONFLICT_THETA[:, :2], [0.4, 0.6], n_pairs=8,
                                 n_annotators=6, pairs_per_annotator=4, seed=2)
     spec = get_model("annotator")
-    data = spec.encode(ps.Comparisons.from_frame(comps.frame.drop(columns="group")), K=2).data
+    enc = spec.encode(ps.Comparisons.from_frame(comps.frame.drop(columns="group")), K=2)
+    data = enc.data
     y = np.random.default_rng(4).integers(0, 3, size=np.shape(data["y"]))  # not the observed y
     theta, pi = np.array([[1.5, -0.5], [-1.0, 2.0]]), np.array([0.3, 0.7])
     params = {"pi": pi, "theta_lead_free": theta[:, :1].T, "theta_lead_ordered": np.zeros((0, 2)),
               "theta_rest": theta[:, 1:], "gamma": [], "log_nu": []}
     out = get_engine("pystan").generate(spec.program, {**data, "y": y}, params, seed=1)
-    eta = np.asarray(data["X"]) @ theta.T  # (cell, type)
+    eta = enc.constant["X"] @ theta.T  # (cell, type)
     cell = y[:, [1]] * -np.logaddexp(0, -eta) + y[:, [0]] * -np.logaddexp(0, eta)
     per_type = np.stack([np.bincount(np.asarray(data["ann"]) - 1, weights=cell[:, k])
                          for k in range(2)], axis=1)

@@ -68,7 +68,9 @@ def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> 
     clustered = polis_group != "unclustered"
     fits, rows = {}, []
     for K in Ks:
-        fits[K] = idata = ps.fit("annotator", comps, K=K, **_sampler(args))
+        # no replicated data: the audit checks no predictions, and on vTaiwan y_rep would be
+        # 30,000 cells x outcomes per draw
+        fits[K] = idata = ps.fit("annotator", comps, K=K, replicate=False, **_sampler(args))
         if K > 1:
             idata, _ = relabel(idata)
         member = idata.posterior["membership"].mean(("chain", "draw"))

@@ -11,6 +11,7 @@ from .base import (
     Encoded,
     ModelSpec,
     bt_prior_data,
+    design_data,
     expand_cells,
     merge_priors,
     register,
@@ -63,7 +64,7 @@ def encode(
     data = {
         "C": cells.n_cells,
         "P": P,
-        "X": cells.X,
+        **design_data(cells.X),
         "order": cells.order,
         "has_ties": int(has_ties),
         "has_order": int(has_order),

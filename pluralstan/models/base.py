@@ -216,6 +216,45 @@ def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
     }
 
 
+#: Largest share of non-zero entries at which a design goes to Stan in compressed row storage.
+#: Item designs (two non-zeros per row) fall below it from 4 items up; dense attribute designs,
+#: whose dense product is the faster one (measured 1.1x on a 5-attribute design), do not.
+SPARSE_DESIGN_DENSITY = 0.5
+
+
+def design_data(X: np.ndarray, sparse: bool | None = None) -> dict[str, Any]:
+    """Stan data of the design ``X`` (cells x attributes), dense or in compressed row storage.
+
+    Every program reads ``X_sparse``; when it is 1, the design is ``X_nnz`` non-zero values
+    ``X_w``, their 1-based columns ``X_v`` and the 1-based position in ``X_w`` where each row
+    starts, ``X_u`` (Stan's ``csr_extract`` layout, SciPy's CSR 1-based), and the dense ``X``
+    has no rows; when it is 0, ``X`` is the dense design and the sparse arrays are empty (see
+    ``stan/functions/design.stanfunctions``).
+
+    Parameters
+    ----------
+    X
+        The design, one row per cell.
+    sparse
+        Force one form; default: sparse when at most :data:`SPARSE_DESIGN_DENSITY` of the
+        entries are non-zero (an item design has two non-zeros per row however many items
+        there are, so its programs then cost O(cells), not O(cells x items)).
+    """
+    from scipy.sparse import csr_matrix
+
+    X = np.asarray(X, dtype=float)
+    csr = csr_matrix(X)
+    csr.eliminate_zeros()
+    if sparse is None:
+        sparse = csr.nnz <= SPARSE_DESIGN_DENSITY * X.size
+    if not sparse:
+        return {"X_sparse": 0, "X": X, "X_nnz": 0, "X_w": np.zeros(0),
+                "X_v": np.zeros(0, dtype=np.int64), "X_u": np.zeros(0, dtype=np.int64)}
+    return {"X_sparse": 1, "X": np.zeros((0, X.shape[1])), "X_nnz": int(csr.nnz),
+            "X_w": csr.data, "X_v": csr.indices.astype(np.int64) + 1,
+            "X_u": csr.indptr.astype(np.int64) + 1}
+
+
 def resolve_ties_order(
     comps: Comparisons, ties: bool | None, order: bool | None
 ) -> tuple[int, int]:
