@@ -154,7 +154,7 @@ from pluralstan.engine import (  # noqa: E402
     _discard_stored_fits,
 )
 from pluralstan.models import get_model  # noqa: E402
-from pluralstan.models.base import Encoded  # noqa: E402
+from pluralstan.models.base import Encoded, design_data  # noqa: E402
 
 #: Model parameters compared across engines (those a model has).
 PARAMETERS = ("theta", "pi")
@@ -196,6 +196,8 @@ class Settings:
         fastest of (:func:`stan_gradient_seconds`).
     workflows
         Target 4: time the workflow scripts (skipped in ``--quick``).
+    design_items
+        Items of the item design whose two design forms are compared (:func:`target_design_form`).
     """
 
     n_pairs: int = 200
@@ -209,12 +211,13 @@ class Settings:
     grad_draws: int = 50
     grad_repeats: int = 3
     workflows: bool = True
+    design_items: int = 100
     seed: int = 20261122
 
 
 QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per_annotator=5,
                  scaling_n=(100, 300), warmup=100, draws=100, grad_draws=50, grad_repeats=1,
-                 workflows=False)
+                 workflows=False, design_items=12)
 
 
 @dataclass
@@ -871,12 +874,70 @@ def _thread_count(pid: int) -> int:
     return 0
 
 
+def item_comps(n_items: int, s: Settings) -> ps.Comparisons:
+    """Item data the size of target 2 (annotators x judgements each) over ``n_items`` items.
+
+    Two equally common annotator types whose item abilities are independent standard normals;
+    each judgement compares two distinct random items (a Polis-like design: reference coding
+    gives ``n_items - 1`` design columns, two of them non-zero per judgement).
+    """
+    rng = np.random.default_rng(s.seed)
+    n_ann, each = s.peer_annotators, s.peer_pairs_per_annotator
+    ability = rng.normal(size=(2, n_items))
+    kind = rng.integers(0, 2, n_ann).repeat(each)
+    a = rng.integers(0, n_items, n_ann * each)
+    b = (a + rng.integers(1, n_items, n_ann * each)) % n_items
+    p_a = 1 / (1 + np.exp(ability[kind, b] - ability[kind, a]))
+    frame = pd.DataFrame({"item_a": [f"i{k:03d}" for k in a], "item_b": [f"i{k:03d}" for k in b],
+                          "y": (rng.random(len(a)) < p_a).astype(float),
+                          "annotator": np.arange(n_ann).repeat(each)})
+    with quiet():
+        return ps.Comparisons.from_frame(frame)
+
+
+def target_design_form(s: Settings) -> list[Row]:
+    """The design's two forms (dense, compressed rows) on the annotator model, side by side.
+
+    The same program and data, the design passed dense or sparse
+    (:func:`pluralstan.models.base.design_data`): an item design with ``s.design_items`` items,
+    where pluralstan picks the sparse form, and target 2's dense 5-attribute design, where it
+    picks the dense one. The ratio is the gradient time of the other form over the chosen one's.
+    """
+    prog = get_model("annotator").program
+    rows = []
+    cases = ((f"{s.design_items} items", item_comps(s.design_items, s)),
+             ("5 attributes (target 2 data)",
+              annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
+                              s.peer_pairs_per_annotator)))
+    for case, comps in cases:
+        enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
+        chosen = enc.data["X_sparse"]
+        other = {**enc.data, **design_data(enc.constant["X"], sparse=not chosen)}
+        names = {1: "sparse (compressed rows)", 0: "dense"}
+        timings = {}
+        size = (f"{enc.data['C']} cells x {enc.data['P']} columns, "
+                f"{np.count_nonzero(enc.constant['X'])} non-zeros")
+        for label, data in (("chosen by pluralstan", enc.data), ("forced", other)):
+            timings[label] = stan_gradient_seconds(prog, data, s.grad_draws, s.grad_repeats)
+            row = Row("sparse design (annotator, K=2)", case,
+                      f"{names[data['X_sparse']]} design", comps.n, 1, s.grad_draws,
+                      note=f"{label}; {size}")
+            rows.append(with_gradient(row, timings[label]))
+        if min(t.gradient for t in timings.values()) > 0:
+            ratio = timings["forced"].gradient / timings["chosen by pluralstan"].gradient
+            rows[-1] = replace(rows[-1], ratio=round(ratio, 2),
+                               ratio_is="gradient time: this form / the chosen form",
+                               goal="> 1", meets="yes" if ratio > 1 else "no")
+    return rows
+
+
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "1": target_sufficient_statistics,
     "2": target_peers,
     "3": target_scaling,
     "4": target_workflows,
     "6": target_threads,
+    "sparse": target_design_form,
 }
 
 

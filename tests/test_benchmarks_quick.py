@@ -47,7 +47,7 @@ def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
 def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
-    assert targets == {"1", "2", "3", "4", "6"}
+    assert targets == {"1", "2", "3", "4", "6", "sparse"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -122,3 +122,19 @@ def test_overhead_and_thread_rows(quick):
     t6 = table[table["target"].str.startswith("6")]
     assert list(t6["engine"]) == ["naive_bt", "naive_bt_reduce_sum"]
     assert t6["note"].str.contains("CPU s per wall s").all()
+
+
+def test_design_form_rows_time_both_forms_of_each_design(quick):
+    table, _, _ = quick
+    rows = table[table["target"].str.startswith("sparse")]
+    # pluralstan picks the sparse form for the item design and the dense one for attributes
+    assert list(rows["case"]) == ["12 items"] * 2 + ["5 attributes (target 2 data)"] * 2
+    assert list(rows["engine"]) == ["sparse (compressed rows) design", "dense design",
+                                    "dense design", "sparse (compressed rows) design"]
+    assert list(rows["note"].str.split(";").str[0]) == ["chosen by pluralstan", "forced"] * 2
+    assert all(gradient_measured(row) for _, row in rows.iterrows())
+    for _, pair in rows.groupby("case"):
+        chosen, forced = pair.iloc[0], pair.iloc[1]
+        if float(chosen["grad_ms"]) > 0 and float(forced["grad_ms"]) > 0:
+            assert np.isclose(float(forced["ratio"]),
+                              float(forced["grad_ms"]) / float(chosen["grad_ms"]), rtol=0.02)
