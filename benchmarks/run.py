@@ -46,7 +46,9 @@ annotator-latent models in NumPyro and PyMC (``benchmarks/peers``, optional extr
 ``pluralstan[bench]``; skipped with a note when absent); 3 scaling of the annotator model with the
 number of judgements, and peak memory; 4 whole workflow scripts and the warm re-run overhead of a
 fit; 6 within-chain parallelism (``reduce_sum``) under PyStan. Target 5 (parallel and distributed
-sweeps) is a feature of :mod:`pluralstan.parallel`, not a benchmark.
+sweeps) is a feature of :mod:`pluralstan.parallel`, not a benchmark. ``sparse`` (not an issue
+target) times the annotator model's gradient with the design dense and in compressed rows, on
+an item design and an attribute design, to check the form pluralstan picks for each.
 
 Within-chain parallelism (target 6)
 -----------------------------------
