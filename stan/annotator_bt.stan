@@ -17,9 +17,9 @@
 // same expression is the binomial one, written as w_c = n_a and log D = log1p_exp(eta).
 // An annotator's log likelihood under type k is a sum over their cells. The linear part is a
 // precomputed I x P matrix of sufficient statistics times theta'; only the log normaliser is
-// evaluated per cell, as one C x K matrix of eta from the sparse (compressed-row) design, and
-// summed per annotator by a sparse annotator-indicator matrix weighted by n_c. No loop over
-// judgements touches K.
+// evaluated per cell, on one C x K matrix of linear predictors (from the dense or sparse design,
+// design.stanfunctions), and summed per annotator by a sparse annotator-indicator matrix
+// weighted by n_c. No loop over judgements touches K.
 // identify = 1 orders the types by theta[ : , ident_attr] (an `ordered` parameter). That removes
 // the label-permutation symmetry only and distorts the posterior where the types overlap on that
 // attribute; identify = 0 keeps the labels exchangeable (relabel the draws afterwards).

@@ -15,8 +15,8 @@
 // The likelihood is computed exactly as in annotator_bt.stan (the functions block is shared
 // verbatim): cells are distinct (annotator, a - b, order) with their outcome counts, sorted by
 // annotator; the linear part of each annotator's log likelihood is a precomputed I x P matrix of
-// sufficient statistics times theta', the log normaliser is one C x K matrix of eta from the
-// sparse design, summed per annotator by a weighted sparse annotator-indicator matrix. For
+// sufficient statistics times theta', the log normaliser is evaluated on one C x K matrix of
+// linear predictors, summed per annotator by a weighted sparse annotator-indicator matrix. For
 // cell c and type k, with eta_ck = x_c' theta_k + gamma * order_c,
 //   l_ck = w_c * eta_ck - n_c * log D(eta_ck) + t_c * log nu,
 //   D(eta) = exp(eta / 2) + exp(-eta / 2) + nu  (Davidson ties; nu = 0: binomial),
