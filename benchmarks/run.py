@@ -80,8 +80,8 @@ text on its fit object besides the parsed array. With the default output, 1e5 ju
 options ``replicate=False`` (no ``y_rep``, cells x outcomes per draw) and ``membership=False``
 (no I x K membership; relabelling then uses the pivot method) leave the parameters and the
 per-annotator ``log_lik``: every annotator fit here uses both (:data:`OPTIONS`), and the same
-fit then peaked at 1.42 GB (Python) and 0.46 GB (sampler worker). ``ru_maxrss`` is read
-without tracing allocations, which would itself cost memory.
+fit then peaked at 0.96-1.42 GB (Python; two runs) and 0.46 GB (sampler worker).
+``ru_maxrss`` is read without tracing allocations, which would itself cost memory.
 
 Where the annotator model's time goes (target 2)
 ------------------------------------------------
@@ -191,6 +191,9 @@ class Settings:
         Target 2: annotators and judgements each (200 pairs), 1,000 x 20 = 20,000 judgements.
     scaling_n
         Target 3: numbers of judgements (10 per annotator).
+    profile_n
+        Target 3: numbers of judgements at which the gradient alone is timed
+        (:func:`gradient_profile`).
     chains, warmup, draws
         NUTS settings shared by every engine in a comparison.
     grad_draws, grad_repeats
@@ -207,6 +210,7 @@ class Settings:
     peer_annotators: int = 1000
     peer_pairs_per_annotator: int = 20
     scaling_n: tuple[int, ...] = (1_000, 10_000, 100_000)
+    profile_n: tuple[int, ...] = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000)
     chains: int = 2
     warmup: int = 500
     draws: int = 500
@@ -218,8 +222,8 @@ class Settings:
 
 
 QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per_annotator=5,
-                 scaling_n=(100, 300), warmup=100, draws=100, grad_draws=50, grad_repeats=1,
-                 workflows=False, design_items=12)
+                 scaling_n=(100, 300), profile_n=(100, 200, 300), warmup=100, draws=100,
+                 grad_draws=50, grad_repeats=1, workflows=False, design_items=12)
 
 
 @dataclass
@@ -668,10 +672,14 @@ def target_scaling(s: Settings) -> list[Row]:
     target = "3 scaling (annotator, K=2)"
     rows, base = [], None
     prog = get_model("annotator").program
-    for n in s.scaling_n:
+    grads = {}
+    for n in sorted(set(s.scaling_n) | set(s.profile_n)):
         comps = annotator_comps(n, s, per_annotator=10)
         enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
-        grad = stan_gradient_seconds(prog, enc.data, s.grad_draws, s.grad_repeats)
+        grads[n] = (comps, enc, stan_gradient_seconds(prog, enc.data, s.grad_draws,
+                                                      s.grad_repeats))
+    for n in s.scaling_n:
+        comps, enc, grad = grads[n]
         case = f"N = {comps.n}"
         note = f"{enc.data['I']} annotators, {enc.data['C']} cells"
         if n == max(s.scaling_n):
@@ -697,6 +705,32 @@ def target_scaling(s: Settings) -> list[Row]:
             row.note += (f"; s per effective draw {per_ess:.3g} (growth / N growth "
                          f"{e_ratio:.3f})")
         rows.insert(len(rows) - (n == max(s.scaling_n)), row)
+    return rows + gradient_profile(target, s, {n: grads[n] for n in s.profile_n})
+
+
+def gradient_profile(target: str, s: Settings, grads: dict[int, tuple]) -> list[Row]:
+    """Gradient time per judgement at every size of ``s.profile_n``, relative to the smallest.
+
+    Where the gradient's cost per judgement changes with N, and by how much. Every operation of
+    the annotator program is linear in the cells, so a change here is the memory hierarchy, not
+    the work: on these machines (512 KiB L2 per core, 32 MiB L3 shared) two quiet runs had the
+    cost per judgement 1.2-1.3x higher at 5e4 and 1e5 judgements than at 1e3, where the
+    autodiff working set (a few hundred bytes per cell) grows to tens of MB; below that the
+    runs disagreed (flat to 2e4 in one, a 1.3x step between 2e3 and 5e3 in the other).
+    """
+    rows, base = [], None
+    for comps, enc, grad in grads.values():
+        per = grad.gradient / comps.n
+        row = with_gradient(Row(target, f"gradient only, N = {comps.n}",
+                                "pluralstan annotator (PyStan)", comps.n, 1, s.grad_draws,
+                                note=f"{1e6 * per:.3f} us per judgement; {enc.data['C']} cells"),
+                            grad)
+        if base is None:
+            base = per
+        elif min(per, base) > 0:
+            row = replace(row, ratio=round(per / base, 2),
+                          ratio_is=f"gradient time per judgement / at N = {min(grads)}")
+        rows.append(row)
     return rows
 
 
@@ -988,7 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else Settings()
     if args._settings:
         raw = json.loads(args._settings)
-        s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"])})
+        s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"]),
+                        "profile_n": tuple(raw["profile_n"])})
     if args.memory_probe:
         memory_probe(args.memory_probe, s)
         return 0

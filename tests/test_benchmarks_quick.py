@@ -110,6 +110,15 @@ def test_scaling_rows_cover_every_size_and_memory(quick):
     assert 0 < float(memory["ratio"]) < 2
     # the annotator model stores one log-likelihood value per annotator (30 at N = 300)
     assert "per annotator (2x100x30)" in memory["note"]
+    # the gradient-only profile: every size, each relative to the smallest when measurable
+    profile = t3[t3["case"].str.startswith("gradient only")]
+    assert list(pd.to_numeric(profile["n"])) == [100, 200, 300]
+    assert profile["note"].str.contains("us per judgement").all()
+    for _, row in profile.iloc[1:].iterrows():
+        if float(row["grad_ms"]) > 0 and float(profile["grad_ms"].iloc[0]) > 0:
+            expected = (float(row["grad_ms"]) / float(row["n"])) / (
+                float(profile["grad_ms"].iloc[0]) / float(profile["n"].iloc[0]))
+            assert np.isclose(float(row["ratio"]), expected, rtol=0.02, atol=0.01)
 
 
 def test_overhead_and_thread_rows(quick):
