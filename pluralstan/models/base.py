@@ -217,8 +217,9 @@ def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
 
 
 #: Largest share of non-zero entries at which a design goes to Stan in compressed row storage.
-#: Item designs (two non-zeros per row) fall below it from 4 items up; dense attribute designs,
-#: whose dense product is the faster one (measured 1.1x on a 5-attribute design), do not.
+#: Item designs (at most two non-zeros per row) fall below it from 5 items up; dense attribute
+#: designs, whose dense product is the faster one (1.04-1.15x on a 5-attribute design, side by
+#: side), do not.
 SPARSE_DESIGN_DENSITY = 0.5
 
 
