@@ -940,6 +940,7 @@ def target_design_form(s: Settings) -> list[Row]:
     picks the dense one. The ratio is the gradient time of the other form over the chosen one's.
     """
     prog = get_model("annotator").program
+    names = {1: "sparse (compressed rows)", 0: "dense"}
     rows = []
     cases = ((f"{s.design_items} items", item_comps(s.design_items, s)),
              ("5 attributes (target 2 data)",
@@ -949,7 +950,6 @@ def target_design_form(s: Settings) -> list[Row]:
         enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
         chosen = enc.data["X_sparse"]
         other = {**enc.data, **design_data(enc.constant["X"], sparse=not chosen)}
-        names = {1: "sparse (compressed rows)", 0: "dense"}
         timings = {}
         size = (f"{enc.data['C']} cells x {enc.data['P']} columns, "
                 f"{np.count_nonzero(enc.constant['X'])} non-zeros")

@@ -244,13 +244,12 @@ def design_data(X: np.ndarray, sparse: bool | None = None) -> dict[str, Any]:
     from scipy.sparse import csr_matrix
 
     X = np.asarray(X, dtype=float)
-    csr = csr_matrix(X)
-    csr.eliminate_zeros()
     if sparse is None:
-        sparse = csr.nnz <= SPARSE_DESIGN_DENSITY * X.size
+        sparse = np.count_nonzero(X) <= SPARSE_DESIGN_DENSITY * X.size
     if not sparse:
         return {"X_sparse": 0, "X": X, "X_nnz": 0, "X_w": np.zeros(0),
                 "X_v": np.zeros(0, dtype=np.int64), "X_u": np.zeros(0, dtype=np.int64)}
+    csr = csr_matrix(X)  # stores the non-zero entries only
     return {"X_sparse": 1, "X": np.zeros((0, X.shape[1])), "X_nnz": int(csr.nnz),
             "X_w": csr.data, "X_v": csr.indices.astype(np.int64) + 1,
             "X_u": csr.indptr.astype(np.int64) + 1}
