@@ -130,32 +130,55 @@ def test_shared_stan_functions_are_included_once_per_program():
             assert code.count(text) == 1, (name, file_name)
 
 
-def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt):
+@pytest.fixture
+def own_fit_files(monkeypatch):
+    """The files httpstan stores for the fits this test requests, named as they are requested.
+
+    Other pytest-xdist workers fit the same model at the same moment, so a listing of the
+    model's fits directory before and after would count their in-flight fits as this test's.
+    """
+    import httpstan.cache
+    import httpstan.fits
+
+    from pluralstan.engine import _record_fit_names
+
+    _record_fit_names()
+    names: list[str] = []
+    named = httpstan.fits.calculate_fit_name
+
+    def note(function: str, model_name: str, kwargs: dict) -> str:
+        names.append(named(function, model_name, kwargs))
+        return names[-1]
+
+    note.pluralstan_records = True
+    monkeypatch.setattr(httpstan.fits, "calculate_fit_name", note)
+    return lambda: [httpstan.cache.fit_path(name) for name in names]
+
+
+def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt, own_fit_files):
     """httpstan stores every seeded fit on disk; the PyStan adapter deletes each once read, so
     the cache does not grow per fit and an identical re-run samples again (same draws)."""
     spec = get_model("aggregate")
     prog = spec.program
-    fits_dir = PyStanEngine._model_dir(prog) / "fits"
-    before = set(fits_dir.glob("*")) if fits_dir.exists() else set()
     first = ps.fit("aggregate", small_bt, seed=12, chains=2, draws=50, warmup=50,
                    backend="pystan", check=False)
     data = spec.encode(small_bt).data
     generated = PyStanEngine().generate(prog, data, {"theta": np.zeros(data["P"])}, seed=3)
     again = ps.fit("aggregate", small_bt, seed=12, chains=2, draws=50, warmup=50,
                    backend="pystan", check=False)
-    after = set(fits_dir.glob("*")) if fits_dir.exists() else set()
-    assert after <= before, sorted(map(str, after - before))
+    files = own_fit_files()
+    # one stored fit per chain, then the generate request; the identical re-run names the
+    # first run's fits again, and samples anew only because they were deleted
+    assert len(files) == 5 and files[3:] == files[:2], files
+    assert not [f for f in files if f.exists()]
     assert "lprior" in generated
     np.testing.assert_array_equal(first.posterior["theta"].values, again.posterior["theta"].values)
 
 
-def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt):
+def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt, own_fit_files):
     """Two threads making the identical request (as Dask thread workers prebuilding a model do)
     both get the same draws, and the stored fit is gone afterwards."""
     from concurrent.futures import ThreadPoolExecutor
-
-    fits_dir = PyStanEngine._model_dir(get_model("aggregate").program) / "fits"
-    before = set(fits_dir.glob("*")) if fits_dir.exists() else set()
 
     def one(_: int):
         return ps.fit("aggregate", small_bt, seed=13, chains=1, draws=30, warmup=30,
@@ -164,8 +187,9 @@ def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt):
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(one, range(2))
     np.testing.assert_array_equal(a.posterior["theta"].values, b.posterior["theta"].values)
-    after = set(fits_dir.glob("*")) if fits_dir.exists() else set()
-    assert after <= before
+    files = own_fit_files()
+    assert len(files) == 2 and files[0] == files[1]  # the identical request names one fit
+    assert not files[0].exists()
 
 
 def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
