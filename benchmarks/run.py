@@ -318,6 +318,37 @@ def quiet() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Run this thread, and httpstan's sampler processes, on one CPU core (Linux; else no-op).
+
+    :func:`stan_gradient_seconds` subtracts a ``fixed_param`` run's time from a NUTS run's.
+    That is exact only when the sampler and this process's handling of its messages take
+    turns on one core; with a core free they overlap, by an amount that changes with the
+    model's size. Unpinned, the annotator model's gradient came out 1.2x dearer per judgement
+    at 1e5 judgements than at 1e3 (and 0.17-0.26 us per judgement at 1e4 from run to run);
+    pinned, the same runs were flat (0.254, 0.247 and 0.244 us at 1e3, 1e4 and 1e5), and so
+    was a method with no subtraction (NUTS at tree depth 1 against depth 10: 0.266, 0.256,
+    0.239 us). httpstan's sampler processes are a module-level pool that outlives one call,
+    so its live workers (a private attribute) are pinned too; new ones inherit the mask.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    import httpstan.services_stub
+
+    saved = os.sched_getaffinity(0)
+    pids = [0, *(p.pid for p in (httpstan.services_stub.executor._processes or {}).values())]
+    for pid in pids:
+        os.sched_setaffinity(pid, {min(saved)})
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, saved)
+
+
 def program(file_name: str) -> StanProgram:
     """A benchmark-only Stan program from ``benchmarks/stan``."""
     path = HERE / "stan" / file_name
@@ -405,7 +436,7 @@ class StanTiming:
 
 
 def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: int,
-                          repeats: int = 1, seed: int = 1) -> StanTiming:
+                          repeats: int = 1, seed: int = 1, pinned: bool = True) -> StanTiming:
     """Seconds per log-density gradient of a compiled Stan program under PyStan.
 
     PyStan's ``grad_log_prob`` rebuilds the model from its data on every call (an HTTP request
@@ -424,13 +455,14 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
     time less that per-draw cost, per leapfrog step. Noise on a shared machine only adds time,
     so each minimum is taken over a timing, never over a difference of two timings (whose
     minimum noise would pull low). httpstan's stored fits are deleted as the package's own
-    fits' are, so no timing is a read of a stored fit.
+    fits' are, so no timing is a read of a stored fit. The runs are ``pinned`` to one core
+    (:func:`one_core`) unless the program is to use threads (target 6).
     """
     import stan
 
     ensure_built(prog)
     timings = []
-    with quiet(), _discard_stored_fits():
+    with quiet(), _discard_stored_fits(), one_core() if pinned else contextlib.nullcontext():
         for r in range(repeats):
             model = stan.build(prog.code, data=data, random_seed=seed + r)
             t0 = time.perf_counter()
@@ -711,12 +743,9 @@ def target_scaling(s: Settings) -> list[Row]:
 def gradient_profile(target: str, s: Settings, grads: dict[int, tuple]) -> list[Row]:
     """Gradient time per judgement at every size of ``s.profile_n``, relative to the smallest.
 
-    Where the gradient's cost per judgement changes with N, and by how much. Every operation of
-    the annotator program is linear in the cells, so a change here is the memory hierarchy, not
-    the work: on these machines (512 KiB L2 per core, 32 MiB L3 shared) two quiet runs had the
-    cost per judgement 1.2-1.3x higher at 5e4 and 1e5 judgements than at 1e3, where the
-    autodiff working set (a few hundred bytes per cell) grows to tens of MB; below that the
-    runs disagreed (flat to 2e4 in one, a 1.3x step between 2e3 and 5e3 in the other).
+    Every operation of the annotator program is linear in the cells, so the cost per judgement
+    should be flat; this shows whether it is, size by size. (Timed on one core: see
+    :func:`one_core` for the 1.2x step that unpinned timings showed at 5e4 and beyond.)
     """
     rows, base = [], None
     for comps, enc, grad in grads.values():
@@ -857,7 +886,7 @@ def target_threads(s: Settings) -> list[Row]:
     for file_name, extra in (("naive_bt.stan", {}), ("naive_bt_reduce_sum.stan",
                                                       {"grainsize": 1})):
         grad = stan_gradient_seconds(program(file_name), {**data, **extra}, s.grad_draws,
-                                     s.grad_repeats)
+                                     s.grad_repeats, pinned=False)
         probe = run_probe(["--thread-probe", file_name], s)
         row = with_gradient(Row("6 within-chain threads", f"naive BT, N = {comps.n}, 1 chain",
                                 file_name.removesuffix(".stan"), comps.n, 1, s.draws,
