@@ -96,7 +96,7 @@ On the target-2 data (1,000 annotators x 20 judgements, K = 2), one run on a qui
   shared object, one thread), JAX 2.1 ms (jitted ``value_and_grad``, the ``grad_ms`` of the
   NumPyro row), PyMC 3.8 ms. XLA fuses the elementwise log normaliser into one vectorised loop;
   Stan's reverse mode makes one autodiff node per element of the cells x types matrix.
-* Inside PyStan's sampler a gradient costs 3.6 ms (``grad_ms``: slope of sampling time on
+* Inside PyStan's sampler a gradient costs 3.6 ms (``grad_ms``, then timed unpinned: slope on
   leapfrog steps), 1.3x the driver's: NUTS's own work per leapfrog step and httpstan's
   per-iteration messages to its server.
 * Each saved draw costs 5.8 ms of generated quantities and output transfer (``note``:
