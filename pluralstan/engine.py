@@ -11,10 +11,10 @@ variable plus sampler statistics under ArviZ names), so every InferenceData is b
 function whichever engine ran. Choose with ``backend="auto" | "pystan" | "cmdstanpy"`` or the
 ``PLURALSTAN_BACKEND`` environment variable.
 
-Compiled models are cached per machine and program text (PyStan: httpstan's cache; cmdstanpy:
-executables under ``~/.cache/pluralstan/cmdstan``). Builds take a per-program file lock so that
-several processes fitting the same model at once compile it once and never see a half-written
-cache entry.
+Compiled models are cached per machine and program text (PyStan: httpstan's cache, built with
+:func:`pystan_compile_args`; cmdstanpy: executables under ``~/.cache/pluralstan/cmdstan``).
+Builds take a per-program file lock so that several processes fitting the same model at once
+compile it once and never see a half-written cache entry.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -182,6 +184,29 @@ def build_lock(program: StanProgram, engine: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: httpstan 4's own compiler flags (``httpstan.models.build_services_extension_module``).
+HTTPSTAN_COMPILE_ARGS = ("-O3", "-std=c++14", "-Wno-sign-compare")
+
+#: File in a model's httpstan cache folder recording the flags pluralstan built it with.
+BUILD_RECORD = "pluralstan-build.json"
+
+
+def pystan_compile_args() -> tuple[str, ...]:
+    """Compiler flags for PyStan builds: httpstan's own, plus TLS descriptors on x86-64 Linux.
+
+    httpstan defines ``STAN_THREADS``, which makes Stan's autodiff stack ``thread_local``. In a
+    module loaded with ``dlopen`` (as every httpstan model is) each access to it then goes
+    through ``__tls_get_addr``, and Stan touches the stack once per autodiff node. With TLS
+    descriptors (``-mtls-dialect=gnu2``) glibc resolves the access to a fixed offset when it
+    has static TLS room for the module, and takes the dynamic path otherwise, so the flag is
+    safe either way. On the annotator model's gradient it was worth 1.2x (``benchmarks/run.py
+    --targets flags``). Other platforms keep httpstan's flags.
+    """
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+        return (*HTTPSTAN_COMPILE_ARGS, "-mtls-dialect=gnu2")
+    return HTTPSTAN_COMPILE_ARGS
+
+
 @contextlib.contextmanager
 def _patient_stanc(seconds: float = 600.0) -> Iterator[None]:
     """Give httpstan's stanc call a long timeout while a program is built.
@@ -315,24 +340,51 @@ class PyStanEngine:
 
         return httpstan.cache.model_directory(httpstan.models.calculate_model_name(program.code))
 
-    def is_cached(self, program: StanProgram) -> bool:
-        """Whether httpstan's cache holds a complete build of ``program``.
+    def is_cached(self, program: StanProgram,
+                  compile_args: tuple[str, ...] | None = None) -> bool:
+        """Whether httpstan's cache holds a complete build of ``program`` with ``compile_args``.
 
-        A complete entry has the compiled extension module and the compiler log httpstan
-        writes after it; a folder with only one of them is a build that was interrupted.
+        A complete entry has the compiled extension module, the compiler log httpstan writes
+        after it, and pluralstan's :data:`BUILD_RECORD` of the flags it asked for (default
+        :func:`pystan_compile_args`). A folder missing one of them is an interrupted build, or
+        one made by PyStan alone or with other flags, and is built again.
         """
         model_dir = self._model_dir(program)
-        if not model_dir.is_dir():
+        if not (model_dir.is_dir() and (model_dir / "stderr.log").is_file()
+                and any(p.suffix == ".so" for p in model_dir.iterdir())):
             return False
-        has_module = any(p.suffix == ".so" for p in model_dir.iterdir())
-        return has_module and (model_dir / "stderr.log").is_file()
+        try:
+            record = json.loads((model_dir / BUILD_RECORD).read_text())
+        except (OSError, ValueError):
+            return False
+        return record.get("requested") == list(compile_args or pystan_compile_args())
 
-    def _compile(self, program: StanProgram) -> None:
+    def compile(self, program: StanProgram, compile_args: tuple[str, ...] | None = None) -> bool:
+        """Compile ``program`` into httpstan's cache unless it is there; return whether it was.
+
+        Takes the per-program build lock (:func:`build_lock`), so concurrent callers compile
+        once. ``compile_args`` defaults to :func:`pystan_compile_args`.
+        """
+        with build_lock(program, self.name):
+            return self._compile_unless_cached(program, compile_args or pystan_compile_args())
+
+    def _compile_unless_cached(self, program: StanProgram, compile_args: tuple[str, ...]) -> bool:
+        """:meth:`compile`'s body, for callers that hold the build lock already."""
+        if self.is_cached(program, compile_args):
+            return False
+        print(f"pluralstan: compiling Stan program {program.name!r} (once per machine; "
+              "about a minute)", file=sys.stderr, flush=True)
+        self._compile(program, compile_args)
+        return True
+
+    def _compile(self, program: StanProgram, compile_args: tuple[str, ...]) -> None:
         """Compile ``program`` straight into httpstan's cache, as httpstan's own handler does.
 
         ``stan.build`` compiles through an HTTP request whose client gives up after 300 s, which
-        a loaded two-core machine can exceed; compiling here has no such limit, and
-        ``stan.build`` then finds the module in the cache.
+        a loaded two-core machine can exceed, and with httpstan's fixed flags; compiling here
+        has no time limit and takes ``compile_args``, and ``stan.build`` then finds the module
+        in the cache. Should the compiler refuse flags beyond httpstan's own, the program is
+        built with httpstan's, and the record says so.
         """
         import asyncio
 
@@ -342,6 +394,7 @@ class PyStanEngine:
 
         name = httpstan.models.calculate_model_name(program.code)
         httpstan.cache.delete_model_directory(name)
+        used = compile_args
         with _patient_stanc():
             try:
                 _, stanc_warnings = httpstan.compile.compile(
@@ -352,14 +405,19 @@ class PyStanEngine:
                     f"Stan program {program.name!r} does not compile: {err}"
                 ) from err
             httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
-            output = asyncio.run(httpstan.models.build_services_extension_module(program.code))
+            build = httpstan.models.build_services_extension_module
+            try:
+                output = asyncio.run(build(program.code, extra_compile_args=list(used)))
+            except Exception as err:  # the C++ compiler's refusal; retried with httpstan's
+                if tuple(used) == HTTPSTAN_COMPILE_ARGS:
+                    raise
+                print(f"pluralstan: the compiler refused {list(used)} ({err}); building "
+                      f"{program.name!r} with httpstan's own flags", file=sys.stderr, flush=True)
+                used = HTTPSTAN_COMPILE_ARGS
+                output = asyncio.run(build(program.code, extra_compile_args=list(used)))
         httpstan.cache.dump_services_extension_module_compiler_output(output, name)
-
-    def _discard_partial_build(self, program: StanProgram) -> None:
-        """Remove a half-written cache entry (an interrupted build) so it is rebuilt cleanly."""
-        model_dir = self._model_dir(program)
-        if model_dir.is_dir() and not self.is_cached(program):
-            shutil.rmtree(model_dir, ignore_errors=True)
+        record = {"requested": list(compile_args), "used": list(used)}
+        (self._model_dir(program) / BUILD_RECORD).write_text(json.dumps(record))
 
     def _build(self, program: StanProgram, data: dict[str, Any], seed: int) -> tuple[Any, bool]:
         """Compile ``program`` once per machine, then instantiate it with ``data``.
@@ -369,12 +427,7 @@ class PyStanEngine:
         import stan
 
         with build_lock(program, self.name):
-            compiled = not self.is_cached(program)
-            if compiled:
-                self._discard_partial_build(program)
-                print(f"pluralstan: compiling Stan program {program.name!r} (once per machine; "
-                      "about a minute)", file=sys.stderr, flush=True)
-                self._compile(program)
+            compiled = self._compile_unless_cached(program, pystan_compile_args())
             # PyStan reports build progress on stdout/stderr; keep it out of user output
             # unless a compile is actually happening.
             sink = io.StringIO()

@@ -3,8 +3,10 @@ cmdstanpy adapter (run only where CmdStan is installed)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import shutil
+import subprocess
 import uuid
 
 import numpy as np
@@ -12,12 +14,15 @@ import pytest
 
 import pluralstan as ps
 from pluralstan.engine import (
+    BUILD_RECORD,
+    HTTPSTAN_COMPILE_ARGS,
     CmdStanEngine,
     PyStanEngine,
     SamplerConfig,
     StanProgram,
     cmdstan_available,
     get_engine,
+    pystan_compile_args,
 )
 from pluralstan.models.base import get_model
 
@@ -96,6 +101,63 @@ def test_four_processes_share_the_compile_cache_without_duplicate_builds():
     assert sorted(compiled) == [False, False, False, True]
     means = [m for _, m in results]
     assert np.allclose(means, means[0])
+    # the module was built with pluralstan's flags, and says so
+    record = json.loads((partial / BUILD_RECORD).read_text())
+    assert record == {"requested": list(pystan_compile_args()),
+                      "used": list(pystan_compile_args())}
+    if "-mtls-dialect=gnu2" in pystan_compile_args():
+        # TLS descriptors: the module reaches Stan's thread_local autodiff stack through them
+        module = next(partial.glob("*.so"))
+        relocations = subprocess.run(["readelf", "-rW", str(module)], capture_output=True,
+                                     text=True, check=True).stdout
+        assert "R_X86_64_TLSDESC" in relocations
+
+
+def _fake_builds(monkeypatch, refuse: bool) -> list[list[str]]:
+    """Replace httpstan's C++ build by one that writes an empty module (stanc still runs).
+
+    With ``refuse`` it fails for any flags beyond httpstan's own, as a compiler that does not
+    know them would. Returns the flag lists it was called with.
+    """
+    import httpstan.cache
+    import httpstan.models
+
+    calls = []
+
+    async def build(program_code: str, extra_compile_args: list[str]) -> str:
+        calls.append(list(extra_compile_args))
+        if refuse and tuple(extra_compile_args) != HTTPSTAN_COMPILE_ARGS:
+            raise RuntimeError("g++: error: unrecognized command-line option")
+        folder = httpstan.cache.model_directory(httpstan.models.calculate_model_name(program_code))
+        (folder / "stan_services_model_fake.so").write_bytes(b"")
+        return "compiler output"
+
+    monkeypatch.setattr(httpstan.models, "build_services_extension_module", build)
+    return calls
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_compile_records_its_flags_and_falls_back_to_httpstans(monkeypatch, refuse):
+    program = StanProgram("tiny", TINY + f"// {uuid.uuid4()}\n")
+    engine = PyStanEngine()
+    calls = _fake_builds(monkeypatch, refuse)
+    try:
+        assert engine.compile(program) is True
+        expected = [list(pystan_compile_args())]
+        if refuse and pystan_compile_args() != HTTPSTAN_COMPILE_ARGS:
+            expected.append(list(HTTPSTAN_COMPILE_ARGS))
+        assert calls == expected
+        record = json.loads((engine._model_dir(program) / BUILD_RECORD).read_text())
+        assert record == {"requested": expected[0], "used": expected[-1]}
+        # cached for the flags asked for (a refused flag is not retried on every load) ...
+        assert engine.is_cached(program) and engine.compile(program) is False
+        assert len(calls) == len(expected)
+        # ... but not for other flags, nor without pluralstan's record (PyStan's own build)
+        assert not engine.is_cached(program, ("-O0",))
+        (engine._model_dir(program) / BUILD_RECORD).unlink()
+        assert not engine.is_cached(program)
+    finally:
+        shutil.rmtree(engine._model_dir(program), ignore_errors=True)
 
 
 @pytest.mark.skipif(not cmdstan_available(),
