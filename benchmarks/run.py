@@ -140,6 +140,7 @@ from typing import Any
 import arviz as az
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -149,11 +150,13 @@ if str(REPO) not in sys.path:  # the peers live in benchmarks/peers, beside this
 import pluralstan as ps  # noqa: E402
 from pluralstan import diagnostics  # noqa: E402
 from pluralstan.engine import (  # noqa: E402
+    HTTPSTAN_COMPILE_ARGS,
     Draws,
     PyStanEngine,
     SamplerConfig,
     StanProgram,
     _discard_stored_fits,
+    pystan_compile_args,
 )
 from pluralstan.models import get_model  # noqa: E402
 from pluralstan.models.base import Encoded, design_data  # noqa: E402
@@ -355,33 +358,11 @@ def program(file_name: str) -> StanProgram:
     return StanProgram(name=path.stem, code=path.read_text())
 
 
-def ensure_built(prog: StanProgram) -> None:
-    """Compile ``prog`` into httpstan's cache unless it is there already.
-
-    ``stan.build`` compiles through an HTTP request that aiohttp abandons after 300 s, which a
-    first compile on a busy 2-core machine can exceed. This does what httpstan's model view
-    does (stanc warnings, extension module, compiler output into the cache) without the HTTP
-    round trip, under pluralstan's per-program build lock; ``stan.build`` then loads it.
-    """
-    import asyncio
-
-    import httpstan.cache
-    import httpstan.compile
-    import httpstan.models
-
-    from pluralstan.engine import build_lock
-
-    engine = PyStanEngine()
-    with build_lock(prog, engine.name):
-        if engine.is_cached(prog):
-            return
-        name = httpstan.models.calculate_model_name(prog.code)
-        httpstan.cache.delete_model_directory(name)
-        _, stanc_warnings = httpstan.compile.compile(prog.code, f"model_{name.split('/')[1]}")
-        httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
-        with quiet():
-            output = asyncio.run(httpstan.models.build_services_extension_module(prog.code))
-        httpstan.cache.dump_services_extension_module_compiler_output(output, name)
+def ensure_built(prog: StanProgram, compile_args: tuple[str, ...] | None = None) -> None:
+    """Compile ``prog`` into httpstan's cache unless it is there (:meth:`PyStanEngine.compile`,
+    with pluralstan's flags unless ``compile_args`` are given); ``stan.build`` then loads it."""
+    with quiet():
+        PyStanEngine().compile(prog, compile_args)
 
 
 def config(s: Settings, seed: int | None = None) -> SamplerConfig:
@@ -436,7 +417,8 @@ class StanTiming:
 
 
 def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: int,
-                          repeats: int = 1, seed: int = 1, pinned: bool = True) -> StanTiming:
+                          repeats: int = 1, seed: int = 1, pinned: bool = True,
+                          compile_args: tuple[str, ...] | None = None) -> StanTiming:
     """Seconds per log-density gradient of a compiled Stan program under PyStan.
 
     PyStan's ``grad_log_prob`` rebuilds the model from its data on every call (an HTTP request
@@ -456,11 +438,12 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
     so each minimum is taken over a timing, never over a difference of two timings (whose
     minimum noise would pull low). httpstan's stored fits are deleted as the package's own
     fits' are, so no timing is a read of a stored fit. The runs are ``pinned`` to one core
-    (:func:`one_core`) unless the program is to use threads (target 6).
+    (:func:`one_core`) unless the program is to use threads (target 6). ``compile_args``: as
+    for :func:`ensure_built`.
     """
     import stan
 
-    ensure_built(prog)
+    ensure_built(prog, compile_args)
     timings = []
     with quiet(), _discard_stored_fits(), one_core() if pinned else contextlib.nullcontext():
         for r in range(repeats):
@@ -760,7 +743,30 @@ def gradient_profile(target: str, s: Settings, grads: dict[int, tuple]) -> list[
             row = replace(row, ratio=round(per / base, 2),
                           ratio_is=f"gradient time per judgement / at N = {min(grads)}")
         rows.append(row)
-    return rows
+    return rows + scaling_exponent(target, s, grads)
+
+
+def scaling_exponent(target: str, s: Settings, grads: dict[int, tuple]) -> list[Row]:
+    """The exponent b of gradient time ~ N^b, fitted over every size of the profile.
+
+    Two sizes give a growth ratio that carries both timings' noise; a least-squares line through
+    log time on log N at every profiled size (``scipy.stats.linregress``) uses them all, and its
+    90% interval (Student t, sizes - 2 degrees of freedom) says how far the data pin the
+    exponent down. Linear growth is b = 1; a fixed cost per gradient pulls b below 1 at small N.
+    No row when fewer than three sizes have a positive gradient time.
+    """
+    n = np.array([comps.n for comps, _, grad in grads.values() if grad.gradient > 0], float)
+    t = np.array([grad.gradient for _, _, grad in grads.values() if grad.gradient > 0])
+    if len(n) < 3:
+        return []
+    line = stats.linregress(np.log(n), np.log(t))
+    half = stats.t.ppf(0.95, len(n) - 2) * line.stderr
+    return [Row(target, f"gradient time ~ N^b, N = {n.min():.0f}-{n.max():.0f}",
+                "pluralstan annotator (PyStan)", int(n.max()), 1, s.grad_draws,
+                ratio=round(line.slope, 3),
+                ratio_is=f"b, log-log slope over {len(n)} sizes", goal="<= 1",
+                meets="yes" if line.slope <= 1 else "no",
+                note=f"90% interval [{line.slope - half:.3f}, {line.slope + half:.3f}]")]
 
 
 def run_probe(args: list[str], s: Settings) -> dict[str, Any]:
@@ -996,6 +1002,37 @@ def target_design_form(s: Settings) -> list[Row]:
     return rows
 
 
+def target_compile_flags(s: Settings) -> list[Row]:
+    """pluralstan's compiler flags for PyStan builds against httpstan's own, side by side.
+
+    The annotator program on target 2's data, built twice: with httpstan's flags (its text
+    with a trailing comment, so that it has a cache entry of its own) and with
+    :func:`pluralstan.engine.pystan_compile_args`. The ratio is the gradient time with
+    httpstan's flags over the time with pluralstan's.
+    """
+    prog = get_model("annotator").program
+    comps = annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
+                            s.peer_pairs_per_annotator)
+    enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
+    plain = StanProgram(f"{prog.name}_httpstan_flags",
+                        prog.code + "\n// built with httpstan's own compiler flags\n")
+    builds = (("httpstan's flags", plain, HTTPSTAN_COMPILE_ARGS),
+              ("pluralstan's flags", prog, pystan_compile_args()))
+    rows, timings = [], []
+    for label, program_, args in builds:
+        timings.append(stan_gradient_seconds(program_, enc.data, s.grad_draws, s.grad_repeats,
+                                             compile_args=args))
+        rows.append(with_gradient(Row("flags (annotator, K=2)", "5 attributes (target 2 data)",
+                                      label, comps.n, 1, s.grad_draws, note=" ".join(args)),
+                                  timings[-1]))
+    if min(t.gradient for t in timings) > 0:
+        ratio = timings[0].gradient / timings[1].gradient
+        rows[-1] = replace(rows[-1], ratio=round(ratio, 2),
+                           ratio_is="gradient time: httpstan's flags / pluralstan's",
+                           goal="> 1", meets="yes" if ratio > 1 else "no")
+    return rows
+
+
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "1": target_sufficient_statistics,
     "2": target_peers,
@@ -1003,6 +1040,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "4": target_workflows,
     "6": target_threads,
     "sparse": target_design_form,
+    "flags": target_compile_flags,
 }
 
 

@@ -47,7 +47,7 @@ def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
 def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
-    assert targets == {"1", "2", "3", "4", "6", "sparse"}
+    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -119,6 +119,19 @@ def test_scaling_rows_cover_every_size_and_memory(quick):
             expected = (float(row["grad_ms"]) / float(row["n"])) / (
                 float(profile["grad_ms"].iloc[0]) / float(profile["n"].iloc[0]))
             assert np.isclose(float(row["ratio"]), expected, rtol=0.02, atol=0.01)
+    # the scaling exponent is the least-squares slope of log gradient time on log N
+    measured = profile[pd.to_numeric(profile["grad_ms"]) > 0]
+    exponent = t3[t3["case"].str.startswith("gradient time ~ N^b")]
+    if len(measured) >= 3:
+        slope = np.polyfit(np.log(pd.to_numeric(measured["n"])),
+                           np.log(pd.to_numeric(measured["grad_ms"])), 1)[0]
+        row = exponent.iloc[0]
+        assert np.isclose(float(row["ratio"]), slope, atol=0.02)  # grad_ms is rounded
+        low, high = map(float, row["note"].removeprefix("90% interval [").rstrip("]").split(", "))
+        assert low <= float(row["ratio"]) <= high
+        assert row["meets"] == ("yes" if float(row["ratio"]) <= 1 else "no")
+    else:
+        assert exponent.empty
 
 
 def test_overhead_and_thread_rows(quick):
@@ -147,3 +160,18 @@ def test_design_form_rows_time_both_forms_of_each_design(quick):
         if float(chosen["grad_ms"]) > 0 and float(forced["grad_ms"]) > 0:
             assert np.isclose(float(forced["ratio"]),
                               float(forced["grad_ms"]) / float(chosen["grad_ms"]), rtol=0.02)
+
+
+def test_compile_flag_rows_time_both_builds(quick):
+    from pluralstan.engine import HTTPSTAN_COMPILE_ARGS, pystan_compile_args
+
+    table, _, _ = quick
+    rows = table[table["target"].str.startswith("flags")].set_index("engine")
+    assert list(rows.index) == ["httpstan's flags", "pluralstan's flags"]
+    assert rows.loc["httpstan's flags", "note"].startswith(" ".join(HTTPSTAN_COMPILE_ARGS))
+    assert rows.loc["pluralstan's flags", "note"].startswith(" ".join(pystan_compile_args()))
+    assert all(gradient_measured(row) for _, row in rows.iterrows())
+    ours = rows.loc["pluralstan's flags"]
+    if (pd.to_numeric(rows["grad_ms"]) > 0).all():
+        expected = float(rows.loc["httpstan's flags", "grad_ms"]) / float(ours["grad_ms"])
+        assert np.isclose(float(ours["ratio"]), expected, rtol=0.02, atol=0.01)
