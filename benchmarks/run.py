@@ -33,8 +33,9 @@ What the rows measure
     Leapfrog steps (gradients) per saved draw, mean over chains and draws, and bulk ESS (the
     ``min_ess_bulk`` above) per 1,000 gradients of the saved draws. With ``grad_ms`` they split
     an ESS/s difference between engines into cost per gradient and sampler efficiency per
-    gradient; what is left is per-draw overhead (Stan: generated quantities and PyStan's output
-    transfer, reported in ``note`` as the ``fixed_param`` seconds per draw).
+    gradient; what is left is per-draw and per-request overhead (Stan: generated quantities,
+    PyStan's output transfer and the request's start-up, reported in ``note`` as the
+    ``fixed_param`` seconds per draw, start-up included).
 ``ratio`` / ``ratio_is`` / ``goal`` / ``meets``
     The quantity the issue sets a goal for, what it divides, the goal, and whether this run met
     it. Rows from fits carry :func:`pluralstan.diagnostics.flag` (empty when the fit passed) in
@@ -80,41 +81,51 @@ text on its fit object besides the parsed array. With the default output, 1e5 ju
 options ``replicate=False`` (no ``y_rep``, cells x outcomes per draw) and ``membership=False``
 (no I x K membership; relabelling then uses the pivot method) leave the parameters and the
 per-annotator ``log_lik``: every annotator fit here uses both (:data:`OPTIONS`), and the same
-fit then peaked at 0.96-1.42 GB (Python; two runs) and 0.46 GB (sampler worker).
+fit then peaked at 0.95-1.43 GB (Python; four runs) and 0.46 GB (sampler worker).
 ``ru_maxrss`` is read without tracing allocations, which would itself cost memory.
 
 Where the annotator model's time goes (target 2)
 ------------------------------------------------
-On the target-2 data (1,000 annotators x 20 judgements, K = 2), one run on a quiet machine
-(nothing else running; 2 chains x 300 + 300 iterations):
+On the target-2 data (1,000 annotators x 20 judgements, K = 2; 2 chains x 300 + 300
+iterations; quiet machine):
 
-* Sampling took 19.7 s in PyStan against NumPyro's 9.9 s. Both samplers spend about 4,050
-  gradients per chain; Stan's NUTS gets more ESS per gradient (``ess_per_kgrad`` 168 vs 130),
-  which is worth 1.29x, but everything else costs more.
-* One gradient, timed alone: Stan 2.7-2.8 ms (a C++ driver calling
-  ``stan::model::log_prob_grad`` on the stanc output, compiled with httpstan's flags as a
-  shared object, one thread), JAX 2.1 ms (jitted ``value_and_grad``, the ``grad_ms`` of the
-  NumPyro row), PyMC 3.8 ms. XLA fuses the elementwise log normaliser into one vectorised loop;
-  Stan's reverse mode makes one autodiff node per element of the cells x types matrix.
-* Inside PyStan's sampler a gradient costs 3.6 ms (``grad_ms``, then timed unpinned: slope on
-  leapfrog steps), 1.3x the driver's: NUTS's own work per leapfrog step and httpstan's
-  per-iteration messages to its server.
-* Each saved draw costs 5.8 ms of generated quantities and output transfer (``note``:
-  ``fixed_param`` seconds per draw, start-up included): 3.5 s of the 19.7 s for 1,000
-  per-annotator log likelihoods (kept for LOO) and the parameters.
-* Stan ``profile`` blocks put 60% of the gradient in the log normaliser (``log1p_exp`` of the
-  C x K matrix), 20% in ``X * theta'``, 12% in the annotator-indicator
-  ``csr_matrix_times_vector``, 4% in the per-annotator ``log_sum_exp`` loop. Rewriting the loop
-  as a row-max matrix expression or as ``log_mix``, or the per-type sparse products as one
-  block-diagonal product, changed the gradient by 0.98x-1.17x (within the run-to-run noise);
-  per-annotator ``binomial_logit_glm`` calls (analytic gradients, 2,000 calls) were 1.17x
-  slower, per-annotator ``binomial_logit`` 1.2x-1.9x; ``stanc --O1`` (matrices as one autodiff
-  node; httpstan cannot pass it) 0.95x. The program was left as it is.
+* Sampling took 14.5-15.9 s in PyStan against NumPyro's 9.3-11.4 s (two runs). Both samplers
+  spend about 4,050 gradients per chain; Stan's NUTS gets more ESS per gradient
+  (``ess_per_kgrad`` 168 vs 130), which is worth 1.29x, but its gradient costs more: sampling
+  time per gradient, all in, was 3.6 ms against 2.3 ms.
+* One gradient: JAX 1.6-2.4 ms (jitted ``value_and_grad``, the NumPyro row's ``grad_ms``),
+  Stan 3.1-3.6 ms inside PyStan's sampler (``grad_ms``, one core), PyMC 3.8-4.1 ms. ``perf`` on
+  the sampler process puts 38% of its time in glibc's scalar ``log1p`` and ``exp`` (the log
+  normaliser ``log1p_exp`` over the cells x types matrix, which XLA evaluates vectorised and
+  fused) and the rest in the model's reverse mode (design product, annotator sums, the
+  autodiff stack); NUTS's own work is negligible, and the Python process used 1.25 s of CPU
+  during an 18 s one-chain run.
+* The same stanc output timed outside any sampler (a scratch C++ driver calling
+  ``stan::model::log_prob_grad`` at fresh points, httpstan's flags, one core): 2.6-2.8 ms as
+  an executable, 3.3-3.7 ms as a module loaded into Python. httpstan builds with
+  ``STAN_THREADS``, so Stan's autodiff stack is ``thread_local``, and a ``dlopen``-ed module
+  reached it through ``__tls_get_addr`` at every autodiff node. Built with TLS descriptors the
+  loaded module took 2.65-3.2 ms, so pluralstan now builds that way
+  (:func:`pluralstan.engine.pystan_compile_args`); target ``flags`` measures it in the sampler
+  (3.93 -> 3.33 ms, 1.18x). The annotator ratio to NumPyro was 0.80x in the run before the
+  change and 0.91x and 0.81x in the two after it (NumPyro's own time varied 9.3-14.4 s over
+  the three runs).
+* A saved draw adds 0.6 ms of generated quantities and output (the 1,000 per-annotator log
+  likelihoods kept for LOO, and the parameters): ``fixed_param`` at 100 and 1,300 draws took
+  0.24 and 1.00 s. The ``note``'s "ms per draw" is larger because it spreads the request's
+  start-up (data, model instantiation) over 600 draws; sampling pays that once too.
+* Stan ``profile`` blocks put 60% of the gradient in the log normaliser, 20% in
+  ``X * theta'``, 12% in the annotator-indicator ``csr_matrix_times_vector``, 4% in the
+  per-annotator ``log_sum_exp`` loop. Rewriting the loop as a row-max matrix expression or as
+  ``log_mix``, or the per-type sparse products as one block-diagonal product, changed the
+  gradient by 0.98x-1.17x (within the run-to-run noise); per-annotator ``binomial_logit_glm``
+  calls (analytic gradients, 2,000 calls) were 1.17x slower, per-annotator ``binomial_logit``
+  1.2x-1.9x; ``stanc --O1`` (matrices as one autodiff node) 0.95x. The program was left as it
+  is.
 
-So NumPyro wins on this model by a cheaper fused gradient (1.3x), PyStan's in-sampler overhead
-(1.3x) and per-draw output (1.2x), against Stan's better ESS per gradient (1.29x). PyMC, whose
-gradient is dearer, draws level (0.99x-1.0x) on a quiet machine; under load (other fits
-running) PyMC fell further behind (1.5x-1.6x) and NumPyro less (0.58x-0.88x).
+So NumPyro still wins on this model (pluralstan 0.81x-0.91x): its fused, vectorised gradient
+costs about 0.65x of Stan's, which Stan's 1.29x more ESS per gradient does not make up. PyMC,
+whose gradient is dearer, is level or behind (pluralstan 1.02x-1.18x).
 """
 
 from __future__ import annotations
@@ -413,7 +424,7 @@ class StanTiming:
     """What :func:`stan_gradient_seconds` measures: a gradient, and a draw without one."""
 
     gradient: float  #: seconds per log-density gradient
-    per_draw: float  #: seconds per ``fixed_param`` draw: generated quantities + output transfer
+    per_draw: float  #: seconds per ``fixed_param`` draw: generated quantities, output, start-up
 
 
 def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: int,
@@ -430,8 +441,9 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
     quantities and output transfer. The difference in wall time, divided by the number of
     leapfrog steps, is the cost of one gradient. It can come out at or below zero when the
     gradients are cheaper than the timing noise of a shared machine; the table says so. The
-    ``fixed_param`` run's seconds per draw are returned too: the per-draw cost of generated
-    quantities and of PyStan's output transfer, which sampling pays on top of the gradients.
+    ``fixed_param`` run's seconds per draw are returned too: generated quantities, PyStan's
+    output transfer and the request's start-up spread over its draws, which sampling pays on
+    top of the gradients.
     With ``repeats`` > 1 the pair of runs is repeated with new seeds: the per-draw cost is the
     fastest ``fixed_param`` run's, and the gradient the smallest over the NUTS runs of their
     time less that per-draw cost, per leapfrog step. Noise on a shared machine only adds time,
