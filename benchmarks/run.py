@@ -613,6 +613,12 @@ def annotator_comps(n: int, s: Settings, per_annotator: int) -> ps.Comparisons:
                                          pairs_per_annotator=per_annotator, seed=s.seed)
 
 
+def peer_comps(s: Settings) -> ps.Comparisons:
+    """Target 2's data (``s.peer_annotators`` x ``s.peer_pairs_per_annotator`` judgements)."""
+    return annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
+                           s.peer_pairs_per_annotator)
+
+
 # ---------------------------------------------------------------------------- targets
 def target_sufficient_statistics(s: Settings) -> list[Row]:
     """Target 1: aggregate and labeled models vs naive per-row programs on Table 1 data."""
@@ -652,8 +658,7 @@ def target_sufficient_statistics(s: Settings) -> list[Row]:
 
 def target_peers(s: Settings) -> list[Row]:
     """Target 2: aggregate and annotator-latent models vs NumPyro and PyMC."""
-    comps = annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
-                            s.peer_pairs_per_annotator)
+    comps = peer_comps(s)
     n = comps.n
     target = "2 vs other engines"
     rows = []
@@ -767,10 +772,10 @@ def scaling_exponent(target: str, s: Settings, grads: dict[int, tuple]) -> list[
     exponent down. Linear growth is b = 1; a fixed cost per gradient pulls b below 1 at small N.
     No row when fewer than three sizes have a positive gradient time.
     """
-    n = np.array([comps.n for comps, _, grad in grads.values() if grad.gradient > 0], float)
-    t = np.array([grad.gradient for _, _, grad in grads.values() if grad.gradient > 0])
-    if len(n) < 3:
+    timed = [(comps.n, grad.gradient) for comps, _, grad in grads.values() if grad.gradient > 0]
+    if len(timed) < 3:
         return []
+    n, t = np.array(timed, float).T
     line = stats.linregress(np.log(n), np.log(t))
     half = stats.t.ppf(0.95, len(n) - 2) * line.stderr
     return [Row(target, f"gradient time ~ N^b, N = {n.min():.0f}-{n.max():.0f}",
@@ -990,9 +995,7 @@ def target_design_form(s: Settings) -> list[Row]:
     names = {1: "sparse (compressed rows)", 0: "dense"}
     rows = []
     cases = ((f"{s.design_items} items", item_comps(s.design_items, s)),
-             ("5 attributes (target 2 data)",
-              annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
-                              s.peer_pairs_per_annotator)))
+             ("5 attributes (target 2 data)", peer_comps(s)))
     for case, comps in cases:
         enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
         chosen = enc.data["X_sparse"]
@@ -1023,8 +1026,7 @@ def target_compile_flags(s: Settings) -> list[Row]:
     httpstan's flags over the time with pluralstan's.
     """
     prog = get_model("annotator").program
-    comps = annotator_comps(s.peer_annotators * s.peer_pairs_per_annotator, s,
-                            s.peer_pairs_per_annotator)
+    comps = peer_comps(s)
     enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
     plain = StanProgram(f"{prog.name}_httpstan_flags",
                         prog.code + "\n// built with httpstan's own compiler flags\n")
