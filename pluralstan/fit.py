@@ -1,4 +1,5 @@
-"""``pluralstan.fit``: encode, sample with the chosen engine, build and check the InferenceData."""
+"""``pluralstan.fit``: encode, sample with the chosen engine, then the shared post-sampling steps
+(:mod:`pluralstan.pipeline`: InferenceData, relabelling of latent types, diagnostics)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,19 @@ import difflib
 import inspect
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import arviz as az
 import pandas as pd
 
-from . import diagnostics
 from .data import Comparisons
 from .engine import SamplerConfig, get_engine
-from .errors import DiagnosticWarning, PluralstanError
-from .inference import provenance, to_inference_data
+from .errors import PluralstanError
+from .inference import provenance
 from .models import get_model
+from .pipeline import assemble, finalize
+from .relabel import Method
 
 
 def as_comparisons(comps: Comparisons | pd.DataFrame) -> Comparisons:
@@ -48,6 +49,7 @@ def fit(
     backend: str = "auto",
     sample_prior: bool = False,
     check: bool = True,
+    relabel: bool | Method = True,
     **options: Any,
 ) -> az.InferenceData:
     """Fit a registered model and return an :class:`arviz.InferenceData`.
@@ -71,7 +73,18 @@ def fit(
         Also run the program with the likelihood switched off and add ``prior`` and
         ``prior_predictive`` groups.
     check
-        Run :func:`pluralstan.diagnostics.check` and warn about failures.
+        Run :func:`pluralstan.diagnostics.check`, record the result in
+        ``posterior.attrs["diagnostics"]`` and warn about failures. Latent-type fits are judged
+        on their relabelled parameters and on label-invariant scalars (log density, total log
+        likelihood, sorted mixing weights); label switching that relabelling resolved is
+        recorded as a note, chains stuck in different modes as "genuine multimodality".
+    relabel
+        Models with latent components (unlabeled mixture, annotator types, covariate mixing,
+        PAL): relabel the draws (:func:`pluralstan.relabel.relabel`; ``True`` picks Stephens'
+        algorithm when the posterior holds allocation probabilities, else pivotal reordering;
+        or name the method). The draws as sampled stay available through
+        :func:`pluralstan.relabel.unrelabel` (the permutations are stored in
+        ``sample_stats["label_permutation"]``). ``False`` keeps the draws as sampled.
     **options
         Model-specific options (e.g. ``ties=``, ``order=``, ``compress=`` for the aggregate model).
 
@@ -98,20 +111,10 @@ def fit(
         prior_draws = engine.sample(program, {**enc.data, "prior_only": 1}, config)
     extra = {"K": K if K is not None else 0, "priors": _priors_of(enc.data),
              "max_treedepth": max_treedepth, **enc.extra_attrs}
-    if enc.label_dim:  # components are latent: labels may switch (see pluralstan.relabel)
-        extra.setdefault("group_labels", "latent")
     attrs = provenance(spec.name, program, result, comps, seed, extra)
-    idata = to_inference_data(result, enc, attrs, prior_draws)
-    if check:
-        diagnostics.check(idata, max_treedepth=max_treedepth,
-                          var_names=diagnostics.parameter_names(idata))
-        if enc.label_dim and chains > 1:  # latent labels: did chains settle in other permutations?
-            from .relabel import label_switching_report
-
-            report = label_switching_report(idata)
-            for problem in report.get("problems", []):
-                warnings.warn(f"{spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
-    return idata
+    idata = assemble(result, enc, attrs, prior_draws)
+    return finalize(idata, label_dim=enc.label_dim, relabel=relabel, check=check,
+                    max_treedepth=max_treedepth)
 
 
 def _check_options(model: str, encode: Any, options: dict[str, Any]) -> None:

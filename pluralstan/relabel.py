@@ -27,7 +27,14 @@ Two published algorithms, each solving the per-draw assignment problem exactly w
 
 No maintained Python package implements either (label.switching is R only), hence this module.
 Only the ``posterior`` group is permuted; label-invariant variables and all other groups are
-left as they are.
+left as they are. The permutations applied are stored in ``sample_stats["label_permutation"]``
+(composed over repeated relabellings, so it always maps the relabelled labels to the labels as
+sampled); :func:`raw` restores the draws as sampled, also after a NetCDF round trip. A fit's
+stored diagnostics are recomputed on the relabelled draws (:func:`pluralstan.diagnostics.check`),
+so no table carries a flag that relabelling resolved.
+
+:func:`pluralstan.fit.fit` relabels every latent-type fit by default (``relabel=False`` opts
+out), with ``method="auto"``.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
-from .diagnostics import PER_OBSERVATION_DIMS, RHAT_MAX
+from . import diagnostics
+from .diagnostics import PER_OBSERVATION_DIMS, PERMUTATION, RHAT_MAX
 from .errors import PluralstanError
 
 Method = Literal["auto", "stephens", "pivot"]
@@ -133,7 +141,7 @@ def permute(idata: az.InferenceData, perms: np.ndarray, dim: str = "group") -> a
         new[name] = da.copy(data=np.moveaxis(
             moved, range(arr.ndim), [da.dims.index(d) for d in ("chain", "draw", dim, *other)]
         ))
-    groups = {g: (new if g == "posterior" else idata[g]) for g in idata.groups()}
+    groups = {g: (new if g == "posterior" else idata[g].copy()) for g in idata.groups()}
     return az.InferenceData(**groups)
 
 
@@ -259,8 +267,11 @@ def relabel(
     relabelled, permutations
         A new InferenceData whose posterior variables with ``dim`` are permuted (the input is
         unchanged; ``posterior.attrs["relabelling"]`` records the method), and the
-        ``(chain, draw, dim)`` permutations: relabelled component ``k`` of a draw is its raw
-        component ``permutations[chain, draw, k]``.
+        ``(chain, draw, dim)`` permutations of this call: relabelled component ``k`` of a draw
+        is the input's component ``permutations[chain, draw, k]``. The permutations from the
+        draws as sampled (composed with earlier relabellings) are stored in
+        ``sample_stats["label_permutation"]`` (see :func:`unrelabel`); a stored diagnostics
+        record is recomputed on the relabelled draws.
 
     Raises
     ------
@@ -309,7 +320,58 @@ def relabel(
         coords={"chain": post["chain"], "draw": post["draw"], dim: post[dim]},
         name="permutation",
     )
+    _store_permutation(out, _composed(idata, perms, dim), perm_da)
+    _recheck(out, dim)
     return out, perm_da
+
+
+def _composed(idata: az.InferenceData, perms: np.ndarray, dim: str) -> np.ndarray:
+    """Permutations from the draws as sampled: earlier relabellings followed by ``perms``."""
+    if "sample_stats" in idata.groups() and PERMUTATION in idata.sample_stats:
+        before = idata.sample_stats[PERMUTATION].transpose("chain", "draw", dim).values
+        return np.take_along_axis(before, perms, axis=-1)
+    return perms
+
+
+def _store_permutation(out: az.InferenceData, perms: np.ndarray | None,
+                       like: xr.DataArray) -> None:
+    """Write ``perms`` into ``out.sample_stats`` (or, for ``None``, remove the record)."""
+    stats = out.sample_stats if "sample_stats" in out.groups() else None
+    if perms is None:
+        if stats is not None:
+            out.sample_stats = stats.drop_vars([PERMUTATION, like.dims[-1]], errors="ignore")
+        return
+    da = like.copy(data=perms.astype(np.int64))
+    if stats is None:
+        out.add_groups(sample_stats=xr.Dataset({PERMUTATION: da}))
+    else:
+        stats[PERMUTATION] = da
+
+
+def _recheck(out: az.InferenceData, dim: str) -> None:
+    """Recompute a stored diagnostics record on ``out``'s draws and drop a stale
+    label-switching report (so no table carries a flag for draws that changed)."""
+    out.posterior.attrs.pop("label_switching", None)
+    if out.posterior.attrs.get("diagnostics"):
+        diagnostics.check(out, warn=False, dim=dim)
+
+
+def unrelabel(idata: az.InferenceData, dim: str = "group") -> az.InferenceData:
+    """The draws as sampled, from a fit relabelled by :func:`relabel` (or :func:`pluralstan.fit`).
+
+    Undoes the permutations stored in ``sample_stats["label_permutation"]`` (which survives
+    :func:`pluralstan.fit.save` / :func:`pluralstan.fit.load`), removes them and the
+    ``relabelling`` attribute, and recomputes a stored diagnostics record. A fit that was never
+    relabelled is returned unchanged.
+    """
+    if "sample_stats" not in idata.groups() or PERMUTATION not in idata.sample_stats:
+        return idata
+    perms = idata.sample_stats[PERMUTATION]
+    out = permute(idata, np.argsort(perms.transpose("chain", "draw", dim).values, axis=-1), dim)
+    _store_permutation(out, None, perms)
+    out.posterior.attrs.pop("relabelling", None)
+    _recheck(out, dim)
+    return out
 
 
 def _log_density(idata: az.InferenceData) -> np.ndarray | None:
@@ -356,16 +418,19 @@ def label_switching_report(
 ) -> dict[str, Any]:
     """Diagnose label switching and the multimodality it can hide.
 
-    Relabels the draws (:func:`relabel`), then reports per chain the dominant permutation and
+    Relabels the draws as sampled (those of :func:`unrelabel`: a fit that
+    :func:`pluralstan.fit.fit` already relabelled is reported on from its raw draws), then
+    reports per chain the dominant permutation and
     how often draws left it, whether chains settled in different permutations, and the largest
     R-hat of (a) the raw label-dependent variables, (b) the same after relabelling and (c) the
     label-invariant posterior variables (no ``dim``, e.g. ``p_agg`` and ``theta_bar``) and the
     log density. Problems are judged on parameter-like variables, as
     :func:`pluralstan.diagnostics.check` does; per-observation allocation probabilities are left
     out and label-invariant predictions such as ``p_agg`` are reported only. Raw R-hat failures
-    that vanish after relabelling are label switching; failures that survive relabelling, or
-    that affect label-invariant quantities, are genuine disagreement between chains (a
-    multimodal, poorly identified posterior).
+    that vanish after relabelling are label switching, reported as notes (relabelling resolves
+    them); failures that survive relabelling, or that affect label-invariant quantities, are
+    genuine disagreement between chains (a multimodal, poorly identified posterior), reported
+    as problems.
 
     Parameters
     ----------
@@ -386,8 +451,10 @@ def label_switching_report(
         ``switches``), ``chains_disagree``, ``rhat`` (``raw``, ``relabelled``,
         ``label_invariant``: variable -> max R-hat), ``problems`` and ``notes``.
     """
-    post = _check_latent(idata, dim)
-    relabelled, perms = relabel(idata, method=method, dim=dim, **kwargs)
+    _check_latent(idata, dim)
+    sampled = unrelabel(idata, dim)
+    post = sampled.posterior
+    relabelled, perms = relabel(sampled, method=method, dim=dim, **kwargs)
     chains: dict[str, dict[str, Any]] = {}
     dominant = []
     for c, chain in enumerate(post["chain"].values):
@@ -406,8 +473,8 @@ def label_switching_report(
     invariant = [str(v) for v, da in post.data_vars.items()
                  if dim not in da.dims and float(da.std()) > 0]
     inv_ds = post[invariant]
-    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
-        inv_ds = inv_ds.assign(lp=idata.sample_stats["lp"])
+    if "sample_stats" in sampled.groups() and "lp" in sampled.sample_stats:
+        inv_ds = inv_ds.assign(lp=sampled.sample_stats["lp"])
         invariant = [*invariant, "lp"]
     rhat = {
         "raw": _max_rhat(post, labelled),
@@ -419,9 +486,9 @@ def label_switching_report(
     if disagree:
         listing = ", ".join(f"chain {c}: {tuple(v['dominant_permutation'])}"
                             for c, v in chains.items())
-        problems.append(
-            f"chains settled in different label permutations ({listing}); label-dependent "
-            "summaries of the raw draws mix components: summarise relabelled draws"
+        notes.append(
+            f"chains settled in different label permutations ({listing}): label-dependent "
+            "summaries of the raw draws mix components; relabelling resolves it"
         )
     for c, v in chains.items():
         if v["switches"]:

@@ -1,0 +1,97 @@
+"""The steps every fit goes through after sampling: InferenceData, relabelling, diagnostics.
+
+A fit is encode -> sample -> :func:`assemble` -> :func:`finalize`. :func:`pluralstan.fit.fit`
+runs them for the registered models; any other caller that samples a program (new-user fits,
+simulation-based calibration, workflows) calls the same two functions on its draws, so a
+latent-type fit is relabelled and judged the same way wherever it was made.
+
+:func:`finalize`, for a fit whose components are latent (``Encoded.label_dim`` set), relabels
+the draws (:func:`pluralstan.relabel.relabel`, Stephens' algorithm when the posterior holds
+allocation probabilities, else pivotal reordering; the permutations are kept, see
+:func:`pluralstan.relabel.unrelabel`), then checks the fit
+(:func:`pluralstan.diagnostics.check`: relabelled parameters and label-invariant scalars; label
+switching that relabelling resolved is a note) and warns about every problem.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import arviz as az
+
+from . import diagnostics
+from .engine import Draws
+from .errors import DiagnosticWarning
+from .inference import to_inference_data
+from .models.base import Encoded
+from .relabel import Method
+from .relabel import relabel as relabel_draws
+
+
+def assemble(
+    draws: Draws,
+    enc: Encoded,
+    attrs: dict[str, Any],
+    prior_draws: Draws | None = None,
+) -> az.InferenceData:
+    """The InferenceData of a fit (:func:`pluralstan.inference.to_inference_data`).
+
+    A model with latent components (``enc.label_dim``) gets ``group_labels = "latent"`` in its
+    attributes unless ``attrs`` says otherwise; :func:`finalize` and
+    :mod:`pluralstan.relabel` read it.
+    """
+    if enc.label_dim:
+        attrs = {"group_labels": "latent", **attrs}
+    return to_inference_data(draws, enc, attrs, prior_draws)
+
+
+def finalize(
+    idata: az.InferenceData,
+    *,
+    label_dim: str | None = None,
+    relabel: bool | Method = True,
+    check: bool = True,
+    max_treedepth: int | None = None,
+    var_names: list[str] | None = None,
+    warn: bool = True,
+) -> az.InferenceData:
+    """Relabel a latent-type fit, check it, record the diagnostics and warn about problems.
+
+    Parameters
+    ----------
+    idata
+        The fit, as :func:`assemble` builds it.
+    label_dim
+        The dim of latent components (``Encoded.label_dim``); ``None`` for models without.
+    relabel
+        ``True`` relabels latent components with ``method="auto"``; a method name
+        (``"stephens"``, ``"pivot"``) chooses it; ``False`` keeps the draws as sampled.
+    check
+        Run :func:`pluralstan.diagnostics.check` (recorded in
+        ``idata.posterior.attrs["diagnostics"]``).
+    max_treedepth
+        The sampler's tree-depth limit (default: the fit's ``max_treedepth`` attribute, else 10).
+    var_names
+        Variables whose R-hat and ESS are checked (default:
+        :func:`pluralstan.diagnostics.parameter_names`).
+    warn
+        Emit a :class:`~pluralstan.errors.DiagnosticWarning` per recorded problem.
+
+    Returns
+    -------
+    arviz.InferenceData
+        The relabelled fit (a new object when relabelled, else ``idata`` itself).
+    """
+    if relabel and label_dim and diagnostics.is_latent(idata, label_dim):
+        method = "auto" if relabel is True else relabel
+        idata, _ = relabel_draws(idata, method=method, dim=label_dim)
+    if check:
+        names = var_names or diagnostics.parameter_names(idata)
+        result = diagnostics.check(idata, max_treedepth=max_treedepth, var_names=names,
+                                   warn=False, dim=label_dim or "group")
+        if warn:
+            model = idata.posterior.attrs.get("model", "fit")
+            for problem in result.problems:
+                warnings.warn(f"{model}: {problem}", DiagnosticWarning, stacklevel=3)
+    return idata
