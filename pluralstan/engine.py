@@ -90,9 +90,16 @@ class SamplerConfig:
     adapt_delta: float = 0.8
     max_treedepth: int = 10
     thin: int = 1
+    #: Per-chain initial values (constrained ``parameters``-block values, one dict per chain,
+    #: e.g. :meth:`pluralstan.modes.ModeSearch.inits`); ``None``: Stan's uniform(-2, 2) inits.
+    inits: list[dict[str, Any]] | None = None
 
     def validate(self) -> None:
         """Raise :class:`PluralstanError` for settings no engine accepts."""
+        if self.inits is not None and len(self.inits) != int(self.chains):
+            raise PluralstanError(
+                f"inits must hold one dict per chain ({self.chains}), got {len(self.inits)}"
+            )
         for name in ("chains", "draws", "thin", "max_treedepth", "warmup", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -451,6 +458,7 @@ class PyStanEngine:
             num_thin=int(config.thin),
             delta=float(config.adapt_delta),
             max_depth=int(config.max_treedepth),
+            **_pystan_inits(config),
         )
         t2 = time.perf_counter()
         variables = self._variables(fit)
@@ -480,6 +488,13 @@ class PyStanEngine:
         with contextlib.redirect_stderr(io.StringIO()), _discard_stored_fits():
             fit = model.fixed_param(num_chains=1, num_samples=1, init=[init])
         return {name: arr[0] for name, arr in self._variables(fit).items()}
+
+    def log_density(self, program: StanProgram, data: dict[str, Any]) -> LogDensity:
+        """The log density of ``program`` given ``data`` (see :class:`LogDensity`)."""
+        from .workflow.sbc import stan_parameter_names  # stanc --info; imports this module
+
+        model, _ = self._build(program, data, seed=1)
+        return LogDensity.from_pystan(model, set(stan_parameter_names(program, transformed=False)))
 
 
 class CmdStanEngine:
@@ -532,6 +547,7 @@ class CmdStanEngine:
             seed=int(config.seed),
             adapt_delta=float(config.adapt_delta),
             max_treedepth=int(config.max_treedepth),
+            inits=None if config.inits is None else [_init_values(i) for i in config.inits],
             show_progress=False,
         )
         t2 = time.perf_counter()
@@ -568,6 +584,110 @@ class CmdStanEngine:
         fit = model.sample(data=data, chains=1, iter_sampling=1, fixed_param=True,
                            inits=inits, seed=int(seed), show_progress=False)
         return {name: arr[0] for name, arr in self._variables(fit, 1).items()}
+
+    def log_density(self, program: StanProgram, data: dict[str, Any]) -> LogDensity:
+        """Not offered: CmdStan evaluates a log density by running its executable per call."""
+        raise PluralstanError(
+            f"the log density of {program.name!r} (mode search) needs backend='pystan': "
+            "cmdstanpy evaluates log densities one executable run at a time, too slow for an "
+            "optimiser"
+        )
+
+
+# ---------------------------------------------------------------------- log density (modes)
+# The engine side of pluralstan.modes: a program's log density and gradient over its
+# unconstrained parameters, and the per-chain inits that SamplerConfig.inits carries.
+class LogDensity:
+    """A Stan program's log density over the unconstrained space, for one data set.
+
+    Made by :meth:`PyStanEngine.log_density`, which compiles (or loads) the program once; every
+    call here goes straight to the compiled module (httpstan's ``stan_services`` functions, the
+    ones its HTTP ``log_prob`` handlers call), with no server round trip and no rebuild.
+
+    Attributes
+    ----------
+    dims
+        Number of unconstrained parameters.
+    param_names, param_shapes
+        The ``parameters`` block's variables (zero-size ones left out) and their shapes.
+    """
+
+    def __init__(self, module: Any, data: dict[str, Any], layout: list[tuple[str, tuple]],
+                 parameters: set[str]) -> None:
+        self._module = module
+        self._data = data
+        self._layout = [(name, tuple(shape)) for name, shape in layout]
+        block = [(n, s) for n, s in self._layout if n in parameters and int(np.prod(s))]
+        self.param_names = tuple(n for n, _ in block)
+        self.param_shapes = tuple(s for _, s in block)
+        self.dims = self._unconstrained_size(sum(int(np.prod(s)) for _, s in block))
+
+    @classmethod
+    def from_pystan(cls, model: Any, parameters: set[str]) -> LogDensity:
+        """Wrap a built ``stan.Model`` (its data already in httpstan's JSON form);
+        ``parameters`` names the variables of the program's ``parameters`` block."""
+        import httpstan.models
+
+        module = httpstan.models.import_services_extension_module(model.model_name)
+        data = {k: np.asarray(v) for k, v in model.data.items()}
+        return cls(module, data, list(zip(model.param_names, model.dims, strict=True)),
+                   parameters)
+
+    def _unconstrained_size(self, upper: int) -> int:
+        """``num_params_r`` of the model, which httpstan does not expose.
+
+        No Stan transform has more unconstrained than constrained values, so the size is found
+        by trying ``upper`` (the constrained size), ``upper - 1``, ... against the module's own
+        size check.
+        """
+        for size in range(upper, -1, -1):
+            try:
+                self._module.write_array(self._data, [0.0] * size, False, False)
+            except RuntimeError as err:
+                if "number of parameters does not match" not in str(err):
+                    raise
+                continue
+            return size
+        raise PluralstanError("could not determine the number of unconstrained parameters")
+
+    def log_prob(self, x: np.ndarray, jacobian: bool = True) -> float:
+        """Log density at unconstrained ``x`` (with the Jacobian of the transforms by default,
+        the density NUTS explores and ``lp__`` reports)."""
+        return float(self._module.log_prob(self._data, np.asarray(x, float).tolist(), jacobian))
+
+    def grad(self, x: np.ndarray, jacobian: bool = True) -> np.ndarray:
+        """Gradient of :meth:`log_prob` at unconstrained ``x``."""
+        return np.asarray(
+            self._module.log_prob_grad(self._data, np.asarray(x, float).tolist(), jacobian)
+        )
+
+    def constrain(self, x: np.ndarray, transformed: bool = False) -> dict[str, np.ndarray]:
+        """Constrained values at unconstrained ``x``: the ``parameters`` block, and with
+        ``transformed`` the transformed parameters too (zero-size variables left out)."""
+        flat = np.asarray(self._module.write_array(
+            self._data, np.asarray(x, float).tolist(), bool(transformed), False))
+        out: dict[str, np.ndarray] = {}
+        start = 0
+        for name, shape in self._layout:
+            size = int(np.prod(shape))
+            if start + size > flat.size:
+                break
+            if size:
+                out[name] = flat[start:start + size].reshape(shape, order="F")  # column-major
+            start += size
+        return out
+
+    def unconstrain(self, params: dict[str, Any]) -> np.ndarray:
+        """Unconstrained vector of constrained ``parameters``-block values."""
+        values = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+        return np.asarray(self._module.transform_inits(self._data, values))
+
+
+def _pystan_inits(config: SamplerConfig) -> dict[str, Any]:
+    """PyStan's ``init`` keyword for ``config.inits`` (nothing when Stan draws its own)."""
+    if config.inits is None:
+        return {}
+    return {"init": [_init_values(values) for values in config.inits]}
 
 
 def _init_values(params: dict[str, Any]) -> dict[str, Any]:
