@@ -1,0 +1,461 @@
+"""Every Stan program's log density against an independent NumPy/SciPy reference.
+
+For each program (aggregate, labeled with and without pooling, unlabeled with and without the
+ordering constraint, annotator, PAL and PAL's new-user program; the covariate program is checked
+in ``test_models_covariate.py``) and several random parameter values, three numbers are compared
+with the reference of ``tests/reference.py``, which is written judgement by judgement from the
+models' equations:
+
+* the per-unit log likelihood the fit stores (``log_likelihood`` group, via the model's own
+  expansion from cells to judgements or annotators), to a relative 1e-8;
+* the log density of the ``model`` block (``stan.Model.log_prob`` without the Jacobian, at the
+  parameter values' unconstrained image): Stan drops terms that do not depend on the parameters
+  from ``~`` statements, so differences between parameter values are compared, to 1e-8;
+* the generated ``lprior`` (used for power-scaling, where only differences matter), likewise as
+  differences, to 1e-8.
+
+The data have ties, presentation order, repeated identical judgements, unsorted annotator ids,
+group labels whose sorted and first-seen orders differ, and both design forms (dense attributes,
+and a one-hot item-like design that goes to Stan in compressed row storage). Priors are passed
+explicitly, with values differing per attribute, and the reference uses the same numbers, so an
+encoder that passed a prior wrongly would fail here too. Every fit-free call runs on PyStan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import logsumexp
+
+import pluralstan as ps
+from pluralstan.engine import StanProgram
+from pluralstan.models import get_model, pal
+from pluralstan.models.base import load_program
+
+from . import reference as ref
+from .test_models_annotator import reference_type_log_lik, ties_order_data
+
+BACKEND = "pystan"
+ENGINE = ps.get_engine(BACKEND)
+#: Tolerance of every comparison (log densities of order 10-1000 nats: double precision leaves
+#: about 1e-12; a wrong term shifts them by far more than 1e-8).
+RTOL = ATOL = 1e-8
+#: Random parameter values per case.
+N_POINTS = 4
+
+P_ATTR = 5
+BT_PRIORS = {
+    "theta_mean": [0.3, -0.2, 0.0, 0.1, -0.4],
+    "theta_sd": [1.7, 0.9, 2.2, 1.1, 1.4],
+    "order_sd": 0.8,
+    "log_nu_mean": -0.4,
+    "log_nu_sd": 0.9,
+}
+
+
+# ---------------------------------------------------------------------------- data
+def attribute_frame(seed: int = 3) -> pd.DataFrame:
+    """High-conflict data (5 dense attributes, labels per annotator) with ties, order and
+    repeated identical judgements."""
+    comps = ps.simulate.high_conflict(seed=seed, n_annotators=12, n_pairs=15,
+                                      pairs_per_annotator=4)
+    frame = comps.to_frame()
+    rng = np.random.default_rng(seed)
+    frame.loc[rng.uniform(size=len(frame)) < 0.2, "y"] = 0.5
+    frame["order"] = rng.integers(0, 2, size=len(frame)).astype(float)
+    return pd.concat([frame, frame.iloc[::3]], ignore_index=True)
+
+
+def item_frame(seed: int = 5, n: int = 90) -> pd.DataFrame:
+    """Six items as one-hot attributes (item 0 the zero vector), so at most two of the five
+    design entries per row are non-zero and the programs get the design in compressed rows.
+    Annotator ids are unsorted strings; group labels are first seen in reverse sorted order."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 6, size=n)
+    b = (a + rng.integers(1, 6, size=n)) % 6
+    onehot = np.eye(6)[:, 1:]
+    who = rng.permutation(10)[rng.integers(0, 10, size=n)]
+    frame = pd.DataFrame({
+        "annotator": [f"r{i}" for i in who],
+        "group": np.where(who % 2 == who[0] % 2, "v", "u"),
+        "y": rng.choice([0.0, 1.0, 0.5], size=n, p=[0.4, 0.4, 0.2]),
+        "order": rng.integers(0, 2, size=n).astype(float),
+    })
+    for j in range(5):
+        frame[f"a_i{j + 1}"] = onehot[a, j]
+        frame[f"b_i{j + 1}"] = onehot[b, j]
+    return frame
+
+
+FRAMES = {"attributes": attribute_frame, "items": item_frame}
+
+
+@cache
+def comps_of(kind: str, ties: bool, order: bool) -> ps.Comparisons:
+    """The judgements of ``FRAMES[kind]``; without ties the tied rows are recoded as wins for a,
+    without order the column is dropped."""
+    frame = FRAMES[kind]()
+    if not ties:
+        frame.loc[frame["y"] == 0.5, "y"] = 1.0
+    if not order:
+        frame = frame.drop(columns="order")
+    return ps.Comparisons.from_frame(frame)
+
+
+def judgements_of(comps: ps.Comparisons, **levels) -> ref.Judgements:
+    return ref.judgements(comps.to_frame(), list(comps.attributes), **levels)
+
+
+# ---------------------------------------------------------------------------- Stan side
+def log_density(program: StanProgram, data: dict, params: Sequence[dict]) -> np.ndarray:
+    """The model block's log density (no Jacobian) at each constrained parameter value."""
+    import stan
+
+    ENGINE.compile(program)
+    model = stan.build(program.code, data=data, random_seed=1)
+    values = []
+    for p in params:
+        unconstrained = model.unconstrain_pars(stan_init(p))
+        values.append(model.log_prob(unconstrained, adjust_transform=False))
+    return np.array(values)
+
+
+def stan_init(params: dict) -> dict:
+    """Parameter values as Stan reads them (nested lists)."""
+    return {k: np.asarray(v).tolist() for k, v in params.items()}
+
+
+def generated(program: StanProgram, data: dict, params: dict) -> dict[str, np.ndarray]:
+    """Every output at fixed parameter values, with (chain, draw) axes of length 1."""
+    out = ENGINE.generate(program, data, params, seed=7)
+    return {k: v[None] for k, v in out.items()}
+
+
+def assert_differences_match(stan_values: np.ndarray, reference: np.ndarray, what: str) -> None:
+    """Stan's and the reference's values agree up to one additive constant."""
+    np.testing.assert_allclose(stan_values[1:] - stan_values[0], reference[1:] - reference[0],
+                               rtol=RTOL, atol=ATOL, err_msg=what)
+
+
+def check_program(program: StanProgram, data: dict, points: Sequence[dict],
+                  log_lik: Callable[[dict], np.ndarray],
+                  stan_log_lik: Callable[[dict[str, np.ndarray]], np.ndarray],
+                  model_density: Callable[[dict], float], lprior: Callable[[dict], float],
+                  ) -> None:
+    """Compare generated log likelihood, model-block density and lprior with the reference.
+
+    ``points`` are dicts with ``"stan"`` (parameters-block values) and ``"ref"`` (the
+    reference's parameters); ``stan_log_lik`` maps the generated outputs to per-unit values.
+    """
+    lpriors = []
+    for point in points:
+        out = generated(program, data, point["stan"])
+        np.testing.assert_allclose(stan_log_lik(out), log_lik(point["ref"]), rtol=RTOL,
+                                   atol=ATOL, err_msg="generated log likelihood")
+        lpriors.append(float(out["lprior"].squeeze()))
+    assert_differences_match(np.array(lpriors), np.array([lprior(p["ref"]) for p in points]),
+                             "generated lprior")
+    assert_differences_match(log_density(program, data, [p["stan"] for p in points]),
+                             np.array([model_density(p["ref"]) for p in points]),
+                             "model-block log density")
+
+
+def optional(value: float, present: bool) -> list[float]:
+    """An ``array[flag] real`` parameter's value."""
+    return [value] if present else []
+
+
+def bt_extras(rng: np.random.Generator, has_order: bool, has_ties: bool) -> dict:
+    """Random position effect and log tie parameter (``None`` when absent)."""
+    return {"gamma": rng.normal(0.0, 0.8) if has_order else None,
+            "log_nu": rng.normal(-0.4, 0.9) if has_ties else None}
+
+
+def bt_extras_prior(p: dict) -> float:
+    """Log prior of gamma and log nu, when present (``BT_PRIORS``)."""
+    out = 0.0
+    if p["gamma"] is not None:
+        out += ref.normal_lpdf(p["gamma"], 0.0, BT_PRIORS["order_sd"])
+    if p["log_nu"] is not None:
+        out += ref.normal_lpdf(p["log_nu"], BT_PRIORS["log_nu_mean"], BT_PRIORS["log_nu_sd"])
+    return out
+
+
+def stan_extras(p: dict) -> dict:
+    return {"gamma": optional(p["gamma"], p["gamma"] is not None),
+            "log_nu": optional(p["log_nu"], p["log_nu"] is not None)}
+
+
+def per_judgement(enc) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The model's own expansion of generated outputs to its stored log likelihood."""
+    return lambda out: enc.log_lik(out)["y"][0, 0]
+
+
+CASES = [("attributes", True, True), ("items", True, True), ("attributes", False, False),
+         ("items", False, True)]
+CASE_IDS = ["dense-ties-order", "sparse-ties-order", "dense-binomial", "sparse-binomial-order"]
+
+
+def gamma_of(p: dict) -> float:
+    return 0.0 if p["gamma"] is None else p["gamma"]
+
+
+# ---------------------------------------------------------------------------- aggregate
+@pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
+def test_aggregate_matches_reference(kind, ties, order):
+    comps = comps_of(kind, ties, order)
+    enc = get_model("aggregate").encode(comps, priors=BT_PRIORS)
+    assert enc.data["X_sparse"] == (kind == "items")
+    j = judgements_of(comps)
+    rng = np.random.default_rng(11)
+    points = []
+    for _ in range(N_POINTS):
+        p = {"theta": rng.normal(0.0, 1.5, size=P_ATTR), **bt_extras(rng, order, ties)}
+        points.append({"ref": p, "stan": {"theta": p["theta"], **stan_extras(p)}})
+
+    def log_lik(p):
+        return ref.aggregate_log_lik(j, p["theta"], gamma_of(p), p["log_nu"])
+
+    def prior(p):
+        return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
+                + bt_extras_prior(p))
+
+    check_program(get_model("aggregate").program, enc.data, points, log_lik,
+                  per_judgement(enc), lambda p: prior(p) + log_lik(p).sum(), prior)
+
+
+# ---------------------------------------------------------------------------- labeled
+LABELED_PRIORS = {**BT_PRIORS, "tau_sd": [0.6, 1.3, 0.8, 1.0, 0.5], "pi_alpha": [1.5, 2.5]}
+
+
+def annotators_per_label(comps: ps.Comparisons, levels: list) -> np.ndarray:
+    """Distinct annotators carrying each label, counted from the table."""
+    frame = comps.to_frame()
+    return frame.groupby("group")["annotator"].nunique().reindex(levels).to_numpy()
+
+
+@pytest.mark.parametrize("pooling", ["partial", "none"])
+@pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
+def test_labeled_matches_reference(kind, ties, order, pooling):
+    comps = comps_of(kind, ties, order)
+    enc = get_model("labeled").encode(comps, priors=LABELED_PRIORS, pooling=pooling)
+    levels = list(enc.coords["group"])
+    j = judgements_of(comps, group_levels=levels)
+    n_labels = annotators_per_label(comps, levels)
+    K = len(levels)
+    m, s = np.array(BT_PRIORS["theta_mean"]), np.array(BT_PRIORS["theta_sd"])
+    tau_sd = np.array(LABELED_PRIORS["tau_sd"])
+    rng = np.random.default_rng(12)
+    points = []
+    for _ in range(N_POINTS):
+        p = {"z": rng.normal(size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
+             **bt_extras(rng, order, ties)}
+        stan = {"z": p["z"], "pi": p["pi"], **stan_extras(p)}
+        if pooling == "partial":
+            # the header's non-centred hierarchy: theta_k = mu + tau .* z_k
+            p["mu"], p["tau"] = rng.normal(size=P_ATTR), np.abs(rng.normal(size=P_ATTR))
+            p["theta"] = p["mu"] + p["tau"] * p["z"]
+            stan |= {"mu": p["mu"], "tau": p["tau"]}
+        else:
+            # independent theta_k ~ normal(theta_mean, theta_sd), written as m + s .* z_k
+            p["theta"] = m + s * p["z"]
+            stan |= {"mu": [], "tau": []}
+        points.append({"ref": p, "stan": stan})
+
+    def log_lik(p):
+        return ref.labeled_log_lik(j, p["theta"], gamma_of(p), p["log_nu"])
+
+    def top_prior(p):
+        out = (ref.dirichlet_lpdf(p["pi"], LABELED_PRIORS["pi_alpha"]) + bt_extras_prior(p))
+        if pooling == "partial":
+            return (out + ref.normal_lpdf(p["mu"], m, s)
+                    + ref.half_normal_lpdf(p["tau"], tau_sd))
+        return out + ref.normal_lpdf(p["theta"], m, s)
+
+    def density(p):
+        # model block: z ~ std_normal (+ mu, tau), labels n ~ multinomial(pi), judgements
+        out = (ref.normal_lpdf(p["z"], 0.0, 1.0) + ref.multinomial_lpmf(n_labels, p["pi"])
+               + ref.dirichlet_lpdf(p["pi"], LABELED_PRIORS["pi_alpha"]) + bt_extras_prior(p)
+               + log_lik(p).sum())
+        if pooling == "partial":
+            out += ref.normal_lpdf(p["mu"], m, s) + ref.half_normal_lpdf(p["tau"], tau_sd)
+        return out
+
+    check_program(get_model("labeled").program, enc.data, points, log_lik, per_judgement(enc),
+                  density, top_prior)
+
+
+# ---------------------------------------------------------------------------- unlabeled
+UNLABELED_PRIORS = {**BT_PRIORS, "pi_alpha": [1.2, 2.0, 0.7]}
+
+
+def mixture_stan_theta(theta: np.ndarray, lead: int, ordered: bool) -> dict:
+    """theta (K, P) as the mixture programs' parameters: the lead attribute's column (ordered
+    or free) and the other columns."""
+    rest = np.delete(theta, lead, axis=1)
+    column = [theta[:, lead]]
+    return {"theta_lead_ordered": column if ordered else [],
+            "theta_lead_free": [] if ordered else column, "theta_rest": rest}
+
+
+@pytest.mark.parametrize("identify", ["none", "ordered"])
+@pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
+def test_unlabeled_matches_reference(kind, ties, order, identify):
+    comps = comps_of(kind, ties, order)
+    ordered = identify == "ordered"
+    options = {"ordered_attribute": comps.attributes[2]} if ordered else {}
+    K = 3
+    enc = get_model("unlabeled").encode(comps, K=K, priors=UNLABELED_PRIORS, identify=identify,
+                                        **options)
+    j = judgements_of(comps)
+    rng = np.random.default_rng(13)
+    points = []
+    for _ in range(N_POINTS):
+        theta = rng.normal(0.0, 1.5, size=(K, P_ATTR))
+        if ordered:
+            theta[:, 2] = np.sort(theta[:, 2])
+        p = {"theta": theta, "pi": rng.dirichlet(np.ones(K)), **bt_extras(rng, order, ties)}
+        stan = {"pi": p["pi"], **mixture_stan_theta(theta, 2 if ordered else 0, ordered),
+                **stan_extras(p)}
+        points.append({"ref": p, "stan": stan})
+
+    def log_lik(p):
+        return ref.unlabeled_log_lik(j, p["theta"], p["pi"], gamma_of(p), p["log_nu"])
+
+    def prior(p):
+        return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
+                + ref.dirichlet_lpdf(p["pi"], UNLABELED_PRIORS["pi_alpha"])
+                + bt_extras_prior(p))
+
+    check_program(get_model("unlabeled").program, enc.data, points, log_lik,
+                  per_judgement(enc), lambda p: prior(p) + log_lik(p).sum(), prior)
+
+
+# ---------------------------------------------------------------------------- annotator
+def test_annotator_model_block_matches_reference():
+    """The annotator program's generated log likelihood is checked against the judgement-level
+    reference in ``test_models_annotator.py``; this checks its model block with the same
+    reference (``reference_type_log_lik``) and the priors."""
+    comps = ties_order_data()
+    K = 2
+    priors = {**BT_PRIORS, "pi_alpha": [0.8, 1.6]}
+    spec = get_model("annotator")
+    enc = spec.encode(comps, K=K, priors=priors)
+    rng = np.random.default_rng(14)
+    refs, stans = [], []
+    for _ in range(N_POINTS):
+        p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
+             **bt_extras(rng, True, True)}
+        refs.append(p)
+        stans.append({"pi": p["pi"], **mixture_stan_theta(p["theta"], 0, False),
+                      **stan_extras(p)})
+
+    def density(p):
+        lp = reference_type_log_lik(comps, p["theta"], p["gamma"], p["log_nu"])
+        return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
+                + ref.dirichlet_lpdf(p["pi"], priors["pi_alpha"]) + bt_extras_prior(p)
+                + logsumexp(lp + np.log(p["pi"]), axis=1).sum())
+
+    assert_differences_match(log_density(spec.program, enc.data, stans),
+                             np.array([density(p) for p in refs]), "model-block log density")
+
+
+# ---------------------------------------------------------------------------- PAL
+PAL_PRIORS = {"W_sd": 0.7, "theta_sd": 1.8, "w_alpha": [0.6, 1.4], "order_sd": 0.8}
+
+
+def pal_comps(seed: int, n_annotators: int, order: bool = True) -> ps.Comparisons:
+    comps = pal.simulate(2, n_annotators=n_annotators, judgements=8, seed=seed,
+                         n_attributes=3)
+    frame = comps.to_frame()
+    rng = np.random.default_rng(seed)
+    if order:
+        frame["order"] = rng.integers(0, 2, size=len(frame))
+    # annotator ids as unsorted strings: their order must not matter
+    rename = rng.permutation(n_annotators)
+    frame["annotator"] = [f"u{rename[i]}" for i in frame["annotator"]]
+    return ps.Comparisons.from_frame(frame)
+
+
+def random_cholesky(rng: np.random.Generator, D: int) -> np.ndarray:
+    L = np.tril(rng.normal(0.0, 0.5, size=(D, D)), -1)
+    return L + np.diag(np.exp(rng.normal(0.0, 0.3, size=D)))
+
+
+@pytest.mark.parametrize("order", [True, False])
+def test_pal_matches_reference(order):
+    comps = pal_comps(4, n_annotators=7, order=order)
+    spec = get_model("pal")
+    enc = spec.encode(comps, K=2, priors=PAL_PRIORS)
+    levels = list(enc.coords["annotator"])
+    j = judgements_of(comps, annotator_levels=levels)
+    n_users, K, D = len(levels), 2, 3
+    rng = np.random.default_rng(15)
+    points = []
+    for _ in range(N_POINTS):
+        p = {"L": random_cholesky(rng, D), "theta": rng.normal(0.0, 1.5, size=(K, D)),
+             "w": rng.dirichlet(np.ones(K), size=n_users),
+             "gamma": rng.normal(0.0, 0.8) if order else None}
+        stan = {"L_M": p["L"], "theta": p["theta"], "w": p["w"],
+                "gamma": optional(gamma_of(p), order)}
+        points.append({"ref": p, "stan": stan})
+
+    def log_lik(p):
+        # PAL's utility form with M = L L' and each user's beta_i = sum_k w_ik theta_k
+        return ref.pal_log_lik(j, p["L"] @ p["L"].T, p["w"] @ p["theta"], gamma_of(p))
+
+    def prior(p):
+        out = (ref.wishart_cholesky_lpdf(p["L"], D, PAL_PRIORS["W_sd"] ** 2 * np.eye(D))
+               + ref.normal_lpdf(p["theta"], 0.0, PAL_PRIORS["theta_sd"])
+               + ref.dirichlet_lpdf(p["w"], PAL_PRIORS["w_alpha"]))
+        if p["gamma"] is not None:
+            out += ref.normal_lpdf(p["gamma"], 0.0, PAL_PRIORS["order_sd"])
+        return out
+
+    check_program(spec.program, enc.data, points, log_lik,
+                  lambda out: out["log_lik"][0, 0], lambda p: prior(p) + log_lik(p).sum(),
+                  prior)
+
+
+def test_pal_new_users_matches_reference():
+    """pal_new_users.stan: each new user's posterior mixes over S fixed draws of the shared
+    parameters, p(w_j | y) propto p(w_j) (1/S) sum_s p(y_j | w_j, theta_s); its stored log
+    likelihood is the value under the draw ``seen_draw`` it pairs with w_j."""
+    comps = pal_comps(6, n_annotators=5)
+    enc = pal.encode(comps, K=2, priors=PAL_PRIORS)
+    levels = list(enc.coords["annotator"])
+    j = judgements_of(comps, annotator_levels=levels)
+    J, K, D, S = len(levels), 2, 3, 4
+    rng = np.random.default_rng(16)
+    L = np.stack([random_cholesky(rng, D) for _ in range(S)])
+    shared = {"M": L @ np.swapaxes(L, 1, 2), "theta": rng.normal(0.0, 1.5, size=(S, K, D)),
+              "gamma": rng.normal(0.0, 0.5, size=S)}
+    alpha = np.array([0.6, 1.4])
+    d = enc.data
+    data = {"J": J, "K": K, "D": D, "S": S, "L_M": L, "theta": shared["theta"],
+            "gamma": shared["gamma"], "C": d["C"], "X_a": d["X_a"], "X_b": d["X_b"],
+            "user": d["annotator"], "order": d["order"], "y": d["y"], "prior_w_alpha": alpha,
+            "prior_only": 0}
+    program = load_program("pal_new_users.stan")
+    ws = [rng.dirichlet(np.ones(K), size=J) for _ in range(N_POINTS)]
+    lprior = []
+    for w in ws:
+        out = generated(program, data, {"w": w})
+        ll = ref.pal_new_users_log_lik(j, shared["M"], shared["theta"], shared["gamma"], w)
+        seen = out["seen_draw"][0, 0].astype(int) - 1
+        np.testing.assert_allclose(out["log_lik"][0, 0], ll[seen, np.arange(J)], rtol=RTOL,
+                                   atol=ATOL, err_msg="generated log likelihood")
+        lprior.append(float(out["lprior"].squeeze()))
+    assert_differences_match(np.array(lprior), np.array([ref.dirichlet_lpdf(w, alpha)
+                                                         for w in ws]), "generated lprior")
+
+    def density(w):
+        ll = ref.pal_new_users_log_lik(j, shared["M"], shared["theta"], shared["gamma"], w)
+        return ref.dirichlet_lpdf(w, alpha) + logsumexp(ll, axis=0).sum()
+
+    assert_differences_match(log_density(program, data, [{"w": w} for w in ws]),
+                             np.array([density(w) for w in ws]), "model-block log density")
