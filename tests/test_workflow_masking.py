@@ -169,3 +169,112 @@ def test_population_probability_is_the_pi_weighted_mixture():
     np.testing.assert_allclose(out["p"].values, np.einsum("k,cdkp->cdp", pi, by_hand))
     with pytest.raises(ps.PluralstanError, match="attributes"):
         preference_probability(idata, X.assign_coords(attribute=["x1", "x2", "z"]))
+
+
+# ---------------------------------------------------------------------- a hand-computed example
+def _hand_example() -> ps.Comparisons:
+    """Two held-out pairs on one attribute x, two groups, known truth.
+
+    Pair P1 has x = a - b = 1, pair P2 has x = 2. Truth: theta_a = ln 3, theta_b = -ln 3, so
+    P(a preferred) is expit(ln 3) = 3/4 and expit(2 ln 3) = 9/10 for group a, and 1/4 and 1/10
+    for group b; population shares pi = (0.6, 0.4). Held-out judgements: group a judges P1
+    twice (once shown reversed, preferring the pair's b) and P2 once, preferring a; group b judges
+    P1 once, preferring a. So group a holds 3 of the 4 judgements, group b 1 (and no P2).
+    """
+    frame = pd.DataFrame({
+        "pair": ["P1", "P1", "P2", "P1"],
+        "group": ["a", "a", "a", "b"],
+        "a_x1": [1.0, 0.0, 2.0, 1.0],
+        "b_x1": [0.0, 1.0, 0.0, 0.0],
+        "y": [1.0, 1.0, 1.0, 1.0],  # row 1 shows P1 reversed: it prefers P1's b
+    })
+    truth = {"theta": np.array([[np.log(3.0)], [-np.log(3.0)]]), "pi": np.array([0.6, 0.4])}
+    return ps.Comparisons.from_frame(frame, truth=truth)
+
+
+def _draws(theta: np.ndarray, dims: list[str], pi: np.ndarray | None = None,
+           groups: list[str] | None = None) -> az.InferenceData:
+    """A deterministic 'posterior': one chain, the given theta draws (and pi) by hand."""
+    posterior = {"theta": theta[None]}
+    if pi is not None:
+        posterior["pi"] = pi[None]
+    coords = {"attribute": ["x1"]} | ({"group": groups} if groups else {})
+    return az.from_dict(posterior=posterior, coords=coords,
+                        dims={"theta": dims, "pi": ["group"]})
+
+
+def test_masking_ratio_by_hand_against_the_truth():
+    """Aggregate draws theta = 0 and theta = ln 2, and a mixture draw, against the truth.
+
+    Truth targets. Aggregate: P1 0.6 * 3/4 + 0.4 * 1/4 = 0.55, P2 0.6 * 9/10 + 0.4 * 1/10 =
+    0.58. Group a: 3/4, 9/10. Group b: 1/4 on P1 only (it has no P2 judgement, so P2 is left
+    out of its error). Weights = held-out judgement shares: a 3/4, b 1/4 (not pi).
+
+    Draw theta = 0 predicts 1/2 on both pairs:
+      aggregate error = ((1/2 - 0.55)^2 + (1/2 - 0.58)^2) / 2 = (0.0025 + 0.0064) / 2 = 0.00445
+      group a error   = ((1/2 - 3/4)^2 + (1/2 - 9/10)^2) / 2 = (0.0625 + 0.16) / 2 = 0.11125
+      group b error   = (1/2 - 1/4)^2 = 0.0625
+      ratio = (3/4 * 0.11125 + 1/4 * 0.0625) / 0.00445 = 0.0990625 / 0.00445 = 7925 / 356.
+    Draw theta = ln 2 predicts expit(ln 2) = 2/3 and expit(2 ln 2) = 4/5:
+      aggregate error = ((2/3 - 0.55)^2 + (4/5 - 0.58)^2) / 2
+                      = (49/3600 + 121/2500) / 2 = 5581/180000
+      group a error   = ((2/3 - 3/4)^2 + (4/5 - 9/10)^2) / 2 = (1/144 + 1/100) / 2 = 61/7200
+      group b error   = (2/3 - 1/4)^2 = 25/144
+      ratio = (3/4 * 61/7200 + 1/4 * 25/144) / (5581/180000) = (1433/28800) / (5581/180000)
+            = 35825 / 22324.
+    Mixture draw theta_a = ln 3, theta_b = 0, pi = (1/2, 1/2): group predictions (3/4, 9/10)
+    and (1/2, 1/2), population prediction 1/2 * group a + 1/2 * group b = (0.625, 0.7):
+      aggregate error = ((0.625 - 0.55)^2 + (0.7 - 0.58)^2) / 2 = (0.005625 + 0.0144) / 2
+                      = 0.0100125
+      group a error = 0, group b error = (1/2 - 1/4)^2 = 1/16
+      ratio = (1/4 * 1/16) / 0.0100125 = 1250 / 801.
+    """
+    test = _hand_example()
+    agg = masking_ratio(_draws(np.array([[0.0], [np.log(2.0)]]), ["attribute"]), test,
+                        target="truth")
+    np.testing.assert_allclose(agg["aggregate_error"].values[0], [0.00445, 5581 / 180000],
+                               rtol=1e-10)
+    np.testing.assert_allclose(agg["group_error"].sel(group="a").values[0],
+                               [0.11125, 61 / 7200], rtol=1e-10)
+    np.testing.assert_allclose(agg["group_error"].sel(group="b").values[0], [0.0625, 25 / 144],
+                               rtol=1e-10)
+    np.testing.assert_allclose(agg["ratio"].values[0], [7925 / 356, 35825 / 22324], rtol=1e-10)
+
+    mixture = _draws(np.array([[[np.log(3.0)], [0.0]]]), ["group", "attribute"],
+                     pi=np.array([[0.5, 0.5]]), groups=["a", "b"])
+    mix = masking_ratio(mixture, test, target="truth")
+    np.testing.assert_allclose(mix["aggregate_error"].values[0], [0.0100125], rtol=1e-10)
+    np.testing.assert_allclose(mix["group_error"].values[0, 0], [0.0, 1 / 16], atol=1e-15)
+    np.testing.assert_allclose(mix["ratio"].values[0], [1250 / 801], rtol=1e-10)
+
+
+def test_masking_ratio_by_hand_against_observed_frequencies():
+    """The same held-out table and aggregate draws against observed frequencies.
+
+    Oriented to each pair's first judgement, P1's judgements are 1, 0 (group a) and 1 (group
+    b); P2's is 1 (group a). Pooled frequencies: P1 2/3, P2 1. Group a: P1 1/2, P2 1. Group b:
+    P1 1 (no P2). Weights a 3/4, b 1/4.
+
+    Draw theta = 0 (predicts 1/2, 1/2):
+      aggregate error = ((1/2 - 2/3)^2 + (1/2 - 1)^2) / 2 = (1/36 + 9/36) / 2 = 5/36
+      group a error = (0 + 1/4) / 2 = 1/8, group b error = (1/2 - 1)^2 = 1/4
+      ratio = (3/4 * 1/8 + 1/4 * 1/4) / (5/36) = (5/32) / (5/36) = 9/8.
+    Draw theta = ln 2 (predicts 2/3, 4/5):
+      aggregate error = (0 + (4/5 - 1)^2) / 2 = 1/50
+      group a error = ((2/3 - 1/2)^2 + (4/5 - 1)^2) / 2 = (1/36 + 1/25) / 2 = 61/1800
+      group b error = (2/3 - 1)^2 = 1/9
+      ratio = (3/4 * 61/1800 + 1/4 * 1/9) / (1/50) = (383/7200) * 50 = 383/144.
+    Noise floor (module docstring of masking.py: a group's noise on a pair is its judgements'
+    sample variance / n; cells with one judgement contribute nothing): only group a on P1 has
+    two judgements, variance of (1, 0) = 1/2, noise 1/2 / 2 = 1/4. Pooled noise on P1 =
+    (2/3)^2 * 1/4 = 1/9 (group a's share of P1's judgements is 2/3), on P2 nothing: mean over the
+    two pairs 1/18. Within-group noise: 3/4 * 1/4 (group a; group b has none) = 3/16.
+    Floor = (3/16) / (1/18) = 27/8.
+    """
+    test = _hand_example()
+    result = masking_ratio(_draws(np.array([[0.0], [np.log(2.0)]]), ["attribute"]), test,
+                           target="observed")
+    np.testing.assert_allclose(result["aggregate_error"].values[0], [5 / 36, 1 / 50],
+                               rtol=1e-10)
+    np.testing.assert_allclose(result["ratio"].values[0], [9 / 8, 383 / 144], rtol=1e-10)
+    assert result.attrs["noise_floor"] == pytest.approx(27 / 8, rel=1e-10)
