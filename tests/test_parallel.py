@@ -120,7 +120,9 @@ def test_bad_input_raises(jobs, kwargs, match):
 
 
 def test_dask_local_cluster(tmp_path, warm):
-    import distributed  # in the dev extra
+    # Dask is in the dev extra only, not a runtime dependency
+    distributed = pytest.importorskip("distributed", reason="Dask's distributed scheduler is "
+                                      "not installed (it comes with the dev extra)")
     # thread workers in this process, talking TCP on loopback like a real cluster
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   protocol="tcp", host="127.0.0.1",
