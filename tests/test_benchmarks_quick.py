@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
 
+#: Largest difference of two runs' posterior means, in combined Monte Carlo SEs, that this test
+#: accepts as "same posterior" (stated here, not taken from the harness). When both runs sample
+#: the same posterior, each coordinate's standardised difference is approximately standard
+#: normal; a row compares at most 12 coordinates (theta 2 x 5 and pi 2) and the quick table has
+#: at most 6 such rows (2 in target 1, 2 x 2 peers in target 2), so by Bonferroni
+#: P(some |z| > 4) <= 72 x P(|Z| > 4) = 72 x 6.3e-5 < 0.005. A posterior that differs by half a
+#: posterior sd shows as about 0.5 sqrt(ESS / 2) combined MCSEs, above 4 from ESS 130 on.
+SAME_POSTERIOR_Z = 4.0
+
 pytestmark = pytest.mark.slow
+
+
+def agreement_z(note: str) -> float:
+    """The harness's 'max |mean diff| = z MCSE' figure from a row's note."""
+    found = re.search(r"max \|mean diff\| = ([0-9.]+) MCSE", note)
+    assert found, f"no posterior comparison in note {note!r}"
+    return float(found.group(1))
 
 
 def gradient_measured(row: pd.Series) -> bool:
@@ -64,7 +81,7 @@ def test_sufficient_statistics_rows_compare_same_posterior(quick):
     # each sufficient-statistic fit is scored against its naive twin, on the same posterior
     assert list(compressed["ratio_is"]) == ["aggregate / naive ESS/s", "labeled / naive ESS/s"]
     assert (pd.to_numeric(compressed["ratio"]) > 0).all()
-    assert compressed["note"].str.contains("same posterior: max |mean diff|", regex=False).all()
+    assert all(agreement_z(note) <= SAME_POSTERIOR_Z for note in compressed["note"])
     # the compressed program really receives fewer rows than judgements
     cells = compressed["note"].str.extract(r"^(\d+) binomial cells")[0].astype(int)
     assert (cells < pd.to_numeric(compressed["n"])).all()
@@ -87,7 +104,7 @@ def test_peer_rows_are_measured_or_skipped_with_a_reason(quick):
             expected = float(ours["ess_per_s"]) / float(row["ess_per_s"])
             assert np.isclose(float(row["ratio"]), expected, rtol=0.01, atol=0.01)
             assert float(row["grad_ms"]) > 0
-            assert "same posterior" in row["note"]
+            assert agreement_z(row["note"]) <= SAME_POSTERIOR_Z
     # the annotator model is also timed with membership kept
     rows = t2[t2["case"].str.startswith("annotator")].set_index("engine")
     full, lean = rows.loc["pluralstan annotator (PyStan), membership kept"], rows.loc[
