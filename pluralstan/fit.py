@@ -84,7 +84,8 @@ def fit(
         algorithm when the posterior holds allocation probabilities, else pivotal reordering;
         or name the method). The draws as sampled stay available through
         :func:`pluralstan.relabel.unrelabel` (the permutations are stored in
-        ``sample_stats["label_permutation"]``). ``False`` keeps the draws as sampled.
+        ``sample_stats["label_permutation"]``). ``False`` keeps the draws as sampled, and so
+        does ``True`` for ``identify="ordered"`` fits, whose constraint labels the components.
     **options
         Model-specific options (e.g. ``ties=``, ``order=``, ``compress=`` for the aggregate model).
 

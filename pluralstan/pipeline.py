@@ -65,8 +65,10 @@ def finalize(
     label_dim
         The dim of latent components (``Encoded.label_dim``); ``None`` for models without.
     relabel
-        ``True`` relabels latent components with ``method="auto"``; a method name
-        (``"stephens"``, ``"pivot"``) chooses it; ``False`` keeps the draws as sampled.
+        ``True`` relabels latent components with ``method="auto"``, except in a fit whose
+        components are ordered by a constraint (attribute ``identify="ordered"``: the
+        constraint labels them); a method name (``"stephens"``, ``"pivot"``) chooses the method
+        and always relabels; ``False`` keeps the draws as sampled.
     check
         Run :func:`pluralstan.diagnostics.check` (recorded in
         ``idata.posterior.attrs["diagnostics"]``).
@@ -83,7 +85,9 @@ def finalize(
     arviz.InferenceData
         The relabelled fit (a new object when relabelled, else ``idata`` itself).
     """
-    if relabel and label_dim and diagnostics.is_latent(idata, label_dim):
+    ordered = idata.posterior.attrs.get("identify") == "ordered"
+    if relabel and label_dim and diagnostics.is_latent(idata, label_dim) and not (
+            ordered and relabel is True):
         method = "auto" if relabel is True else relabel
         idata, _ = relabel_draws(idata, method=method, dim=label_dim)
     if check:

@@ -146,6 +146,34 @@ def permute(idata: az.InferenceData, perms: np.ndarray, dim: str = "group") -> a
 
 
 # ---------------------------------------------------------------------- algorithms
+def match_components(fitted: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Match fitted components one-to-one to reference components (e.g. the truth).
+
+    Parameters
+    ----------
+    fitted, reference
+        ``(K, ...)`` arrays, one row per component (e.g. posterior-mean ``theta`` and the true
+        ``theta``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)`` integer array: ``fitted[order]`` lines up with ``reference`` (reference
+        component ``k`` is fitted component ``order[k]``), the assignment of least total squared
+        distance (:func:`scipy.optimize.linear_sum_assignment`).
+    """
+    fitted = np.asarray(fitted, dtype=float).reshape(len(fitted), -1)
+    reference = np.asarray(reference, dtype=float).reshape(len(reference), -1)
+    if fitted.shape != reference.shape:
+        raise PluralstanError(
+            f"cannot match {fitted.shape[0]} fitted components to {reference.shape[0]} reference "
+            f"components of shapes {fitted.shape} and {reference.shape}"
+        )
+    cost = ((reference[:, None, :] - fitted[None, :, :]) ** 2).sum(axis=-1)
+    _, order = linear_sum_assignment(cost)
+    return order
+
+
 def stephens(p: np.ndarray, weights: np.ndarray | None = None, max_iter: int = 100
              ) -> tuple[np.ndarray, int]:
     """Stephens' (2000) KL relabelling algorithm.
@@ -352,8 +380,10 @@ def _recheck(out: az.InferenceData, dim: str) -> None:
     """Recompute a stored diagnostics record on ``out``'s draws and drop a stale
     label-switching report (so no table carries a flag for draws that changed)."""
     out.posterior.attrs.pop("label_switching", None)
-    if out.posterior.attrs.get("diagnostics"):
-        diagnostics.check(out, warn=False, dim=dim)
+    previous = diagnostics.recorded(out)
+    if previous:
+        names = previous.get("var_names") or diagnostics.parameter_names(out)
+        diagnostics.check(out, var_names=names, warn=False, dim=dim)
 
 
 def unrelabel(idata: az.InferenceData, dim: str = "group") -> az.InferenceData:

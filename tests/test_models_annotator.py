@@ -1,8 +1,9 @@
 """Tests of the annotator-level latent-type model (``stan/annotator_bt.stan``).
 
-Recovery criterion (stated once, used below): chains are aligned to the true labels one chain at
-a time, by the permutation that best matches the chain's posterior mean of theta to the truth
-(``scipy.optimize.linear_sum_assignment`` on squared distances); this is the test's scoring rule,
+Recovery criterion (stated once, used below): the fits come back relabelled (the default of
+``ps.fit``); chains are then aligned to the true labels one chain at a time, by the permutation
+that best matches the chain's posterior mean of theta to the truth
+(:func:`pluralstan.relabel.match_components`, least squares); this is the test's scoring rule,
 not a relabelling method.
 """
 
@@ -16,12 +17,12 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import linear_sum_assignment
 from scipy.special import log_expit, logsumexp
 
 import pluralstan as ps
 from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import annotator
+from pluralstan.relabel import match_components
 
 FIT = {"chains": 2, "draws": 300, "warmup": 300, "backend": "pystan"}
 
@@ -56,12 +57,8 @@ def align_chains(idata: az.InferenceData, theta_true: np.ndarray) -> dict[str, n
     theta = post["theta"].transpose("chain", "draw", "group", "attribute").values
     pi = post["pi"].transpose("chain", "draw", "group").values
     memb = post["membership"].transpose("chain", "draw", "annotator", "group").values
-    perms = []
-    for c in range(theta.shape[0]):
-        cost = ((theta_true[:, None, :] - theta[c].mean(axis=0)[None, :, :]) ** 2).sum(-1)
-        _, col = linear_sum_assignment(cost)
-        perms.append(col)
-    perm = np.array(perms)
+    perm = np.array([match_components(theta[c].mean(axis=0), theta_true)
+                     for c in range(theta.shape[0])])
     take = np.arange(theta.shape[0])[:, None]
     return {
         "theta": theta[take, :, perm].transpose(0, 2, 1, 3),
@@ -176,7 +173,8 @@ def test_likelihood_matches_judgement_level_reference():
 
 def test_large_data_options_skip_membership_and_replicates():
     """membership=False, replicate=False: the output per draw is the parameters and the
-    per-annotator log likelihood (still exact), and relabelling falls back to the pivot method."""
+    per-annotator log likelihood (still exact), and the fit's own relabelling falls back to the
+    pivot method."""
     comps = ties_order_data()
     idata = ps.fit("annotator", comps, K=2, chains=1, draws=10, warmup=10, seed=2,
                    backend="pystan", check=False, membership=False, replicate=False)
@@ -188,8 +186,8 @@ def test_large_data_options_skip_membership_and_replicates():
                                 float(draw["log_nu"])) + np.log(draw["pi"].values)
     np.testing.assert_allclose(ll.isel(chain=0, draw=0).values, logsumexp(lp, axis=1),
                                rtol=1e-8)
-    relabelled, _ = ps.relabel.relabel(idata)
-    assert json.loads(relabelled.posterior.attrs["relabelling"])["method"] == "pivot"
+    assert json.loads(idata.posterior.attrs["relabelling"])["method"] == "pivot"
+    assert idata.sample_stats["label_permutation"].dims == ("chain", "draw", "group")
 
 def test_prior_only_run_draws_types_from_pi():
     """With the likelihood switched off, membership is pi itself (types drawn from the prior),
@@ -219,7 +217,9 @@ def test_recovery_of_theta_and_pi(by_m):
     """Criterion: over three data sets (m = 20), at least 27 of the 36 true values of theta and
     pi lie inside the central 90% posterior intervals (expected 32.4) and every |z-score|
     (posterior mean - truth) / posterior sd is below 3.5, after per-chain label alignment;
-    the ``identify="ordered"`` fit keeps theta[:, 0] increasing in every draw."""
+    the ``identify="ordered"`` fit keeps theta[:, 0] increasing in every draw (its constraint
+    labels the types, so the fit does not relabel it), and the relabelled fits' chains share
+    one alignment to the truth (relabelling made their labels agree)."""
     runs = [by_m[20]]
     for seed, identify in ((12, "none"), (13, "ordered")):
         comps = ps.simulate.high_conflict(seed=seed, pairs_per_annotator=20)
@@ -238,6 +238,11 @@ def test_recovery_of_theta_and_pi(by_m):
     assert max(z.max() for z in zs) < 3.5
     ordered = runs[2][1].posterior["theta"].isel(attribute=0)
     assert bool((ordered.diff("group") > 0).all())
+    assert "relabelling" not in runs[2][1].posterior.attrs
+    for comps, idata in runs[:2]:
+        assert "relabelling" in idata.posterior.attrs
+        perm = align_chains(idata, comps.truth["theta"])["perm"]
+        assert (perm == perm[0]).all(), perm
 
 
 def test_recovery_improves_with_judgements_per_annotator(by_m):
