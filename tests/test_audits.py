@@ -73,21 +73,35 @@ def test_unknown_model_is_a_usage_error_naming_it(name, capsys):
 
 
 def test_cems_abilities_match_the_ml_fits(cems):
-    module, out = cems
+    _, out = cems
     abil = pd.read_csv(out / "abilities.csv", index_col="item")
     assert set(abil.index) == SCHOOLS
     assert abil.loc["London", ["mean", "davidson_ml", "halfwin_ml"]].eq(0).all()
     numeric = abil[["mean", "sd", "davidson_ml", "davidson_se", "halfwin_ml"]].drop("London")
     assert np.isfinite(numeric.to_numpy()).all()
-    # stated criterion: posterior mean within ML_TOLERANCE (0.05 logit) of the Davidson ML
-    assert (abil["mean"] - abil["davidson_ml"]).abs().max() < module.ML_TOLERANCE
+    check = pd.read_csv(out / "ml_crosscheck.csv", index_col=0)
+    # the reference ML fits are certified maxima: estimated log-likelihood gap (Newton
+    # decrement / 2) below 1e-12 of the log likelihood's scale (about 4,000 here), and a Newton
+    # step (the estimated distance to the maximiser) far below the standard errors (about 0.08)
+    for name in ("davidson", "halfwin"):
+        assert check[f"{name}_ml_gap"].iloc[0] < 1e-12 * 4000
+        assert check[f"{name}_ml_step"].iloc[0] < 1e-8
+    # the posterior mean against the Davidson ML fit: the posterior sd of each ability is about
+    # 0.08 and the prior (sd 2.5) negligible against 4,454 judgements; 0.05 logit leaves room
+    # for the O(1/n) mean-vs-mode difference and the quick run's Monte Carlo error
+    # (2 chains x 500 draws: MCSE about 0.004)
+    assert (abil["mean"] - abil["davidson_ml"]).abs().max() < 0.05
+    # and the posterior sd against the ML standard error: both are the curvature of the same
+    # likelihood, so they agree to the Monte Carlo error of an sd (about 3% here) plus the
+    # small prior; 15% would catch a posterior of the wrong width
+    rel = (abil["sd"] / abil["davidson_se"]).drop("London")
+    assert rel.between(0.85, 1.15).all(), rel
     # BradleyTerry2's documented route to the published table: half-win ML / 1.75 on the
-    # log-linear (half-logit) scale agrees with Davidson ML / 2 within SCALE_TOLERANCE
+    # log-linear (half-logit) scale agrees with Davidson ML / 2; an approximation, so 0.1
     gap = (abil["halfwin_ml"] / 1.75 - abil["davidson_ml"] / 2).abs().max()
-    assert gap < module.SCALE_TOLERANCE
+    assert gap < 0.1
     # the well-known aggregate ranking: London first, Stockholm last
     assert abil["mean"].idxmax() == "London" and abil["mean"].idxmin() == "Stockholm"
-    check = pd.read_csv(out / "ml_crosscheck.csv", index_col=0)
     assert bool(check["within_tolerance"].iloc[0])
     assert abs(check["log_nu_posterior_mean"].iloc[0] - check["log_nu_ml"].iloc[0]) < 0.05
 

@@ -45,8 +45,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.optimize import approx_fprime, minimize
-from scipy.special import expit, log_expit
 
 import pluralstan as ps
 from pluralstan import realdata
@@ -67,62 +65,23 @@ GROUPS_FULL = ("work", "english", "french", "spanish", "italian")
 
 
 # ---------------------------------------------------------------------- ML cross-checks
-def _davidson_negloglik(params: np.ndarray, X: np.ndarray, n: np.ndarray) -> float:
-    """Negative Davidson log likelihood; params = (theta, log_nu); n = counts (b, a, tie)."""
-    eta, log_nu = X @ params[:-1], params[-1]
-    log_denom = np.logaddexp(np.logaddexp(0.5 * eta, -0.5 * eta), log_nu)
-    ll = n[:, 0] * (-0.5 * eta) + n[:, 1] * (0.5 * eta) + n[:, 2] * log_nu
-    return float(-(ll - n.sum(axis=1) * log_denom).sum())
+def ml_fits(comps: Comparisons) -> tuple[pd.DataFrame, dict[str, ps.ml.MLFit]]:
+    """Davidson and half-win ML abilities (reference item = 0) with standard errors.
 
-
-def _davidson_grad(params: np.ndarray, X: np.ndarray, n: np.ndarray) -> np.ndarray:
-    eta, log_nu = X @ params[:-1], params[-1]
-    half_a, half_b, nu = np.exp(0.5 * eta), np.exp(-0.5 * eta), np.exp(log_nu)
-    denom = half_a + half_b + nu
-    total = n.sum(axis=1)
-    d_eta = 0.5 * (n[:, 1] - n[:, 0]) - total * 0.5 * (half_a - half_b) / denom
-    d_lognu = n[:, 2].sum() - (total * nu / denom).sum()
-    return -np.append(X.T @ d_eta, d_lognu)
-
-
-def _halfwin_negloglik(theta: np.ndarray, X: np.ndarray, n: np.ndarray) -> float:
-    """Binomial BT with a tie counted as half a win for each side (BradleyTerry2's win.adj)."""
-    eta = X @ theta
-    wins = n[:, 1] + 0.5 * n[:, 2]
-    losses = n[:, 0] + 0.5 * n[:, 2]
-    return float(-(wins * log_expit(eta) + losses * log_expit(-eta)).sum())
-
-
-def _halfwin_grad(theta: np.ndarray, X: np.ndarray, n: np.ndarray) -> np.ndarray:
-    eta = X @ theta
-    wins = n[:, 1] + 0.5 * n[:, 2]
-    return -(X.T @ (wins - n.sum(axis=1) * expit(eta)))
-
-
-def _ml(
-    fun, grad, start: np.ndarray, X: np.ndarray, n: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Maximum likelihood by BFGS; standard errors from the finite-difference Hessian."""
-    res = minimize(fun, start, args=(X, n), jac=grad, method="BFGS", options={"gtol": 1e-9})
-    if not res.success:
-        raise RuntimeError(f"ML fit did not converge: {res.message}")
-    hess = np.array([approx_fprime(res.x, lambda p, j=j: grad(p, X, n)[j], 1e-6)
-                     for j in range(len(res.x))])
-    return res.x, np.sqrt(np.diag(np.linalg.inv(0.5 * (hess + hess.T))))
-
-
-def ml_fits(comps: Comparisons) -> pd.DataFrame:
-    """Davidson and half-win ML abilities (reference item = 0) with standard errors."""
+    Both fits are certified by :func:`pluralstan.ml.fit_ml` (exact-Hessian trust region; the
+    Newton decrement bounds the log-likelihood gap to the maximum); the fits themselves are
+    returned too, so their certificates can be reported.
+    """
     cells = comps.cells()
-    X, n = cells.X, cells.counts
-    P = X.shape[1]
-    dav, dav_se = _ml(_davidson_negloglik, _davidson_grad, np.zeros(P + 1), X, n)
-    half, half_se = _ml(_halfwin_negloglik, _halfwin_grad, np.zeros(P), X, n)
-    return pd.DataFrame({
-        "davidson_ml": dav[:P], "davidson_se": dav_se[:P],
-        "halfwin_ml": half, "halfwin_se": half_se,
-    }, index=pd.Index(comps.attributes, name="item")).assign(
-        davidson_log_nu=dav[P])
+    names = list(comps.attributes)
+    dav = ps.ml.fit_ml(cells.X, cells.counts, likelihood="davidson", names=names)
+    half = ps.ml.fit_ml(cells.X, cells.counts, likelihood="halfwin", names=names)
+    P = len(names)
+    table = pd.DataFrame({
+        "davidson_ml": dav.estimate[:P], "davidson_se": dav.se[:P],
+        "halfwin_ml": half.estimate, "halfwin_se": half.se,
+    }, index=pd.Index(names, name="item")).assign(davidson_log_nu=dav.estimate[P])
+    return table, {"davidson": dav, "halfwin": half}
 
 
 # ---------------------------------------------------------------------- Bayesian fits
@@ -195,24 +154,26 @@ def fit_by_group(comps: Comparisons, column: str, args: argparse.Namespace) -> p
 def latent_types(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> pd.DataFrame:
     """Annotator-latent fits for each K, compared by leave-one-annotator-out PSIS-LOO.
 
-    Types are labelled by their Paris ability (``identify="ordered"`` on Paris, so the last
-    type likes Paris most). For each K: the comparison columns of
-    :func:`pluralstan.workflow.compare.compare_K`, the Paris - London ability of the most
-    Paris-loving type, its share of students (mean membership) and the share of full-time
-    workers in it (against 13 / 303 = 4% overall).
+    The types' labels are exchangeable (no ordering constraint: an order on one ability cuts
+    the posterior unless that ability separates the types); ``ps.fit`` relabels the draws, and
+    the "Paris type" is the type with the highest posterior mean Paris ability. For each K: the
+    comparison columns of :func:`pluralstan.workflow.compare.compare_K`, the Paris - London
+    ability of the Paris type, its share of students (mean membership) and the share of
+    full-time workers in it (against 13 / 303 = 4% overall).
     """
 
     work = comps.annotators["work"].reindex(comps.annotator_levels).eq("yes").to_numpy()
     fits, rows = {}, []
     for K in Ks:
-        ident = {"identify": "ordered", "ordered_attribute": "Paris"} if K > 1 else {}
-        fits[K] = idata = ps.fit("annotator", comps, K=K, **ident, **_sampler(args))
-        theta = idata.posterior["theta"].isel(group=-1).sel(attribute="Paris")
-        member = idata.posterior["membership"].isel(group=-1).mean(("chain", "draw")).values
+        fits[K] = idata = ps.fit("annotator", comps, K=K, **_sampler(args))
+        paris = idata.posterior["theta"].sel(attribute="Paris")
+        paris_type = int(paris.mean(("chain", "draw")).argmax())
+        theta = paris.isel(group=paris_type)
+        member = idata.posterior["membership"].isel(group=paris_type).mean(("chain", "draw"))
         rows.append({
             "K": K, "paris_type_paris_ability": float(theta.mean()),
             "paris_type_share": float(member.mean()),
-            "paris_type_work_share": float((member * work).sum() / member.sum()),
+            "paris_type_work_share": float((member.values * work).sum() / member.sum()),
             "diagnostics": ps.diagnostics.flag(idata) or "ok",
         })
     table = pd.DataFrame(rows).set_index("K")
@@ -296,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     idata = ps.fit("aggregate", comps, **_sampler(args))
     flag = ps.diagnostics.flag(idata)
-    ml = ml_fits(comps)
+    ml, certificates = ml_fits(comps)
     abil = ability_summary(idata).join(ml.drop(columns="davidson_log_nu"))
     abil.loc[REFERENCE, ["davidson_ml", "davidson_se", "halfwin_ml", "halfwin_se"]] = 0.0
     abil["abs_diff_ml"] = (abil["mean"] - abil["davidson_ml"]).abs()
@@ -315,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "scale_tolerance": [SCALE_TOLERANCE],
         "log_nu_posterior_mean": [float(log_nu.mean())],
         "log_nu_ml": [float(ml["davidson_log_nu"].iloc[0])],
+        **{f"{name}_ml_gap": [fit.gap] for name, fit in certificates.items()},
+        **{f"{name}_ml_step": [fit.step] for name, fit in certificates.items()},
     }, index=pd.Index(["cems"], name="data"))
     write_table(check.reset_index(), out, "ml_crosscheck", floatfmt=".4g")
     plot_abilities(abil, out / "abilities.png", flag)
