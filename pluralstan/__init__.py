@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from . import diagnostics, relabel, simulate, workflow
+from . import diagnostics, ml, relabel, simulate, workflow
 from .data import Comparisons, read_csv
 from .engine import get_engine
 from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError
@@ -26,6 +26,7 @@ __all__ = [
     "fit",
     "get_engine",
     "load",
+    "ml",
     "models",
     "read_csv",
     "relabel",

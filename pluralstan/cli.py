@@ -14,13 +14,15 @@ Examples
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from .errors import PluralstanError
-from .outputs import write_atomic
+from .outputs import HelpFormatter, write_atomic
 
 EPILOG = """\
 The comparison CSV has one row per judgement: columns `y` (1 = option a preferred, 0 = b
@@ -140,28 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bayesian identifiability audits for pluralistic preference models "
         "(Bradley-Terry mixtures in Stan).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = functools.partial(sub.add_parser, formatter_class=HelpFormatter)
 
-    p = sub.add_parser("models", help="list the registered models")
+    p = command("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("simulate", help="write simulated comparisons as CSV")
+    p = command("simulate", help="write simulated comparisons as CSV")
     p.add_argument("design", choices=["high-conflict", "bt"],
                    help="high-conflict: the position paper's Table 1 population; bt: one theta")
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument("--pairs", type=int, default=200, help="option pairs (default 200)")
+    p.add_argument("--pairs", type=int, default=200, help="option pairs")
     p.add_argument("--annotators", type=int, default=100,
-                   help="annotators (high-conflict) or judgements per pair (bt); default 100")
+                   help="annotators (high-conflict) or judgements per pair (bt)")
     p.add_argument("--per-annotator", type=int, default=None,
-                   help="pairs each annotator judges (high-conflict; default all)")
+                   help="pairs each annotator judges (high-conflict; none: all)")
     p.add_argument("--theta", default="1,-1,0.5", help="bt: comma-separated theta")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("fit", help="fit a model to a comparison CSV and save NetCDF",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("fit", help="fit a model to a comparison CSV and save NetCDF",
+                       epilog=EPILOG)
     p.add_argument("model", help="model name (see `pluralstan models`)")
     p.add_argument("comparisons", help="comparison table (CSV)")
     p.add_argument("--out", required=True, help="NetCDF file for the InferenceData")
@@ -172,17 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="reference item (ability fixed at 0)")
     p.add_argument("--prior", action="append", default=[], metavar="KEY=VALUE",
                    help="override a prior hyperparameter (repeatable), e.g. theta_sd=1")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--adapt-delta", type=float, default=0.8)
-    p.add_argument("--backend", default="auto", choices=["auto", "pystan", "cmdstanpy"])
+    p.add_argument("--chains", type=int, default=4, help="Markov chains")
+    p.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up")
+    p.add_argument("--warmup", type=int, default=1000, help="warm-up iterations per chain")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--adapt-delta", type=float, default=0.8,
+                   help="target acceptance rate of NUTS's step-size adaptation")
+    p.add_argument("--backend", default="auto", choices=["auto", "pystan", "cmdstanpy"],
+                   help="Stan engine (auto: cmdstanpy when CmdStan is installed, else pystan)")
     p.add_argument("--sample-prior", action="store_true",
                    help="also sample the prior (adds prior / prior_predictive groups)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("disclose", help="four-item pluralism identifiability disclosure report "
+    p = command("disclose", help="four-item pluralism identifiability disclosure report "
                        "(Markdown + HTML) from saved fits")
     p.add_argument("comparisons", help="comparison CSV the fits were made on")
     p.add_argument("aggregate", help="NetCDF of the aggregate fit")
@@ -196,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_disclose)
 
-    p = sub.add_parser("summary", help="summary and diagnostics of a saved fit")
+    p = command("summary", help="summary and diagnostics of a saved fit")
     p.add_argument("fit", help="NetCDF file written by `pluralstan fit`")
     p.set_defaults(func=cmd_summary)
     return parser

@@ -20,7 +20,6 @@ compile it once and never see a half-written cache entry.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -37,6 +36,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import filelock
 import numpy as np
 
 from .errors import PluralstanError
@@ -183,12 +183,8 @@ def build_lock(program: StanProgram, engine: str) -> Iterator[None]:
     """
     lock_dir = cache_root() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{engine}-{program.sha[:16]}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with filelock.FileLock(lock_dir / f"{engine}-{program.sha[:16]}.lock"):
+        yield
 
 
 #: httpstan 4's own compiler flags (``httpstan.models.build_services_extension_module``).

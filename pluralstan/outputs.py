@@ -19,16 +19,35 @@ from pathlib import Path
 import pandas as pd
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the description's layout and states every option's default.
+
+    Unlike :class:`argparse.ArgumentDefaultsHelpFormatter`, it says nothing for required options
+    or where the help already states the default, ``off`` for flags and ``none`` for an unset
+    value.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
+                or "(default" in text):
+            return text
+        if action.nargs == 0 and action.default is False:  # a flag (store_true)
+            shown = "off"
+        elif action.default is None or action.default == []:
+            shown = "none"
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})".lstrip()
+
+
 def script_parser(description: str, default_out: str) -> argparse.ArgumentParser:
     """Argument parser with the options every workflow script shares."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small data and few draws (the version the test suite runs)")
-    parser.add_argument("--seed", type=int, default=20260, help="random seed (default 20260)")
-    parser.add_argument("--out", type=Path, default=Path(default_out),
-                        help=f"output folder (default {default_out})")
+    parser.add_argument("--seed", type=int, default=20260, help="random seed")
+    parser.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
     return parser
 
 

@@ -3,12 +3,19 @@ compiled programs are cached per machine, so only the first run pays for compila
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import pluralstan as ps
+
+# CI explores a fixed set of Hypothesis examples, so a red run reproduces; locally they vary
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 #: Small but honest sampler settings for tests.
 FAST = {"chains": 4, "draws": 400, "warmup": 400}

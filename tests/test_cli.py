@@ -77,3 +77,40 @@ def test_disclose_writes_the_four_item_report(tmp_path, capsys):
     assert "masking" in text.lower()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html
+
+
+def test_version_and_module_entry_point():
+    # the console script and `python -m pluralstan` run the same command line, in a new process
+    done = subprocess.run([sys.executable, "-m", "pluralstan", "--version"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"pluralstan {ps.__version__}"
+    done = subprocess.run([sys.executable, "-m", "pluralstan", "--help"],
+                          capture_output=True, text=True, check=True)
+    assert "simulate" in done.stdout and "--version" in done.stdout
+
+
+def test_the_version_has_one_source():
+    # the installed distribution's metadata is read from pluralstan.__version__ (hatch)
+    from importlib.metadata import version
+
+    assert version("pluralstan") == ps.__version__
+
+
+@pytest.mark.parametrize("command", ["models", "simulate", "fit", "disclose", "summary"])
+def test_every_option_shows_its_default(command, capsys):
+    from pluralstan.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    with pytest.raises(SystemExit):
+        sub.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if action.option_strings and not action.required and action.dest != "help":
+            shown = " ".join(formatter._expand_help(action).split())
+            assert "(default" in shown, action.option_strings
+            assert shown in text
+    if command == "fit":
+        assert "--chains CHAINS Markov chains (default: 4)" in text
+        assert "--sample-prior also sample the prior" in text and "(default: off)" in text
