@@ -7,6 +7,7 @@ import difflib
 import inspect
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ import arviz as az
 import pandas as pd
 
 from .data import Comparisons
-from .engine import SamplerConfig, get_engine
-from .errors import PluralstanError
-from .inference import provenance
+from .diagnostics import recorded
+from .engine import SamplerConfig
+from .errors import DiagnosticWarning, PluralstanError
 from .models import get_model
-from .pipeline import assemble, finalize
+from .pipeline import run
 from .relabel import Method
 
 
@@ -50,6 +51,7 @@ def fit(
     sample_prior: bool = False,
     check: bool = True,
     relabel: bool | Method = True,
+    inits: list[dict[str, Any]] | None = None,
     **options: Any,
 ) -> az.InferenceData:
     """Fit a registered model and return an :class:`arviz.InferenceData`.
@@ -86,6 +88,9 @@ def fit(
         :func:`pluralstan.relabel.unrelabel` (the permutations are stored in
         ``sample_stats["label_permutation"]``). ``False`` keeps the draws as sampled, and so
         does ``True`` for ``identify="ordered"`` fits, whose constraint labels the components.
+    inits
+        Initial values per chain (one dict of constrained parameter values per chain, e.g.
+        :meth:`pluralstan.modes.ModeSearch.inits`); default: Stan's random inits.
     **options
         Model-specific options (e.g. ``ties=``, ``order=``, ``compress=`` for the aggregate model).
 
@@ -100,22 +105,18 @@ def fit(
     comps = as_comparisons(comps)
     if spec.needs_K and K is None:
         raise PluralstanError(f"model {spec.name!r} needs the number of components K")
-    config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth)
+    config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth,
+                           inits=inits)
     config.validate()
     _check_options(spec.name, spec.encode, options)
     enc = spec.encode(comps, K=K, priors=priors, **options)  # validates before any Stan code
-    engine = get_engine(backend)
-    program = spec.program
-    result = engine.sample(program, enc.data, config)
-    prior_draws = None
-    if sample_prior:
-        prior_draws = engine.sample(program, {**enc.data, "prior_only": 1}, config)
-    extra = {"K": K if K is not None else 0, "priors": _priors_of(enc.data),
-             "max_treedepth": max_treedepth, **enc.extra_attrs}
-    attrs = provenance(spec.name, program, result, comps, seed, extra)
-    idata = assemble(result, enc, attrs, prior_draws)
-    return finalize(idata, label_dim=enc.label_dim, relabel=relabel, check=check,
-                    max_treedepth=max_treedepth)
+    extra = {"K": K if K is not None else 0, "priors": _priors_of(enc.data), **enc.extra_attrs}
+    idata = run(spec.program, enc, config, comps, model=spec.name, backend=backend,
+                extra=extra, sample_prior=sample_prior, relabel=relabel, check=check,
+                warn=False)
+    for problem in recorded(idata).get("problems", []):  # warned here: names the caller's line
+        warnings.warn(f"{spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
+    return idata
 
 
 def _check_options(model: str, encode: Any, options: dict[str, Any]) -> None:

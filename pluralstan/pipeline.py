@@ -1,9 +1,12 @@
-"""The steps every fit goes through after sampling: InferenceData, relabelling, diagnostics.
+"""The steps every fit goes through after encoding: sampling, InferenceData, relabelling,
+diagnostics.
 
-A fit is encode -> sample -> :func:`assemble` -> :func:`finalize`. :func:`pluralstan.fit.fit`
-runs them for the registered models; any other caller that samples a program (new-user fits,
-simulation-based calibration, workflows) calls the same two functions on its draws, so a
-latent-type fit is relabelled and judged the same way wherever it was made.
+A fit is encode -> :func:`run` (sample -> :func:`assemble` -> :func:`finalize`).
+:func:`pluralstan.fit.fit` encodes a registered model and calls :func:`run`; any other caller
+that samples a program with an :class:`~pluralstan.models.base.Encoded` (new-user fits,
+simulation-based calibration, workflows) calls :func:`run` too, or :func:`assemble` and
+:func:`finalize` on draws it already has, so a latent-type fit is relabelled and judged the same
+way wherever it was made.
 
 :func:`finalize`, for a fit whose components are latent (``Encoded.label_dim`` set), relabels
 the draws (:func:`pluralstan.relabel.relabel`, Stephens' algorithm when the posterior holds
@@ -21,9 +24,10 @@ from typing import Any
 import arviz as az
 
 from . import diagnostics
-from .engine import Draws
+from .data import Comparisons
+from .engine import Draws, SamplerConfig, StanProgram, get_engine
 from .errors import DiagnosticWarning
-from .inference import to_inference_data
+from .inference import provenance, to_inference_data
 from .models.base import Encoded
 from .relabel import Method
 from .relabel import relabel as relabel_draws
@@ -97,5 +101,50 @@ def finalize(
         if warn:
             model = idata.posterior.attrs.get("model", "fit")
             for problem in result.problems:
-                warnings.warn(f"{model}: {problem}", DiagnosticWarning, stacklevel=3)
+                warnings.warn(f"{model}: {problem}", DiagnosticWarning, stacklevel=2)
     return idata
+
+
+def run(
+    program: StanProgram,
+    enc: Encoded,
+    config: SamplerConfig,
+    comps: Comparisons,
+    *,
+    model: str,
+    backend: str = "auto",
+    extra: dict[str, Any] | None = None,
+    sample_prior: bool = False,
+    relabel: bool | Method = True,
+    check: bool = True,
+    var_names: list[str] | None = None,
+    warn: bool = True,
+) -> az.InferenceData:
+    """Sample an encoded program and return the finished fit.
+
+    Parameters
+    ----------
+    program, enc, config
+        The Stan program, its encoded data and layout, and the NUTS settings.
+    comps
+        The judgements ``enc`` was encoded from (hashed into the provenance).
+    model
+        Name recorded as the fit's ``model`` attribute.
+    backend
+        Engine name (:func:`pluralstan.engine.get_engine`).
+    extra
+        Further provenance attributes (e.g. ``K``, ``priors``).
+    sample_prior
+        Also run the program with ``prior_only = 1`` (``prior`` / ``prior_predictive`` groups).
+    relabel, check, var_names, warn
+        As for :func:`finalize`.
+    """
+    engine = get_engine(backend)
+    draws = engine.sample(program, enc.data, config)
+    prior_draws = (engine.sample(program, {**enc.data, "prior_only": 1}, config)
+                   if sample_prior else None)
+    attrs = provenance(model, program, draws, comps, config.seed,
+                       {"max_treedepth": config.max_treedepth, **(extra or {})})
+    idata = assemble(draws, enc, attrs, prior_draws)
+    return finalize(idata, label_dim=enc.label_dim, relabel=relabel, check=check,
+                    max_treedepth=config.max_treedepth, var_names=var_names, warn=warn)
