@@ -5,7 +5,7 @@
 //   P(z_i = k | w_i) = pi_ik,  pi_i = softmax(beta * w_i),
 // a multinomial-logit (softmax) regression on the annotator's covariate vector w_i (first entry
 // 1, the intercept; categorical covariates dummy-coded, numeric ones standardised, in Python).
-// The first type is the reference: beta[1] = 0. Given the type, every judgement of the
+// Given the type, every judgement of the
 // annotator follows the Bradley-Terry / Davidson model with the type's theta_k, and the
 // annotator's whole set of judgements is mixed as one block,
 //   p(y_i | theta, beta) = sum_k pi_ik prod_j p(y_ij | theta_k).
@@ -24,10 +24,32 @@
 // identify = 1 orders the types by theta[ : , ident_attr] (an `ordered` parameter). That removes
 // the label-permutation symmetry only and distorts the posterior where the types overlap on that
 // attribute; identify = 0 keeps the labels exchangeable (relabel the draws afterwards).
+//
+// Sum-to-zero mixing coefficients. The softmax only sees differences between types,
+//   P(z_i = k | w_i) / P(z_i = j | w_i) = exp((beta[k] - beta[j]) w_i),
+// so adding any vector to every row of beta changes nothing, and one constraint per covariate is
+// needed. Fixing a reference row (beta[1] = 0) would tie the meaning of every row to type 1, which
+// a relabelling of the types does not preserve. Here every column of beta sums to zero across
+// types instead: beta[k, q] is type k's deviation from the average type, and permuting the types
+// permutes the rows of beta and nothing else, so relabelled draws of beta are draws of the same
+// parameters and need no re-referencing. Each column is beta[ : , q] = V z_q with V the K x (K - 1)
+// orthonormal Helmert basis of the sum-to-zero subspace (functions/sum_to_zero.stanfunctions:
+// V' V = I, V' 1 = 0, V V' = I - J / K) and free coordinates z_q = beta_raw[ : , q].
+// Prior: z_q ~ normal(0, s_q) iid. Then beta[ : , q] ~ multi_normal(0, s_q^2 (I - J / K)), so
+//   sd(beta[k, q]) = s_q sqrt(1 - 1 / K),   cor(beta[k, q], beta[j, q]) = -1 / (K - 1),
+//   sd(beta[k, q] - beta[j, q]) = s_q sqrt(2),
+// the same for every type and every pair of types (the prior is exchangeable), and with
+//   s_q = prior_beta_sd[q] sqrt(K / (K - 1))
+// every type's coefficient has marginal sd prior_beta_sd[q] and every log odds ratio between two
+// types has sd prior_beta_sd[q] sqrt(2 K / (K - 1)). As ||V z|| = ||z||, this is the density of
+// Stan's `sum_to_zero_vector beta_q ~ normal(0, s_q)` (Stan >= 2.36) up to a constant; V z is
+// linear, so no Jacobian is needed. A permutation P of the types maps z_q to V' P V z_q, an
+// orthogonal map of the free coordinates: prior, likelihood and posterior are all invariant.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
   #include functions/annotator_types.stanfunctions
+  #include functions/sum_to_zero.stanfunctions
 }
 data {
   int<lower=1> I;                          // number of annotators
@@ -53,7 +75,7 @@ data {
   // priors (passed as data)
   vector[P] prior_theta_mean;              // theta[k] ~ normal(prior_theta_mean, prior_theta_sd)
   vector<lower=0>[P] prior_theta_sd;
-  vector<lower=0>[Q] prior_beta_sd;        // beta[k, q] ~ normal(0, prior_beta_sd[q]), k > 1
+  vector<lower=0>[Q] prior_beta_sd;        // marginal prior sd of every beta[k, q] (header)
   real<lower=0> prior_order_sd;            // gamma ~ normal(0, prior_order_sd)
   real prior_log_nu_mean;                  // log(nu) ~ normal(prior_log_nu_mean, prior_log_nu_sd)
   real<lower=0> prior_log_nu_sd;
@@ -104,11 +126,14 @@ transformed data {
   // prior location and scale of to_vector(theta) (column-major, K x P)
   vector[K * P] theta_mu = to_vector(rep_matrix(prior_theta_mean', K));
   vector[K * P] theta_sigma = to_vector(rep_matrix(prior_theta_sd', K));
-  // prior scale of to_vector(beta_free) (column-major, (K - 1) x Q)
-  vector[(K - 1) * Q] beta_sigma = to_vector(rep_matrix(prior_beta_sd', K - 1));
+  // orthonormal basis of the sum-to-zero subspace of R^K (K x (K - 1))
+  matrix[K, K - 1] V_types = sum_to_zero_basis(K);
+  // prior scale s_q of to_vector(beta_raw) (column-major, (K - 1) x Q): see the header
+  vector[(K - 1) * Q] beta_sigma
+      = to_vector(rep_matrix(prior_beta_sd' * (K > 1 ? sqrt(K / (K - 1.0)) : 1), K - 1));
 }
 parameters {
-  matrix[K - 1, Q] beta_free;                       // softmax coefficients of types 2..K
+  matrix[K - 1, Q] beta_raw;                        // coordinates of beta's columns in V_types
   array[identify] ordered[K] theta_lead_ordered;   // theta[ : , ident_attr] when identify = 1
   array[1 - identify] vector[K] theta_lead_free;   // theta[ : , ident_attr] when identify = 0
   matrix[K, P - 1] theta_rest;                     // the other columns of theta
@@ -123,12 +148,12 @@ transformed parameters {
     theta[ : , ident_attr] = theta_lead_free[1];
   }
   theta[ : , rest] = theta_rest;
-  // softmax coefficients, type 1 the reference (its row fixed at 0)
-  matrix[K, Q] beta = append_row(rep_row_vector(0, Q), beta_free);
+  // softmax coefficients; every column sums to zero across the types
+  matrix[K, Q] beta = V_types * beta_raw;
 }
 model {
   to_vector(theta) ~ normal(theta_mu, theta_sigma);
-  to_vector(beta_free) ~ normal(0, beta_sigma);
+  to_vector(beta_raw) ~ normal(0, beta_sigma);
   gamma ~ normal(0, prior_order_sd);
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
@@ -143,7 +168,7 @@ model {
 generated quantities {
   // log prior density, for power-scaling sensitivity
   real lprior = normal_lpdf(to_vector(theta) | theta_mu, theta_sigma)
-                + normal_lpdf(to_vector(beta_free) | 0, beta_sigma)
+                + normal_lpdf(to_vector(beta_raw) | 0, beta_sigma)
                 + normal_lpdf(gamma | 0, prior_order_sd)
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
   matrix[I, K] pi_annotator;   // P(z_i = k | w_i, beta): each annotator's prior type shares

@@ -3,8 +3,18 @@
 ``stan/covariate_bt.stan`` is the annotator-level latent-type mixture
 (:mod:`pluralstan.models.annotator`) with type shares that depend on the annotator:
 ``pi_i = softmax(beta w_i)``, a multinomial-logit regression on the annotator covariates
-``w_i`` with the first type as the reference (``beta[0] = 0``). This is the position paper's
-identification route (ii): covariates tie the latent types to observable characteristics.
+``w_i``. This is the position paper's identification route (ii): covariates tie the latent types
+to observable characteristics.
+
+The softmax sees only differences between types, so every column of ``beta`` sums to zero across
+the types (no reference type): ``beta[k, q]`` is type ``k``'s deviation from the average type,
+and the effects to read are contrasts, ``beta[k, q] - beta[j, q]`` being the change in the log
+odds of type ``k`` over type ``j`` per unit of covariate ``q``. This coding is invariant to
+relabelling: permuting the types permutes the rows of ``beta`` and nothing else, so
+:func:`pluralstan.relabel.relabel` returns draws of the same parameters. The prior is
+exchangeable across types, with marginal sd ``intercept_sd`` / ``beta_sd`` for each type's
+coefficient (each contrast between two types then has sd ``sqrt(2 K / (K - 1))`` times that;
+the derivation is in the header of the Stan program).
 
 Covariates come from ``comps.annotators`` (a table indexed by annotator id) and are encoded by
 :func:`encode_covariates`: an intercept, numeric columns standardised (mean 0, sample standard
@@ -12,7 +22,7 @@ deviation 1), categorical columns (strings, categoricals, booleans) dummy-coded 
 reference level. The encoding is recorded in the ``covariate`` coordinates and in the posterior
 attribute ``covariate_encoding``.
 
-Outputs as in the annotator model plus ``beta`` ``("group", "covariate")`` (row 0 is 0),
+Outputs as in the annotator model plus ``beta`` ``("group", "covariate")`` (columns sum to 0),
 ``pi_annotator`` ``("annotator", "group")`` and ``pi`` ``("group",)``, the average of the
 annotators' type shares. :func:`simulate` draws data from exactly this generative model.
 """
@@ -42,8 +52,9 @@ from .base import Encoded, ModelSpec, broadcast_prior, merge_priors, positive, r
 
 DEFAULT_PRIORS: dict[str, Any] = {
     **{k: v for k, v in ANNOTATOR_PRIORS.items() if k != "pi_alpha"},
-    "intercept_sd": 1.5,  # softmax intercepts of types 2..K (log odds against type 1)
-    "beta_sd": 1.5,  # slopes per standardised / dummy covariate: scalar or one per column
+    # marginal prior sd of each type's coefficient (columns of beta sum to zero across types)
+    "intercept_sd": 1.0,  # softmax intercepts
+    "beta_sd": 1.0,  # slopes per standardised / dummy covariate: scalar or one per column
 }
 
 #: Name of the intercept in the ``covariate`` coordinates.
@@ -179,8 +190,10 @@ def encode(
     K
         Number of latent types, ``1 <= K <=`` number of annotators.
     priors
-        Overrides of :data:`DEFAULT_PRIORS`; ``beta_sd`` is a scalar or one value per encoded
-        covariate column (the ``covariate`` coordinates without the intercept).
+        Overrides of :data:`DEFAULT_PRIORS`: ``intercept_sd`` and ``beta_sd`` are the marginal
+        prior sd of each type's (sum-to-zero) intercept and slopes; ``beta_sd`` is a scalar or
+        one value per encoded covariate column (the ``covariate`` coordinates without the
+        intercept).
     identify, ordered_attribute
         ``"none"`` or ``"ordered"`` (theta's coordinate on ``ordered_attribute``, default the
         first attribute, increasing in the type), as in
@@ -239,7 +252,7 @@ def encode(
         predictive={"y_rep": "y"},
         log_lik=lambda v: {"y": v["log_lik"]},
         log_lik_dims={"y": ["annotator"]},
-        drop=(*INTERNAL, "beta_free"),
+        drop=(*INTERNAL, "beta_raw"),
         optional_scalars=("gamma", "log_nu"),
         label_dim="group",
         extra_attrs=attrs,
@@ -270,8 +283,10 @@ def simulate(
     thetas
         ``(K, d)`` preference vector of each type.
     beta
-        ``(K, Q)`` softmax coefficients on the encoded covariates (intercept first); row 0 must
-        be 0 (the reference type), as in the Stan program.
+        ``(K, Q)`` softmax coefficients on the encoded covariates (intercept first). Only
+        differences between types matter (adding a vector to every row leaves the softmax
+        unchanged), so any coding will do, e.g. a reference type with a zero row; the truth
+        records the equivalent sum-to-zero coefficients the Stan program estimates.
     covariates
         Annotator table, one row per annotator (index = annotator id). Default: one standard
         normal column ``"score"`` for ``n_annotators`` annotators ``0 .. n - 1``.
@@ -288,7 +303,8 @@ def simulate(
     -------
     Comparisons
         With the annotator table, the true ``group`` labels in the frame, and ``truth`` holding
-        ``theta``, ``beta``, ``z``, ``pi_annotator`` and ``pi`` (their mean).
+        ``theta``, ``beta`` (centred: every column sums to zero across types), ``z``,
+        ``pi_annotator`` and ``pi`` (their mean).
     """
     thetas = np.atleast_2d(np.asarray(thetas, dtype=float))
     beta = np.atleast_2d(np.asarray(beta, dtype=float))
@@ -299,11 +315,12 @@ def simulate(
                                   index=pd.RangeIndex(n_annotators, name="annotator"))
     ids = list(covariates.index)
     W, names, _ = encode_covariates(covariates, ids, reference_levels)
-    if beta.shape != (K, W.shape[1]) or np.any(beta[0] != 0):
+    if beta.shape != (K, W.shape[1]) or not np.isfinite(beta).all():
         raise PluralstanError(
-            f"beta must have shape (K, Q) = ({K}, {W.shape[1]}) for the covariates {names} and a "
-            f"zero first row (reference type); got shape {beta.shape}"
+            f"beta must be a finite array of shape (K, Q) = ({K}, {W.shape[1]}) for the "
+            f"covariates {names}; got shape {beta.shape}"
         )
+    beta = beta - beta.mean(axis=0)
     m = int(pairs_per_annotator)
     if not 1 <= m <= n_pairs:
         raise PluralstanError(f"pairs_per_annotator must lie in 1..{n_pairs}, got {m}")
