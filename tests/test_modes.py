@@ -1,0 +1,219 @@
+"""Genuine multimodality: mode search, grouping chains into modes, stacking of chains.
+
+Unit tests use synthetic numbers (no Stan); the acceptance test fits a K = 2 annotator model
+to three well-separated types of people, whose posterior has one mode per way of pairing two of
+the types into one component (issue 17, "Genuine multimodality, handled").
+"""
+
+from __future__ import annotations
+
+import json
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import log_expit, logsumexp
+
+from pluralstan import modes, simulate
+from pluralstan.engine import CmdStanEngine, SamplerConfig, get_engine
+from pluralstan.errors import PluralstanError
+from pluralstan.inference import to_inference_data
+from pluralstan.models import get_model
+
+
+# ---------------------------------------------------------------------- stacking weights
+def test_stacking_weight_goes_to_a_dominating_component():
+    rng = np.random.default_rng(1)
+    good = -1.0 + 0.1 * rng.normal(size=200)
+    table = pd.DataFrame({"good": good, "bad": good - 3.0})
+    weights = modes.stacking_weights(table)
+    assert weights["good"] > 0.99
+    assert np.isclose(weights.sum(), 1.0)
+
+
+def test_stacking_gives_complementary_components_interior_weights():
+    # component a predicts the first half of the observations well, b the second half: a mix
+    # of the two beats either alone, and by symmetry each gets about half
+    n = 200
+    a = np.where(np.arange(n) < n // 2, -1.0, -4.0)
+    table = pd.DataFrame({"a": a, "b": a[::-1]})
+    weights = modes.stacking_weights(table)
+    assert 0.4 < weights["a"] < 0.6 and 0.4 < weights["b"] < 0.6
+    mixed = np.log(weights["a"] * np.exp(a) + weights["b"] * np.exp(a[::-1])).sum()
+    assert mixed > max(a.sum(), a[::-1].sum())
+
+
+def test_stacking_weights_survive_very_small_densities():
+    # log densities of a person with many judgements: exp() of them underflows to 0
+    good = np.full(50, -2000.0)
+    weights = modes.stacking_weights(pd.DataFrame({"good": good, "bad": good - 5.0}))
+    assert weights["good"] > 0.99
+
+
+def test_stacking_refuses_non_finite_values():
+    with pytest.raises(PluralstanError, match="finite"):
+        modes.stacking_weights(pd.DataFrame({"a": [0.0, -np.inf], "b": [0.0, -1.0]}))
+
+
+# ---------------------------------------------------------------------- modes up to permutation
+DIMS = {"pi": ["group"], "theta": ["group", "attribute"], "gamma": []}
+
+
+def _optimum(lp: float, pi: list[float], theta: list[list[float]], gamma: float = 0.1
+             ) -> modes.Mode:
+    values = {"pi": np.array(pi), "theta": np.array(theta), "gamma": np.array(gamma)}
+    return modes.Mode(lp, 1, values, dict(values))
+
+
+def test_optima_that_differ_by_a_permutation_are_one_mode():
+    best = _optimum(-10.0, [0.3, 0.7], [[1.0, 2.0], [3.0, 4.0]])
+    permuted = _optimum(-10.001, [0.7, 0.3], [[3.0, 4.001], [1.0, 2.0]])  # same, labels swapped
+    other = _optimum(-12.0, [0.5, 0.5], [[1.0, 2.0], [-3.0, 0.0]])
+    found = modes.deduplicate([other, permuted, best], DIMS, "group", atol=0.05)
+    assert [m.log_density for m in found] == [-10.0, -12.0]
+    assert [m.starts for m in found] == [2, 1]
+    # canonical order: decreasing mixing weight, the components carried along
+    np.testing.assert_allclose(found[0].values["pi"], [0.7, 0.3])
+    np.testing.assert_allclose(found[0].values["theta"], [[3.0, 4.0], [1.0, 2.0]])
+
+
+def test_optima_with_the_same_components_but_another_shared_value_are_two_modes():
+    a = _optimum(-10.0, [0.3, 0.7], [[1.0, 2.0], [3.0, 4.0]], gamma=0.1)
+    b = _optimum(-10.5, [0.7, 0.3], [[3.0, 4.0], [1.0, 2.0]], gamma=0.9)
+    assert len(modes.deduplicate([a, b], DIMS, "group")) == 2
+    # without the label dim a permutation is a difference too
+    c = _optimum(-10.0, [0.7, 0.3], [[3.0, 4.0], [1.0, 2.0]], gamma=0.1)
+    assert len(modes.deduplicate([a, c], DIMS, None)) == 2
+
+
+def test_mode_search_inits_cycle_through_the_best_modes():
+    found = modes.ModeSearch(
+        [_optimum(-1.0, [0.6, 0.4], [[1.0, 0.0], [0.0, 1.0]]),
+         _optimum(-2.0, [0.5, 0.5], [[2.0, 0.0], [0.0, 2.0]]),
+         _optimum(-9.0, [0.9, 0.1], [[3.0, 0.0], [0.0, 3.0]])], n_starts=5, failed=0)
+    inits = found.inits(4, max_modes=2)
+    assert [i["theta"][0][0] for i in inits] == [1.0, 2.0, 1.0, 2.0]
+    assert "3 distinct mode(s)" in str(found)
+    with pytest.raises(PluralstanError, match="no mode"):
+        modes.ModeSearch([], n_starts=3, failed=3).inits(2)
+
+
+# ---------------------------------------------------------------------- engine support
+def test_sampler_config_wants_one_init_per_chain():
+    with pytest.raises(PluralstanError, match="one dict per chain"):
+        SamplerConfig(chains=2, inits=[{"pi": [0.5, 0.5]}]).validate()
+
+
+def test_cmdstan_engine_has_no_log_density():
+    with pytest.raises(PluralstanError, match="backend='pystan'"):
+        CmdStanEngine().log_density(get_model("annotator").program, {})
+
+
+# ---------------------------------------------------------------------- chains into modes
+def _two_mode_fit(rng: np.random.Generator) -> az.InferenceData:
+    """4 chains x 200 draws: chains 0 and 2 in a mode that predicts most annotators better
+    (log likelihood -5 vs -8), chains 1 and 3 in one that predicts the last 10 of 60 better."""
+    chains, draws, n = 4, 200, 60
+    in_first = np.array([True, False, True, False])
+    theta = np.where(in_first[:, None, None, None], [[1.0, 0.0], [0.0, 1.0]],
+                     [[0.5, 0.5], [-1.0, 0.0]])
+    theta = theta + 0.05 * rng.normal(size=(chains, draws, 2, 2))
+    first = np.where(np.arange(n) < 50, -5.0, -9.0)
+    second = np.where(np.arange(n) < 50, -8.0, -6.0)
+    ll = np.where(in_first[:, None, None], first, second) + 0.05 * rng.normal(
+        size=(chains, draws, n))
+    lp = np.where(in_first[:, None], -100.0, -130.0) + rng.normal(size=(chains, draws))
+    coords = {"group": [0, 1], "attribute": ["x1", "x2"], "annotator": np.arange(n)}
+    return az.from_dict(
+        posterior={"theta": theta}, log_likelihood={"y": ll}, sample_stats={"lp": lp},
+        coords=coords, dims={"theta": ["group", "attribute"], "y": ["annotator"]},
+    )
+
+
+def test_chains_are_grouped_into_modes_and_stacked(rng):
+    fit = _two_mode_fit(rng)
+    assert [sorted(g) for g in modes.group_chains(fit)] == [[0, 2], [1, 3]]
+    stacked, report = modes.stack_chains(fit)
+    w = report.weights
+    assert w[0] > w[1] > 0.0  # the second mode wins 10 annotators: an interior weight
+    assert sorted(report.modes[0]["chains"]) == [0, 2]
+    # the stacked draws come from each mode in proportion to its weight
+    mode_of = stacked.sample_stats["mode"].values.ravel()
+    assert stacked.posterior.sizes["chain"] == 1
+    assert stacked.posterior.sizes["draw"] == 4 * 200 == mode_of.size
+    assert abs(np.mean(mode_of == 0) - w[0]) <= 1 / mode_of.size
+    # every draw's theta comes from its mode (the modes' theta[0, x1] are 1.0 and 0.5)
+    t = stacked.posterior["theta"].sel(group=0, attribute="x1").values.ravel()
+    assert np.all(np.abs(t[mode_of == 0] - 1.0) < 0.3)
+    assert np.all(np.abs(t[mode_of == 1] - 0.5) < 0.3)
+    stored = json.loads(stacked.posterior.attrs["modes"])
+    np.testing.assert_allclose([m["weight"] for m in stored["modes"]], w)
+    assert stored["differences"]["1"][0]["variable"].startswith("theta")
+    assert "2 modes" in str(report) and "largest differences" in str(report)
+    assert "modes" not in fit.posterior.attrs  # the input is left alone
+
+
+def test_one_mode_is_not_stacked(rng):
+    fit = _two_mode_fit(rng).isel(chain=[0, 2])
+    stacked, report = modes.stack_chains(fit)
+    assert len(report.modes) == 1 and report.weights.tolist() == [1.0]
+    assert stacked.posterior.sizes["chain"] == 2
+    assert "one mode" in str(report)
+
+
+# ---------------------------------------------------------------------- acceptance
+def _held_out_elpd(post: az.InferenceData, chains: list[int], test) -> float:
+    """Log predictive density of the held-out annotators' judgements, from the draws of
+    ``chains``: sum over annotators of log mean_s sum_k pi_k p(y_i | theta_k)."""
+    sub = post.posterior.isel(chain=chains).stack(s=("chain", "draw"))
+    theta = sub["theta"].transpose("s", "group", "attribute").values
+    pi = sub["pi"].transpose("s", "group").values
+    X, y, who = test.design(), test.frame["y"].to_numpy(), test.codes("annotator")
+    eta = np.einsum("np,skp->snk", X, theta)
+    ll = np.where((y == 1)[None, :, None], log_expit(eta), log_expit(-eta))  # (S, N, K)
+    per = np.stack([ll[:, who == i].sum(axis=1) for i in range(who.max() + 1)], axis=1)
+    lpd = logsumexp(per + np.log(pi)[:, None, :], axis=2)  # (S, annotator)
+    return float((logsumexp(lpd, axis=0) - np.log(lpd.shape[0])).sum())
+
+
+@pytest.mark.slow
+def test_two_genuine_modes_are_found_stacked_and_weighted_by_held_out_fit():
+    # three kinds of people, each caring about one attribute; a K = 2 model must put two kinds
+    # in one component, and each choice of the two is a separate mode (40 judgements a person
+    # make the modes deep enough that NUTS chains stay where they start)
+    comps = simulate.mixture(5.0 * np.eye(3), [0.4, 0.35, 0.25], n_pairs=80,
+                             n_annotators=180, pairs_per_annotator=40, seed=3)
+    who = comps.codes("annotator")
+    held = np.isin(who, np.random.default_rng(0).permutation(180)[:60])
+    train, test = comps.subset(np.flatnonzero(~held)), comps.subset(np.flatnonzero(held))
+
+    # (a) before sampling: at least two distinct modes with different log densities
+    found = modes.find_modes("annotator", train, K=2, n_starts=16, seed=1, backend="pystan")
+    assert len(found.modes) >= 2
+    assert found.modes[0].log_density - found.modes[1].log_density > 1.0
+    assert sum(m.starts for m in found.modes) + found.failed == 16
+    spec = get_model("annotator")
+    enc = spec.encode(train, K=2)
+    density = get_engine("pystan").log_density(spec.program, enc.data)
+    at_best = density.log_prob(density.unconstrain(found.modes[0].init))
+    assert at_best == pytest.approx(found.modes[0].log_density, abs=1e-6)
+
+    # chains 0, 2 start in the best mode, chains 1, 3 in the second
+    config = SamplerConfig(chains=4, draws=300, warmup=300, seed=2, inits=found.inits(4))
+    draws = get_engine("pystan").sample(spec.program, enc.data, config)
+    fit = to_inference_data(draws, enc, {"model": "annotator", "group_labels": "latent"})
+
+    # (b) after sampling: two modes, stacked on leave-one-annotator-out densities
+    stacked, report = modes.stack_chains(fit)
+    assert [sorted(m["chains"]) for m in report.modes] == [[0, 2], [1, 3]]
+    assert report.unit == "annotator"
+    assert report.modes[0]["lp_mean"] > report.modes[1]["lp_mean"]
+    heavier = int(np.argmax(report.weights))
+    elpd = [_held_out_elpd(fit, sorted(m["chains"]), test) for m in report.modes]
+    # the mode stacking weights more predicts the 60 held-out people better
+    assert elpd[heavier] > elpd[1 - heavier]
+    assert heavier == 0
+    mode_of = stacked.sample_stats["mode"].values.ravel()
+    assert abs(np.mean(mode_of == heavier) - report.weights[heavier]) <= 1 / mode_of.size
+    assert "2 modes" in str(report)
