@@ -210,6 +210,7 @@ def test_two_genuine_modes_are_found_stacked_and_weighted_by_held_out_fit():
     assert report.unit == "annotator"
     assert report.modes[0]["lp_mean"] > report.modes[1]["lp_mean"]
     heavier = int(np.argmax(report.weights))
+    assert report.weights[heavier] > report.weights[1 - heavier]
     elpd = [_held_out_elpd(fit, sorted(m["chains"]), test) for m in report.modes]
     # the mode stacking weights more predicts the 60 held-out people better
     assert elpd[heavier] > elpd[1 - heavier]
