@@ -55,11 +55,12 @@ class Judgements:
 
 
 def _positions(column: pd.Series, levels: list | None) -> np.ndarray:
-    """Position of every value of ``column`` in ``levels`` (default: order of first appearance)."""
+    """Position of every value of ``column`` in ``levels`` (default: order of first appearance).
+    Labels are matched as text, since fits may store coordinates as strings."""
     if levels is None:
         levels = list(pd.unique(column))
-    lookup = {level: i for i, level in enumerate(levels)}
-    return np.array([lookup[value] for value in column], dtype=np.int64)
+    lookup = {str(level): i for i, level in enumerate(levels)}
+    return np.array([lookup[str(value)] for value in column], dtype=np.int64)
 
 
 def judgements(frame: pd.DataFrame, attributes: list[str], *, group_levels: list | None = None,

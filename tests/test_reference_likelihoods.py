@@ -235,7 +235,9 @@ LABELED_PRIORS = {**BT_PRIORS, "tau_sd": [0.6, 1.3, 0.8, 1.0, 0.5], "pi_alpha": 
 def annotators_per_label(comps: ps.Comparisons, levels: list) -> np.ndarray:
     """Distinct annotators carrying each label, counted from the table."""
     frame = comps.to_frame()
-    return frame.groupby("group")["annotator"].nunique().reindex(levels).to_numpy()
+    counts = frame.groupby("group")["annotator"].nunique()
+    counts.index = counts.index.map(str)  # a fit's coordinates are text
+    return counts.reindex([str(level) for level in levels]).to_numpy()
 
 
 @pytest.mark.parametrize("pooling", ["partial", "none"])
