@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.special import logsumexp
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit, logsumexp
 
 
 @dataclass(frozen=True)
@@ -187,3 +188,28 @@ def wishart_cholesky_lpdf(L: np.ndarray, nu: float, scale: np.ndarray) -> float:
 def multinomial_lpmf(counts: np.ndarray, p: np.ndarray) -> float:
     """Multinomial log probability of ``counts`` given probabilities ``p``."""
     return float(stats.multinomial.logpmf(counts, n=int(np.sum(counts)), p=p))
+
+
+# ---------------------------------------------------------------------------- ML and Laplace
+def logistic_mle(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Maximum-likelihood logistic regression without intercept, one row per judgement
+    (y in {0, 1}), by SciPy's BFGS with the analytic gradient."""
+
+    def nll(beta: np.ndarray) -> float:
+        eta = X @ beta
+        return -float(np.sum(y * log_expit(eta) + (1 - y) * log_expit(-eta)))
+
+    def grad(beta: np.ndarray) -> np.ndarray:
+        return -X.T @ (y - expit(X @ beta))
+
+    res = minimize(nll, np.zeros(X.shape[1]), jac=grad, method="BFGS", options={"gtol": 1e-8})
+    return res.x
+
+
+def laplace_sd(X: np.ndarray, theta: np.ndarray, n: np.ndarray, prior_sd: float) -> np.ndarray:
+    """Laplace sd of a binomial-logit model at ``theta``: sqrt(diag((H + I / prior_sd^2)^-1)),
+    with H = X' diag(n p (1 - p)) X the exact Hessian of the negative log likelihood (``n``
+    trials per row of ``X``) and the normal prior's precision."""
+    p = expit(X @ theta)
+    H = X.T @ (X * (n * p * (1 - p))[:, None]) + np.eye(X.shape[1]) / prior_sd**2
+    return np.sqrt(np.diag(np.linalg.inv(H)))

@@ -9,8 +9,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import minimize
-from scipy.special import expit, log_expit
+from scipy.special import log_expit
 
 import pluralstan as ps
 from pluralstan.errors import DiagnosticWarning, IdentificationWarning
@@ -45,28 +44,6 @@ SD_RTOL = 0.05
 SD_MCSE_SHARE = 0.25
 
 
-def hessian_sd(X: np.ndarray, theta: np.ndarray, n: np.ndarray, prior_sd: float) -> np.ndarray:
-    """Laplace sd of a binomial-logit model at ``theta``: sqrt(diag((H + I / prior_sd^2)^-1)),
-    with H = X' diag(n p (1 - p)) X the exact Hessian of the negative log likelihood."""
-    p = expit(X @ theta)
-    H = X.T @ (X * (n * p * (1 - p))[:, None]) + np.eye(X.shape[1]) / prior_sd**2
-    return np.sqrt(np.diag(np.linalg.inv(H)))
-
-
-def logistic_mle(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Maximum-likelihood logistic regression without intercept (SciPy BFGS, analytic gradient),
-    one row per judgement (y in {0, 1})."""
-
-    def nll(beta):
-        eta = X @ beta
-        return -np.sum(y * log_expit(eta) + (1 - y) * log_expit(-eta))
-
-    def grad(beta):
-        return -X.T @ (y - expit(X @ beta))
-
-    return minimize(nll, np.zeros(X.shape[1]), jac=grad, method="BFGS", options={"gtol": 1e-8}).x
-
-
 def test_posterior_matches_maximum_likelihood_and_its_hessian_under_weak_prior():
     """Bernstein-von Mises on 3,000 judgements (3 attributes) with a flat-ish prior (sd 100),
     against an ML fit computed independently with SciPy on the per-judgement likelihood.
@@ -83,7 +60,7 @@ def test_posterior_matches_maximum_likelihood_and_its_hessian_under_weak_prior()
     comps = ps.simulate.bt([1.5, -1.0, 0.5], n_pairs=100, judgements_per_pair=30, seed=7)
     j = ref.judgements(comps.to_frame(), list(comps.attributes))
     X, y = j.X, (j.outcome == 1).astype(float)
-    mle = logistic_mle(X, y)
+    mle = ref.logistic_mle(X, y)
     idata = ps.fit("aggregate", comps, priors={"theta_sd": 100.0}, seed=5, chains=4,
                    draws=2500, warmup=500, backend="pystan")
     assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
@@ -91,7 +68,7 @@ def test_posterior_matches_maximum_likelihood_and_its_hessian_under_weak_prior()
     mean = post.mean(("chain", "draw")).values
     sd = post.std(("chain", "draw")).values
     assert np.all(np.abs(mean - mle) < 0.25 * sd), (mean, mle, sd)
-    laplace = hessian_sd(X, mle, np.ones(len(y)), prior_sd=100.0)
+    laplace = ref.laplace_sd(X, mle, np.ones(len(y)), prior_sd=100.0)
     mcse_sd = az.mcse(idata, var_names=["theta"], method="sd")["theta"].values
     assert np.all(mcse_sd < SD_MCSE_SHARE * SD_RTOL * sd), mcse_sd / sd
     np.testing.assert_allclose(sd, laplace, rtol=SD_RTOL)

@@ -17,6 +17,8 @@ from pluralstan.errors import PluralstanError
 from pluralstan.models import labeled, unlabeled
 from pluralstan.relabel import label_switching_report, relabel
 
+from . import reference as ref
+
 SMALL = {"chains": 2, "draws": 300, "warmup": 300}
 
 
@@ -189,6 +191,47 @@ def test_labeled_no_pooling_recovers_too() -> None:
     q = idata.posterior["theta"].quantile([0.05, 0.95], dim=("chain", "draw")).values
     inside = (q[0] <= comps.truth["theta"]) & (comps.truth["theta"] <= q[1])
     assert inside.sum() >= 8, inside
+
+
+#: Relative tolerance of posterior sd vs Laplace (Hessian) sd under a weak prior, and the share
+#: of it Monte Carlo error may take (as in test_aggregate.py).
+SD_RTOL = 0.05
+SD_MCSE_SHARE = 0.25
+
+
+def test_labeled_posterior_matches_each_groups_ml_fit_under_weak_prior() -> None:
+    """No pooling and a weak prior (theta_sd 100): each group's theta posterior is the
+    Bernstein-von Mises normal of that group's own logistic likelihood. Reference: an ML fit of
+    each group's judgements alone (SciPy, per-judgement likelihood) and the exact Hessian there,
+    H_k = X_k' diag(p (1 - p)) X_k, plus the prior precision 1 / 100^2.
+
+    Criteria, per group and attribute (2,000 judgements per group, 5 attributes): the posterior
+    mean is within 0.25 posterior sd of the MLE; the posterior sd is within SD_RTOL = 5% of the
+    Laplace sd. Budget of the 5%: the prior precision is 1e-4 of the data's (and included);
+    the Bernstein-von Mises error of the sd at 400 judgements per parameter is about 1%; Monte
+    Carlo error may take at most a quarter (MCSE(sd) < 1.25% of sd, checked; 4 x 3,000 draws).
+    The fit must pass the package's own diagnostics.
+    """
+    import arviz as az
+
+    comps = _labeled_data(11, n_pairs=100, n_annotators=100, pairs_per_annotator=40)
+    idata = ps.fit("labeled", comps, pooling="none", priors={"theta_sd": 100.0}, seed=11,
+                   chains=4, draws=3000, warmup=500, backend="pystan")
+    assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
+    levels = list(idata.posterior["group"].values)
+    j = ref.judgements(comps.to_frame(), list(comps.attributes), group_levels=levels)
+    mcse = az.mcse(idata, var_names=["theta"], method="sd")["theta"]
+    for k, label in enumerate(levels):
+        rows = j.group == k
+        X, y = j.X[rows], (j.outcome[rows] == 1).astype(float)
+        mle = ref.logistic_mle(X, y)
+        laplace = ref.laplace_sd(X, mle, np.ones(len(y)), prior_sd=100.0)
+        post = idata.posterior["theta"].sel(group=label)
+        mean, sd = post.mean(("chain", "draw")).values, post.std(("chain", "draw")).values
+        assert np.all(np.abs(mean - mle) < 0.25 * sd), (label, mean, mle, sd)
+        mcse_sd = mcse.sel(group=label).values
+        assert np.all(mcse_sd < SD_MCSE_SHARE * SD_RTOL * sd), (label, mcse_sd / sd)
+        np.testing.assert_allclose(sd, laplace, rtol=SD_RTOL, err_msg=f"group {label}")
 
 
 def test_ties_and_order_run_in_both_programs() -> None:
