@@ -152,6 +152,23 @@ def test_likelihood_matches_judgement_level_reference(comps):
     assert idata.posterior_predictive["y"].shape[2:] == idata.observed_data["y"].shape
 
 
+def test_prior_gives_every_type_the_stated_marginal_sd(comps):
+    """The sum-to-zero prior is exchangeable with the stated scale. Criterion (4000 prior draws,
+    K = 3): every column of beta sums to zero; each type's coefficient has sd within 10% of
+    its prior sd (intercept_sd, then beta_sd per covariate) and each contrast between two types
+    within 10% of sqrt(2 K / (K - 1)) = sqrt(3) times it."""
+    sd = np.array([0.5, 1.0, 2.0, 3.0, 4.0])
+    idata = ps.fit("covariate", comps, K=3, priors={"intercept_sd": sd[0], "beta_sd": sd[1:]},
+                   chains=4, draws=1000, warmup=200, seed=9, backend="pystan",
+                   sample_prior=True, check=False)
+    beta = idata.prior["beta"].transpose("chain", "draw", "group", "covariate").values
+    beta = beta.reshape(-1, *beta.shape[2:])
+    np.testing.assert_allclose(beta.sum(axis=1), 0, atol=1e-10)
+    np.testing.assert_allclose(beta.std(axis=0), np.tile(sd, (3, 1)), rtol=0.1)
+    contrasts = beta[:, [1, 2, 2]] - beta[:, [0, 0, 1]]
+    np.testing.assert_allclose(contrasts.std(axis=0), np.sqrt(3) * np.tile(sd, (3, 1)), rtol=0.1)
+
+
 def test_membership_can_be_skipped_on_large_data(comps):
     """membership=False drops the annotators x K output; the log likelihood is unchanged."""
     idata = ps.fit("covariate", comps, K=2, chains=1, draws=5, warmup=10, seed=3,
