@@ -145,6 +145,15 @@ def pal_eta(j: Judgements, M: np.ndarray, beta: np.ndarray, gamma: float = 0.0) 
     return np.einsum("nd,nd->n", beta[j.annotator], j.X) - (quad_a - quad_b) + gamma * j.order
 
 
+def pal_distance_log_odds(A: np.ndarray, B: np.ndarray, ideal: np.ndarray, M: np.ndarray
+                          ) -> np.ndarray:
+    """PAL's own form (Chen et al. 2024, eq. 8, linear map W with M = W'W): the log-odds that a
+    is preferred by a user with ideal point ``ideal`` is ||W (b - ideal)||^2 - ||W (a - ideal)||^2
+    = (b - ideal)' M (b - ideal) - (a - ideal)' M (a - ideal); all arrays ``(N, D)`` but M."""
+    da, db = A - ideal, B - ideal
+    return np.einsum("nd,de,ne->n", db, M, db) - np.einsum("nd,de,ne->n", da, M, da)
+
+
 def pal_log_lik(j: Judgements, M: np.ndarray, beta: np.ndarray, gamma: float = 0.0
                 ) -> np.ndarray:
     """``(I,)`` log likelihood of each annotator's judgements under PAL (no ties)."""

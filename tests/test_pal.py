@@ -15,6 +15,8 @@ import pluralstan as ps
 from pluralstan.errors import DiagnosticWarning, IdentificationWarning, PluralstanError
 from pluralstan.models import get_model, pal
 
+from . import reference as ref
+
 #: Heterogeneous population: K = 2 conflicting prototype utilities, users near the vertices
 #: (Dirichlet(0.5)), 3 attributes, metric M = I (a typical value under the W_sd = 1 prior, whose
 #: mean is 3 I). 48 seen users (30 training + 20 held-out judgements each) and 12 unseen users
@@ -25,7 +27,17 @@ from pluralstan.models import get_model, pal
 THETA = np.array([[-3.0, 2.0, 0.0], [3.0, -2.0, 1.0]])
 TRUE = {"K": 2, "n_attributes": 3, "theta": THETA, "w_alpha": 0.5, "M": np.eye(3)}
 PRIORS = {"W_sd": 1.0, "theta_sd": 3.0, "w_alpha": 0.5}
-SAMPLER = {"chains": 4, "draws": 300, "warmup": 300}
+SAMPLER = {"chains": 4, "draws": 300, "warmup": 300, "backend": "pystan"}
+
+
+def true_probability(comps: ps.Comparisons) -> np.ndarray:
+    """P(a > b) per judgement under the simulation truth, from PAL's distance form with the
+    users' ideal points (``tests/reference.py``), not from the package's utility form."""
+    frame, truth = comps.to_frame(), comps.truth
+    A = frame[[f"a_{n}" for n in comps.attributes]].to_numpy(float)
+    B = frame[[f"b_{n}" for n in comps.attributes]].to_numpy(float)
+    ideal = truth["ideal"][frame["annotator"].to_numpy(int)]
+    return expit(ref.pal_distance_log_odds(A, B, ideal, truth["M"]))
 
 
 def quiet(fn, *args, **kwargs):
@@ -52,7 +64,9 @@ def test_simulator_draws_from_the_stated_likelihood():
     true probability within 4 binomial standard errors, and so does every decile bin of the true
     probability (a wrong sign or a missing quadratic term fails this by tens of SEs)."""
     comps = pal.simulate(n_annotators=100, judgements=60, seed=7, **TRUE)
-    p, y = pal.true_probability(comps), comps.frame["y"].to_numpy()
+    p, y = true_probability(comps), comps.frame["y"].to_numpy()
+    # the package's own truth helper agrees with the independent one
+    np.testing.assert_allclose(pal.true_probability(comps), p, rtol=1e-12)
     bins = np.quantile(p, np.linspace(0, 1, 11))
     which = np.clip(np.searchsorted(bins, p, side="right") - 1, 0, 9)
     for b in range(10):
@@ -183,7 +197,7 @@ def test_heldout_preference_probabilities_are_recovered(seen_fit, population):
     absolute error of the posterior mean below 0.06 on the probability scale, and the central
     90% intervals cover the truth for at least 80% of the 960 held-out judgements."""
     _, test, _ = population
-    truth = pal.true_probability(test)
+    truth = true_probability(test)
     p = pal.preference_probability(seen_fit, test)
     mae = float(np.mean(np.abs(p.mean(("chain", "draw")).values - truth)))
     lo, hi = p.quantile([0.05, 0.95], dim=("chain", "draw")).values
@@ -201,8 +215,8 @@ def test_user_agreement_is_recovered(seen_fit, population):
     _, keep = np.unique(np.hstack([A, B]), axis=0, return_index=True)
     truth = train.truth
     ids = np.asarray(est["annotator"].values, dtype=int)
-    p = np.stack([expit(pal.log_odds(truth["M"], np.tile(truth["beta"][i], (len(keep), 1)),
-                                     A[keep], B[keep])) for i in ids])
+    p = np.stack([expit(ref.pal_distance_log_odds(A[keep], B[keep], truth["ideal"][i][None],
+                                                  truth["M"])) for i in ids])
     true_agree = (p @ p.T + (1 - p) @ (1 - p).T) / len(keep)
     iu = np.triu_indices(len(ids), 1)
     r = np.corrcoef(est.values[iu], true_agree[iu])[0, 1]
