@@ -30,6 +30,7 @@ and :meth:`Comparisons.design`: identical judgements collapse to counts per dist
 
 from __future__ import annotations
 
+import csv
 import difflib
 import warnings
 from collections.abc import Hashable, Sequence
@@ -39,8 +40,9 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
-from .errors import IdentificationWarning, PluralstanError
+from .errors import IdentificationWarning, PluralstanError, ScaleWarning
 
 #: Column names with a fixed meaning.
 RESERVED = ("annotator", "group", "y", "item_a", "item_b", "order", "pair")
@@ -48,6 +50,22 @@ RESERVED = ("annotator", "group", "y", "item_a", "item_b", "order", "pair")
 OUTCOMES = ("b", "a", "tie")
 
 Mode = Literal["attributes", "items"]
+#: A design or option matrix: dense, or compressed sparse rows for large item designs.
+Matrix = np.ndarray | sparse.csr_matrix
+
+#: Largest number of entries (rows x columns) of an item design built as a dense array. Item
+#: designs without a feature table have one column per item but at most two non-zeros per row;
+#: above this size :meth:`Comparisons.options`, :meth:`Comparisons.design` and
+#: :meth:`Comparisons.cells` return them in compressed sparse rows (``scipy.sparse.csr_matrix``)
+#: instead, so memory grows with the judgements, not judgements x items.
+DENSE_LIMIT = 2**24
+#: Largest |a - b| of an attribute (or item-feature) column accepted without a warning: with
+#: theta on the logit scale (default prior sd 2.5), a coefficient of 1 turns a difference of
+#: this size into log-odds of the same size, where logistic probabilities are 0 or 1 in floating
+#: point.
+LARGE_DIFFERENCE = 100.0
+#: Largest |a - b| accepted at all: beyond it the products with theta overflow Stan's arithmetic.
+MAX_DIFFERENCE = 1e100
 
 
 def _rows(mask: np.ndarray | pd.Series, index: pd.Index, limit: int = 5) -> str:
@@ -149,6 +167,11 @@ class Comparisons:
         The reference item whose ability is fixed at 0 (items mode without features).
     annotators
         Optional annotator covariate table, indexed by annotator id.
+    truth
+        Known generating parameters (simulated data), else ``None``.
+    annotator_given
+        Whether the table had an ``annotator`` column; without one every judgement is its own
+        anonymous annotator, and models of annotator types refuse the table.
     """
 
     frame: pd.DataFrame
@@ -159,6 +182,7 @@ class Comparisons:
     reference: Hashable | None = None
     annotators: pd.DataFrame | None = None
     truth: dict[str, np.ndarray] | None = None
+    annotator_given: bool = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -231,12 +255,13 @@ class Comparisons:
         # annotator and group ids
         if "annotator" in frame.columns:
             _check_ids(frame, "annotator")
+            _check_one_type(frame["annotator"], "annotator")
             out["annotator"] = frame["annotator"].to_numpy()
         else:
             out["annotator"] = np.arange(len(frame))
         if "group" in frame.columns:
             _check_ids(frame, "group")
-            _check_one_type(frame, "group")
+            _check_one_type(frame["group"], "group")
             out["group"] = frame["group"].to_numpy()
         if "order" in frame.columns:
             order = _numeric_column(frame, "order", "order")
@@ -282,7 +307,8 @@ class Comparisons:
         ann_table = None
         if annotators is not None:
             ann_table = _validate_annotators(annotators, out["annotator"])
-        comps = cls(out, mode, attrs, item_table, levels, ref, ann_table, truth)
+        comps = cls(out, mode, attrs, item_table, levels, ref, ann_table, truth,
+                    annotator_given="annotator" in frame.columns)
         if warn_unidentified:
             comps.check_identification()
         return comps
@@ -331,11 +357,33 @@ class Comparisons:
         return pd.Index(levels).get_indexer(self.frame[column]).astype(np.int64)
 
     # ------------------------------------------------------------------ encoding
-    def options(self) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def indicator_design(self) -> bool:
+        """Whether the design is one indicator column per item (items mode, no item table)."""
+        return self.mode == "items" and self.items is None
+
+    def item_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N,)`` column of :attr:`attributes` of items a and b; -1 for the reference item.
+
+        Items mode without an item table only: the index form of its indicator design.
+        """
+        if not self.indicator_design:
+            raise PluralstanError("item codes exist in items mode without an item table only")
+        levels = pd.Index(self.item_levels)
+        ref = levels.get_loc(self.reference)
+        out = []
+        for col in ("item_a", "item_b"):
+            code = levels.get_indexer(self.frame[col])
+            # the attributes are the levels without the reference, in the same order
+            out.append(np.where(code == ref, -1, code - (code > ref)).astype(np.int64))
+        return out[0], out[1]
+
+    def options(self) -> tuple[Matrix, Matrix]:
         """``(N, P)`` attribute vectors of options a and b (columns = :attr:`attributes`).
 
         Attribute mode reads ``a_*`` / ``b_*``; item mode with an item table reads its features;
-        item mode without one uses one-hot item indicators with the reference item at the origin.
+        item mode without one uses one-hot item indicators with the reference item at the origin,
+        as dense arrays up to :data:`DENSE_LIMIT` entries and in compressed sparse rows above.
         """
         if self.mode == "attributes":
             return (self.frame[[f"a_{n}" for n in self.attributes]].to_numpy(float),
@@ -344,14 +392,19 @@ class Comparisons:
             feats = self.items.loc[:, list(self.attributes)]
             return (feats.loc[self.frame["item_a"]].to_numpy(float),
                     feats.loc[self.frame["item_b"]].to_numpy(float))
-        cols = pd.Index(self.attributes)
-        eye = np.vstack([np.eye(len(cols)), np.zeros((1, len(cols)))])  # last row: the reference
-        # get_indexer gives -1 for the reference item, which picks the zero row
-        return (eye[cols.get_indexer(self.frame["item_a"])],
-                eye[cols.get_indexer(self.frame["item_b"])])
+        a, b = self.item_codes()
+        P = len(self.attributes)
+        return _indicators(a, None, P), _indicators(b, None, P)
 
-    def design(self) -> np.ndarray:
-        """``(N, P)`` attribute difference a - b per judgement (columns = :attr:`attributes`)."""
+    def design(self) -> Matrix:
+        """``(N, P)`` attribute difference a - b per judgement (columns = :attr:`attributes`).
+
+        Dense, except for item indicator designs above :data:`DENSE_LIMIT` entries, which are
+        compressed sparse rows (two non-zeros per row).
+        """
+        if self.indicator_design:
+            a, b = self.item_codes()
+            return _indicators(a, b, len(self.attributes))
         a, b = self.options()
         return a - b
 
@@ -383,33 +436,46 @@ class Comparisons:
             for models whose likelihood is not a function of a - b alone (PAL's ideal points);
             the cells then carry ``A`` and ``B``.
         """
-        A, B = self.options()
-        X = A - B
         order = self.order_sign()
-        keys = [np.hstack([A, B]) if options else X, order[:, None]]
         codes = {col: self.codes(col) for col in by}
-        keys += [codes[col][:, None].astype(float) for col in by]
-        key = np.hstack(keys)
-        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        # number cells in order of first appearance, so the encoding is stable under sorting
-        rank = np.empty_like(first)
-        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-        cell_of_row = rank[inverse]
-        first_sorted = np.sort(first)
+        if self.indicator_design:
+            # index form: the pair of item codes identifies the design row (and both options),
+            # so the cells are the distinct (item a, item b, order, ...) combinations
+            item_a, item_b = self.item_codes()
+            cell_of_row, first = _first_seen_groups([item_a, item_b, order,
+                                                     *(codes[col] for col in by)])
+            P = len(self.attributes)
+            X = _indicators(item_a[first], item_b[first], P)
+            A = _indicators(item_a[first], None, P) if options else None
+            B = _indicators(item_b[first], None, P) if options else None
+        else:
+            A, B = self.options()
+            X = A - B
+            keys = [np.hstack([A, B]) if options else X, order[:, None]]
+            keys += [codes[col][:, None].astype(float) for col in by]
+            key = np.hstack(keys)
+            _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            # number cells in order of first appearance, so the encoding is stable under sorting
+            rank = np.empty_like(first)
+            rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+            cell_of_row = rank[inverse]
+            first = np.sort(first)
+            X = X[first]
+            A, B = (A[first], B[first]) if options else (None, None)
         outcome = self.outcome_codes()
         counts = np.zeros((len(first), 3), dtype=np.int64)
         np.add.at(counts, (cell_of_row, outcome), 1)
         return Cells(
-            X=X[first_sorted],
-            order=order[first_sorted],
+            X=X,
+            order=order[first],
             counts=counts,
-            group=codes["group"][first_sorted] if "group" in codes else None,
-            annotator=codes["annotator"][first_sorted] if "annotator" in codes else None,
+            group=codes["group"][first] if "group" in codes else None,
+            annotator=codes["annotator"][first] if "annotator" in codes else None,
             cell_of_row=cell_of_row.astype(np.int64),
             outcome_of_row=outcome,
-            A=A[first_sorted] if options else None,
-            B=B[first_sorted] if options else None,
+            A=A,
+            B=B,
         )
 
     # ------------------------------------------------------------------ checks
@@ -421,10 +487,16 @@ class Comparisons:
         items mode without features, items that are never compared, directly or through other
         items, with the reference item are unidentified too.
         """
-        X = self.design()
-        flat = [name for name, col in zip(self.attributes, X.T, strict=True) if not np.any(col)]
-        if self.mode == "items" and self.items is None:
-            flat = sorted(set(flat) | set(_disconnected_items(self)), key=str)
+        if self.indicator_design:
+            # every item column is +-1 wherever the item is judged (item_a != item_b), so only
+            # the connection to the reference can fail; the check runs on the item graph
+            flat = sorted(_disconnected_items(self), key=str)
+            collinear: list[list[str]] = []
+        else:
+            X = self.design()
+            moves = np.any(X != 0, axis=0)
+            flat = [name for name, m in zip(self.attributes, moves, strict=True) if not m]
+            collinear = _collinear_columns(X[:, moves], np.asarray(self.attributes)[moves])
         if flat:
             warnings.warn(
                 f"the design cannot identify {len(flat)} coordinate(s) of theta: {flat[:10]}"
@@ -434,7 +506,16 @@ class Comparisons:
                 IdentificationWarning,
                 stacklevel=3,
             )
-        return flat
+        for names in collinear:
+            warnings.warn(
+                f"the attribute columns {names} are perfectly collinear in the design (a - b): "
+                "one is a linear combination of the others in every judgement, so the data "
+                "cannot separate their coefficients and the posterior along that direction is "
+                "driven by the prior; drop or combine one of them",
+                IdentificationWarning,
+                stacklevel=3,
+            )
+        return flat + [name for names in collinear for name in names if name not in flat]
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> Comparisons:
         """The same table restricted to ``rows`` (positions), keeping levels and item tables."""
@@ -445,7 +526,7 @@ class Comparisons:
         if ann is not None:
             ann = ann.loc[ann.index.isin(frame["annotator"])]
         return Comparisons(frame, self.mode, self.attributes, self.items, self.item_levels,
-                           self.reference, ann, self.truth)
+                           self.reference, ann, self.truth, self.annotator_given)
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical long table (a copy), e.g. to write as CSV."""
@@ -472,17 +553,112 @@ def _check_columns(frame: pd.DataFrame) -> None:
             )
 
 
-def _check_one_type(frame: pd.DataFrame, column: str) -> None:
-    """Refuse a label column that mixes value types (e.g. ``1`` and ``"1"``): they would be
-    different labels that print the same."""
-    kinds = frame[column].map(lambda v: "number" if isinstance(v, int | float | np.number)
-                              else type(v).__name__)
+def _kinds(values: pd.Series) -> pd.Series:
+    """The kind of every id: ``"number"`` (any int, float or bool) or its type's name."""
+    if values.dtype != object:
+        return pd.Series("number" if pd.api.types.is_numeric_dtype(values)
+                         or pd.api.types.is_bool_dtype(values) else str(values.dtype),
+                         index=values.index)
+    return values.map(lambda v: "number" if isinstance(v, int | float | np.number)
+                      else type(v).__name__)
+
+
+def _check_one_type(values: pd.Series, column: str) -> None:
+    """Refuse an id column that mixes value types (e.g. ``0`` and ``"0"``): they would be
+    different ids that print the same, and become one once written to a file."""
+    kinds = _kinds(values)
     if kinds.nunique() > 1:
         first = kinds.iloc[0]
         raise PluralstanError(
             f"column {column!r} mixes label types ({sorted(kinds.unique())}): row "
-            f"{int(np.flatnonzero(kinds.to_numpy() != first)[0])} is not a {first} like row 0; "
+            f"{int(np.flatnonzero(kinds.to_numpy() != first)[0])} is not a {first} like row 0 "
+            f"(e.g. 0 and '0' would be two different {column} ids that print the same); "
             f"use one type for every {column} label"
+        )
+
+
+def _indicators(a: np.ndarray, b: np.ndarray | None, P: int) -> Matrix:
+    """Rows ``e_a`` (``b`` None) or ``e_a - e_b`` of a ``P``-column indicator design.
+
+    Codes are columns, -1 the reference item (a zero row). Dense up to :data:`DENSE_LIMIT`
+    entries, else compressed sparse rows built from the codes alone.
+    """
+    n = len(a)
+    if n * P <= DENSE_LIMIT:
+        out = np.zeros((n, P))
+        rows = np.arange(n)
+        keep = a >= 0
+        out[rows[keep], a[keep]] = 1.0
+        if b is not None:
+            keep = b >= 0
+            out[rows[keep], b[keep]] -= 1.0
+        return out
+    cols = [a] if b is None else [a, b]
+    vals = [np.ones(n)] if b is None else [np.ones(n), -np.ones(n)]
+    row = np.concatenate([np.arange(n)] * len(cols))
+    col, val = np.concatenate(cols), np.concatenate(vals)
+    keep = col >= 0
+    out = sparse.csr_matrix((val[keep], (row[keep], col[keep])), shape=(n, P))
+    out.sort_indices()
+    return out
+
+
+def _first_seen_groups(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Group rows by the combination of ``keys``; number groups by first appearance.
+
+    Returns the group of every row and the first row of every group (increasing). Each key is
+    folded in with :func:`pandas.factorize`, which numbers values in order of appearance, so the
+    combined code stays below the number of rows and never overflows.
+    """
+    code = np.zeros(len(keys[0]), dtype=np.int64)
+    for key in keys:
+        part, levels = pd.factorize(key)
+        code, _ = pd.factorize(code * max(len(levels), 1) + part)
+    n_groups = int(code.max()) + 1 if len(code) else 0
+    first = np.full(n_groups, len(code), dtype=np.int64)
+    np.minimum.at(first, code, np.arange(len(code)))
+    return code.astype(np.int64), first
+
+
+def _collinear_columns(X: np.ndarray, names: np.ndarray, tol: float = 1e-10) -> list[list[str]]:
+    """Sets of design columns that are exactly linearly dependent (none of them all-zero).
+
+    Each set is the support of one null direction of the column-scaled Gram matrix: the
+    eigenvectors whose eigenvalue is below ``tol`` times the largest.
+    """
+    if X.shape[1] < 2:
+        return []
+    scaled = X / np.sqrt(np.einsum("ij,ij->j", X, X))
+    gram = scaled.T @ scaled
+    values, vectors = np.linalg.eigh(gram)
+    out: list[list[str]] = []
+    for k in np.flatnonzero(values <= tol * values[-1]):
+        v = vectors[:, k]
+        members = [str(n) for n in names[np.abs(v) > 1e-6 * np.abs(v).max()]]
+        if len(members) > 1 and members not in out:
+            out.append(members)
+    return out
+
+
+def _check_scale(column: str, difference: np.ndarray, index: pd.Index) -> None:
+    """Refuse differences that overflow, warn about ones too large for the logit scale."""
+    size = np.abs(difference)
+    huge = ~(size <= MAX_DIFFERENCE)  # also catches a - b overflowing to inf
+    if huge.any():
+        raise PluralstanError(
+            f"attribute {column!r}: the difference a - b is {_show(difference[huge][0])} at "
+            f"{_rows(huge, index)}, beyond {MAX_DIFFERENCE:g}; multiplied by theta it "
+            "overflows floating point; rescale the column (e.g. standardise it)"
+        )
+    largest = float(size.max()) if len(size) else 0.0
+    if largest > LARGE_DIFFERENCE:
+        warnings.warn(
+            f"attribute {column!r}: differences a - b reach {largest:.4g}; theta is on the "
+            f"logit scale (default prior sd 2.5), so a coefficient of 1 already gives log-odds "
+            f"of {largest:.4g}, where logistic probabilities are exactly 0 or 1 in floating "
+            "point; rescale the column (e.g. standardise it) or set the theta prior to its scale",
+            ScaleWarning,
+            stacklevel=4,
         )
 
 
@@ -518,6 +694,9 @@ def _validate_attributes(
     for name in a_names:
         out[f"a_{name}"] = _numeric_column(frame, f"a_{name}", "attribute")
         out[f"b_{name}"] = _numeric_column(frame, f"b_{name}", "attribute")
+        with np.errstate(over="ignore", invalid="ignore"):
+            difference = out[f"a_{name}"].to_numpy() - out[f"b_{name}"].to_numpy()
+        _check_scale(str(name), difference, frame.index)
     return tuple(a_names)
 
 
@@ -533,7 +712,15 @@ def _validate_items(
                 f"items mode needs both 'item_a' and 'item_b'; {col!r} is missing"
             )
         _check_ids(frame, col)
+        _check_one_type(frame[col], col)
         out[col] = frame[col].to_numpy()
+    kind_a, kind_b = (_kinds(frame[col].iloc[:1]).iloc[0] for col in ("item_a", "item_b"))
+    if kind_a != kind_b:
+        raise PluralstanError(
+            f"item ids are {kind_a} in column 'item_a' but {kind_b} in column 'item_b' "
+            "(e.g. 0 and '0' would be two different items that print the same); use one type "
+            "for every item id"
+        )
     same = (frame["item_a"] == frame["item_b"]).to_numpy()
     if same.any():
         raise PluralstanError(
@@ -572,6 +759,12 @@ def _validate_items(
         index=table.index,
     )
     checked.columns = [str(c) for c in checked.columns]
+    rows_a = checked.index.get_indexer(frame["item_a"])
+    rows_b = checked.index.get_indexer(frame["item_b"])
+    for c in checked.columns:
+        values = checked[c].to_numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            _check_scale(c, values[rows_a] - values[rows_b], frame.index)
     return tuple(checked.columns), checked, levels, None
 
 
@@ -661,4 +854,23 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
             f"{what} file {str(path)!r} parsed to {frame.shape[1]} column(s); is it a "
             "comma-separated file with a header row?"
         )
+    _check_header(path, what)
     return frame
+
+
+def _check_header(path: Path, what: str) -> None:
+    """Refuse a header row that names a column twice.
+
+    pandas renames the second ``a_x`` to ``a_x.1``, which would then be read as another
+    attribute; the header is read here as written.
+    """
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise PluralstanError(
+                f"{what} file {str(path)!r} names column {name!r} more than once in its header "
+                "row; column names must be unique"
+            )
+        seen.add(name)

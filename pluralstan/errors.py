@@ -18,3 +18,7 @@ class IdentificationWarning(UserWarning):
 
 class DiagnosticWarning(UserWarning):
     """A fit failed a sampler diagnostic (divergences, R-hat, ESS, E-BFMI, label switching)."""
+
+
+class ScaleWarning(UserWarning):
+    """An input is on a scale the model's priors or floating-point arithmetic handle badly."""

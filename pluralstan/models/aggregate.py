@@ -14,6 +14,7 @@ from .base import (
     design_data,
     expand_cells,
     merge_priors,
+    no_components,
     register,
     resolve_ties_order,
 )
@@ -43,7 +44,7 @@ def encode(
     comps
         The judgements; group and annotator ids are ignored (pooled).
     K
-        Not used (the aggregate model has one component); accepted for a uniform API.
+        ``None`` (or 1): the aggregate model has one population; any other ``K`` is refused.
     priors
         Overrides of :data:`DEFAULT_PRIORS`.
     ties
@@ -54,6 +55,7 @@ def encode(
         Collapse identical judgements to counts (default). ``False`` keeps one cell per
         judgement (the per-row form, same posterior; for checks and benchmarks).
     """
+    no_components(K, "aggregate")
     p = merge_priors(DEFAULT_PRIORS, priors)
     has_ties, has_order = resolve_ties_order(comps, ties, order)
     cells = comps.cells()

@@ -34,6 +34,7 @@ from .base import (
     merge_priors,
     positive,
     register,
+    require_annotators,
     resolve_ties_order,
 )
 
@@ -180,6 +181,7 @@ def likelihood_data(
         for ``attribute``, ``group``, ``annotator``, ``cell``, ``outcome``, the sorted cells,
         and the model attributes recorded in the posterior.
     """
+    require_annotators(comps)
     K = check_K(K, comps)
     flag, ident_attr = check_identify(comps, identify, ordered_attribute)
     has_ties, has_order = resolve_ties_order(comps, ties, order)

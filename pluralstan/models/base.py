@@ -162,8 +162,35 @@ def _expand_includes(code: str, depth: int = 0) -> str:
     )
 
 
+#: Prior hyperparameters whose names end so are scales or concentrations: they must be > 0.
+#: Every other hyperparameter (a mean, a location) may be any finite number.
+POSITIVE_ENDINGS = ("_sd", "_alpha")
+
+
 def merge_priors(spec_defaults: Mapping[str, Any], priors: Mapping[str, Any] | None) -> dict:
-    """Overlay user priors on the defaults, rejecting unknown names."""
+    """Overlay user priors on the defaults and validate every value: the one checking path.
+
+    Every model's encoder calls this first, so no prior reaches Stan unchecked: ``priors`` must
+    be a mapping of known names; each value a finite number or a non-empty list of finite
+    numbers (:func:`check_prior`), positive for scales and concentrations
+    (:data:`POSITIVE_ENDINGS`). Shapes are checked where the model knows them
+    (:func:`broadcast_prior`, :func:`scalar_prior`).
+
+    Returns
+    -------
+    dict
+        Name -> float (a scalar) or float vector (a list).
+
+    Raises
+    ------
+    PluralstanError
+        For a non-mapping ``priors``, an unknown name or a bad value, naming it.
+    """
+    if priors is not None and not isinstance(priors, Mapping):
+        raise PluralstanError(
+            f"priors must be a dict of hyperparameter name -> value (e.g. {{'theta_sd': 1.0}}), "
+            f"got {type(priors).__name__} {priors!r}"
+        )
     merged = dict(spec_defaults)
     for key, value in (priors or {}).items():
         if key not in merged:
@@ -171,7 +198,49 @@ def merge_priors(spec_defaults: Mapping[str, Any], priors: Mapping[str, Any] | N
                 f"unknown prior hyperparameter {key!r}; this model accepts {sorted(merged)}"
             )
         merged[key] = value
-    return merged
+    return {key: check_prior(value, key) for key, value in merged.items()}
+
+
+def check_prior(value: Any, name: str) -> float | np.ndarray:
+    """One prior hyperparameter checked for type, finiteness and sign, as float(s).
+
+    Raises
+    ------
+    PluralstanError
+        When ``value`` is not a number or a non-empty flat list of numbers (booleans, strings,
+        ``None`` and nested lists are refused), is not finite, or is not positive although
+        ``name`` ends in one of :data:`POSITIVE_ENDINGS`.
+    """
+    def is_number(v: Any) -> bool:
+        return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+            v, bool | np.bool_)
+
+    if isinstance(value, list | tuple | np.ndarray):
+        flat = not isinstance(value, np.ndarray) or value.ndim == 1
+        entries = list(value) if flat else []
+        if not entries or not all(is_number(v) for v in entries):
+            raise PluralstanError(
+                f"prior {name!r} must be a number or a non-empty flat list of numbers, got "
+                f"{_plain(value)!r}"
+            )
+        arr: float | np.ndarray = np.asarray(entries, dtype=float)
+    elif is_number(value):
+        arr = float(value)
+    else:
+        raise PluralstanError(
+            f"prior {name!r} must be a number or a list of numbers, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise PluralstanError(f"prior {name!r} must be finite, got {_plain(value)!r}")
+    if name.endswith(POSITIVE_ENDINGS):
+        positive(arr, name)
+    return arr
+
+
+def _plain(value: Any) -> Any:
+    """A prior value as plain Python (lists, floats) for messages."""
+    return np.asarray(value).tolist() if isinstance(value, np.ndarray | np.generic) else value
 
 
 def broadcast_prior(value: Any, size: int, name: str) -> np.ndarray:
@@ -191,14 +260,59 @@ def broadcast_prior(value: Any, size: int, name: str) -> np.ndarray:
     return arr
 
 
+def scalar_prior(value: Any, name: str) -> float:
+    """A prior hyperparameter that must be one number, checked (:func:`check_prior`)."""
+    arr = check_prior(value, name)
+    if isinstance(arr, np.ndarray):
+        raise PluralstanError(
+            f"prior {name!r} must be a single number, got a list of {arr.size} "
+            f"({arr.tolist()!r})"
+        )
+    return arr
+
+
 def positive(value: Any, name: str) -> Any:
     """Return ``value`` if every entry is a finite positive number, else raise naming it."""
-    arr = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(arr) & (arr > 0)):
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        arr = np.array(np.nan)
+    if arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
         raise PluralstanError(
-            f"prior {name!r} must be finite and positive, got {np.asarray(value).tolist()!r}"
+            f"prior {name!r} must be finite and positive, got {_plain(value)!r}"
         )
     return value
+
+
+def no_components(K: Any, model: str) -> None:
+    """Refuse a number of components ``K`` given to a model that has none to choose.
+
+    ``None`` and 1 (the model's one population) are accepted.
+    """
+    if K is None or (not isinstance(K, bool) and isinstance(K, int | np.integer) and K == 1):
+        return
+    raise PluralstanError(
+        f"model {model!r} has a single population and takes no number of components, but "
+        f"K={K!r} was given; drop K, or use a mixture model ('unlabeled', 'annotator', "
+        "'covariate', 'pal') to fit K components"
+    )
+
+
+def require_annotators(comps: Comparisons) -> None:
+    """Refuse a table without an ``annotator`` column for a model of annotator types.
+
+    Such models give all of an annotator's judgements one latent type; the repeated judgements
+    of each annotator are what identify the types. Without the column every judgement would be
+    its own annotator, and the types would not be identified.
+    """
+    if not comps.annotator_given:
+        raise PluralstanError(
+            "models of annotator types ('annotator', 'covariate', 'pal') need an 'annotator' "
+            "column: they give each annotator one latent type, and it is the repeated judgements "
+            "of the same annotator that identify the types; this table has no 'annotator' "
+            "column, so every judgement would be its own annotator. Add the column (who made "
+            "each judgement), or use model='unlabeled' for anonymous judgements"
+        )
 
 
 def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
@@ -210,9 +324,9 @@ def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
     return {
         "prior_theta_mean": broadcast_prior(p["theta_mean"], P, "theta_mean"),
         "prior_theta_sd": positive(broadcast_prior(p["theta_sd"], P, "theta_sd"), "theta_sd"),
-        "prior_order_sd": float(positive(p["order_sd"], "order_sd")),
-        "prior_log_nu_mean": float(p["log_nu_mean"]),
-        "prior_log_nu_sd": float(positive(p["log_nu_sd"], "log_nu_sd")),
+        "prior_order_sd": scalar_prior(p["order_sd"], "order_sd"),
+        "prior_log_nu_mean": scalar_prior(p["log_nu_mean"], "log_nu_mean"),
+        "prior_log_nu_sd": scalar_prior(p["log_nu_sd"], "log_nu_sd"),
     }
 
 
@@ -223,7 +337,7 @@ def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
 SPARSE_DESIGN_DENSITY = 0.5
 
 
-def design_data(X: np.ndarray, sparse: bool | None = None) -> dict[str, Any]:
+def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
     """Stan data of the design ``X`` (cells x attributes), dense or in compressed row storage.
 
     Every program reads ``X_sparse``; when it is 1, the design is ``X_nnz`` non-zero values
@@ -235,21 +349,29 @@ def design_data(X: np.ndarray, sparse: bool | None = None) -> dict[str, Any]:
     Parameters
     ----------
     X
-        The design, one row per cell.
+        The design, one row per cell: an array, or a SciPy sparse matrix (large item designs,
+        :data:`pluralstan.data.DENSE_LIMIT`), which stays sparse unless ``sparse=False``.
     sparse
         Force one form; default: sparse when at most :data:`SPARSE_DESIGN_DENSITY` of the
         entries are non-zero (an item design has two non-zeros per row however many items
         there are, so its programs then cost O(cells), not O(cells x items)).
     """
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import csr_matrix, issparse
 
-    X = np.asarray(X, dtype=float)
-    if sparse is None:
-        sparse = np.count_nonzero(X) <= SPARSE_DESIGN_DENSITY * X.size
+    if issparse(X):  # a large item design (pluralstan.data.DENSE_LIMIT): kept sparse
+        csr = csr_matrix(X, dtype=float, copy=True)
+        csr.eliminate_zeros()
+        sparse = True if sparse is None else sparse
+        X = csr if sparse else csr.toarray()
+    else:
+        X = np.asarray(X, dtype=float)
+        if sparse is None:
+            sparse = np.count_nonzero(X) <= SPARSE_DESIGN_DENSITY * X.size
+        if sparse:
+            csr = csr_matrix(X)  # stores the non-zero entries only
     if not sparse:
         return {"X_sparse": 0, "X": X, "X_nnz": 0, "X_w": np.zeros(0),
                 "X_v": np.zeros(0, dtype=np.int64), "X_u": np.zeros(0, dtype=np.int64)}
-    csr = csr_matrix(X)  # stores the non-zero entries only
     return {"X_sparse": 1, "X": np.zeros((0, X.shape[1])), "X_nnz": int(csr.nnz),
             "X_w": csr.data, "X_v": csr.indices.astype(np.int64) + 1,
             "X_u": csr.indptr.astype(np.int64) + 1}

@@ -55,7 +55,17 @@ from .. import diagnostics
 from ..data import Cells, Comparisons
 from ..engine import SamplerConfig, get_engine
 from ..errors import IdentificationWarning, PluralstanError
-from .base import Encoded, ModelSpec, broadcast_prior, load_program, merge_priors, register
+from .base import (
+    Encoded,
+    ModelSpec,
+    broadcast_prior,
+    load_program,
+    merge_priors,
+    positive,
+    register,
+    require_annotators,
+    scalar_prior,
+)
 
 DEFAULT_PRIORS: dict[str, Any] = {
     "W_sd": 1.0,  # M = W'W ~ Wishart(D, W_sd^2 I): the law of W'W for iid normal(0, W_sd) W
@@ -146,6 +156,7 @@ def encode(
         For K out of range, ties, or bad or unknown prior values.
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
+    require_annotators(comps)
     annotators = comps.annotator_levels
     K = _check_K(K, len(annotators))
     _check_no_ties(comps, "pal")
@@ -153,18 +164,14 @@ def encode(
     has_order = comps.has_order if order is None else bool(order) and comps.has_order
     cells = _cells(comps)
     _check_translation(cells.A, cells.B)
-    for name in ("W_sd", "theta_sd", "order_sd"):
-        if not float(p[name]) > 0:
-            raise PluralstanError(f"prior {name!r} must be a positive number, got {p[name]!r}")
-    alpha = broadcast_prior(p["w_alpha"], K, "w_alpha")
-    if np.any(alpha <= 0):
-        raise PluralstanError(f"prior 'w_alpha' must be positive, got {p['w_alpha']!r}")
+    sd = {name: scalar_prior(p[name], name) for name in ("W_sd", "theta_sd", "order_sd")}
+    alpha = positive(broadcast_prior(p["w_alpha"], K, "w_alpha"), "w_alpha")
     data = {
         "I": len(annotators), "K": K, "D": D, "C": len(cells.counts),
         "X_a": cells.A, "X_b": cells.B, "annotator": cells.annotator + 1,
         "order": cells.order, "has_order": int(has_order), "y": cells.counts,
-        "prior_W_sd": float(p["W_sd"]), "prior_theta_sd": float(p["theta_sd"]),
-        "prior_w_alpha": alpha, "prior_order_sd": float(p["order_sd"]), "prior_only": 0,
+        "prior_W_sd": sd["W_sd"], "prior_theta_sd": sd["theta_sd"],
+        "prior_w_alpha": alpha, "prior_order_sd": sd["order_sd"], "prior_only": 0,
     }
     coords = {
         "attribute": list(comps.attributes),
