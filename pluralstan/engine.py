@@ -739,7 +739,7 @@ def get_engine(backend: str | None = "auto") -> Engine:
                 "machine); use backend='pystan', which needs nothing beyond PyPI"
             )
         return CmdStanEngine()
+    source = f"${BACKEND_ENV}" if (backend or "auto").lower() == "auto" else "the backend argument"
     raise PluralstanError(
-        f"unknown backend {backend!r} (from the argument or ${BACKEND_ENV}); "
-        "accepted: 'auto', 'pystan', 'cmdstanpy'"
+        f"unknown backend {choice!r} (from {source}); accepted: 'auto', 'pystan', 'cmdstanpy'"
     )
