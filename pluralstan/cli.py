@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 from .errors import PluralstanError
-from .outputs import HelpFormatter, write_atomic
+from .outputs import HelpFormatter, check_writable, write_atomic
 
 EPILOG = """\
 The comparison CSV has one row per judgement: columns `y` (1 = option a preferred, 0 = b
@@ -83,17 +84,43 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a model to a CSV and save the InferenceData."""
     from .data import read_csv
-    from .fit import fit, save
+    from .fit import fit
 
+    check_writable(args.out)  # before sampling: a typo in --out must not cost the fit
     comps = read_csv(args.comparisons, items=args.items, annotators=args.annotators,
                      reference=args.reference)
     idata = fit(args.model, comps, K=args.K, priors=_parse_prior(args.prior), chains=args.chains,
                 draws=args.draws, warmup=args.warmup, seed=args.seed, backend=args.backend,
                 sample_prior=args.sample_prior, adapt_delta=args.adapt_delta)
-    save(idata, args.out)
-    print(f"saved {args.out}")
+    saved = _save_or_keep(idata, Path(args.out))
+    if saved is None:
+        print(f"saved {args.out}")
     _print_summary(idata)
-    return 0
+    return 0 if saved is None else 1
+
+
+def _save_or_keep(idata, out: Path) -> Path | None:
+    """Save the fit to ``out``; when that fails, save it in the temporary folder instead.
+
+    Returns
+    -------
+    Path or None
+        ``None`` when ``out`` was written, else where the fit was kept (said on stderr).
+    """
+    import tempfile
+
+    from .fit import save
+
+    try:
+        save(idata, out)
+        return None
+    except (OSError, PluralstanError) as err:
+        fd, name = tempfile.mkstemp(prefix=f"pluralstan-fit-{out.stem[:40]}-", suffix=".nc")
+        os.close(fd)
+        save(idata, name)
+        print(f"pluralstan: error: could not write {str(out)!r} ({err}); the fit was kept in "
+              f"{name!r} instead: move it where you want it", file=sys.stderr)
+        return Path(name)
 
 
 def _print_summary(idata) -> None:
