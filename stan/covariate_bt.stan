@@ -5,15 +5,14 @@
 //   P(z_i = k | w_i) = pi_ik,  pi_i = softmax(beta * w_i),
 // a multinomial-logit (softmax) regression on the annotator's covariate vector w_i (first entry
 // 1, the intercept; categorical covariates dummy-coded, numeric ones standardised, in Python).
-// Given the type, every judgement of the
-// annotator follows the Bradley-Terry / Davidson model with the type's theta_k, and the
-// annotator's whole set of judgements is mixed as one block,
+// Given the type, every judgement of the annotator follows the Bradley-Terry / Davidson model
+// with the type's theta_k, and the annotator's whole set of judgements is mixed as one block,
 //   p(y_i | theta, beta) = sum_k pi_ik prod_j p(y_ij | theta_k).
 // Covariates that predict the type make annotators with similar covariates share information
 // about their type, and tie the type labels to observable characteristics.
 //
-// The likelihood is computed exactly as in annotator_bt.stan (the functions block is shared
-// verbatim): cells are distinct (annotator, a - b, order) with their outcome counts, sorted by
+// The likelihood is computed exactly as in annotator_bt.stan (with the same shared functions,
+// functions/annotator_types.stanfunctions): cells are distinct (annotator, a - b, order) with their outcome counts, sorted by
 // annotator; the linear part of each annotator's log likelihood is a precomputed I x P matrix of
 // sufficient statistics times theta', the log normaliser is evaluated on one C x K matrix of
 // linear predictors, summed per annotator by a weighted sparse annotator-indicator matrix. For
@@ -40,8 +39,8 @@
 //   sd(beta[k, q] - beta[j, q]) = s_q sqrt(2),
 // the same for every type and every pair of types (the prior is exchangeable), and with
 //   s_q = prior_beta_sd[q] sqrt(K / (K - 1))
-// every type's coefficient has marginal sd prior_beta_sd[q] and every log odds ratio between two
-// types has sd prior_beta_sd[q] sqrt(2 K / (K - 1)). As ||V z|| = ||z||, this is the density of
+// every type's coefficient has marginal sd prior_beta_sd[q] and every contrast between two types
+// (a log odds ratio per unit of covariate q) has sd prior_beta_sd[q] sqrt(2 K / (K - 1)). As ||V z|| = ||z||, this is the density of
 // Stan's `sum_to_zero_vector beta_q ~ normal(0, s_q)` (Stan >= 2.36) up to a constant; V z is
 // linear, so no Jacobian is needed. A permutation P of the types maps z_q to V' P V z_q, an
 // orthogonal map of the free coordinates: prior, likelihood and posterior are all invariant.
