@@ -70,9 +70,12 @@ def _umask() -> int:
 def _existing_ancestor(path: Path) -> Path:
     """The nearest ancestor of ``path`` (or ``path``'s folder) that exists."""
     folder = path.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    return folder
+    while True:
+        try:
+            os.stat(folder)  # Path.exists raises on a name the file system refuses
+            return folder
+        except OSError:
+            folder = folder.parent
 
 
 def _check_name(path: Path) -> None:
@@ -174,9 +177,9 @@ def check_writable(path: str | Path) -> None:
         writable folder, or a file cannot be created next to ``path``.
     """
     path = Path(path)
+    _check_name(path)
     if path.is_dir():
         raise PluralstanError(f"cannot write {str(path)!r}: it is a folder; give a file name")
-    _check_name(path)
     folder = _existing_ancestor(path)
     if not folder.is_dir():
         raise PluralstanError(
