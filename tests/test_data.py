@@ -185,3 +185,65 @@ def test_simulators_carry_truth_and_valid_tables():
     assert comps.frame.groupby("annotator")["pair"].nunique().eq(4).all()
     with pytest.raises(PluralstanError, match="pi must be 2 non-negative weights"):
         ps.simulate.mixture(np.zeros((2, 3)), [0.7, 0.7])
+
+
+# ------------------------------------------------------------------ large item designs
+def _item_table(n: int, n_items: int, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n_items, n)
+    b = (a + rng.integers(1, n_items, n)) % n_items
+    return pd.DataFrame({"annotator": rng.integers(0, max(n // 4, 1), n), "item_a": a,
+                         "item_b": b, "y": rng.choice([0.0, 0.5, 1.0], n),
+                         "order": rng.integers(0, 2, n), "group": rng.choice(["u", "v"], n)})
+
+
+def test_large_item_designs_are_sparse_and_equal_the_dense_form(monkeypatch):
+    """Above DENSE_LIMIT entries the indicator design, options and cells come in compressed
+    sparse rows; they hold the same numbers, cells and cell order as the dense form."""
+    from scipy.sparse import issparse
+
+    from pluralstan import data
+    from pluralstan.models.base import design_data
+
+    comps = Comparisons.from_frame(_item_table(300, 12))
+    dense = {"design": comps.design(), "options": comps.options(),
+             "cells": [comps.cells(by, options=opt) for by in ((), ("annotator", "group"))
+                       for opt in (False, True)]}
+    monkeypatch.setattr(data, "DENSE_LIMIT", 0)
+    assert issparse(comps.design())
+    np.testing.assert_array_equal(comps.design().toarray(), dense["design"])
+    for got, want in zip(comps.options(), dense["options"], strict=True):
+        np.testing.assert_array_equal(got.toarray(), want)
+    sparse_cells = [comps.cells(by, options=opt) for by in ((), ("annotator", "group"))
+                    for opt in (False, True)]
+    for got, want in zip(sparse_cells, dense["cells"], strict=True):
+        assert issparse(got.X)
+        np.testing.assert_array_equal(got.X.toarray(), want.X)
+        for name in ("order", "counts", "group", "annotator", "cell_of_row", "outcome_of_row"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        if want.A is not None:
+            np.testing.assert_array_equal(got.A.toarray(), want.A)
+            np.testing.assert_array_equal(got.B.toarray(), want.B)
+    # Stan receives the same compressed rows from either form
+    from_sparse = design_data(sparse_cells[0].X)
+    from_dense = design_data(dense["cells"][0].X)
+    for key in ("X_sparse", "X_nnz", "X_w", "X_v", "X_u"):
+        np.testing.assert_array_equal(from_sparse[key], from_dense[key])
+
+
+def test_item_validation_and_encoding_never_build_the_dense_design():
+    """20,000 judgements over 5,000 items: the dense design alone would take 800 MB."""
+    import tracemalloc
+
+    from pluralstan.models import get_model
+
+    frame = _item_table(20_000, 5_000).drop(columns="group")
+    tracemalloc.start()
+    try:
+        comps = Comparisons.from_frame(frame)
+        enc = get_model("aggregate").encode(comps)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert enc.data["X_sparse"] == 1 and enc.data["X_nnz"] <= 2 * enc.data["C"]
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MB"
