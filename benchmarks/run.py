@@ -50,6 +50,10 @@ fit; 6 within-chain parallelism (``reduce_sum``) under PyStan. Target 5 (paralle
 sweeps) is a feature of :mod:`pluralstan.parallel`, not a benchmark. ``sparse`` (not an issue
 target) times the annotator model's gradient with the design dense and in compressed rows, on
 an item design and an attribute design, to check the form pluralstan picks for each.
+``input`` (issue 23) validates and encodes (aggregate model) 1e6 judgements over 10,000 items
+in a fresh process and reports its peak RSS against the goal of 1 GB, and the seconds each
+step took: item designs are index-based and go to Stan in compressed rows, never as a dense
+judgements x items matrix.
 
 Within-chain parallelism (target 6)
 -----------------------------------
@@ -217,6 +221,9 @@ class Settings:
         Target 4: time the workflow scripts (skipped in ``--quick``).
     design_items
         Items of the item design whose two design forms are compared (:func:`target_design_form`).
+    input_n, input_items
+        Target ``input``: judgements and items of the table validated and encoded
+        (:func:`input_probe`).
     """
 
     n_pairs: int = 200
@@ -232,12 +239,15 @@ class Settings:
     grad_repeats: int = 3
     workflows: bool = True
     design_items: int = 100
+    input_n: int = 1_000_000
+    input_items: int = 10_000
     seed: int = 20261122
 
 
 QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per_annotator=5,
                  scaling_n=(100, 300), profile_n=(100, 200, 300), warmup=100, draws=100,
-                 grad_draws=50, grad_repeats=1, workflows=False, design_items=12)
+                 grad_draws=50, grad_repeats=1, workflows=False, design_items=12,
+                 input_n=20_000, input_items=1_000)
 
 
 @dataclass
@@ -1047,6 +1057,57 @@ def target_compile_flags(s: Settings) -> list[Row]:
     return rows
 
 
+def input_table(s: Settings) -> pd.DataFrame:
+    """``input_n`` judgements over ``input_items`` items: 10 judgements per annotator, random
+    pairs, ties and presentation order."""
+    rng = np.random.default_rng(s.seed)
+    n = s.input_n
+    a = rng.integers(0, s.input_items, n)
+    b = (a + rng.integers(1, s.input_items, n)) % s.input_items
+    return pd.DataFrame({"annotator": np.arange(n) // 10, "item_a": a, "item_b": b,
+                         "y": rng.choice([0.0, 0.5, 1.0], n, p=[0.45, 0.1, 0.45]),
+                         "order": rng.integers(0, 2, n)})
+
+
+def input_probe(s: Settings) -> None:
+    """Body of the input-memory subprocess: validate and encode, print peak RSS and times.
+
+    Peak memory is the kernel's peak resident set of the whole process (``ru_maxrss``: the
+    imports, the table itself, validation and encoding), read without tracing allocations.
+    """
+    mb = 1 / 1024  # ru_maxrss is in KiB on Linux
+    frame = input_table(s)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mb
+    t0 = time.perf_counter()
+    comps = ps.Comparisons.from_frame(frame)
+    t1 = time.perf_counter()
+    enc = get_model("aggregate").encode(comps)
+    t2 = time.perf_counter()
+    print(json.dumps({
+        "validate_s": t1 - t0, "encode_s": t2 - t1, "before_mb": before,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mb,
+        "cells": int(enc.data["C"]), "sparse": int(enc.data["X_sparse"]),
+        "nnz": int(enc.data["X_nnz"]), "columns": int(enc.data["P"]),
+    }))
+
+
+def target_input(s: Settings) -> list[Row]:
+    """Issue 23: peak memory and time of validating and encoding a large item table."""
+    probe = run_probe(["--input-probe"], s)
+    peak_gb = probe["maxrss_mb"] / 1024
+    form = "compressed rows" if probe["sparse"] else "dense"
+    return [Row("input memory (aggregate)",
+                f"validate + encode, {s.input_n} judgements over {s.input_items} items",
+                "pluralstan", s.input_n,
+                seconds=round(probe["validate_s"] + probe["encode_s"], 2),
+                ratio=round(peak_gb, 3), ratio_is="peak RSS (GB) of the process",
+                goal="< 1", meets="yes" if peak_gb < 1 else "no",
+                note=(f"validate {probe['validate_s']:.2f} s, encode {probe['encode_s']:.2f} s; "
+                      f"RSS {probe['before_mb']:.0f} MB after imports and building the table; "
+                      f"{probe['cells']} cells x {probe['columns']} columns, design in {form} "
+                      f"({probe['nnz']} non-zeros)"))]
+
+
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "1": target_sufficient_statistics,
     "2": target_peers,
@@ -1055,6 +1116,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "6": target_threads,
     "sparse": target_design_form,
     "flags": target_compile_flags,
+    "input": target_input,
 }
 
 
@@ -1098,6 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 500, --quick 100)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--thread-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--input-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     s = QUICK if args.quick else Settings()
@@ -1110,6 +1173,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.thread_probe:
         thread_probe(args.thread_probe, s)
+        return 0
+    if args.input_probe:
+        input_probe(s)
         return 0
     if args.draws:
         s = replace(s, warmup=args.draws, draws=args.draws)
