@@ -113,8 +113,9 @@ generated quantities {
                 + normal_lpdf(gamma | 0, prior_order_sd)
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
   if (partial) {
+    // tau is half-normal: twice the normal density on tau > 0
     lprior += normal_lpdf(mu | prior_theta_mean, prior_theta_sd)
-              + normal_lpdf(tau | 0, prior_tau_sd);
+              + normal_lpdf(tau | 0, prior_tau_sd) + num_elements(tau) * log2();
   } else {
     lprior += normal_lpdf(to_vector(theta) | to_vector(rep_matrix(prior_theta_mean', K)),
                           to_vector(rep_matrix(prior_theta_sd', K)));
