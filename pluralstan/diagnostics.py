@@ -46,6 +46,12 @@ MODE_RHAT = 1.05
 #: ``label_permutation[chain, draw, k]``).
 PERMUTATION = "label_permutation"
 
+#: How the problem of chains stationary in different modes begins.
+MULTIMODAL = "genuine multimodality"
+
+#: How the note on a fit whose modes were stacked begins (:func:`pluralstan.pipeline.finalize`).
+STACKED = "modes stacked"
+
 
 @dataclass
 class Diagnostics:
@@ -274,7 +280,7 @@ def _latent_checks(idata: az.InferenceData, label_rhat: float, result: Diagnosti
         result.multimodal = True
         groups = "; ".join(f"chains {g}" for g in result.modes)
         result.problems.append(
-            f"genuine multimodality: chains are stationary but disagree beyond a label "
+            f"{MULTIMODAL}: chains are stationary but disagree beyond a label "
             f"permutation (label-invariant R-hat {inv_rhat:.3f} for {inv_at}); modes: {groups}; "
             f"per-chain mean lp {lp}"
         )
@@ -345,6 +351,8 @@ def check(
         problems.append(f"E-BFMI {bfmi:.2f} < {EBFMI_MIN} (poor energy exploration)")
     result = Diagnostics(div, depth, rhat, ess_b, ess_t, bfmi, problems,
                          var_names=[str(n) for n in names])
+    if post.attrs.get("not_identified"):  # the model says what the data cannot identify
+        result.notes.append(str(post.attrs["not_identified"]))
     if is_latent(idata, dim):
         result.notes += switching_notes(idata, dim)
         labelled = [n for n in names if dim in post[n].dims]
@@ -393,3 +401,73 @@ def flag(idata: az.InferenceData) -> str:
     """A short marker for tables, captions and reports: "" when clean, else a warning sign."""
     problems = failed(idata)
     return "" if not problems else f"[diagnostics failed: {'; '.join(problems)}]"
+
+
+# ---------------------------------------------------------------------- printed summary
+def _modes_lines(post: xr.Dataset) -> list[str]:
+    """The mode search and stacking reports stored on a fit, as lines."""
+    lines = []
+    if post.attrs.get("mode_search"):
+        found = json.loads(post.attrs["mode_search"])
+        lds = ", ".join(f"{m['log_density']:.1f} ({m['starts']} starts)" for m in found["modes"])
+        lines.append(f"mode search: {len(found['modes'])} distinct mode(s) up to label "
+                     f"permutation from {found['n_starts']} L-BFGS starts; log densities {lds}")
+    if post.attrs.get("modes"):
+        report = json.loads(post.attrs["modes"])
+        lines.append(f"modes ({len(report['modes'])}, stacked on leave-one-"
+                     f"{report.get('unit') or 'observation'}-out predictive densities):")
+        lines += [f"  mode {m['mode']}: chains {m['chains']}, weight {m['weight']:.3f}, mean lp "
+                  f"{m['lp_mean']:.1f}, elpd_loo {m['elpd_loo']:.1f} (se {m['se']:.1f})"
+                  for m in report["modes"]]
+        for mode, rows in report.get("differences", {}).items():
+            if rows:
+                diffs = ", ".join(f"{r['variable']} {r['best']:.2f} vs {r['this']:.2f}"
+                                  for r in rows)
+                lines.append(f"  mode {mode} vs mode 0, largest differences: {diffs}")
+    return lines
+
+
+def _raw_lines(idata: az.InferenceData) -> list[str]:
+    """How to get back the draws as sampled."""
+    lines = []
+    if any(g.startswith("unstacked_") for g in idata.groups()):
+        lines.append("chains before stacking: pluralstan.modes.unstack(idata)")
+    if "sample_stats" in idata.groups() and PERMUTATION in idata.sample_stats:
+        lines.append("draws as sampled (labels not relabelled): "
+                     "pluralstan.relabel.unrelabel(idata)"
+                     + (" of the unstacked fit" if lines else ""))
+    return lines
+
+
+def summary(idata: az.InferenceData) -> str:
+    """A fit's diagnostics for a reader: verdict, checks, notes, modes, and the raw draws.
+
+    Reads only what the fit records (``posterior.attrs``: ``diagnostics``, ``relabelling``,
+    ``mode_search``, ``modes``), so it works on a loaded fit too.
+    """
+    post = idata.posterior
+    record = recorded(idata)
+    head = f"{post.attrs.get('model', 'fit')}: "
+    if not record:
+        return head + "not checked (run pluralstan.diagnostics.check)"
+    problems = failed(idata)
+    head += "diagnostics passed" if not problems else \
+        f"diagnostics failed ({len(problems)} problem(s))"
+    lines = [head, (
+        f"  divergences {record['divergences']}, tree-depth hits {record['treedepth_hits']}, "
+        f"max R-hat {record['max_rhat']:.3f}, min bulk ESS {record['min_ess_bulk']:.0f}, "
+        f"min tail ESS {record['min_ess_tail']:.0f}, min E-BFMI {record['min_ebfmi']:.2f}")]
+    if record.get("label_invariant"):
+        worst = max((v["rhat"] for v in record["label_invariant"].values()
+                     if np.isfinite(v["rhat"])), default=np.nan)
+        lines.append(f"  label-invariant scalars ({', '.join(record['label_invariant'])}): "
+                     f"max R-hat {worst:.3f}")
+    if post.attrs.get("relabelling"):
+        info = json.loads(post.attrs["relabelling"])
+        lines.append(f"  relabelled by {info['method']} "
+                     f"({info['fraction_permuted']:.0%} of draws permuted)")
+    lines += [f"problem: {p}" for p in problems]
+    lines += [f"note: {n}" for n in notes(idata)]
+    lines += _modes_lines(post)
+    lines += _raw_lines(idata)
+    return "\n".join(lines)

@@ -15,11 +15,10 @@ import arviz as az
 import pandas as pd
 
 from .data import Comparisons
-from .diagnostics import recorded
 from .engine import SamplerConfig
 from .errors import DiagnosticWarning, PluralstanError
 from .models import get_model
-from .pipeline import run
+from .pipeline import ModeOption, messages, run
 from .relabel import Method
 
 
@@ -52,6 +51,10 @@ def fit(
     check: bool = True,
     relabel: bool | Method = True,
     inits: list[dict[str, Any]] | None = None,
+    modes: ModeOption = "none",
+    n_starts: int = 20,
+    max_modes: int = 2,
+    stack: bool = True,
     **options: Any,
 ) -> az.InferenceData:
     """Fit a registered model and return an :class:`arviz.InferenceData`.
@@ -91,6 +94,20 @@ def fit(
     inits
         Initial values per chain (one dict of constrained parameter values per chain, e.g.
         :meth:`pluralstan.modes.ModeSearch.inits`); default: Stan's random inits.
+    modes, n_starts, max_modes
+        ``modes="search"``: before sampling, look for the distinct modes of the posterior by
+        L-BFGS from ``n_starts`` random starts (:func:`pluralstan.modes.search`; PyStan engine)
+        and, when there are several, start the chains from the best ``max_modes`` in turn; the
+        mode table is stored in ``posterior.attrs["mode_search"]``. Opt-in, because it costs
+        a fraction of a fit and most latent-type posteriors have one mode up to labels (see
+        :mod:`pluralstan.pipeline`).
+    stack
+        When the chains, relabelled, are stationary but sit in different modes (genuine
+        multimodality), combine the modes by stacking of chains
+        (:func:`pluralstan.modes.stack_chains`): the posterior becomes the stacked draws, the
+        report goes into ``posterior.attrs["modes"]``, and
+        :func:`pluralstan.modes.unstack` returns the chains. ``False`` keeps the chains and
+        records the multimodality as a problem.
     **options
         Model-specific options (e.g. ``ties=``, ``order=``, ``compress=`` for the aggregate model).
 
@@ -100,6 +117,7 @@ def fit(
         Groups ``posterior``, ``posterior_predictive``, ``log_likelihood``, ``log_prior``,
         ``sample_stats``, ``observed_data``, ``constant_data`` (and ``prior`` /
         ``prior_predictive``), with named dims; provenance in every group's attributes.
+        :func:`pluralstan.diagnostics.summary` prints its diagnostics, notes and modes.
     """
     spec = get_model(model)
     comps = as_comparisons(comps)
@@ -113,9 +131,9 @@ def fit(
     extra = {"K": K if K is not None else 0, "priors": _priors_of(enc.data), **enc.extra_attrs}
     idata = run(spec.program, enc, config, comps, model=spec.name, backend=backend,
                 extra=extra, sample_prior=sample_prior, relabel=relabel, check=check,
-                warn=False)
-    for problem in recorded(idata).get("problems", []):  # warned here: names the caller's line
-        warnings.warn(f"{spec.name}: {problem}", DiagnosticWarning, stacklevel=2)
+                warn=False, modes=modes, n_starts=n_starts, max_modes=max_modes, stack=stack)
+    for message in messages(idata):  # warned here: names the caller's line
+        warnings.warn(f"{spec.name}: {message}", DiagnosticWarning, stacklevel=2)
     return idata
 
 

@@ -49,10 +49,15 @@ __all__ = [
     "deduplicate",
     "find_modes",
     "group_chains",
+    "keep_unstacked",
     "search",
     "stack_chains",
     "stacking_weights",
+    "unstack",
 ]
+
+#: Prefix of the groups that keep a stacked fit's chains as sampled (:func:`keep_unstacked`).
+UNSTACKED = "unstacked_"
 
 #: Default R-hat below which chains are taken to share a mode (:func:`group_chains`). Looser
 #: than the convergence threshold :data:`pluralstan.diagnostics.RHAT_MAX`: it separates chains
@@ -652,3 +657,36 @@ def stack_chains(
         stacked = _resample(idata, groups, weights, seed)
     stacked.posterior.attrs["modes"] = report.to_json()
     return stacked, report
+
+
+def _per_draw_groups(idata: az.InferenceData) -> list[str]:
+    """Groups of ``idata`` with ``chain`` and ``draw`` dims (those stacking resamples)."""
+    return [g for g in idata.groups() if not g.startswith(UNSTACKED)
+            and {"chain", "draw"} <= set(idata[g].dims)]
+
+
+def keep_unstacked(stacked: az.InferenceData, chains: az.InferenceData) -> az.InferenceData:
+    """``stacked`` with the per-draw groups of ``chains`` (the fit before stacking) added as
+    ``unstacked_<group>`` (saved and loaded with the fit; :func:`unstack` reads them back)."""
+    stacked.add_groups({f"{UNSTACKED}{g}": chains[g] for g in _per_draw_groups(chains)})
+    return stacked
+
+
+def unstack(idata: az.InferenceData) -> az.InferenceData:
+    """The chains of a stacked fit as they were sampled (relabelled, not resampled).
+
+    A fit that :func:`pluralstan.pipeline.finalize` stacked keeps its chains in
+    ``unstacked_<group>`` groups; this returns a fit made of them (with the groups that do not
+    depend on the draws, e.g. ``observed_data``). A fit that was never stacked is returned as it
+    is. :func:`pluralstan.relabel.unrelabel` of the result gives the draws as sampled.
+    """
+    kept = [g for g in idata.groups() if g.startswith(UNSTACKED)]
+    if not kept:
+        return idata
+    groups = {g: idata[g] for g in idata.groups()
+              if not g.startswith(UNSTACKED) and g not in _per_draw_groups(idata)}
+    groups.update({g[len(UNSTACKED):]: idata[g] for g in kept})
+    posterior = groups["posterior"].copy()
+    posterior.attrs.pop("modes", None)
+    groups["posterior"] = posterior
+    return az.InferenceData(**groups)

@@ -12,7 +12,9 @@ the paper's high-conflict population (60 pairs x 20 judgements, aggregate only) 
 label-invariant summaries ``p_agg`` (aggregate P(a preferred) per cell) and ``theta_bar``
 contract by more than 0.95, the between-group difference ``|theta_0 - theta_1|`` by less than
 0.3, and the relabelled within-group coordinates by 0.2-0.8 with chains in different modes
-(``tests/test_models_labeled_unlabeled.py``). Use
+(``tests/test_models_labeled_unlabeled.py``). Every fit records this as a diagnostics
+note (:data:`NOT_IDENTIFIED`, printed by :func:`pluralstan.diagnostics.summary`): it is the
+finding, not a sampler failure. Use
 :func:`pluralstan.relabel.label_switching_report` to separate label switching from genuine
 multimodality, and the prior-sensitivity grid (``pi_alpha = concentration * pi_0``) to show how
 much of the answer the assumed mixture supplies.
@@ -54,6 +56,15 @@ DEFAULT_PRIORS: dict[str, Any] = {
 }
 
 IDENTIFY = ("none", "ordered")
+
+#: What the fit's diagnostics record about identification (a finding, not a sampler failure).
+NOT_IDENTIFIED = (
+    "not identified by design: the comparison-level mixture is not identified from pooled "
+    "judgements (Proposition 1 of the position paper; aggregate data identify only the "
+    "population preference, e.g. theta_bar and p_agg): wide, prior-driven theta_k and pi are "
+    "the expected result, not a sampler failure; labels, repeated judgements per annotator "
+    "(model 'annotator') or annotator covariates ('covariate') identify the types"
+)
 
 
 def _components(K: Any) -> int:
@@ -173,7 +184,8 @@ def encode(
         extra_attrs={"K": K, "ties": has_ties, "order_effect": has_order, "identify": identify,
                      "ordered_attribute": comps.attributes[ident_attr - 1]
                      if identify == "ordered" else "",
-                     "group_labels": "latent", "allocation": "alloc"},
+                     "group_labels": "latent", "allocation": "alloc",
+                     "not_identified": NOT_IDENTIFIED},
     )
 
 
