@@ -18,7 +18,7 @@ from .data import Comparisons
 from .engine import SamplerConfig
 from .errors import DiagnosticWarning, PluralstanError
 from .models import get_model
-from .pipeline import ModeOption, messages, run
+from .pipeline import ModeOption, fit_attrs, messages, run
 from .relabel import Method
 
 
@@ -128,7 +128,7 @@ def fit(
     config.validate()
     _check_options(spec.name, spec.encode, options)
     enc = spec.encode(comps, K=K, priors=priors, **options)  # validates before any Stan code
-    extra = {"K": K if K is not None else 0, "priors": _priors_of(enc.data), **enc.extra_attrs}
+    extra = fit_attrs(enc, K)
     idata = run(spec.program, enc, config, comps, model=spec.name, backend=backend,
                 extra=extra, sample_prior=sample_prior, relabel=relabel, check=check,
                 warn=False, modes=modes, n_starts=n_starts, max_modes=max_modes, stack=stack)
@@ -148,15 +148,6 @@ def _check_options(model: str, encode: Any, options: dict[str, Any]) -> None:
             raise PluralstanError(
                 f"unknown option {name!r} for model {model!r}{hint} accepted options: {accepted}"
             )
-
-
-def _priors_of(data: dict[str, Any]) -> dict[str, Any]:
-    """The prior hyperparameters in a Stan data dict (keys starting with ``prior_``)."""
-    out = {}
-    for key, value in data.items():
-        if key.startswith("prior_") and key != "prior_only":
-            out[key] = value.tolist() if hasattr(value, "tolist") else value
-    return out
 
 
 def save(idata: az.InferenceData, path: str | Path) -> Path:

@@ -61,6 +61,15 @@ from .relabel import Method
 from .relabel import relabel as relabel_draws
 
 
+def fit_attrs(enc: Encoded, K: int | None) -> dict[str, Any]:
+    """Provenance of a registered model's fit: ``K`` (0 without), its prior hyperparameters
+    (the Stan data starting with ``prior_``) and the encoder's ``extra_attrs``."""
+    priors = {key: value.tolist() if hasattr(value, "tolist") else value
+              for key, value in enc.data.items()
+              if key.startswith("prior_") and key != "prior_only"}
+    return {"K": K if K is not None else 0, "priors": priors, **enc.extra_attrs}
+
+
 def assemble(
     draws: Draws,
     enc: Encoded,

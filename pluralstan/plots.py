@@ -44,10 +44,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats
-from scipy.optimize import linear_sum_assignment
 
 from .diagnostics import flag
 from .errors import PluralstanError
+from .relabel import match_components
 
 #: Names of the figures :func:`dashboard` draws, in order.
 FIGURES = ("rank", "forest", "pair", "ppc", "pit", "energy")
@@ -164,8 +164,7 @@ def _aligned_truth(
         out[name] = arr
     if match and "theta" in out and "group" in post["theta"].dims and out["theta"].ndim == 2:
         mean = post["theta"].mean(SAMPLE_DIMS).transpose("group", ...).values
-        cost = ((mean[:, None, :] - out["theta"][None, :, :]) ** 2).sum(-1)
-        _, perm = linear_sum_assignment(cost)  # fitted component k <- true group perm[k]
+        perm = match_components(out["theta"], mean)  # fitted component k <- true group perm[k]
         for name, arr in out.items():
             dims = [d for d in post[name].dims if d not in SAMPLE_DIMS]
             if dims and dims[0] == "group":

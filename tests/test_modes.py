@@ -8,6 +8,7 @@ the types into one component (issue 17, "Genuine multimodality, handled").
 from __future__ import annotations
 
 import json
+import warnings
 
 import arviz as az
 import numpy as np
@@ -15,9 +16,10 @@ import pandas as pd
 import pytest
 from scipy.special import log_expit, logsumexp
 
-from pluralstan import modes, simulate
+import pluralstan as ps
+from pluralstan import diagnostics, modes, simulate
 from pluralstan.engine import CmdStanEngine, SamplerConfig, get_engine
-from pluralstan.errors import PluralstanError
+from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.inference import to_inference_data
 from pluralstan.models import get_model
 
@@ -218,3 +220,41 @@ def test_two_genuine_modes_are_found_stacked_and_weighted_by_held_out_fit():
     mode_of = stacked.sample_stats["mode"].values.ravel()
     assert abs(np.mean(mode_of == heavier) - report.weights[heavier]) <= 1 / mode_of.size
     assert "2 modes" in str(report)
+
+
+@pytest.mark.slow
+def test_fit_searches_modes_stacks_them_and_keeps_the_chains(tmp_path):
+    # the same three types and K = 2 through ps.fit: modes="search" starts the chains in the
+    # best two modes; the check finds them stationary in different modes, so the fit comes back
+    # stacked. Criterion: the stacked posterior is the one summaries read (one chain, draws in
+    # proportion to the weights, the heavier mode the one of higher log density), the only
+    # DiagnosticWarning says that the modes were stacked (each mode's chains pass alone), the
+    # printed summary names the modes and weights and how to get the chains back, and
+    # modes.unstack returns the four chains, also after save / load.
+    comps = simulate.mixture(5.0 * np.eye(3), [0.4, 0.35, 0.25], n_pairs=80,
+                             n_annotators=120, pairs_per_annotator=40, seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DiagnosticWarning)
+        idata = ps.fit("annotator", comps, K=2, chains=4, draws=1500, warmup=500, seed=2,
+                       modes="search", n_starts=16, backend="pystan")
+    warned = [str(w.message) for w in caught if issubclass(w.category, DiagnosticWarning)]
+    assert len(warned) == 1 and diagnostics.STACKED in warned[0], warned
+    record = diagnostics.recorded(idata)
+    assert record["multimodal"] and record["problems"] == []
+    found = json.loads(idata.posterior.attrs["mode_search"])
+    assert len(found["modes"]) >= 2
+    report = json.loads(idata.posterior.attrs["modes"])
+    weights = [m["weight"] for m in report["modes"]]
+    assert [sorted(m["chains"]) for m in report["modes"]] == [[0, 2], [1, 3]]
+    assert weights[0] > weights[1] and report["modes"][0]["lp_mean"] > report["modes"][1][
+        "lp_mean"]
+    assert idata.posterior.sizes["chain"] == 1 and idata.posterior.sizes["draw"] == 4 * 1500
+    mode_of = idata.sample_stats["mode"].values.ravel()
+    assert abs(np.mean(mode_of == 0) - weights[0]) <= 1 / mode_of.size
+    text = diagnostics.summary(idata)
+    assert "modes (2" in text and f"weight {weights[0]:.3f}" in text
+    assert "pluralstan.modes.unstack(idata)" in text
+    for fit in (idata, ps.load(ps.save(idata, tmp_path / "fit.nc"))):
+        chains = modes.unstack(fit)
+        assert chains.posterior.sizes["chain"] == 4 and "modes" not in chains.posterior.attrs
+        assert diagnostics.recorded(chains)["multimodal"]

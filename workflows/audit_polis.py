@@ -61,8 +61,6 @@ def statement_table(comps: Comparisons, idata, conversation: str, folder) -> pd.
 
 def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> pd.DataFrame:
     """Annotator-latent fits by K: LOO comparison, type shares and ARI with Polis's groups."""
-    from pluralstan.relabel import relabel
-
     polis_group = comps.frame.drop_duplicates("annotator").set_index("annotator")["group"]
     polis_group = polis_group.reindex(comps.annotator_levels).to_numpy()
     clustered = polis_group != "unclustered"
@@ -71,8 +69,6 @@ def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> 
         # no replicated data: the audit checks no predictions, and on vTaiwan y_rep would be
         # 30,000 cells x outcomes per draw
         fits[K] = idata = ps.fit("annotator", comps, K=K, replicate=False, **_sampler(args))
-        if K > 1:
-            idata, _ = relabel(idata)
         member = idata.posterior["membership"].mean(("chain", "draw"))
         member = member.transpose("annotator", "group").values
         best = member.argmax(axis=1)

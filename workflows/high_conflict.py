@@ -38,7 +38,6 @@ import pluralstan as ps
 from pluralstan import diagnostics
 from pluralstan.outputs import save_figure, script_parser, step, write_table
 from pluralstan.plots import plot_forest_by_group
-from pluralstan.relabel import relabel
 from pluralstan.workflow import (
     contraction,
     masking_ratio,
@@ -56,7 +55,7 @@ LATENT = ("unlabeled", "annotator")
 
 
 def fit_all(train: ps.Comparisons, sampler: dict, seed: int) -> dict:
-    """Fit the four models (mixtures with K = 2); latent mixtures are relabelled."""
+    """Fit the four models (mixtures with K = 2); ``ps.fit`` relabels the latent mixtures."""
     fits = {}
     for name in MODELS:
         with step(f"fitting {name}"), warnings.catch_warnings():
@@ -65,10 +64,8 @@ def fit_all(train: ps.Comparisons, sampler: dict, seed: int) -> dict:
             # the annotator model's y_rep has one cell per annotator and pair (15,000 here):
             # the table needs no replicated data, and skipping it makes sampling ~9x faster
             options = {"replicate": False} if name == "annotator" else {}
-            idata = ps.fit(name, train, K=K, seed=seed, sample_prior=True, **sampler, **options)
-            if name in LATENT:
-                idata, _ = relabel(idata)
-            fits[name] = idata
+            fits[name] = ps.fit(name, train, K=K, seed=seed, sample_prior=True, **sampler,
+                                **options)
     return fits
 
 

@@ -16,8 +16,8 @@ theta_2 = (-1, -1, 0, 2, 2), pi = (0.5, 0.5)). The same number N of judgements (
 (d) one judgement per annotator plus an annotator covariate that predicts the type
     (P(type 2 | w) = logistic(3 w), w ~ N(0, 1)), fitted by the covariate model.
 
-Every fit also samples its prior (``sample_prior=True``), latent-component fits are relabelled
-(:func:`pluralstan.relabel.relabel`) and their components matched to the true groups (least
+Every fit also samples its prior (``sample_prior=True``), latent-component fits come back
+relabelled (``ps.fit`` does it) and their components are matched to the true groups (least
 squared distance of the posterior means). Reported per design: posterior contraction
 1 - Var_post / Var_prior of every theta_k coordinate and of pi
 (:func:`pluralstan.workflow.contraction`), the RMSE of the posterior mean of theta against the
@@ -38,7 +38,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 from pluralstan.outputs import save_figure, script_parser, step, write_table
 from pluralstan.parallel import Job, run_jobs
@@ -76,28 +75,20 @@ def simulate_design(model: str, m: int, n_judgements: int, n_pairs: int, seed: i
     return ps.Comparisons.from_frame(frame, truth=comps.truth)
 
 
-def _align(theta_mean: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Order of the true groups that best matches the fitted components (least squares)."""
-    cost = ((theta_mean[:, None, :] - truth[None, :, :]) ** 2).sum(-1)
-    _, cols = linear_sum_assignment(cost)
-    return cols
-
-
 def fit_design(model: str, m: int, n_judgements: int, n_pairs: int, seed: int,
                sampler: dict) -> pd.DataFrame:
     """Simulate, fit (with prior draws), relabel, and return the contraction table (a job)."""
     import pluralstan as ps
-    from pluralstan.relabel import relabel
+    from pluralstan.relabel import match_components
     from pluralstan.workflow import contraction
 
     comps = simulate_design(model, m, n_judgements, n_pairs, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ps.DiagnosticWarning)  # recorded in the flag instead
         idata = ps.fit(model, comps, K=2, seed=seed, sample_prior=True, **sampler)
-        if idata.posterior.attrs.get("group_labels") != "observed":
-            idata, _ = relabel(idata)
     post_theta = idata.posterior["theta"].mean(("chain", "draw")).to_numpy()
-    order = _align(post_theta, np.asarray(comps.truth["theta"]))
+    # true group of every fitted component (least squares)
+    order = match_components(np.asarray(comps.truth["theta"]), post_theta)
     truth = {"theta": np.asarray(comps.truth["theta"])[order],
              "pi": np.asarray(comps.truth["pi"])[order]}
     table = contraction(idata, ["theta", "pi"], truth=truth)

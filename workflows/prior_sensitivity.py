@@ -7,11 +7,11 @@ theta_2 = (-1, -1, 0, 2, 2), pi = (0.5, 0.5); 200 pairs x 100 annotators; --quic
 with pi ~ Dirichlet(100 * pi_0) for assumed compositions pi_0 in {(0.5, 0.5), (0.3, 0.7),
 (0.7, 0.3), (0.1, 0.9)} (:func:`pluralstan.workflow.pi_grid_sensitivity`); reported is how far the
 posterior mean of every theta_k coordinate moves from its value under pi_0 = (0.5, 0.5), in
-units of theta and of the reference posterior sd. Unlabeled fits are relabelled and their
-components matched to the true groups first, so that "group 0" means the same thing at every
-grid point (for the unlabeled model the assumed pi_0 = (0.3, 0.7) and (0.7, 0.3) differ only by
-the labels, so after matching they can show the same fit with pi reversed). With labels, pi is
-learned from the label counts and theta_k from each group's own judgements, so the assumed pi
+units of theta and of the reference posterior sd. Unlabeled fits (relabelled by ``ps.fit``)
+have their components matched to the true groups first, so that "group 0" means the same thing
+at every grid point (for the unlabeled model the assumed pi_0 = (0.3, 0.7) and (0.7, 0.3) differ
+only by the labels, so after matching they can show the same fit with pi reversed). With labels,
+pi is learned from the label counts and theta_k from each group's own judgements, so the assumed pi
 should barely matter; without labels the assumed composition is part of what decides theta_k.
 
 (b) **power scaling** (Kallioinen et al. 2023, via :func:`pluralstan.workflow.power_scaling`):
@@ -35,11 +35,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 import pluralstan as ps
 from pluralstan.outputs import save_figure, script_parser, step, write_table
-from pluralstan.relabel import permute, relabel
+from pluralstan.relabel import match_components, permute
 from pluralstan.workflow import grid_shifts, pi_grid_sensitivity, power_scaling
 
 PI_GRID = np.array([[0.5, 0.5], [0.3, 0.7], [0.7, 0.3], [0.1, 0.9]])
@@ -48,12 +47,9 @@ MODELS = ("labeled", "unlabeled")
 
 
 def align_to_truth(idata, truth_theta: np.ndarray):
-    """Relabel a latent fit and order its components like the true groups (least squares)."""
-    idata, _ = relabel(idata)
+    """Order a (relabelled) latent fit's components like the true groups (least squares)."""
     mean = idata.posterior["theta"].mean(("chain", "draw")).to_numpy()
-    cost = ((mean[:, None, :] - truth_theta[None, :, :]) ** 2).sum(-1)
-    rows, cols = linear_sum_assignment(cost)
-    order = rows[np.argsort(cols)]  # component shown as true group k
+    order = match_components(mean, truth_theta)  # component shown as true group k
     post = idata.posterior
     perms = np.broadcast_to(order, (post.sizes["chain"], post.sizes["draw"], len(order)))
     return permute(idata, perms.copy())

@@ -53,7 +53,7 @@ from scipy.special import expit
 
 from .. import diagnostics
 from ..data import Cells, Comparisons
-from ..engine import SamplerConfig, get_engine
+from ..engine import SamplerConfig
 from ..errors import IdentificationWarning, PluralstanError
 from .base import (
     Encoded,
@@ -552,19 +552,14 @@ def fit_new_users(
         log_lik_dims={"y": ["annotator"]},
         drop=("log_lik",),
     )
-    from ..inference import provenance, to_inference_data  # here: inference imports models
+    from ..pipeline import run  # here: the pipeline imports the models
 
     config = SamplerConfig(chains, draws, warmup, seed, adapt_delta)
     config.validate()
-    program = load_program("pal_new_users.stan")
-    result = get_engine(backend).sample(program, data, config)
-    attrs = provenance("pal_new_users", program, result, comps_new, seed,
-                       {"K": K, "n_draws": n_draws, "priors": {"prior_w_alpha":
-                        data["prior_w_alpha"].tolist()}})
-    idata = to_inference_data(result, enc, attrs)
-    if check:
-        diagnostics.check(idata, var_names=["w"])
-    return idata
+    return run(load_program("pal_new_users.stan"), enc, config, comps_new,
+               model="pal_new_users", backend=backend, check=check, var_names=["w"],
+               extra={"K": K, "n_draws": n_draws,
+                      "priors": {"prior_w_alpha": data["prior_w_alpha"].tolist()}})
 
 
 # ---------------------------------------------------------------------- accuracy

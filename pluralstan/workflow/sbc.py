@@ -52,6 +52,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -70,13 +71,16 @@ import pandas as pd
 from arviz.stats.ecdf_utils import compute_ecdf, ecdf_confidence_band
 from scipy import stats
 
+from .. import diagnostics
 from ..data import Comparisons
-from ..engine import SamplerConfig, StanProgram, get_engine
+from ..engine import Draws, SamplerConfig, StanProgram, get_engine
 from ..errors import DiagnosticWarning, PluralstanError
+from ..inference import provenance
 from ..models import get_model
 from ..models.base import Encoded, ModelSpec
 from ..outputs import save_figure
 from ..parallel import Job, RunReport, run_jobs
+from ..pipeline import assemble, finalize, fit_attrs
 
 #: Signature of a data-dependent test quantity: (Stan outputs, computed with the simulated data,
 #: with a leading draw axis; simulated ``y``) -> name -> one value per draw.
@@ -252,9 +256,36 @@ def _invariant(arr: np.ndarray, label_axis: int | None) -> np.ndarray:
     return arr if label_axis is None else np.sort(arr, axis=label_axis)
 
 
+def _encoded(model: str, comps: Comparisons, K: int | None, priors: dict[str, Any] | None,
+             options: Mapping[str, Any], simulated: Mapping[str, np.ndarray]) -> Encoded:
+    """The model's encoding of the design with every modelled data item replaced by its
+    simulated value, in the Stan data and in the observed data (relabelling weighs allocation
+    probabilities by the observed counts)."""
+    enc = get_model(model).encode(comps, K=K, priors=priors, **options)
+    data = {**enc.data, **{k: np.asarray(v) for k, v in simulated.items()}}
+    observed = {k: (np.reshape(data[k], np.shape(v)) if k in simulated else v)
+                for k, v in enc.observed.items()}
+    return dataclasses.replace(enc, data=data, observed=observed)
+
+
+def _chains(idata: az.InferenceData, draws: Draws, name: str, shape: tuple[int, ...]
+            ) -> np.ndarray:
+    """``(chain, draw, *shape)`` draws of a ranked variable: from the finished (relabelled)
+    posterior, else (a variable the InferenceData leaves out) as sampled. Optional scalars,
+    squeezed to 0-d in the posterior, get back the shape of their truth."""
+    if name not in idata.posterior:
+        return np.asarray(draws.variables[name])
+    arr = idata.posterior[name].transpose("chain", "draw", ...).values
+    return arr.reshape(arr.shape[:2] + tuple(shape))
+
+
 def sbc_replicate(
-    program: StanProgram,
-    data: Mapping[str, Any],
+    model: str,
+    comps: Comparisons,
+    K: int | None,
+    priors: dict[str, Any] | None,
+    options: Mapping[str, Any],
+    simulated: Mapping[str, np.ndarray],
     config: SamplerConfig,
     truth: Mapping[str, np.ndarray],
     names: Sequence[str],
@@ -265,12 +296,22 @@ def sbc_replicate(
     rank_seed: int,
     backend: str = "auto",
 ) -> dict[str, Any]:
-    """Fit one simulated data set and rank the truth (runs in a worker).
+    """Fit one simulated data set through the fit pipeline and rank the truth (in a worker).
+
+    The replicate is fitted as :func:`pluralstan.fit` fits: encoded, sampled, turned into
+    InferenceData, relabelled when its components are latent and checked
+    (:func:`pluralstan.pipeline.run`, without stacking: SBC calibrates the chains as sampled,
+    and a replicate whose chains fall in different modes is recorded as a problem).
 
     Parameters
     ----------
-    program, data, config
-        The Stan program, its data with ``y`` replaced by the simulated counts, and NUTS settings.
+    model, comps, K, priors, options
+        The model and its design, encoded in the worker (an ``Encoded`` holds functions that do
+        not pickle); ``priors`` are the fitted model's.
+    simulated
+        Stan data name -> simulated value of every modelled data item (``y``, ...).
+    config
+        NUTS settings.
     truth
         The generating draw: every Stan output of the prior-only run at that draw.
     names
@@ -293,42 +334,41 @@ def sbc_replicate(
     -------
     dict
         ``ranks`` (name -> integer array of the variable's shape, or scalar), ``at_truth``
-        (test quantities at the truth), ``max_rank`` and sampler diagnostics
-        (``divergences``, ``max_rhat``, ``min_ess_bulk``).
+        (test quantities at the truth), ``max_rank`` and the fit's recorded diagnostics
+        (``divergences``, ``max_rhat``, ``min_ess_bulk``, ``problems``).
     """
+    spec = get_model(model)
+    enc = _encoded(model, comps, K, priors, options, simulated)
     engine = get_engine(backend)
-    draws = engine.sample(program, dict(data), config)
+    draws = engine.sample(spec.program, enc.data, config)
+    attrs = provenance(spec.name, spec.program, draws, comps, config.seed,
+                       {"max_treedepth": config.max_treedepth, **fit_attrs(enc, K)})
+    idata = finalize(assemble(draws, enc, attrs), label_dim=enc.label_dim,
+                     max_treedepth=config.max_treedepth, warn=False, stack=False)
     rng = np.random.default_rng(rank_seed)
     flat = {name: _pool_chains(arr, thin) for name, arr in draws.variables.items()}
     max_rank = _usable_rank(next(iter(flat.values())).shape[0])
-    flat = {name: arr[:max_rank] for name, arr in flat.items()}
     ranks: dict[str, np.ndarray] = {}
     at_truth: dict[str, float] = {}
     for name in names:
         axis = label_axes.get(name)
-        post = _invariant(flat[name], None if axis is None else axis + 1)
+        chains = _chains(idata, draws, name, np.shape(truth[name]))
+        post = _invariant(_pool_chains(chains, thin)[:max_rank], None if axis is None
+                          else axis + 1)
         ranks[name] = _ranks_of(_invariant(np.asarray(truth[name]), axis), post, rng)
     if quantities is not None:
-        y = np.asarray(data["y"])
-        at_draws = quantities(flat, y)
+        y = np.asarray(enc.data["y"])
+        at_draws = quantities({k: v[:max_rank] for k, v in flat.items()}, y)
         # outputs at the truth recomputed with the simulated data (the prior run used the design's)
-        at_true = engine.generate(program, dict(data), {n: truth[n] for n in param_names},
-                                  rank_seed)
+        at_true = engine.generate(spec.program, dict(enc.data),
+                                  {n: truth[n] for n in param_names}, rank_seed)
         for name, value in quantities(at_true, y).items():
             at_truth[name] = float(np.asarray(value)[0])
             ranks[name] = _ranks_of(at_truth[name], np.asarray(at_draws[name]), rng)
-    # diagnostics of what is ranked: mixture variables sorted like their ranks (label-dependent
-    # components of a switching posterior have meaningless R-hat and ESS)
-    ranked = {n: _invariant(draws.variables[n], None if label_axes.get(n) is None
-                            else label_axes[n] + 2) for n in names}
-    dataset = az.convert_to_dataset(ranked)
-    rhat = float(az.rhat(dataset).to_array().max()) if config.chains > 1 else math.nan
-    ess = float(az.ess(dataset, method="bulk").to_array().min())
-    divergences = int(draws.sample_stats["diverging"].sum()) if "diverging" in \
-        draws.sample_stats else 0
+    record = diagnostics.recorded(idata)
     return {"ranks": ranks, "at_truth": at_truth, "max_rank": int(max_rank),
-            "divergences": divergences,
-            "max_rhat": rhat, "min_ess_bulk": ess}
+            "divergences": int(record["divergences"]), "max_rhat": float(record["max_rhat"]),
+            "min_ess_bulk": float(record["min_ess_bulk"]), "problems": record["problems"]}
 
 
 # --------------------------------------------------------------------------- result
@@ -647,9 +687,10 @@ def sbc(
     seeds = _seeds(seed, n_sims)
     jobs = [
         Job(f"sim{i:04d}", sbc_replicate, {
-            "program": spec.program,
-            "data": {**enc_fit.data, **{obs: joint[rep][i].astype(np.int64)
-                                        for rep, obs in enc.predictive.items()}},
+            "model": spec.name, "comps": comps, "K": K,
+            "priors": {**(priors or {}), **(fit_priors or {})}, "options": options,
+            "simulated": {obs: joint[rep][i].astype(np.int64)
+                          for rep, obs in enc.predictive.items()},
             "config": SamplerConfig(chains, draws, warmup, seeds[i], adapt_delta, max_treedepth),
             "truth": {k: v[i] for k, v in joint.items() if k not in enc.predictive},
             "names": names, "label_axes": label_axes, "thin": int(thin),
@@ -700,6 +741,7 @@ def _tables(report: RunReport, joint: Mapping[str, np.ndarray], names: Sequence[
                          "divergences": value.get("divergences", 0),
                          "max_rhat": value.get("max_rhat", math.nan),
                          "min_ess_bulk": value.get("min_ess_bulk", math.nan),
+                         "problems": "; ".join(value.get("problems", [])),
                          "seconds": res.seconds, "error": None if res.ok else res.message})
         if not res.ok:
             continue
