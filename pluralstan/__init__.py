@@ -12,7 +12,7 @@ __version__ = "0.2.0"
 from . import diagnostics, ml, relabel, simulate, workflow
 from .data import Comparisons, read_csv
 from .engine import get_engine
-from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError
+from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError, ScaleWarning
 from .fit import fit, load, save
 from .models import REGISTRY as models
 
@@ -21,6 +21,7 @@ __all__ = [
     "DiagnosticWarning",
     "IdentificationWarning",
     "PluralstanError",
+    "ScaleWarning",
     "__version__",
     "diagnostics",
     "fit",

@@ -119,6 +119,8 @@ def test_a_scalar_prior_given_a_list_is_refused_by_name():
         _encode("aggregate", None, {"order_sd": [1.0, 2.0]})
     with pytest.raises(PluralstanError, match=r"prior 'W_sd' must be a single number"):
         _encode("pal", 2, {"W_sd": [1.0, 2.0]})
+    with pytest.raises(PluralstanError, match=r"prior 'intercept_sd' must be a single number"):
+        _encode("covariate", 2, {"intercept_sd": [1.0, 2.0]})
 
 
 def test_valid_priors_reach_stan_data_as_given():

@@ -64,7 +64,7 @@ def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
 def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
-    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags"}
+    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]

@@ -48,7 +48,15 @@ from .annotator import (
     likelihood_data,
 )
 from .annotator import DEFAULT_PRIORS as ANNOTATOR_PRIORS
-from .base import Encoded, ModelSpec, broadcast_prior, merge_priors, positive, register
+from .base import (
+    Encoded,
+    ModelSpec,
+    broadcast_prior,
+    merge_priors,
+    positive,
+    register,
+    scalar_prior,
+)
 
 DEFAULT_PRIORS: dict[str, Any] = {
     **{k: v for k, v in ANNOTATOR_PRIORS.items() if k != "pi_alpha"},
@@ -225,11 +233,11 @@ def encode(
                                            reference_levels)
     Q = W.shape[1]
     slopes = positive(broadcast_prior(p["beta_sd"], Q - 1, "beta_sd"), "beta_sd")
+    intercept_sd = positive(scalar_prior(p["intercept_sd"], "intercept_sd"), "intercept_sd")
     data |= {
         "Q": Q,
         "W": W,
-        "prior_beta_sd": np.concatenate([[float(positive(p["intercept_sd"], "intercept_sd"))],
-                                         slopes]),
+        "prior_beta_sd": np.concatenate([[intercept_sd], slopes]),
     }
     coords["covariate"] = names
     attrs["covariate_encoding"] = json.dumps(encoding)
