@@ -14,7 +14,7 @@ from matplotlib.image import imread
 
 import pluralstan as ps
 from pluralstan.engine import get_engine
-from pluralstan.models import get_model
+from pluralstan.models import covariate, get_model
 from pluralstan.parallel import local_pool
 from pluralstan.workflow import sbc as sbc_mod
 from pluralstan.workflow.sbc import (
@@ -258,4 +258,21 @@ def test_annotator_model_is_calibrated_with_its_annotator_log_lik():
     assert "log_lik" in result.quantities
     log_lik = result.ranks[result.ranks["quantity"] == "log_lik"]
     assert np.isfinite(log_lik["truth"]).all() and log_lik["truth"].nunique() == 40
+    assert result.passed, result.report()
+
+
+def test_covariate_model_is_calibrated_with_relabelling_in_the_pipeline():
+    # every replicate goes through the fit pipeline, which relabels the types (and permutes
+    # the sum-to-zero beta with them) and records the diagnostics of the relabelled fit.
+    # Criterion: the family-wise ECDF band test passes for every order statistic of theta, pi
+    # and beta and for log_lik (40 sims), and every replicate's diagnostics are recorded.
+    design = covariate.simulate(ps.simulate.HIGH_CONFLICT_THETA[:, :2],
+                                np.array([[0.0, 0.0], [0.0, 1.0]]), n_annotators=10,
+                                n_pairs=10, pairs_per_annotator=5, seed=1)
+    result = sbc("covariate", design, K=2, n_sims=40, seed=8, progress=False, n_workers=2,
+                 chains=2, draws=50, warmup=150, thin=1)
+    assert result.n_failed == 0
+    assert {"beta", "log_lik"} <= set(result.ranks["variable"])
+    assert np.isfinite(result.sims[["max_rhat", "min_ess_bulk"]].to_numpy()).all()
+    assert "problems" in result.sims
     assert result.passed, result.report()
