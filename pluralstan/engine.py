@@ -187,27 +187,90 @@ def build_lock(program: StanProgram, engine: str) -> Iterator[None]:
         yield
 
 
-#: httpstan 4's own compiler flags (``httpstan.models.build_services_extension_module``).
-HTTPSTAN_COMPILE_ARGS = ("-O3", "-std=c++14", "-Wno-sign-compare")
-
 #: File in a model's httpstan cache folder recording the flags pluralstan built it with.
 BUILD_RECORD = "pluralstan-build.json"
 
 
 def pystan_compile_args() -> tuple[str, ...]:
-    """Compiler flags for PyStan builds: httpstan's own, plus TLS descriptors on x86-64 Linux.
+    """Compiler flags pluralstan adds to httpstan's own for PyStan builds.
 
-    httpstan defines ``STAN_THREADS``, which makes Stan's autodiff stack ``thread_local``. In a
-    module loaded with ``dlopen`` (as every httpstan model is) each access to it then goes
-    through ``__tls_get_addr``, and Stan touches the stack once per autodiff node. With TLS
-    descriptors (``-mtls-dialect=gnu2``) glibc resolves the access to a fixed offset when it
-    has static TLS room for the module, and takes the dynamic path otherwise, so the flag is
-    safe either way. On the annotator model's gradient it was worth 1.2x (``benchmarks/run.py
-    --targets flags``). Other platforms keep httpstan's flags.
+    httpstan chooses its flags (optimisation and a C++ standard that follows its Stan version);
+    pluralstan appends to them only TLS descriptors on x86-64 Linux. httpstan defines
+    ``STAN_THREADS``, which makes Stan's autodiff stack ``thread_local``. In a module loaded
+    with ``dlopen`` (as every httpstan model is) each access to it then goes through
+    ``__tls_get_addr``, and Stan touches the stack once per autodiff node. With TLS descriptors
+    (``-mtls-dialect=gnu2``) glibc resolves the access to a fixed offset when it has static TLS
+    room for the module, and takes the dynamic path otherwise, so the flag is safe either way.
+    On the annotator model's gradient it was worth 1.2x (``benchmarks/run.py --targets
+    flags``). Other platforms add nothing.
     """
     if sys.platform.startswith("linux") and platform.machine() == "x86_64":
-        return (*HTTPSTAN_COMPILE_ARGS, "-mtls-dialect=gnu2")
-    return HTTPSTAN_COMPILE_ARGS
+        return ("-mtls-dialect=gnu2",)
+    return ()
+
+
+def _first_errors(log: str, lines: int = 12) -> str:
+    """The compiler's first error lines (from the first ``error`` on), else the log's tail."""
+    rows = log.splitlines()
+    start = next((i for i, row in enumerate(rows) if "error" in row.lower()),
+                 max(0, len(rows) - lines))
+    return "\n".join(rows[start:start + lines])
+
+
+@contextlib.contextmanager
+def _httpstan_build(extra_args: tuple[str, ...], program_name: str) -> Iterator[None]:
+    """Let httpstan build an extension module with ``extra_args`` after its own flags.
+
+    httpstan's ``build_services_extension_module`` hands its extension, carrying httpstan's own
+    flags, to ``httpstan.build_ext.run_build_ext``. While this context is active that function is
+    replaced by a copy of it that appends ``extra_args`` and keeps the compiler's messages when
+    the build fails: httpstan's own drops them and reports only the compiler's exit status. A
+    failure raises :class:`PluralstanError` with the compiler's first error lines.
+    """
+    import tempfile
+
+    import httpstan.build_ext
+    import setuptools
+    import setuptools.command.build_ext
+
+    def run_build_ext(extensions: list[Any], build_lib: str) -> str:
+        dist = setuptools.Distribution()
+        dist.parse_config_files(dist.find_config_files())
+        command = setuptools.command.build_ext.build_ext(dist)
+        command.build_lib = build_lib
+        command.finalize_options()
+        for extension in extensions:
+            extension._needs_stub = False  # as httpstan does
+            extension.extra_compile_args = [*extension.extra_compile_args, *extra_args]
+        command.extensions = extensions
+        failure: Exception | None = None
+        with tempfile.TemporaryFile(prefix="pluralstan_build_") as log:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)
+            try:
+                command.run()
+            except Exception as err:  # setuptools' CompileError / LinkError: no compiler text
+                failure = err
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        if failure is not None:
+            flags = " ".join(extensions[0].extra_compile_args)
+            raise PluralstanError(
+                f"the C++ compiler failed on Stan program {program_name!r} (flags: {flags}):\n"
+                f"{_first_errors(output)}"
+            ) from failure
+        return output
+
+    saved_run = httpstan.build_ext.run_build_ext
+    httpstan.build_ext.run_build_ext = run_build_ext
+    try:
+        yield
+    finally:
+        httpstan.build_ext.run_build_ext = saved_run
 
 
 @contextlib.contextmanager
@@ -348,9 +411,9 @@ class PyStanEngine:
         """Whether httpstan's cache holds a complete build of ``program`` with ``compile_args``.
 
         A complete entry has the compiled extension module, the compiler log httpstan writes
-        after it, and pluralstan's :data:`BUILD_RECORD` of the flags it asked for (default
-        :func:`pystan_compile_args`). A folder missing one of them is an interrupted build, or
-        one made by PyStan alone or with other flags, and is built again.
+        after it, and pluralstan's :data:`BUILD_RECORD` of the flags it added to httpstan's
+        (default :func:`pystan_compile_args`). A folder missing one of them is an interrupted
+        build, or one made by PyStan alone or with other flags, and is built again.
         """
         model_dir = self._model_dir(program)
         if not (model_dir.is_dir() and (model_dir / "stderr.log").is_file()
@@ -360,16 +423,19 @@ class PyStanEngine:
             record = json.loads((model_dir / BUILD_RECORD).read_text())
         except (OSError, ValueError):
             return False
-        return record.get("requested") == list(compile_args or pystan_compile_args())
+        wanted = pystan_compile_args() if compile_args is None else compile_args
+        return record.get("added") == list(wanted)
 
     def compile(self, program: StanProgram, compile_args: tuple[str, ...] | None = None) -> bool:
         """Compile ``program`` into httpstan's cache unless it is there; return whether it was.
 
         Takes the per-program build lock (:func:`build_lock`), so concurrent callers compile
-        once. ``compile_args`` defaults to :func:`pystan_compile_args`.
+        once. ``compile_args`` are added to httpstan's own flags; they default to
+        :func:`pystan_compile_args` (``()``: httpstan's flags alone).
         """
+        wanted = pystan_compile_args() if compile_args is None else tuple(compile_args)
         with build_lock(program, self.name):
-            return self._compile_unless_cached(program, compile_args or pystan_compile_args())
+            return self._compile_unless_cached(program, wanted)
 
     def _compile_unless_cached(self, program: StanProgram, compile_args: tuple[str, ...]) -> bool:
         """:meth:`compile`'s body, for callers that hold the build lock already."""
@@ -384,20 +450,20 @@ class PyStanEngine:
         """Compile ``program`` straight into httpstan's cache, as httpstan's own handler does.
 
         ``stan.build`` compiles through an HTTP request whose client gives up after 300 s, which
-        a loaded two-core machine can exceed, and with httpstan's fixed flags; compiling here
-        has no time limit and takes ``compile_args``, and ``stan.build`` then finds the module
-        in the cache. Should the compiler refuse flags beyond httpstan's own, the program is
-        built with httpstan's, and the record says so.
+        a loaded two-core machine can exceed, and with httpstan's flags alone; compiling here
+        has no time limit and appends ``compile_args`` to httpstan's flags
+        (:func:`_httpstan_build`), and ``stan.build`` then finds the module in the cache. A
+        failed build raises :class:`PluralstanError` with the compiler's first error lines.
         """
         import asyncio
 
+        import httpstan
         import httpstan.cache
         import httpstan.compile
         import httpstan.models
 
         name = httpstan.models.calculate_model_name(program.code)
         httpstan.cache.delete_model_directory(name)
-        used = compile_args
         with _patient_stanc():
             try:
                 _, stanc_warnings = httpstan.compile.compile(
@@ -408,18 +474,11 @@ class PyStanEngine:
                     f"Stan program {program.name!r} does not compile: {err}"
                 ) from err
             httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
-            build = httpstan.models.build_services_extension_module
-            try:
-                output = asyncio.run(build(program.code, extra_compile_args=list(used)))
-            except Exception as err:  # the C++ compiler's refusal; retried with httpstan's
-                if tuple(used) == HTTPSTAN_COMPILE_ARGS:
-                    raise
-                print(f"pluralstan: the compiler refused {list(used)} ({err}); building "
-                      f"{program.name!r} with httpstan's own flags", file=sys.stderr, flush=True)
-                used = HTTPSTAN_COMPILE_ARGS
-                output = asyncio.run(build(program.code, extra_compile_args=list(used)))
+            with _httpstan_build(compile_args, program.name):
+                build = httpstan.models.build_services_extension_module
+                output = asyncio.run(build(program.code))
         httpstan.cache.dump_services_extension_module_compiler_output(output, name)
-        record = {"requested": list(compile_args), "used": list(used)}
+        record = {"added": list(compile_args), "httpstan": httpstan.__version__}
         (self._model_dir(program) / BUILD_RECORD).write_text(json.dumps(record))
 
     def _build(self, program: StanProgram, data: dict[str, Any], seed: int) -> tuple[Any, bool]:

@@ -15,7 +15,6 @@ import pytest
 import pluralstan as ps
 from pluralstan.engine import (
     BUILD_RECORD,
-    HTTPSTAN_COMPILE_ARGS,
     CmdStanEngine,
     PyStanEngine,
     SamplerConfig,
@@ -102,10 +101,11 @@ def test_four_processes_share_the_compile_cache_without_duplicate_builds():
     assert sorted(compiled) == [False, False, False, True]
     means = [m for _, m in results]
     assert np.allclose(means, means[0])
-    # the module was built with pluralstan's flags, and says so
+    # the module was built with httpstan's flags plus pluralstan's, and says so
+    import httpstan
+
     record = json.loads((partial / BUILD_RECORD).read_text())
-    assert record == {"requested": list(pystan_compile_args()),
-                      "used": list(pystan_compile_args())}
+    assert record == {"added": list(pystan_compile_args()), "httpstan": httpstan.__version__}
     if "-mtls-dialect=gnu2" in pystan_compile_args():
         # TLS descriptors: the module reaches Stan's thread_local autodiff stack through them
         module = next(partial.glob("*.so"))
@@ -114,21 +114,18 @@ def test_four_processes_share_the_compile_cache_without_duplicate_builds():
         assert "R_X86_64_TLSDESC" in relocations
 
 
-def _fake_builds(monkeypatch, refuse: bool) -> list[list[str]]:
+def _fake_builds(monkeypatch) -> list[str]:
     """Replace httpstan's C++ build by one that writes an empty module (stanc still runs).
 
-    With ``refuse`` it fails for any flags beyond httpstan's own, as a compiler that does not
-    know them would. Returns the flag lists it was called with.
+    Returns the program texts it was called for.
     """
     import httpstan.cache
     import httpstan.models
 
     calls = []
 
-    async def build(program_code: str, extra_compile_args: list[str]) -> str:
-        calls.append(list(extra_compile_args))
-        if refuse and tuple(extra_compile_args) != HTTPSTAN_COMPILE_ARGS:
-            raise RuntimeError("g++: error: unrecognized command-line option")
+    async def build(program_code: str) -> str:
+        calls.append(program_code)
         folder = httpstan.cache.model_directory(httpstan.models.calculate_model_name(program_code))
         (folder / "stan_services_model_fake.so").write_bytes(b"")
         return "compiler output"
@@ -137,26 +134,42 @@ def _fake_builds(monkeypatch, refuse: bool) -> list[list[str]]:
     return calls
 
 
-@pytest.mark.parametrize("refuse", [False, True])
-def test_compile_records_its_flags_and_falls_back_to_httpstans(monkeypatch, refuse):
+def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch):
+    import httpstan
+
     program = StanProgram("tiny", TINY + f"// {uuid.uuid4()}\n")
     engine = PyStanEngine()
-    calls = _fake_builds(monkeypatch, refuse)
+    calls = _fake_builds(monkeypatch)
     try:
         assert engine.compile(program) is True
-        expected = [list(pystan_compile_args())]
-        if refuse and pystan_compile_args() != HTTPSTAN_COMPILE_ARGS:
-            expected.append(list(HTTPSTAN_COMPILE_ARGS))
-        assert calls == expected
         record = json.loads((engine._model_dir(program) / BUILD_RECORD).read_text())
-        assert record == {"requested": expected[0], "used": expected[-1]}
-        # cached for the flags asked for (a refused flag is not retried on every load) ...
+        assert record == {"added": list(pystan_compile_args()), "httpstan": httpstan.__version__}
+        # cached for the flags asked for: later calls load, they do not build again ...
         assert engine.is_cached(program) and engine.compile(program) is False
-        assert len(calls) == len(expected)
+        assert engine.compile(program, pystan_compile_args()) is False
+        assert len(calls) == 1
         # ... but not for other flags, nor without pluralstan's record (PyStan's own build)
         assert not engine.is_cached(program, ("-O0",))
+        if pystan_compile_args():
+            assert not engine.is_cached(program, ())  # () is httpstan's flags alone
         (engine._model_dir(program) / BUILD_RECORD).unlink()
         assert not engine.is_cached(program)
+    finally:
+        shutil.rmtree(engine._model_dir(program), ignore_errors=True)
+
+
+def test_a_failed_cpp_build_raises_with_the_compilers_error_text():
+    """A program that passes stanc but whose C++ build fails (a flag the compiler does not know):
+    PluralstanError names the program and carries the compiler's own message."""
+    program = StanProgram("tiny_bad_flag", TINY + f"// {uuid.uuid4()}\n")
+    engine = PyStanEngine()
+    try:
+        with pytest.raises(ps.PluralstanError) as caught:
+            engine.compile(program, ("-fno-such-flag-pluralstan",))
+        message = str(caught.value)
+        assert "C++ compiler failed on Stan program 'tiny_bad_flag'" in message
+        assert "error" in message and "-fno-such-flag-pluralstan" in message.split("\n", 1)[1]
+        assert not engine.is_cached(program, ("-fno-such-flag-pluralstan",))
     finally:
         shutil.rmtree(engine._model_dir(program), ignore_errors=True)
 
