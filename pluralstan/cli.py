@@ -124,14 +124,12 @@ def _save_or_keep(idata, out: Path) -> Path | None:
 
 
 def _print_summary(idata) -> None:
-    import arviz as az
+    from . import _arviz, diagnostics
 
-    from . import diagnostics
-
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     names = [v for v in post.data_vars if post[v].ndim <= 4 and post[v].size // (
         post.sizes["chain"] * post.sizes["draw"]) <= 50]
-    print(az.summary(idata, var_names=names, kind="all").to_string())
+    print(_arviz.summary(idata, var_names=names, ci_prob=0.94).to_string())
     problems = diagnostics.failed(idata)
     print("diagnostics: " + ("all checks passed" if not problems else "; ".join(problems)))
 
@@ -141,7 +139,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .fit import load
 
     idata = load(args.fit)
-    attrs = idata.posterior.attrs
+    attrs = idata["posterior"].attrs
     print(f"model {attrs.get('model')} | engine {attrs.get('engine_version')} | "
           f"seed {attrs.get('seed')} | program sha256 {str(attrs.get('stan_program_sha256'))[:12]}")
     _print_summary(idata)

@@ -1,4 +1,7 @@
-"""Build ArviZ InferenceData from engine draws: one function for every model and both engines."""
+"""Build a fit's ArviZ container from engine draws: one function for every model and both engines.
+
+The container is the installed ArviZ's own (:data:`pluralstan._arviz.Idata`: InferenceData on
+ArviZ 0.23, DataTree on ArviZ 1.x)."""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import hashlib
 import json
 from typing import Any
 
-import arviz as az
 import numpy as np
 import xarray as xr
 
+from . import _arviz
 from .data import Comparisons
 from .engine import Draws, StanProgram
 from .models.base import Encoded
@@ -86,8 +89,8 @@ def to_inference_data(
     enc: Encoded,
     attrs: dict[str, Any],
     prior_draws: Draws | None = None,
-) -> az.InferenceData:
-    """Assemble the InferenceData of a fit.
+) -> _arviz.Idata:
+    """Assemble the InferenceData (ArviZ 0.23) or DataTree (ArviZ 1.x) of a fit.
 
     Groups: ``posterior``, ``posterior_predictive``, ``log_likelihood``, ``log_prior``,
     ``sample_stats``, ``observed_data``, ``constant_data`` and, when ``prior_draws`` is given,
@@ -98,10 +101,11 @@ def to_inference_data(
     coords = enc.coords
 
     def sampled(values: dict[str, np.ndarray], group_dims: dict[str, list[str]]) -> xr.Dataset:
-        return az.dict_to_dataset(values, coords=coords, dims=group_dims, attrs=attrs)
+        return _arviz.dataset_from_dict(values, coords=coords, dims=group_dims, attrs=attrs)
 
     def fixed(values: dict[str, np.ndarray]) -> xr.Dataset:
-        return az.dict_to_dataset(values, coords=coords, dims=dims, default_dims=[], attrs=attrs)
+        return _arviz.dataset_from_dict(values, coords=coords, dims=dims, attrs=attrs,
+                                        sampled=False)
 
     groups: dict[str, xr.Dataset] = {
         "posterior": sampled(posterior, dims),
@@ -116,7 +120,6 @@ def to_inference_data(
         prior, prior_pred, _ = _split(prior_draws, enc)
         groups["prior"] = sampled(prior, dims)
         groups["prior_predictive"] = sampled(prior_pred, dims)
-    idata = az.InferenceData(**groups)
-    for group in idata.groups():
-        idata[group].attrs.update({k: v for k, v in attrs.items()})
-    return idata
+    for dataset in groups.values():
+        dataset.attrs.update(attrs)
+    return _arviz.make_idata(groups)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
 import pluralstan as ps
+from pluralstan import _arviz
 from pluralstan.workflow import aggregation_audit, audit_rewards, mediocrity_example
 
 
@@ -43,13 +43,13 @@ def test_borda_by_hand():
     assert not bool(out["top_disagree"])
 
 
-def _posterior(rewards: np.ndarray, sd: float, seed: int) -> az.InferenceData:
+def _posterior(rewards: np.ndarray, sd: float, seed: int) -> _arviz.Idata:
     """Hand-built mixture posterior whose attributes are option indicators (theta_k = r_k)."""
     rng = np.random.default_rng(seed)
     K, n = rewards.shape
     theta = rewards[None, None] + rng.normal(0.0, sd, size=(2, 250, K, n))
-    return az.from_dict(
-        posterior={"theta": theta, "pi": np.full((2, 250, K), 1.0 / K)},
+    return _arviz.from_dict(
+        {"posterior": {"theta": theta, "pi": np.full((2, 250, K), 1.0 / K)}},
         coords={"group": [f"g{k}" for k in range(K)], "attribute": ["S", "M", "L"]},
         dims={"theta": ["group", "attribute"], "pi": ["group"]},
     )
@@ -78,7 +78,8 @@ def test_bad_input():
         aggregation_audit(_posterior(rewards.values, 0.1, 0), OPTIONS[["S", "M"]])
     with pytest.raises(ps.PluralstanError, match="mu"):
         audit_rewards(rewards, pi, mu=xr.DataArray([0.5, 0.6, 0.1], dims="option"))
-    aggregate = az.from_dict(posterior={"theta": np.zeros((1, 5, 3))},
-                             coords={"attribute": ["S", "M", "L"]}, dims={"theta": ["attribute"]})
+    aggregate = _arviz.from_dict({"posterior": {"theta": np.zeros((1, 5, 3))}},
+                                 coords={"attribute": ["S", "M", "L"]},
+                                 dims={"theta": ["attribute"]})
     with pytest.raises(ps.PluralstanError, match="mixture fit"):
         aggregation_audit(aggregate, OPTIONS)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import warnings
 
-import arviz as az
 import numpy as np
 import pytest
 
 import pluralstan as ps
+from pluralstan import _arviz
 from pluralstan.workflow import annotator_log_likelihood, compare_K, compare_models, loo
 
 FAST = {"chains": 4, "draws": 300, "warmup": 300}
@@ -61,9 +61,9 @@ def test_high_pareto_k_observations_are_named():
     rng = np.random.default_rng(1)
     ll = rng.normal(-0.7, 0.05, size=(2, 500, 30))
     ll[:, :, 17] = -np.exp(rng.normal(0.0, 3.0, size=(2, 500)))  # one wildly influential point
-    idata = az.from_dict(posterior={"mu": rng.normal(size=(2, 500))},
-                         log_likelihood={"y": ll}, dims={"y": ["comparison"]},
-                         coords={"comparison": np.arange(30)})
+    idata = _arviz.from_dict({"posterior": {"mu": rng.normal(size=(2, 500))},
+                              "log_likelihood": {"y": ll}}, dims={"y": ["comparison"]},
+                             coords={"comparison": np.arange(30)})
     with pytest.warns(ps.DiagnosticWarning, match=r"comparison 17"):
         summary, high = loo(idata)
     assert high["observation"].tolist() == [17]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
 
 import pluralstan as ps
+from pluralstan import _arviz
 from pluralstan.workflow import contraction
 
 FAST = {"chains": 4, "draws": 400, "warmup": 400}
@@ -59,8 +59,8 @@ def test_per_group_rows_for_a_mixture_layout():
     prior = rng.normal(size=(2, 4000, 2, 2))
     post = np.stack([rng.normal(0.5, 0.1, size=(2, 4000, 2)),
                      rng.normal(0.0, 1.0, size=(2, 4000, 2))], axis=2)
-    idata = az.from_dict(posterior={"theta": post}, prior={"theta": prior}, coords=coords,
-                         dims=dims)
+    idata = _arviz.from_dict({"posterior": {"theta": post}, "prior": {"theta": prior}},
+                             coords=coords, dims=dims)
     truth = {"theta": np.array([[0.5, 0.5], [0.0, 0.0]])}
     table = contraction(idata, truth=truth).set_index(["group", "attribute"])
     assert table.loc[0, "contraction"].to_numpy() == pytest.approx(0.99, abs=0.01)
@@ -70,9 +70,10 @@ def test_per_group_rows_for_a_mixture_layout():
 
 
 def test_missing_prior_group_is_an_error():
-    idata = az.from_dict(posterior={"theta": np.zeros((1, 10, 2))})
+    idata = _arviz.from_dict({"posterior": {"theta": np.zeros((1, 10, 2))}})
     with pytest.raises(ps.PluralstanError, match="sample_prior=True"):
         contraction(idata)
-    idata = az.from_dict(posterior={"theta": np.zeros((1, 10))}, prior={"mu": np.zeros((1, 10))})
+    idata = _arviz.from_dict({"posterior": {"theta": np.zeros((1, 10))},
+                              "prior": {"mu": np.zeros((1, 10))}})
     with pytest.raises(ps.PluralstanError, match="not in both"):
         contraction(idata, ["theta"])

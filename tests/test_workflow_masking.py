@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import warnings
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +12,7 @@ import xarray as xr
 from scipy.special import expit
 
 import pluralstan as ps
+from pluralstan import _arviz
 from pluralstan.workflow import (
     masking_ratio,
     observed_frequencies,
@@ -97,8 +97,8 @@ def test_homogeneous_population_has_no_masking(homogeneous):
 def _mixture_idata(thetas: np.ndarray, labels: list[int], rng: np.random.Generator):
     """Hand-built mixture posterior centred on the truth, components stored in ``labels`` order."""
     draws = thetas[labels][None, None] + rng.normal(0.0, 0.05, size=(2, 200, *thetas.shape))
-    return az.from_dict(
-        posterior={"theta": draws, "pi": np.full((2, 200, 2), 0.5)},
+    return _arviz.from_dict(
+        {"posterior": {"theta": draws, "pi": np.full((2, 200, 2), 0.5)}},
         coords={"group": [0, 1], "attribute": [f"x{j + 1}" for j in range(thetas.shape[1])]},
         dims={"theta": ["group", "attribute"], "pi": ["group"]},
     )
@@ -156,8 +156,8 @@ def test_population_probability_is_the_pi_weighted_mixture():
     rng = np.random.default_rng(3)
     theta = rng.normal(size=(1, 4, 2, 3))
     pi = np.array([0.2, 0.8])
-    idata = az.from_dict(
-        posterior={"theta": theta, "pi": np.broadcast_to(pi, (1, 4, 2))},
+    idata = _arviz.from_dict(
+        {"posterior": {"theta": theta, "pi": np.broadcast_to(pi, (1, 4, 2))}},
         coords={"group": ["a", "b"], "attribute": ["x1", "x2", "x3"]},
         dims={"theta": ["group", "attribute"], "pi": ["group"]},
     )
@@ -193,14 +193,14 @@ def _hand_example() -> ps.Comparisons:
 
 
 def _draws(theta: np.ndarray, dims: list[str], pi: np.ndarray | None = None,
-           groups: list[str] | None = None) -> az.InferenceData:
+           groups: list[str] | None = None) -> _arviz.Idata:
     """A deterministic 'posterior': one chain, the given theta draws (and pi) by hand."""
     posterior = {"theta": theta[None]}
     if pi is not None:
         posterior["pi"] = pi[None]
     coords = {"attribute": ["x1"]} | ({"group": groups} if groups else {})
-    return az.from_dict(posterior=posterior, coords=coords,
-                        dims={"theta": dims, "pi": ["group"]})
+    return _arviz.from_dict({"posterior": posterior}, coords=coords,
+                            dims={"theta": dims, "pi": ["group"]})
 
 
 def test_masking_ratio_by_hand_against_the_truth():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pluralstan as ps
+from pluralstan import _arviz
 from pluralstan.workflow import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
 
 FAST = {"chains": 4, "draws": 400, "warmup": 400}
@@ -57,7 +58,8 @@ def test_prior_grid_moves_only_the_unidentified_coordinate(flat_x3):
     # criterion: x3's posterior is its prior (sd 2.5), so its mean follows the prior mean: +2
     # within 4 Monte Carlo standard errors of the difference of two means; x1, x2 are
     # identified by 1,200 judgements: |shift| < 0.1
-    mcse = np.hypot(*(float(az.mcse(f.posterior["theta"].sel(attribute="x3"))["theta"])
+    mcse = np.hypot(*(float(az.mcse(_arviz.group(f, "posterior")[["theta"]]
+                                    .sel(attribute="x3"))["theta"])
                       for f in fits.values()))
     assert abs(shifted.loc["x3", "shift"] - 2.0) < 4 * mcse
     assert shifted.loc[["x1", "x2"], "shift"].abs().max() < 0.1

@@ -38,7 +38,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import arviz as az
 import matplotlib
 
 matplotlib.use("Agg")
@@ -47,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 import pluralstan as ps
-from pluralstan import realdata
+from pluralstan import _arviz, realdata
 from pluralstan.data import Comparisons
 from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
@@ -89,10 +88,10 @@ def _sampler(args: argparse.Namespace) -> dict:
     return {"chains": args.chains, "draws": args.draws, "warmup": args.draws, "seed": args.seed}
 
 
-def ability_summary(idata: az.InferenceData, reference: str = REFERENCE) -> pd.DataFrame:
+def ability_summary(idata: _arviz.Idata, reference: str = REFERENCE) -> pd.DataFrame:
     """Posterior summary of item abilities, the reference item included as an exact 0."""
     theta = idata.posterior["theta"]
-    summ = az.summary(idata, var_names=["theta"], kind="all", hdi_prob=0.9)
+    summ = _arviz.summary(idata, var_names=["theta"], ci_prob=0.9)
     summ.index = [str(v) for v in theta.coords["attribute"].values]
     table = summ[["mean", "sd", "hdi_5%", "hdi_95%", "ess_bulk", "r_hat"]]
     ref = pd.DataFrame({c: [0.0] for c in table.columns}, index=[reference]).assign(

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.special import expit
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..errors import PluralstanError
 from .predict import mixture_weights
 
@@ -152,9 +151,9 @@ class AuditResult:
 
 
 def _rewards_from_fit(
-    idata: az.InferenceData, options: pd.DataFrame, weights: np.ndarray | None
+    idata: _arviz.Idata, options: pd.DataFrame, weights: np.ndarray | None
 ) -> tuple[xr.DataArray, xr.DataArray]:
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     if "theta" not in post or "group" not in post["theta"].dims:
         raise PluralstanError(
             "the aggregation audit needs a mixture fit: posterior 'theta' with dims "
@@ -205,7 +204,7 @@ def _summaries(draws: xr.Dataset, flag: str) -> AuditResult:
 
 
 def aggregation_audit(
-    fit: az.InferenceData | tuple[xr.DataArray, xr.DataArray],
+    fit: _arviz.Idata | tuple[xr.DataArray, xr.DataArray],
     options: pd.DataFrame | None = None,
     *,
     mu: xr.DataArray | None = None,

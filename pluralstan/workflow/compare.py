@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import arviz as az
 import numpy as np
@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 from scipy.sparse import csr_matrix
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import DiagnosticWarning, PluralstanError
 
@@ -46,8 +46,8 @@ Level = Literal["comparison", "annotator"]
 
 
 def annotator_log_likelihood(
-    idata: az.InferenceData, comps: Comparisons | None = None, var_name: str = "y"
-) -> az.InferenceData:
+    idata: _arviz.Idata, comps: Comparisons | None = None, var_name: str = "y"
+) -> _arviz.Idata:
     """The fit with its log likelihood summed per annotator (dim ``annotator``).
 
     Parameters
@@ -61,8 +61,9 @@ def annotator_log_likelihood(
 
     Returns
     -------
-    arviz.InferenceData
-        A shallow copy whose ``log_likelihood[var_name]`` has dims ``(chain, draw, annotator)``,
+    InferenceData or DataTree
+        The installed ArviZ's container (:data:`pluralstan._arviz.Idata`), a shallow copy
+        whose ``log_likelihood[var_name]`` has dims ``(chain, draw, annotator)``,
         annotators in order of first appearance in ``comps``.
     """
     ll = _log_lik(idata, var_name)
@@ -87,37 +88,39 @@ def annotator_log_likelihood(
     da = xr.DataArray(summed, dims=("chain", "draw", "annotator"),
                       coords={"chain": ll["chain"].values, "draw": ll["draw"].values,
                               "annotator": levels}, attrs=ll.attrs)
-    groups = {g: idata[g] for g in idata.groups() if g != "log_likelihood"}
-    groups["log_likelihood"] = xr.Dataset({var_name: da}, attrs=idata.log_likelihood.attrs)
-    return az.InferenceData(**groups)
+    attrs = _arviz.group(idata, "log_likelihood").attrs
+    return _arviz.replace_groups(idata, log_likelihood=xr.Dataset({var_name: da}, attrs=attrs))
 
 
-def _log_lik(idata: az.InferenceData, var_name: str) -> xr.DataArray:
-    if "log_likelihood" not in idata.groups() or var_name not in idata.log_likelihood:
+def _log_lik(idata: _arviz.Idata, var_name: str) -> xr.DataArray:
+    log_lik = _arviz.group(idata, "log_likelihood")
+    if log_lik is None or var_name not in log_lik:
         raise PluralstanError(
             f"the fit has no log_likelihood variable {var_name!r}; PSIS-LOO needs the "
             "pointwise log likelihood that pluralstan.fit stores"
         )
-    return idata.log_likelihood[var_name]
+    return log_lik[var_name]
 
 
-def _at_level(idata: az.InferenceData, level: Level, comps: Comparisons | None,
-              var_name: str) -> az.InferenceData:
+def _at_level(idata: _arviz.Idata, level: Level, comps: Comparisons | None,
+              var_name: str) -> _arviz.Idata:
     if level not in ("comparison", "annotator"):
         raise PluralstanError(f"level must be 'comparison' or 'annotator', got {level!r}")
     ll = _log_lik(idata, var_name)
     if level == "annotator":
-        return annotator_log_likelihood(idata, comps, var_name)
+        return _arviz.native(annotator_log_likelihood(idata, comps, var_name))
     if "comparison" not in ll.dims:
         raise PluralstanError(
             f"this fit's log likelihood has dims {ll.dims}, not per judgement: compare it at "
             "level='annotator' (comparison-level fits are summed per annotator exactly)"
         )
-    return idata
+    return _arviz.native(idata)
 
 
-def pareto_k_table(elpd: az.ELPDData, comps: Comparisons | None = None) -> pd.DataFrame:
+def pareto_k_table(elpd: Any, comps: Comparisons | None = None) -> pd.DataFrame:
     """Observations whose Pareto k exceeds the reliability threshold, worst first.
+
+    ``elpd`` is an ``az.loo(..., pointwise=True)`` result of either ArviZ line.
 
     Returns
     -------
@@ -137,7 +140,7 @@ def pareto_k_table(elpd: az.ELPDData, comps: Comparisons | None = None) -> pd.Da
     return table.sort_values("pareto_k", ascending=False, ignore_index=True)
 
 
-def _warn_k(name: str, elpd: az.ELPDData, table: pd.DataFrame, level: Level) -> None:
+def _warn_k(name: str, elpd: Any, table: pd.DataFrame, level: Level) -> None:
     if len(table):
         shown = ", ".join(str(o) for o in table["observation"].head(10))
         more = " ..." if len(table) > 10 else ""
@@ -151,7 +154,7 @@ def _warn_k(name: str, elpd: az.ELPDData, table: pd.DataFrame, level: Level) -> 
 
 
 def loo(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     level: Level = "comparison",
     comps: Comparisons | None = None,
@@ -172,9 +175,10 @@ def loo(
         warnings.filterwarnings("ignore", message=".*Pareto.*", category=UserWarning)
         elpd = az.loo(data, pointwise=True, var_name=var_name)
     high = pareto_k_table(elpd, comps)
-    _warn_k(idata.posterior.attrs.get("model", "fit"), elpd, high, level)
+    _warn_k(idata["posterior"].attrs.get("model", "fit"), elpd, high, level)
+    value, se, p_loo = _arviz.elpd(elpd)
     summary = pd.DataFrame([{
-        "elpd": float(elpd.elpd_loo), "se": float(elpd.se), "p_loo": float(elpd.p_loo),
+        "elpd": value, "se": se, "p_loo": p_loo,
         "n_observations": int(elpd.n_data_points), "level": level, "n_high_k": len(high),
         "good_k": float(elpd.good_k), "flag": diagnostics.flag(idata),
     }])
@@ -182,7 +186,7 @@ def loo(
 
 
 def compare_models(
-    fits: Mapping[str, az.InferenceData],
+    fits: Mapping[str, _arviz.Idata],
     *,
     level: Level = "comparison",
     comps: Comparisons | None = None,
@@ -203,8 +207,9 @@ def compare_models(
     Returns
     -------
     pandas.DataFrame
-        ArviZ's comparison table (rank, elpd_loo, p_loo, elpd_diff, weight, se, dse, warning)
-        plus ``n_high_k``, ``high_k`` (the first flagged observations) and ``flag``.
+        The comparison table of :func:`pluralstan._arviz.compare` (rank, elpd_loo, p_loo,
+        elpd_diff >= 0, stacking weight, se, dse, warning; the same columns on either ArviZ) plus
+        ``n_high_k``, ``high_k`` (the first flagged observations) and ``flag``.
     """
     if len(fits) < 2:
         raise PluralstanError(f"compare at least two fits, got {len(fits)}")
@@ -225,7 +230,7 @@ def compare_models(
             high = pareto_k_table(elpd, comps)
             extra[name] = (len(high), ", ".join(str(o) for o in high["observation"].head(10)),
                            elpd, high)
-        table = az.compare(data, ic="loo", var_name=var_name)
+        table = _arviz.compare(data, var_name=var_name)
     for name, (_, _, elpd, high) in extra.items():
         _warn_k(name, elpd, high, level)
     table["n_high_k"] = [extra[n][0] for n in table.index]
@@ -236,7 +241,7 @@ def compare_models(
 
 
 def compare_K(
-    fits: Mapping[int, az.InferenceData],
+    fits: Mapping[int, _arviz.Idata],
     *,
     level: Level = "annotator",
     comps: Comparisons | None = None,

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..errors import PluralstanError
 
 __all__ = ["contraction"]
@@ -45,7 +44,7 @@ def _truth_array(value: np.ndarray, post: xr.DataArray) -> xr.DataArray | None:
 
 
 def contraction(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     var_names: Sequence[str] | None = None,
     *,
     truth: Mapping[str, np.ndarray] | None = None,
@@ -75,12 +74,12 @@ def contraction(
     PluralstanError
         Without a ``prior`` group, or for a variable missing from either group.
     """
-    if "prior" not in idata.groups():
+    if "prior" not in _arviz.groups(idata):
         raise PluralstanError(
             "contraction needs prior draws of the same program: fit with sample_prior=True "
             "(the InferenceData has no 'prior' group)"
         )
-    post, prior = idata.posterior, idata.prior
+    post, prior = _arviz.group(idata, "posterior"), _arviz.group(idata, "prior")
     names = list(var_names) if var_names is not None else [
         v for v in post.data_vars if v in prior.data_vars
     ]

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.optimize import linear_sum_assignment, minimize
 from scipy.special import expit
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
 from .predict import observed_frequencies, pair_table, preference_probability
@@ -218,7 +217,7 @@ def _match_groups(p_group: xr.DataArray, targets: xr.Dataset, latent: bool
 
 
 def masking_ratio(
-    fit: az.InferenceData | xr.DataArray,
+    fit: _arviz.Idata | xr.DataArray,
     test: Comparisons,
     *,
     target: Target = "observed",
@@ -254,10 +253,11 @@ def masking_ratio(
         model, flag = "point estimate", ""
     else:
         pred = preference_probability(fit, design)
-        model, flag = fit.posterior.attrs.get("model", "fit"), diagnostics.flag(fit)
+        model = _arviz.group(fit, "posterior").attrs.get("model", "fit")
+        flag = diagnostics.flag(fit)
     if "p_group" in pred:
         latent = not isinstance(fit, xr.DataArray) and (
-            fit.posterior.attrs.get("group_labels") == "latent")
+            _arviz.group(fit, "posterior").attrs.get("group_labels") == "latent")
         p_group = _match_groups(pred["p_group"], targets, latent)
     else:
         p_group = pred["p"]

@@ -20,7 +20,6 @@ half (the mean of ``y``).
 
 from __future__ import annotations
 
-import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -28,7 +27,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from scipy.stats import beta
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
 from .predict import pair_table
@@ -36,20 +35,21 @@ from .predict import pair_table
 __all__ = ["calibration_table", "plot_calibration", "ppc_frequencies", "replicated_frequencies"]
 
 
-def _cell_layout(idata: az.InferenceData, comps: Comparisons) -> tuple[np.ndarray, np.ndarray]:
+def _cell_layout(idata: _arviz.Idata, comps: Comparisons) -> tuple[np.ndarray, np.ndarray]:
     """Cell of every judgement and the outcome column meaning "a preferred"."""
-    if "constant_data" not in idata.groups() or "cell_of_row" not in idata.constant_data:
+    constant = _arviz.group(idata, "constant_data")
+    if constant is None or "cell_of_row" not in constant:
         raise PluralstanError(
             "the fit has no constant_data.cell_of_row (map from judgements to Stan cells); "
             "posterior predictive frequencies need a comparison-level model"
         )
-    cell_of_row = idata.constant_data["cell_of_row"].to_numpy().astype(np.int64)
+    cell_of_row = constant["cell_of_row"].to_numpy().astype(np.int64)
     if cell_of_row.shape != (comps.n,):
         raise PluralstanError(
             f"the fit encodes {cell_of_row.size} judgements but the comparison table has "
             f"{comps.n}; pass the table the model was fitted to"
         )
-    return cell_of_row, np.asarray(idata.observed_data["y"]["outcome"].values)
+    return cell_of_row, np.asarray(_arviz.group(idata, "observed_data")["outcome"].values)
 
 
 def _split_hypergeometric(
@@ -78,7 +78,7 @@ def _split_hypergeometric(
 
 
 def replicated_frequencies(
-    idata: az.InferenceData, comps: Comparisons, *, by_group: bool = False, seed: int = 0
+    idata: _arviz.Idata, comps: Comparisons, *, by_group: bool = False, seed: int = 0
 ) -> xr.Dataset:
     """Observed and replicated preference frequencies per pair (and group).
 
@@ -101,7 +101,7 @@ def replicated_frequencies(
     """
     cell_of_row, outcomes = _cell_layout(idata, comps)
     table = pair_table(comps)
-    y_rep = idata.posterior_predictive["y"]
+    y_rep = _arviz.group(idata, "posterior_predictive")["y"]
     chains, draws = y_rep.sizes["chain"], y_rep.sizes["draw"]
     rep = y_rep.transpose("chain", "draw", ...).to_numpy().reshape(chains * draws, -1,
                                                                      len(outcomes))
@@ -156,7 +156,7 @@ def _one_group(counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def ppc_frequencies(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     comps: Comparisons,
     *,
     by_group: bool = False,
@@ -196,7 +196,7 @@ def ppc_frequencies(
 
 
 def calibration_table(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     comps: Comparisons,
     *,
     bins: int = 10,

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.special import expit
 
+from .. import _arviz
 from ..data import Comparisons
 from ..errors import PluralstanError
 
@@ -213,7 +213,7 @@ def mixture_weights(
 
 
 def preference_probability(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     pairs: Comparisons | PairTable | xr.DataArray | pd.DataFrame,
     *,
     group: str = "posterior",
@@ -242,9 +242,11 @@ def preference_probability(
         ``p`` (population probability, dims ``(chain, draw, pair)``) and, for mixtures,
         ``p_group`` (dims ``(chain, draw, group, pair)``).
     """
-    if group not in idata.groups():
-        raise PluralstanError(f"the InferenceData has no {group!r} group; groups: {idata.groups()}")
-    samples = idata[group]
+    if group not in _arviz.groups(idata):
+        raise PluralstanError(
+            f"the InferenceData has no {group!r} group; groups: {_arviz.groups(idata)}"
+        )
+    samples = _arviz.group(idata, group)
     if "theta" not in samples:
         raise PluralstanError(
             f"the {group!r} group has no 'theta' variable; variables: {list(samples.data_vars)}"

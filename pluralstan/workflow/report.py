@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import matplotlib
 
 matplotlib.use("Agg")  # file output only; never opens a window
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
 from ..fit import save
@@ -155,7 +154,7 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def _marked(text: str, idata: az.InferenceData) -> str:
+def _marked(text: str, idata: _arviz.Idata) -> str:
     flag = diagnostics.flag(idata)
     return f"{text} **{flag}**" if flag else text
 
@@ -168,8 +167,8 @@ def _interval(da: xr.DataArray, prob: float) -> xr.Dataset:
                        "upper": q.isel(quantile=1, drop=True)})
 
 
-def _composition(comps: Comparisons, mixture: az.InferenceData, prob: float) -> pd.DataFrame:
-    post = mixture.posterior
+def _composition(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.DataFrame:
+    post = _arviz.group(mixture, "posterior")
     groups = [str(g) for g in post["theta"]["group"].values]
     table = pd.DataFrame({"group": groups})
     priors = json.loads(post.attrs.get("priors", "{}") or "{}")
@@ -189,19 +188,21 @@ def _composition(comps: Comparisons, mixture: az.InferenceData, prob: float) -> 
     return table
 
 
-def _within(aggregate: az.InferenceData, mixture: az.InferenceData, prob: float
+def _within(aggregate: _arviz.Idata, mixture: _arviz.Idata, prob: float
             ) -> pd.DataFrame:
-    agg = _interval(aggregate.posterior["theta"], prob).to_dataframe().reset_index()
+    agg_post = _arviz.group(aggregate, "posterior")
+    agg = _interval(agg_post["theta"], prob).to_dataframe().reset_index()
     agg.insert(0, "model", "aggregate")
     agg.insert(1, "group", "all")
     agg["flag"] = diagnostics.flag(aggregate)
-    mix = _interval(mixture.posterior["theta"], prob).to_dataframe().reset_index()
-    mix.insert(0, "model", mixture.posterior.attrs.get("model", "mixture"))
+    mix_post = _arviz.group(mixture, "posterior")
+    mix = _interval(mix_post["theta"], prob).to_dataframe().reset_index()
+    mix.insert(0, "model", mix_post.attrs.get("model", "mixture"))
     mix["group"] = mix["group"].astype(str)
     mix["flag"] = diagnostics.flag(mixture)
     table = pd.concat([agg, mix], ignore_index=True)
     for label, idata in (("all", aggregate), (None, mixture)):
-        if "prior" not in idata.groups():
+        if "prior" not in _arviz.groups(idata):
             continue
         c = contraction(idata, ["theta"])
         c["group"] = "all" if label else c["group"].astype(str)
@@ -277,13 +278,13 @@ def _sensitivity_plot(table: pd.DataFrame) -> bytes:
 # ---------------------------------------------------------------------------- entry point
 def disclosure_report(
     comps: Comparisons,
-    aggregate: az.InferenceData,
-    mixture: az.InferenceData,
+    aggregate: _arviz.Idata,
+    mixture: _arviz.Idata,
     out_dir: str | Path,
     *,
     test: Comparisons | None = None,
     sensitivity: pd.DataFrame | None = None,
-    sensitivity_fits: Mapping[str, az.InferenceData] | None = None,
+    sensitivity_fits: Mapping[str, _arviz.Idata] | None = None,
     target: str | None = None,
     prob: float = 0.9,
     title: str = "Pluralism identifiability disclosure",
@@ -320,12 +321,12 @@ def disclosure_report(
     DisclosureReport
     """
     for name, idata in (("aggregate", aggregate), ("mixture", mixture)):
-        if "theta" not in idata.posterior:
+        if "theta" not in _arviz.group(idata, "posterior"):
             raise PluralstanError(f"the {name} fit has no posterior 'theta'")
-    if "group" in aggregate.posterior["theta"].dims:
+    if "group" in _arviz.group(aggregate, "posterior")["theta"].dims:
         raise PluralstanError("the aggregate fit's theta has a 'group' dim: pass the aggregate "
                               "(one-theta) fit as aggregate= and the mixture fit as mixture=")
-    if "group" not in mixture.posterior["theta"].dims:
+    if "group" not in _arviz.group(mixture, "posterior")["theta"].dims:
         raise PluralstanError("the mixture fit's theta has no 'group' dim")
     if not comps.has_groups and test is None:
         raise PluralstanError("the masking ratio needs subgroup labels: comps has no 'group' "
@@ -345,11 +346,12 @@ def disclosure_report(
              "are marked **[diagnostics failed: ...]**.")
 
     # item 1
-    K = mixture.posterior.sizes["group"]
+    mix_post = _arviz.group(mixture, "posterior")
+    K = mix_post.sizes["group"]
     tables["composition"] = _composition(comps, mixture, prob)
     doc.heading("1. Subgroup composition")
     doc.text(_marked(f"Stated number of subgroups K = {K} (model "
-                     f"'{mixture.posterior.attrs.get('model', 'mixture')}'). Assumed (prior) and "
+                     f"'{mix_post.attrs.get('model', 'mixture')}'). Assumed (prior) and "
                      "estimated mixture weights pi:", mixture))
     doc.table(tables["composition"])
 
@@ -420,7 +422,7 @@ def disclosure_report(
 
     power = {name: power_scaling(idata, ["theta"]) for name, idata in
              (("aggregate", aggregate), ("mixture", mixture))
-             if {"log_prior", "log_likelihood"} <= set(idata.groups())}
+             if {"log_prior", "log_likelihood"} <= set(_arviz.groups(idata))}
     if power:
         tables["power_scaling"] = pd.concat(
             [t.assign(fit=name) for name, t in power.items()], ignore_index=True)

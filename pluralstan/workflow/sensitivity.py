@@ -12,9 +12,9 @@ prior or the likelihood by ``alpha`` near 1, importance-reweight the draws with 
 the cumulative Jensen-Shannon distance per parameter; above 0.05 for the prior means the prior
 is informative. Prior *and* likelihood sensitive: potential prior-data conflict; prior sensitive
 but likelihood insensitive: strong prior / weak likelihood. Computed by
-``arviz_stats.psense_summary`` on the fit's ``log_prior`` (``lprior`` from the Stan program) and
-``log_likelihood`` groups (``az.psens`` of ArviZ 0.23 ignores its ``coords`` arguments, see
-/ECOSYSTEM notes, so it is not used).
+``psense_summary`` (ArviZ 1.x; the ``arviz_stats`` 0.8 preview on ArviZ 0.23, whose ``az.psens``
+ignores its ``coords`` arguments) on the fit's ``log_prior`` (``lprior`` from the Stan program) and
+``log_likelihood`` groups, through :func:`pluralstan._arviz.power_scale_sensitivity`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
 from ..models import get_model
@@ -46,7 +45,7 @@ PRIOR_SENSITIVITY_THRESHOLD = 0.05
 
 
 def _fit_job(model: str, comps: Comparisons, priors: dict[str, Any], K: int | None,
-             fit_kwargs: dict[str, Any]) -> az.InferenceData:
+             fit_kwargs: dict[str, Any]) -> _arviz.Idata:
     """One refit of a grid (module level so that worker processes can import it)."""
     from ..fit import fit
 
@@ -64,7 +63,7 @@ def grid_fits(
     scheduler: Any = "serial",
     n_workers: int | None = None,
     **fit_kwargs: Any,
-) -> dict[str, az.InferenceData]:
+) -> dict[str, _arviz.Idata]:
     """Fit ``model`` once per point of a grid of prior hyperparameters.
 
     Parameters
@@ -124,7 +123,7 @@ def _summary(da: xr.DataArray, prob: float) -> xr.Dataset:
 
 
 def grid_shifts(
-    fits: Mapping[str, az.InferenceData],
+    fits: Mapping[str, _arviz.Idata],
     *,
     var_name: str = "theta",
     reference: str | None = None,
@@ -158,12 +157,12 @@ def grid_shifts(
     if reference not in fits:
         raise PluralstanError(f"reference {reference!r} is not a grid label; labels: {labels}")
     for label, idata in fits.items():
-        if var_name not in idata.posterior:
+        if var_name not in _arviz.group(idata, "posterior"):
             raise PluralstanError(f"fit {label!r} has no posterior variable {var_name!r}")
-    ref = _summary(fits[reference].posterior[var_name], prob)
+    ref = _summary(_arviz.group(fits[reference], "posterior")[var_name], prob)
     frames = []
     for label, idata in fits.items():
-        stats = _summary(idata.posterior[var_name], prob)
+        stats = _summary(_arviz.group(idata, "posterior")[var_name], prob)
         stats["shift"] = stats["mean"] - ref["mean"]
         stats["shift_sd"] = stats["shift"] / ref["sd"]
         frame = stats.to_dataframe().reset_index() if stats["mean"].ndim else pd.DataFrame(
@@ -187,7 +186,7 @@ def pi_grid_sensitivity(
     scheduler: Any = "serial",
     n_workers: int | None = None,
     **fit_kwargs: Any,
-) -> tuple[pd.DataFrame, dict[str, az.InferenceData]]:
+) -> tuple[pd.DataFrame, dict[str, _arviz.Idata]]:
     """The paper's item four: refit a mixture under a grid of assumed compositions pi.
 
     Parameters
@@ -244,7 +243,7 @@ def pi_grid_sensitivity(
 
 
 def power_scaling(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     var_names: Sequence[str] | None = None,
     *,
     threshold: float = PRIOR_SENSITIVITY_THRESHOLD,
@@ -265,25 +264,24 @@ def power_scaling(
     pandas.DataFrame
         One row per scalar parameter: ``variable`` (ArviZ label, e.g. ``theta[x1]``),
         ``prior``, ``likelihood`` (cumulative JS distances), ``diagnosis``
-        (``arviz_stats``'s wording), ``prior_data_conflict`` and ``weak_likelihood`` (booleans)
+        (ArviZ's wording), ``prior_data_conflict`` and ``weak_likelihood`` (booleans)
         and ``flag``.
     """
-    from arviz_stats import psense_summary
-
-    missing = [g for g in ("posterior", "log_prior", "log_likelihood") if g not in idata.groups()]
+    present = _arviz.groups(idata)
+    missing = [g for g in ("posterior", "log_prior", "log_likelihood") if g not in present]
     if missing:
         raise PluralstanError(
             f"power-scaling sensitivity needs the groups {missing}; fits made by pluralstan.fit "
             "carry log_prior (lprior) and log_likelihood"
         )
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     names = list(var_names) if var_names is not None else [
         v for v in post.data_vars if float(post[v].std()) > 0
     ]
     unknown = [v for v in names if v not in post]
     if unknown:
         raise PluralstanError(f"unknown posterior variable(s) {unknown}; have {list(post)}")
-    table = psense_summary(idata, var_names=names, threshold=threshold, round_to=6)
+    table = _arviz.power_scale_sensitivity(idata, names, threshold=threshold)
     table = table.rename_axis("variable").reset_index()
     prior_hit = table["prior"] > threshold
     like_hit = table["likelihood"] > threshold
