@@ -45,6 +45,7 @@ __all__ = [
     "power_scale_sensitivity",
     "psislw",
     "replace_groups",
+    "stacking_weights",
     "summary",
     "to_netcdf",
 ]
@@ -153,10 +154,10 @@ def group(idata: Any, name: str) -> xr.Dataset | None:
 def replace_groups(idata: Any, **datasets: xr.Dataset | None) -> Any:
     """A new container: ``idata``'s groups with those given replaced, added or (``None``) dropped.
 
-    The result is the installed ArviZ's container; groups not named share their data with
-    ``idata``.
+    The result is the installed ArviZ's container; groups not named are shallow copies (their
+    arrays are shared with ``idata``, their attributes and variable sets are not).
     """
-    merged = {g: group(idata, g) for g in groups(idata)} | datasets
+    merged = {g: group(idata, g).copy() for g in groups(idata)} | datasets  # own attrs
     return make_idata({g: ds for g, ds in merged.items() if ds is not None})
 
 
@@ -238,6 +239,38 @@ def compare(fits: Mapping[str, Any], var_name: str | None = None) -> pd.DataFram
                    | (table["diag_diff"].astype(str).str.strip() != ""),
     }, index=table.index)
     return out.sort_values("rank")
+
+
+def _pointwise_elpd(values: np.ndarray) -> Any:
+    """An ``ELPDData`` holding pointwise values only, as ``az.compare`` reads them."""
+    n = values.size
+    pointwise = xr.DataArray(values, dims=("observation",))
+    se = float(np.sqrt(n * np.var(values)))
+    if ARVIZ_1:
+        return az.ELPDData(elpd=float(values.sum()), se=se, p=0.0, n_samples=0, n_data_points=n,
+                           scale="log", warning=False, good_k=0.7, elpd_i=pointwise,
+                           pareto_k=xr.zeros_like(pointwise))
+    return az.ELPDData(
+        data=[float(values.sum()), se, 0.0, 0, n, False, pointwise.rename("loo_i"), "log"],
+        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i",
+               "scale"],
+    )
+
+
+def stacking_weights(lpd: np.ndarray) -> np.ndarray:
+    """Stacking weights of the columns of an (observation x model) table of log densities.
+
+    ArviZ's stacking optimiser (``az.compare(method="stacking")``) on the columns as pointwise
+    elpd values: weights on the simplex maximising ``sum_i log sum_k w_k exp(lpd[i, k])``.
+    """
+    lpd = np.asarray(lpd, dtype=float)
+    names = [f"m{k}" for k in range(lpd.shape[1])]
+    data = {name: _pointwise_elpd(lpd[:, k]) for k, name in enumerate(names)}
+    if ARVIZ_1:
+        table = az.compare(data, method="stacking", round_to="none")
+    else:
+        table = az.compare(data, ic="loo", method="stacking", scale="log")
+    return table["weight"].reindex(names).to_numpy(float)
 
 
 def summary(
