@@ -91,12 +91,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
                      reference=args.reference)
     idata = fit(args.model, comps, K=args.K, priors=_parse_prior(args.prior), chains=args.chains,
                 draws=args.draws, warmup=args.warmup, seed=args.seed, backend=args.backend,
-                sample_prior=args.sample_prior, adapt_delta=args.adapt_delta)
+                sample_prior=args.sample_prior, adapt_delta=args.adapt_delta,
+                **_latent_options(args))
     saved = _save_or_keep(idata, Path(args.out))
     if saved is None:
         print(f"saved {args.out}")
     _print_summary(idata)
     return 0 if saved is None else 1
+
+
+def _latent_options(args: argparse.Namespace) -> dict[str, object]:
+    """The latent-type options of ``fit``, passed only when they differ from ps.fit's defaults
+    (the other models do not take them)."""
+    options: dict[str, object] = {}
+    if args.modes != "none":
+        options |= {"modes": args.modes, "n_starts": args.n_starts}
+    if args.no_stack:
+        options["stack"] = False
+    if args.no_relabel:
+        options["relabel"] = False
+    return options
 
 
 def _save_or_keep(idata, out: Path) -> Path | None:
@@ -132,6 +146,7 @@ def _print_summary(idata) -> None:
     print(_arviz.summary(idata, var_names=names, ci_prob=0.94).to_string())
     problems = diagnostics.failed(idata)
     print("diagnostics: " + ("all checks passed" if not problems else "; ".join(problems)))
+    print(diagnostics.summary(idata))  # checks, notes (label switching resolved), modes
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -211,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Stan engine (auto: cmdstanpy when CmdStan is installed, else pystan)")
     p.add_argument("--sample-prior", action="store_true",
                    help="also sample the prior (adds prior / prior_predictive groups)")
+    p.add_argument("--modes", choices=["none", "search"], default="none",
+                   help="latent types: search for distinct modes (multi-start L-BFGS) before "
+                        "sampling and start the chains in the best ones")
+    p.add_argument("--n-starts", type=int, default=20, help="starts of the mode search")
+    p.add_argument("--no-stack", action="store_true",
+                   help="latent types: keep chains stuck in different modes as they are "
+                        "instead of stacking them")
+    p.add_argument("--no-relabel", action="store_true",
+                   help="latent types: keep the draws' labels as sampled")
     p.set_defaults(func=cmd_fit)
 
     p = command("disclose", help="four-item pluralism identifiability disclosure report "

@@ -139,3 +139,18 @@ def test_every_option_shows_its_default(command, capsys):
     if command == "fit":
         assert "--chains CHAINS Markov chains (default: 4)" in text
         assert "--sample-prior also sample the prior" in text and "(default: off)" in text
+
+
+def test_latent_fit_prints_the_relabelling_and_passes_the_latent_options(tmp_path, capsys):
+    csv = tmp_path / "comps.csv"
+    assert main(["simulate", "high-conflict", "--pairs", "20", "--annotators", "16",
+                 "--per-annotator", "10", "--out", str(csv)]) == 0
+    common = ["--K", "2", "--chains", "2", "--draws", "200", "--warmup", "200",
+              "--backend", "pystan"]
+    assert main(["fit", "annotator", str(csv), "--out", str(tmp_path / "a.nc"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "relabelled by stephens" in out  # the diagnostics summary is printed
+    assert "label_permutation" in ps.load(tmp_path / "a.nc").sample_stats
+    assert main(["fit", "annotator", str(csv), "--out", str(tmp_path / "b.nc"), *common,
+                 "--no-relabel"]) == 0
+    assert "label_permutation" not in ps.load(tmp_path / "b.nc").sample_stats
