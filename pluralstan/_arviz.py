@@ -110,14 +110,18 @@ def from_dict(data: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> Any:
     """
     if ARVIZ_1:
         return az.from_dict(dict(data), **kwargs)
-    # ArviZ 0.23's from_dict drops groups it has no keyword for (log_prior among them)
-    unknown = set(kwargs) - {"coords", "dims", "attrs"}
-    if unknown:
-        raise TypeError(f"from_dict on ArviZ 0.23 takes coords, dims and attrs, not {unknown}")
-    return make_idata({
-        name: dataset_from_dict(values, **kwargs, sampled=name not in FIXED_GROUPS)
-        for name, values in data.items()
-    })
+    # ArviZ 0.23's from_dict takes a keyword per group it knows and drops the others
+    # (log_prior among them): those are added as sampled groups with the same coords and dims
+    import inspect
+
+    known = set(inspect.signature(az.from_dict).parameters)
+    idata = az.from_dict(**{g: v for g, v in data.items() if g in known}, **kwargs)
+    extra = {g: dataset_from_dict(v, coords=kwargs.get("coords"), dims=kwargs.get("dims"),
+                                  sampled=g not in FIXED_GROUPS)
+             for g, v in data.items() if g not in known}
+    if extra:
+        idata.add_groups(extra)
+    return idata
 
 
 def is_idata(obj: Any) -> bool:

@@ -29,6 +29,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from . import _arviz
 from .errors import DiagnosticWarning
 
 RHAT_MAX = 1.01
@@ -129,9 +130,9 @@ def _worst(ds, reduce: str) -> tuple[float, str]:
 PER_OBSERVATION_DIMS = ("annotator", "cell", "comparison", "pair")
 
 
-def parameter_names(idata: az.InferenceData) -> list[str]:
+def parameter_names(idata: _arviz.Idata) -> list[str]:
     """Posterior variables to diagnose: those that vary and are not per-observation quantities."""
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     return [
         name for name, da in post.data_vars.items()
         if not set(da.dims) & set(PER_OBSERVATION_DIMS) and da.size and float(da.std()) > 0
@@ -139,13 +140,13 @@ def parameter_names(idata: az.InferenceData) -> list[str]:
 
 
 # ---------------------------------------------------------------------- latent labels
-def is_latent(idata: az.InferenceData, dim: str = "group") -> bool:
+def is_latent(idata: _arviz.Idata, dim: str = "group") -> bool:
     """Whether the posterior has a latent label dim with more than one component."""
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     return post.attrs.get("group_labels") == "latent" and post.sizes.get(dim, 0) > 1
 
 
-def label_invariant(idata: az.InferenceData, dim: str = "group") -> xr.Dataset:
+def label_invariant(idata: _arviz.Idata, dim: str = "group") -> xr.Dataset:
     """Label-invariant scalars of a latent-type fit, ``(chain, draw)`` each.
 
     ``lp`` (the log density, from ``sample_stats``), ``log_lik`` (the log likelihood summed
@@ -154,14 +155,14 @@ def label_invariant(idata: az.InferenceData, dim: str = "group") -> xr.Dataset:
     it. None depends on how the components are labelled.
     """
     out: dict[str, xr.DataArray] = {}
-    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
+    if "sample_stats" in _arviz.groups(idata) and "lp" in idata.sample_stats:
         out["lp"] = idata.sample_stats["lp"]
-    if "log_likelihood" in idata.groups() and idata.log_likelihood.data_vars:
+    if "log_likelihood" in _arviz.groups(idata) and idata.log_likelihood.data_vars:
         out["log_lik"] = sum(
             da.sum([d for d in da.dims if d not in ("chain", "draw")])
             for da in idata.log_likelihood.data_vars.values()
         )
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     for name, da in post.data_vars.items():
         if set(da.dims) == {"chain", "draw", dim}:
             arr = np.sort(da.transpose("chain", "draw", dim).values, axis=-1)
@@ -218,12 +219,12 @@ def _stationary(invariant: xr.Dataset, chain: int) -> bool:
     return bool(np.isnan(value) or value <= MODE_RHAT)
 
 
-def switching_notes(idata: az.InferenceData, dim: str = "group") -> list[str]:
+def switching_notes(idata: _arviz.Idata, dim: str = "group") -> list[str]:
     """Notes on the label switching that relabelling resolved (empty when nothing was permuted).
 
     Reads the permutations :func:`pluralstan.relabel.relabel` stored in ``sample_stats``.
     """
-    if "sample_stats" not in idata.groups() or PERMUTATION not in idata.sample_stats:
+    if "sample_stats" not in _arviz.groups(idata) or PERMUTATION not in idata.sample_stats:
         return []
     perms = idata.sample_stats[PERMUTATION].transpose("chain", "draw", ...).values
     method = json.loads(idata.posterior.attrs.get("relabelling", "{}")).get("method", "?")
@@ -244,7 +245,7 @@ def switching_notes(idata: az.InferenceData, dim: str = "group") -> list[str]:
     return notes
 
 
-def _latent_checks(idata: az.InferenceData, label_rhat: float, result: Diagnostics,
+def _latent_checks(idata: _arviz.Idata, label_rhat: float, result: Diagnostics,
                    dim: str) -> None:
     """Judge a latent-type fit on its label-invariant scalars; classify chain disagreement."""
     invariant = label_invariant(idata, dim)
@@ -292,7 +293,7 @@ def _latent_checks(idata: az.InferenceData, label_rhat: float, result: Diagnosti
 
 
 def check(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     max_treedepth: int | None = None,
     var_names: list[str] | None = None,
@@ -316,7 +317,7 @@ def check(
     dim
         The latent label dim, for latent-type fits (see the module docstring).
     """
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     if max_treedepth is None:
         max_treedepth = int(post.attrs.get("max_treedepth", 10))
     if var_names is None and post.attrs.get("diagnostics"):
@@ -325,14 +326,14 @@ def check(
         v for v in post.data_vars if float(post[v].std()) > 0 or post[v].size == 0
     ]
     sub = post[names] if names else post
-    stats = idata.sample_stats
+    stats = _arviz.group(idata, "sample_stats")
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
     depth = int((stats["tree_depth"] >= max_treedepth).sum()) if "tree_depth" in stats else 0
     n_chains = post.sizes["chain"]
     rhat, rhat_at = _worst(az.rhat(sub), "max") if n_chains > 1 else (np.nan, "")
     ess_b, ess_b_at = _worst(az.ess(sub, method="bulk"), "min")
     ess_t, ess_t_at = _worst(az.ess(sub, method="tail"), "min")
-    bfmi = float(np.min(az.bfmi(idata))) if "energy" in stats else np.nan
+    bfmi = float(np.min(_arviz.bfmi(idata))) if "energy" in stats else np.nan
     problems = []
     total = stats.sizes["chain"] * stats.sizes["draw"]
     if div:
@@ -366,18 +367,18 @@ def check(
     return result
 
 
-def record(idata: az.InferenceData, result: Diagnostics, key: str = "diagnostics") -> None:
+def record(idata: _arviz.Idata, result: Diagnostics, key: str = "diagnostics") -> None:
     """Store ``result`` as JSON in the posterior attributes."""
     idata.posterior.attrs[key] = result.to_json()
 
 
-def recorded(idata: az.InferenceData) -> dict[str, Any]:
+def recorded(idata: _arviz.Idata) -> dict[str, Any]:
     """The stored diagnostics record of a fit (empty when it was never checked)."""
     raw = idata.posterior.attrs.get("diagnostics")
     return json.loads(raw) if raw else {}
 
 
-def failed(idata: az.InferenceData) -> list[str]:
+def failed(idata: _arviz.Idata) -> list[str]:
     """The recorded diagnostic problems of a fit (empty when it passed or was never checked)."""
     problems: list[str] = []
     for key in ("diagnostics", "label_switching"):
@@ -387,7 +388,7 @@ def failed(idata: az.InferenceData) -> list[str]:
     return problems
 
 
-def notes(idata: az.InferenceData) -> list[str]:
+def notes(idata: _arviz.Idata) -> list[str]:
     """The recorded diagnostic notes of a fit: what a reader should know that is no failure."""
     found: list[str] = []
     for key in ("diagnostics", "label_switching"):
@@ -397,7 +398,7 @@ def notes(idata: az.InferenceData) -> list[str]:
     return found
 
 
-def flag(idata: az.InferenceData) -> str:
+def flag(idata: _arviz.Idata) -> str:
     """A short marker for tables, captions and reports: "" when clean, else a warning sign."""
     problems = failed(idata)
     return "" if not problems else f"[diagnostics failed: {'; '.join(problems)}]"
@@ -427,25 +428,25 @@ def _modes_lines(post: xr.Dataset) -> list[str]:
     return lines
 
 
-def _raw_lines(idata: az.InferenceData) -> list[str]:
+def _raw_lines(idata: _arviz.Idata) -> list[str]:
     """How to get back the draws as sampled."""
     lines = []
-    if any(g.startswith("unstacked_") for g in idata.groups()):
+    if any(g.startswith("unstacked_") for g in _arviz.groups(idata)):
         lines.append("chains before stacking: pluralstan.modes.unstack(idata)")
-    if "sample_stats" in idata.groups() and PERMUTATION in idata.sample_stats:
+    if "sample_stats" in _arviz.groups(idata) and PERMUTATION in idata.sample_stats:
         lines.append("draws as sampled (labels not relabelled): "
                      "pluralstan.relabel.unrelabel(idata)"
                      + (" of the unstacked fit" if lines else ""))
     return lines
 
 
-def summary(idata: az.InferenceData) -> str:
+def summary(idata: _arviz.Idata) -> str:
     """A fit's diagnostics for a reader: verdict, checks, notes, modes, and the raw draws.
 
     Reads only what the fit records (``posterior.attrs``: ``diagnostics``, ``relabelling``,
     ``mode_search``, ``modes``), so it works on a loaded fit too.
     """
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     record = recorded(idata)
     head = f"{post.attrs.get('model', 'fit')}: "
     if not record:

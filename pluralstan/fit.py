@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import pandas as pd
 
+from . import _arviz
 from .data import Comparisons
 from .engine import SamplerConfig
 from .errors import DiagnosticWarning, PluralstanError
 from .models import get_model
+from .outputs import atomic_path
 from .pipeline import ModeOption, fit_attrs, messages, run
 from .relabel import Method
 
@@ -56,7 +55,7 @@ def fit(
     max_modes: int = 2,
     stack: bool = True,
     **options: Any,
-) -> az.InferenceData:
+) -> _arviz.Idata:
     """Fit a registered model and return an :class:`arviz.InferenceData`.
 
     Parameters
@@ -150,35 +149,31 @@ def _check_options(model: str, encode: Any, options: dict[str, Any]) -> None:
             )
 
 
-def save(idata: az.InferenceData, path: str | Path) -> Path:
-    """Write ``idata`` to NetCDF whole or not at all (temporary file, then rename)."""
+def save(idata: _arviz.Idata, path: str | Path) -> Path:
+    """Write ``idata`` to NetCDF whole or not at all (:func:`pluralstan.outputs.atomic_path`:
+    a temporary file, given the permissions a new file gets under the umask, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        _arviz.to_netcdf(idata, tmp)
     return path
 
 
-def load(path: str | Path) -> az.InferenceData:
-    """Read an InferenceData written by :func:`save`, with a clear error for other files."""
+def load(path: str | Path) -> _arviz.Idata:
+    """Read a fit written by :func:`save` into the installed ArviZ's container, with a clear
+    error for other files."""
     path = Path(path)
     if not path.is_file():
         raise PluralstanError(f"file {str(path)!r} does not exist")
     try:
-        idata = az.from_netcdf(path, engine="h5netcdf")
+        idata = _arviz.from_netcdf(path)
     except Exception as err:  # h5py / xarray raise many types for a non-NetCDF file
         raise PluralstanError(
             f"{str(path)!r} is not an InferenceData NetCDF file ({type(err).__name__}: {err})"
         ) from err
-    if "posterior" not in idata.groups():
+    if "posterior" not in _arviz.groups(idata):
         raise PluralstanError(
             f"{str(path)!r} is a NetCDF file but holds no 'posterior' group; groups present: "
-            f"{list(idata.groups())}"
+            f"{list(_arviz.groups(idata))}"
         )
     return idata

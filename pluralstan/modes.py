@@ -37,7 +37,7 @@ import pandas as pd
 import xarray as xr
 from scipy.optimize import minimize
 
-from . import diagnostics
+from . import _arviz, diagnostics
 from .engine import StanProgram, get_engine
 from .errors import PluralstanError
 from .relabel import pivot, relabel
@@ -357,39 +357,25 @@ def stacking_weights(pointwise: pd.DataFrame) -> pd.Series:
     if lpd.shape[1] == 1:
         return pd.Series([1.0], index=names, name="weight")
     shifted = lpd - lpd.max(axis=1, keepdims=True)
-    elpds = {name: _elpd_data(shifted[:, k]) for k, name in enumerate(names)}
-    table = az.compare(elpds, ic="loo", method="stacking", scale="log")
-    weights = table["weight"].reindex(names).to_numpy(float)
-    weights = np.clip(weights, 0.0, None)
+    weights = np.clip(_arviz.stacking_weights(shifted), 0.0, None)
     return pd.Series(weights / weights.sum(), index=names, name="weight")
 
 
-def _elpd_data(loo_i: np.ndarray) -> az.ELPDData:
-    """An ``ELPDData`` holding pointwise values only, as ``az.compare`` reads them."""
-    n = loo_i.size
-    return az.ELPDData(
-        data=[float(loo_i.sum()), float(np.sqrt(n * np.var(loo_i))), 0.0, 0, n, False,
-              xr.DataArray(loo_i, dims=("observation",), name="loo_i"), "log"],
-        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i",
-               "scale"],
-    )
-
-
 # ---------------------------------------------------------------------- chains into modes
-def _relabelled(idata: az.InferenceData, dim: str) -> az.InferenceData:
+def _relabelled(idata: _arviz.Idata, dim: str) -> _arviz.Idata:
     """The fit relabelled (:func:`pluralstan.relabel.relabel`) unless it already is, its labels
     are not latent, or a constraint orders them."""
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     if (not diagnostics.is_latent(idata, dim) or "relabelling" in post.attrs
             or post.attrs.get("identify") == "ordered"):
         return idata
     return relabel(idata, dim=dim)[0]
 
 
-def _judged(idata: az.InferenceData, dim: str, var_names: list[str] | None) -> xr.Dataset:
+def _judged(idata: _arviz.Idata, dim: str, var_names: list[str] | None) -> xr.Dataset:
     """What chains of one mode agree on: the parameters and the label-invariant scalars."""
     names = var_names or diagnostics.parameter_names(idata)
-    ds = idata.posterior[names].reset_coords(drop=True)
+    ds = _arviz.group(idata, "posterior")[names].reset_coords(drop=True)
     for name, da in diagnostics.label_invariant(idata, dim).data_vars.items():
         ds[f"invariant_{name}"] = da
     return ds
@@ -403,15 +389,15 @@ def _max_rhat(ds: xr.Dataset) -> float:
     return float(flat.max()) if flat.size else np.nan
 
 
-def _chain_lp(idata: az.InferenceData) -> np.ndarray:
+def _chain_lp(idata: _arviz.Idata) -> np.ndarray:
     """Mean log density of every chain."""
-    if "sample_stats" not in idata.groups() or "lp" not in idata.sample_stats:
+    if "sample_stats" not in _arviz.groups(idata) or "lp" not in idata.sample_stats:
         raise PluralstanError("grouping chains into modes needs sample_stats['lp'] (lp__)")
     return idata.sample_stats["lp"].mean("draw").to_numpy()
 
 
 def group_chains(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     rhat_max: float = GROUP_RHAT,
     dim: str = "group",
@@ -505,9 +491,9 @@ class ModeReport:
         return "\n".join(lines)
 
 
-def _log_lik_name(idata: az.InferenceData, var_name: str | None) -> str:
+def _log_lik_name(idata: _arviz.Idata, var_name: str | None) -> str:
     """The log-likelihood variable to stack on."""
-    if "log_likelihood" not in idata.groups() or not idata.log_likelihood.data_vars:
+    if "log_likelihood" not in _arviz.groups(idata) or not idata.log_likelihood.data_vars:
         raise PluralstanError("stacking chains needs the fit's log_likelihood group")
     names = list(map(str, idata.log_likelihood.data_vars))
     if var_name is None:
@@ -520,10 +506,10 @@ def _log_lik_name(idata: az.InferenceData, var_name: str | None) -> str:
     return var_name
 
 
-def _mode_means(idata: az.InferenceData, groups: list[list[int]], names: list[str],
+def _mode_means(idata: _arviz.Idata, groups: list[list[int]], names: list[str],
                 dim: str) -> list[dict[str, xr.DataArray]]:
     """Posterior means of ``names`` per mode, components of every mode aligned to the first's."""
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     means = [{n: post[n].isel(chain=g).mean(("chain", "draw")) for n in names} for g in groups]
     labelled = [n for n in names if dim in post[n].dims]
     if not labelled or len(groups) < 2:
@@ -559,8 +545,8 @@ def _differences(means: list[dict[str, xr.DataArray]], top: int) -> dict[str, li
     return out
 
 
-def _resample(idata: az.InferenceData, groups: list[list[int]], weights: np.ndarray,
-              seed: int) -> az.InferenceData:
+def _resample(idata: _arviz.Idata, groups: list[list[int]], weights: np.ndarray,
+              seed: int) -> _arviz.Idata:
     """One chain of draws taken from every group in proportion to its weight.
 
     As many draws as the fit has; a group's share (largest-remainder rounding) is drawn
@@ -583,19 +569,19 @@ def _resample(idata: az.InferenceData, groups: list[list[int]], weights: np.ndar
     chains = xr.DataArray(np.concatenate(chain_idx)[None], dims=("chain", "draw"))
     draws = xr.DataArray(np.concatenate(draw_idx)[None], dims=("chain", "draw"))
     out = {}
-    for group in idata.groups():
-        ds = idata[group]
+    for group in _arviz.groups(idata):
+        ds = _arviz.group(idata, group)
         if "chain" in ds.dims and "draw" in ds.dims:
             ds = ds.isel(chain=chains, draw=draws).assign_coords(
                 chain=[0], draw=np.arange(total))
         out[group] = ds
     out["sample_stats"] = out["sample_stats"].assign(
         mode=(("chain", "draw"), np.concatenate(mode_of)[None]))
-    return az.InferenceData(**out)
+    return _arviz.make_idata(out)
 
 
 def stack_chains(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     groups: list[list[int]] | None = None,
     var_name: str | None = None,
@@ -603,7 +589,7 @@ def stack_chains(
     rhat_max: float = GROUP_RHAT,
     seed: int = 1,
     top: int = 5,
-) -> tuple[az.InferenceData, ModeReport]:
+) -> tuple[_arviz.Idata, ModeReport]:
     """Group a fit's chains into modes and combine the modes by stacking of chains.
 
     Parameters
@@ -635,15 +621,17 @@ def stack_chains(
     idata = _relabelled(idata, dim)
     groups = groups or group_chains(idata, rhat_max=rhat_max, dim=dim)
     name = _log_lik_name(idata, var_name)
-    loos = [az.loo(idata.isel(chain=g), pointwise=True, var_name=name) for g in groups]
-    pointwise = pd.DataFrame({str(m): np.ravel(loo.loo_i.values) for m, loo in enumerate(loos)})
+    loos = [az.loo(_arviz.native(idata).isel(chain=g), pointwise=True, var_name=name)
+            for g in groups]
+    pointwise = pd.DataFrame({str(m): np.ravel(_arviz.elpd_pointwise(loo).values)
+                              for m, loo in enumerate(loos)})
     weights = stacking_weights(pointwise).to_numpy()
     chain_labels = idata.posterior["chain"].values
     lp = idata.sample_stats["lp"]
     judged = _judged(idata, dim, None)
     modes = [{
         "mode": m, "chains": [int(c) for c in chain_labels[g]], "weight": float(weights[m]),
-        "lp_mean": float(lp.isel(chain=g).mean()), "elpd_loo": float(loos[m].elpd_loo),
+        "lp_mean": float(lp.isel(chain=g).mean()), "elpd_loo": _arviz.elpd(loos[m])[0],
         "se": float(loos[m].se), "max_pareto_k": float(np.max(loos[m].pareto_k.values)),
         "rhat": _max_rhat(judged.isel(chain=g)) if len(g) > 1 else np.nan,
     } for m, g in enumerate(groups)]
@@ -652,27 +640,27 @@ def stack_chains(
     report = ModeReport(modes, _differences(_mode_means(idata, groups, names, dim), top),
                         ll_dims[0] if len(ll_dims) == 1 else "observation")
     if len(groups) == 1:  # a shallow copy, so that the caller's attributes stay as they were
-        stacked = az.InferenceData(**{g: idata[g].copy() for g in idata.groups()})
+        stacked = _arviz.replace_groups(idata)
     else:
         stacked = _resample(idata, groups, weights, seed)
     stacked.posterior.attrs["modes"] = report.to_json()
     return stacked, report
 
 
-def _per_draw_groups(idata: az.InferenceData) -> list[str]:
+def _per_draw_groups(idata: _arviz.Idata) -> list[str]:
     """Groups of ``idata`` with ``chain`` and ``draw`` dims (those stacking resamples)."""
-    return [g for g in idata.groups() if not g.startswith(UNSTACKED)
-            and {"chain", "draw"} <= set(idata[g].dims)]
+    return [g for g in _arviz.groups(idata) if not g.startswith(UNSTACKED)
+            and {"chain", "draw"} <= set(_arviz.group(idata, g).dims)]
 
 
-def keep_unstacked(stacked: az.InferenceData, chains: az.InferenceData) -> az.InferenceData:
+def keep_unstacked(stacked: _arviz.Idata, chains: _arviz.Idata) -> _arviz.Idata:
     """``stacked`` with the per-draw groups of ``chains`` (the fit before stacking) added as
     ``unstacked_<group>`` (saved and loaded with the fit; :func:`unstack` reads them back)."""
-    stacked.add_groups({f"{UNSTACKED}{g}": chains[g] for g in _per_draw_groups(chains)})
-    return stacked
+    return _arviz.replace_groups(stacked, **{f"{UNSTACKED}{g}": _arviz.group(chains, g)
+                                             for g in _per_draw_groups(chains)})
 
 
-def unstack(idata: az.InferenceData) -> az.InferenceData:
+def unstack(idata: _arviz.Idata) -> _arviz.Idata:
     """The chains of a stacked fit as they were sampled (relabelled, not resampled).
 
     A fit that :func:`pluralstan.pipeline.finalize` stacked keeps its chains in
@@ -680,13 +668,13 @@ def unstack(idata: az.InferenceData) -> az.InferenceData:
     depend on the draws, e.g. ``observed_data``). A fit that was never stacked is returned as it
     is. :func:`pluralstan.relabel.unrelabel` of the result gives the draws as sampled.
     """
-    kept = [g for g in idata.groups() if g.startswith(UNSTACKED)]
+    kept = [g for g in _arviz.groups(idata) if g.startswith(UNSTACKED)]
     if not kept:
         return idata
-    groups = {g: idata[g] for g in idata.groups()
+    groups = {g: _arviz.group(idata, g) for g in _arviz.groups(idata)
               if not g.startswith(UNSTACKED) and g not in _per_draw_groups(idata)}
-    groups.update({g[len(UNSTACKED):]: idata[g] for g in kept})
+    groups.update({g[len(UNSTACKED):]: _arviz.group(idata, g) for g in kept})
     posterior = groups["posterior"].copy()
     posterior.attrs.pop("modes", None)
     groups["posterior"] = posterior
-    return az.InferenceData(**groups)
+    return _arviz.make_idata(groups)

@@ -47,10 +47,9 @@ import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
-import arviz as az
 import numpy as np
 
-from . import diagnostics
+from . import _arviz, diagnostics
 from .data import Comparisons
 from .engine import Draws, SamplerConfig, StanProgram, get_engine
 from .errors import DiagnosticWarning, PluralstanError
@@ -75,7 +74,7 @@ def assemble(
     enc: Encoded,
     attrs: dict[str, Any],
     prior_draws: Draws | None = None,
-) -> az.InferenceData:
+) -> _arviz.Idata:
     """The InferenceData of a fit (:func:`pluralstan.inference.to_inference_data`).
 
     A model with latent components (``enc.label_dim``) gets ``group_labels = "latent"`` in its
@@ -91,7 +90,7 @@ ModeOption = Literal["none", "search"]
 
 
 def finalize(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     label_dim: str | None = None,
     relabel: bool | Method = True,
@@ -100,7 +99,7 @@ def finalize(
     var_names: list[str] | None = None,
     warn: bool = True,
     stack: bool = True,
-) -> az.InferenceData:
+) -> _arviz.Idata:
     """Relabel a latent-type fit, check it, stack genuine modes, record the diagnostics and
     warn about problems.
 
@@ -155,12 +154,12 @@ def finalize(
 
 
 def stack_modes(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     result: diagnostics.Diagnostics,
     *,
     label_dim: str = "group",
     max_treedepth: int | None = None,
-) -> az.InferenceData:
+) -> _arviz.Idata:
     """Stack the modes of a fit whose check recorded genuine multimodality.
 
     The chains are grouped as the check grouped them (``result.modes``) and combined by
@@ -213,7 +212,7 @@ def _sampler_problem(problem: str) -> bool:
     return any(word in problem for word in ("diverged", "tree depth", "E-BFMI"))
 
 
-def messages(idata: az.InferenceData) -> list[str]:
+def messages(idata: _arviz.Idata) -> list[str]:
     """What a fit warns about: its recorded problems, and a note that its modes were stacked."""
     stacked = [n for n in diagnostics.notes(idata) if n.startswith(diagnostics.STACKED)]
     return [*diagnostics.failed(idata), *stacked]
@@ -261,7 +260,7 @@ def run(
     n_starts: int = 20,
     max_modes: int = 2,
     stack: bool = True,
-) -> az.InferenceData:
+) -> _arviz.Idata:
     """Sample an encoded program and return the finished fit.
 
     Parameters

@@ -45,6 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import stats
 
+from . import _arviz
 from .diagnostics import flag
 from .errors import PluralstanError
 from .relabel import match_components
@@ -78,13 +79,13 @@ def _component_name(var: str, coords: Sequence[Hashable]) -> str:
     return var if not coords else f"{var}[{', '.join(map(str, coords))}]"
 
 
-def parameter_names(idata: az.InferenceData) -> list[str]:
+def parameter_names(idata: _arviz.Idata) -> list[str]:
     """Posterior variables that are model parameters worth plotting.
 
     Excludes per-observation quantities (any dim in :data:`OBSERVATION_DIMS`) and variables
     that do not vary across draws (fixed or empty outputs).
     """
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     return [
         name for name, da in post.data_vars.items()
         if da.size and not OBSERVATION_DIMS & set(da.dims) and float(da.std()) > 0
@@ -92,14 +93,14 @@ def parameter_names(idata: az.InferenceData) -> list[str]:
 
 
 def flatten_components(
-    idata: az.InferenceData, var_names: Sequence[str] | None = None
+    idata: _arviz.Idata, var_names: Sequence[str] | None = None
 ) -> xr.Dataset:
     """One scalar (chain, draw) variable per parameter component, named ``theta[0, x1]``.
 
     ArviZ plots each variable of such a dataset as one panel, so the selection of components
     to show (worst R-hat, strongest correlation) can be made here, outside the plotting calls.
     """
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     names = list(var_names) if var_names is not None else parameter_names(idata)
     out: dict[str, xr.DataArray] = {}
     for name in names:
@@ -116,7 +117,7 @@ def flatten_components(
 
 
 def _truth_components(
-    idata: az.InferenceData, truth: Mapping[str, Any] | None, match: bool
+    idata: _arviz.Idata, truth: Mapping[str, Any] | None, match: bool
 ) -> dict[str, float]:
     """Known values by component name (keys of :func:`flatten_components`)."""
     truth = _aligned_truth(idata, truth, match)
@@ -131,7 +132,7 @@ def _truth_components(
 
 
 def _aligned_truth(
-    idata: az.InferenceData, truth: Mapping[str, Any] | None, match: bool
+    idata: _arviz.Idata, truth: Mapping[str, Any] | None, match: bool
 ) -> dict[str, np.ndarray]:
     """Validate ``truth`` against the posterior and, for latent groups, relabel it.
 
@@ -148,7 +149,7 @@ def _aligned_truth(
             f"truth must be a mapping of parameter name to values (e.g. comps.truth), got "
             f"{type(truth).__name__}"
         )
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     out: dict[str, np.ndarray] = {}
     for name, value in truth.items():
         if name not in post:
@@ -172,7 +173,7 @@ def _aligned_truth(
     return out
 
 
-def latent_groups(idata: az.InferenceData) -> bool:
+def latent_groups(idata: _arviz.Idata) -> bool:
     """Whether the fit's groups are latent classes (arbitrary labels) rather than observed."""
     attrs = idata.posterior.attrs
     if "group_labels" in attrs:
@@ -180,11 +181,11 @@ def latent_groups(idata: az.InferenceData) -> bool:
     return attrs.get("model") in LATENT_GROUP_MODELS
 
 
-def _match_default(idata: az.InferenceData, match_truth: bool | None) -> bool:
+def _match_default(idata: _arviz.Idata, match_truth: bool | None) -> bool:
     return latent_groups(idata) if match_truth is None else bool(match_truth)
 
 
-def _title(fig: Figure, text: str, idata: az.InferenceData) -> None:
+def _title(fig: Figure, text: str, idata: _arviz.Idata) -> None:
     """Figure title naming the model, with the diagnostics flag (wrapped, in red) when failed."""
     model = idata.posterior.attrs.get("model")
     title = f"{model}: {text}" if model else text
@@ -234,7 +235,7 @@ def _display(fig: Figure) -> None:
 
 # ---------------------------------------------------------------------------------- rank
 def plot_rank(
-    idata: az.InferenceData, *, max_components: int = 12, var_names: Sequence[str] | None = None
+    idata: _arviz.Idata, *, max_components: int = 12, var_names: Sequence[str] | None = None
 ) -> Figure:
     """Per-chain densities and rank histograms of the components with the highest R-hat.
 
@@ -265,8 +266,13 @@ def plot_rank(
                      for p in range(pairs) for r in range(rows)])
     for ax in axes[len(shown):].ravel():
         ax.set_visible(False)
-    az.plot_trace(az.InferenceData(posterior=flat[shown], sample_stats=idata.sample_stats),
-                  kind="rank_bars", axes=axes[: len(shown)], compact=False)
+    if _arviz.ARVIZ_1:
+        _draw_rank(flat[shown], axes[: len(shown)])
+    else:
+        stats = {"sample_stats": _arviz.group(idata, "sample_stats")}
+        source = _arviz.make_idata({"posterior": flat[shown]} | (
+            stats if stats["sample_stats"] is not None else {}))
+        az.plot_trace(source, kind="rank_bars", axes=axes[: len(shown)], compact=False)
     for ax, name in zip(axes[: len(shown), 0], shown, strict=True):
         if rhat is not None:
             ax.set_title(f"{name}   R-hat {float(rhat[name]):.3f}", fontsize="small")
@@ -283,11 +289,11 @@ def plot_rank(
 
 # ---------------------------------------------------------------------------------- forest
 def plot_forest_by_group(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     var_name: str = "theta",
     *,
     truth: Mapping[str, Any] | None = None,
-    reference: az.InferenceData | None = None,
+    reference: _arviz.Idata | None = None,
     reference_label: str = "aggregate",
     prob: tuple[float, float] = (0.5, 0.9),
     match_truth: bool | None = None,
@@ -403,7 +409,7 @@ def plot_forest_by_group(
     return ax
 
 
-def plot_forest(idata: az.InferenceData, truth: Mapping[str, Any] | None = None,
+def plot_forest(idata: _arviz.Idata, truth: Mapping[str, Any] | None = None,
                 **kwargs: Any) -> Figure:
     """:func:`plot_forest_by_group` of ``theta`` as a titled figure (``kwargs`` passed on)."""
     ax = plot_forest_by_group(idata, truth=truth, **kwargs)
@@ -419,7 +425,7 @@ def plot_forest(idata: az.InferenceData, truth: Mapping[str, Any] | None = None,
 
 
 # ---------------------------------------------------------------------------------- pairs
-def nonidentified_pairs(idata: az.InferenceData, max_pairs: int = 4) -> list[tuple[str, str]]:
+def nonidentified_pairs(idata: _arviz.Idata, max_pairs: int = 4) -> list[tuple[str, str]]:
     """Pairs of components along which the posterior is least identified.
 
     Mixture models first: theta of groups 0 and 1 on the attribute where they are most
@@ -462,7 +468,7 @@ def nonidentified_pairs(idata: az.InferenceData, max_pairs: int = 4) -> list[tup
 
 
 def plot_nonidentified_pairs(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     truth: Mapping[str, Any] | None = None,
     *,
     max_pairs: int = 4,
@@ -478,8 +484,9 @@ def plot_nonidentified_pairs(
         raise PluralstanError("a pair plot needs at least two varying parameter components")
     flat = flatten_components(idata)
     known = _truth_components(idata, truth, _match_default(idata, match_truth))
-    source = az.InferenceData(posterior=flat, sample_stats=idata.sample_stats)
-    has_div = "diverging" in idata.sample_stats
+    stats = _arviz.group(idata, "sample_stats")
+    has_div = stats is not None and "diverging" in stats
+    source = _arviz.make_idata({"posterior": flat} | ({"sample_stats": stats} if has_div else {}))
     ncols = min(len(pairs), 2)
     nrows = int(np.ceil(len(pairs) / ncols))
     fig = _figure(4.6 * ncols, 4.0 * nrows + 0.6)
@@ -493,6 +500,11 @@ def plot_nonidentified_pairs(
         # (label switching, multimodality) show up as differently coloured clouds
         for i, chain in enumerate(chains):
             last = i == len(chains) - 1
+            if _arviz.ARVIZ_1:
+                _draw_pair(ax, flat.sel(chain=chain), stats.sel(chain=chain) if has_div else None,
+                           (a, b), f"C{i}", f"chain|{chain}", ref if last and len(ref) == 2
+                           else None)
+                continue
             az.plot_pair(
                 source.sel(chain=[chain]), var_names=[a, b], divergences=has_div, ax=ax,
                 scatter_kwargs={"marker": "o", "s": 5, "alpha": 0.4, "color": f"C{i}",
@@ -509,7 +521,7 @@ def plot_nonidentified_pairs(
     _tidy(fig)
     notes = ["colour: chain"]
     if has_div:
-        n_div = int(idata.sample_stats["diverging"].sum())
+        n_div = int(stats["diverging"].sum())
         notes.append(f"red: {n_div} divergent transitions" if n_div else "no divergences")
     if known:
         notes.append("white diamond: truth")
@@ -519,7 +531,7 @@ def plot_nonidentified_pairs(
 
 
 # ---------------------------------------------------------------------------------- PPC
-def cell_frequencies(idata: az.InferenceData, outcome: str = "a") -> tuple[xr.DataArray,
+def cell_frequencies(idata: _arviz.Idata, outcome: str = "a") -> tuple[xr.DataArray,
                                                                           xr.DataArray]:
     """Observed and replicated share of judgements with ``outcome`` in each cell.
 
@@ -528,10 +540,10 @@ def cell_frequencies(idata: az.InferenceData, outcome: str = "a") -> tuple[xr.Da
     ``(..., "cell", "outcome")``.
     """
     for group in ("observed_data", "posterior_predictive"):
-        if group not in idata.groups() or "y" not in idata[group]:
+        if group not in _arviz.groups(idata) or "y" not in _arviz.group(idata, group):
             raise PluralstanError(
                 f"the fit has no {group}['y'] (counts per cell and outcome); groups present: "
-                f"{list(idata.groups())}"
+                f"{list(_arviz.groups(idata))}"
             )
     obs, rep = idata.observed_data["y"], idata.posterior_predictive["y"]
     if "outcome" not in obs.dims or outcome not in obs["outcome"].values:
@@ -543,13 +555,13 @@ def cell_frequencies(idata: az.InferenceData, outcome: str = "a") -> tuple[xr.Da
     return obs.sel(outcome=outcome) / totals, rep.sel(outcome=outcome) / totals
 
 
-def cell_groups(idata: az.InferenceData) -> np.ndarray | None:
+def cell_groups(idata: _arviz.Idata) -> np.ndarray | None:
     """Group label of every cell when cells are split by an observed group, else ``None``.
 
     Read from ``constant_data["cell_group"]`` (0-based codes into the posterior's ``group``
     coordinate), which labeled models record.
     """
-    const = idata.get("constant_data")
+    const = _arviz.group(idata, "constant_data")
     if const is None or "cell_group" not in const or "group" not in idata.posterior.coords:
         return None
     codes = np.asarray(const["cell_group"].values)
@@ -558,7 +570,7 @@ def cell_groups(idata: az.InferenceData) -> np.ndarray | None:
     return np.asarray(idata.posterior["group"].values)[codes.astype(int)]
 
 
-def plot_ppc_cells(idata: az.InferenceData, prob: float = 0.9) -> Figure:
+def plot_ppc_cells(idata: _arviz.Idata, prob: float = 0.9) -> Figure:
     """Posterior predictive check of the per-cell frequency with which a was preferred.
 
     Left: cells sorted by their predicted frequency; the replicated central interval as a bar,
@@ -614,7 +626,7 @@ def plot_ppc_cells(idata: az.InferenceData, prob: float = 0.9) -> Figure:
 
 
 # ---------------------------------------------------------------------------------- PIT
-def cell_log_likelihood(idata: az.InferenceData) -> xr.DataArray | None:
+def cell_log_likelihood(idata: _arviz.Idata) -> xr.DataArray | None:
     """Log likelihood of each cell's counts, ``(chain, draw, cell)``, or ``None``.
 
     Summed from the per-judgement log likelihood (dim ``comparison``) over the judgements of
@@ -622,15 +634,15 @@ def cell_log_likelihood(idata: az.InferenceData) -> xr.DataArray | None:
     up to its multinomial coefficient, a constant that cancels from importance weights. Models
     whose log likelihood is per annotator cannot be cut into cells: ``None``.
     """
-    if "log_likelihood" not in idata.groups():
+    if "log_likelihood" not in _arviz.groups(idata):
         return None
-    ll = idata.log_likelihood
+    ll = _arviz.group(idata, "log_likelihood")
     da = ll["y"] if "y" in ll else next(iter(ll.data_vars.values()), None)
     if da is None:
         return None
     if "cell" in da.dims:
         return da
-    const = idata.get("constant_data")
+    const = _arviz.group(idata, "constant_data")
     if "comparison" in da.dims and const is not None and "cell_of_row" in const:
         cell_of_row = np.asarray(const["cell_of_row"].values)
         if cell_of_row.shape == (da.sizes["comparison"],):
@@ -640,7 +652,7 @@ def cell_log_likelihood(idata: az.InferenceData) -> xr.DataArray | None:
 
 
 def cell_pit(
-    idata: az.InferenceData, outcome: str = "a", *, loo: bool = True, seed: int = 0
+    idata: _arviz.Idata, outcome: str = "a", *, loo: bool = True, seed: int = 0
 ) -> tuple[np.ndarray, str, np.ndarray | None]:
     """Randomised PIT of the count of ``outcome`` in each cell.
 
@@ -653,8 +665,8 @@ def cell_pit(
 
     With ``loo`` and a log likelihood that can be summed per cell (:func:`cell_log_likelihood`)
     the predictive probabilities are leave-one-cell-out, by Pareto-smoothed importance weights
-    (:func:`arviz.psislw`); otherwise they are in-sample posterior predictive probabilities,
-    which are conservative (too central) for an over-fitting model.
+    (:func:`pluralstan._arviz.psislw`); otherwise they are in-sample posterior predictive
+    probabilities, which are conservative (too central) for an over-fitting model.
 
     Returns
     -------
@@ -672,9 +684,9 @@ def cell_pit(
     ll = cell_log_likelihood(idata) if loo else None
     if ll is not None:
         stacked = ll.stack(__sample__=SAMPLE_DIMS).transpose("cell", "__sample__")
-        ess = az.ess(idata.posterior[parameter_names(idata)], method="mean")
+        ess = az.ess(_arviz.group(idata, "posterior")[parameter_names(idata)], method="mean")
         reff = float(np.mean([ess[v].mean() for v in ess.data_vars])) / n_samples
-        log_w, khat = az.psislw(-stacked, reff=min(reff, 1.0))
+        log_w, khat = _arviz.psislw(-stacked, reff=min(reff, 1.0), dim="__sample__")
         weights = np.exp(log_w.values)
         kind, pareto_k = "leave-one-cell-out", np.asarray(khat.values)
     else:
@@ -687,10 +699,12 @@ def cell_pit(
     return np.clip(below + u * equal, 0.0, 1.0), kind, pareto_k
 
 
-def plot_cell_pit(idata: az.InferenceData, *, seed: int = 0, ci_prob: float = 0.95) -> Figure:
+def plot_cell_pit(idata: _arviz.Idata, *, seed: int = 0, ci_prob: float = 0.95) -> Figure:
     """ECDF difference of the randomised (LOO-)PIT of the cell counts, simultaneous band.
 
-    Uses :func:`arviz.plot_ecdf` with ``difference=True`` against the uniform CDF; a curve
+    The ECDF minus the uniform CDF at 101 points inside the optimised simultaneous band
+    (:func:`pluralstan._arviz.ecdf_band`; drawn here because ArviZ's ECDF plot API differs
+    between ArviZ 0.23 and 1.x); a curve
     leaving the band means the predictive distributions of the cells are miscalibrated
     (a frown: over-dispersed predictions; a smile: under-dispersed, e.g. unmodelled
     heterogeneity between annotators).
@@ -698,14 +712,10 @@ def plot_cell_pit(idata: az.InferenceData, *, seed: int = 0, ci_prob: float = 0.
     pit, kind, khat = cell_pit(idata, seed=seed)
     fig = _figure(7.0, 4.6)
     ax = fig.subplots()
-    uniform = stats.uniform()
-    # Simultaneous band by simulation ("optimized" takes ~15 s for a few dozen cells). The
-    # random state must be a Generator: ArviZ 0.23 reseeds every simulated ECDF with an int
-    # seed, so all 500 trials coincide and the band comes out far too narrow.
-    az.plot_ecdf(pit, cdf=uniform.cdf, rvs=uniform.rvs, difference=True,
-                 confidence_bands="simulated", ci_prob=ci_prob,
-                 eval_points=np.linspace(0, 1, 101), random_state=np.random.default_rng(seed),
-                 ax=ax)
+    z = np.linspace(0, 1, 101)
+    lower, upper = _arviz.ecdf_band(pit.size, z, z, prob=ci_prob)
+    ax.fill_between(z, lower - z, upper - z, color="C0", alpha=0.2, linewidth=0)
+    ax.plot(z, _arviz.ecdf(pit, z) - z, color="C0", linewidth=1.5)
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.set_xlabel("PIT of the count preferring a, per cell")
     ax.set_ylabel("ECDF - uniform CDF")
@@ -721,14 +731,66 @@ def plot_cell_pit(idata: az.InferenceData, *, seed: int = 0, ci_prob: float = 0.
     return fig
 
 
+# ------------------------------------------------------------- drawn by hand on ArviZ 1.x
+# ArviZ 1.x draws through arviz-plots' PlotCollection, which makes its own figures; these panels
+# sit in pluralstan's own grids, so on ArviZ 1.x they are drawn here with matplotlib, the same
+# content ArviZ 0.23's plot_trace(kind="rank_bars"), plot_pair and plot_energy give.
+def _draw_rank(flat: xr.Dataset, axes: np.ndarray) -> None:
+    """Per-chain densities (left) and per-chain rank histograms (right), one row per variable."""
+    n_chain = flat.sizes["chain"]
+    for (dens, ranks), name in zip(axes, flat.data_vars, strict=True):
+        values = flat[name].transpose("chain", "draw").values
+        order = stats.rankdata(values.ravel()).reshape(values.shape)
+        edges = np.linspace(0, values.size, 21)
+        height = values.shape[1] / (len(edges) - 1)
+        for c in range(n_chain):
+            dens.hist(values[c], bins=30, density=True, histtype="step", color=f"C{c}")
+            counts, _ = np.histogram(order[c], bins=edges)
+            ranks.bar(edges[:-1], counts / height * 0.9, width=np.diff(edges), bottom=c,
+                      align="edge", color=f"C{c}", alpha=0.8)
+            ranks.axhline(c + 0.9, color="0.3", linestyle="--", linewidth=0.6)
+        ranks.set_yticks(np.arange(n_chain) + 0.45, [str(c) for c in flat["chain"].values])
+        dens.set_yticks([])
+
+
+def _draw_pair(ax: Axes, flat: xr.Dataset, stats: xr.Dataset | None, names: tuple[str, str],
+               color: str, gid: str, ref: Mapping[str, float] | None) -> None:
+    """One chain's draws of two components, its divergences in red, the truth as a diamond."""
+    x, y = (flat[n].values.ravel() for n in names)
+    ax.scatter(x, y, marker="o", s=5, alpha=0.4, color=color, gid=gid)
+    if stats is not None:
+        div = stats["diverging"].values.ravel().astype(bool)
+        ax.plot(x[div], y[div], "o", color=FLAG_COLOR, markersize=5, alpha=0.9)
+    if ref is not None:
+        ax.plot(ref[names[0]], ref[names[1]], "D", markerfacecolor="white", color="black",
+                markersize=8)
+
+
+def _draw_energy(ax: Axes, energy: xr.DataArray, bfmi: np.ndarray) -> None:
+    """Marginal energy and energy transitions, centred, with E-BFMI per chain in the legend."""
+    values = energy.transpose("chain", "draw").values
+    marginal = (values - values.mean()).ravel()
+    transition = np.diff(values, axis=1).ravel()
+    bins = np.histogram_bin_edges(np.concatenate([marginal, transition]), bins=40)
+    ax.hist(marginal, bins=bins, density=True, alpha=0.5, label="marginal energy")
+    ax.hist(transition, bins=bins, density=True, alpha=0.5, label="energy transition")
+    for c, value in enumerate(bfmi):
+        ax.plot([], [], " ", label=f"chain {c}: E-BFMI {value:.2f}")
+    ax.set_yticks([])
+
+
 # ---------------------------------------------------------------------------------- energy
-def plot_energy(idata: az.InferenceData) -> Figure:
-    """:func:`arviz.plot_energy` (marginal vs transition energy, E-BFMI per chain)."""
+def plot_energy(idata: _arviz.Idata) -> Figure:
+    """Marginal vs transition energy, E-BFMI per chain (:func:`arviz.plot_energy` on ArviZ
+    0.23, the same drawn by hand on 1.x)."""
     if "energy" not in idata.sample_stats:
         raise PluralstanError("sample_stats has no 'energy': the fit was not run with NUTS")
     fig = _figure(6.5, 4.4)
     ax = fig.subplots()
-    az.plot_energy(idata, ax=ax)
+    if _arviz.ARVIZ_1:
+        _draw_energy(ax, _arviz.group(idata, "sample_stats")["energy"], _arviz.bfmi(idata))
+    else:
+        az.plot_energy(_arviz.native(idata), ax=ax)
     ax.set_xlabel("energy (centred)")
     ax.legend(fontsize=8)
     _tidy(fig)
@@ -739,12 +801,12 @@ def plot_energy(idata: az.InferenceData) -> Figure:
 
 # ---------------------------------------------------------------------------------- dashboard
 def dashboard(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     out_dir: str | Path | None = None,
     truth: Mapping[str, Any] | None = None,
     show: bool = False,
     *,
-    reference: az.InferenceData | None = None,
+    reference: _arviz.Idata | None = None,
     match_truth: bool | None = None,
     prefix: str = "",
     dpi: int = 110,
@@ -781,12 +843,12 @@ def dashboard(
         the posterior has fewer than two varying components, ``ppc``
         and ``pit`` without posterior predictive counts, ``energy`` without NUTS energies.
     """
-    if not isinstance(idata, az.InferenceData) or "posterior" not in idata.groups():
+    if not _arviz.is_idata(idata) or "posterior" not in _arviz.groups(idata):
         raise PluralstanError(
             f"dashboard needs an InferenceData with a posterior group, got {type(idata).__name__}"
         )
     _aligned_truth(idata, truth, match=False)  # a malformed truth fails before any drawing
-    has_counts = all(g in idata.groups() and "y" in idata[g]
+    has_counts = all(g in _arviz.groups(idata) and "y" in _arviz.group(idata, g)
                      for g in ("observed_data", "posterior_predictive"))
     builders = {
         "rank": lambda: plot_rank(idata),
@@ -803,7 +865,7 @@ def dashboard(
         "pair": bool(nonidentified_pairs(idata, max_pairs=1)),
         "ppc": has_counts,
         "pit": has_counts,
-        "energy": "sample_stats" in idata.groups() and "energy" in idata.sample_stats,
+        "energy": "sample_stats" in _arviz.groups(idata) and "energy" in idata.sample_stats,
     }
     out: dict[str, Path | Figure] = {}
     for name in FIGURES:

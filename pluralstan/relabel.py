@@ -49,7 +49,7 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
-from . import diagnostics
+from . import _arviz, diagnostics
 from .diagnostics import PER_OBSERVATION_DIMS, PERMUTATION, RHAT_MAX
 from .errors import PluralstanError
 
@@ -64,11 +64,11 @@ _TINY = 1e-300
 
 
 # ---------------------------------------------------------------------- checks and plumbing
-def _check_latent(idata: az.InferenceData, dim: str) -> xr.Dataset:
+def _check_latent(idata: _arviz.Idata, dim: str) -> xr.Dataset:
     """Return the posterior after checking it has a latent label dim."""
-    if "posterior" not in idata.groups():
+    if "posterior" not in _arviz.groups(idata):
         raise PluralstanError("relabelling needs an InferenceData with a 'posterior' group")
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     if dim not in post.dims:
         raise PluralstanError(
             f"the posterior has no {dim!r} dim (dims: {sorted(map(str, post.dims))}); only "
@@ -104,7 +104,7 @@ def _flat(da: xr.DataArray, dim: str) -> np.ndarray:
     return arr.reshape(arr.shape[0] * arr.shape[1], arr.shape[2], -1)
 
 
-def permute(idata: az.InferenceData, perms: np.ndarray, dim: str = "group") -> az.InferenceData:
+def permute(idata: _arviz.Idata, perms: np.ndarray, dim: str = "group") -> _arviz.Idata:
     """Apply per-draw permutations to every posterior variable with the label ``dim``.
 
     Parameters
@@ -122,7 +122,7 @@ def permute(idata: az.InferenceData, perms: np.ndarray, dim: str = "group") -> a
     arviz.InferenceData
         A new object; the input is not modified.
     """
-    post = idata.posterior
+    post = _arviz.group(idata, "posterior")
     perms = np.asarray(perms)
     K = post.sizes[dim]
     want = (post.sizes["chain"], post.sizes["draw"], K)
@@ -141,8 +141,7 @@ def permute(idata: az.InferenceData, perms: np.ndarray, dim: str = "group") -> a
         new[name] = da.copy(data=np.moveaxis(
             moved, range(arr.ndim), [da.dims.index(d) for d in ("chain", "draw", dim, *other)]
         ))
-    groups = {g: (new if g == "posterior" else idata[g].copy()) for g in idata.groups()}
-    return az.InferenceData(**groups)
+    return _arviz.replace_groups(idata, posterior=new)
 
 
 # ---------------------------------------------------------------------- algorithms
@@ -241,10 +240,10 @@ def pivot(values: np.ndarray, pivot_index: int) -> np.ndarray:
     return perms
 
 
-def _weights(idata: az.InferenceData, alloc: xr.DataArray, dim: str) -> np.ndarray:
+def _weights(idata: _arviz.Idata, alloc: xr.DataArray, dim: str) -> np.ndarray:
     """Multiplicity of each allocation row: the observed counts with the same dims, else 1."""
     obs_dims = [d for d in alloc.dims if d not in ("chain", "draw", dim)]
-    if "observed_data" in idata.groups():
+    if "observed_data" in _arviz.groups(idata):
         for da in idata.observed_data.data_vars.values():
             if list(da.dims) == obs_dims:
                 return da.values.reshape(-1).astype(float)
@@ -262,14 +261,14 @@ def _pivot_values(post: xr.Dataset, names: list[str], dim: str) -> np.ndarray:
 
 
 def relabel(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     method: Method = "auto",
     allocation: str | None = None,
     var_names: list[str] | None = None,
     dim: str = "group",
     max_iter: int = 100,
-) -> tuple[az.InferenceData, xr.DataArray]:
+) -> tuple[_arviz.Idata, xr.DataArray]:
     """Relabel the latent components of a mixture fit draw by draw.
 
     Parameters
@@ -348,35 +347,34 @@ def relabel(
         coords={"chain": post["chain"], "draw": post["draw"], dim: post[dim]},
         name="permutation",
     )
-    _store_permutation(out, _composed(idata, perms, dim), perm_da)
+    out = _store_permutation(out, _composed(idata, perms, dim), perm_da)
     _recheck(out, dim)
     return out, perm_da
 
 
-def _composed(idata: az.InferenceData, perms: np.ndarray, dim: str) -> np.ndarray:
+def _composed(idata: _arviz.Idata, perms: np.ndarray, dim: str) -> np.ndarray:
     """Permutations from the draws as sampled: earlier relabellings followed by ``perms``."""
-    if "sample_stats" in idata.groups() and PERMUTATION in idata.sample_stats:
+    if "sample_stats" in _arviz.groups(idata) and PERMUTATION in idata.sample_stats:
         before = idata.sample_stats[PERMUTATION].transpose("chain", "draw", dim).values
         return np.take_along_axis(before, perms, axis=-1)
     return perms
 
 
-def _store_permutation(out: az.InferenceData, perms: np.ndarray | None,
-                       like: xr.DataArray) -> None:
-    """Write ``perms`` into ``out.sample_stats`` (or, for ``None``, remove the record)."""
-    stats = out.sample_stats if "sample_stats" in out.groups() else None
+def _store_permutation(out: _arviz.Idata, perms: np.ndarray | None,
+                       like: xr.DataArray) -> _arviz.Idata:
+    """``out`` with ``perms`` in ``sample_stats`` (or, for ``None``, without the record)."""
+    stats = _arviz.group(out, "sample_stats")
     if perms is None:
-        if stats is not None:
-            out.sample_stats = stats.drop_vars([PERMUTATION, like.dims[-1]], errors="ignore")
-        return
+        if stats is None:
+            return out
+        return _arviz.replace_groups(
+            out, sample_stats=stats.drop_vars([PERMUTATION, like.dims[-1]], errors="ignore"))
     da = like.copy(data=perms.astype(np.int64))
-    if stats is None:
-        out.add_groups(sample_stats=xr.Dataset({PERMUTATION: da}))
-    else:
-        stats[PERMUTATION] = da
+    stats = xr.Dataset({PERMUTATION: da}) if stats is None else stats.assign({PERMUTATION: da})
+    return _arviz.replace_groups(out, sample_stats=stats)
 
 
-def _recheck(out: az.InferenceData, dim: str) -> None:
+def _recheck(out: _arviz.Idata, dim: str) -> None:
     """Recompute a stored diagnostics record on ``out``'s draws and drop a stale
     label-switching report (so no table carries a flag for draws that changed)."""
     out.posterior.attrs.pop("label_switching", None)
@@ -386,7 +384,7 @@ def _recheck(out: az.InferenceData, dim: str) -> None:
         diagnostics.check(out, var_names=names, warn=False, dim=dim)
 
 
-def unrelabel(idata: az.InferenceData, dim: str = "group") -> az.InferenceData:
+def unrelabel(idata: _arviz.Idata, dim: str = "group") -> _arviz.Idata:
     """The draws as sampled, from a fit relabelled by :func:`relabel` (or :func:`pluralstan.fit`).
 
     Undoes the permutations stored in ``sample_stats["label_permutation"]`` (which survives
@@ -394,19 +392,19 @@ def unrelabel(idata: az.InferenceData, dim: str = "group") -> az.InferenceData:
     ``relabelling`` attribute, and recomputes a stored diagnostics record. A fit that was never
     relabelled is returned unchanged.
     """
-    if "sample_stats" not in idata.groups() or PERMUTATION not in idata.sample_stats:
+    if "sample_stats" not in _arviz.groups(idata) or PERMUTATION not in idata.sample_stats:
         return idata
     perms = idata.sample_stats[PERMUTATION]
     out = permute(idata, np.argsort(perms.transpose("chain", "draw", dim).values, axis=-1), dim)
-    _store_permutation(out, None, perms)
+    out = _store_permutation(out, None, perms)
     out.posterior.attrs.pop("relabelling", None)
     _recheck(out, dim)
     return out
 
 
-def _log_density(idata: az.InferenceData) -> np.ndarray | None:
+def _log_density(idata: _arviz.Idata) -> np.ndarray | None:
     """Flattened ``lp`` of every draw, when the sampler recorded it."""
-    if "sample_stats" in idata.groups() and "lp" in idata.sample_stats:
+    if "sample_stats" in _arviz.groups(idata) and "lp" in idata.sample_stats:
         return idata.sample_stats["lp"].transpose("chain", "draw").values.reshape(-1)
     return None
 
@@ -438,7 +436,7 @@ def _worst(rhats: dict[str, float | None]) -> tuple[float, str]:
 
 
 def label_switching_report(
-    idata: az.InferenceData,
+    idata: _arviz.Idata,
     *,
     method: Method = "auto",
     dim: str = "group",
@@ -483,7 +481,7 @@ def label_switching_report(
     """
     _check_latent(idata, dim)
     sampled = unrelabel(idata, dim)
-    post = sampled.posterior
+    post = _arviz.group(sampled, "posterior")
     relabelled, perms = relabel(sampled, method=method, dim=dim, **kwargs)
     chains: dict[str, dict[str, Any]] = {}
     dominant = []
@@ -503,12 +501,12 @@ def label_switching_report(
     invariant = [str(v) for v, da in post.data_vars.items()
                  if dim not in da.dims and float(da.std()) > 0]
     inv_ds = post[invariant]
-    if "sample_stats" in sampled.groups() and "lp" in sampled.sample_stats:
+    if "sample_stats" in _arviz.groups(sampled) and "lp" in sampled.sample_stats:
         inv_ds = inv_ds.assign(lp=sampled.sample_stats["lp"])
         invariant = [*invariant, "lp"]
     rhat = {
         "raw": _max_rhat(post, labelled),
-        "relabelled": _max_rhat(relabelled.posterior, labelled),
+        "relabelled": _max_rhat(_arviz.group(relabelled, "posterior"), labelled),
         "label_invariant": _max_rhat(inv_ds, invariant),
     }
     judged = {k: v for k, v in rhat["label_invariant"].items() if _is_parameter(inv_ds[k])}

@@ -102,6 +102,31 @@ def test_compressed_and_per_row_forms_have_the_same_posterior():
     assert a.log_likelihood["y"].shape == b.log_likelihood["y"].shape
 
 
+def test_arviz_takes_a_fit_as_returned(small_bt, small_bt_fit):
+    """Issue 19: on either ArviZ line a fit is the native container: az.summary, az.loo,
+    az.compare and ArviZ's forest and posterior predictive plots take it unchanged."""
+    import matplotlib.pyplot as plt
+
+    idata = small_bt_fit
+    assert isinstance(idata, _arviz.Idata)
+    means = az.summary(idata, var_names=["theta"], kind="stats", round_to="none")["mean"]
+    theta = _arviz.group(idata, "posterior")["theta"].mean(("chain", "draw")).values
+    np.testing.assert_allclose(means.astype(float).to_numpy(), theta, rtol=1e-8)
+    assert az.loo(idata, pointwise=True).pareto_k.sizes["comparison"] == small_bt.n
+    table = az.compare({"a": idata, "b": idata})
+    assert len(table) == 2 and float(table["weight"].sum()) == pytest.approx(1.0)
+    if _arviz.ARVIZ_1:
+        forest = az.plot_forest(idata, var_names=["theta"], backend="matplotlib")
+        ppc = az.plot_ppc_dist(idata, backend="matplotlib")
+        figures = [forest.viz["figure"].item(), ppc.viz["figure"].item()]
+    else:
+        figures = [np.ravel(az.plot_forest(idata, var_names=["theta"]))[0].figure,
+                   np.ravel(az.plot_ppc(idata, num_pp_samples=20))[0].figure]
+    for fig in figures:
+        assert fig.axes and any(ax.has_data() for ax in fig.axes)
+        plt.close(fig)
+
+
 def test_inference_data_layout(small_bt, small_bt_fit):
     idata = small_bt_fit
     for group in ("posterior", "posterior_predictive", "log_likelihood", "log_prior",

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import warnings
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import log_expit, logsumexp
 
 import pluralstan as ps
-from pluralstan import diagnostics, modes, simulate
+from pluralstan import _arviz, diagnostics, modes, simulate
 from pluralstan.engine import CmdStanEngine, SamplerConfig, get_engine
 from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.inference import to_inference_data
@@ -113,7 +112,7 @@ def test_cmdstan_engine_has_no_log_density():
 
 
 # ---------------------------------------------------------------------- chains into modes
-def _two_mode_fit(rng: np.random.Generator) -> az.InferenceData:
+def _two_mode_fit(rng: np.random.Generator) -> _arviz.Idata:
     """4 chains x 200 draws: chains 0 and 2 in a mode that predicts most annotators better
     (log likelihood -5 vs -8), chains 1 and 3 in one that predicts the last 10 of 60 better."""
     chains, draws, n = 4, 200, 60
@@ -127,8 +126,8 @@ def _two_mode_fit(rng: np.random.Generator) -> az.InferenceData:
         size=(chains, draws, n))
     lp = np.where(in_first[:, None], -100.0, -130.0) + rng.normal(size=(chains, draws))
     coords = {"group": [0, 1], "attribute": ["x1", "x2"], "annotator": np.arange(n)}
-    return az.from_dict(
-        posterior={"theta": theta}, log_likelihood={"y": ll}, sample_stats={"lp": lp},
+    return _arviz.from_dict(
+        {"posterior": {"theta": theta}, "log_likelihood": {"y": ll}, "sample_stats": {"lp": lp}},
         coords=coords, dims={"theta": ["group", "attribute"], "y": ["annotator"]},
     )
 
@@ -165,10 +164,10 @@ def test_one_mode_is_not_stacked(rng):
 
 
 # ---------------------------------------------------------------------- acceptance
-def _held_out_elpd(post: az.InferenceData, chains: list[int], test) -> float:
+def _held_out_elpd(post: _arviz.Idata, chains: list[int], test) -> float:
     """Log predictive density of the held-out annotators' judgements, from the draws of
     ``chains``: sum over annotators of log mean_s sum_k pi_k p(y_i | theta_k)."""
-    sub = post.posterior.isel(chain=chains).stack(s=("chain", "draw"))
+    sub = _arviz.group(post, "posterior").isel(chain=chains).stack(s=("chain", "draw"))
     theta = sub["theta"].transpose("s", "group", "attribute").values
     pi = sub["pi"].transpose("s", "group").values
     X, y, who = test.design(), test.frame["y"].to_numpy(), test.codes("annotator")

@@ -48,12 +48,12 @@ def mixture_idata(*, K: int = 2, failed: bool = False, model: str = "unlabeled",
     diverging = np.zeros((chains, draws), bool)
     if failed:
         diverging[0, ::40] = True
-    idata = az.from_dict(
-        posterior={"theta": theta, "pi": pi},
-        posterior_predictive={"y": np.stack([n - rep_a, rep_a], axis=-1)},
-        observed_data={"y": np.stack([n - n_a, n_a], axis=-1)},
-        log_likelihood={"y": rng.normal(-5, 0.3, size=(chains, draws, annotators))},
-        sample_stats={"diverging": diverging, "energy": rng.normal(size=(chains, draws))},
+    idata = _arviz.from_dict(
+        {"posterior": {"theta": theta, "pi": pi},
+         "posterior_predictive": {"y": np.stack([n - rep_a, rep_a], axis=-1)},
+         "observed_data": {"y": np.stack([n - n_a, n_a], axis=-1)},
+         "log_likelihood": {"y": rng.normal(-5, 0.3, size=(chains, draws, annotators))},
+         "sample_stats": {"diverging": diverging, "energy": rng.normal(size=(chains, draws))}},
         coords={"group": list(range(K)), "attribute": ATTRS, "cell": np.arange(cells),
                 "outcome": ["b", "a"], "annotator": np.arange(annotators)},
         dims={"theta": ["group", "attribute"], "pi": ["group"], "y": ["cell", "outcome"]},
@@ -71,10 +71,10 @@ def count_idata(p_obs: np.ndarray, p_rep: np.ndarray, n: np.ndarray, seed: int =
     rng = np.random.default_rng(seed)
     n_a = rng.binomial(n, p_obs)
     rep_a = rng.binomial(n, p_rep, size=(2, 250, n.size))
-    return az.from_dict(
-        posterior={"theta": rng.normal(size=(2, 250))},
-        posterior_predictive={"y": np.stack([n - rep_a, rep_a], axis=-1)},
-        observed_data={"y": np.stack([n - n_a, n_a], axis=-1)},
+    return _arviz.from_dict(
+        {"posterior": {"theta": rng.normal(size=(2, 250))},
+         "posterior_predictive": {"y": np.stack([n - rep_a, rep_a], axis=-1)},
+         "observed_data": {"y": np.stack([n - n_a, n_a], axis=-1)}},
         coords={"cell": np.arange(n.size), "outcome": ["b", "a"]},
         dims={"y": ["cell", "outcome"]},
     )
@@ -185,10 +185,11 @@ def test_forest_title_says_whether_latent_labels_were_relabelled():
 
 def test_observed_string_labels_are_named_like_codes():
     idata, _ = mixture_idata(K=2, model="labeled")
-    idata.posterior = idata.posterior.assign_coords(group=["0", "1"])
+    post = _arviz.group(idata, "posterior")
+    idata = _arviz.replace_groups(idata, posterior=post.assign_coords(group=["0", "1"]))
     ax = plots.plot_forest_by_group(idata)
     assert {g for g, _ in interval_rows(ax)} == {"group 0", "group 1"}
-    idata.posterior = idata.posterior.assign_coords(group=["left", "right"])
+    idata = _arviz.replace_groups(idata, posterior=post.assign_coords(group=["left", "right"]))
     ax = plots.plot_forest_by_group(idata)
     assert {g for g, _ in interval_rows(ax)} == {"left", "right"}
 
@@ -275,7 +276,8 @@ def test_ppc_draws_every_cell_once_per_panel():
 def test_ppc_colours_cells_by_observed_group():
     idata, _ = mixture_idata(cells=30, model="labeled")
     codes = np.arange(30) % 2
-    idata.add_groups(constant_data=xr.Dataset({"cell_group": ("cell", codes)}))
+    idata = _arviz.replace_groups(
+        idata, constant_data=xr.Dataset({"cell_group": ("cell", codes)}))
     assert list(plots.cell_groups(idata)) == list(codes)
     left, _ = plots.plot_ppc_cells(idata).axes
     observed = {line.get_label(): len(line.get_xdata()) for line in left.lines
@@ -332,7 +334,7 @@ def test_pit_band_is_the_simultaneous_band_for_the_number_of_cells():
 
 def test_ppc_needs_counts():
     idata, _ = mixture_idata()
-    del idata.posterior_predictive
+    idata = _arviz.replace_groups(idata, posterior_predictive=None)
     with pytest.raises(PluralstanError, match=r"posterior_predictive\['y'\]"):
         plots.cell_frequencies(idata)
     assert "ppc" not in plots.dashboard(idata)

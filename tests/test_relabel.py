@@ -9,11 +9,10 @@ import json
 import re
 from itertools import permutations
 
-import arviz as az
 import numpy as np
 import pytest
 
-from pluralstan import diagnostics
+from pluralstan import _arviz, diagnostics
 from pluralstan.errors import PluralstanError
 from pluralstan.relabel import label_switching_report, permute, pivot, relabel, stephens
 
@@ -44,7 +43,7 @@ def _agrees_up_to_global_permutation(found: np.ndarray, truth: np.ndarray) -> bo
 
 
 def _idata(rng: np.random.Generator, scramble: np.ndarray, chains: int = 2, draws: int = 300,
-           jitter: float = 0.1) -> az.InferenceData:
+           jitter: float = 0.1) -> _arviz.Idata:
     """A fake mixture fit: theta, pi, alloc and a label-invariant quantity, scrambled per draw."""
     K, d = CENTRES.shape
     theta = CENTRES + rng.normal(scale=jitter, size=(chains, draws, K, d))
@@ -63,10 +62,9 @@ def _idata(rng: np.random.Generator, scramble: np.ndarray, chains: int = 2, draw
         "theta_bar": theta_bar,
     }
     lp = rng.normal(size=(chains, draws))
-    return az.from_dict(
-        posterior=posterior,
-        sample_stats={"lp": lp},
-        observed_data={"y": np.ones((n_cells, 1), dtype=int) * 5},
+    return _arviz.from_dict(
+        {"posterior": posterior, "sample_stats": {"lp": lp},
+         "observed_data": {"y": np.ones((n_cells, 1), dtype=int) * 5}},
         coords={"group": np.arange(K), "attribute": ["x1", "x2"], "cell": np.arange(n_cells),
                 "outcome": ["a"]},
         dims={"theta": ["group", "attribute"], "pi": ["group"],
@@ -143,12 +141,13 @@ def test_auto_method_prefers_stephens_when_allocations_exist() -> None:
     out, _ = relabel(idata)
     assert json.loads(out.posterior.attrs["relabelling"])["method"] == "stephens"
     # the annotator-level models call their allocation probabilities "membership"
-    renamed = az.InferenceData(posterior=idata.posterior.rename_vars(alloc="membership"),
-                               observed_data=idata.observed_data)
+    post = _arviz.group(idata, "posterior")
+    renamed = _arviz.make_idata({"posterior": post.rename_vars(alloc="membership"),
+                                 "observed_data": _arviz.group(idata, "observed_data")})
     detail = json.loads(relabel(renamed)[0].posterior.attrs["relabelling"])
     assert (detail["method"], detail["allocation"]) == ("stephens", "membership")
-    without = az.InferenceData(posterior=idata.posterior.drop_vars("alloc"),
-                               sample_stats=idata.sample_stats)
+    without = _arviz.make_idata({"posterior": post.drop_vars("alloc"),
+                                 "sample_stats": _arviz.group(idata, "sample_stats")})
     out, _ = relabel(without)
     assert json.loads(out.posterior.attrs["relabelling"])["method"] == "pivot"
     with pytest.raises(PluralstanError, match="allocation probabilities"):
@@ -213,8 +212,8 @@ def test_refuses_observed_labels_and_fits_without_groups() -> None:
     idata.posterior.attrs["model"] = "labeled"
     with pytest.raises(PluralstanError, match="observed subgroup labels"):
         relabel(idata)
-    plain = az.from_dict(posterior={"theta": rng.normal(size=(2, 20, 3))},
-                         dims={"theta": ["attribute"]})
+    plain = _arviz.from_dict({"posterior": {"theta": rng.normal(size=(2, 20, 3))}},
+                             dims={"theta": ["attribute"]})
     with pytest.raises(PluralstanError, match="no 'group' dim"):
         label_switching_report(plain)
 
@@ -233,7 +232,8 @@ def test_per_observation_quantities_are_reported_but_not_judged() -> None:
     rng = np.random.default_rng(6)
     idata, _ = _idata(rng, np.tile(np.arange(3), (2, 300, 1)))
     shifted = rng.normal(size=(2, 300, 20)) + np.array([0.0, 2.0])[:, None, None]
-    idata.posterior["p_agg"] = (("chain", "draw", "cell"), shifted)
+    post = _arviz.group(idata, "posterior").assign(p_agg=(("chain", "draw", "cell"), shifted))
+    idata = _arviz.replace_groups(idata, posterior=post)
     report = label_switching_report(idata, record=False)
     assert report["rhat"]["label_invariant"]["p_agg"] > 1.5
     assert not any("label-invariant" in p for p in report["problems"])
@@ -275,7 +275,7 @@ def test_permutations_are_stored_composed_and_undone_after_a_round_trip(tmp_path
     assert unrelabel(idata) is idata  # nothing to undo
 
 
-def _latent(idata: az.InferenceData) -> az.InferenceData:
+def _latent(idata: _arviz.Idata) -> _arviz.Idata:
     idata.posterior.attrs.update({"group_labels": "latent", "model": "fake"})
     return idata
 
@@ -304,7 +304,7 @@ def test_relabel_recomputes_the_stored_diagnostics() -> None:
     assert diagnostics.failed(unrelabel(out)) == diagnostics.failed(idata)
 
 
-def _four_chains(rng: np.random.Generator, lp: np.ndarray) -> az.InferenceData:
+def _four_chains(rng: np.random.Generator, lp: np.ndarray) -> _arviz.Idata:
     """A latent fit of 4 chains x 400 draws in one labelling, with the given lp draws."""
     idata = _idata(rng, np.tile(np.arange(3), (4, 400, 1)), chains=4, draws=400)[0]
     idata.sample_stats["lp"].values[:] = lp

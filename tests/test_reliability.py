@@ -18,14 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
 import pluralstan as ps
-from pluralstan import diagnostics, outputs, realdata
+from pluralstan import _arviz, diagnostics, outputs, realdata
 from pluralstan.cli import main
 from pluralstan.engine import CmdStanEngine, PyStanEngine
 from pluralstan.errors import PluralstanError
@@ -501,14 +500,14 @@ def test_interrupted_fit_leaves_no_output_file(tmp_path: Path, monkeypatch) -> N
     assert _files(csv.parent) == ["comps.csv"]
 
 
-def _tiny_idata() -> az.InferenceData:
+def _tiny_idata() -> _arviz.Idata:
     rng = np.random.default_rng(0)
-    return az.from_dict(posterior={"theta": rng.normal(size=(2, 50, 3))})
+    return _arviz.from_dict({"posterior": {"theta": rng.normal(size=(2, 50, 3))}})
 
 
 def _half_writer(exc: BaseException):
     """A to_netcdf that writes half a real NetCDF file, then fails with ``exc``."""
-    real = az.InferenceData.to_netcdf
+    real = _arviz.Idata.to_netcdf
 
     def half(self, filename, *args, **kwargs):
         real(self, filename, *args, **kwargs)
@@ -528,7 +527,7 @@ def test_save_is_whole_or_nothing(tmp_path: Path, monkeypatch, exc, existing) ->
     if existing:
         ps.save(_tiny_idata(), target)
     before = target.read_bytes() if existing else None
-    monkeypatch.setattr(az.InferenceData, "to_netcdf", _half_writer(exc))
+    monkeypatch.setattr(_arviz.Idata, "to_netcdf", _half_writer(exc))
     with pytest.raises(type(exc)):
         ps.save(_tiny_idata(), target)
     assert _files(tmp_path) == (["fit.nc"] if existing else [])
@@ -588,7 +587,7 @@ def test_cli_simulate_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> N
 
 
 # ---------------------------------------------------------------------- reproducibility
-def _quiet_fit(*args: Any, **kwargs: Any) -> az.InferenceData:
+def _quiet_fit(*args: Any, **kwargs: Any) -> _arviz.Idata:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ps.DiagnosticWarning)
         warnings.simplefilter("ignore", ps.IdentificationWarning)
@@ -640,7 +639,7 @@ def test_every_model_records_provenance_in_every_group_and_on_disk(model: str,
                                 .rstrip("\n"))
     program_sha = hashlib.sha256(source.encode()).hexdigest()
     loaded = ps.load(ps.save(idata, tmp_path / "fit.nc"))
-    for group in loaded.groups():
+    for group in _arviz.groups(loaded):
         attrs = loaded[group].attrs
         assert attrs["pluralstan_version"] == ps.__version__, group
         assert attrs["engine"] in ("pystan", "cmdstanpy"), group

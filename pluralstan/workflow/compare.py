@@ -118,7 +118,8 @@ def _at_level(idata: _arviz.Idata, level: Level, comps: Comparisons | None,
 
 
 def pareto_k_table(elpd: Any, comps: Comparisons | None = None) -> pd.DataFrame:
-    """Observations whose Pareto k exceeds the reliability threshold, worst first.
+    """Observations whose Pareto k exceeds the reliability threshold (or is undefined), worst
+    first.
 
     ``elpd`` is an ``az.loo(..., pointwise=True)`` result of either ArviZ line.
 
@@ -129,7 +130,8 @@ def pareto_k_table(elpd: Any, comps: Comparisons | None = None) -> pd.DataFrame:
         for judgements when ``comps`` is given, their ``annotator`` and ``pair``.
     """
     k = elpd.pareto_k
-    bad = k.where(k > elpd.good_k, drop=True)
+    # a NaN k (ArviZ 1 gives one when the tail fit fails) is as unreliable as a large one
+    bad = k.where((k > elpd.good_k) | k.isnull(), drop=True)
     dim = k.dims[0]
     table = pd.DataFrame({"observation": bad[dim].values, "pareto_k": bad.values})
     if comps is not None and dim == "comparison":
