@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import pluralstan as ps
-from pluralstan import diagnostics
+from pluralstan import _arviz, diagnostics
 from pluralstan.errors import DiagnosticWarning
 from pluralstan.relabel import match_components, unrelabel
 
@@ -39,7 +39,7 @@ SETTINGS = {"draws": 1000, "backend": "pystan"}
 
 
 @pytest.fixture(scope="module")
-def fitted() -> tuple[ps.Comparisons, az.InferenceData]:
+def fitted() -> tuple[ps.Comparisons, _arviz.Idata]:
     """The defaults fit; a DiagnosticWarning is an error here, so every test fails with it."""
     comps = ps.simulate.mixture(THETA, PI, n_pairs=200, n_annotators=300,
                                 pairs_per_annotator=10, seed=SEED)
@@ -73,8 +73,10 @@ def test_label_switching_happened_and_was_resolved(fitted) -> None:
     dominant = {Counter(map(tuple, chain)).most_common(1)[0][0] for chain in perms}
     assert len(dominant) > 1, dominant
     raw = unrelabel(idata)
-    assert float(az.rhat(raw.posterior, var_names=["theta"])["theta"].max()) > 1.5
-    assert float(az.rhat(idata.posterior, var_names=["theta"])["theta"].max()) <= \
+    assert float(az.rhat(_arviz.group(raw, "posterior"), var_names=["theta"])["theta"].max()) \
+        > 1.5
+    assert float(az.rhat(_arviz.group(idata, "posterior"), var_names=["theta"])["theta"].max()) \
+        <= \
         diagnostics.RHAT_MAX
     notes = diagnostics.notes(idata)
     assert any("label switching across chains resolved by stephens relabelling" in n

@@ -45,13 +45,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.special import expit
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Cells, Comparisons
 from ..engine import SamplerConfig
 from ..errors import IdentificationWarning, PluralstanError
@@ -340,8 +339,8 @@ def true_probability(comps: Comparisons) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- prediction
-def _check_attributes(idata: az.InferenceData, comps: Comparisons) -> None:
-    fitted = [str(v) for v in idata.posterior["attribute"].values]
+def _check_attributes(idata: _arviz.Idata, comps: Comparisons) -> None:
+    fitted = [str(v) for v in _arviz.group(idata, "posterior")["attribute"].values]
     if fitted != [str(v) for v in comps.attributes]:
         raise PluralstanError(
             f"the table's attributes {list(comps.attributes)} differ from the fitted model's "
@@ -358,8 +357,8 @@ def _design(comps: Comparisons) -> tuple[xr.DataArray, xr.DataArray, xr.DataArra
             xr.DataArray(comps.order_sign(), dims=("comparison",)))
 
 
-def _seen_codes(idata: az.InferenceData, comps: Comparisons) -> np.ndarray:
-    index = pd.Index(idata.posterior["annotator"].values)
+def _seen_codes(idata: _arviz.Idata, comps: Comparisons) -> np.ndarray:
+    index = pd.Index(_arviz.group(idata, "posterior")["annotator"].values)
     code = index.get_indexer(comps.frame["annotator"])
     if np.any(code < 0):
         who = comps.frame["annotator"][code < 0].iloc[0]
@@ -380,9 +379,9 @@ def _eta(beta: xr.DataArray, M: xr.DataArray, gamma: xr.DataArray | float,
 
 
 def preference_probability(
-    idata_seen: az.InferenceData,
+    idata_seen: _arviz.Idata,
     comps: Comparisons,
-    idata_new: az.InferenceData | None = None,
+    idata_new: _arviz.Idata | None = None,
 ) -> xr.DataArray:
     """Posterior draws of P(a > b) for every judgement of ``comps``.
 
@@ -403,7 +402,7 @@ def preference_probability(
         Dims ``(chain, draw, comparison)``.
     """
     _check_attributes(idata_seen, comps)
-    post = idata_seen.posterior
+    post = _arviz.group(idata_seen, "posterior")
     design = _design(comps)
     if idata_new is None:
         code = xr.DataArray(_seen_codes(idata_seen, comps), dims="comparison")
@@ -411,13 +410,13 @@ def preference_probability(
         gamma = post["gamma"] if "gamma" in post else 0.0
     else:
         code = xr.DataArray(_seen_codes(idata_new, comps), dims="comparison")
-        new = idata_new.posterior
+        new = _arviz.group(idata_new, "posterior")
         names = ["M", "theta"] + (["gamma"] if "gamma" in post else [])
         flat = post[names].stack(sample=("chain", "draw"))
         flat = flat.drop_vars(["sample", "chain", "draw"])
         # Stan's integer outputs arrive as floats from some engines
         draw_index = new["seen_draw"].values.astype(np.int64) - 1
-        pick = idata_new.constant_data["seen_sample"].values[draw_index]
+        pick = _arviz.group(idata_new, "constant_data")["seen_sample"].values[draw_index]
         pick = xr.DataArray(pick, dims=("chain", "draw", "annotator"),
                             coords={"chain": new.chain, "draw": new.draw})
         shared = flat.isel(sample=pick).isel(annotator=code)
@@ -434,7 +433,7 @@ def _population_probability(post: xr.Dataset, comps: Comparisons) -> xr.DataArra
     return xr.apply_ufunc(expit, _eta(post["beta"], post["M"], gamma, _design(comps)))
 
 
-def agreement(idata: az.InferenceData, comps: Comparisons, *, n_draws: int = 100) -> xr.DataArray:
+def agreement(idata: _arviz.Idata, comps: Comparisons, *, n_draws: int = 100) -> xr.DataArray:
     """Posterior mean probability that two seen users pick the same option, over the table's pairs.
 
     For users i, j and an option pair, the chance of agreeing is p_i p_j + (1 - p_i)(1 - p_j)
@@ -450,25 +449,25 @@ def agreement(idata: az.InferenceData, comps: Comparisons, *, n_draws: int = 100
     A, B = comps.options()
     _, keep = np.unique(np.hstack([A, B]), axis=0, return_index=True)
     pairs = dataclasses.replace(comps, frame=comps.frame.iloc[np.sort(keep)].reset_index(drop=True))
-    post = idata.posterior.stack(sample=("chain", "draw"))
+    post = _arviz.group(idata, "posterior").stack(sample=("chain", "draw"))
     take = np.linspace(0, post.sizes["sample"] - 1, min(n_draws, post.sizes["sample"])).astype(int)
     p = _population_probability(post.isel(sample=take), pairs)
     p = p.transpose("sample", "annotator", "comparison").values
     same = (np.einsum("sic,sjc->ij", p, p) + np.einsum("sic,sjc->ij", 1 - p, 1 - p)) / (
         p.shape[0] * p.shape[2])
-    ann = idata.posterior["annotator"].values
+    ann = _arviz.group(idata, "posterior")["annotator"].values
     return xr.DataArray(same, dims=("annotator", "annotator_other"),
                         coords={"annotator": ann, "annotator_other": ann})
 
 
 # ---------------------------------------------------------------------- unseen users
-def _fit_priors(idata: az.InferenceData) -> dict[str, Any]:
-    raw = idata.posterior.attrs.get("priors")
+def _fit_priors(idata: _arviz.Idata) -> dict[str, Any]:
+    raw = _arviz.group(idata, "posterior").attrs.get("priors")
     return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
 
 
 def fit_new_users(
-    idata_seen: az.InferenceData,
+    idata_seen: _arviz.Idata,
     comps_new: Comparisons,
     *,
     n_draws: int = 100,
@@ -480,7 +479,7 @@ def fit_new_users(
     adapt_delta: float = 0.8,
     backend: str = "auto",
     check: bool = True,
-) -> az.InferenceData:
+) -> _arviz.Idata:
     """Localise unseen users from a few judgements, the shared parameters held at their posterior.
 
     ``n_draws`` evenly thinned posterior draws of (M, theta, gamma) from ``idata_seen``
@@ -508,18 +507,19 @@ def fit_new_users(
         ``constant_data.seen_sample``, of the carried-over draw paired with each draw),
         annotator-level ``log_likelihood``, ``posterior_predictive`` ``y`` per cell.
     """
-    if "M" not in idata_seen.posterior or "theta" not in idata_seen.posterior:
+    seen_post = _arviz.group(idata_seen, "posterior")
+    if "M" not in seen_post or "theta" not in seen_post:
         raise PluralstanError("idata_seen is not a 'pal' fit (it has no M / theta posterior)")
     _check_attributes(idata_seen, comps_new)
     _check_no_ties(comps_new, "fit_new_users")
-    seen = pd.Index(idata_seen.posterior["annotator"].values)
+    seen = pd.Index(_arviz.group(idata_seen, "posterior")["annotator"].values)
     overlap = pd.Index(comps_new.annotator_levels).intersection(seen)
     if len(overlap):
         raise PluralstanError(
             f"annotator {overlap[0]!r} of comps_new was seen in the fit ({len(overlap)} such); "
             "new users must be unseen (use preference_probability for seen users)"
         )
-    flat = idata_seen.posterior.stack(sample=("chain", "draw"))
+    flat = _arviz.group(idata_seen, "posterior").stack(sample=("chain", "draw"))
     total = flat.sizes["sample"]
     if isinstance(n_draws, bool) or not isinstance(n_draws, int) or not 1 <= n_draws <= total:
         raise PluralstanError(f"n_draws must be an integer in 1..{total}, got {n_draws!r}")
@@ -587,9 +587,9 @@ def _oracle(comps: Comparisons) -> float:
     return float(np.mean((p > 0.5) == (y == 1)))
 
 
-def _zero_shot(idata_seen: az.InferenceData, comps: Comparisons) -> xr.DataArray:
+def _zero_shot(idata_seen: _arviz.Idata, comps: Comparisons) -> xr.DataArray:
     """P(a > b) for a user drawn from the seen population: averaged over the seen users."""
-    p = _population_probability(idata_seen.posterior, comps).mean("annotator")
+    p = _population_probability(_arviz.group(idata_seen, "posterior"), comps).mean("annotator")
     return p.transpose("chain", "draw", "comparison")
 
 
@@ -601,7 +601,7 @@ def _relabel(comps: Comparisons, rows: np.ndarray, suffix: str) -> Comparisons:
 
 
 def accuracy(
-    idata_seen: az.InferenceData,
+    idata_seen: _arviz.Idata,
     test_seen: Comparisons | None = None,
     comps_new: Comparisons | None = None,
     *,
@@ -650,7 +650,7 @@ def accuracy(
     return table
 
 
-def _unseen_rows(idata_seen: az.InferenceData, comps_new: Comparisons, shots: Sequence[int],
+def _unseen_rows(idata_seen: _arviz.Idata, comps_new: Comparisons, shots: Sequence[int],
                  seen_flag: str, fit_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     shots = sorted({int(n) for n in shots})
     if not shots or shots[0] < 0:

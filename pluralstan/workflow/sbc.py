@@ -65,13 +65,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
-from arviz.stats.ecdf_utils import compute_ecdf, ecdf_confidence_band
 from scipy import stats
 
-from .. import diagnostics
+from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..engine import Draws, SamplerConfig, StanProgram, get_engine
 from ..errors import DiagnosticWarning, PluralstanError
@@ -150,8 +148,8 @@ def _band(n_sims: int, max_rank: int, prob: float) -> tuple[np.ndarray, ...]:
     """Evaluation points, uniform CDF and simultaneous band; they depend on the sizes only."""
     z = _eval_points(n_sims, max_rank)
     cdf = discrete_uniform_cdf(z, max_rank)
-    # ArviZ's optimised simultaneous band (the one az.plot_ecdf draws)
-    lower, upper = ecdf_confidence_band(n_sims, z, cdf, prob=prob, method="optimized")
+    # the optimised simultaneous band (written in pluralstan._arviz: ArviZ keeps its own private)
+    lower, upper = _arviz.ecdf_band(n_sims, z, cdf, prob=prob)
     return z, cdf, lower, upper
 
 
@@ -176,7 +174,7 @@ def ecdf_band_test(ranks: np.ndarray, max_rank: int, prob: float = 0.95) -> tupl
     """
     u = np.sort(fractional_ranks(ranks, max_rank))
     z, cdf, lower, upper = _band(u.size, int(max_rank), float(prob))
-    ecdf = compute_ecdf(u, z)
+    ecdf = _arviz.ecdf(u, z)
     inside = bool(np.all((ecdf >= lower - 1e-12) & (ecdf <= upper + 1e-12)))
     return inside, float(np.max(np.abs(ecdf - cdf)))
 
@@ -268,7 +266,7 @@ def _encoded(model: str, comps: Comparisons, K: int | None, priors: dict[str, An
     return dataclasses.replace(enc, data=data, observed=observed)
 
 
-def _chains(idata: az.InferenceData, draws: Draws, name: str, shape: tuple[int, ...]
+def _chains(idata: _arviz.Idata, draws: Draws, name: str, shape: tuple[int, ...]
             ) -> np.ndarray:
     """``(chain, draw, *shape)`` draws of a ranked variable: from the finished (relabelled)
     posterior, else (a variable the InferenceData leaves out) as sampled. Optional scalars,
@@ -509,8 +507,10 @@ class SBCResult:
     def plot_ecdf_diff(self, quantities: Sequence[str] | None = None):
         """ECDF-difference plots of the fractional ranks with simultaneous ``prob`` bands.
 
-        Uses :func:`arviz.plot_ecdf` (``difference=True``, optimised simultaneous bands) with the
-        exact CDF of discrete uniform ranks. Returns the matplotlib figure.
+        The ECDF minus the exact CDF of discrete uniform ranks at the evaluation points of
+        :func:`ecdf_band_test`, inside the optimised simultaneous band the test uses (drawn here
+        rather than by ArviZ, whose ECDF plot API differs between ArviZ 0.23 and 1.x). Returns
+        the matplotlib figure.
         """
         names = self._select(quantities)
         fig, axes = self._grid(len(names), f"SBC ECDF difference: {self.model} "
@@ -518,11 +518,10 @@ class SBCResult:
         for ax, name in zip(axes, names, strict=False):
             sub = self.ranks[self.ranks["quantity"] == name]
             max_rank = int(sub["max_rank"].iloc[0])
-            az.plot_ecdf(fractional_ranks(sub["rank"], max_rank),
-                         eval_points=_eval_points(len(sub), max_rank),
-                         cdf=lambda x, L=max_rank: discrete_uniform_cdf(x, L),
-                         difference=True, confidence_bands="optimized", ci_prob=self.prob,
-                         ax=ax)
+            z, cdf, lower, upper = _band(len(sub), max_rank, float(self.prob))
+            ecdf = _arviz.ecdf(fractional_ranks(sub["rank"], max_rank), z)
+            ax.fill_between(z, lower - cdf, upper - cdf, color="C0", alpha=0.2, linewidth=0)
+            ax.plot(z, ecdf - cdf, color="C0", linewidth=1.5)
             ax.axhline(0.0, color="0.5", linewidth=0.8)
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("fractional rank")
