@@ -49,8 +49,6 @@ from pluralstan.data import Comparisons
 from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
 PARTIES = ("Democrat", "Independent", "Republican")
-#: Attribute whose coefficient orders the latent types (identify="ordered").
-ORDER_BY = "taxrate6=55%"
 
 
 def _sampler(args: argparse.Namespace) -> dict:
@@ -150,8 +148,6 @@ def fit_latent(comps: Comparisons, d_labeled: np.ndarray, args: argparse.Namespa
     rows = []
     for model, K, data in runs:
         options = {"reference_levels": {"partyid": "Independent"}} if model == "covariate" else {}
-        if K > 1:  # label the types by their taste for the highest top-bracket rate
-            options |= {"identify": "ordered", "ordered_attribute": ORDER_BY}
         idata = ps.fit(model, data, K=K, **options, **_sampler(args))
         elpd = loo(idata, level="annotator", comps=data)[0].iloc[0]
         share = recovered_share(idata, party, d_labeled, "membership")
