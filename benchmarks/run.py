@@ -163,7 +163,7 @@ if str(REPO) not in sys.path:  # the peers live in benchmarks/peers, beside this
     sys.path.insert(0, str(REPO))
 
 import pluralstan as ps  # noqa: E402
-from pluralstan import diagnostics  # noqa: E402
+from pluralstan import _arviz, diagnostics  # noqa: E402
 from pluralstan.engine import (  # noqa: E402
     Draws,
     PyStanEngine,
@@ -502,34 +502,35 @@ def canonical_labels(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def posterior_of(run: Run) -> az.InferenceData:
-    """InferenceData holding the compared parameters (canonical labels) and sampler stats."""
+def posterior_of(run: Run) -> Any:
+    """A fit (the installed ArviZ's container) of the compared parameters and sampler stats."""
     variables = canonical_labels(run.variables)
-    return az.InferenceData(posterior=az.dict_to_dataset(variables),
-                            sample_stats=az.dict_to_dataset(run.sample_stats))
+    return _arviz.make_idata({"posterior": _arviz.dataset_from_dict(variables),
+                              "sample_stats": _arviz.dataset_from_dict(run.sample_stats)})
 
 
-def min_ess(idata: az.InferenceData) -> float:
+def min_ess(idata: Any) -> float:
     """Minimum bulk ESS over every coordinate of every compared parameter."""
-    ess = az.ess(idata.posterior, method="bulk")
+    ess = az.ess(_arviz.group(idata, "posterior"), method="bulk")
     return float(min(np.min(ess[v].to_numpy()) for v in ess.data_vars))
 
 
-def flag_of(idata: az.InferenceData) -> str:
+def flag_of(idata: Any) -> str:
     """Run pluralstan's diagnostics on the compared parameters and return its table flag."""
     diagnostics.check(idata, warn=False)
     return diagnostics.flag(idata)
 
 
-def agreement_z(a: az.InferenceData, b: az.InferenceData) -> float:
+def agreement_z(a: Any, b: Any) -> float:
     """Largest difference of posterior means in units of their combined Monte Carlo SE."""
     z = []
-    for v in a.posterior.data_vars:
-        if v not in b.posterior:
+    pa, pb = _arviz.group(a, "posterior"), _arviz.group(b, "posterior")
+    for v in pa.data_vars:
+        if v not in pb:
             continue
-        diff = a.posterior[v].mean(("chain", "draw")) - b.posterior[v].mean(("chain", "draw"))
-        se = np.sqrt(az.mcse(a.posterior[[v]], method="mean")[v] ** 2
-                     + az.mcse(b.posterior[[v]], method="mean")[v] ** 2)
+        diff = pa[v].mean(("chain", "draw")) - pb[v].mean(("chain", "draw"))
+        se = np.sqrt(az.mcse(pa[[v]], method="mean")[v] ** 2
+                     + az.mcse(pb[[v]], method="mean")[v] ** 2)
         z.append(float(np.max(np.abs(diff / se))))
     return max(z)
 
