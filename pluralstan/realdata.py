@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -585,6 +586,16 @@ def model_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
     if unknown:
         parser.error(f"--models: unknown model {unknown[0]!r}; registered: {sorted(REGISTRY)}")
     return names
+
+
+def diagnostic_columns(idata: Any) -> dict[str, str]:
+    """A fit's table columns for the audits' reports: ``diagnostics`` (its flag, or "ok") and
+    ``notes`` (what a reader should know that is no failure: label switching resolved by
+    relabelling, modes stacked and their weights)."""
+    from . import diagnostics
+
+    return {"diagnostics": diagnostics.flag(idata) or "ok",
+            "notes": "; ".join(diagnostics.notes(idata))}
 
 
 def loo_by_K(fits: dict, comps: Comparisons) -> pd.DataFrame:

@@ -173,7 +173,7 @@ def latent_types(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) ->
             "K": K, "paris_type_paris_ability": float(theta.mean()),
             "paris_type_share": float(member.mean()),
             "paris_type_work_share": float((member.values * work).sum() / member.sum()),
-            "diagnostics": ps.diagnostics.flag(idata) or "ok",
+            **realdata.diagnostic_columns(idata),
         })
     table = pd.DataFrame(rows).set_index("K")
     if len(fits) > 1:
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     head = _headline(abil, by_group)
     print(_markdown(head))
     if latent is not None:
-        print(_markdown(latent.drop(columns="diagnostics")))
+        print(_markdown(latent.drop(columns=["diagnostics", "notes"])))
     _report(out, abil, check, by_group, latent, head, args.models, flag)
     return 0
 

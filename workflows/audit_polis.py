@@ -78,7 +78,7 @@ def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> 
             "mean_max_membership": float(member.max(axis=1).mean()),
             "ari_vs_polis": realdata.adjusted_rand_index(best[clustered], polis_group[clustered])
             if K > 1 else 0.0,
-            "diagnostics": ps.diagnostics.flag(idata) or "ok",
+            **realdata.diagnostic_columns(idata),
         })
     table = pd.DataFrame(rows).set_index("K")
     if len(fits) > 1:
