@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.linalg import helmert
 from scipy.optimize import minimize
-from scipy.special import expit, log_expit, logsumexp
+from scipy.special import expit, log_expit, log_softmax, logsumexp
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,42 @@ def per_unit(values: np.ndarray, unit: np.ndarray, n_units: int) -> np.ndarray:
     for i in range(n_units):
         out[..., i] = values[..., unit == i].sum(axis=-1)
     return out
+
+
+def type_log_lik(j: Judgements, theta: np.ndarray, gamma: float = 0.0,
+                  log_nu: float | None = None) -> np.ndarray:
+    """``(I, K)`` log p(y_i | theta_k): every judgement of annotator i scored under type k's
+    preference vector (``theta`` ``(K, P)``) and summed per annotator, the annotators being the
+    positions 0 .. I - 1 of ``j.annotator`` (annotator-level latent types: ``annotator_bt.stan``,
+    ``covariate_bt.stan``)."""
+    per_k = np.stack([judgement_log_lik(j.X @ theta[k] + gamma * j.order, j.outcome, log_nu)
+                      for k in range(theta.shape[0])])  # (K, N)
+    return per_unit(per_k, j.annotator, int(j.annotator.max()) + 1).T
+
+
+def sum_to_zero(z: np.ndarray) -> np.ndarray:
+    """Sum-to-zero coefficients from free coordinates: ``z`` ``(K - 1, Q)`` -> ``(K, Q)``
+    = V z, V the transposed Helmert contrasts (SciPy's ``helmert``: orthonormal columns
+    orthogonal to the ones vector), so every column sums to zero and keeps its length."""
+    return helmert(z.shape[0] + 1).T @ z
+
+
+def covariate_log_lik(j: Judgements, theta: np.ndarray, beta: np.ndarray, W: np.ndarray,
+                      gamma: float = 0.0, log_nu: float | None = None) -> np.ndarray:
+    """``(I,)`` log likelihood of each annotator under covariate-informed mixing: the types are
+    marginalised with the annotator's own shares pi_i = softmax(beta w_i), ``beta`` ``(K, Q)``,
+    ``W`` ``(I, Q)`` (row i = w_i), log sum_k pi_ik p(y_i | theta_k)."""
+    return logsumexp(type_log_lik(j, theta, gamma, log_nu) + log_softmax(W @ beta.T, axis=1),
+                     axis=1)
+
+
+def sum_to_zero_normal_lpdf(beta: np.ndarray, scale: np.ndarray) -> float:
+    """Log density, up to a constant, of the columns of ``beta`` ``(K, Q)`` (each summing to
+    zero) under an isotropic normal on the sum-to-zero subspace, scale ``scale[q]`` for column q
+    (Stan's ``sum_to_zero_vector beta_q ~ normal(0, scale_q)``): -||beta_q||^2 / (2 scale_q^2)
+    plus a constant; computed as the normal density of all K entries, which differs from the
+    density on the (K - 1)-dimensional subspace by a constant per column."""
+    return normal_lpdf(beta, 0.0, np.broadcast_to(scale, beta.shape))
 
 
 def pal_eta(j: Judgements, M: np.ndarray, beta: np.ndarray, gamma: float = 0.0) -> np.ndarray:

@@ -17,7 +17,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import log_expit, logsumexp
+from scipy.special import logsumexp
 
 import pluralstan as ps
 from pluralstan import _arviz
@@ -25,26 +25,16 @@ from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import annotator
 from pluralstan.relabel import match_components
 
+from . import reference as ref
+
 FIT = {"chains": 2, "draws": 300, "warmup": 300, "backend": "pystan"}
 
 
 # ---------------------------------------------------------------------------- helpers
-def reference_type_log_lik(
-    comps: ps.Comparisons, theta: np.ndarray, gamma: float = 0.0, log_nu: float | None = None
-) -> np.ndarray:
-    """``(I, K)`` log p(y_i | theta_k) summed judgement by judgement (no cells, no sparse sums)."""
-    X, o = comps.design(), comps.order_sign()
-    outcome, who = comps.outcome_codes(), comps.codes("annotator")
-    eta = X @ theta.T + gamma * o[:, None]  # (N, K)
-    if log_nu is None:
-        lp = np.where(outcome[:, None] == 1, log_expit(eta), log_expit(-eta))
-    else:
-        log_d = np.logaddexp(np.logaddexp(eta / 2, -eta / 2), log_nu)
-        per_outcome = np.stack([-eta / 2, eta / 2, np.full_like(eta, log_nu)]) - log_d
-        lp = np.take_along_axis(per_outcome, outcome[None, :, None], axis=0)[0]
-    out = np.zeros((len(comps.annotator_levels), theta.shape[0]))
-    np.add.at(out, who, lp)
-    return out
+def judgements_of(comps: ps.Comparisons) -> ref.Judgements:
+    """The judgements as plain arrays for the reference likelihood, annotators in the fit's
+    order (first seen)."""
+    return ref.judgements(comps.to_frame(), list(comps.attributes))
 
 
 def align_chains(idata: az.InferenceData, theta_true: np.ndarray) -> dict[str, np.ndarray]:
@@ -158,10 +148,11 @@ def test_likelihood_matches_judgement_level_reference():
     assert {"gamma", "log_nu"} <= set(post.data_vars)
     ll = idata.log_likelihood["y"]
     assert ll.dims == ("chain", "draw", "annotator") and ll.sizes["annotator"] == 12
+    j = judgements_of(comps)
     for d in range(3):
         draw = post.isel(chain=0, draw=d)
-        lp = reference_type_log_lik(comps, draw["theta"].values, float(draw["gamma"]),
-                                    float(draw["log_nu"])) + np.log(draw["pi"].values)
+        lp = ref.type_log_lik(j, draw["theta"].values, float(draw["gamma"]),
+                              float(draw["log_nu"])) + np.log(draw["pi"].values)
         np.testing.assert_allclose(ll.isel(chain=0, draw=d).values, logsumexp(lp, axis=1),
                                    rtol=1e-8)
         memb = np.exp(lp - logsumexp(lp, axis=1, keepdims=True))
@@ -184,8 +175,8 @@ def test_large_data_options_skip_membership_and_replicates():
     ll = idata.log_likelihood["y"]
     assert ll.sizes["annotator"] == 12
     draw = idata.posterior.isel(chain=0, draw=0)
-    lp = reference_type_log_lik(comps, draw["theta"].values, float(draw["gamma"]),
-                                float(draw["log_nu"])) + np.log(draw["pi"].values)
+    lp = ref.type_log_lik(judgements_of(comps), draw["theta"].values, float(draw["gamma"]),
+                          float(draw["log_nu"])) + np.log(draw["pi"].values)
     np.testing.assert_allclose(ll.isel(chain=0, draw=0).values, logsumexp(lp, axis=1),
                                rtol=1e-8)
     assert json.loads(idata.posterior.attrs["relabelling"])["method"] == "pivot"

@@ -18,7 +18,7 @@ from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import covariate
 from pluralstan.simulate import HIGH_CONFLICT_THETA
 
-from .test_models_annotator import reference_type_log_lik
+from . import reference as ref
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +139,11 @@ def test_likelihood_matches_judgement_level_reference(comps):
     assert post["beta"].dims[2:] == ("group", "covariate")
     np.testing.assert_allclose(post["beta"].sum("group"), 0, atol=1e-12)  # no reference type
     assert np.ptp(post["beta"].values, axis=(0, 1)).min() > 0  # every coefficient is sampled
+    j = ref.judgements(comps.to_frame(), list(comps.attributes))
     for d in range(3):
         draw = post.isel(chain=0, draw=d)
         log_pi = log_softmax(W @ draw["beta"].values.T, axis=1)
-        lp = reference_type_log_lik(comps, draw["theta"].values) + log_pi
+        lp = ref.type_log_lik(j, draw["theta"].values) + log_pi
         np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=0, draw=d).values,
                                    logsumexp(lp, axis=1), rtol=1e-8)
         np.testing.assert_allclose(draw["membership"].values,
@@ -176,7 +177,8 @@ def test_membership_can_be_skipped_on_large_data(comps):
     assert "membership" not in idata.posterior and "pi_annotator" in idata.posterior
     W = idata.constant_data["W"].values
     draw = idata.posterior.isel(chain=0, draw=0)
-    lp = reference_type_log_lik(comps, draw["theta"].values) + log_softmax(
+    j = ref.judgements(comps.to_frame(), list(comps.attributes))
+    lp = ref.type_log_lik(j, draw["theta"].values) + log_softmax(
         W @ draw["beta"].values.T, axis=1)
     np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=0, draw=0).values,
                                logsumexp(lp, axis=1), rtol=1e-8)
@@ -265,9 +267,10 @@ def test_recovers_covariate_effects_whatever_the_chains_permutations(three_types
     assert rhat < 1.01, rhat
     np.testing.assert_allclose(post["beta"].sum("group"), 0, atol=1e-10)
     W = idata.constant_data["W"].values
+    j = ref.judgements(sim.to_frame(), list(sim.attributes))
     for c, d in ((1, 0), (2, n_draw // 2), (3, n_draw - 1)):
         draw = post.isel(chain=c, draw=d)
-        lp = reference_type_log_lik(sim, draw["theta"].values) + log_softmax(
+        lp = ref.type_log_lik(j, draw["theta"].values) + log_softmax(
             W @ draw["beta"].values.T, axis=1)
         np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=c, draw=d).values,
                                    logsumexp(lp, axis=1), rtol=1e-8)

@@ -37,7 +37,7 @@ from pluralstan.models import get_model, pal
 from pluralstan.models.base import load_program
 
 from . import reference as ref
-from .test_models_annotator import reference_type_log_lik, ties_order_data
+from .test_models_annotator import ties_order_data
 
 BACKEND = "pystan"
 ENGINE = ps.get_engine(BACKEND)
@@ -341,12 +341,13 @@ def test_unlabeled_matches_reference(kind, ties, order, identify):
 def test_annotator_model_block_matches_reference():
     """The annotator program's generated log likelihood is checked against the judgement-level
     reference in ``test_models_annotator.py``; this checks its model block with the same
-    reference (``reference_type_log_lik``) and the priors."""
+    reference (``reference.type_log_lik``) and the priors."""
     comps = ties_order_data()
     K = 2
     priors = {**BT_PRIORS, "pi_alpha": [0.8, 1.6]}
     spec = get_model("annotator")
     enc = spec.encode(comps, K=K, priors=priors)
+    j = judgements_of(comps, annotator_levels=list(enc.coords["annotator"]))
     rng = np.random.default_rng(14)
     refs, stans = [], []
     for _ in range(N_POINTS):
@@ -357,7 +358,7 @@ def test_annotator_model_block_matches_reference():
                       **stan_extras(p)})
 
     def density(p):
-        lp = reference_type_log_lik(comps, p["theta"], p["gamma"], p["log_nu"])
+        lp = ref.type_log_lik(j, p["theta"], p["gamma"], p["log_nu"])
         return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
                 + ref.dirichlet_lpdf(p["pi"], priors["pi_alpha"]) + bt_extras_prior(p)
                 + logsumexp(lp + np.log(p["pi"]), axis=1).sum())
