@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-from . import diagnostics, ml, relabel, simulate, workflow
+from . import checks, diagnostics, ml, relabel, simulate
 from .data import Comparisons, read_csv
 from .engine import get_engine
 from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError, ScaleWarning
@@ -23,6 +23,7 @@ __all__ = [
     "PluralstanError",
     "ScaleWarning",
     "__version__",
+    "checks",
     "diagnostics",
     "fit",
     "get_engine",
@@ -33,5 +34,14 @@ __all__ = [
     "relabel",
     "save",
     "simulate",
-    "workflow",
 ]
+
+
+def __getattr__(name: str):
+    """``ps.workflow``: the deprecated name of :mod:`pluralstan.checks` (imported on first use,
+    with a DeprecationWarning)."""
+    if name == "workflow":
+        import importlib
+
+        return importlib.import_module(".workflow", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

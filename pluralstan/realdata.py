@@ -602,9 +602,9 @@ def loo_by_K(fits: dict, comps: Comparisons) -> pd.DataFrame:
     """Leave-one-annotator-out comparison of latent fits keyed by K, indexed by K.
 
     The columns ``elpd_loo``, ``se``, ``elpd_diff``, ``dse`` and ``n_high_k`` of
-    :func:`pluralstan.workflow.compare.compare_K`.
+    :func:`pluralstan.checks.compare.compare_K`.
     """
-    from .workflow.compare import compare_K
+    from .checks.compare import compare_K
 
     compared = compare_K(fits, comps=comps)
     compared.index = pd.Index([int(str(k).split("=")[1]) for k in compared.index], name="K")

@@ -96,8 +96,8 @@ def test_disclose_writes_the_four_item_report(tmp_path, capsys):
     assert [h.split(".")[0] for h in headings[:4]] == ["## 1", "## 2", "## 3", "## 4"]
     assert "masking ratio" in headings[2].lower()
     # the report's headline number is the masking ratio of the saved aggregate fit
-    ratio = ps.workflow.masking_ratio(ps.load(tmp_path / "aggregate.nc"), ps.read_csv(csv),
-                                      target="observed")
+    ratio = ps.checks.masking_ratio(ps.load(tmp_path / "aggregate.nc"), ps.read_csv(csv),
+                                     target="observed")
     median = float(ratio["ratio"].median())
     assert f"median {median:.3g}" in text
     html = (out / "report.html").read_text()

@@ -13,11 +13,8 @@ import pytest
 from matplotlib.image import imread
 
 import pluralstan as ps
-from pluralstan.engine import get_engine
-from pluralstan.models import covariate, get_model
-from pluralstan.parallel import local_pool
-from pluralstan.workflow import sbc as sbc_mod
-from pluralstan.workflow.sbc import (
+from pluralstan.checks import sbc as sbc_mod
+from pluralstan.checks.sbc import (
     discrete_uniform_cdf,
     ecdf_band_test,
     fractional_ranks,
@@ -25,6 +22,9 @@ from pluralstan.workflow.sbc import (
     sbc,
     stan_parameter_names,
 )
+from pluralstan.engine import get_engine
+from pluralstan.models import covariate, get_model
+from pluralstan.parallel import local_pool
 
 N_SIMS = 80
 FAST = {"chains": 2, "draws": 100, "warmup": 150, "thin": 2}

@@ -156,7 +156,7 @@ def latent_types(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) ->
     The types' labels are exchangeable (no ordering constraint: an order on one ability cuts
     the posterior unless that ability separates the types); ``ps.fit`` relabels the draws, and
     the "Paris type" is the type with the highest posterior mean Paris ability. For each K: the
-    comparison columns of :func:`pluralstan.workflow.compare.compare_K`, the Paris - London
+    comparison columns of :func:`pluralstan.checks.compare.compare_K`, the Paris - London
     ability of the Paris type, its share of students (mean membership) and the share of
     full-time workers in it (against 13 / 303 = 4% overall).
     """

@@ -8,7 +8,7 @@ pairs of one participant come from only ``n_agree + n_disagree`` votes. The audi
 
 1. the aggregate item model (one statement ranking for everybody: the "consensus" view);
 2. the annotator-latent model with K = 1..3 types (``--K``; ``--quick``: 1, 2), chosen by
-   leave-one-participant-out PSIS-LOO (:func:`pluralstan.workflow.compare.compare_K`), with
+   leave-one-participant-out PSIS-LOO (:func:`pluralstan.checks.compare.compare_K`), with
    the types relabelled draw by draw (Stephens' method, :func:`pluralstan.relabel.relabel`);
 3. the agreement of each participant's most probable type with Polis's own opinion group
    (adjusted Rand index). Caveat: Polis's groups are computed from the same votes (PCA +

@@ -136,7 +136,7 @@ def recovered_share(idata, party: np.ndarray, d_labeled: np.ndarray,
 def fit_latent(comps: Comparisons, d_labeled: np.ndarray, args: argparse.Namespace,
                Ks: list[int]) -> pd.DataFrame:
     """Annotator-latent (and covariate-informed, when in ``--models``) fits by K."""
-    from pluralstan.workflow.compare import loo
+    from pluralstan.checks.compare import loo
 
     party = _party_of(comps)
     runs = []

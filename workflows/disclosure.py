@@ -4,7 +4,7 @@ Data: the paper's high-conflict population (K = 2, d = 5, pi = (0.5, 0.5); 200 p
 annotators; --quick: 60 x 30), a quarter of the pairs held out. Fits on the training pairs: the
 aggregate BT model and the labeled 2-mixture (with prior draws, for contraction), and the pi grid
 of the labeled mixture (pi ~ Dirichlet(100 pi_0), pi_0 in {(0.5, 0.5), (0.3, 0.7), (0.7, 0.3)}).
-:func:`pluralstan.workflow.disclosure_report` writes the report: (1) subgroup composition,
+:func:`pluralstan.checks.disclosure_report` writes the report: (1) subgroup composition,
 (2) within-subgroup posteriors and their contraction, (3) the masking ratio on the held-out pairs,
 (4) prior sensitivity to the assumed pi.
 
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 import pluralstan as ps
+from pluralstan.checks import disclosure_report, pi_grid_sensitivity, split_pairs
 from pluralstan.outputs import script_parser, step, write_table
-from pluralstan.workflow import disclosure_report, pi_grid_sensitivity, split_pairs
 
 PI_GRID = np.array([[0.5, 0.5], [0.3, 0.7], [0.7, 0.3]])
 

@@ -72,11 +72,11 @@ def sweep_replicate(nu: float, sigma: float, seed: int, n_pairs: int, n_annotato
     -------
     dict
         ``thetas`` (the drawn truth), ``flag`` (the fit's diagnostic flag) and, per target,
-        the :func:`pluralstan.workflow.masking_ratio` Dataset (dims ``chain, draw, group``).
+        the :func:`pluralstan.checks.masking_ratio` Dataset (dims ``chain, draw, group``).
     """
     import pluralstan as ps
     from pluralstan import diagnostics
-    from pluralstan.workflow import masking_ratio, split_pairs
+    from pluralstan.checks import masking_ratio, split_pairs
 
     rng = np.random.default_rng(seed)
     thetas = draw_thetas(nu, sigma, rng)

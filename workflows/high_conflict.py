@@ -36,15 +36,15 @@ import pandas as pd
 
 import pluralstan as ps
 from pluralstan import diagnostics
-from pluralstan.outputs import save_figure, script_parser, step, write_table
-from pluralstan.plots import plot_forest_by_group
-from pluralstan.workflow import (
+from pluralstan.checks import (
     contraction,
     masking_ratio,
     point_estimate_theta,
     split_pairs,
     summarize_masking,
 )
+from pluralstan.outputs import save_figure, script_parser, step, write_table
+from pluralstan.plots import plot_forest_by_group
 
 #: The paper's Table 1, for side-by-side reporting (not used in any computation).
 PAPER = {"theta_agg": "(.05, .03, .05, .04, .00)", "norm": 0.09, "aggregate_mse": 0.008,

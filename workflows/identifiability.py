@@ -20,7 +20,7 @@ Every fit also samples its prior (``sample_prior=True``), latent-component fits 
 relabelled (``ps.fit`` does it) and their components are matched to the true groups (least
 squared distance of the posterior means). Reported per design: posterior contraction
 1 - Var_post / Var_prior of every theta_k coordinate and of pi
-(:func:`pluralstan.workflow.contraction`), the RMSE of the posterior mean of theta against the
+(:func:`pluralstan.checks.contraction`), the RMSE of the posterior mean of theta against the
 truth and the absolute error of E[pi_1], with each fit's diagnostic flag.
 
 Outputs in --out: ``identifiability.{csv,md}`` (headline: one row per design),
@@ -79,8 +79,8 @@ def fit_design(model: str, m: int, n_judgements: int, n_pairs: int, seed: int,
                sampler: dict) -> pd.DataFrame:
     """Simulate, fit (with prior draws), relabel, and return the contraction table (a job)."""
     import pluralstan as ps
+    from pluralstan.checks import contraction
     from pluralstan.relabel import match_components
-    from pluralstan.workflow import contraction
 
     comps = simulate_design(model, m, n_judgements, n_pairs, seed)
     with warnings.catch_warnings():

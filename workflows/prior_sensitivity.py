@@ -5,7 +5,7 @@ theta_2 = (-1, -1, 0, 2, 2), pi = (0.5, 0.5); 200 pairs x 100 annotators; --quic
 
 (a) **pi grid** (the paper's item four). The labeled and the unlabeled 2-mixture are refitted
 with pi ~ Dirichlet(100 * pi_0) for assumed compositions pi_0 in {(0.5, 0.5), (0.3, 0.7),
-(0.7, 0.3), (0.1, 0.9)} (:func:`pluralstan.workflow.pi_grid_sensitivity`); reported is how far the
+(0.7, 0.3), (0.1, 0.9)} (:func:`pluralstan.checks.pi_grid_sensitivity`); reported is how far the
 posterior mean of every theta_k coordinate moves from its value under pi_0 = (0.5, 0.5), in
 units of theta and of the reference posterior sd. Unlabeled fits (relabelled by ``ps.fit``)
 have their components matched to the true groups first, so that "group 0" means the same thing
@@ -14,7 +14,7 @@ only by the labels, so after matching they can show the same fit with pi reverse
 pi is learned from the label counts and theta_k from each group's own judgements, so the assumed pi
 should barely matter; without labels the assumed composition is part of what decides theta_k.
 
-(b) **power scaling** (Kallioinen et al. 2023, via :func:`pluralstan.workflow.power_scaling`):
+(b) **power scaling** (Kallioinen et al. 2023, via :func:`pluralstan.checks.power_scaling`):
 the cumulative Jensen-Shannon distance of each parameter's posterior when the prior or the
 likelihood is raised to a power near 1, on the reference fits (default priors of pi, the
 pi_0 = (0.5, 0.5) grid point).
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 import pluralstan as ps
+from pluralstan.checks import grid_shifts, pi_grid_sensitivity, power_scaling
 from pluralstan.outputs import save_figure, script_parser, step, write_table
 from pluralstan.relabel import match_components, permute
-from pluralstan.workflow import grid_shifts, pi_grid_sensitivity, power_scaling
 
 PI_GRID = np.array([[0.5, 0.5], [0.3, 0.7], [0.7, 0.3], [0.1, 0.9]])
 CONCENTRATION = 100.0

@@ -1,6 +1,6 @@
 """Simulation-based calibration of every comparison model (Talts et al. 2018; Modrak et al. 2023).
 
-For each model, :func:`pluralstan.workflow.sbc.sbc` draws parameters from the prior with the Stan
+For each model, :func:`pluralstan.checks.sbc.sbc` draws parameters from the prior with the Stan
 program itself (``prior_only = 1``), simulates judgements on a small fixed design, refits, and
 ranks every parameter (mixture components as label-invariant order statistics) and the log
 likelihood of the simulated data among the posterior draws. Verdicts: the simultaneous ECDF-band
@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 
 import pluralstan as ps
+from pluralstan.checks.sbc import sbc
 from pluralstan.models import covariate, pal
 from pluralstan.outputs import script_parser, step, write_atomic, write_table
 from pluralstan.parallel import local_pool
-from pluralstan.workflow.sbc import sbc
 
 THETA = np.array([[1.0, -0.5], [-0.5, 1.0]])
 

@@ -1,41 +1,21 @@
-"""Bayesian-workflow layer: the quantities that turn fits into the audit of the position paper."""
+"""Deprecated name of :mod:`pluralstan.checks` (renamed in 0.2.0 so that the package's checks
+are not confused with the ``workflows/`` scripts).
 
-from .audit import AuditResult, aggregation_audit, audit_rewards, mediocrity_example
-from .compare import annotator_log_likelihood, compare_K, compare_models, loo, pareto_k_table
-from .contraction import contraction
-from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
-from .ppc import calibration_table, plot_calibration, ppc_frequencies, replicated_frequencies
-from .predict import PairTable, observed_frequencies, pair_table, preference_probability
-from .report import DisclosureReport, disclosure_report
-from .sensitivity import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
+``import pluralstan.workflow`` and ``from pluralstan.workflow.masking import ...`` keep working
+with a :class:`DeprecationWarning`; the submodules are the same module objects as those of
+:mod:`pluralstan.checks`.
+"""
 
-__all__ = [
-    "AuditResult",
-    "DisclosureReport",
-    "PairTable",
-    "aggregation_audit",
-    "annotator_log_likelihood",
-    "audit_rewards",
-    "calibration_table",
-    "compare_K",
-    "compare_models",
-    "contraction",
-    "disclosure_report",
-    "grid_fits",
-    "grid_shifts",
-    "loo",
-    "masking_ratio",
-    "mediocrity_example",
-    "observed_frequencies",
-    "pair_table",
-    "pareto_k_table",
-    "pi_grid_sensitivity",
-    "plot_calibration",
-    "point_estimate_theta",
-    "power_scaling",
-    "ppc_frequencies",
-    "preference_probability",
-    "replicated_frequencies",
-    "split_pairs",
-    "summarize_masking",
-]
+import importlib
+import sys
+import warnings
+
+from ..checks import *  # noqa: F403
+from ..checks import __all__  # noqa: F401
+
+warnings.warn("pluralstan.workflow is renamed pluralstan.checks; the old name will be removed "
+              "in 0.3.0", DeprecationWarning, stacklevel=2)
+
+for _name in ("audit", "compare", "contraction", "masking", "ppc", "predict", "report",
+              "sensitivity", "sbc"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"pluralstan.checks.{_name}")

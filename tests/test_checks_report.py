@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 import pluralstan as ps
+from pluralstan.checks import disclosure_report, pi_grid_sensitivity, split_pairs
 from pluralstan.diagnostics import Diagnostics, record
-from pluralstan.workflow import disclosure_report, pi_grid_sensitivity, split_pairs
 
 FAST = {"chains": 4, "draws": 300, "warmup": 300}
 ITEMS = ("## 1. Subgroup composition", "## 2. Within-subgroup posteriors",

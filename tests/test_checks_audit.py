@@ -9,7 +9,7 @@ import xarray as xr
 
 import pluralstan as ps
 from pluralstan import _arviz
-from pluralstan.workflow import aggregation_audit, audit_rewards, mediocrity_example
+from pluralstan.checks import aggregation_audit, audit_rewards, mediocrity_example
 
 
 def test_mediocrity_promotion_is_detected():

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import pluralstan as ps
-from pluralstan.workflow import (
+from pluralstan.checks import (
     calibration_table,
     plot_calibration,
     ppc_frequencies,
     replicated_frequencies,
 )
-from pluralstan.workflow.ppc import _split_hypergeometric
+from pluralstan.checks.ppc import _split_hypergeometric
 
 FAST = {"chains": 4, "draws": 300, "warmup": 300}
 

@@ -9,7 +9,7 @@ import pytest
 
 import pluralstan as ps
 from pluralstan import _arviz
-from pluralstan.workflow import annotator_log_likelihood, compare_K, compare_models, loo
+from pluralstan.checks import annotator_log_likelihood, compare_K, compare_models, loo
 
 FAST = {"chains": 4, "draws": 300, "warmup": 300}
 

@@ -64,7 +64,7 @@ def split_pairs(
     ----------
     comps
         The judgements (pairs from the ``pair`` column or, without one, the distinct pairs of
-        options; see :func:`~pluralstan.workflow.predict.pair_table`).
+        options; see :func:`~pluralstan.checks.predict.pair_table`).
     test_fraction
         Share of pairs held out, in (0, 1); at least one pair goes to each side.
     seed

@@ -13,7 +13,7 @@ from scipy.special import expit
 
 import pluralstan as ps
 from pluralstan import _arviz
-from pluralstan.workflow import (
+from pluralstan.checks import (
     masking_ratio,
     observed_frequencies,
     pair_table,

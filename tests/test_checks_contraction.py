@@ -10,7 +10,7 @@ import pytest
 
 import pluralstan as ps
 from pluralstan import _arviz
-from pluralstan.workflow import contraction
+from pluralstan.checks import contraction
 
 FAST = {"chains": 4, "draws": 400, "warmup": 400}
 

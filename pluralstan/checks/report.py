@@ -306,7 +306,7 @@ def disclosure_report(
         Held-out judgements (with ``group``) for the masking ratio; without them the ratio is
         computed on ``comps`` itself and the report says so (in-sample errors are optimistic).
     sensitivity, sensitivity_fits
-        Output of :func:`~pluralstan.workflow.sensitivity.pi_grid_sensitivity`; without it
+        Output of :func:`~pluralstan.checks.sensitivity.pi_grid_sensitivity`; without it
         item four is reported as not performed.
     target
         Masking target, ``"observed"`` or ``"truth"``; default: ``"truth"`` when the data carry
@@ -399,7 +399,7 @@ def disclosure_report(
     doc.heading("4. Prior sensitivity over the assumed mixture pi")
     if sensitivity is None:
         doc.text("NOT PERFORMED: no pi-grid sensitivity run was given "
-                 "(pluralstan.workflow.pi_grid_sensitivity).")
+                 "(pluralstan.checks.pi_grid_sensitivity).")
     else:
         if sensitivity_fits:  # the fits written with the report decide its marks
             flags = {label: diagnostics.flag(f) for label, f in sensitivity_fits.items()}

@@ -224,7 +224,7 @@ def aggregation_audit(
         Distribution of alternatives for the Borda count (default uniform over the options).
     weights
         Group weights for fits without ``pi`` (see
-        :func:`~pluralstan.workflow.predict.preference_probability`).
+        :func:`~pluralstan.checks.predict.preference_probability`).
 
     Returns
     -------

@@ -11,7 +11,7 @@ import pytest
 
 import pluralstan as ps
 from pluralstan import _arviz
-from pluralstan.workflow import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
+from pluralstan.checks import grid_fits, grid_shifts, pi_grid_sensitivity, power_scaling
 
 FAST = {"chains": 4, "draws": 400, "warmup": 400}
 

@@ -43,7 +43,7 @@ fits biases the ranks. A chi-square test of the rank histogram is reported besid
 Examples
 --------
 >>> import pluralstan as ps                                             # doctest: +SKIP
->>> from pluralstan.workflow.sbc import sbc                            # doctest: +SKIP
+>>> from pluralstan.checks.sbc import sbc                            # doctest: +SKIP
 >>> design = ps.simulate.bt([0.5, -0.5], n_pairs=20, judgements_per_pair=3)  # doctest: +SKIP
 >>> result = sbc("aggregate", design, n_sims=200, seed=1)               # doctest: +SKIP
 >>> result.summary()                                                    # doctest: +SKIP
