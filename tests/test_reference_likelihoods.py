@@ -1,10 +1,9 @@
 """Every Stan program's log density against an independent NumPy/SciPy reference.
 
 For each program (aggregate, labeled with and without pooling, unlabeled with and without the
-ordering constraint, annotator, PAL and PAL's new-user program; not yet the covariate program,
-whose parameterisation is changing) and several random parameter values, three numbers are
-compared with the reference of ``tests/reference.py``, which is written judgement by judgement
-from the models' equations:
+ordering constraint, annotator, covariate-informed mixing, PAL and PAL's new-user program) and
+several random parameter values, three numbers are compared with the reference of
+``tests/reference.py``, which is written judgement by judgement from the models' equations:
 
 * the per-unit log likelihood the fit stores (``log_likelihood`` group, via the model's own
   expansion from cells to judgements or annotators), to a relative 1e-8;
@@ -29,7 +28,7 @@ from functools import cache
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import logsumexp
+from scipy.special import logsumexp, softmax
 
 import pluralstan as ps
 from pluralstan.engine import StanProgram
@@ -365,6 +364,91 @@ def test_annotator_model_block_matches_reference():
 
     assert_differences_match(log_density(spec.program, enc.data, stans),
                              np.array([density(p) for p in refs]), "model-block log density")
+
+
+# ---------------------------------------------------------------------------- covariate
+#: Marginal prior sd of each type's intercept and of its slope on each encoded covariate
+#: (``COVARIATES`` order after the intercept), differing per column.
+COVARIATE_PRIORS = {**BT_PRIORS, "intercept_sd": 0.7, "beta_sd": [1.3, 0.6, 2.1, 0.9]}
+#: Encoded covariates: intercept, standardised age, region dummies against "north", student.
+COVARIATES = ["intercept", "age", "region[east]", "region[south]", "student[True]"]
+
+
+def annotator_table(ids: Sequence, seed: int) -> pd.DataFrame:
+    """Numeric, string and boolean covariates for the annotators ``ids``, every level present."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    return pd.DataFrame(
+        {"age": rng.normal(40.0, 12.0, size=n),
+         "region": np.array(["east", "north", "south"])[rng.permutation(np.arange(n) % 3)],
+         "student": rng.permutation(np.arange(n) % 2 == 0)},
+        index=pd.Index(ids, name="annotator"),
+    )
+
+
+def covariate_design(table: pd.DataFrame, levels: Sequence) -> np.ndarray:
+    """``(I, Q)`` mixing design in the order of the annotator ``levels`` (matched as text), from
+    the model's definition: an intercept, age centred and divided by its sample sd, one
+    indicator per region other than the reference "north", and an indicator of students."""
+    rows = table.set_axis(table.index.map(str)).loc[[str(level) for level in levels]]
+    age = rows["age"].to_numpy(float)
+    return np.column_stack([
+        np.ones(len(rows)),
+        (age - age.mean()) / age.std(ddof=1),
+        (rows["region"] == "east").to_numpy(float),
+        (rows["region"] == "south").to_numpy(float),
+        rows["student"].to_numpy(float),
+    ])
+
+
+@pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
+def test_covariate_matches_reference(kind, ties, order):
+    """Covariate-informed mixing (``covariate_bt.stan``, K = 3): annotator i's types are mixed
+    with weights softmax(beta w_i), every column of beta summing to zero across types through
+    the Helmert basis of the program's header (``reference.sum_to_zero``), with an isotropic
+    normal prior on that subspace whose per-entry marginal sd is the stated one."""
+    frame = comps_of(kind, ties, order).to_frame()
+    ids = list(pd.unique(frame["annotator"]))
+    table = annotator_table(ids, seed=len(ids))
+    comps = ps.Comparisons.from_frame(frame, annotators=table)
+    K = 3
+    enc = get_model("covariate").encode(comps, K=K, priors=COVARIATE_PRIORS,
+                                        reference_levels={"region": "north"})
+    assert enc.coords["covariate"] == COVARIATES
+    levels = list(enc.coords["annotator"])
+    j = judgements_of(comps, annotator_levels=levels)
+    W = covariate_design(table, levels)
+    marginal_sd = np.array([COVARIATE_PRIORS["intercept_sd"], *COVARIATE_PRIORS["beta_sd"]])
+    # an isotropic normal of scale s on the K - 1 dimensional subspace has per-entry sd
+    # s sqrt(1 - 1 / K)
+    scale = marginal_sd / np.sqrt(1.0 - 1.0 / K)
+    rng = np.random.default_rng(17)
+    points = []
+    for _ in range(N_POINTS):
+        beta_raw = rng.normal(0.0, 1.5, size=(K - 1, len(COVARIATES)))
+        p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "beta": ref.sum_to_zero(beta_raw),
+             **bt_extras(rng, order, ties)}
+        stan = {"beta_raw": beta_raw, **mixture_stan_theta(p["theta"], 0, False),
+                **stan_extras(p)}
+        points.append({"ref": p, "stan": stan})
+
+    out = generated(get_model("covariate").program, enc.data, points[0]["stan"])
+    np.testing.assert_allclose(out["beta"][0, 0], points[0]["ref"]["beta"], rtol=RTOL,
+                               atol=ATOL, err_msg="sum-to-zero coefficients")
+    np.testing.assert_allclose(out["pi_annotator"][0, 0],
+                               softmax(W @ points[0]["ref"]["beta"].T, axis=1), rtol=RTOL,
+                               atol=ATOL, err_msg="annotator type shares")
+
+    def log_lik(p):
+        return ref.covariate_log_lik(j, p["theta"], p["beta"], W, gamma_of(p), p["log_nu"])
+
+    def prior(p):
+        return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
+                + ref.sum_to_zero_normal_lpdf(p["beta"], scale) + bt_extras_prior(p))
+
+    check_program(get_model("covariate").program, enc.data, points, log_lik,
+                  lambda out: out["log_lik"][0, 0], lambda p: prior(p) + log_lik(p).sum(),
+                  prior)
 
 
 # ---------------------------------------------------------------------------- PAL
