@@ -17,7 +17,9 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -266,6 +268,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluralstanError as err:
         print(f"pluralstan: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    """Report Ctrl-C in one line and return the shell's code for it (128 + SIGINT).
+
+    The engine has stopped its sampler processes (:class:`pluralstan.errors.Interrupted`) and
+    outputs are written whole or not at all, so nothing is left to clean up. A second Ctrl-C
+    while the interpreter exits leaves at once, without a traceback.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _exit_now)
+    # PyStan's progress line is left open when stderr is not a terminal
+    start = "" if sys.stderr.isatty() else "\n"
+    print(f"{start}pluralstan: interrupted", file=sys.stderr, flush=True)
+    return 128 + signal.SIGINT
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """SIGINT handler after the first Ctrl-C: exit with 128 + ``signum`` straight away."""
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -34,12 +35,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import filelock
 import numpy as np
 
-from .errors import PluralstanError
+from .errors import Interrupted, PluralstanError
 
 #: Environment variable that forces a back end ("pystan" or "cmdstanpy").
 BACKEND_ENV = "PLURALSTAN_BACKEND"
@@ -362,21 +363,138 @@ def _discard_stored_fits() -> Iterator[None]:
                         httpstan.cache.delete_fit(name)
 
 
+T = TypeVar("T")
+
+
+def _stop_sampler_workers() -> None:
+    """Stop httpstan's sampler processes and give httpstan a fresh pool for later fits.
+
+    httpstan runs every chain in a worker of one module-level ``ProcessPoolExecutor`` whose
+    workers ignore SIGINT. When Ctrl-C cancels PyStan's request the workers go on sampling (or
+    block writing draws nobody reads), and the interpreter's exit waits for them: the command
+    line hangs and the processes outlive it. They are terminated here; ``terminate_workers``
+    is the executor's own call from Python 3.14, older Pythons reach its process table.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    import httpstan.services_stub as stub
+
+    executor = stub.executor
+    stub.executor = concurrent.futures.ProcessPoolExecutor(
+        mp_context=multiprocessing.get_context("fork"), initializer=stub.init_worker
+    )  # as httpstan makes its own
+    terminate = getattr(executor, "terminate_workers", None)
+    if terminate is not None:  # Python >= 3.14
+        terminate()
+        return
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _AfterInterrupt(logging.Filter):
+    """Drop the records httpstan's server and asyncio log while an interrupted call unwinds.
+
+    Cancelling PyStan's request makes httpstan log its unfinished sampling tasks, and asyncio
+    the tracebacks of their callbacks; they are consequences of the Ctrl-C, which is reported
+    once as :class:`~pluralstan.errors.Interrupted`.
+    """
+
+    def __init__(self, interrupted: threading.Event) -> None:
+        super().__init__()
+        self.interrupted = interrupted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.interrupted.is_set()
+
+
+#: Loggers silenced while an interrupted PyStan call unwinds (see :class:`_AfterInterrupt`).
+_UNWIND_LOGGERS = ("asyncio", "httpstan", "aiohttp.server", "aiohttp.web")
+
+
+@contextlib.contextmanager
+def _sigint_raises() -> Iterator[threading.Event]:
+    """Make the first Ctrl-C raise ``KeyboardInterrupt`` at once inside the block.
+
+    ``asyncio.run`` (which PyStan calls) answers SIGINT by cancelling its main task, which takes
+    effect only when the event loop runs again; httpstan's loop relaying draws from the
+    sampler processes does not give the event loop a turn while draws keep arriving, so the
+    cancellation waits for the chains to finish. A handler of our own (installed only over
+    Python's default one, in the main thread: asyncio then keeps out) raises at once instead.
+    Further Ctrl-Cs are ignored until the block has stopped the sampler processes. Yields the
+    event set by the first Ctrl-C.
+    """
+    import signal
+
+    interrupted = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield interrupted
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if interrupted.is_set():
+            return
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    quiet = _AfterInterrupt(interrupted)
+    loggers = [logging.getLogger(name) for name in _UNWIND_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+def _interruptible(call: Callable[[], T | None], what: str) -> T:
+    """Run a PyStan call, turning Ctrl-C into :class:`~pluralstan.errors.Interrupted`.
+
+    PyStan catches ``KeyboardInterrupt`` inside ``stan.build`` and ``Model.sample`` and returns
+    ``None``; a ``None`` result, or an interrupt that reaches here, stops httpstan's sampler
+    processes (:func:`_stop_sampler_workers`) and raises :class:`Interrupted`.
+    """
+    with _sigint_raises():
+        try:
+            result = call()
+        except KeyboardInterrupt:
+            result = None
+        if result is None:
+            _stop_sampler_workers()
+    if result is None:
+        raise Interrupted(f"{what} interrupted (Ctrl-C); its sampler processes were stopped")
+    return result
+
+
 def _sample_pystan(model: Any, **kwargs: Any) -> Any:
     """``model.sample(**kwargs)``, deleting the stored fits afterwards.
 
     Another process making the identical request (same program, data, seed and settings) at
     the same moment can delete the stored fit between httpstan's answer and PyStan's read of
-    it; PyStan then reports the fit "not found", and the request is made once more.
+    it; PyStan then reports the fit "not found", and the request is made once more. Ctrl-C
+    raises :class:`~pluralstan.errors.Interrupted` (see :func:`_interruptible`).
     """
-    try:
+    def sample() -> Any:
         with _discard_stored_fits():
             return model.sample(**kwargs)
+
+    try:
+        return _interruptible(sample, "sampling")
     except RuntimeError as err:
         if not ("Fit `" in str(err) and "not found" in str(err)):
             raise
-    with _discard_stored_fits():
-        return model.sample(**kwargs)
+    return _interruptible(sample, "sampling")
 
 
 def _stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
@@ -497,7 +615,9 @@ class PyStanEngine:
                 if not compiled:
                     stack.enter_context(contextlib.redirect_stdout(sink))
                     stack.enter_context(contextlib.redirect_stderr(sink))
-                model = stan.build(program.code, data=data, random_seed=int(seed))
+                model = _interruptible(
+                    lambda: stan.build(program.code, data=data, random_seed=int(seed)),
+                    f"building Stan program {program.name!r}")
         return model, compiled
 
     def sample(self, program: StanProgram, data: dict[str, Any], config: SamplerConfig) -> Draws:
@@ -541,7 +661,9 @@ class PyStanEngine:
         init = _init_values(params)
         # PyStan's one-draw progress bar goes to stderr
         with contextlib.redirect_stderr(io.StringIO()), _discard_stored_fits():
-            fit = model.fixed_param(num_chains=1, num_samples=1, init=[init])
+            fit = _interruptible(
+                lambda: model.fixed_param(num_chains=1, num_samples=1, init=[init]),
+                "generating quantities")
         return {name: arr[0] for name, arr in self._variables(fit).items()}
 
     def log_density(self, program: StanProgram, data: dict[str, Any]) -> LogDensity:
@@ -593,18 +715,22 @@ class CmdStanEngine:
                 stan_file=str(self._stan_file(program)), stanc_options={"O1": True}
             )
         t1 = time.perf_counter()
-        fit = model.sample(
-            data=data,
-            chains=int(config.chains),
-            iter_sampling=int(config.draws),
-            iter_warmup=int(config.warmup),
-            thin=int(config.thin),
-            seed=int(config.seed),
-            adapt_delta=float(config.adapt_delta),
-            max_treedepth=int(config.max_treedepth),
-            inits=None if config.inits is None else [_init_values(i) for i in config.inits],
-            show_progress=False,
-        )
+        try:
+            fit = model.sample(
+                data=data,
+                chains=int(config.chains),
+                iter_sampling=int(config.draws),
+                iter_warmup=int(config.warmup),
+                thin=int(config.thin),
+                seed=int(config.seed),
+                adapt_delta=float(config.adapt_delta),
+                max_treedepth=int(config.max_treedepth),
+                inits=None if config.inits is None else [_init_values(i) for i in config.inits],
+                show_progress=False,
+            )
+        except KeyboardInterrupt:
+            # a terminal's Ctrl-C reaches CmdStan's processes too (this process's group)
+            raise Interrupted("sampling interrupted (Ctrl-C)") from None
         t2 = time.perf_counter()
         variables = self._variables(fit, int(config.chains))
         methods = fit.method_variables()

@@ -22,3 +22,11 @@ class DiagnosticWarning(UserWarning):
 
 class ScaleWarning(UserWarning):
     """An input is on a scale the model's priors or floating-point arithmetic handle badly."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A fit was interrupted (Ctrl-C): its sampler processes were stopped and nothing was saved.
+
+    A :class:`KeyboardInterrupt`, so code that handles Ctrl-C already handles it, and
+    ``except Exception`` does not swallow it.
+    """
