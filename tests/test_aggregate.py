@@ -3,8 +3,6 @@ InferenceData layout, NetCDF round trip, warm cache, ties and position effect.""
 
 from __future__ import annotations
 
-import warnings
-
 import arviz as az
 import numpy as np
 import pandas as pd
@@ -20,10 +18,11 @@ from . import reference as ref
 from .conftest import FAST
 
 
-def quiet_fit(*args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DiagnosticWarning)
-        return ps.fit(*args, **kwargs)
+def passing_fit(*args, **kwargs):
+    """Fit and require the package's own diagnostics to pass (no warning is silenced)."""
+    idata = ps.fit(*args, **kwargs)
+    assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
+    return idata
 
 
 def test_parameter_recovery_across_seeds():
@@ -33,7 +32,7 @@ def test_parameter_recovery_across_seeds():
     inside = 0
     for seed in (1, 2, 3):
         comps = ps.simulate.bt(theta, n_pairs=80, judgements_per_pair=15, seed=seed)
-        idata = quiet_fit("aggregate", comps, seed=seed, **FAST)
+        idata = passing_fit("aggregate", comps, seed=seed, **FAST)
         q = idata.posterior["theta"].quantile([0.05, 0.95], dim=("chain", "draw")).values
         inside += int(np.sum((q[0] <= theta) & (theta <= q[1])))
     assert inside >= 9, f"truth inside the 90% interval in only {inside} of 12 cases"
@@ -92,8 +91,8 @@ def test_compressed_and_per_row_forms_have_the_same_posterior():
         point = list(rng.normal(size=2))
         np.testing.assert_allclose(m_packed.grad_log_prob(point), m_rows.grad_log_prob(point),
                                    rtol=1e-10, atol=1e-10)
-    a = quiet_fit("aggregate", comps, seed=9, **FAST)
-    b = quiet_fit("aggregate", comps, seed=9, compress=False, **FAST)
+    a = passing_fit("aggregate", comps, seed=9, **FAST)
+    b = passing_fit("aggregate", comps, seed=9, compress=False, **FAST)
     sa, sb = (_arviz.summary(x, var_names=["theta"]) for x in (a, b))
     mcse = np.sqrt(sa["mcse_mean"] ** 2 + sb["mcse_mean"] ** 2)
     assert np.all(np.abs(sa["mean"] - sb["mean"]) < 4 * mcse)
@@ -191,11 +190,11 @@ def test_load_rejects_files_that_are_not_inference_data(tmp_path):
 def test_warm_second_fit_does_not_recompile_and_is_reproducible(small_bt, small_bt_fit):
     engine = ps.get_engine("pystan")
     assert engine.is_cached(get_model("aggregate").program)
-    again = quiet_fit("aggregate", small_bt, seed=11, sample_prior=True, **FAST)
+    again = passing_fit("aggregate", small_bt, seed=11, sample_prior=True, **FAST)
     assert again.posterior.attrs["compiled"] == 0
     # same data, seed and engine: bit-identical draws
     np.testing.assert_array_equal(again.posterior["theta"], small_bt_fit.posterior["theta"])
-    other = quiet_fit("aggregate", small_bt, seed=12, **FAST)
+    other = passing_fit("aggregate", small_bt, seed=12, **FAST)
     assert not np.array_equal(other.posterior["theta"], small_bt_fit.posterior["theta"])
 
 
@@ -205,7 +204,7 @@ def test_unidentified_coordinate_is_warned_and_stays_at_its_prior():
     frame["b_x2"] = frame["a_x2"]
     with pytest.warns(IdentificationWarning, match=r"\['x2'\]"):
         flat = ps.Comparisons.from_frame(frame)
-    idata = quiet_fit("aggregate", flat, seed=2, **FAST)
+    idata = passing_fit("aggregate", flat, seed=2, **FAST)
     sd = float(idata.posterior["theta"].sel(attribute="x2").std())
     assert abs(sd / 2.5 - 1) < 0.1  # posterior sd = prior sd
 
@@ -244,7 +243,7 @@ def test_ties_and_position_effect_are_recovered():
     for seed in (8, 9, 10):
         frame = simulate_davidson(abilities, nu=0.6, gamma=0.4, n_rep=150, seed=seed)
         comps = ps.Comparisons.from_frame(frame, reference="A")
-        idata = quiet_fit("aggregate", comps, seed=4, **FAST)
+        idata = passing_fit("aggregate", comps, seed=4, **FAST)
         assert idata.posterior.attrs["ties"] == 1 and idata.posterior.attrs["order_effect"] == 1
         assert list(idata.observed_data["outcome"].values) == ["b", "a", "tie"]
         for name, value in truth.items():
