@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -811,6 +812,28 @@ def _disconnected_items(comps: Comparisons) -> list[str]:
     _, label = connected_components(graph, directed=False)
     ref = label[idx.get_loc(comps.reference)]
     return [str(v) for v, lab in zip(idx, label, strict=True) if lab != ref]
+
+
+def as_comparisons(comps: Comparisons | pd.DataFrame) -> Comparisons:
+    """Accept a validated table or a raw DataFrame (validated here)."""
+    if isinstance(comps, Comparisons):
+        return comps
+    if isinstance(comps, pd.DataFrame):
+        return Comparisons.from_frame(comps)
+    raise PluralstanError(
+        f"comparisons must be a pluralstan Comparisons or a pandas DataFrame, got "
+        f"{type(comps).__name__}"
+    )
+
+
+def data_hash(comps: Comparisons) -> str:
+    """SHA-256 of the canonical comparison table (recorded for provenance)."""
+    h = hashlib.sha256(comps.frame.to_csv(index=False).encode())
+    if comps.items is not None:
+        h.update(comps.items.to_csv().encode())
+    if comps.annotators is not None:
+        h.update(comps.annotators.to_csv().encode())
+    return h.hexdigest()
 
 
 def read_csv(

@@ -12,25 +12,13 @@ from typing import Any
 import pandas as pd
 
 from . import _arviz
-from .data import Comparisons
+from .data import Comparisons, as_comparisons
 from .engine import SamplerConfig
 from .errors import DiagnosticWarning, PluralstanError
 from .models import get_model
 from .outputs import atomic_path
 from .pipeline import ModeOption, fit_attrs, messages, run
 from .relabel import Method
-
-
-def as_comparisons(comps: Comparisons | pd.DataFrame) -> Comparisons:
-    """Accept a validated table or a raw DataFrame (validated here)."""
-    if isinstance(comps, Comparisons):
-        return comps
-    if isinstance(comps, pd.DataFrame):
-        return Comparisons.from_frame(comps)
-    raise PluralstanError(
-        f"comparisons must be a pluralstan Comparisons or a pandas DataFrame, got "
-        f"{type(comps).__name__}"
-    )
 
 
 def fit(

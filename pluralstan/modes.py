@@ -38,6 +38,7 @@ import xarray as xr
 from scipy.optimize import minimize
 
 from . import _arviz, diagnostics
+from .data import as_comparisons
 from .engine import StanProgram, get_engine
 from .errors import PluralstanError
 from .relabel import pivot, relabel
@@ -217,7 +218,6 @@ def find_modes(model: str, comps: Any, *, K: int | None = None,
                backend: str = "pystan", **options: Any) -> ModeSearch:
     """:func:`search` for a registered model and a comparison table (encoded as ``ps.fit``
     would encode them; ``options`` are the model's options)."""
-    from .fit import as_comparisons
     from .models import get_model
 
     spec = get_model(model)

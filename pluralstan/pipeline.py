@@ -43,21 +43,78 @@ maps onto each other are handled in two optional steps (:mod:`pluralstan.modes`)
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
+import xarray as xr
 
 from . import _arviz, diagnostics
-from .data import Comparisons
+from .data import Comparisons, data_hash
 from .engine import Draws, SamplerConfig, StanProgram, get_engine
 from .errors import DiagnosticWarning, PluralstanError
-from .inference import provenance, to_inference_data
 from .models.base import Encoded
 from .modes import ModeSearch, keep_unstacked, search, stack_chains
 from .relabel import Method
 from .relabel import relabel as relabel_draws
+
+
+def _split(draws: Draws, enc: Encoded) -> tuple[dict, dict, dict]:
+    """Sort Stan outputs into posterior, predictive and internal variables.
+
+    Zero-size outputs are outputs a fit was asked to skip (``replicate=False``,
+    ``membership=False``, no position effect): they are left out.
+    """
+    posterior, predictive, internal = {}, {}, {}
+    for name, arr in draws.variables.items():
+        if name in enc.drop:
+            internal[name] = arr
+        elif not arr.size:
+            continue
+        elif name in enc.predictive:
+            predictive[enc.predictive[name]] = arr
+        elif name in enc.optional_scalars:
+            posterior[name] = arr[..., 0]
+        elif name == "lprior":
+            internal[name] = arr
+        else:
+            posterior[name] = arr
+    return posterior, predictive, internal
+
+
+def _dims(enc: Encoded) -> dict[str, list[str]]:
+    dims = dict(enc.dims)
+    for stan_name, new_name in enc.predictive.items():
+        if stan_name in dims:
+            dims[new_name] = dims.pop(stan_name)
+    return dims
+
+
+def provenance(
+    model: str, program: StanProgram, draws: Draws, comps: Comparisons, seed: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Attributes that let a result be traced back to its inputs."""
+    from . import __version__
+
+    attrs = {
+        "pluralstan_version": __version__,
+        "model": model,
+        "engine": draws.engine,
+        "engine_version": draws.engine_version,
+        "stan_program": program.name,
+        "stan_program_sha256": program.sha,
+        "seed": int(seed),
+        "data_sha256": data_hash(comps),
+        "build_seconds": round(draws.build_seconds, 3),
+        "sample_seconds": round(draws.sample_seconds, 3),
+        "compiled": int(draws.compiled),
+    }
+    for key, value in extra.items():
+        attrs[key] = value if isinstance(value, int | float | str) else json.dumps(value)
+    return attrs
 
 
 def fit_attrs(enc: Encoded, K: int | None) -> dict[str, Any]:
@@ -75,15 +132,44 @@ def assemble(
     attrs: dict[str, Any],
     prior_draws: Draws | None = None,
 ) -> _arviz.Idata:
-    """The InferenceData of a fit (:func:`pluralstan.inference.to_inference_data`).
+    """The fit's container (InferenceData on ArviZ 0.23, DataTree on ArviZ 1.x) from the draws.
 
+    Groups: ``posterior``, ``posterior_predictive``, ``log_likelihood``, ``log_prior``,
+    ``sample_stats``, ``observed_data``, ``constant_data`` and, when ``prior_draws`` is given,
+    ``prior`` and ``prior_predictive``; dims and coords from ``enc``, ``attrs`` on every group.
     A model with latent components (``enc.label_dim``) gets ``group_labels = "latent"`` in its
     attributes unless ``attrs`` says otherwise; :func:`finalize` and
     :mod:`pluralstan.relabel` read it.
     """
     if enc.label_dim:
         attrs = {"group_labels": "latent", **attrs}
-    return to_inference_data(draws, enc, attrs, prior_draws)
+    posterior, predictive, internal = _split(draws, enc)
+    dims = _dims(enc)
+    coords = enc.coords
+
+    def sampled(values: dict[str, np.ndarray], group_dims: dict[str, list[str]]) -> xr.Dataset:
+        return _arviz.dataset_from_dict(values, coords=coords, dims=group_dims, attrs=attrs)
+
+    def fixed(values: dict[str, np.ndarray]) -> xr.Dataset:
+        return _arviz.dataset_from_dict(values, coords=coords, dims=dims, attrs=attrs,
+                                        sampled=False)
+
+    groups: dict[str, xr.Dataset] = {
+        "posterior": sampled(posterior, dims),
+        "posterior_predictive": sampled(predictive, dims),
+        "log_likelihood": sampled(enc.log_lik(draws.variables), enc.log_lik_dims),
+        "log_prior": sampled({"lprior": internal["lprior"]}, {}),
+        "sample_stats": sampled(draws.sample_stats, {}),
+        "observed_data": fixed(enc.observed),
+        "constant_data": fixed(enc.constant),
+    }
+    if prior_draws is not None:
+        prior, prior_pred, _ = _split(prior_draws, enc)
+        groups["prior"] = sampled(prior, dims)
+        groups["prior_predictive"] = sampled(prior_pred, dims)
+    for dataset in groups.values():
+        dataset.attrs.update(attrs)
+    return _arviz.make_idata(groups)
 
 
 ModeOption = Literal["none", "search"]

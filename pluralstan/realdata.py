@@ -584,7 +584,7 @@ def model_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
     names = [m for m in text.split(",") if m]
     unknown = [m for m in names if m not in REGISTRY]
     if unknown:
-        parser.error(f"--models: unknown model {unknown[0]!r}; registered: {sorted(REGISTRY)}")
+        parser.error(f"--models: unknown model {unknown[0]!r}; registered: {REGISTRY.list()}")
     return names
 
 

@@ -19,8 +19,8 @@ import pluralstan as ps
 from pluralstan import _arviz, diagnostics, modes, simulate
 from pluralstan.engine import CmdStanEngine, SamplerConfig, get_engine
 from pluralstan.errors import DiagnosticWarning, PluralstanError
-from pluralstan.inference import to_inference_data
 from pluralstan.models import get_model
+from pluralstan.pipeline import assemble
 
 
 # ---------------------------------------------------------------------- stacking weights
@@ -203,7 +203,7 @@ def test_two_genuine_modes_are_found_stacked_and_weighted_by_held_out_fit():
     # chains 0, 2 start in the best mode, chains 1, 3 in the second
     config = SamplerConfig(chains=4, draws=300, warmup=300, seed=2, inits=found.inits(4))
     draws = get_engine("pystan").sample(spec.program, enc.data, config)
-    fit = to_inference_data(draws, enc, {"model": "annotator", "group_labels": "latent"})
+    fit = assemble(draws, enc, {"model": "annotator"})
 
     # (b) after sampling: two modes, stacked on leave-one-annotator-out densities
     stacked, report = modes.stack_chains(fit)

@@ -26,9 +26,9 @@ import xarray as xr
 import pluralstan as ps
 from pluralstan import _arviz, diagnostics, outputs, realdata
 from pluralstan.cli import main
+from pluralstan.data import data_hash
 from pluralstan.engine import CmdStanEngine, PyStanEngine
 from pluralstan.errors import PluralstanError
-from pluralstan.inference import data_hash
 from pluralstan.models import stan_dir
 
 #: Text that would mean a Stan / C++ / HTTP-server error reached the user.

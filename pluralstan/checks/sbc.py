@@ -70,15 +70,14 @@ import pandas as pd
 from scipy import stats
 
 from .. import _arviz, diagnostics
-from ..data import Comparisons
+from ..data import Comparisons, as_comparisons
 from ..engine import Draws, SamplerConfig, StanProgram, get_engine
 from ..errors import DiagnosticWarning, PluralstanError
-from ..inference import provenance
 from ..models import get_model
 from ..models.base import Encoded, ModelSpec
 from ..outputs import save_figure
 from ..parallel import Job, RunReport, run_jobs
-from ..pipeline import assemble, finalize, fit_attrs
+from ..pipeline import assemble, finalize, fit_attrs, provenance
 
 #: Signature of a data-dependent test quantity: (Stan outputs, computed with the simulated data,
 #: with a leading draw axis; simulated ``y``) -> name -> one value per draw.
@@ -656,7 +655,6 @@ def sbc(
     -------
     SBCResult
     """
-    from ..fit import as_comparisons
 
     spec = get_model(model)
     comps = as_comparisons(comps)

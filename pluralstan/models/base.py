@@ -3,14 +3,14 @@
 A :class:`ModelSpec` names a program in ``stan/`` and an ``encode`` function that turns a
 :class:`~pluralstan.data.Comparisons` into an :class:`Encoded` bundle: the Stan data, the dims and
 coords of every output, the observed data, and how to build the log-likelihood group. The
-InferenceData builder (:mod:`pluralstan.inference`) is generic over these bundles, so each model
+container builder (:func:`pluralstan.pipeline.assemble`) is generic over these bundles, so each model
 states its layout once, here, and both engines produce the same InferenceData.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -105,27 +105,57 @@ class ModelSpec:
         return load_program(self.program_file)
 
 
-REGISTRY: dict[str, ModelSpec] = {}
+class Registry(Mapping[str, ModelSpec]):
+    """The registered models, by name: ``ps.models``.
+
+    ``ps.models.list()`` names them, ``ps.models.get(name)`` returns one (unlike ``dict.get``,
+    an unknown name raises a :class:`~pluralstan.errors.PluralstanError` listing the known
+    ones), and ``ps.models[name]``, ``name in ps.models`` and iteration work as on a mapping.
+    Each model module registers its :class:`ModelSpec` on import with :meth:`register`.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"<pluralstan models: {', '.join(self.list())}>"
+
+    def list(self) -> list[str]:
+        """The registered model names, sorted."""
+        return sorted(self._specs)
+
+    def get(self, name: str | ModelSpec) -> ModelSpec:  # type: ignore[override]
+        """The model called ``name`` (a :class:`ModelSpec` is returned as it is)."""
+        if isinstance(name, ModelSpec):
+            return name
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise PluralstanError(
+                f"unknown model {name!r}; known models: {self.list()}"
+            ) from None
+
+    def register(self, spec: ModelSpec) -> ModelSpec:
+        """Add ``spec`` (one entry per model name)."""
+        if spec.name in self._specs:
+            raise RuntimeError(f"model {spec.name!r} registered twice")
+        self._specs[spec.name] = spec
+        return spec
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    """Add ``spec`` to the registry (one entry per model name)."""
-    if spec.name in REGISTRY:
-        raise RuntimeError(f"model {spec.name!r} registered twice")
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def get_model(name: str | ModelSpec) -> ModelSpec:
-    """Look a model up by name, with a clear error listing the known ones."""
-    if isinstance(name, ModelSpec):
-        return name
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise PluralstanError(
-            f"unknown model {name!r}; known models: {sorted(REGISTRY)}"
-        ) from None
+#: The one registry (``ps.models``); :func:`register` and :func:`get_model` are its methods.
+REGISTRY = Registry()
+register = REGISTRY.register
+get_model = REGISTRY.get
 
 
 def stan_dir() -> Path:
