@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import arviz as az
 import numpy as np
@@ -14,7 +13,7 @@ from scipy.special import log_softmax, logsumexp
 
 import pluralstan as ps
 from pluralstan import _arviz, relabel
-from pluralstan.errors import DiagnosticWarning, PluralstanError
+from pluralstan.errors import PluralstanError
 from pluralstan.models import covariate
 from pluralstan.simulate import HIGH_CONFLICT_THETA
 
@@ -189,14 +188,13 @@ def test_recovers_sign_of_a_strong_covariate():
     (linear_sum_assignment on posterior mean theta) the slope contrast is positive with
     posterior probability above 0.95 and its central 90% interval contains 3; the
     covariate's mean membership ordering matches the truth (annotators with a high score are
-    mostly assigned to type 1)."""
+    mostly assigned to type 1). The fit (4 x 500 draws) must pass the package's diagnostics."""
     beta = np.array([[0.0, 0.0], [0.0, 3.0]])
     sim = covariate.simulate(HIGH_CONFLICT_THETA, beta, n_annotators=100,
                              pairs_per_annotator=20, seed=8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DiagnosticWarning)
-        idata = ps.fit("covariate", sim, K=2, chains=2, draws=300, warmup=300, seed=8,
-                       backend="pystan")
+    idata = ps.fit("covariate", sim, K=2, chains=4, draws=500, warmup=500, seed=8,
+                   backend="pystan")
+    assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
     post = idata.posterior
     theta = post["theta"].transpose("chain", "draw", "group", "attribute").values
     slope = post["beta"].sel(covariate="score").transpose("chain", "draw", "group").values
