@@ -260,7 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pluralstan`` console script."""
+    """Entry point of the ``pluralstan`` console script.
+
+    Returns
+    -------
+    int
+        The exit code: 0 done, 1 the fit was saved elsewhere than ``--out`` (said on stderr),
+        2 bad input (a one-line ``pluralstan: error: ...``), 130 interrupted by Ctrl-C (the
+        one line ``pluralstan: interrupted``; no sampler process is left and no partial file).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -269,17 +277,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pluralstan: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(exiting=argv is None)
 
 
-def _interrupted() -> int:
+def _interrupted(exiting: bool) -> int:
     """Report Ctrl-C in one line and return the shell's code for it (128 + SIGINT).
 
     The engine has stopped its sampler processes (:class:`pluralstan.errors.Interrupted`) and
-    outputs are written whole or not at all, so nothing is left to clean up. A second Ctrl-C
-    while the interpreter exits leaves at once, without a traceback.
+    outputs are written whole or not at all, so nothing is left to clean up. When ``main`` runs
+    as the program (``exiting``: its arguments come from ``sys.argv``), a second Ctrl-C while
+    the interpreter exits leaves at once, without a traceback.
     """
-    if threading.current_thread() is threading.main_thread():
+    if exiting and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _exit_now)
     # PyStan's progress line is left open when stderr is not a terminal
     start = "" if sys.stderr.isatty() else "\n"

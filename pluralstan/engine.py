@@ -366,14 +366,29 @@ def _discard_stored_fits() -> Iterator[None]:
 T = TypeVar("T")
 
 
+def _terminate_workers(executor: Any) -> list[Any]:
+    """Send SIGTERM to the worker processes of ``executor``; return them.
+
+    ``ProcessPoolExecutor`` has no public call for this before Python 3.14
+    (``terminate_workers``), so its process table is read.
+    """
+    try:
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+    except RuntimeError:  # the table changed while it was read: the next call gets them
+        return []
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            process.terminate()
+    return processes
+
+
 def _stop_sampler_workers() -> None:
     """Stop httpstan's sampler processes and give httpstan a fresh pool for later fits.
 
     httpstan runs every chain in a worker of one module-level ``ProcessPoolExecutor`` whose
     workers ignore SIGINT. When Ctrl-C cancels PyStan's request the workers go on sampling (or
     block writing draws nobody reads), and the interpreter's exit waits for them: the command
-    line hangs and the processes outlive it. They are terminated here; ``terminate_workers``
-    is the executor's own call from Python 3.14, older Pythons reach its process table.
+    line hangs and the processes outlive it.
     """
     import concurrent.futures
     import multiprocessing
@@ -384,14 +399,7 @@ def _stop_sampler_workers() -> None:
     stub.executor = concurrent.futures.ProcessPoolExecutor(
         mp_context=multiprocessing.get_context("fork"), initializer=stub.init_worker
     )  # as httpstan makes its own
-    terminate = getattr(executor, "terminate_workers", None)
-    if terminate is not None:  # Python >= 3.14
-        terminate()
-        return
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    for process in processes:
-        process.terminate()
-    for process in processes:
+    for process in _terminate_workers(executor):
         process.join(timeout=5)
         if process.is_alive():
             process.kill()
@@ -419,39 +427,67 @@ class _AfterInterrupt(logging.Filter):
 _UNWIND_LOGGERS = ("asyncio", "httpstan", "aiohttp.server", "aiohttp.web")
 
 
-@contextlib.contextmanager
-def _sigint_raises() -> Iterator[threading.Event]:
-    """Make the first Ctrl-C raise ``KeyboardInterrupt`` at once inside the block.
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
 
-    ``asyncio.run`` (which PyStan calls) answers SIGINT by cancelling its main task, which takes
-    effect only when the event loop runs again; httpstan's loop relaying draws from the
-    sampler processes does not give the event loop a turn while draws keep arriving, so the
-    cancellation waits for the chains to finish. A handler of our own (installed only over
-    Python's default one, in the main thread: asyncio then keeps out) raises at once instead.
-    Further Ctrl-Cs are ignored until the block has stopped the sampler processes. Yields the
-    event set by the first Ctrl-C.
+
+@dataclass
+class _Interrupt:
+    """Ctrl-C around one PyStan call: whether it came, and whether the call is being stopped
+    (further Ctrl-Cs then wait for the sampler processes to be stopped)."""
+
+    seen: threading.Event = field(default_factory=threading.Event)
+    stopping: bool = False
+
+
+@contextlib.contextmanager
+def _sigint_stops_sampling() -> Iterator[_Interrupt]:
+    """Let Ctrl-C stop a PyStan call promptly while the block runs.
+
+    ``asyncio.run`` (which PyStan calls) answers SIGINT by cancelling its main task, which
+    takes effect only when the event loop runs again; httpstan's loop relaying draws from the
+    sampler processes gives the event loop no turn while draws keep arriving, so the
+    cancellation waited for the chains to finish. Raising ``KeyboardInterrupt`` from the
+    handler is no cure: wherever Python swallows exceptions (at-fork and ``__del__`` callbacks,
+    both met while httpstan starts its workers) the interrupt is lost. So the first Ctrl-C
+    terminates the sampler processes, which ends the relay, and schedules the
+    ``KeyboardInterrupt`` as an event-loop callback, where it always propagates (raised at once
+    when no event loop runs); a second Ctrl-C raises at once. The handler is installed only over
+    Python's default one, in the main thread (asyncio then installs none).
     """
+    import asyncio
     import signal
 
-    interrupted = threading.Event()
+    import httpstan.services_stub as stub
+
+    state = _Interrupt()
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield interrupted
+        yield state
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if interrupted.is_set():
+        first = not state.seen.is_set()
+        state.seen.set()
+        if state.stopping:
             return
-        interrupted.set()
+        _terminate_workers(stub.executor)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if first and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_raise_keyboard_interrupt)
+            return
         raise KeyboardInterrupt
 
-    quiet = _AfterInterrupt(interrupted)
+    quiet = _AfterInterrupt(state.seen)
     loggers = [logging.getLogger(name) for name in _UNWIND_LOGGERS]
     for logger in loggers:
         logger.addFilter(quiet)
     signal.signal(signal.SIGINT, handler)
     try:
-        yield interrupted
+        yield state
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for logger in loggers:
@@ -462,18 +498,24 @@ def _interruptible(call: Callable[[], T | None], what: str) -> T:
     """Run a PyStan call, turning Ctrl-C into :class:`~pluralstan.errors.Interrupted`.
 
     PyStan catches ``KeyboardInterrupt`` inside ``stan.build`` and ``Model.sample`` and returns
-    ``None``; a ``None`` result, or an interrupt that reaches here, stops httpstan's sampler
+    ``None``. A ``None`` result, an interrupt that reaches here, or an error raised after
+    Ctrl-C (httpstan reports the terminated processes as a failed fit) stops httpstan's sampler
     processes (:func:`_stop_sampler_workers`) and raises :class:`Interrupted`.
     """
-    with _sigint_raises():
+    with _sigint_stops_sampling() as interrupt:
         try:
             result = call()
         except KeyboardInterrupt:
             result = None
+        except Exception:
+            if not interrupt.seen.is_set():
+                raise
+            result = None
         if result is None:
+            interrupt.stopping = True
             _stop_sampler_workers()
     if result is None:
-        raise Interrupted(f"{what} interrupted (Ctrl-C); its sampler processes were stopped")
+        raise Interrupted(f"{what} interrupted (Ctrl-C); no sampler process is left running")
     return result
 
 
