@@ -1,0 +1,172 @@
+"""Ctrl-C during a fit ends cleanly (issue 23).
+
+Both tests interrupt a real PyStan fit in a child process, so that the SIGINT never reaches the
+test runner: ``pluralstan fit`` must exit with 130 and one ``pluralstan: interrupted`` line,
+no traceback, no sampler process left and no output file; ``ps.fit`` must raise
+:class:`pluralstan.errors.Interrupted` (a ``KeyboardInterrupt``) and leave the process able to
+fit again. Each fit asks for a million draws per chain, so it is still sampling whenever the
+signal arrives. (Interrupts in the middle of writing a file are covered by
+``tests/test_reliability.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil  # installed with dask[distributed] (the dev extra)
+import pytest
+
+import pluralstan as ps
+from pluralstan.engine import PyStanEngine
+from pluralstan.models import REGISTRY
+
+#: Seconds a child may take to start sampling (imports and building on a loaded machine).
+START_TIMEOUT = 40.0
+#: Seconds a child may take to exit after Ctrl-C.
+EXIT_TIMEOUT = 20.0
+
+
+def _sigint_default() -> None:
+    """Give the child the default SIGINT action (it would inherit "ignore" from a runner
+    started in the background by a shell without job control, and Python keeps it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: ``preexec_fn`` for the children: only needed when this process ignores SIGINT.
+PREEXEC = _sigint_default if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None
+
+
+@pytest.fixture(scope="module")
+def compiled_aggregate() -> None:
+    """The aggregate program in the compile cache, so the children start sampling quickly."""
+    PyStanEngine().compile(REGISTRY["aggregate"].program)
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    """Live processes of process group ``pgid`` (zombies count as gone)."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
+def _wait_for(condition, timeout: float, what: str, child: subprocess.Popen) -> None:
+    """Poll ``condition`` until it holds; fail (naming ``what``) if the child exits first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if child.poll() is not None:
+            pytest.fail(f"the child exited ({child.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _kill_group(pgid: int) -> None:
+    """Clean up after a failed test: nothing of the child's group may outlive it."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_ctrl_c_during_cli_fit(tmp_path: Path, compiled_aggregate) -> None:
+    """Ctrl-C from a terminal (SIGINT to the whole foreground process group) while
+    ``python -m pluralstan fit`` samples: exit code 130, one line ``pluralstan: interrupted``
+    on stderr and no traceback, no process of its group left (httpstan's sampler workers ignore
+    SIGINT), and nothing written where --out points."""
+    csv = tmp_path / "comps.csv"
+    ps.simulate.bt([1.0, -0.5], n_pairs=20, judgements_per_pair=5, seed=1).to_frame().to_csv(
+        csv, index=False)
+    out = tmp_path / "out" / "fit.nc"
+    out.parent.mkdir()
+    stderr_path = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "pluralstan", "fit", "aggregate", str(csv), "--out", str(out),
+           "--backend", "pystan", "--chains", "2", "--warmup", "200", "--draws", "1000000"]
+    with open(stderr_path, "wb") as stderr:
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                 start_new_session=True,  # its own group, as in a terminal
+                                 preexec_fn=PREEXEC)
+    try:
+        # sampling has begun when PyStan shows its progress and httpstan's workers exist
+        _wait_for(lambda: b"Sampling:" in stderr_path.read_bytes()
+                  and len(_group(child.pid)) > 1, START_TIMEOUT, "sampling", child)
+        workers = [p for p in _group(child.pid) if p.pid != child.pid]
+        os.killpg(child.pid, signal.SIGINT)
+        try:
+            code = child.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_TIMEOUT:.0f} s after Ctrl-C")
+        psutil.wait_procs(workers, timeout=5)  # reaped by init once their parent has gone
+        left = _group(child.pid)
+    finally:
+        _kill_group(child.pid)
+    stderr_text = stderr_path.read_text()
+    assert code == 130, stderr_text
+    assert "pluralstan: interrupted" in stderr_text.splitlines()
+    assert stderr_text.count("interrupted") == 1
+    assert "Traceback" not in stderr_text
+    assert workers, "no sampler worker was seen, so none could be checked"
+    assert left == [], f"left running: {[(p.pid, p.cmdline()) for p in left]}"
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+LIBRARY_SCRIPT = """
+import json, multiprocessing, os, signal, threading, time
+import psutil
+import pluralstan as ps
+from pluralstan import _arviz
+from pluralstan.errors import Interrupted
+
+comps = ps.simulate.bt([1.0, -0.5], n_pairs=20, judgements_per_pair=5, seed=1)
+
+def interrupt_once_sampling():
+    while not multiprocessing.active_children():  # httpstan's workers: chains submitted
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt_once_sampling, daemon=True).start()
+result = {}
+try:
+    ps.fit("aggregate", comps, chains=2, warmup=200, draws=1_000_000, seed=2, backend="pystan")
+except Interrupted as err:
+    result["caught"] = [type(err).__name__, isinstance(err, KeyboardInterrupt), str(err)]
+result["children"] = [p.pid for p in psutil.Process().children(recursive=True)]
+idata = ps.fit("aggregate", comps, chains=2, warmup=1000, draws=1000, seed=3, backend="pystan")
+result["draws_after"] = int(_arviz.group(idata, "posterior").sizes["draw"])
+print(json.dumps(result))
+"""
+
+
+def test_ctrl_c_during_library_fit(compiled_aggregate) -> None:
+    """``ps.fit`` interrupted by SIGINT raises ``Interrupted`` (a ``KeyboardInterrupt``, not
+    PyStan's ``None`` turned into a TypeError) with a message saying so, has stopped httpstan's
+    sampler workers when it returns, and the same process then fits again (httpstan got a fresh
+    worker pool)."""
+    child = subprocess.Popen([sys.executable, "-c", LIBRARY_SCRIPT], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=PREEXEC)
+    try:
+        stdout, stderr = child.communicate(timeout=START_TIMEOUT + EXIT_TIMEOUT + 30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interrupted fit (or the fit after it) did not end")
+    finally:
+        _kill_group(child.pid)
+    assert child.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert "caught" in result, "the interrupted fit did not raise Interrupted"
+    name, is_keyboard_interrupt, message = result["caught"]
+    assert (name, is_keyboard_interrupt) == ("Interrupted", True)
+    assert "interrupted (Ctrl-C)" in message
+    assert result["children"] == []
+    assert result["draws_after"] == 1000
