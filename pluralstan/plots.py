@@ -1,44 +1,53 @@
-"""Dashboards: one call turns a fit into the figures a person would rather look at than read.
+"""Figures: drawing only. Every function takes a fit or computed results and returns a
+:class:`matplotlib.figure.Figure` (or draws on an Axes it is given); the numbers come from
+:mod:`pluralstan.checks` (cells, components, ppc, sbc) and :mod:`pluralstan.diagnostics`.
 
 :func:`dashboard` draws, for any pluralstan fit (aggregate or mixture),
 
 ``rank``
     per-chain marginal densities and rank histograms (Vehtari et al. 2021) of the parameters
-    with the highest R-hat: chains that disagree show up as non-uniform ranks;
+    with the highest R-hat (:func:`pluralstan.checks.components.rhat_order`): chains that
+    disagree show up as non-uniform ranks;
 ``forest``
     theta by group (:func:`plot_forest_by_group`), with the generating values when known;
 ``pair``
-    the directions the data leave least identified (:func:`plot_nonidentified_pairs`):
-    theta of two groups on one attribute, the weight pi against theta, and the strongest
-    posterior correlations; divergent transitions in red;
+    the directions the data leave least identified
+    (:func:`pluralstan.checks.components.nonidentified_pairs`): theta of two groups on one
+    attribute, the weight pi against theta, and the strongest posterior correlations;
+    divergent transitions in red;
 ``ppc``
     observed versus replicated frequency with which option a was preferred, per cell
-    (:func:`plot_ppc_cells`);
+    (:func:`pluralstan.checks.cells.cell_intervals`, :func:`plot_ppc_cells`);
 ``pit``
     randomised leave-one-cell-out PIT of the cell counts as an ECDF difference with a
-    simultaneous band (:func:`cell_pit`, :func:`plot_cell_pit`);
+    simultaneous band (:func:`pluralstan.checks.cells.pit_ecdf`, :func:`plot_cell_pit`);
 ``energy``
     marginal and transition energy with E-BFMI (:func:`arviz.plot_energy`).
 
-Every figure's title carries :func:`pluralstan.diagnostics.flag` when the fit failed a sampler
-diagnostic, so a figure cut out of a report still says so. Figures are built on
+Beside the dashboard: calibration tables (:func:`plot_calibration`), SBC results
+(:func:`plot_sbc_ranks`, :func:`plot_sbc_ecdf_diff`, :func:`save_sbc_plots`) and the figures of
+the disclosure report (:func:`plot_theta_intervals`, :func:`plot_masking_ratios`,
+:func:`plot_pi_sensitivity`).
+
+Every dashboard figure's title carries :func:`pluralstan.diagnostics.flag` when the fit failed a
+sampler diagnostic, so a figure cut out of a report still says so. Figures are built on
 :class:`matplotlib.figure.Figure` objects (no pyplot state), saved as PNG whole or not at all
-(temporary file, then rename) and, with ``show=True``, displayed inline in notebooks.
+(:func:`save_png`) and, with ``show=True``, displayed inline in notebooks.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import math
 import textwrap
 from collections.abc import Hashable, Mapping, Sequence
-from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -46,20 +55,24 @@ from matplotlib.lines import Line2D
 from scipy import stats
 
 from . import _arviz
+from .checks.cells import cell_intervals, pit_ecdf
+from .checks.components import (
+    aligned_truth,
+    flatten_components,
+    latent_groups,
+    nonidentified_pairs,
+    rhat_order,
+    truth_components,
+)
 from .diagnostics import flag
 from .errors import PluralstanError
-from .relabel import match_components
+from .outputs import atomic_path
+
+if TYPE_CHECKING:
+    from .checks.sbc import SBCResult
 
 #: Names of the figures :func:`dashboard` draws, in order.
 FIGURES = ("rank", "forest", "pair", "ppc", "pit", "energy")
-#: Models whose groups are latent classes: their labels are arbitrary, so a known truth is
-#: matched to the fitted components before it is drawn.
-LATENT_GROUP_MODELS = frozenset({"unlabeled", "annotator", "covariate", "pal"})
-#: Deterministic summaries of other parameters (theta_bar = sum_k pi_k theta_k): their
-#: correlation with what they summarise is structural, so pair plots leave them out.
-DERIVED = frozenset({"theta_bar"})
-#: Dims of per-observation quantities: variables carrying them are not plotted as parameters.
-OBSERVATION_DIMS = frozenset({"annotator", "comparison", "cell", "outcome"})
 SAMPLE_DIMS = ("chain", "draw")
 #: Truth markers and flagged titles.
 TRUTH_STYLE = {"marker": "D", "color": "black", "markerfacecolor": "white", "markersize": 6,
@@ -72,113 +85,6 @@ def _group_label(value: Hashable) -> str:
     """``group 0`` for integer codes (latent classes, numeric labels), else the label itself."""
     numeric = isinstance(value, int | np.integer) or (isinstance(value, str) and value.isdigit())
     return f"group {value}" if numeric else str(value)
-
-
-def _component_name(var: str, coords: Sequence[Hashable]) -> str:
-    """``theta[0, x1]``: the variable with its coordinate values, as ArviZ labels components."""
-    return var if not coords else f"{var}[{', '.join(map(str, coords))}]"
-
-
-def parameter_names(idata: _arviz.Idata) -> list[str]:
-    """Posterior variables that are model parameters worth plotting.
-
-    Excludes per-observation quantities (any dim in :data:`OBSERVATION_DIMS`) and variables
-    that do not vary across draws (fixed or empty outputs).
-    """
-    post = _arviz.group(idata, "posterior")
-    return [
-        name for name, da in post.data_vars.items()
-        if da.size and not OBSERVATION_DIMS & set(da.dims) and float(da.std()) > 0
-    ]
-
-
-def flatten_components(
-    idata: _arviz.Idata, var_names: Sequence[str] | None = None
-) -> xr.Dataset:
-    """One scalar (chain, draw) variable per parameter component, named ``theta[0, x1]``.
-
-    ArviZ plots each variable of such a dataset as one panel, so the selection of components
-    to show (worst R-hat, strongest correlation) can be made here, outside the plotting calls.
-    """
-    post = _arviz.group(idata, "posterior")
-    names = list(var_names) if var_names is not None else parameter_names(idata)
-    out: dict[str, xr.DataArray] = {}
-    for name in names:
-        da = post[name]
-        extra = [d for d in da.dims if d not in SAMPLE_DIMS]
-        if not extra:
-            out[name] = da.reset_coords(drop=True)
-            continue
-        for idx in np.ndindex(*(da.sizes[d] for d in extra)):
-            sel = {d: i for d, i in zip(extra, idx, strict=True)}
-            labels = [da[d].values[i] for d, i in sel.items()]
-            out[_component_name(name, labels)] = da.isel(sel).reset_coords(drop=True)
-    return xr.Dataset(out)
-
-
-def _truth_components(
-    idata: _arviz.Idata, truth: Mapping[str, Any] | None, match: bool
-) -> dict[str, float]:
-    """Known values by component name (keys of :func:`flatten_components`)."""
-    truth = _aligned_truth(idata, truth, match)
-    out: dict[str, float] = {}
-    for name, value in truth.items():
-        da = idata.posterior[name]
-        extra = [d for d in da.dims if d not in SAMPLE_DIMS]
-        for idx in np.ndindex(*value.shape):
-            labels = [da[d].values[i] for d, i in zip(extra, idx, strict=True)]
-            out[_component_name(name, labels)] = float(value[idx])
-    return out
-
-
-def _aligned_truth(
-    idata: _arviz.Idata, truth: Mapping[str, Any] | None, match: bool
-) -> dict[str, np.ndarray]:
-    """Validate ``truth`` against the posterior and, for latent groups, relabel it.
-
-    Keys that are not posterior variables (e.g. the simulators' per-annotator ``z``) are
-    ignored; a posterior variable given with the wrong shape is an error. With ``match``, the
-    truth's groups are permuted to the fitted components whose posterior mean theta is closest
-    (squared distance; an assignment problem solved by SciPy), because a latent-class model's
-    labels are arbitrary.
-    """
-    if not truth:
-        return {}
-    if not isinstance(truth, Mapping):
-        raise PluralstanError(
-            f"truth must be a mapping of parameter name to values (e.g. comps.truth), got "
-            f"{type(truth).__name__}"
-        )
-    post = _arviz.group(idata, "posterior")
-    out: dict[str, np.ndarray] = {}
-    for name, value in truth.items():
-        if name not in post:
-            continue
-        arr = np.asarray(value, dtype=float)
-        shape = tuple(s for d, s in post[name].sizes.items() if d not in SAMPLE_DIMS)
-        if arr.shape != shape:
-            dims = [d for d in post[name].dims if d not in SAMPLE_DIMS]
-            raise PluralstanError(
-                f"truth[{name!r}] has shape {arr.shape} but the posterior's {name!r} has shape "
-                f"{shape} (dims {dims}); give one value per component"
-            )
-        out[name] = arr
-    if match and "theta" in out and "group" in post["theta"].dims and out["theta"].ndim == 2:
-        mean = post["theta"].mean(SAMPLE_DIMS).transpose("group", ...).values
-        perm = match_components(out["theta"], mean)  # fitted component k <- true group perm[k]
-        for name, arr in out.items():
-            dims = [d for d in post[name].dims if d not in SAMPLE_DIMS]
-            if dims and dims[0] == "group":
-                out[name] = arr[perm]
-    return out
-
-
-def latent_groups(idata: _arviz.Idata) -> bool:
-    """Whether the fit's groups are latent classes (arbitrary labels) rather than observed."""
-    attrs = idata.posterior.attrs
-    if "group_labels" in attrs:
-        return attrs["group_labels"] == "latent"
-    return attrs.get("model") in LATENT_GROUP_MODELS
 
 
 def _match_default(idata: _arviz.Idata, match_truth: bool | None) -> bool:
@@ -208,18 +114,19 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` as PNG whole or not at all (temporary file, then rename)."""
+    """Write ``fig`` to ``path`` as PNG whole or not at all (:func:`pluralstan.outputs.atomic_path`;
+    missing folders are created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes, cropped to its drawn area (for embedding in a report)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def _display(fig: Figure) -> None:
@@ -247,15 +154,13 @@ def plot_rank(
         Show at most this many components (those with the highest rank-normalised R-hat, the
         ones most worth looking at); the title says how many were left out.
     var_names
-        Posterior variables to consider (default: :func:`parameter_names`).
+        Posterior variables to consider (default:
+        :func:`pluralstan.diagnostics.parameter_names`).
     """
     flat = flatten_components(idata, var_names)
     if not flat.data_vars:
         raise PluralstanError("the posterior has no varying parameter to plot")
-    rhat = az.rhat(flat) if flat.sizes["chain"] > 1 else None
-    names = list(flat.data_vars)
-    if rhat is not None:
-        names.sort(key=lambda n: -float(rhat[n]))
+    names, rhat = rhat_order(flat)
     shown = names[:max_components]
     # two (density, ranks) column pairs side by side keep the figure from growing too tall
     pairs = 2 if len(shown) > 4 else 1
@@ -326,7 +231,7 @@ def plot_forest_by_group(
         Inner and outer central interval probabilities.
     match_truth
         Relabel the truth's groups to the closest fitted components (default: for latent-class
-        models, see :data:`LATENT_GROUP_MODELS`).
+        models, see :func:`pluralstan.checks.components.latent_groups`).
     ax
         Axes to draw on (default: a new figure).
 
@@ -364,7 +269,7 @@ def plot_forest_by_group(
                 f"attributes {list(da['attribute'].values)}; got dims {ref.dims}"
             )
         rows.append((reference_label, ref))
-    known = _aligned_truth(idata, truth, _match_default(idata, match_truth)).get(var_name)
+    known = aligned_truth(idata, truth, _match_default(idata, match_truth)).get(var_name)
     if known is not None:  # as (attribute, group), like the rows; the aggregate has one group
         dims = [d for d in idata.posterior[var_name].dims if d not in SAMPLE_DIMS]
         known = xr.DataArray(known, dims=dims)
@@ -425,48 +330,6 @@ def plot_forest(idata: _arviz.Idata, truth: Mapping[str, Any] | None = None,
 
 
 # ---------------------------------------------------------------------------------- pairs
-def nonidentified_pairs(idata: _arviz.Idata, max_pairs: int = 4) -> list[tuple[str, str]]:
-    """Pairs of components along which the posterior is least identified.
-
-    Mixture models first: theta of groups 0 and 1 on the attribute where they are most
-    correlated (a trade-off between subgroups the data cannot separate), then each pi against
-    the theta component it is most correlated with. The rest, and everything for the aggregate
-    model, are the strongest absolute posterior correlations among all components (pairs within
-    the simplex pi are skipped: their correlation is fixed by the sum-to-one constraint, and so
-    are the deterministic summaries in :data:`DERIVED`).
-    """
-    flat = flatten_components(idata, [v for v in parameter_names(idata) if v not in DERIVED])
-    names = list(flat.data_vars)
-    if len(names) < 2:
-        return []
-    draws = np.stack([flat[n].values.ravel() for n in names])
-    corr = np.corrcoef(draws)
-    index = {n: i for i, n in enumerate(names)}
-
-    def strength(a: str, b: str) -> float:
-        return abs(float(np.nan_to_num(corr[index[a], index[b]])))
-
-    chosen: list[tuple[str, str]] = []
-    theta = idata.posterior.get("theta")
-    if theta is not None and "group" in theta.dims and theta.sizes["group"] >= 2:
-        g0, g1 = theta["group"].values[:2]
-        pairs = [(_component_name("theta", [g0, a]), _component_name("theta", [g1, a]))
-                 for a in theta["attribute"].values]
-        chosen.append(max(pairs, key=lambda p: strength(*p)))
-        if "pi" in idata.posterior and "pi" in parameter_names(idata):
-            thetas = [n for n in names if n.startswith("theta[")]
-            for g in idata.posterior["pi"]["group"].values[:1]:
-                pi_name = _component_name("pi", [g])
-                chosen.append((pi_name, max(thetas, key=lambda t: strength(pi_name, t))))
-    rest = sorted(
-        (p for p in combinations(names, 2)
-         if not (p[0].startswith("pi[") and p[1].startswith("pi["))
-         and p not in chosen and p[::-1] not in chosen),
-        key=lambda p: -strength(*p),
-    )
-    return (chosen + rest)[:max_pairs]
-
-
 def plot_nonidentified_pairs(
     idata: _arviz.Idata,
     truth: Mapping[str, Any] | None = None,
@@ -483,7 +346,7 @@ def plot_nonidentified_pairs(
     if not pairs:
         raise PluralstanError("a pair plot needs at least two varying parameter components")
     flat = flatten_components(idata)
-    known = _truth_components(idata, truth, _match_default(idata, match_truth))
+    known = truth_components(idata, truth, _match_default(idata, match_truth))
     stats = _arviz.group(idata, "sample_stats")
     has_div = stats is not None and "diverging" in stats
     source = _arviz.make_idata({"posterior": flat} | ({"sample_stats": stats} if has_div else {}))
@@ -531,45 +394,6 @@ def plot_nonidentified_pairs(
 
 
 # ---------------------------------------------------------------------------------- PPC
-def cell_frequencies(idata: _arviz.Idata, outcome: str = "a") -> tuple[xr.DataArray,
-                                                                          xr.DataArray]:
-    """Observed and replicated share of judgements with ``outcome`` in each cell.
-
-    Returns ``(observed, replicated)``: dims ``("cell",)`` and ``("chain", "draw", "cell")``.
-    Needs ``observed_data["y"]`` and ``posterior_predictive["y"]``, counts with dims
-    ``(..., "cell", "outcome")``.
-    """
-    for group in ("observed_data", "posterior_predictive"):
-        if group not in _arviz.groups(idata) or "y" not in _arviz.group(idata, group):
-            raise PluralstanError(
-                f"the fit has no {group}['y'] (counts per cell and outcome); groups present: "
-                f"{list(_arviz.groups(idata))}"
-            )
-    obs, rep = idata.observed_data["y"], idata.posterior_predictive["y"]
-    if "outcome" not in obs.dims or outcome not in obs["outcome"].values:
-        raise PluralstanError(
-            f"observed_data['y'] has dims {obs.dims}; needs an 'outcome' dim with coordinate "
-            f"{outcome!r}"
-        )
-    totals = obs.sum("outcome")
-    return obs.sel(outcome=outcome) / totals, rep.sel(outcome=outcome) / totals
-
-
-def cell_groups(idata: _arviz.Idata) -> np.ndarray | None:
-    """Group label of every cell when cells are split by an observed group, else ``None``.
-
-    Read from ``constant_data["cell_group"]`` (0-based codes into the posterior's ``group``
-    coordinate), which labeled models record.
-    """
-    const = _arviz.group(idata, "constant_data")
-    if const is None or "cell_group" not in const or "group" not in idata.posterior.coords:
-        return None
-    codes = np.asarray(const["cell_group"].values)
-    if codes.shape != (idata.observed_data.sizes.get("cell", -1),):
-        return None
-    return np.asarray(idata.posterior["group"].values)[codes.astype(int)]
-
-
 def plot_ppc_cells(idata: _arviz.Idata, prob: float = 0.9) -> Figure:
     """Posterior predictive check of the per-cell frequency with which a was preferred.
 
@@ -577,35 +401,35 @@ def plot_ppc_cells(idata: _arviz.Idata, prob: float = 0.9) -> Figure:
     the observed frequency as a dot (ringed in red when outside the interval). Right: observed
     against the posterior predictive mean with the identity line, point area proportional to
     the number of judgements in the cell (a calibration view). Cells split by an observed group
-    (:func:`cell_groups`) are coloured by group.
+    (:func:`pluralstan.checks.cells.cell_groups`) are coloured by group. The numbers are
+    :func:`pluralstan.checks.cells.cell_intervals`.
     """
-    obs, rep = cell_frequencies(idata)
-    n = idata.observed_data["y"].sum("outcome").values
-    lo, mid, hi = rep.quantile([(1 - prob) / 2, 0.5, (1 + prob) / 2], dim=SAMPLE_DIMS).values
-    mean = rep.mean(SAMPLE_DIMS).values
-    order = np.argsort(mean, kind="stable")
-    o, lo, mid, hi, mean, n = (v[order] for v in (obs.values, lo, mid, hi, mean, n))
-    outside = (o < lo) | (o > hi)
-    groups = cell_groups(idata)
-    labels = groups[order] if groups is not None else np.full(o.size, "observed", dtype=object)
+    cells = cell_intervals(idata, prob)
+    order = np.argsort(cells["rep_mean"].values, kind="stable")
+    o, lo, mid, hi, mean, n, outside = (
+        cells[v].values[order]
+        for v in ("observed", "rep_lower", "rep_median", "rep_upper", "rep_mean", "n", "outside"))
+    grouped = "group" in cells.coords
+    labels = (cells["group"].values[order] if grouped
+              else np.full(o.size, "observed", dtype=object))
     fig = _figure(12.0, 4.6)
     left, right = fig.subplots(1, 2, width_ratios=(1.7, 1))
     x = np.arange(o.size)
-    bar = "0.7" if groups is not None else "C0"
+    bar = "0.7" if grouped else "C0"
     left.vlines(x, lo, hi, color=bar, alpha=0.6, lw=2.5, label=f"replicated {prob:.0%} interval")
     left.plot(x, mid, "_", color=bar, markersize=5)
     size = 8 + 40 * n / n.max()
     # colours follow the posterior's group order, as in the forest plot
-    levels = idata.posterior["group"].values if groups is not None else ["observed"]
+    levels = _arviz.group(idata, "posterior")["group"].values if grouped else ["observed"]
     for i, g in enumerate(levels):
         at = labels == g
         if not at.any():
             continue
-        color = "black" if groups is None else f"C{i}"
-        name = _group_label(g) if groups is not None else "observed"
+        color = f"C{i}" if grouped else "black"
+        name = _group_label(g) if grouped else "observed"
         left.plot(x[at], o[at], "o", color=color, markersize=3, label=name, gid="observed")
-        right.scatter(mean[at], o[at], s=size[at], alpha=0.5, color="C0" if groups is None
-                      else color, edgecolor="none", label=name, gid="observed")
+        right.scatter(mean[at], o[at], s=size[at], alpha=0.5, color=color if grouped else "C0",
+                      edgecolor="none", label=name, gid="observed")
     left.plot(x[outside], o[outside], "o", markerfacecolor="none", markeredgecolor=FLAG_COLOR,
               markersize=7, label="outside the interval", gid="outside")
     left.set_xlabel("cell (sorted by predicted frequency)")
@@ -625,109 +449,41 @@ def plot_ppc_cells(idata: _arviz.Idata, prob: float = 0.9) -> Figure:
     return fig
 
 
-# ---------------------------------------------------------------------------------- PIT
-def cell_log_likelihood(idata: _arviz.Idata) -> xr.DataArray | None:
-    """Log likelihood of each cell's counts, ``(chain, draw, cell)``, or ``None``.
-
-    Summed from the per-judgement log likelihood (dim ``comparison``) over the judgements of
-    each cell (``constant_data["cell_of_row"]``); this is the cell's multinomial log likelihood
-    up to its multinomial coefficient, a constant that cancels from importance weights. Models
-    whose log likelihood is per annotator cannot be cut into cells: ``None``.
-    """
-    if "log_likelihood" not in _arviz.groups(idata):
-        return None
-    ll = _arviz.group(idata, "log_likelihood")
-    da = ll["y"] if "y" in ll else next(iter(ll.data_vars.values()), None)
-    if da is None:
-        return None
-    if "cell" in da.dims:
-        return da
-    const = _arviz.group(idata, "constant_data")
-    if "comparison" in da.dims and const is not None and "cell_of_row" in const:
-        cell_of_row = np.asarray(const["cell_of_row"].values)
-        if cell_of_row.shape == (da.sizes["comparison"],):
-            key = xr.DataArray(cell_of_row, dims="comparison", name="cell")
-            return da.groupby(key).sum()
-    return None
-
-
-def cell_pit(
-    idata: _arviz.Idata, outcome: str = "a", *, loo: bool = True, seed: int = 0
-) -> tuple[np.ndarray, str, np.ndarray | None]:
-    """Randomised PIT of the count of ``outcome`` in each cell.
-
-    For a discrete count the ordinary PIT ``P(y_rep <= y)`` is not uniform even under the true
-    model, so the randomised PIT (Czado, Gneiting & Held 2009) is used,
-    ``P(y_rep < y) + U * P(y_rep = y)`` with ``U ~ Uniform(0, 1)``, which is exactly uniform
-    when the predictive distribution is right. (ArviZ's ``loo_pit`` instead smooths discrete
-    values with a spline over the observation index, which has no meaning for cells, and the
-    per-judgement log likelihood does not match the per-cell counts, so this is written here.)
-
-    With ``loo`` and a log likelihood that can be summed per cell (:func:`cell_log_likelihood`)
-    the predictive probabilities are leave-one-cell-out, by Pareto-smoothed importance weights
-    (:func:`pluralstan._arviz.psislw`); otherwise they are in-sample posterior predictive
-    probabilities, which are conservative (too central) for an over-fitting model.
-
-    Returns
-    -------
-    pit : numpy.ndarray
-        ``(cell,)`` PIT values.
-    kind : str
-        ``"leave-one-cell-out"`` or ``"in-sample"``.
-    pareto_k : numpy.ndarray or None
-        ``(cell,)`` Pareto shape estimates of the importance weights (LOO only).
-    """
-    obs = idata.observed_data["y"].sel(outcome=outcome)
-    rep = idata.posterior_predictive["y"].sel(outcome=outcome)
-    rep = rep.stack(__sample__=SAMPLE_DIMS).transpose("cell", "__sample__").values
-    n_samples = rep.shape[1]
-    ll = cell_log_likelihood(idata) if loo else None
-    if ll is not None:
-        stacked = ll.stack(__sample__=SAMPLE_DIMS).transpose("cell", "__sample__")
-        ess = az.ess(_arviz.group(idata, "posterior")[parameter_names(idata)], method="mean")
-        reff = float(np.mean([ess[v].mean() for v in ess.data_vars])) / n_samples
-        log_w, khat = _arviz.psislw(-stacked, reff=min(reff, 1.0), dim="__sample__")
-        weights = np.exp(log_w.values)
-        kind, pareto_k = "leave-one-cell-out", np.asarray(khat.values)
-    else:
-        weights = np.full(rep.shape, 1.0 / n_samples)
-        kind, pareto_k = "in-sample", None
-    y = obs.values[:, None]
-    u = np.random.default_rng(seed).uniform(size=y.shape[0])
-    below = (weights * (rep < y)).sum(axis=1)
-    equal = (weights * (rep == y)).sum(axis=1)
-    return np.clip(below + u * equal, 0.0, 1.0), kind, pareto_k
+# ---------------------------------------------------------------------------------- ECDF / PIT
+def draw_ecdf_difference(ax: Axes, diff: xr.Dataset, color: str = "C0") -> Axes:
+    """Draw an ECDF difference and its simultaneous band
+    (:func:`pluralstan.checks.ecdf.ecdf_difference`) on ``ax``."""
+    x = diff["x"].values
+    ax.fill_between(x, diff["lower"].values, diff["upper"].values, color=color, alpha=0.2,
+                    linewidth=0)
+    ax.plot(x, diff["ecdf_diff"].values, color=color, linewidth=1.5)
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_ylabel("ECDF - uniform CDF")
+    return ax
 
 
 def plot_cell_pit(idata: _arviz.Idata, *, seed: int = 0, ci_prob: float = 0.95) -> Figure:
     """ECDF difference of the randomised (LOO-)PIT of the cell counts, simultaneous band.
 
     The ECDF minus the uniform CDF at 101 points inside the optimised simultaneous band
-    (:func:`pluralstan._arviz.ecdf_band`; drawn here because ArviZ's ECDF plot API differs
-    between ArviZ 0.23 and 1.x); a curve
-    leaving the band means the predictive distributions of the cells are miscalibrated
-    (a frown: over-dispersed predictions; a smile: under-dispersed, e.g. unmodelled
-    heterogeneity between annotators).
+    (:func:`pluralstan.checks.cells.pit_ecdf`; drawn here because ArviZ's ECDF plot API
+    differs between ArviZ 0.23 and 1.x); a curve leaving the band means the predictive
+    distributions of the cells are miscalibrated (a frown: over-dispersed predictions; a smile:
+    under-dispersed, e.g. unmodelled heterogeneity between annotators).
     """
-    pit, kind, khat = cell_pit(idata, seed=seed)
+    diff = pit_ecdf(idata, seed=seed, prob=ci_prob)
     fig = _figure(7.0, 4.6)
-    ax = fig.subplots()
-    z = np.linspace(0, 1, 101)
-    lower, upper = _arviz.ecdf_band(pit.size, z, z, prob=ci_prob)
-    ax.fill_between(z, lower - z, upper - z, color="C0", alpha=0.2, linewidth=0)
-    ax.plot(z, _arviz.ecdf(pit, z) - z, color="C0", linewidth=1.5)
-    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax = draw_ecdf_difference(fig.subplots(), diff)
     ax.set_xlabel("PIT of the count preferring a, per cell")
-    ax.set_ylabel("ECDF - uniform CDF")
-    sub = f"{pit.size} cells, {ci_prob:.0%} simultaneous band"
-    if khat is not None:
-        bad = int((khat > 0.7).sum())
+    sub = f"{diff.attrs['n']} cells, {ci_prob:.0%} simultaneous band"
+    if "pareto_k" in diff:
+        bad = int((diff["pareto_k"] > 0.7).sum())
         sub += f"; Pareto k > 0.7 for {bad} cell{'s' if bad != 1 else ''}"
     else:
         sub += ("; the log likelihood is not per judgement, so cells cannot be left out: "
                 "in-sample PIT (conservative)")
     ax.set_title("\n".join(textwrap.wrap(sub, 80)), fontsize="medium")
-    _title(fig, f"randomised {kind} PIT", idata)
+    _title(fig, f"randomised {diff.attrs['kind']} PIT", idata)
     return fig
 
 
@@ -799,6 +555,167 @@ def plot_energy(idata: _arviz.Idata) -> Figure:
     return fig
 
 
+# ---------------------------------------------------------------------------------- calibration
+def plot_calibration(table: pd.DataFrame, ax: Axes | None = None, title: str | None = None
+                     ) -> Axes:
+    """Draw a calibration table (:func:`pluralstan.checks.ppc.calibration_table`): observed
+    frequency with its interval against predicted probability, one series per group, and the
+    diagonal."""
+    if ax is None:
+        ax = _figure(4.5, 4.5).subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    series = table.groupby("group") if "group" in table.columns else [("all pairs", table)]
+    for name, part in series:
+        ax.errorbar(part["predicted"], part["observed"],
+                    yerr=[part["observed"] - part["lower"], part["upper"] - part["observed"]],
+                    marker="o", ms=4, lw=1, capsize=2, label=str(name))
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(a preferred)",
+           ylabel="observed frequency", aspect="equal")
+    failed = table["flag"].iloc[0] if len(table) and "flag" in table else ""
+    ax.set_title((title or "calibration") + (" [diagnostics failed]" if failed else ""))
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+# ---------------------------------------------------------------------------------- SBC
+def _panels(n: int, title: str) -> tuple[Figure, list[Axes]]:
+    """A grid of ``n`` small panels, at most four per row, under one title."""
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(3.2 * cols, 2.6 * rows)
+    axes = list(np.ravel(fig.subplots(rows, cols, squeeze=False)))
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes[:n]
+
+
+def plot_sbc_ranks(result: SBCResult, quantities: Sequence[str] | None = None,
+                   bins: int | None = None) -> Figure:
+    """SBC rank histograms with the pointwise 99% binomial band of a uniform histogram (grey).
+
+    Draws :meth:`pluralstan.checks.sbc.SBCResult.rank_histogram`, one panel per quantity.
+    """
+    table = result.rank_histogram(quantities, bins)
+    names = list(dict.fromkeys(table["quantity"]))
+    fig, axes = _panels(len(names), f"SBC rank histograms: {result.model} "
+                                    f"({int(table['n_sims'].min())} simulations)")
+    for ax, name in zip(axes, names, strict=True):
+        part = table[table["quantity"] == name]
+        edges = np.append(part["bin_lower"].to_numpy(), part["bin_upper"].iloc[-1])
+        ax.stairs(part["band_upper"], edges, baseline=part["band_lower"], fill=True,
+                  color="0.85", label="99% band")
+        ax.stairs(part["expected"], edges, color="0.5", linestyle="--")
+        ax.stairs(part["count"], edges, color="C0", linewidth=1.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("rank")
+        ax.set_ylabel("simulations")
+    return fig
+
+
+def plot_sbc_ecdf_diff(result: SBCResult, quantities: Sequence[str] | None = None) -> Figure:
+    """SBC ECDF-difference plots of the fractional ranks inside simultaneous bands.
+
+    Draws :meth:`pluralstan.checks.sbc.SBCResult.ecdf_difference`, one panel per quantity:
+    the bands are those of the test behind :attr:`~pluralstan.checks.sbc.SBCResult.passed`.
+    """
+    table = result.ecdf_difference(quantities)
+    names = list(dict.fromkeys(table["quantity"]))
+    fig, axes = _panels(len(names), f"SBC ECDF difference: {result.model} "
+                                    f"({result.prob:.0%} simultaneous bands)")
+    for ax, name in zip(axes, names, strict=True):
+        part = table[table["quantity"] == name].set_index("x")
+        draw_ecdf_difference(ax, xr.Dataset.from_dataframe(part[["ecdf_diff", "lower",
+                                                                 "upper"]]))
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("fractional rank")
+    return fig
+
+
+def save_sbc_plots(result: SBCResult, folder: str | Path, prefix: str | None = None,
+                   dpi: int = 110) -> dict[str, Path]:
+    """Write ``<prefix>_ranks.png`` and ``<prefix>_ecdf_diff.png`` (whole or not at all).
+
+    ``prefix`` defaults to ``sbc_<model>``. Returns ``"ranks"`` and ``"ecdf_diff"`` -> path.
+    """
+    prefix = prefix or f"sbc_{result.model}"
+    return {kind: save_png(make(result), Path(folder) / f"{prefix}_{kind}.png", dpi=dpi)
+            for kind, make in (("ranks", plot_sbc_ranks), ("ecdf_diff", plot_sbc_ecdf_diff))}
+
+
+# ---------------------------------------------------------------------------------- report
+def plot_theta_intervals(table: pd.DataFrame) -> Figure:
+    """theta per attribute with its interval, one series per (model, group).
+
+    ``table`` has columns ``model``, ``group`` (``"all"`` for the aggregate fit),
+    ``attribute``, ``mean``, ``lower``, ``upper`` (item two of
+    :func:`pluralstan.checks.report.disclosure_report`).
+    """
+    attrs = list(dict.fromkeys(table["attribute"]))
+    series = list(dict.fromkeys(zip(table["model"], table["group"], strict=True)))
+    ax = _figure(6.0, 0.5 + 0.45 * len(attrs) * len(series) / 2).subplots()
+    offsets = np.linspace(-0.3, 0.3, len(series))
+    for off, (model, group) in zip(offsets, series, strict=True):
+        part = table[(table["model"] == model) & (table["group"] == group)]
+        y = np.array([attrs.index(a) for a in part["attribute"]]) + off
+        ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["lower"],
+                                           part["upper"] - part["mean"]],
+                    fmt="o", ms=4, capsize=2,
+                    label=f"{model}" + ("" if group == "all" else f" group {group}"))
+    ax.axvline(0, color="0.7", lw=1)
+    ax.set_yticks(range(len(attrs)), attrs)
+    ax.invert_yaxis()
+    ax.set_xlabel("theta (posterior mean and interval)")
+    ax.legend(fontsize=8, loc="best")
+    return ax.figure
+
+
+def plot_masking_ratios(results: Mapping[str, xr.Dataset], bound: float | None = None) -> Figure:
+    """Histograms of the posterior draws of masking ratios, on a log10 axis.
+
+    ``results`` maps a label to :func:`pluralstan.checks.masking.masking_ratio` output; its
+    noise floor and an optional reference ``bound`` are drawn as vertical lines.
+    """
+    ax = _figure(6.0, 3.0).subplots()
+    for name, ds in results.items():
+        ax.hist(np.log10(np.asarray(ds["ratio"]).ravel()), bins=40, alpha=0.6,
+                label=f"{name} ({ds.attrs.get('model', '')})")
+    if bound is not None:
+        ax.axvline(np.log10(bound), color="k", ls="--", lw=1, label=f"paper's bound {bound}")
+    floor = next(iter(results.values())).attrs.get("noise_floor", 1.0)
+    ax.axvline(np.log10(floor), color="0.5", ls=":", lw=1, label=f"noise floor {floor:.2f}")
+    ax.set_xlabel("log10 masking ratio (posterior draws)")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_pi_sensitivity(table: pd.DataFrame) -> Figure:
+    """One panel per group: theta_k per attribute, one series per assumed pi.
+
+    ``table`` is :func:`pluralstan.checks.sensitivity.pi_grid_sensitivity` output (columns
+    ``group``, ``grid``, ``attribute``, ``mean``, ``lower``, ``upper``).
+    """
+    groups = list(dict.fromkeys(table["group"]))
+    grid = list(dict.fromkeys(table["grid"]))
+    attrs = list(dict.fromkeys(table["attribute"]))
+    fig = _figure(3.2 * len(groups), 3.0)
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)
+    offsets = np.linspace(-0.25, 0.25, len(grid))
+    for ax, group in zip(axes[0], groups, strict=True):
+        for off, point in zip(offsets, grid, strict=True):
+            part = table[(table["group"] == group) & (table["grid"] == point)]
+            x = np.array([attrs.index(a) for a in part["attribute"]]) + off
+            ax.errorbar(x, part["mean"], yerr=[part["mean"] - part["lower"],
+                                               part["upper"] - part["mean"]],
+                        fmt="o", ms=3, capsize=2, label=point)
+        ax.axhline(0, color="0.7", lw=1)
+        ax.set_xticks(range(len(attrs)), attrs)
+        ax.set_title(f"group {group}", fontsize=9)
+    axes[0, 0].set_ylabel("theta_k")
+    axes[0, -1].legend(fontsize=7, title="assumed pi", title_fontsize=7)
+    return fig
+
+
 # ---------------------------------------------------------------------------------- dashboard
 def dashboard(
     idata: _arviz.Idata,
@@ -847,7 +764,7 @@ def dashboard(
         raise PluralstanError(
             f"dashboard needs an InferenceData with a posterior group, got {type(idata).__name__}"
         )
-    _aligned_truth(idata, truth, match=False)  # a malformed truth fails before any drawing
+    aligned_truth(idata, truth, match=False)  # a malformed truth fails before any drawing
     has_counts = all(g in _arviz.groups(idata) and "y" in _arviz.group(idata, g)
                      for g in ("observed_data", "posterior_predictive"))
     builders = {

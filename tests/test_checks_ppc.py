@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import numpy as np
 import pytest
 
 import pluralstan as ps
-from pluralstan.checks import (
-    calibration_table,
-    plot_calibration,
-    ppc_frequencies,
-    replicated_frequencies,
-)
+from pluralstan.checks import calibration_table, ppc_frequencies, replicated_frequencies
 from pluralstan.checks.ppc import _split_hypergeometric
+from pluralstan.plots import plot_calibration
 
 FAST = {"chains": 4, "draws": 300, "warmup": 300}
 

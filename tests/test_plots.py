@@ -1,5 +1,6 @@
-"""Dashboards: files written whole, one forest row per (group, attribute), truth drawn where it
-belongs, the diagnostics flag in every title, the randomised PIT uniform under a correct model."""
+"""Figures: files written whole, one forest row per (group, attribute), truth drawn where it
+belongs, the diagnostics flag in every title, the checks' numbers drawn where they belong.
+The numbers themselves are tested in test_checks_cells.py and test_checks_components.py."""
 
 from __future__ import annotations
 
@@ -12,72 +13,15 @@ import numpy as np
 import pytest
 import xarray as xr
 from matplotlib.figure import Figure
-from scipy import stats
-from scipy.special import expit
 
 from pluralstan import _arviz, plots
+from pluralstan.checks.cells import cell_frequencies, cell_groups
+from pluralstan.checks.components import flatten_components, latent_groups, nonidentified_pairs
 from pluralstan.diagnostics import flag
 from pluralstan.errors import PluralstanError
+from tests.hand_built import ATTRS, count_idata, mixture_idata
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ATTRS = ["x1", "x2", "x3", "x4"]
-
-
-def mixture_idata(*, K: int = 2, failed: bool = False, model: str = "unlabeled", seed: int = 0,
-                  chains: int = 2, draws: int = 200, cells: int = 30, annotators: int = 12):
-    """A hand-built fit with the mixture layout of CONTRIBUTING.md.
-
-    theta ``(group, attribute)`` is centred on a known matrix with a built-in non-identified
-    direction: theta[0, x1] + theta[1, x1] is pinned, their difference is not (posterior
-    correlation about -0.9). The log likelihood is per annotator, as in annotator-level models.
-    """
-    rng = np.random.default_rng(seed)
-    P = len(ATTRS)
-    truth = rng.normal(0, 1, size=(K, P))
-    truth[:, 0] = [0.2 + 1.5 * k for k in range(K)]  # groups far apart: unambiguous matching
-    ridge = rng.normal(0, 0.5, size=(chains, draws))
-    theta = truth + 0.15 * rng.normal(size=(chains, draws, K, P))
-    theta[..., 0, 0] += ridge
-    theta[..., 1, 0] -= ridge
-    pi = rng.dirichlet(np.full(K, 20.0), size=(chains, draws))
-    X = rng.uniform(-1, 1, size=(cells, P))
-    n = rng.integers(5, 30, size=cells)
-    n_a = rng.binomial(n, expit(X @ truth.T).mean(-1))
-    p_rep = (expit(np.einsum("jp,cdkp->cdjk", X, theta)) * pi[:, :, None, :]).sum(-1)
-    rep_a = rng.binomial(n, p_rep)
-    diverging = np.zeros((chains, draws), bool)
-    if failed:
-        diverging[0, ::40] = True
-    idata = _arviz.from_dict(
-        {"posterior": {"theta": theta, "pi": pi},
-         "posterior_predictive": {"y": np.stack([n - rep_a, rep_a], axis=-1)},
-         "observed_data": {"y": np.stack([n - n_a, n_a], axis=-1)},
-         "log_likelihood": {"y": rng.normal(-5, 0.3, size=(chains, draws, annotators))},
-         "sample_stats": {"diverging": diverging, "energy": rng.normal(size=(chains, draws))}},
-        coords={"group": list(range(K)), "attribute": ATTRS, "cell": np.arange(cells),
-                "outcome": ["b", "a"], "annotator": np.arange(annotators)},
-        dims={"theta": ["group", "attribute"], "pi": ["group"], "y": ["cell", "outcome"]},
-    )
-    idata.posterior.attrs["model"] = model
-    problems = [f"{int(diverging.sum())} of {chains * draws} transitions diverged"]
-    if not failed:
-        problems = []
-    idata.posterior.attrs["diagnostics"] = json.dumps({"problems": problems})
-    return idata, {"theta": truth, "pi": np.full(K, 1.0 / K), "z": np.zeros(annotators)}
-
-
-def count_idata(p_obs: np.ndarray, p_rep: np.ndarray, n: np.ndarray, seed: int = 0):
-    """Cell counts observed with probability ``p_obs`` and replicated with ``p_rep``."""
-    rng = np.random.default_rng(seed)
-    n_a = rng.binomial(n, p_obs)
-    rep_a = rng.binomial(n, p_rep, size=(2, 250, n.size))
-    return _arviz.from_dict(
-        {"posterior": {"theta": rng.normal(size=(2, 250))},
-         "posterior_predictive": {"y": np.stack([n - rep_a, rep_a], axis=-1)},
-         "observed_data": {"y": np.stack([n - n_a, n_a], axis=-1)}},
-        coords={"cell": np.arange(n.size), "outcome": ["b", "a"]},
-        dims={"y": ["cell", "outcome"]},
-    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -174,12 +118,12 @@ def test_forest_matches_latent_labels_to_the_truth_but_not_observed_ones():
 
 def test_forest_title_says_whether_latent_labels_were_relabelled():
     idata, _ = mixture_idata(K=2, model="annotator")
-    assert plots.latent_groups(idata)
+    assert latent_groups(idata)
     assert "latent labels as sampled" in plots.plot_forest(idata)._suptitle.get_text()
     idata.posterior.attrs["relabelling"] = json.dumps({"method": "stephens"})
     assert "relabelled (stephens)" in plots.plot_forest(idata)._suptitle.get_text()
     idata.posterior.attrs["group_labels"] = "observed"  # recorded by the encoder: it wins
-    assert not plots.latent_groups(idata)
+    assert not latent_groups(idata)
     assert "latent" not in plots.plot_forest(idata)._suptitle.get_text()
 
 
@@ -222,10 +166,7 @@ def test_forest_and_truth_validation_name_the_problem():
 # ------------------------------------------------------------------------------ pairs and ranks
 def test_pair_plot_leads_with_the_non_identified_directions():
     idata, truth = mixture_idata(K=2)
-    pairs = plots.nonidentified_pairs(idata, max_pairs=4)
-    assert pairs[0] == ("theta[0, x1]", "theta[1, x1]")  # the built-in ridge
-    assert pairs[1][0] == "pi[0]" and pairs[1][1].startswith("theta[")
-    assert ("pi[0]", "pi[1]") not in pairs
+    pairs = nonidentified_pairs(idata, max_pairs=4)
     fig = plots.plot_nonidentified_pairs(idata, truth)
     ridge = fig.axes[0]
     assert float(ridge.get_title().rsplit(" ", 1)[1]) < -0.8
@@ -236,21 +177,12 @@ def test_pair_plot_leads_with_the_non_identified_directions():
     assert clouds == {"chain|0": 200, "chain|1": 200}
 
 
-def test_aggregate_pairs_are_the_strongest_correlations(small_bt_fit):
-    pairs = plots.nonidentified_pairs(small_bt_fit, max_pairs=6)
-    assert len(pairs) == 6  # all pairs of 4 attributes
-    flat = plots.flatten_components(small_bt_fit)
-    strength = [abs(np.corrcoef(flat[a].values.ravel(), flat[b].values.ravel())[0, 1])
-                for a, b in pairs]
-    assert strength == sorted(strength, reverse=True)
-
-
 def test_rank_plot_shows_the_worst_rhat_components():
     idata, _ = mixture_idata(K=2)
     fig = plots.plot_rank(idata, max_components=5)
     shown = {ax.get_title().split("   R-hat")[0] for ax in fig.axes if ax.get_visible()
              and "R-hat" in ax.get_title()}
-    rhat = az.rhat(plots.flatten_components(idata))
+    rhat = az.rhat(flatten_components(idata))
     worst = sorted(rhat.data_vars, key=lambda name: -float(rhat[name]))[:5]
     assert shown == set(worst)
     assert "5 more not shown" in fig._suptitle.get_text()  # 8 theta + 2 pi = 10 components
@@ -264,7 +196,7 @@ def test_ppc_draws_every_cell_once_per_panel():
     observed = [line for line in left.lines if line.get_gid() == "observed"]
     assert len(observed) == 1 and len(observed[0].get_xdata()) == 30
     assert sum(len(c.get_offsets()) for c in right.collections if c.get_gid() == "observed") == 30
-    obs, rep = plots.cell_frequencies(idata)
+    obs, rep = cell_frequencies(idata)
     assert obs.dims == ("cell",) and rep.dims == ("chain", "draw", "cell")
     assert float(rep.min()) >= 0 and float(rep.max()) <= 1
     # the red rings mark exactly the cells outside the replicated 90% interval
@@ -278,40 +210,14 @@ def test_ppc_colours_cells_by_observed_group():
     codes = np.arange(30) % 2
     idata = _arviz.replace_groups(
         idata, constant_data=xr.Dataset({"cell_group": ("cell", codes)}))
-    assert list(plots.cell_groups(idata)) == list(codes)
+    assert list(cell_groups(idata)) == list(codes)
     left, _ = plots.plot_ppc_cells(idata).axes
     observed = {line.get_label(): len(line.get_xdata()) for line in left.lines
                 if line.get_gid() == "observed"}
     assert observed == {"group 0": 15, "group 1": 15}
 
 
-def test_randomised_pit_is_uniform_when_the_predictive_is_right():
-    """Criterion: with replicated counts drawn from the generating probabilities the PIT of
-    400 cells passes a Kolmogorov-Smirnov test for uniformity (p > 0.01), and with the
-    predictions shifted by +1 on the logit scale it fails it (p < 1e-6)."""
-    rng = np.random.default_rng(1)
-    n = rng.integers(1, 25, size=400)
-    p = rng.uniform(0.05, 0.95, size=400)
-    pit, kind, khat = plots.cell_pit(count_idata(p, p, n))
-    assert kind == "in-sample" and khat is None  # no log likelihood to leave cells out with
-    assert stats.kstest(pit, "uniform").pvalue > 0.01
-    shifted = expit(np.log(p / (1 - p)) + 1.0)
-    pit_bad, _, _ = plots.cell_pit(count_idata(p, shifted, n))
-    assert stats.kstest(pit_bad, "uniform").pvalue < 1e-6
-
-
-def test_loo_pit_of_an_aggregate_fit_leaves_cells_out(small_bt_fit):
-    """The cell log likelihood is the per-judgement one summed over each cell's judgements; the
-    aggregate model is the generating model, so its LOO-PIT passes KS uniformity (p > 0.01)."""
-    ll = plots.cell_log_likelihood(small_bt_fit)
-    per_row = small_bt_fit.log_likelihood["y"].isel(chain=0, draw=0).values
-    cell_of_row = small_bt_fit.constant_data["cell_of_row"].values
-    direct = np.bincount(cell_of_row, weights=per_row)
-    np.testing.assert_allclose(ll.isel(chain=0, draw=0).values, direct)
-    pit, kind, khat = plots.cell_pit(small_bt_fit)
-    n_cells = small_bt_fit.observed_data.sizes["cell"]
-    assert kind == "leave-one-cell-out" and pit.shape == khat.shape == (n_cells,)
-    assert stats.kstest(pit, "uniform").pvalue > 0.01
+def test_loo_pit_figure_says_cells_were_left_out(small_bt_fit):
     fig = plots.plot_cell_pit(small_bt_fit)
     assert "leave-one-cell-out" in fig._suptitle.get_text()
     assert "Pareto k > 0.7" in fig.axes[0].get_title()
@@ -336,7 +242,7 @@ def test_ppc_needs_counts():
     idata, _ = mixture_idata()
     idata = _arviz.replace_groups(idata, posterior_predictive=None)
     with pytest.raises(PluralstanError, match=r"posterior_predictive\['y'\]"):
-        plots.cell_frequencies(idata)
+        cell_frequencies(idata)
     assert "ppc" not in plots.dashboard(idata)
 
 

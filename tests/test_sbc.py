@@ -13,6 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 import pluralstan as ps
+from pluralstan import plots
 from pluralstan.checks import sbc as sbc_mod
 from pluralstan.checks.sbc import (
     discrete_uniform_cdf,
@@ -210,14 +211,14 @@ def test_truths_are_prior_draws(correct):
 
 
 def test_plots_are_written_whole(correct, tmp_path):
-    paths = correct.save_plots(tmp_path)
+    paths = plots.save_sbc_plots(correct, tmp_path)
     assert set(paths) == {"ranks", "ecdf_diff"}
     for path in paths.values():
         image = imread(path)
         assert image.shape[0] > 200 and image.shape[1] > 600
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(ps.PluralstanError, match="unknown SBC quantities"):
-        correct.plot_ranks(["theta[x9]"])
+        plots.plot_sbc_ranks(correct, ["theta[x9]"])
 
 
 def test_same_seed_same_ranks(design):

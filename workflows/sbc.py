@@ -42,6 +42,7 @@ from pluralstan.checks.sbc import sbc
 from pluralstan.models import covariate, pal
 from pluralstan.outputs import script_parser, step, write_atomic, write_table
 from pluralstan.parallel import local_pool
+from pluralstan.plots import save_sbc_plots
 
 THETA = np.array([[1.0, -0.5], [-0.5, 1.0]])
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                              **settings, **extra)
             results[model] = result
             summaries.append(result.summary().assign(model=model, n_failed=result.n_failed))
-            result.save_plots(args.out)
+            save_sbc_plots(result, args.out)
     summary = pd.concat(summaries, ignore_index=True)
     summary = summary[["model", *[c for c in summary if c != "model"]]]
     ranks = pd.concat([r.ranks.assign(model=m) for m, r in results.items()], ignore_index=True)

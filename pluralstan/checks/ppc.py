@@ -15,16 +15,16 @@ This module maps cells back to the pairs and groups of the comparison table:
   frequencies look fine while each group's frequencies are far from their replications.
 
 The frequency of a pair is the share of judgements preferring its option a, ties counting one
-half (the mean of ``y``).
+half (the mean of ``y``). Checks per Stan cell, which need no comparison table, are in
+:mod:`pluralstan.checks.cells`; the figures are drawn by :mod:`pluralstan.plots`
+(:func:`~pluralstan.plots.plot_calibration`).
 """
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import xarray as xr
-from matplotlib.axes import Axes
 from scipy.stats import beta
 
 from .. import _arviz, diagnostics
@@ -32,7 +32,7 @@ from ..data import Comparisons
 from ..errors import PluralstanError
 from .predict import pair_table
 
-__all__ = ["calibration_table", "plot_calibration", "ppc_frequencies", "replicated_frequencies"]
+__all__ = ["calibration_table", "ppc_frequencies", "replicated_frequencies"]
 
 
 def _cell_layout(idata: _arviz.Idata, comps: Comparisons) -> tuple[np.ndarray, np.ndarray]:
@@ -251,22 +251,3 @@ def calibration_table(
     return agg[[*lead, "bin_lower", "bin_upper", "pairs", "judgements", "predicted",
                 "observed", "lower", "upper", "flag"]]
 
-
-def plot_calibration(table: pd.DataFrame, ax: Axes | None = None, title: str | None = None
-                     ) -> Axes:
-    """Draw a calibration table (:func:`calibration_table`): observed frequency with its
-    interval against predicted probability, one series per group, and the diagonal."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
-    series = table.groupby("group") if "group" in table.columns else [("all pairs", table)]
-    for name, part in series:
-        ax.errorbar(part["predicted"], part["observed"],
-                    yerr=[part["observed"] - part["lower"], part["upper"] - part["observed"]],
-                    marker="o", ms=4, lw=1, capsize=2, label=str(name))
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(a preferred)",
-           ylabel="observed frequency", aspect="equal")
-    flag = table["flag"].iloc[0] if len(table) and "flag" in table else ""
-    ax.set_title((title or "calibration") + (" [diagnostics failed]" if flag else ""))
-    ax.legend(fontsize=8, loc="upper left")
-    return ax

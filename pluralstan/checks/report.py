@@ -11,7 +11,8 @@ optional pi-grid sensitivity run) into
 4. **prior sensitivity**: how each theta_k moves over the grid of assumed pi,
 
 written as Markdown, as a self-contained HTML page (figures embedded as base64 PNG) and as the
-InferenceData files behind it (:func:`pluralstan.fit.save`). Every table row and statement that
+InferenceData files behind it (:func:`pluralstan.fit.save`); the figures are drawn by
+:mod:`pluralstan.plots`. Every table row and statement that
 rests on a fit which failed its diagnostics carries that fit's flag. Every file is written
 whole or not at all (temporary file, then rename), and the Markdown and HTML are written last,
 so a report never points to a missing file.
@@ -21,22 +22,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # file output only; never opens a window
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .. import _arviz, diagnostics
+from .. import _arviz, diagnostics, plots
 from ..data import Comparisons
 from ..errors import PluralstanError
 from ..fit import save
@@ -147,13 +143,6 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _marked(text: str, idata: _arviz.Idata) -> str:
     flag = diagnostics.flag(idata)
     return f"{text} **{flag}**" if flag else text
@@ -216,63 +205,6 @@ def _within(aggregate: _arviz.Idata, mixture: _arviz.Idata, prob: float
                                                "yes", "no"))
     cols = [c for c in table.columns if c != "flag"] + ["flag"]
     return table[cols]
-
-
-def _forest(table: pd.DataFrame) -> bytes:
-    attrs = list(dict.fromkeys(table["attribute"]))
-    series = list(dict.fromkeys(zip(table["model"], table["group"], strict=True)))
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(attrs) * len(series) / 2))
-    offsets = np.linspace(-0.3, 0.3, len(series))
-    for off, (model, group) in zip(offsets, series, strict=True):
-        part = table[(table["model"] == model) & (table["group"] == group)]
-        y = np.array([attrs.index(a) for a in part["attribute"]]) + off
-        ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["lower"],
-                                           part["upper"] - part["mean"]],
-                    fmt="o", ms=4, capsize=2,
-                    label=f"{model}" + ("" if group == "all" else f" group {group}"))
-    ax.axvline(0, color="0.7", lw=1)
-    ax.set_yticks(range(len(attrs)), attrs)
-    ax.invert_yaxis()
-    ax.set_xlabel("theta (posterior mean and interval)")
-    ax.legend(fontsize=8, loc="best")
-    return _png(fig)
-
-
-def _masking_plot(results: Mapping[str, xr.Dataset]) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for name, ds in results.items():
-        values = np.log10(np.asarray(ds["ratio"]).ravel())
-        ax.hist(values, bins=40, alpha=0.6, label=f"{name} ({ds.attrs.get('model', '')})")
-    ax.axvline(np.log10(PAPER_MASKING_BOUND), color="k", ls="--", lw=1,
-               label=f"paper's bound {PAPER_MASKING_BOUND}")
-    floor = next(iter(results.values())).attrs.get("noise_floor", 1.0)
-    ax.axvline(np.log10(floor), color="0.5", ls=":", lw=1, label=f"noise floor {floor:.2f}")
-    ax.set_xlabel("log10 masking ratio (posterior draws)")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def _sensitivity_plot(table: pd.DataFrame) -> bytes:
-    """One panel per group: theta_k per attribute, one series per assumed pi."""
-    groups = list(dict.fromkeys(table["group"]))
-    grid = list(dict.fromkeys(table["grid"]))
-    attrs = list(dict.fromkeys(table["attribute"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3), sharey=True,
-                             squeeze=False)
-    offsets = np.linspace(-0.25, 0.25, len(grid))
-    for ax, group in zip(axes[0], groups, strict=True):
-        for off, point in zip(offsets, grid, strict=True):
-            part = table[(table["group"] == group) & (table["grid"] == point)]
-            x = np.array([attrs.index(a) for a in part["attribute"]]) + off
-            ax.errorbar(x, part["mean"], yerr=[part["mean"] - part["lower"],
-                                               part["upper"] - part["mean"]],
-                        fmt="o", ms=3, capsize=2, label=point)
-        ax.axhline(0, color="0.7", lw=1)
-        ax.set_xticks(range(len(attrs)), attrs)
-        ax.set_title(f"group {group}", fontsize=9)
-    axes[0, 0].set_ylabel("theta_k")
-    axes[0, -1].legend(fontsize=7, title="assumed pi", title_fontsize=7)
-    return _png(fig)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -357,7 +289,7 @@ def disclosure_report(
 
     # item 2
     tables["within"] = _within(aggregate, mixture, prob)
-    figures["theta_forest"] = _forest(tables["within"])
+    figures["theta_forest"] = plots.png_bytes(plots.plot_theta_intervals(tables["within"]))
     doc.heading("2. Within-subgroup posteriors")
     if "contraction" in tables["within"]:
         note = (f"Contraction = 1 - Var_post / Var_prior from prior draws of the same program; "
@@ -377,7 +309,8 @@ def disclosure_report(
     point = masking_ratio(point_estimate_theta(comps), held_out, target=target)
     tables["masking"] = pd.concat([summarize_masking(r, prob) for r in (*results.values(), point)],
                                   ignore_index=True)
-    figures["masking"] = _masking_plot(results)
+    figures["masking"] = plots.png_bytes(
+        plots.plot_masking_ratios(results, bound=PAPER_MASKING_BOUND))
     ratio = tables["masking"].query("quantity == 'ratio'").set_index("model")
     agg_row = ratio.iloc[0]
     doc.heading("3. Identification gap (masking ratio)")
@@ -412,7 +345,7 @@ def disclosure_report(
                       max_abs_shift=("shift", lambda s: s.abs().max()), flag=("flag", "first"))
                  .reset_index())
         tables["sensitivity_summary"] = worst
-        figures["sensitivity"] = _sensitivity_plot(sensitivity)
+        figures["sensitivity"] = plots.png_bytes(plots.plot_pi_sensitivity(sensitivity))
         failed = [g for g, f in zip(worst["grid"], worst["flag"], strict=True) if f]
         doc.text("Largest shift of any theta_k (in posterior sds of the reference grid point) "
                  "per assumed pi" + (f"; fits with failed diagnostics: {failed}" if failed

@@ -47,7 +47,8 @@ Examples
 >>> design = ps.simulate.bt([0.5, -0.5], n_pairs=20, judgements_per_pair=3)  # doctest: +SKIP
 >>> result = sbc("aggregate", design, n_sims=200, seed=1)               # doctest: +SKIP
 >>> result.summary()                                                    # doctest: +SKIP
->>> result.save_plots("figures/sbc")                                    # doctest: +SKIP
+>>> from pluralstan.plots import save_sbc_plots                          # doctest: +SKIP
+>>> save_sbc_plots(result, "figures/sbc")                               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ from ..engine import Draws, SamplerConfig, StanProgram, get_engine
 from ..errors import DiagnosticWarning, PluralstanError
 from ..models import get_model
 from ..models.base import Encoded, ModelSpec
-from ..outputs import save_figure
 from ..parallel import Job, RunReport, run_jobs
 from ..pipeline import assemble, finalize, fit_attrs, provenance
+from .ecdf import ecdf_difference, simultaneous_band
 
 #: Signature of a data-dependent test quantity: (Stan outputs, computed with the simulated data,
 #: with a leading draw axis; simulated ``y``) -> name -> one value per draw.
@@ -142,13 +143,11 @@ def _eval_points(n_sims: int, max_rank: int) -> np.ndarray:
     return np.arange(1, k) / k
 
 
-@cache
 def _band(n_sims: int, max_rank: int, prob: float) -> tuple[np.ndarray, ...]:
     """Evaluation points, uniform CDF and simultaneous band; they depend on the sizes only."""
     z = _eval_points(n_sims, max_rank)
     cdf = discrete_uniform_cdf(z, max_rank)
-    # the optimised simultaneous band (written in pluralstan._arviz: ArviZ keeps its own private)
-    lower, upper = _arviz.ecdf_band(n_sims, z, cdf, prob=prob)
+    lower, upper = simultaneous_band(n_sims, cdf, prob)
     return z, cdf, lower, upper
 
 
@@ -468,73 +467,60 @@ class SBCResult:
             raise PluralstanError(f"unknown SBC quantities {unknown}; ranked: {self.quantities}")
         return names
 
-    def _grid(self, n: int, title: str):
-        import matplotlib.pyplot as plt
+    def rank_histogram(self, quantities: Sequence[str] | None = None, bins: int | None = None,
+                       band_prob: float = 0.99) -> pd.DataFrame:
+        """Binned ranks per quantity beside the pointwise binomial band of a uniform histogram.
 
-        cols = min(4, n)
-        rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
-                                 constrained_layout=True)
-        for ax in axes.flat[n:]:
-            ax.set_visible(False)
-        fig.suptitle(title)
-        return fig, axes.flat
+        Parameters
+        ----------
+        quantities
+            Quantities to bin (default: all ranked ones).
+        bins
+            Number of bins (default: :func:`default_bins`).
+        band_prob
+            Pointwise coverage of the band of each bin's count under uniform ranks.
 
-    def plot_ranks(self, quantities: Sequence[str] | None = None, bins: int | None = None):
-        """Rank histograms with the pointwise 99% binomial band of a uniform histogram (grey).
-
-        Returns the matplotlib figure.
+        Returns
+        -------
+        pandas.DataFrame
+            One row per quantity and bin: ``quantity``, ``n_sims``, ``bin_lower``,
+            ``bin_upper`` (rank edges), ``count``, ``expected`` (under uniform ranks),
+            ``band_lower``, ``band_upper``.
         """
-        names = self._select(quantities)
-        n_sims = int(self.ranks.groupby("quantity").size().min())
-        fig, axes = self._grid(len(names), f"SBC rank histograms: {self.model} "
-                                           f"({n_sims} simulations)")
-        for ax, name in zip(axes, names, strict=False):
+        parts = []
+        for name in self._select(quantities):
             sub = self.ranks[self.ranks["quantity"] == name]
             max_rank = int(sub["max_rank"].iloc[0])
             edges = _rank_bins(max_rank, bins or default_bins(len(sub), max_rank))
             p_bin = np.diff(edges) / (max_rank + 1)
-            lo, hi = stats.binom.interval(0.99, len(sub), p_bin)
-            ax.stairs(hi, edges, baseline=lo, fill=True, color="0.85", label="99% band")
-            ax.stairs(len(sub) * p_bin, edges, color="0.5", linestyle="--")
-            ax.stairs(np.histogram(sub["rank"], bins=edges)[0], edges, color="C0", linewidth=1.5)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("rank")
-            ax.set_ylabel("simulations")
-        return fig
+            lower, upper = stats.binom.interval(band_prob, len(sub), p_bin)
+            parts.append(pd.DataFrame({
+                "quantity": name, "n_sims": len(sub), "bin_lower": edges[:-1],
+                "bin_upper": edges[1:], "count": np.histogram(sub["rank"], bins=edges)[0],
+                "expected": len(sub) * p_bin, "band_lower": lower, "band_upper": upper}))
+        return pd.concat(parts, ignore_index=True)
 
-    def plot_ecdf_diff(self, quantities: Sequence[str] | None = None):
-        """ECDF-difference plots of the fractional ranks with simultaneous ``prob`` bands.
+    def ecdf_difference(self, quantities: Sequence[str] | None = None) -> pd.DataFrame:
+        """ECDF of the fractional ranks minus the exact CDF of discrete uniform ranks.
 
-        The ECDF minus the exact CDF of discrete uniform ranks at the evaluation points of
-        :func:`ecdf_band_test`, inside the optimised simultaneous band the test uses (drawn here
-        rather than by ArviZ, whose ECDF plot API differs between ArviZ 0.23 and 1.x). Returns
-        the matplotlib figure.
+        Evaluated at the points of :func:`ecdf_band_test`, with the optimised simultaneous
+        ``prob`` band the test uses (:func:`pluralstan.checks.ecdf.ecdf_difference`).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per quantity and evaluation point: ``quantity``, ``x`` (fractional rank),
+            ``ecdf_diff``, ``lower``, ``upper``.
         """
-        names = self._select(quantities)
-        fig, axes = self._grid(len(names), f"SBC ECDF difference: {self.model} "
-                                           f"({self.prob:.0%} simultaneous bands)")
-        for ax, name in zip(axes, names, strict=False):
+        parts = []
+        for name in self._select(quantities):
             sub = self.ranks[self.ranks["quantity"] == name]
             max_rank = int(sub["max_rank"].iloc[0])
-            z, cdf, lower, upper = _band(len(sub), max_rank, float(self.prob))
-            ecdf = _arviz.ecdf(fractional_ranks(sub["rank"], max_rank), z)
-            ax.fill_between(z, lower - cdf, upper - cdf, color="C0", alpha=0.2, linewidth=0)
-            ax.plot(z, ecdf - cdf, color="C0", linewidth=1.5)
-            ax.axhline(0.0, color="0.5", linewidth=0.8)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("fractional rank")
-            ax.set_ylabel("ECDF - uniform CDF")
-        return fig
-
-    def save_plots(self, folder: str | Path, prefix: str | None = None) -> dict[str, Path]:
-        """Write ``<prefix>_ranks.png`` and ``<prefix>_ecdf_diff.png`` (whole or not at all)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        prefix = prefix or f"sbc_{self.model}"
-        return {kind: save_figure(make(), folder / f"{prefix}_{kind}.png", dpi=110)
-                for kind, make in (("ranks", self.plot_ranks),
-                                   ("ecdf_diff", self.plot_ecdf_diff))}
+            z, cdf, _, _ = _band(len(sub), max_rank, float(self.prob))
+            diff = ecdf_difference(fractional_ranks(sub["rank"], max_rank), z, cdf, self.prob)
+            parts.append(diff.to_dataframe().reset_index().assign(quantity=name))
+        table = pd.concat(parts, ignore_index=True)
+        return table[["quantity", "x", "ecdf_diff", "lower", "upper"]]
 
 
 # --------------------------------------------------------------------------- driver
