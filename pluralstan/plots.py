@@ -61,9 +61,11 @@ from .checks.components import (
     flatten_components,
     latent_groups,
     nonidentified_pairs,
+    pair_correlations,
     rhat_order,
     truth_components,
 )
+from .checks.intervals import central_interval
 from .diagnostics import flag
 from .errors import PluralstanError
 from .outputs import atomic_path
@@ -282,20 +284,22 @@ def plot_forest_by_group(
         # about a third of an inch per row, capped so that designs with many items stay viewable
         height = min(0.9 + 0.32 * len(attributes) * (n_rows + 0.6), 24.0)
         ax = _figure(7.0, height).subplots()
-    qs = [(1 - outer) / 2, (1 - inner) / 2, 0.5, (1 + inner) / 2, (1 + outer) / 2]
     step = 1.0 / (n_rows + 1)
     colors = [f"C{i}" for i in range(len(rows) - (reference is not None))] + (
         ["0.45"] if reference is not None else []
     )
     handles = []
     for r, ((label, draws), color) in enumerate(zip(rows, colors, strict=True)):
-        q = draws.quantile(qs, dim=SAMPLE_DIMS).transpose("quantile", "attribute").values
+        wide = central_interval(draws, outer, median=True).transpose("attribute")
+        narrow = central_interval(draws, inner).transpose("attribute")
         for j, attr in enumerate(attributes):
             y = -j - (r + 1) * step + 0.5
             gid = f"interval|{label}|{attr}"
-            ax.plot(q[[0, 4], j], [y, y], color=color, lw=1.2, solid_capstyle="butt", gid=gid)
-            ax.plot(q[[1, 3], j], [y, y], color=color, lw=3.5, solid_capstyle="butt")
-            ax.plot(q[2, j], y, "o", color=color, markersize=4)
+            ax.plot([wide["lower"].values[j], wide["upper"].values[j]], [y, y], color=color,
+                    lw=1.2, solid_capstyle="butt", gid=gid)
+            ax.plot([narrow["lower"].values[j], narrow["upper"].values[j]], [y, y], color=color,
+                    lw=3.5, solid_capstyle="butt")
+            ax.plot(wide["median"].values[j], y, "o", color=color, markersize=4)
             if known is not None and r < known.shape[1]:
                 ax.plot(known[j, r], y, gid="truth", **TRUTH_STYLE)
         handles.append(Line2D([], [], color=color, lw=3.5, label=label))
@@ -357,6 +361,7 @@ def plot_nonidentified_pairs(
     for ax in axes[len(pairs):]:
         ax.set_visible(False)
     chains = flat["chain"].values
+    correlation = pair_correlations(flat, pairs)
     for ax, (a, b) in zip(axes, pairs, strict=False):
         ref = {n: known[n] for n in (a, b) if n in known}
         # one call per chain, coloured as in the rank plot: chains stuck in different modes
@@ -377,7 +382,7 @@ def plot_nonidentified_pairs(
                 reference_values_kwargs={"marker": "D", "markerfacecolor": "white",
                                          "color": "black", "markersize": 8},
             )
-        r = float(np.corrcoef(flat[a].values.ravel(), flat[b].values.ravel())[0, 1])
+        r = correlation[(a, b)]
         ax.set_title(f"posterior correlation {r:+.2f}", fontsize="medium")
         ax.set_xlabel(a)
         ax.set_ylabel(b)

@@ -15,11 +15,13 @@ from .components import (
     flatten_components,
     latent_groups,
     nonidentified_pairs,
+    pair_correlations,
     rhat_order,
     truth_components,
 )
 from .contraction import contraction
 from .ecdf import ecdf_difference
+from .intervals import central_interval
 from .masking import masking_ratio, point_estimate_theta, split_pairs, summarize_masking
 from .ppc import calibration_table, ppc_frequencies, replicated_frequencies
 from .predict import PairTable, observed_frequencies, pair_table, preference_probability
@@ -40,6 +42,7 @@ __all__ = [
     "cell_intervals",
     "cell_log_likelihood",
     "cell_pit",
+    "central_interval",
     "compare_K",
     "compare_models",
     "contraction",
@@ -54,6 +57,7 @@ __all__ = [
     "mediocrity_example",
     "nonidentified_pairs",
     "observed_frequencies",
+    "pair_correlations",
     "pair_table",
     "pareto_k_table",
     "pi_grid_sensitivity",

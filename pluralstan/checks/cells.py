@@ -17,6 +17,7 @@ from .. import _arviz
 from ..diagnostics import parameter_names
 from ..errors import PluralstanError
 from .ecdf import ecdf_difference
+from .intervals import SAMPLE_DIMS, central_interval
 
 __all__ = [
     "cell_frequencies",
@@ -26,8 +27,6 @@ __all__ = [
     "cell_pit",
     "pit_ecdf",
 ]
-
-SAMPLE_DIMS = ("chain", "draw")
 
 
 def cell_frequencies(idata: _arviz.Idata, outcome: str = "a") -> tuple[xr.DataArray,
@@ -102,12 +101,13 @@ def cell_intervals(idata: _arviz.Idata, prob: float = 0.9, outcome: str = "a") -
         coordinate when cells are split by an observed group (:func:`cell_groups`).
     """
     obs, rep = cell_frequencies(idata, outcome)
-    q = rep.quantile([(1 - prob) / 2, 0.5, (1 + prob) / 2], dim=SAMPLE_DIMS)
-    lower, median, upper = (q.isel(quantile=i, drop=True) for i in range(3))
+    summary = central_interval(rep, prob, median=True)
+    lower, upper = summary["lower"], summary["upper"]
     out = xr.Dataset({
         "n": _arviz.group(idata, "observed_data")["y"].sum("outcome"),
-        "observed": obs, "rep_lower": lower, "rep_median": median, "rep_upper": upper,
-        "rep_mean": rep.mean(SAMPLE_DIMS), "outside": (obs < lower) | (obs > upper),
+        "observed": obs, "rep_lower": lower, "rep_median": summary["median"],
+        "rep_upper": upper, "rep_mean": summary["mean"],
+        "outside": (obs < lower) | (obs > upper),
     }).reset_coords(drop=True)
     groups = cell_groups(idata)
     if groups is not None:

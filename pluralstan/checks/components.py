@@ -14,6 +14,7 @@ from typing import Any
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .. import _arviz
@@ -29,6 +30,7 @@ __all__ = [
     "flatten_components",
     "latent_groups",
     "nonidentified_pairs",
+    "pair_correlations",
     "rhat_order",
     "truth_components",
 ]
@@ -240,3 +242,24 @@ def nonidentified_pairs(idata: _arviz.Idata, max_pairs: int = 4) -> list[tuple[s
         key=lambda p: -strength(*p),
     )
     return (chosen + rest)[:max_pairs]
+
+
+def pair_correlations(flat: xr.Dataset, pairs: Sequence[tuple[str, str]]) -> pd.Series:
+    """Posterior correlation of each pair of components, over all chains and draws.
+
+    Parameters
+    ----------
+    flat
+        Output of :func:`flatten_components`.
+    pairs
+        Component name pairs (e.g. from :func:`nonidentified_pairs`).
+
+    Returns
+    -------
+    pandas.Series
+        Pearson correlation, indexed by ``(x, y)``.
+    """
+    values = [float(np.corrcoef(flat[a].values.ravel(), flat[b].values.ravel())[0, 1])
+              for a, b in pairs]
+    index = pd.MultiIndex.from_tuples(list(pairs), names=["x", "y"])
+    return pd.Series(values, index=index, name="correlation", dtype=float)

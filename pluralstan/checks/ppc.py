@@ -30,6 +30,7 @@ from scipy.stats import beta
 from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
+from .intervals import central_interval
 from .predict import pair_table
 
 __all__ = ["calibration_table", "ppc_frequencies", "replicated_frequencies"]
@@ -176,15 +177,15 @@ def ppc_frequencies(
     """
     ds = replicated_frequencies(idata, comps, by_group=by_group, seed=seed)
     rep = ds["replicated"]
-    q = rep.quantile([0.5 - prob / 2, 0.5 + prob / 2], ("chain", "draw"))
+    summary = central_interval(rep, prob)
     below = (rep <= ds["observed"]).mean(("chain", "draw"))
     above = (rep >= ds["observed"]).mean(("chain", "draw"))
     out = xr.Dataset({
         "n": ds["n"],
         "observed": ds["observed"],
-        "rep_mean": rep.mean(("chain", "draw")),
-        "rep_lower": q.isel(quantile=0, drop=True),
-        "rep_upper": q.isel(quantile=1, drop=True),
+        "rep_mean": summary["mean"],
+        "rep_lower": summary["lower"],
+        "rep_upper": summary["upper"],
         "p_value": np.minimum(1.0, 2.0 * np.minimum(below, above)),
     })
     table = out.to_dataframe().reset_index()

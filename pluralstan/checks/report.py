@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from .. import _arviz, diagnostics, plots
 from ..data import Comparisons
@@ -38,6 +37,7 @@ from ..errors import PluralstanError
 from ..fit import save
 from ..outputs import write_atomic
 from .contraction import contraction
+from .intervals import central_interval
 from .masking import masking_ratio, point_estimate_theta, summarize_masking
 from .sensitivity import power_scaling
 
@@ -149,13 +149,6 @@ def _marked(text: str, idata: _arviz.Idata) -> str:
 
 
 # ---------------------------------------------------------------------------- items
-def _interval(da: xr.DataArray, prob: float) -> xr.Dataset:
-    q = da.quantile([0.5 - prob / 2, 0.5 + prob / 2], ("chain", "draw"))
-    return xr.Dataset({"mean": da.mean(("chain", "draw")),
-                       "lower": q.isel(quantile=0, drop=True),
-                       "upper": q.isel(quantile=1, drop=True)})
-
-
 def _composition(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.DataFrame:
     post = _arviz.group(mixture, "posterior")
     groups = [str(g) for g in post["theta"]["group"].values]
@@ -166,7 +159,7 @@ def _composition(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.D
         table["prior_pi"] = alpha / alpha.sum()
         table["prior_concentration"] = alpha.sum()
     if "pi" in post:
-        stats = _interval(post["pi"], prob)
+        stats = central_interval(post["pi"], prob)
         table["posterior_pi"] = stats["mean"].values
         table["lower"], table["upper"] = stats["lower"].values, stats["upper"].values
     if comps.has_groups and set(groups) == {str(g) for g in comps.group_levels}:
@@ -180,12 +173,12 @@ def _composition(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.D
 def _within(aggregate: _arviz.Idata, mixture: _arviz.Idata, prob: float
             ) -> pd.DataFrame:
     agg_post = _arviz.group(aggregate, "posterior")
-    agg = _interval(agg_post["theta"], prob).to_dataframe().reset_index()
+    agg = central_interval(agg_post["theta"], prob).to_dataframe().reset_index()
     agg.insert(0, "model", "aggregate")
     agg.insert(1, "group", "all")
     agg["flag"] = diagnostics.flag(aggregate)
     mix_post = _arviz.group(mixture, "posterior")
-    mix = _interval(mix_post["theta"], prob).to_dataframe().reset_index()
+    mix = central_interval(mix_post["theta"], prob).to_dataframe().reset_index()
     mix.insert(0, "model", mix_post.attrs.get("model", "mixture"))
     mix["group"] = mix["group"].astype(str)
     mix["flag"] = diagnostics.flag(mixture)
