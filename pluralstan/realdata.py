@@ -598,19 +598,6 @@ def diagnostic_columns(idata: Any) -> dict[str, str]:
             "notes": "; ".join(diagnostics.notes(idata))}
 
 
-def loo_by_K(fits: dict, comps: Comparisons) -> pd.DataFrame:
-    """Leave-one-annotator-out comparison of latent fits keyed by K, indexed by K.
-
-    The columns ``elpd_loo``, ``se``, ``elpd_diff``, ``dse`` and ``n_high_k`` of
-    :func:`pluralstan.checks.compare.compare_K`.
-    """
-    from .checks.compare import compare_K
-
-    compared = compare_K(fits, comps=comps)
-    compared.index = pd.Index([int(str(k).split("=")[1]) for k in compared.index], name="K")
-    return compared[["elpd_loo", "se", "elpd_diff", "dse", "n_high_k"]]
-
-
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     """Hubert & Arabie's adjusted Rand index of two labelings of the same items.
 

@@ -55,7 +55,7 @@ def test_compare_prefers_the_model_with_the_decisive_attribute(two_fits):
     assert summary.loc[0, "n_observations"] == 40 and summary.loc[0, "level"] == "annotator"
     assert summary.loc[0, "n_high_k"] == len(high)
     ranked = compare_K({1: full, 2: worse}, comps=comps)
-    assert list(ranked.index) == ["K=1", "K=2"]
+    assert list(ranked.index) == [1, 2] and ranked.index.name == "K"
 
 
 def test_high_pareto_k_observations_are_named():

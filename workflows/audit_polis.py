@@ -37,6 +37,7 @@ import pandas as pd
 
 import pluralstan as ps
 from pluralstan import realdata
+from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
 from pluralstan.outputs import save_figure, step, write_atomic, write_table
 
@@ -82,7 +83,7 @@ def latent_fits(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) -> 
         })
     table = pd.DataFrame(rows).set_index("K")
     if len(fits) > 1:
-        table = table.join(realdata.loo_by_K(fits, comps))
+        table = table.join(compare_K(fits, comps=comps)[SUMMARY_COLUMNS])
     return table
 
 

@@ -242,6 +242,10 @@ def compare_models(
     return table
 
 
+#: The columns of a comparison that reports show beside their own (see :func:`compare_K`).
+SUMMARY_COLUMNS = ["elpd_loo", "se", "elpd_diff", "dse", "n_high_k"]
+
+
 def compare_K(
     fits: Mapping[int, _arviz.Idata],
     *,
@@ -252,7 +256,10 @@ def compare_K(
     """Choose the number of components: :func:`compare_models` of fits keyed by K.
 
     Leave-one-annotator-out is the default level: the question K answers is how many kinds of
-    people there are, so the unit to predict is a new person.
+    people there are, so the unit to predict is a new person. The table is indexed by ``K``
+    (integers), best first.
     """
-    named = {f"K={int(k)}": fit for k, fit in sorted(fits.items())}
-    return compare_models(named, level=level, comps=comps, var_name=var_name)
+    table = compare_models({str(int(k)): fit for k, fit in sorted(fits.items())}, level=level,
+                           comps=comps, var_name=var_name)
+    table.index = pd.Index(table.index.astype(int), name="K")
+    return table

@@ -3,8 +3,8 @@
 A :class:`ModelSpec` names a program in ``stan/`` and an ``encode`` function that turns a
 :class:`~pluralstan.data.Comparisons` into an :class:`Encoded` bundle: the Stan data, the dims and
 coords of every output, the observed data, and how to build the log-likelihood group. The
-container builder (:func:`pluralstan.pipeline.assemble`) is generic over these bundles, so each model
-states its layout once, here, and both engines produce the same InferenceData.
+container builder (:func:`pluralstan.pipeline.assemble`) is generic over these bundles, so each
+model states its layout once, here, and both engines produce the same InferenceData.
 """
 
 from __future__ import annotations
