@@ -16,6 +16,7 @@ import pluralstan as ps
 from pluralstan import plots
 from pluralstan.checks import sbc as sbc_mod
 from pluralstan.checks.sbc import (
+    SBCResult,
     discrete_uniform_cdf,
     ecdf_band_test,
     fractional_ranks,
@@ -53,6 +54,32 @@ def test_band_test_accepts_uniform_and_rejects_skewed_ranks():
     # over-confident posteriors: a U shape
     u_shape = np.where(rng.uniform(size=n) < 0.5, rng.integers(0, 10, n), rng.integers(90, 100, n))
     assert not ecdf_band_test(u_shape, L, prob=0.95)[0]
+
+
+def test_figure_tables_agree_with_the_tests():
+    """The numbers the SBC figures draw: every rank counted once in the histogram, expected
+    counts of uniform ranks, and an ECDF difference that leaves its band exactly when the band
+    test fails."""
+    rng = np.random.default_rng(4)
+    L, n = 99, 60
+    ranks = {"uniform": rng.integers(0, L + 1, size=n),
+             "skewed": np.minimum(rng.integers(0, L + 1, size=n), rng.integers(0, L + 1, size=n))}
+    table = pd.DataFrame([{"sim": i, "quantity": q, "rank": int(r), "max_rank": L}
+                          for q, rs in ranks.items() for i, r in enumerate(rs)])
+    result = SBCResult("aggregate", table, pd.DataFrame({"ok": [True] * n}), 0.95, False)
+    hist = result.rank_histogram()
+    assert hist.groupby("quantity")["count"].sum().to_dict() == {"uniform": n, "skewed": n}
+    assert np.allclose(hist.groupby("quantity")["expected"].sum(), n)
+    assert (hist["band_lower"] <= hist["expected"]).all()
+    assert (hist["expected"] <= hist["band_upper"]).all()
+    diff = result.ecdf_difference()
+    for name, part in diff.groupby("quantity"):
+        outside = ((part["ecdf_diff"] < part["lower"] - 1e-12)
+                   | (part["ecdf_diff"] > part["upper"] + 1e-12)).any()
+        assert outside == (not ecdf_band_test(ranks[name], L, 0.95)[0]), name
+    assert not ecdf_band_test(ranks["skewed"], L, 0.95)[0]  # both branches are exercised
+    with pytest.raises(ps.PluralstanError, match="unknown SBC quantities"):
+        result.ecdf_difference(["theta[x9]"])
 
 
 def test_band_test_false_alarm_rate_is_near_its_level():
