@@ -433,11 +433,13 @@ def _raise_keyboard_interrupt() -> None:
 
 @dataclass
 class _Interrupt:
-    """Ctrl-C around one PyStan call: whether it came, and whether the call is being stopped
-    (further Ctrl-Cs then wait for the sampler processes to be stopped)."""
+    """Ctrl-C around one PyStan call: whether it came, whether the call is being stopped
+    (further Ctrl-Cs then wait for the sampler processes to be stopped), and whether the
+    call is over."""
 
     seen: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
+    over: threading.Event = field(default_factory=threading.Event)
 
 
 @contextlib.contextmanager
@@ -452,8 +454,9 @@ def _sigint_stops_sampling() -> Iterator[_Interrupt]:
     both met while httpstan starts its workers) the interrupt is lost. So the first Ctrl-C
     terminates the sampler processes, which ends the relay, and schedules the
     ``KeyboardInterrupt`` as an event-loop callback, where it always propagates (raised at once
-    when no event loop runs); a second Ctrl-C raises at once. The handler is installed only over
-    Python's default one, in the main thread (asyncio then installs none).
+    when no event loop runs); until the call is over a thread goes on terminating any worker
+    that httpstan was still starting. A second Ctrl-C raises at once. The handler is installed
+    only over Python's default one, in the main thread (asyncio then installs none).
     """
     import asyncio
     import signal
@@ -466,12 +469,21 @@ def _sigint_stops_sampling() -> Iterator[_Interrupt]:
         yield state
         return
 
+    def keep_terminating() -> None:
+        while not (state.stopping or state.over.wait(0.05)):
+            _terminate_workers(stub.executor)
+
+    reaper = threading.Thread(target=keep_terminating, name="pluralstan-stop-sampler",
+                              daemon=True)
+
     def handler(signum: int, frame: Any) -> None:
         first = not state.seen.is_set()
         state.seen.set()
         if state.stopping:
             return
         _terminate_workers(stub.executor)
+        if first:
+            reaper.start()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -490,6 +502,9 @@ def _sigint_stops_sampling() -> Iterator[_Interrupt]:
         yield state
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        state.over.set()
+        if reaper.is_alive():
+            reaper.join()
         for logger in loggers:
             logger.removeFilter(quiet)
 
