@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import PluralstanError
+from .models import REGISTRY
+from .realdata import ENV_VAR as DATA_ENV_VAR
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -52,6 +54,30 @@ def script_parser(description: str, default_out: str) -> argparse.ArgumentParser
     parser.add_argument("--seed", type=int, default=20260, help="random seed")
     parser.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
     return parser
+
+
+def audit_parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    """The audit scripts' parser: :func:`pluralstan.outputs.script_parser` (``--quick``,
+    ``--seed``, default 1 here, ``--out``) plus ``--data`` (the data folder), ``--chains`` and
+    ``--draws`` (draws and warm-up per chain)."""
+    parser = script_parser(description, default_out)
+    parser.set_defaults(seed=1)
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"data folder (default: ${DATA_ENV_VAR} or ../shared/data)")
+    parser.add_argument("--chains", type=int, default=4, help="chains (default 4)")
+    parser.add_argument("--draws", type=int, default=1000,
+                        help="draws (and warm-up) per chain (default 1000)")
+    return parser
+
+
+def model_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated ``--models`` of an audit script, each a registered model; an unknown
+    name stops the script with a usage error naming it (before any data are read)."""
+    names = [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in REGISTRY]
+    if unknown:
+        parser.error(f"--models: unknown model {unknown[0]!r}; registered: {REGISTRY.list()}")
+    return names
 
 
 #: Characters of the target's name kept in its temporary file's name (the rest of the

@@ -21,7 +21,6 @@ Data sets (origin, licence and columns in the data folder's ``README.md``):
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from collections.abc import Sequence
@@ -33,7 +32,6 @@ import pandas as pd
 
 from .data import Comparisons
 from .errors import PluralstanError
-from .outputs import script_parser
 
 #: Environment variable naming the data folder.
 ENV_VAR = "PLURALSTAN_DATA"
@@ -562,32 +560,6 @@ def load_personas(
 
 
 # ---------------------------------------------------------------------- audit helpers
-def audit_parser(description: str, default_out: str) -> argparse.ArgumentParser:
-    """The audit scripts' parser: :func:`pluralstan.outputs.script_parser` (``--quick``,
-    ``--seed``, default 1 here, ``--out``) plus ``--data`` (the data folder), ``--chains`` and
-    ``--draws`` (draws and warm-up per chain)."""
-    parser = script_parser(description, default_out)
-    parser.set_defaults(seed=1)
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"data folder (default: ${ENV_VAR} or ../shared/data)")
-    parser.add_argument("--chains", type=int, default=4, help="chains (default 4)")
-    parser.add_argument("--draws", type=int, default=1000,
-                        help="draws (and warm-up) per chain (default 1000)")
-    return parser
-
-
-def model_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    """The comma-separated ``--models`` of an audit script, each a registered model; an unknown
-    name stops the script with a usage error naming it (before any data are read)."""
-    from .models import REGISTRY
-
-    names = [m for m in text.split(",") if m]
-    unknown = [m for m in names if m not in REGISTRY]
-    if unknown:
-        parser.error(f"--models: unknown model {unknown[0]!r}; registered: {REGISTRY.list()}")
-    return names
-
-
 def diagnostic_columns(idata: Any) -> dict[str, str]:
     """A fit's table columns for the audits' reports: ``diagnostics`` (its flag, or "ok") and
     ``notes`` (what a reader should know that is no failure: label switching resolved by

@@ -49,7 +49,14 @@ import pluralstan as ps
 from pluralstan import _arviz, realdata
 from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure, step, write_atomic, write_table
+from pluralstan.outputs import (
+    audit_parser,
+    model_list,
+    save_figure,
+    step,
+    write_atomic,
+    write_table,
+)
 
 #: Largest accepted |posterior mean - Davidson ML estimate| on the logit scale. The posterior
 #: sd of each ability is about 0.08 and the prior (sd 2.5) is negligible against 4,454
@@ -229,7 +236,7 @@ def plot_by_group(table: pd.DataFrame, path: Path) -> None:
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
-    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_cems")
+    p = audit_parser(__doc__.split("\n\n")[0], "out/audit_cems")
     p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3, 4],
                    help="numbers of latent types compared by LOO (default 1 2 3 4)")
     p.add_argument("--groups", nargs="+", choices=GROUPS_FULL, default=None,
@@ -244,7 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.groups = list(GROUPS_QUICK if args.quick else GROUPS_FULL)
     if args.quick:
         args.draws, args.chains = min(args.draws, 500), min(args.chains, 2)
-    args.models = realdata.model_list(p, args.models)
+    args.models = model_list(p, args.models)
     return args
 
 

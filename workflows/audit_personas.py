@@ -54,7 +54,14 @@ from scipy.special import expit, log_expit, logsumexp
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure, step, write_atomic, write_table
+from pluralstan.outputs import (
+    audit_parser,
+    model_list,
+    save_figure,
+    step,
+    write_atomic,
+    write_table,
+)
 
 #: Strength of the simulated users' preference (:func:`pluralstan.realdata.load_personas`).
 BETA = 3.0
@@ -190,7 +197,7 @@ def pal_rows(idata, comps: Comparisons, parts: dict[str, np.ndarray], args) -> l
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
-    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_personas")
+    p = audit_parser(__doc__.split("\n\n")[0], "out/audit_personas")
     p.add_argument("--users", type=int, default=60, help="users per persona")
     p.add_argument("--pairs", type=int, default=40, help="pairs per user")
     p.add_argument("--features", type=int, default=16, help="SVD text features")
@@ -205,7 +212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.users, args.pairs = min(args.users, 20), min(args.pairs, 30)
         args.features, args.draws = min(args.features, 6), min(args.draws, 300)
         args.chains = min(args.chains, 2)
-    args.models = realdata.model_list(p, args.models)
+    args.models = model_list(p, args.models)
     return args
 
 

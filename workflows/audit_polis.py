@@ -39,7 +39,13 @@ import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure, step, write_atomic, write_table
+from pluralstan.outputs import (
+    audit_parser,
+    save_figure,
+    step,
+    write_atomic,
+    write_table,
+)
 
 
 def _sampler(args: argparse.Namespace) -> dict:
@@ -102,7 +108,7 @@ def plot_statements(table: pd.DataFrame, path: Path, title: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
-    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_polis")
+    p = audit_parser(__doc__.split("\n\n")[0], "out/audit_polis")
     p.add_argument("--conversation", default="brexit-consensus",
                    choices=realdata.POLIS_CONVERSATIONS)
     p.add_argument("--max-pairs", type=int, default=30, help="pairs kept per participant")

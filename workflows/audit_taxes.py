@@ -46,7 +46,14 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
-from pluralstan.outputs import save_figure, step, write_atomic, write_table
+from pluralstan.outputs import (
+    audit_parser,
+    model_list,
+    save_figure,
+    step,
+    write_atomic,
+    write_table,
+)
 
 PARTIES = ("Democrat", "Independent", "Republican")
 
@@ -182,7 +189,7 @@ def plot_effects(aggregate: pd.DataFrame, by_party: pd.DataFrame, path: Path) ->
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options: the shared ones (``--quick``, ``--seed``, ``--out``) and ``--data``."""
-    p = realdata.audit_parser(__doc__.split("\n\n")[0], "out/audit_taxes")
+    p = audit_parser(__doc__.split("\n\n")[0], "out/audit_taxes")
     p.add_argument("--per-party", type=int, default=None,
                    help="use only this many respondents per party (a seeded random subset)")
     p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3],
@@ -198,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.per_party = min(args.per_party or 40, 40)
         args.K = [2]
         args.models = ",".join(m for m in args.models.split(",") if m != "covariate")
-    args.models = realdata.model_list(p, args.models)
+    args.models = model_list(p, args.models)
     return args
 
 
