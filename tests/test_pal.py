@@ -42,6 +42,10 @@ def true_probability(comps: ps.Comparisons) -> np.ndarray:
 
 
 def quiet(fn, *args, **kwargs):
+    """Run ``fn`` without DiagnosticWarning. Still used for the seen-user fit (4 x 300 draws: bulk
+    ESS of pi about 170; 4 x 1000 draws pass every check but take about 4 minutes on the shared
+    CI machine) and the new-user fits of ``pal.accuracy`` (2 x 300 draws per user and shot:
+    R-hat and ESS of some users' weights fail); both are open work (issue 24)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DiagnosticWarning)
         return fn(*args, **kwargs)
@@ -231,7 +235,8 @@ def test_pal_predicts_heterogeneous_users_better_than_aggregate_bt(seen_fit, pop
     errors of the difference (paired judgements, conservative independent-sample SE)."""
     train, test, _ = population
     table = pal.accuracy(seen_fit, test)
-    agg = quiet(ps.fit, "aggregate", train, seed=2, **SAMPLER)
+    agg = ps.fit("aggregate", train, seed=2, **SAMPLER)
+    assert not ps.diagnostics.failed(agg), ps.diagnostics.failed(agg)
     p_agg = expit(test.design() @ agg.posterior["theta"].mean(("chain", "draw")).values)
     y = test.frame["y"].to_numpy()
     acc_agg = float(np.mean((p_agg > 0.5) == (y == 1)))
