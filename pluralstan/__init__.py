@@ -12,7 +12,13 @@ __version__ = "0.2.0"
 from . import checks, diagnostics, ml, relabel, simulate
 from .data import Comparisons, read_csv
 from .engine import get_engine
-from .errors import DiagnosticWarning, IdentificationWarning, PluralstanError, ScaleWarning
+from .errors import (
+    DiagnosticWarning,
+    IdentificationWarning,
+    Interrupted,
+    PluralstanError,
+    ScaleWarning,
+)
 from .fit import fit, load, save
 from .models import REGISTRY as models
 
@@ -20,6 +26,7 @@ __all__ = [
     "Comparisons",
     "DiagnosticWarning",
     "IdentificationWarning",
+    "Interrupted",
     "PluralstanError",
     "ScaleWarning",
     "__version__",

@@ -481,8 +481,8 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_interrupted_fit_leaves_no_output_file(tmp_path: Path, monkeypatch) -> None:
-    """Ctrl-C while sampling: ``pluralstan fit`` propagates it and writes nothing."""
+def test_interrupted_fit_leaves_no_output_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C while sampling: ``pluralstan fit`` reports it, exits 130 and writes nothing."""
 
     def interrupt(self, program, data, config):
         raise KeyboardInterrupt
@@ -494,8 +494,8 @@ def test_interrupted_fit_leaves_no_output_file(tmp_path: Path, monkeypatch) -> N
     base_frame().to_csv(csv, index=False)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(KeyboardInterrupt):
-        main(["fit", "aggregate", str(csv), "--out", str(out / "fit.nc")])
+    assert main(["fit", "aggregate", str(csv), "--out", str(out / "fit.nc")]) == 130
+    assert "pluralstan: interrupted" in capsys.readouterr().err.splitlines()
     assert _files(out) == []
     assert _files(csv.parent) == ["comps.csv"]
 
