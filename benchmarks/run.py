@@ -169,7 +169,7 @@ from pluralstan.engine import (  # noqa: E402
     PyStanEngine,
     SamplerConfig,
     StanProgram,
-    _discard_stored_fits,
+    discard_stored_fits,
     pystan_compile_args,
 )
 from pluralstan.models import get_model  # noqa: E402
@@ -466,7 +466,7 @@ def stan_gradient_seconds(prog: StanProgram, data: dict[str, Any], iterations: i
 
     ensure_built(prog, compile_args)
     timings = []
-    with quiet(), _discard_stored_fits(), one_core() if pinned else contextlib.nullcontext():
+    with quiet(), discard_stored_fits(), one_core() if pinned else contextlib.nullcontext():
         for r in range(repeats):
             model = stan.build(prog.code, data=data, random_seed=seed + r)
             t0 = time.perf_counter()

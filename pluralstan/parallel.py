@@ -55,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from .engine import SamplerConfig, StanProgram, get_engine
+from .engine import SamplerConfig, StanProgram, get_engine, install_worker_cleanup
 from .errors import PluralstanError
 from .outputs import write_atomic
 
@@ -196,33 +196,6 @@ class RunReport:
 
 
 # --------------------------------------------------------------------------- worker side
-_CLEANUP_INSTALLED = False
-
-
-def _shutdown_httpstan() -> None:
-    """Stop httpstan's chain-process pool, if this process started one."""
-    stub = sys.modules.get("httpstan.services_stub")
-    if stub is not None:
-        stub.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def install_worker_cleanup() -> None:
-    """Make a worker process able to exit after it ran PyStan fits.
-
-    httpstan runs chains in a module-level, non-daemonic process pool. A ``multiprocessing``
-    child (a pool or Dask worker) exits through ``multiprocessing.util._exit_function``, which
-    joins every live child *before* ``concurrent.futures`` would shut that pool down, so the
-    worker waits forever for httpstan's idle chain processes. A finaliser with a non-negative
-    exit priority runs before that join and shuts the pool down; its priority is above that of
-    ``multiprocessing.Queue``'s own finalisers (10), which would otherwise stop the queue's feeder
-    thread first and leave the shutdown sentinels undelivered. Idempotent.
-    """
-    global _CLEANUP_INSTALLED
-    if not _CLEANUP_INSTALLED:
-        mp.util.Finalize(None, _shutdown_httpstan, exitpriority=100)
-        _CLEANUP_INSTALLED = True
-
-
 def _pool_initializer(quiet: bool) -> None:
     """Set up a local pool worker: exit cleanly, and keep PyStan's progress lines quiet."""
     install_worker_cleanup()

@@ -67,7 +67,7 @@ def test_sampler_settings_are_validated_before_stan_runs(small_bt):
 
 
 def _build_and_sample(code: str, queue) -> None:
-    from pluralstan.parallel import install_worker_cleanup
+    from pluralstan.engine import install_worker_cleanup
 
     install_worker_cleanup()  # let this child exit although httpstan started chain processes
     program = StanProgram("tiny", code)
@@ -85,7 +85,7 @@ def test_four_processes_share_the_compile_cache_without_duplicate_builds():
     leaves it), which must be discarded and rebuilt rather than loaded."""
     code = TINY + f"// {uuid.uuid4()}\n"  # a fresh program text, so the cache starts cold
     program = StanProgram("tiny", code)
-    partial = PyStanEngine._model_dir(program)
+    partial = PyStanEngine.model_dir(program)
     partial.mkdir(parents=True)
     (partial / "stan_services_model_x.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
     assert not PyStanEngine().is_cached(program)
@@ -143,7 +143,7 @@ def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch):
     calls = _fake_builds(monkeypatch)
     try:
         assert engine.compile(program) is True
-        record = json.loads((engine._model_dir(program) / BUILD_RECORD).read_text())
+        record = json.loads((engine.model_dir(program) / BUILD_RECORD).read_text())
         assert record == {"added": list(pystan_compile_args()), "httpstan": httpstan.__version__}
         # cached for the flags asked for: later calls load, they do not build again ...
         assert engine.is_cached(program) and engine.compile(program) is False
@@ -153,10 +153,10 @@ def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch):
         assert not engine.is_cached(program, ("-O0",))
         if pystan_compile_args():
             assert not engine.is_cached(program, ())  # () is httpstan's flags alone
-        (engine._model_dir(program) / BUILD_RECORD).unlink()
+        (engine.model_dir(program) / BUILD_RECORD).unlink()
         assert not engine.is_cached(program)
     finally:
-        shutil.rmtree(engine._model_dir(program), ignore_errors=True)
+        shutil.rmtree(engine.model_dir(program), ignore_errors=True)
 
 
 def test_a_failed_cpp_build_raises_with_the_compilers_error_text():
@@ -172,7 +172,7 @@ def test_a_failed_cpp_build_raises_with_the_compilers_error_text():
         assert "error" in message and "-fno-such-flag-pluralstan" in message.split("\n", 1)[1]
         assert not engine.is_cached(program, ("-fno-such-flag-pluralstan",))
     finally:
-        shutil.rmtree(engine._model_dir(program), ignore_errors=True)
+        shutil.rmtree(engine.model_dir(program), ignore_errors=True)
 
 
 @pytest.mark.skipif(not cmdstan_available(),
@@ -217,9 +217,9 @@ def own_fit_files(monkeypatch):
     import httpstan.cache
     import httpstan.fits
 
-    from pluralstan.engine import _record_fit_names
+    from pluralstan.engine.httpstan_fixes import record_fit_names
 
-    _record_fit_names()
+    record_fit_names()
     names: list[str] = []
     named = httpstan.fits.calculate_fit_name
 
@@ -277,7 +277,7 @@ def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
     import httpstan.cache
     import httpstan.fits
 
-    from pluralstan.engine import _discard_stored_fits
+    from pluralstan.engine import discard_stored_fits
 
     model = f"models/pluralstantest{uuid.uuid4().hex[:8]}"
     kwargs = {"random_seed": 1, "num_samples": 1}
@@ -285,7 +285,7 @@ def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
     name = {}
 
     def thread_a():
-        with _discard_stored_fits():
+        with discard_stored_fits():
             name["a"] = httpstan.fits.calculate_fit_name("f", model, kwargs)
             httpstan.cache.dump_fit(b"draws", name["a"])
             a_named.set()
@@ -296,7 +296,7 @@ def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
     t.start()
     a_named.wait(10)
     try:
-        with _discard_stored_fits():
+        with discard_stored_fits():
             assert httpstan.fits.calculate_fit_name("f", model, kwargs) == name["a"]
         assert httpstan.cache.fit_path(name["a"]).exists()  # A still uses it
         main_done.set()

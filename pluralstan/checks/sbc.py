@@ -55,14 +55,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +68,7 @@ from scipy import stats
 
 from .. import _arviz, diagnostics
 from ..data import Comparisons, as_comparisons
-from ..engine import Draws, SamplerConfig, StanProgram, get_engine
+from ..engine import Draws, SamplerConfig, StanProgram, get_engine, program_info
 from ..errors import DiagnosticWarning, PluralstanError
 from ..models import get_model
 from ..models.base import Encoded, ModelSpec
@@ -98,25 +94,9 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- model introspection
-@cache
-def _stanc_info(code: str) -> dict[str, Any]:
-    """``stanc --info`` of a program (the stanc binary shipped in the httpstan wheel)."""
-    import httpstan
-
-    stanc = Path(httpstan.__file__).resolve().parent / "stanc"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "program.stan"
-        path.write_text(code)
-        out = subprocess.run([str(stanc), "--info", str(path)], capture_output=True,
-                             text=True, check=False)
-    if out.returncode != 0:
-        raise PluralstanError(f"stanc --info failed on the program: {out.stderr.strip()}")
-    return json.loads(out.stdout)
-
-
 def stan_parameter_names(program: StanProgram, transformed: bool = True) -> list[str]:
     """Names declared in the ``parameters`` (and ``transformed parameters``) blocks, in order."""
-    info = _stanc_info(program.code)
+    info = program_info(program)
     return [*info.get("parameters", {}), *(info.get("transformed parameters", {})
                                            if transformed else {})]
 

@@ -1,0 +1,382 @@
+"""Workarounds for httpstan behaviour pluralstan cannot change upstream, each in one place.
+
+Every function here says which httpstan (or asyncio / ``concurrent.futures``) behaviour it works
+around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup` is offered to
+:mod:`pluralstan.parallel` through :mod:`pluralstan.engine`. Nothing else touches httpstan.
+
+* :func:`httpstan_build`: httpstan builds with its own flags only and drops the compiler's
+  messages on failure.
+* :func:`patient_stanc`: httpstan gives stanc one second.
+* :func:`discard_stored_fits`: httpstan keeps every seeded fit on disk for good.
+* :func:`interruptible`: PyStan swallows Ctrl-C and returns ``None``; httpstan's workers ignore
+  SIGINT and outlive the interrupted call.
+* :func:`install_worker_cleanup`: httpstan's non-daemonic chain pool blocks a
+  ``multiprocessing`` worker's exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import multiprocessing.util
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..errors import Interrupted, PluralstanError
+
+
+def first_errors(log: str, lines: int = 12) -> str:
+    """The compiler's first error lines (from the first ``error`` on), else the log's tail."""
+    rows = log.splitlines()
+    start = next((i for i, row in enumerate(rows) if "error" in row.lower()),
+                 max(0, len(rows) - lines))
+    return "\n".join(rows[start:start + lines])
+
+
+@contextlib.contextmanager
+def httpstan_build(extra_args: tuple[str, ...], program_name: str) -> Iterator[None]:
+    """Let httpstan build an extension module with ``extra_args`` after its own flags.
+
+    httpstan's ``build_services_extension_module`` hands its extension, carrying httpstan's own
+    flags, to ``httpstan.build_ext.run_build_ext``. While this context is active that function is
+    replaced by a copy of it that appends ``extra_args`` and keeps the compiler's messages when
+    the build fails: httpstan's own drops them and reports only the compiler's exit status. A
+    failure raises :class:`PluralstanError` with the compiler's first error lines.
+    """
+    import tempfile
+
+    import httpstan.build_ext
+    import setuptools
+    import setuptools.command.build_ext
+
+    def run_build_ext(extensions: list[Any], build_lib: str) -> str:
+        dist = setuptools.Distribution()
+        dist.parse_config_files(dist.find_config_files())
+        command = setuptools.command.build_ext.build_ext(dist)
+        command.build_lib = build_lib
+        command.finalize_options()
+        for extension in extensions:
+            extension._needs_stub = False  # as httpstan does
+            extension.extra_compile_args = [*extension.extra_compile_args, *extra_args]
+        command.extensions = extensions
+        failure: Exception | None = None
+        with tempfile.TemporaryFile(prefix="pluralstan_build_") as log:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)
+            try:
+                command.run()
+            except Exception as err:  # setuptools' CompileError / LinkError: no compiler text
+                failure = err
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        if failure is not None:
+            flags = " ".join(extensions[0].extra_compile_args)
+            raise PluralstanError(
+                f"the C++ compiler failed on Stan program {program_name!r} (flags: {flags}):\n"
+                f"{first_errors(output)}"
+            ) from failure
+        return output
+
+    saved_run = httpstan.build_ext.run_build_ext
+    httpstan.build_ext.run_build_ext = run_build_ext
+    try:
+        yield
+    finally:
+        httpstan.build_ext.run_build_ext = saved_run
+
+
+@contextlib.contextmanager
+def patient_stanc(seconds: float = 600.0) -> Iterator[None]:
+    """Give httpstan's stanc call a long timeout while a program is built.
+
+    httpstan runs stanc through ``subprocess.run(..., timeout=1)``, which a loaded machine can
+    exceed; its module-level ``subprocess`` reference is swapped for one whose ``run`` waits up
+    to ``seconds`` (httpstan.compile uses nothing else from ``subprocess``).
+    """
+    import subprocess
+    import types
+
+    import httpstan.compile
+
+    def run(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return subprocess.run(*args, timeout=max(timeout or 0.0, seconds), **kwargs)
+
+    saved = httpstan.compile.subprocess
+    httpstan.compile.subprocess = types.SimpleNamespace(run=run)
+    try:
+        yield
+    finally:
+        httpstan.compile.subprocess = saved
+
+
+#: Fits named by this process's requests, per thread (see :func:`discard_stored_fits`).
+_FIT_NAMES = threading.local()
+#: How many requests of this process are using each stored fit; guarded by ``_FIT_LOCK``.
+_FITS_IN_USE: Counter[str] = Counter()
+_FIT_LOCK = threading.Lock()
+
+
+def record_fit_names() -> None:
+    """Wrap httpstan's fit-name function (once per process) to note each request's fit.
+
+    httpstan has no public call that names a request's fit. Its server runs in the calling
+    thread's event loop, so a thread-local list collects the names of that thread's requests.
+    """
+    import httpstan.fits
+
+    with _FIT_LOCK:
+        original = httpstan.fits.calculate_fit_name
+        if not getattr(original, "pluralstan_records", False):
+            httpstan.fits.calculate_fit_name = _recording(original)
+
+
+def _recording(original: Callable[[str, str, dict], str]) -> Callable[[str, str, dict], str]:
+    """``original`` (httpstan's fit-name function), noting each name for this thread."""
+
+    def record(function: str, model_name: str, kwargs: dict) -> str:
+        name = original(function, model_name, kwargs)
+        names = getattr(_FIT_NAMES, "names", None)
+        if names is not None:
+            with _FIT_LOCK:
+                _FITS_IN_USE[name] += 1
+            names.append(name)
+        return name
+
+    record.pluralstan_records = True  # type: ignore[attr-defined]
+    return record
+
+
+@contextlib.contextmanager
+def discard_stored_fits() -> Iterator[None]:
+    """Delete the fits httpstan stores for the sampling requests made inside the block.
+
+    httpstan writes every seeded fit (one file per chain) to its cache directory and keeps it
+    for good, answering an identical later request from it. pluralstan returns the draws as
+    InferenceData, so the stored copy is only disk use that grows with every fit (18 GB of
+    them after two days of this project's tests, SBC runs and benchmarks) and makes a re-run
+    report the seconds of reading a file as sampling time. It is deleted once PyStan has read
+    it, unless another thread of this process made the same request and is still reading it.
+    """
+    import httpstan.cache
+
+    record_fit_names()
+    _FIT_NAMES.names = names = []
+    try:
+        yield
+    finally:
+        _FIT_NAMES.names = None
+        with _FIT_LOCK:
+            for name in names:
+                _FITS_IN_USE[name] -= 1
+                if _FITS_IN_USE[name] <= 0:
+                    del _FITS_IN_USE[name]
+                    with contextlib.suppress(KeyError):  # already gone
+                        httpstan.cache.delete_fit(name)
+
+
+T = TypeVar("T")
+
+
+def terminate_workers(executor: Any) -> list[Any]:
+    """Send SIGTERM to the worker processes of ``executor``; return them.
+
+    ``ProcessPoolExecutor`` has no public call for this before Python 3.14
+    (``terminate_workers``), so its process table is read.
+    """
+    try:
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+    except RuntimeError:  # the table changed while it was read: the next call gets them
+        return []
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            process.terminate()
+    return processes
+
+
+def stop_sampler_workers() -> None:
+    """Stop httpstan's sampler processes and give httpstan a fresh pool for later fits.
+
+    httpstan runs every chain in a worker of one module-level ``ProcessPoolExecutor`` whose
+    workers ignore SIGINT. When Ctrl-C cancels PyStan's request the workers go on sampling (or
+    block writing draws nobody reads), and the interpreter's exit waits for them: the command
+    line hangs and the processes outlive it.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    import httpstan.services_stub as stub
+
+    executor = stub.executor
+    stub.executor = concurrent.futures.ProcessPoolExecutor(
+        mp_context=multiprocessing.get_context("fork"), initializer=stub.init_worker
+    )  # as httpstan makes its own
+    for process in terminate_workers(executor):
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _AfterInterrupt(logging.Filter):
+    """Drop the records httpstan's server and asyncio log while an interrupted call unwinds.
+
+    Cancelling PyStan's request makes httpstan log its unfinished sampling tasks, and asyncio
+    the tracebacks of their callbacks; they are consequences of the Ctrl-C, which is reported
+    once as :class:`~pluralstan.errors.Interrupted`.
+    """
+
+    def __init__(self, interrupted: threading.Event) -> None:
+        super().__init__()
+        self.interrupted = interrupted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.interrupted.is_set()
+
+
+#: Loggers silenced while an interrupted PyStan call unwinds (see :class:`_AfterInterrupt`).
+_UNWIND_LOGGERS = ("asyncio", "httpstan", "aiohttp.server", "aiohttp.web")
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+@dataclass
+class _Interrupt:
+    """Ctrl-C around one PyStan call: whether it came, whether the call is being stopped
+    (further Ctrl-Cs then wait for the sampler processes to be stopped), and whether the
+    call is over."""
+
+    seen: threading.Event = field(default_factory=threading.Event)
+    stopping: bool = False
+    over: threading.Event = field(default_factory=threading.Event)
+
+
+@contextlib.contextmanager
+def sigint_stops_sampling() -> Iterator[_Interrupt]:
+    """Let Ctrl-C stop a PyStan call promptly while the block runs.
+
+    ``asyncio.run`` (which PyStan calls) answers SIGINT by cancelling its main task, which
+    takes effect only when the event loop runs again; httpstan's loop relaying draws from the
+    sampler processes gives the event loop no turn while draws keep arriving, so the
+    cancellation waited for the chains to finish. Raising ``KeyboardInterrupt`` from the
+    handler is no cure: wherever Python swallows exceptions (at-fork and ``__del__`` callbacks,
+    both met while httpstan starts its workers) the interrupt is lost. So the first Ctrl-C
+    terminates the sampler processes, which ends the relay, and schedules the
+    ``KeyboardInterrupt`` as an event-loop callback, where it always propagates (raised at once
+    when no event loop runs); until the call is over a thread goes on terminating any worker
+    that httpstan was still starting. A second Ctrl-C raises at once. The handler is installed
+    only over Python's default one, in the main thread (asyncio then installs none).
+    """
+    import asyncio
+    import signal
+
+    import httpstan.services_stub as stub
+
+    state = _Interrupt()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield state
+        return
+
+    def keep_terminating() -> None:
+        while not (state.stopping or state.over.wait(0.05)):
+            terminate_workers(stub.executor)
+
+    reaper = threading.Thread(target=keep_terminating, name="pluralstan-stop-sampler",
+                              daemon=True)
+
+    def handler(signum: int, frame: Any) -> None:
+        first = not state.seen.is_set()
+        state.seen.set()
+        if state.stopping:
+            return
+        terminate_workers(stub.executor)
+        if first:
+            reaper.start()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if first and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_raise_keyboard_interrupt)
+            return
+        raise KeyboardInterrupt
+
+    quiet = _AfterInterrupt(state.seen)
+    loggers = [logging.getLogger(name) for name in _UNWIND_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        state.over.set()
+        if reaper.is_alive():
+            reaper.join()
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+def interruptible(call: Callable[[], T | None], what: str) -> T:
+    """Run a PyStan call, turning Ctrl-C into :class:`~pluralstan.errors.Interrupted`.
+
+    PyStan catches ``KeyboardInterrupt`` inside ``stan.build`` and ``Model.sample`` and returns
+    ``None``. A ``None`` result, an interrupt that reaches here, or an error raised after
+    Ctrl-C (httpstan reports the terminated processes as a failed fit) stops httpstan's sampler
+    processes (:func:`stop_sampler_workers`) and raises :class:`Interrupted`.
+    """
+    with sigint_stops_sampling() as interrupt:
+        try:
+            result = call()
+        except KeyboardInterrupt:
+            result = None
+        except Exception:
+            if not interrupt.seen.is_set():
+                raise
+            result = None
+        if result is None:
+            interrupt.stopping = True
+            stop_sampler_workers()
+    if result is None:
+        raise Interrupted(f"{what} interrupted (Ctrl-C); no sampler process is left running")
+    return result
+
+
+_CLEANUP_INSTALLED = False
+
+
+def _shutdown_pool() -> None:
+    """Stop httpstan's chain-process pool, if this process started one."""
+    stub = sys.modules.get("httpstan.services_stub")
+    if stub is not None:
+        stub.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def install_worker_cleanup() -> None:
+    """Make a worker process able to exit after it ran PyStan fits.
+
+    httpstan runs chains in a module-level, non-daemonic process pool. A ``multiprocessing``
+    child (a pool or Dask worker) exits through ``multiprocessing.util._exit_function``, which
+    joins every live child *before* ``concurrent.futures`` would shut that pool down, so the
+    worker waits forever for httpstan's idle chain processes. A finaliser with a non-negative
+    exit priority runs before that join and shuts the pool down; its priority is above that of
+    ``multiprocessing.Queue``'s own finalisers (10), which would otherwise stop the queue's feeder
+    thread first and leave the shutdown sentinels undelivered. Idempotent.
+    """
+    global _CLEANUP_INSTALLED
+    if not _CLEANUP_INSTALLED:
+        mp.util.Finalize(None, _shutdown_pool, exitpriority=100)
+        _CLEANUP_INSTALLED = True
