@@ -165,9 +165,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_disclose(args: argparse.Namespace) -> int:
     """Write the four-item pluralism identifiability disclosure from saved fits."""
+    from .checks import disclosure_report
     from .data import read_csv
     from .fit import load
-    from .workflow import disclosure_report
 
     comps = read_csv(args.comparisons, items=args.items, annotators=args.annotators)
     test = read_csv(args.test, items=args.items) if args.test else None
