@@ -13,6 +13,7 @@ from scipy.stats import special_ortho_group
 
 import pluralstan as ps
 from pluralstan import _arviz
+from pluralstan.checks import pal_users
 from pluralstan.errors import DiagnosticWarning, IdentificationWarning, PluralstanError
 from pluralstan.models import get_model, pal
 
@@ -44,7 +45,7 @@ def true_probability(comps: ps.Comparisons) -> np.ndarray:
 def quiet(fn, *args, **kwargs):
     """Run ``fn`` without DiagnosticWarning. Still used for the seen-user fit (4 x 300 draws: bulk
     ESS of pi about 170; 4 x 1000 draws pass every check but take about 4 minutes on the shared
-    CI machine) and the new-user fits of ``pal.accuracy`` (2 x 300 draws per user and shot:
+    CI machine) and the new-user fits of ``pal_users.accuracy`` (2 x 300 draws per user and shot:
     R-hat and ESS of some users' weights fail); both are open work (issue 24)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DiagnosticWarning)
@@ -177,7 +178,7 @@ def test_fit_layout_follows_the_conventions(seen_fit, population):
     assert np.all(np.linalg.eigvalsh(M) > 0)
     # annotator log likelihood = Bernoulli log probability of that annotator's judgements
     y = train.frame["y"].to_numpy()
-    p = pal.preference_probability(seen_fit, train).values
+    p = pal_users.preference_probability(seen_fit, train).values
     by_row = np.where(y == 1, np.log(p), np.log1p(-p))
     code = train.codes("annotator")
     total = np.stack([by_row[..., code == i].sum(-1) for i in range(3)], axis=-1)
@@ -203,7 +204,7 @@ def test_heldout_preference_probabilities_are_recovered(seen_fit, population):
     90% intervals cover the truth for at least 80% of the 960 held-out judgements."""
     _, test, _ = population
     truth = true_probability(test)
-    p = pal.preference_probability(seen_fit, test)
+    p = pal_users.preference_probability(seen_fit, test)
     mae = float(np.mean(np.abs(p.mean(("chain", "draw")).values - truth)))
     lo, hi = p.quantile([0.05, 0.95], dim=("chain", "draw")).values
     cover = float(np.mean((lo <= truth) & (truth <= hi)))
@@ -215,7 +216,7 @@ def test_user_agreement_is_recovered(seen_fit, population):
     """Identified quantity: user-by-user agreement over the observed pairs. Criterion: the
     correlation of posterior-mean and true agreement over all user pairs exceeds 0.9."""
     train, _, _ = population
-    est = pal.agreement(seen_fit, train, n_draws=60)
+    est = pal_users.agreement(seen_fit, train, n_draws=60)
     A, B = train.options()
     _, keep = np.unique(np.hstack([A, B]), axis=0, return_index=True)
     truth = train.truth
@@ -234,7 +235,7 @@ def test_pal_predicts_heterogeneous_users_better_than_aggregate_bt(seen_fit, pop
     Bradley-Terry model's (fit to the same training data) by more than three binomial standard
     errors of the difference (paired judgements, conservative independent-sample SE)."""
     train, test, _ = population
-    table = pal.accuracy(seen_fit, test)
+    table = pal_users.accuracy(seen_fit, test)
     agg = ps.fit("aggregate", train, seed=2, **SAMPLER)
     assert not ps.diagnostics.failed(agg), ps.diagnostics.failed(agg)
     p_agg = expit(test.design() @ agg.posterior["theta"].mean(("chain", "draw")).values)
@@ -251,7 +252,7 @@ def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
     standard errors of the difference; (2) 20-shot accuracy is within 0.05 of seen accuracy
     (localisation from 20 judgements is nearly as good as from 30)."""
     _, test, new = population
-    table = quiet(pal.accuracy, seen_fit, test, new, shots=(0, 1, 5, 20), n_draws=60,
+    table = quiet(pal_users.accuracy, seen_fit, test, new, shots=(0, 1, 5, 20), n_draws=60,
                   chains=2, draws=300, warmup=300, seed=5)
     assert list(table["setting"]) == ["seen", "unseen", "unseen", "unseen", "unseen"]
     print(table.to_string())
@@ -266,8 +267,8 @@ def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
 def test_new_users_must_be_unseen_and_have_enough_judgements(seen_fit, population):
     train, _, new = population
     with pytest.raises(PluralstanError, match="was seen in the fit"):
-        pal.fit_new_users(seen_fit, train.subset(np.arange(10)))
+        pal_users.fit_new_users(seen_fit, train.subset(np.arange(10)))
     with pytest.raises(PluralstanError, match="more than max"):
-        pal.accuracy(seen_fit, None, new, shots=(1, 50))
+        pal_users.accuracy(seen_fit, None, new, shots=(1, 50))
     with pytest.raises(PluralstanError, match="n_draws"):
-        pal.fit_new_users(seen_fit, new, n_draws=0)
+        pal_users.fit_new_users(seen_fit, new, n_draws=0)

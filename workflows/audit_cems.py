@@ -174,7 +174,7 @@ def latent_types(comps: Comparisons, args: argparse.Namespace, Ks: list[int]) ->
     for K in Ks:
         fits[K] = idata = ps.fit("annotator", comps, K=K, **_sampler(args))
         paris = idata.posterior["theta"].sel(attribute="Paris")
-        paris_type = int(paris.mean(("chain", "draw")).argmax())
+        paris_type = int(paris.mean(("chain", "draw")).argmax("group"))
         theta = paris.isel(group=paris_type)
         member = idata.posterior["membership"].isel(group=paris_type).mean(("chain", "draw"))
         rows.append({

@@ -23,9 +23,10 @@ judgements (pairs the persona is indifferent about count half), the ceiling. The
 (as ``--models`` selects) are the aggregate model, the annotator-latent model and PAL's
 ideal-point model (``"pal"``, model A with a linear map), the latter two with K = number of
 personas. The PAL model's unseen / few-shot predictions are
-:func:`pluralstan.models.pal.accuracy`'s: zero-shot averages the seen users' probabilities;
-few-shot localises each new user from the same revealed pairs with the shared parameters held
-at their posterior (:func:`pluralstan.models.pal.fit_new_users`). Group recovery: adjusted Rand
+:func:`pluralstan.checks.pal_users.accuracy`'s: zero-shot averages the seen users'
+probabilities; few-shot localises each new user from the same revealed pairs with the shared
+parameters held at their posterior (:func:`pluralstan.checks.pal_users.fit_new_users`). Group
+recovery: adjusted Rand
 index of the training users' most probable type (annotator model: membership; PAL: largest
 prototype weight) against their persona, computed per posterior draw and averaged, so label
 switching between chains cannot lower it.
@@ -164,9 +165,9 @@ def ari_per_draw(alloc: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def unseen_table(comps: Comparisons, parts: dict[str, np.ndarray]) -> Comparisons:
     """The unseen users' judgements, each user's revealed ``shots`` rows first.
 
-    :func:`pluralstan.models.pal.accuracy` reveals a new user's first ``n`` judgements in table
-    order and scores the rest, so this order makes its few-shot split the same as the other
-    models'.
+    :func:`pluralstan.checks.pal_users.accuracy` reveals a new user's first ``n`` judgements in
+    table order and scores the rest, so this order makes its few-shot split the same as the
+    other models'.
     """
     users = comps.frame["annotator"].to_numpy()
     order = []
@@ -177,13 +178,14 @@ def unseen_table(comps: Comparisons, parts: dict[str, np.ndarray]) -> Comparison
 
 
 def pal_rows(idata, comps: Comparisons, parts: dict[str, np.ndarray], args) -> list[dict]:
-    """Seen / unseen / few-shot rows of the PAL model (:func:`pluralstan.models.pal.accuracy`)."""
-    from pluralstan.models import pal
+    """Seen / unseen / few-shot rows of the PAL model
+    (:func:`pluralstan.checks.pal_users.accuracy`)."""
+    from pluralstan.checks import pal_users
 
-    table = pal.accuracy(idata, comps.subset(parts["seen"]), unseen_table(comps, parts),
-                         shots=(0, args.shots), chains=min(args.chains, 2),
-                         draws=min(args.draws, 500), warmup=min(args.draws, 500),
-                         seed=args.seed)
+    table = pal_users.accuracy(idata, comps.subset(parts["seen"]), unseen_table(comps, parts),
+                               shots=(0, args.shots), chains=min(args.chains, 2),
+                               draws=min(args.draws, 500), warmup=min(args.draws, 500),
+                               seed=args.seed)
 
     def split_name(r: pd.Series) -> str:
         if r["setting"] == "seen":
