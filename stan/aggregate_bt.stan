@@ -18,12 +18,7 @@ data {
   int<lower=1> C;                        // number of cells
   int<lower=1> P;                        // number of attributes (columns of the design)
   // the design (attribute difference a - b per cell), dense or in compressed row storage
-  int<lower=0, upper=1> X_sparse;        // 1: compressed row storage; 0: dense X
-  matrix[X_sparse ? 0 : C, P] X;         // the dense design
-  int<lower=0> X_nnz;                    // non-zero entries (X_sparse = 1; else 0)
-  vector[X_nnz] X_w;                     // their values,
-  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
-  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
+  #include functions/design_data.stan
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
@@ -51,10 +46,7 @@ parameters {
 }
 model {
   // utility difference a - b per cell
-  vector[C] eta = design_times(X, X_w, X_v, X_u, theta);
-  if (has_order) {
-    eta += gamma[1] * order;
-  }
+  vector[C] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
   theta ~ normal(prior_theta_mean, prior_theta_sd);
   gamma ~ normal(0, prior_order_sd);
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
@@ -76,15 +68,8 @@ generated quantities {
   matrix[C, 2 + has_ties] log_p_cell;
   array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
   {
-    vector[C] eta = design_times(X, X_w, X_v, X_u, theta);
-    if (has_order) {
-      eta += gamma[1] * order;
-    }
-    if (has_ties) {
-      log_p_cell = davidson_log_probs(eta, log_nu[1]);
-    } else {
-      log_p_cell = append_col(log_inv_logit(-eta), log_inv_logit(eta));
-    }
+    log_p_cell = outcome_log_probs(linear_predictor(X, X_w, X_v, X_u, theta, gamma, order),
+                                   log_nu);
   }
   for (c in 1:C) {
     y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));

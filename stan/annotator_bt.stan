@@ -34,12 +34,7 @@ data {
   int<lower=1> P;                          // number of attributes (columns of the design)
   int<lower=1> K;                          // number of latent types
   // the design (attribute difference a - b per cell), dense or in compressed row storage
-  int<lower=0, upper=1> X_sparse;          // 1: compressed row storage; 0: dense X
-  matrix[X_sparse ? 0 : C, P] X;           // the dense design
-  int<lower=0> X_nnz;                      // non-zero entries (X_sparse = 1; else 0)
-  vector[X_nnz] X_w;                       // their values,
-  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
-  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
+  #include functions/design_data.stan
   vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
   array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
   int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
@@ -125,7 +120,7 @@ model {
   gamma ~ normal(0, prior_order_sd);
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
-    matrix[I, K] lp = type_log_lik(type_eta(theta, X, X_w, X_v, X_u, order, gamma), theta,
+    matrix[I, K] lp = type_log_lik(linear_predictor(X, X_w, X_v, X_u, theta, gamma, order), theta,
                                    gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
     for (i in 1:I) {
@@ -145,7 +140,7 @@ generated quantities {
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
-    matrix[C, K] eta = type_eta(theta, X, X_w, X_v, X_u, order, gamma);
+    matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);

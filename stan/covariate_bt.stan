@@ -58,12 +58,7 @@ data {
   int<lower=1> Q;                          // covariates per annotator, intercept included
   matrix[I, Q] W;                          // annotator covariates; column 1 is the intercept (1)
   // the design (attribute difference a - b per cell), dense or in compressed row storage
-  int<lower=0, upper=1> X_sparse;          // 1: compressed row storage; 0: dense X
-  matrix[X_sparse ? 0 : C, P] X;           // the dense design
-  int<lower=0> X_nnz;                      // non-zero entries (X_sparse = 1; else 0)
-  vector[X_nnz] X_w;                       // their values,
-  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
-  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
+  #include functions/design_data.stan
   vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
   array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
   int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
@@ -157,7 +152,7 @@ model {
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
     matrix[I, K] eta_pi = W * beta';                // softmax linear predictor per annotator
-    matrix[I, K] lp = type_log_lik(type_eta(theta, X, X_w, X_v, X_u, order, gamma), theta,
+    matrix[I, K] lp = type_log_lik(linear_predictor(X, X_w, X_v, X_u, theta, gamma, order), theta,
                                    gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u);
     for (i in 1:I) {
       target += log_sum_exp(lp[i] + log_softmax(eta_pi[i]')');
@@ -179,7 +174,7 @@ generated quantities {
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
-    matrix[C, K] eta = type_eta(theta, X, X_w, X_v, X_u, order, gamma);
+    matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
     matrix[I, K] post;         // membership probabilities

@@ -18,18 +18,28 @@
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
   #include functions/davidson.stanfunctions
+  // utility difference a - b per cell under the cell's group, x_c' theta[group[c]], plus the
+  // position effect gamma * order; the sparse design's columns are those of the K * P block
+  // design (X_v_group), so the sparse form is one product with to_vector(theta')
+  vector group_eta(matrix X, vector X_w, array[] int X_v_group, array[] int X_u, matrix theta,
+                   array[] int group, array[] real gamma, vector order) {
+    int C = size(group);
+    vector[C] eta = rows(X) == 0
+                    ? csr_matrix_times_vector(C, num_elements(theta), X_w, X_v_group, X_u,
+                                              to_vector(theta'))
+                    : rows_dot_product(X, theta[group]);
+    if (size(gamma) > 0) {
+      eta += gamma[1] * order;
+    }
+    return eta;
+  }
 }
 data {
   int<lower=1> C;                        // number of cells
   int<lower=1> P;                        // number of attributes (columns of the design)
   int<lower=1> K;                        // number of subgroups (observed label levels)
   // the design (attribute difference a - b per cell), dense or in compressed row storage
-  int<lower=0, upper=1> X_sparse;        // 1: compressed row storage; 0: dense X
-  matrix[X_sparse ? 0 : C, P] X;         // the dense design
-  int<lower=0> X_nnz;                    // non-zero entries (X_sparse = 1; else 0)
-  vector[X_nnz] X_w;                     // their values,
-  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
-  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
+  #include functions/design_data.stan
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   array[C] int<lower=1, upper=K> group;  // subgroup label of each cell
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
@@ -81,12 +91,7 @@ transformed parameters {
 }
 model {
   // utility difference a - b per cell, x_c' theta[group[c]]
-  vector[C] eta = X_sparse
-                  ? csr_matrix_times_vector(C, K * P, X_w, X_v_group, X_u, to_vector(theta'))
-                  : rows_dot_product(X, theta[group]);
-  if (has_order) {
-    eta += gamma[1] * order;
-  }
+  vector[C] eta = group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order);
   to_vector(z) ~ std_normal();
   if (partial) {
     mu ~ normal(prior_theta_mean, prior_theta_sd);
@@ -127,17 +132,8 @@ generated quantities {
   // replicated label counts (the labels are data the model generates, through pi)
   array[K] int n_annotators_rep = multinomial_rng(pi, sum(n_annotators));
   {
-    vector[C] eta = X_sparse
-                    ? csr_matrix_times_vector(C, K * P, X_w, X_v_group, X_u, to_vector(theta'))
-                    : rows_dot_product(X, theta[group]);
-    if (has_order) {
-      eta += gamma[1] * order;
-    }
-    if (has_ties) {
-      log_p_cell = davidson_log_probs(eta, log_nu[1]);
-    } else {
-      log_p_cell = append_col(log_inv_logit(-eta), log_inv_logit(eta));
-    }
+    log_p_cell = outcome_log_probs(group_eta(X, X_w, X_v_group, X_u, theta, group, gamma,
+                                             order), log_nu);
   }
   for (c in 1:C) {
     y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));

@@ -32,11 +32,7 @@ functions {
     int K = cols(eta);
     array[K] matrix[C, 2 + has_ties] lp;
     for (k in 1:K) {
-      if (has_ties) {
-        lp[k] = davidson_log_probs(col(eta, k), log_nu[1]) + log_pi[k];
-      } else {
-        lp[k] = append_col(log_inv_logit(-col(eta, k)), log_inv_logit(col(eta, k))) + log_pi[k];
-      }
+      lp[k] = outcome_log_probs(col(eta, k), log_nu) + log_pi[k];
     }
     return lp;
   }
@@ -59,12 +55,7 @@ data {
   int<lower=1> P;                        // number of attributes (columns of the design)
   int<lower=1> K;                        // number of latent subgroups (assumed)
   // the design (attribute difference a - b per cell), dense or in compressed row storage
-  int<lower=0, upper=1> X_sparse;        // 1: compressed row storage; 0: dense X
-  matrix[X_sparse ? 0 : C, P] X;         // the dense design
-  int<lower=0> X_nnz;                    // non-zero entries (X_sparse = 1; else 0)
-  vector[X_nnz] X_w;                     // their values,
-  array[X_nnz] int<lower=1, upper=P> X_v;  // their columns
-  array[X_sparse ? C + 1 : 0] int<lower=1> X_u;  // and where each row starts in X_w
+  #include functions/design_data.stan
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
@@ -109,10 +100,7 @@ transformed parameters {
 }
 model {
   // utility difference a - b per cell and component
-  matrix[C, K] eta = design_times(X, X_w, X_v, X_u, theta);
-  if (has_order) {
-    eta += rep_matrix(gamma[1] * order, K);
-  }
+  matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
   to_vector(theta) ~ normal(theta_loc, theta_scale);
   pi ~ dirichlet(prior_pi_alpha);
   gamma ~ normal(0, prior_order_sd);
@@ -139,10 +127,7 @@ generated quantities {
   array[C, 2 + has_ties] vector[K] alloc;
   array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
   {
-    matrix[C, K] eta = design_times(X, X_w, X_v, X_u, theta);
-    if (has_order) {
-      eta += rep_matrix(gamma[1] * order, K);
-    }
+    matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
     array[K] matrix[C, 2 + has_ties] lp = component_log_probs(eta, log(pi), has_ties, log_nu);
     log_p_cell = log_sum_exp_components(lp);
     for (c in 1:C) {
