@@ -101,8 +101,8 @@ def test_labeled_bad_input(frame: pd.DataFrame, kwargs: dict, message: str) -> N
     ("kwargs", "message"),
     [
         ({}, "needs the number of latent subgroups K"),
-        ({"K": 0}, "K must be at least 1"),
-        ({"K": 2.5}, "K must be a positive integer"),
+        ({"K": 0}, r"K \(the number of latent subgroups\) must be at least 1, got 0"),
+        ({"K": 2.5}, r"K \(the number of latent subgroups\) must be a positive integer"),
         ({"K": 2, "identify": "sorted"}, "unknown identify 'sorted'"),
         ({"K": 2, "identify": "ordered", "ordered_attribute": "x9"}, "'x9' is not an attribute"),
         ({"K": 2, "ordered_attribute": "x1"}, "needs identify='ordered'"),

@@ -139,7 +139,7 @@ def test_constant_attribute_combination_warns_about_translation():
 # ---------------------------------------------------------------------- input validation
 @pytest.mark.parametrize(
     ("K", "options", "match"),
-    [(0, {}, "at least 1"), (49, {}, "exceeds the 48 annotator"), (1.5, {}, "integer"),
+    [(0, {}, "at least 1"), (49, {}, r"only 48 annotator\(s\)"), (1.5, {}, "integer"),
      (2, {"priors": {"w_alpha": [1.0, -1.0]}}, "w_alpha"), (2, {"priors": {"W_sd": -1.0}}, "W_sd"),
      (2, {"priors": {"proto_sd": 1.0}}, "unknown prior")],
 )

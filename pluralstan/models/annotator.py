@@ -11,7 +11,7 @@ Outputs: ``theta`` ``("group", "attribute")``, ``pi`` ``("group",)``, ``membersh
 classifying annotators), ``log_likelihood["y"]`` with dim ``annotator`` (the unit of
 leave-one-annotator-out LOO), and ``posterior_predictive["y"]`` counts per cell and outcome.
 
-The encoding helpers here (:func:`check_K`, :func:`annotator_cells`, :func:`likelihood_data`)
+The encoding helpers here (:func:`annotator_cells`, :func:`likelihood_data`)
 are shared with the covariate-informed model (:mod:`pluralstan.models.covariate`).
 """
 
@@ -30,6 +30,7 @@ from .base import (
     ModelSpec,
     broadcast_prior,
     bt_prior_data,
+    check_K,
     design_data,
     merge_priors,
     positive,
@@ -75,31 +76,6 @@ class AnnotatorCells:
     def n_cells(self) -> int:
         """Number of cells."""
         return int(self.X.shape[0])
-
-
-def check_K(K: Any, comps: Comparisons) -> int:
-    """Validate the number of latent types against the number of annotators.
-
-    Raises
-    ------
-    PluralstanError
-        When ``K`` is not an integer in ``1 .. number of annotators``.
-    """
-    n_ann = len(comps.annotator_levels)
-    whole = isinstance(K, int | np.integer) or (isinstance(K, float) and K.is_integer())
-    if isinstance(K, bool) or not whole:
-        raise PluralstanError(
-            f"K (the number of latent types) must be a positive integer, got {K!r}"
-        )
-    K = int(K)
-    if K < 1:
-        raise PluralstanError(f"K (the number of latent types) must be at least 1, got {K}")
-    if K > n_ann:
-        raise PluralstanError(
-            f"K = {K} latent types but only {n_ann} annotator(s) in column 'annotator': each "
-            "type needs annotators to describe; use K <= the number of annotators"
-        )
-    return K
 
 
 def check_identify(
@@ -182,7 +158,7 @@ def likelihood_data(
         and the model attributes recorded in the posterior.
     """
     require_annotators(comps)
-    K = check_K(K, comps)
+    K = check_K(K, "latent types", n_annotators=len(comps.annotator_levels))
     flag, ident_attr = check_identify(comps, identify, ordered_attribute)
     has_ties, has_order = resolve_ties_order(comps, ties, order)
     n_out = 2 + int(has_ties)

@@ -105,6 +105,38 @@ class ModelSpec:
         return load_program(self.program_file)
 
 
+def check_K(K: Any, what: str, *, n_annotators: int | None = None) -> int:
+    """Validate a number of mixture components: a positive integer (an integer-valued float is
+    accepted), at most ``n_annotators`` when the components are annotator types.
+
+    Parameters
+    ----------
+    K
+        The number given by the user.
+    what
+        What the components are, for the message ("latent types", "prototypes", ...).
+    n_annotators
+        The number of annotators in the table, when each component needs annotators of its own.
+
+    Raises
+    ------
+    PluralstanError
+        Naming ``K``, its value and the accepted range.
+    """
+    whole = isinstance(K, int | np.integer) or (isinstance(K, float) and K.is_integer())
+    if isinstance(K, bool) or not whole:
+        raise PluralstanError(f"K (the number of {what}) must be a positive integer, got {K!r}")
+    K = int(K)
+    if K < 1:
+        raise PluralstanError(f"K (the number of {what}) must be at least 1, got {K}")
+    if n_annotators is not None and K > n_annotators:
+        raise PluralstanError(
+            f"K = {K} {what} but only {n_annotators} annotator(s) in the table: each needs "
+            f"annotators to describe it; accepted: 1 <= K <= {n_annotators}"
+        )
+    return K
+
+
 class Registry(Mapping[str, ModelSpec]):
     """The registered models, by name: ``ps.models``.
 

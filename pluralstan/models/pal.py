@@ -51,6 +51,7 @@ from .base import (
     Encoded,
     ModelSpec,
     broadcast_prior,
+    check_K,
     merge_priors,
     positive,
     register,
@@ -87,19 +88,6 @@ def check_no_ties(comps: Comparisons, what: str) -> None:
             f"{what}: outcome column 'y' has ties (0.5) at rows {list(rows[:5])}; the PAL model "
             "has no tie outcome (accepted: 1 a preferred, 0 b preferred); drop the tied rows"
         )
-
-
-def _check_K(K: Any, n_annotators: int) -> int:
-    if isinstance(K, bool) or not isinstance(K, int | np.integer):
-        raise PluralstanError(f"K (number of prototypes) must be an integer, got {K!r}")
-    if K < 1:
-        raise PluralstanError(f"K (number of prototypes) must be at least 1, got {K}")
-    if K > n_annotators:
-        raise PluralstanError(
-            f"K = {K} prototypes exceeds the {n_annotators} annotator(s) in the table; "
-            f"accepted: 1 <= K <= {n_annotators}"
-        )
-    return int(K)
 
 
 def _check_translation(A: np.ndarray, B: np.ndarray) -> None:
@@ -149,7 +137,7 @@ def encode(
     p = merge_priors(DEFAULT_PRIORS, priors)
     require_annotators(comps)
     annotators = comps.annotator_levels
-    K = _check_K(K, len(annotators))
+    K = check_K(K, "prototypes", n_annotators=len(annotators))
     check_no_ties(comps, "pal")
     D = len(comps.attributes)
     has_order = comps.has_order if order is None else bool(order) and comps.has_order
@@ -260,7 +248,7 @@ def simulate(
     """
     if n_items < 2 or judgements < 1 or n_attributes < 1:
         raise PluralstanError("n_items must be at least 2, judgements and n_attributes at least 1")
-    _check_K(K, n_annotators)
+    check_K(K, "prototypes", n_annotators=n_annotators)
     rng = np.random.default_rng(seed)
     D = n_attributes
     sd = 1.0 / np.sqrt(D) if item_sd is None else float(item_sd)

@@ -27,7 +27,6 @@ attribute ``j``.
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +37,7 @@ from .base import (
     Encoded,
     ModelSpec,
     bt_prior_data,
+    check_K,
     design_data,
     expand_cells,
     merge_priors,
@@ -65,19 +65,6 @@ NOT_IDENTIFIED = (
     "the expected result, not a sampler failure; labels, repeated judgements per annotator "
     "(model 'annotator') or annotator covariates ('covariate') identify the types"
 )
-
-
-def _components(K: Any) -> int:
-    """Validate the number of latent components."""
-    try:
-        k = operator.index(K)
-    except TypeError:
-        raise PluralstanError(
-            f"K must be a positive integer (the number of latent subgroups), got {K!r}"
-        ) from None
-    if k < 1:
-        raise PluralstanError(f"K must be at least 1, got {k}")
-    return k
 
 
 def _ident_attribute(comps: Comparisons, identify: str, attribute: str | None) -> int:
@@ -137,7 +124,7 @@ def encode(
     """
     if K is None:
         raise PluralstanError("the unlabeled model needs the number of latent subgroups K")
-    K = _components(K)
+    K = check_K(K, "latent subgroups")
     ident_attr = _ident_attribute(comps, identify, ordered_attribute)
     p = merge_priors(DEFAULT_PRIORS, priors)
     has_ties, has_order = resolve_ties_order(comps, ties, order)
