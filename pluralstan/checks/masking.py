@@ -46,6 +46,7 @@ from scipy.special import expit
 from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
+from .intervals import central_interval
 from .predict import observed_frequencies, pair_table, preference_probability
 
 __all__ = ["masking_ratio", "point_estimate_theta", "split_pairs", "summarize_masking"]
@@ -298,13 +299,8 @@ def summarize_masking(masking: xr.Dataset, prob: float = 0.9) -> pd.DataFrame:
     sample = [d for d in ("chain", "draw") if d in masking.dims]
     rows = []
     for name, da in masking.data_vars.items():
-        q = (0.5 - prob / 2, 0.5, 0.5 + prob / 2)
-        stats = xr.Dataset({
-            "mean": da.mean(sample) if sample else da,
-            "lower": da.quantile(q[0], sample).drop_vars("quantile") if sample else da,
-            "median": da.quantile(q[1], sample).drop_vars("quantile") if sample else da,
-            "upper": da.quantile(q[2], sample).drop_vars("quantile") if sample else da,
-        })
+        stats = (central_interval(da, prob, sample, median=True) if sample
+                 else xr.Dataset(dict.fromkeys(("mean", "lower", "median", "upper"), da)))
         frame = stats.to_dataframe().reset_index() if "group" in da.dims else pd.DataFrame(
             {k: [float(v)] for k, v in stats.items()})
         rows.append(frame.assign(quantity=name))

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
 from ..models import get_model
 from ..parallel import Job, run_jobs
+from .intervals import central_interval
 
 __all__ = [
     "PRIOR_SENSITIVITY_THRESHOLD",
@@ -112,16 +112,6 @@ def grid_fits(
     return {label: report.results[f"g{i}"].value for i, label in enumerate(labels)}
 
 
-def _summary(da: xr.DataArray, prob: float) -> xr.Dataset:
-    q = da.quantile([0.5 - prob / 2, 0.5 + prob / 2], ("chain", "draw"))
-    return xr.Dataset({
-        "mean": da.mean(("chain", "draw")),
-        "sd": da.std(("chain", "draw"), ddof=1),
-        "lower": q.isel(quantile=0, drop=True),
-        "upper": q.isel(quantile=1, drop=True),
-    })
-
-
 def grid_shifts(
     fits: Mapping[str, _arviz.Idata],
     *,
@@ -159,10 +149,11 @@ def grid_shifts(
     for label, idata in fits.items():
         if var_name not in _arviz.group(idata, "posterior"):
             raise PluralstanError(f"fit {label!r} has no posterior variable {var_name!r}")
-    ref = _summary(_arviz.group(fits[reference], "posterior")[var_name], prob)
+    ref = central_interval(_arviz.group(fits[reference], "posterior")[var_name], prob,
+                           sd=True)
     frames = []
     for label, idata in fits.items():
-        stats = _summary(_arviz.group(idata, "posterior")[var_name], prob)
+        stats = central_interval(_arviz.group(idata, "posterior")[var_name], prob, sd=True)
         stats["shift"] = stats["mean"] - ref["mean"]
         stats["shift_sd"] = stats["shift"] / ref["sd"]
         frame = stats.to_dataframe().reset_index() if stats["mean"].ndim else pd.DataFrame(
