@@ -96,10 +96,15 @@ def dataset_from_dict(
 
 
 def make_idata(datasets: Mapping[str, xr.Dataset]) -> Any:
-    """The installed ArviZ's container holding ``datasets`` as its groups."""
+    """The installed ArviZ's container holding ``datasets`` as its groups.
+
+    A Dataset without variables (an output a fit was asked to skip) makes no group, on either
+    ArviZ line (InferenceData drops it; a DataTree would keep an empty node).
+    """
+    kept = {name: ds for name, ds in datasets.items() if ds.data_vars}
     if ARVIZ_1:
-        return xr.DataTree.from_dict(dict(datasets))
-    return az.InferenceData(**datasets)
+        return xr.DataTree.from_dict(kept)
+    return az.InferenceData(**kept)
 
 
 def from_dict(data: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> Any:
