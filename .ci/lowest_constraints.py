@@ -6,9 +6,8 @@ bounds the package declares.
 
 import re
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 CORE = ("numpy", "scipy", "pandas", "xarray")
 
