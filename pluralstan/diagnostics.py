@@ -52,6 +52,8 @@ MULTIMODAL = "genuine multimodality"
 
 #: How the note on a fit whose modes were stacked begins (:func:`pluralstan.pipeline.finalize`).
 STACKED = "modes stacked"
+#: Posterior attribute that says why a latent-type fit was left as sampled (a diagnostics note).
+NOT_RELABELLED = "not_relabelled"
 
 
 @dataclass
@@ -265,7 +267,9 @@ def _latent_checks(idata: _arviz.Idata, label_rhat: float, result: Diagnostics,
         result.chain_lp = [float(v) for v in invariant["lp"].mean("draw").values]
     if n_chains > 1 and result.chain_lp:
         result.modes = chain_modes(invariant, np.array(result.chain_lp))
-    if not idata.posterior.attrs.get("relabelling") and label_rhat > RHAT_MAX >= inv_rhat:
+    labels_settled = idata.posterior.attrs.get("relabelling") or idata.posterior.attrs.get(
+        NOT_RELABELLED)  # relabelled, or left as sampled on purpose
+    if not labels_settled and label_rhat > RHAT_MAX >= inv_rhat:
         result.notes.append(
             "latent labels are as sampled (not relabelled): the R-hat of label-dependent "
             "variables includes label switching; relabel with pluralstan.relabel.relabel"
@@ -354,6 +358,8 @@ def check(
                          var_names=[str(n) for n in names])
     if post.attrs.get("not_identified"):  # the model says what the data cannot identify
         result.notes.append(str(post.attrs["not_identified"]))
+    if post.attrs.get(NOT_RELABELLED):
+        result.notes.append(str(post.attrs[NOT_RELABELLED]))
     if is_latent(idata, dim):
         result.notes += switching_notes(idata, dim)
         labelled = [n for n in names if dim in post[n].dims]

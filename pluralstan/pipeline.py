@@ -57,7 +57,7 @@ from .engine import Draws, SamplerConfig, StanProgram, get_engine
 from .errors import DiagnosticWarning, PluralstanError
 from .models.base import Encoded
 from .modes import ModeSearch, keep_unstacked, search, stack_chains
-from .relabel import Method
+from .relabel import Method, asymmetric_prior
 from .relabel import relabel as relabel_draws
 
 
@@ -198,7 +198,9 @@ def finalize(
     relabel
         ``True`` relabels latent components with ``method="auto"``, except in a fit whose
         components are ordered by a constraint (attribute ``identify="ordered"``: the
-        constraint labels them); a method name (``"stephens"``, ``"pivot"``) chooses the method
+        constraint labels them) or whose prior is not exchangeable across components
+        (:func:`pluralstan.relabel.asymmetric_prior`; the fit's diagnostics record a note
+        saying so); a method name (``"stephens"``, ``"pivot"``) chooses the method
         and always relabels; ``False`` keeps the draws as sampled.
     check
         Run :func:`pluralstan.diagnostics.check` (recorded in
@@ -222,8 +224,13 @@ def finalize(
         else ``idata`` itself.
     """
     ordered = idata.posterior.attrs.get("identify") == "ordered"
+    asymmetric = asymmetric_prior(idata) if relabel is True and label_dim else None
+    if asymmetric:
+        idata.posterior.attrs[diagnostics.NOT_RELABELLED] = (
+            f"not relabelled: the prior is not exchangeable across types ({asymmetric}), so it "
+            "labels them and the draws are kept as sampled (relabel='stephens' relabels anyway)")
     if relabel and label_dim and diagnostics.is_latent(idata, label_dim) and not (
-            ordered and relabel is True):
+            (ordered or asymmetric) and relabel is True):
         method = "auto" if relabel is True else relabel
         idata, _ = relabel_draws(idata, method=method, dim=label_dim)
     if check:

@@ -29,12 +29,14 @@ No maintained Python package implements either (label.switching is R only), henc
 Only the ``posterior`` group is permuted; label-invariant variables and all other groups are
 left as they are. The permutations applied are stored in ``sample_stats["label_permutation"]``
 (composed over repeated relabellings, so it always maps the relabelled labels to the labels as
-sampled); :func:`raw` restores the draws as sampled, also after a NetCDF round trip. A fit's
+sampled); :func:`unrelabel` restores the draws as sampled, also after a NetCDF round trip. A fit's
 stored diagnostics are recomputed on the relabelled draws (:func:`pluralstan.diagnostics.check`),
 so no table carries a flag that relabelling resolved.
 
 :func:`pluralstan.fit.fit` relabels every latent-type fit by default (``relabel=False`` opts
-out), with ``method="auto"``.
+out), with ``method="auto"``, unless the prior is not exchangeable across components
+(:func:`asymmetric_prior`: unequal Dirichlet concentrations label the components, so the
+posterior is not label-symmetric and relabelling would override what the prior says).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ Method = Literal["auto", "stephens", "pivot"]
 #: Names under which pluralstan's programs emit allocation probabilities: ``alloc``
 #: (comparison-level mixtures, per cell and outcome) and ``membership`` (annotator-level).
 ALLOCATION_NAMES = ("alloc", "membership")
+
+#: Prior hyperparameters with one value per latent component (keys of a fit's ``priors``
+#: attribute, :func:`pluralstan.pipeline.fit_attrs`).
+LABEL_PRIORS = ("prior_pi_alpha", "prior_w_alpha")
 
 #: Smallest probability used inside logarithms of the Stephens algorithm.
 _TINY = 1e-300
@@ -90,6 +96,22 @@ def allocation_name(post: xr.Dataset, allocation: str | None = None) -> str | No
     if post.attrs.get("allocation"):
         return str(post.attrs["allocation"])
     return next((name for name in ALLOCATION_NAMES if name in post), None)
+
+
+def asymmetric_prior(idata: _arviz.Idata) -> str | None:
+    """Which per-component prior of a fit is not exchangeable across components, or ``None``.
+
+    A prior with unequal values across components (e.g. ``pi_alpha = [5, 1]``) tells the
+    components apart, so the posterior is not invariant under permuting the labels; relabelling
+    such a fit would override the labels the prior gives. Reads the fit's ``priors`` attribute
+    (:data:`LABEL_PRIORS`) and returns e.g. ``"pi_alpha = [5.0, 1.0]"``.
+    """
+    priors = json.loads(idata.posterior.attrs.get("priors", "{}") or "{}")
+    for name in LABEL_PRIORS:
+        values = np.atleast_1d(np.asarray(priors.get(name, []), dtype=float))
+        if values.size > 1 and not np.allclose(values, values[0]):
+            return f"{name.removeprefix('prior_')} = {values.tolist()}"
+    return None
 
 
 def label_vars(post: xr.Dataset, dim: str = "group") -> list[str]:
@@ -376,9 +398,16 @@ def _store_permutation(out: _arviz.Idata, perms: np.ndarray | None,
 
 def _recheck(out: _arviz.Idata, dim: str) -> None:
     """Recompute a stored diagnostics record on ``out``'s draws and drop a stale
-    label-switching report (so no table carries a flag for draws that changed)."""
+    label-switching report (so no table carries a flag for draws that changed).
+
+    A stacked fit's record (:func:`pluralstan.pipeline.stack_modes`) is kept: it judges each
+    mode on its own chains, kept as sampled in the ``unstacked_`` groups, whereas a check of
+    the one stacked chain would replace it with a record that cannot see the modes.
+    """
     out.posterior.attrs.pop("label_switching", None)
     previous = diagnostics.recorded(out)
+    if any(str(n).startswith(diagnostics.STACKED) for n in previous.get("notes", [])):
+        return  # judged mode by mode on the chains as sampled, which relabelling leaves alone
     if previous:
         names = previous.get("var_names") or diagnostics.parameter_names(out)
         diagnostics.check(out, var_names=names, warn=False, dim=dim)

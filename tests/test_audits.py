@@ -226,3 +226,17 @@ def test_personas_ari_per_draw_is_label_invariant(personas):
                                module.ari_per_draw(swapped, truth))
     perfect = np.stack([np.eye(2)[truth]] * 3)
     np.testing.assert_allclose(module.ari_per_draw(perfect, truth), 1.0)
+
+
+def test_personas_report_lists_every_split_whose_diagnostics_differ():
+    # PAL's few-shot new-user fits can fail while its training fit passes: the report must not
+    # show only the first row of a model
+    module = _script("audit_personas")
+    table = pd.DataFrame({
+        "model": ["aggregate"] * 2 + ["pal"] * 3,
+        "split": ["seen", "unseen", "seen", "unseen", "few-shot"],
+        "diagnostics": ["ok", "ok", "ok", "ok", "R-hat 1.021 > 1.01 for w[3, 1]"],
+    }).set_index(["model", "split"])
+    assert module.diagnostics_lines(table) == [
+        "* aggregate: ok", "* pal, seen: ok", "* pal, unseen: ok",
+        "* pal, few-shot: R-hat 1.021 > 1.01 for w[3, 1]"]

@@ -257,3 +257,20 @@ def test_fit_searches_modes_stacks_them_and_keeps_the_chains(tmp_path):
         chains = modes.unstack(fit)
         assert chains.posterior.sizes["chain"] == 4 and "modes" not in chains.posterior.attrs
         assert diagnostics.recorded(chains)["multimodal"]
+
+
+def test_relabelling_a_stacked_fit_keeps_its_mode_by_mode_record(rng):
+    # a stacked fit's record judges each mode on its own chains; relabelling the stacked draws
+    # again must not replace it by a check of the one stacked chain, which cannot see the modes
+    from pluralstan.pipeline import finalize
+    from pluralstan.relabel import relabel
+
+    fit = _two_mode_fit(rng)
+    fit.posterior.attrs.update({"group_labels": "latent", "model": "fake"})
+    stacked = finalize(fit, label_dim="group", warn=False)
+    before = diagnostics.recorded(stacked)
+    assert before["multimodal"] and stacked.posterior.sizes["chain"] == 1
+    again, _ = relabel(stacked, method="pivot")
+    after = diagnostics.recorded(again)
+    assert after["multimodal"] and after["notes"] == before["notes"]
+    assert any(n.startswith(diagnostics.STACKED) for n in after["notes"])

@@ -335,3 +335,30 @@ def test_check_tells_genuine_multimodality_from_non_convergence() -> None:
     idata = _four_chains(rng, rng.normal(size=(4, 400)))
     result = diagnostics.check(idata, var_names=["theta", "pi"], warn=False)
     assert result.ok and result.modes == [[0, 1, 2, 3]]
+
+
+def test_a_prior_that_labels_the_types_keeps_the_draws_as_sampled() -> None:
+    """Unequal Dirichlet concentrations make the posterior label-asymmetric: the default
+    pipeline must not relabel (which would override the prior's labels) and must say why in the
+    diagnostics; equal concentrations are relabelled; an explicit method relabels anyway."""
+    from pluralstan.pipeline import finalize
+
+    rng = np.random.default_rng(23)
+    scramble = np.stack([np.tile(np.arange(3), (300, 1)), np.tile([1, 2, 0], (300, 1))])
+
+    def fake(pi_alpha: list[float]) -> _arviz.Idata:
+        idata = _latent(_idata(rng, scramble)[0])
+        idata.posterior.attrs["priors"] = json.dumps({"prior_pi_alpha": pi_alpha})
+        return idata
+
+    kept = finalize(fake([5.0, 1.0, 1.0]), label_dim="group", warn=False)
+    assert "relabelling" not in kept.posterior.attrs
+    assert "label_permutation" not in kept.sample_stats
+    assert any("not exchangeable across types (pi_alpha = [5.0, 1.0, 1.0])" in n
+               for n in diagnostics.notes(kept))
+    assert not any("relabel with" in n for n in diagnostics.notes(kept))
+    symmetric = finalize(fake([2.0, 2.0, 2.0]), label_dim="group", warn=False)
+    assert json.loads(symmetric.posterior.attrs["relabelling"])["method"] == "stephens"
+    assert not any("not exchangeable" in n for n in diagnostics.notes(symmetric))
+    forced = finalize(fake([5.0, 1.0, 1.0]), label_dim="group", relabel="stephens", warn=False)
+    assert "relabelling" in forced.posterior.attrs

@@ -218,6 +218,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def diagnostics_lines(table: pd.DataFrame) -> list[str]:
+    """Markdown bullets of the ``diagnostics`` column of a ``(model, split)`` table: one line
+    per model when its rows agree, else one per split (PAL's new-user fits differ per split)."""
+    lines = []
+    for model, flags in table["diagnostics"].groupby(level="model", sort=False):
+        if flags.nunique() == 1:
+            lines.append(f"* {model}: {flags.iloc[0]}")
+        else:
+            lines += [f"* {model}, {split}: {flag}" for (_, split), flag in flags.items()]
+    return lines
+
+
 def _markdown(table: pd.DataFrame) -> str:
     return table.reset_index().to_markdown(index=False, floatfmt=".3f") + "\n"
 
@@ -282,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     save_figure(fig, out / "accuracy.png")
     shown = table.drop(columns="diagnostics")
     print(_markdown(shown))
-    flags = table.reset_index().drop_duplicates("model").set_index("model")["diagnostics"]
     lines = ["# Persona semi-synthetic audit", "",
              f"{comps.n} judgements by {len(comps.annotator_levels)} simulated users of the "
              f"personas {list(comps.group_levels)} ({args.users} per persona, {args.pairs} "
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.draws} draws, seed {args.seed}. Unseen users: {args.unseen:.0%} of each "
              f"persona; few-shot: {args.shots} revealed pairs.", "",
              "## Held-out accuracy (PAL's seen / unseen / few-shot splits)", "",
-             _markdown(shown), "## Diagnostics", "", *[f"* {m}: {f}" for m, f in flags.items()], ""]
+             _markdown(shown), "## Diagnostics", "", *diagnostics_lines(table), ""]
     write_atomic(out / "report.md", "\n".join(lines))
     return 0
 

@@ -218,6 +218,8 @@ def encode(
     priors
         Overrides of :data:`DEFAULT_PRIORS`. ``pi_alpha`` is a scalar or one Dirichlet
         concentration per type (e.g. ``concentration * pi_grid`` for prior sensitivity).
+        Unequal concentrations label the types, so the fit is then not relabelled
+        (:func:`pluralstan.relabel.asymmetric_prior`).
     identify
         ``"none"``: exchangeable types (labels may switch between and within chains; relabel
         with :mod:`pluralstan.relabel`). ``"ordered"``: theta's coordinate on

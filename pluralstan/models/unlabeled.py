@@ -106,7 +106,8 @@ def encode(
         Number of latent subgroups (required).
     priors
         Overrides of :data:`DEFAULT_PRIORS`; ``pi_alpha`` is a scalar or a length-``K`` vector of
-        positive numbers (large concentrations pin ``pi`` near ``pi_alpha / sum(pi_alpha)``).
+        positive numbers (large concentrations pin ``pi`` near ``pi_alpha / sum(pi_alpha)``;
+        unequal values label the components, so the fit is then not relabelled).
     identify
         ``"none"`` (exchangeable labels) or ``"ordered"`` (order the components by one attribute).
     ordered_attribute
