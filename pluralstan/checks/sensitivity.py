@@ -205,9 +205,9 @@ def pi_grid_sensitivity(
     table, fits
         :func:`grid_shifts` of ``theta`` with the assumed composition in columns
         ``pi_assumed`` (as text) and ``pi_<group>``, and the fits keyed by grid label.
-        Latent-component models are summarised as sampled: relabel them
-        (:func:`pluralstan.relabel.relabel`) before reading per-group shifts if their chains
-        switch labels (each fit's flag records a detected switch).
+        A latent-component fit under a non-uniform assumed composition is kept as sampled,
+        because that prior labels the components (:func:`pluralstan.relabel.asymmetric_prior`;
+        its diagnostics say so); under a uniform one it is relabelled like any fit.
     """
     grid = np.atleast_2d(np.asarray(pi_grid, dtype=float))
     K = grid.shape[1] if K is None else int(K)
