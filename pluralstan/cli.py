@@ -9,6 +9,7 @@ Examples
     pluralstan fit aggregate comps.csv --out fit.nc     # fit, check diagnostics, save NetCDF
     pluralstan summary fit.nc                           # posterior summary + diagnostics
     pluralstan disclose comps.csv agg.nc mix.nc --out report/   # the four-item disclosure
+    pluralstan audit judgements.csv --annotators people.csv --out report/  # all of it at once
 """
 
 from __future__ import annotations
@@ -177,6 +178,22 @@ def cmd_disclose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Fit, choose K and write the latent-type disclosure report in one command."""
+    from .audit import audit, read_judgements
+
+    comps = read_judgements(args.judgements, items=args.items, annotators=args.annotators,
+                            group=args.group)
+    result = audit(comps, args.out, K=args.K, chains=args.chains, draws=args.draws,
+                   warmup=args.warmup, seed=args.seed, pooling=args.pooling,
+                   verbose=args.verbose,
+                   progress=not args.no_progress)
+    for row in result.summary["verdicts"]:
+        print(f"{row['mark']:>7}  {row['item']}: {row['finding']}")
+    print(f"K = {result.summary['K']['chosen']}; report: {result.paths['report.html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -252,6 +269,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masking target (default: observed frequencies)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_disclose)
+
+    p = command("audit", help="audit your own judgements in one command: aggregate and "
+                "latent-type fits, K by leave-one-annotator-out LOO, the four-item disclosure "
+                "with a verdict card (HTML, Markdown, JSON, NetCDF)", epilog=EPILOG + """
+RLHF layout: one row per judgement with `chosen`, `rejected` (response ids) and `annotator`;
+--items then gives response features (column `item` = response id).""")
+    p.add_argument("judgements", help="judgement table (CSV): pluralstan's format or the RLHF "
+                                      "layout (chosen / rejected / annotator)")
+    p.add_argument("--annotators", default=None,
+                   help="annotator covariate table (CSV, column `annotator`): adds the "
+                        "covariate-informed fit and who is in each type")
+    p.add_argument("--items", default=None, help="item / response feature table (CSV, column "
+                                                 "`item`)")
+    p.add_argument("--group", default=None, help="column of observed groups: adds the labeled "
+                                                 "fit and its own disclosure")
+    p.add_argument("--pooling", choices=["partial", "none"], default=None,
+                   help="labeled fit (with --group): pooling of the groups' coefficients "
+                        "(default: partial from three groups on, else none)")
+    p.add_argument("--K", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="numbers of latent types to compare")
+    p.add_argument("--out", required=True, help="report folder (written whole at the end)")
+    p.add_argument("--chains", type=int, default=4, help="Markov chains per fit")
+    p.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up")
+    p.add_argument("--warmup", type=int, default=1000, help="warm-up iterations per chain")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the engine's output and every warning")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_audit)
 
     p = command("summary", help="summary and diagnostics of a saved fit")
     p.add_argument("fit", help="NetCDF file written by `pluralstan fit`")

@@ -850,10 +850,10 @@ def read_csv(
     PluralstanError
         When a file does not exist, is not CSV, or fails validation.
     """
-    frame = _read_table(path, "comparison table")
-    item_frame = _read_table(items, "item table") if isinstance(items, str | Path) else items
+    frame = read_table(path, "comparison table")
+    item_frame = read_table(items, "item table") if isinstance(items, str | Path) else items
     ann_frame = (
-        _read_table(annotators, "annotator table")
+        read_table(annotators, "annotator table")
         if isinstance(annotators, str | Path)
         else annotators
     )
@@ -862,7 +862,9 @@ def read_csv(
     )
 
 
-def _read_table(path: str | Path, what: str) -> pd.DataFrame:
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """Read one CSV file (``what`` names it in errors: missing, unreadable, one column,
+    a column named twice)."""
     path = Path(path)
     if not path.is_file():
         raise PluralstanError(f"{what} file {str(path)!r} does not exist")

@@ -71,7 +71,7 @@ class DisclosureReport:
 
 # ---------------------------------------------------------------------------- rendering
 @dataclass
-class _Doc:
+class Document:
     """Blocks rendered both to Markdown and to HTML (no Markdown library is a dependency)."""
 
     blocks: list[tuple[str, Any]] = field(default_factory=list)
@@ -92,6 +92,11 @@ class _Doc:
     def figure(self, name: str, png: bytes, caption: str) -> None:
         self.blocks.append(("figure", (name, png, caption)))
 
+    def card(self, verdicts: pd.DataFrame) -> None:
+        """Add a verdict card: columns ``item``, ``mark`` (pass / caution / fail), ``finding``
+        and ``threshold``; a table in Markdown, a box with coloured marks in HTML."""
+        self.blocks.append(("card", verdicts))
+
     def markdown(self) -> str:
         out = []
         for kind, value in self.blocks:
@@ -99,7 +104,7 @@ class _Doc:
                 out.append("#" * value[0] + " " + value[1])
             elif kind == "text":
                 out.append(value)
-            elif kind == "table":
+            elif kind in ("table", "card"):
                 out.append(_markdown_table(value))
             else:
                 name, _, caption = value
@@ -115,7 +120,9 @@ class _Doc:
                 body.append(f"<p>{html.escape(value)}</p>")
             elif kind == "table":
                 body.append(value.to_html(index=False, border=0, na_rep="",
-                                          float_format=lambda v: f"{v:.3g}"))
+                                          float_format=number))
+            elif kind == "card":
+                body.append(_card_html(value))
             else:
                 name, png, caption = value
                 data = base64.b64encode(png).decode("ascii")
@@ -124,15 +131,36 @@ class _Doc:
                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
                  "table{border-collapse:collapse;margin:1em 0}td,th{padding:.2em .6em;"
-                 "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}")
+                 "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+                 ".card{border:2px solid #444;border-radius:6px;padding:.5em 1em;margin:1em 0}"
+                 ".card td{text-align:left;vertical-align:top}.mark{font-weight:bold;"
+                 "padding:.1em .5em;border-radius:4px;color:#fff;white-space:nowrap}"
+                 ".pass{background:#2e7d32}.caution{background:#b26a00}.fail{background:#c62828}"
+                 ".threshold{color:#555;font-size:90%}")
         return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
                 f"{html.escape(title)}</title><style>{style}</style></head><body>\n"
                 + "\n".join(body) + "\n</body></html>\n")
 
 
+def _card_html(verdicts: pd.DataFrame) -> str:
+    rows = "".join(
+        f'<tr><td>{html.escape(str(r.item))}</td><td><span class="mark {html.escape(r.mark)}">'
+        f"{html.escape(r.mark)}</span></td><td>{html.escape(r.finding)}"
+        f'<div class="threshold">{html.escape(r.threshold)}</div></td></tr>'
+        for r in verdicts.itertuples())
+    return f'<div class="card"><table>{rows}</table></div>'
+
+
+def number(value: float) -> str:
+    """A report number: three significant digits, whole numbers from 1000 on (no 1.29e+03)."""
+    if np.isnan(value):
+        return ""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float | np.floating):
-        return "" if np.isnan(value) else f"{value:.3g}"
+        return number(float(value))
     return str(value).replace("|", "\\|")
 
 
@@ -143,13 +171,16 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def _marked(text: str, idata: _arviz.Idata) -> str:
+def marked(text: str, idata: _arviz.Idata) -> str:
+    """``text`` followed by the fit's diagnostic flag in bold, when it has one."""
     flag = diagnostics.flag(idata)
     return f"{text} **{flag}**" if flag else text
 
 
 # ---------------------------------------------------------------------------- items
-def _composition(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.DataFrame:
+def composition_table(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.DataFrame:
+    """Item one: each component's prior and posterior share (with a ``prob`` interval) and,
+    when the components are the observed groups, the groups' shares of the annotators."""
     post = _arviz.group(mixture, "posterior")
     groups = [str(g) for g in post["theta"]["group"].values]
     table = pd.DataFrame({"group": groups})
@@ -170,8 +201,11 @@ def _composition(comps: Comparisons, mixture: _arviz.Idata, prob: float) -> pd.D
     return table
 
 
-def _within(aggregate: _arviz.Idata, mixture: _arviz.Idata, prob: float
-            ) -> pd.DataFrame:
+def within_table(aggregate: _arviz.Idata, mixture: _arviz.Idata, prob: float,
+                 reference: Any = None) -> pd.DataFrame:
+    """Item two: ``theta`` of the aggregate fit and of each component (mean and ``prob``
+    interval), with contraction when the fits carry prior draws; an item design's
+    ``reference`` item (ability fixed at 0) gets a row of zeros in every series."""
     agg_post = _arviz.group(aggregate, "posterior")
     agg = central_interval(agg_post["theta"], prob).to_dataframe().reset_index()
     agg.insert(0, "model", "aggregate")
@@ -196,6 +230,15 @@ def _within(aggregate: _arviz.Idata, mixture: _arviz.Idata, prob: float
         table["contracts"] = np.where(table["contraction"].isna(), "",
                                       np.where(table["contraction"] > CONTRACTION_READING,
                                                "yes", "no"))
+    if reference is not None:
+        def with_reference(block: pd.DataFrame) -> pd.DataFrame:
+            zero = block.iloc[:1].assign(attribute=str(reference), mean=0.0, lower=0.0,
+                                         upper=0.0)
+            return pd.concat([zero.drop(columns=["contraction", "contracts"], errors="ignore"),
+                              block])
+
+        table = pd.concat([with_reference(b) for _, b in
+                           table.groupby(["model", "group"], sort=False)], ignore_index=True)
     cols = [c for c in table.columns if c != "flag"] + ["flag"]
     return table[cols]
 
@@ -261,7 +304,7 @@ def disclosure_report(
     if target is None:
         target = "truth" if np.ndim(truth.get("theta", ())) == 2 and "pi" in truth else "observed"
     out = Path(out_dir)
-    doc = _Doc()
+    doc = Document()
     tables: dict[str, pd.DataFrame] = {}
     figures: dict[str, bytes] = {}
     doc.heading(title, 1)
@@ -273,15 +316,15 @@ def disclosure_report(
     # item 1
     mix_post = _arviz.group(mixture, "posterior")
     K = mix_post.sizes["group"]
-    tables["composition"] = _composition(comps, mixture, prob)
+    tables["composition"] = composition_table(comps, mixture, prob)
     doc.heading("1. Subgroup composition")
-    doc.text(_marked(f"Stated number of subgroups K = {K} (model "
+    doc.text(marked(f"Stated number of subgroups K = {K} (model "
                      f"'{mix_post.attrs.get('model', 'mixture')}'). Assumed (prior) and "
                      "estimated mixture weights pi:", mixture))
     doc.table(tables["composition"])
 
     # item 2
-    tables["within"] = _within(aggregate, mixture, prob)
+    tables["within"] = within_table(aggregate, mixture, prob, comps.reference)
     figures["theta_forest"] = plots.png_bytes(plots.plot_theta_intervals(tables["within"]))
     doc.heading("2. Within-subgroup posteriors")
     if "contraction" in tables["within"]:
@@ -290,7 +333,7 @@ def disclosure_report(
     else:
         note = ("Contraction not computed: the fits carry no prior draws (fit with "
                 "sample_prior=True).")
-    doc.text(_marked(_marked("Each subgroup's theta beside the aggregate theta. " + note,
+    doc.text(marked(marked("Each subgroup's theta beside the aggregate theta. " + note,
                              aggregate), mixture))
     doc.table(tables["within"])
     doc.figure("theta_forest", figures["theta_forest"],
@@ -308,7 +351,7 @@ def disclosure_report(
     agg_row = ratio.iloc[0]
     doc.heading("3. Identification gap (masking ratio)")
     where = "held-out pairs" if test is not None else "the fitted pairs (in-sample)"
-    doc.text(_marked(
+    doc.text(marked(
         f"Masking ratio of the aggregate fit on {where}, target '{target}': median "
         f"{agg_row['median']:.3g} ({prob:.0%} interval {agg_row['lower']:.3g} to "
         f"{agg_row['upper']:.3g}); the paper calls a ratio below {PAPER_MASKING_BOUND} "

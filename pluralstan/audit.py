@@ -1,0 +1,653 @@
+"""``pluralstan audit``: the position paper's four-item disclosure for anyone's judgements.
+
+:func:`audit` takes a table of pairwise judgements (pluralstan's format or the RLHF layout of
+:func:`rlhf_frame`), fits
+
+1. the aggregate model (one preference vector for everybody: what RLHF fits);
+2. the annotator latent-type model for each K asked for (default 1..4), when annotators give
+   repeated judgements, relabelled and diagnosed by :func:`pluralstan.fit` (latent types need no
+   labels), and chooses K by leave-one-annotator-out PSIS-LOO (:data:`K_RULE`);
+3. the covariate-informed model at the chosen K, when an annotator table is given;
+4. the labeled model, when the judgements carry observed groups (``--group``), whose
+   observed-group disclosure (:func:`pluralstan.checks.report.disclosure_report`) is written
+   beside the latent one,
+
+and writes one report whose groups are the **posterior types**: the four items (composition,
+within-type posteriors, identification gap, sensitivity) with a verdict card on top, item ranks
+(items data) or effects per type (attribute data), and who is in each type (membership by
+annotator covariate). Files in ``out``: ``report.html`` (self-contained), ``report.md``,
+``audit.json`` (every number in the report), ``figures/`` and ``fits/`` (NetCDF of every fit).
+They are written to a temporary folder that replaces ``out`` only when everything succeeded.
+
+Types are soft: each annotator has a posterior probability of belonging to each type. The
+masking ratio needs a group per judgement, so item three assigns each annotator to the type of
+highest posterior mean membership and says how many annotators are uncertain (top probability
+below :data:`CERTAIN`); its errors are in-sample (the types were found on the same judgements).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import _arviz, diagnostics, plots
+from .checks.compare import SUMMARY_COLUMNS, compare_K
+from .checks.intervals import central_interval
+from .checks.masking import masking_ratio, summarize_masking
+from .checks.report import (
+    PAPER_MASKING_BOUND,
+    Document,
+    composition_table,
+    disclosure_report,
+    within_table,
+)
+from .checks.sensitivity import power_scaling
+from .data import Comparisons, read_table
+from .errors import DiagnosticWarning, PluralstanError
+from .fit import fit as fit_model
+from .fit import save
+from .outputs import check_writable, write_atomic
+from .relabel import match_components, permute
+
+__all__ = ["AuditResult", "audit", "read_judgements", "rlhf_frame"]
+
+#: How K is chosen from the leave-one-annotator-out comparison.
+K_RULE = ("the smallest K whose elpd_loo is within two standard errors of the difference "
+          "(2 dse) of the best K")
+#: Posterior membership above which an annotator's type counts as certain (item three).
+CERTAIN = 0.8
+#: Masking ratio over its noise floor above which item three fails (caution from the paper's
+#: bound :data:`pluralstan.checks.report.PAPER_MASKING_BOUND`).
+MASKING_FAIL = 3.0
+#: Share of annotators with Pareto k > 0.7 above which PSIS-LOO's choice of K is not trusted.
+HIGH_K_SHARE = 0.05
+#: Mass of every interval in the report.
+PROB = 0.9
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` wrote and found.
+
+    Attributes
+    ----------
+    summary
+        Every number of the report (what ``audit.json`` holds).
+    fits
+        The fits by name (``aggregate``, ``annotator_K2``, ``covariate``, ``labeled``).
+    paths
+        Name -> path of every file written.
+    """
+
+    summary: dict[str, Any]
+    fits: dict[str, _arviz.Idata] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- input
+def rlhf_frame(frame: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Map the RLHF layout to pluralstan's comparison table.
+
+    Parameters
+    ----------
+    frame
+        One row per judgement with ``chosen`` and ``rejected`` (response ids or texts) and
+        ``annotator``; optional ``prompt`` (kept as ``pair`` context) and ``group``.
+    items
+        Optional response-feature table (index or ``item`` column = response id); without it
+        each response is its own item.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``annotator``, ``item_a`` = chosen, ``item_b`` = rejected, ``y = 1`` (and ``group``).
+
+    Raises
+    ------
+    PluralstanError
+        A missing column, a missing value, or (without features) responses that appear in one
+        judgement only: no model can place a response seen once against the others.
+    """
+    missing = [c for c in ("chosen", "rejected", "annotator") if c not in frame.columns]
+    if missing:
+        raise PluralstanError(
+            f"RLHF-shaped judgements need the columns 'chosen', 'rejected' and 'annotator'; "
+            f"missing {missing}; columns present: {list(frame.columns)}")
+    for col in ("chosen", "rejected", "annotator"):
+        empty = frame[col].isna().to_numpy()
+        if empty.any():
+            raise PluralstanError(f"column {col!r} is empty at row {int(np.argmax(empty))}")
+    out = pd.DataFrame({"annotator": frame["annotator"].to_numpy(),
+                        "item_a": frame["chosen"].to_numpy(),
+                        "item_b": frame["rejected"].to_numpy(), "y": 1.0})
+    if "group" in frame.columns:
+        out["group"] = frame["group"].to_numpy()
+    if items is None:
+        seen = pd.concat([out["item_a"], out["item_b"]]).value_counts()
+        once = seen.index[seen == 1]
+        if len(once):
+            raise PluralstanError(
+                f"{len(once)} of {len(seen)} responses appear in one judgement only and have no "
+                f"features (e.g. {list(once[:3])}): no model can place them. Give a response "
+                "feature table (--items: one row per response, numeric feature columns such "
+                "as rated attributes or embedding coordinates) or drop those judgements")
+    return out
+
+
+def read_judgements(
+    path: str | Path,
+    *,
+    items: str | Path | None = None,
+    annotators: str | Path | None = None,
+    group: str | None = None,
+) -> Comparisons:
+    """Read judgements from CSV in pluralstan's format or the RLHF layout (:func:`rlhf_frame`).
+
+    ``group`` names the column of observed groups (renamed to ``group``); every error names the
+    file, column, value or row at fault.
+    """
+    frame = read_table(path, "judgement table")
+    item_table = read_table(items, "item table") if items is not None else None
+    ann_table = read_table(annotators, "annotator table") if annotators is not None else None
+    if group is not None:
+        if group not in frame.columns:
+            raise PluralstanError(f"--group column {group!r} is not in {path}; columns "
+                                  f"present: {list(frame.columns)}")
+        frame = frame.drop(columns=[c for c in ("group",) if c != group and c in frame.columns])
+        frame = frame.rename(columns={group: "group"})
+    if {"chosen", "rejected"} & set(frame.columns):
+        frame = rlhf_frame(frame, item_table)
+    if ann_table is not None and "annotator" in ann_table.columns:
+        ann_table = ann_table.set_index("annotator")
+    return Comparisons.from_frame(frame, items=item_table, annotators=ann_table)
+
+
+def _plan(comps: Comparisons, Ks: Sequence[int]) -> tuple[list[int], str]:
+    """The K values to fit (sorted, validated) and why latent types are not fitted, if not."""
+    n_ann = len(comps.annotator_levels)
+    bad = [k for k in Ks if not (isinstance(k, int | np.integer) and 1 <= k)]
+    if bad:
+        raise PluralstanError(f"K must be positive integers, got {bad[0]!r}")
+    large = [int(k) for k in Ks if k > n_ann]
+    if large:
+        raise PluralstanError(f"K = {large[0]} is larger than the number of annotators "
+                              f"({n_ann}); each type needs annotators")
+    if not comps.annotator_given:
+        return [], "the judgements have no 'annotator' column"
+    per = comps.frame.groupby("annotator").size()
+    if per.median() < 2:
+        return [], (f"the median annotator gives {per.median():.0f} judgement(s); latent "
+                    "types need repeated judgements per annotator")
+    return sorted({int(k) for k in Ks} | {1}), ""
+
+
+# ---------------------------------------------------------------------- fitting
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[list[str]]:
+    """Capture engine output and diagnostic warnings; yield the warnings' one-line texts.
+
+    The captured output is printed when the block fails (or always, with ``verbose``).
+    """
+    caught: list[str] = []
+    if verbose:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always", DiagnosticWarning)
+            yield caught
+        caught += [str(r.message) for r in records if issubclass(r.category, DiagnosticWarning)]
+        return
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink), \
+                warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            yield caught
+    except BaseException:
+        sys.stderr.write(sink.getvalue())
+        raise
+    caught += [str(r.message) for r in records if issubclass(r.category, DiagnosticWarning)]
+
+
+def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
+          labeled: dict[str, Any] | None, verbose: bool, progress: bool
+          ) -> tuple[dict[str, _arviz.Idata], list[str]]:
+    """Aggregate, annotator (each K) and, with ``labeled`` options, labeled fits; one progress
+    bar over them."""
+    from tqdm.auto import tqdm
+
+    jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", {})]
+    jobs += [(f"annotator_K{k}", "annotator", {"K": k}) for k in Ks]
+    if labeled:
+        jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled}))
+    fits, messages = {}, []
+    bar = tqdm(jobs, desc="pluralstan audit", unit="fit", disable=not progress, file=sys.stderr)
+    for name, model, extra in bar:
+        bar.set_postfix_str(name)
+        with _quiet(verbose) as caught:
+            fits[name] = fit_model(model, comps, **extra, **sampler)
+        messages += caught
+    return fits, messages
+
+
+def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
+    """Options of the labeled fit (``None`` without observed groups): partial pooling from three
+    groups on (two group means say little about their spread), with ``adapt_delta = 0.95``
+    because the hierarchical spread of few or small groups makes the default step size
+    diverge."""
+    if not comps.has_groups:
+        return None
+    pooling = pooling or ("partial" if len(comps.group_levels) >= 3 else "none")
+    if pooling not in ("partial", "none"):
+        raise PluralstanError(f"pooling must be 'partial' or 'none', got {pooling!r}")
+    return {"pooling": pooling, **({"adapt_delta": 0.95} if pooling == "partial" else {})}
+
+
+def choose_K(table: pd.DataFrame) -> int:
+    """The K of :data:`K_RULE` from a :func:`~pluralstan.checks.compare.compare_K` table."""
+    close = table.index[table["elpd_diff"] <= 2 * table["dse"].fillna(0)]
+    return int(min(close))
+
+
+# ---------------------------------------------------------------------- tables
+def _membership(idata: _arviz.Idata) -> pd.DataFrame:
+    """Posterior mean membership, annotators x types."""
+    m = _arviz.group(idata, "posterior")["membership"].mean(("chain", "draw"))
+    frame = m.transpose("annotator", "group").to_pandas()
+    frame.columns = [f"type {g}" for g in frame.columns]
+    return frame
+
+
+def _with_types(comps: Comparisons, membership: pd.DataFrame) -> Comparisons:
+    """``comps`` with each annotator's most probable type as its ``group``."""
+    best = pd.Series(membership.to_numpy().argmax(axis=1), index=membership.index)
+    frame = comps.to_frame().assign(group=comps.frame["annotator"].map(best).to_numpy())
+    return Comparisons.from_frame(frame, items=comps.items, reference=comps.reference,
+                                  warn_unidentified=False)
+
+
+def item_ranks(comps: Comparisons, fits: dict[str, _arviz.Idata]) -> pd.DataFrame:
+    """Posterior mean rank and P(rank 1) of every item (the reference item included, at 0),
+    in aggregate and per type; items mode without features only."""
+    rows = []
+    for name, idata in fits.items():
+        theta = _arviz.group(idata, "posterior")["theta"]
+        ref = xr.zeros_like(theta.isel(attribute=0)).expand_dims(attribute=[str(comps.reference)])
+        full = xr.concat([ref, theta], dim="attribute")
+        rank = xr.apply_ufunc(  # 1 = best; ties of continuous draws have probability 0
+            lambda a: np.argsort(np.argsort(-a, axis=-1), axis=-1) + 1, full,
+            input_core_dims=[["attribute"]], output_core_dims=[["attribute"]])
+        groups = [None] if "group" not in full.dims else list(full["group"].values)
+        for g in groups:
+            r = rank if g is None else rank.sel(group=g)
+            t = full if g is None else full.sel(group=g)
+            for item in full["attribute"].values:
+                rows.append({"fit": name, "type": "all" if g is None else str(g),
+                             "item": str(item),
+                             "ability": float(t.sel(attribute=item).mean()),
+                             "mean_rank": float(r.sel(attribute=item).mean()),
+                             "p_rank_1": float((r.sel(attribute=item) == 1).mean())})
+    return pd.DataFrame(rows)
+
+
+def who_is_in_each_type(comps: Comparisons, membership: pd.DataFrame) -> pd.DataFrame:
+    """Each annotator covariate summarised per type, weighted by posterior membership: the mean
+    of a numeric covariate, the share of each level of a categorical one."""
+    table = comps.annotators.reindex(membership.index)
+    rows = []
+    for col in table.columns:
+        values = table[col]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
+            values)
+        levels = [None] if numeric else list(pd.unique(values.astype(str)))
+        for level in levels:
+            x = values.to_numpy(float) if numeric else (values.astype(str) == level).to_numpy(
+                float)
+            row = {"covariate": col if numeric else f"{col} = {level}",
+                   "statistic": "mean" if numeric else "share", "all": float(x.mean())}
+            for t in membership.columns:
+                w = membership[t].to_numpy()
+                row[t] = float(np.sum(w * x) / np.sum(w))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def covariate_effects(idata: _arviz.Idata) -> pd.DataFrame:
+    """``beta`` of the covariate model (types x covariates, sum-to-zero across types) with
+    intervals and the probability that each effect is positive."""
+    beta = _arviz.group(idata, "posterior")["beta"]
+    stats = central_interval(beta, PROB).to_dataframe().reset_index()
+    stats["p_positive"] = (beta > 0).mean(("chain", "draw")).to_dataframe(
+        name="p").reset_index()["p"].to_numpy()
+    stats["group"] = stats["group"].astype(str)
+    return stats.rename(columns={"group": "type"})
+
+
+def align_types(idata: _arviz.Idata, reference: _arviz.Idata) -> _arviz.Idata:
+    """``idata`` with its latent types in the order of ``reference``'s (matched on posterior
+    mean ``theta``), so that the report's type k is one type in every table. Exact for the
+    covariate model, whose type coefficients sum to zero across types."""
+    def mean_theta(fit: _arviz.Idata) -> np.ndarray:
+        theta = _arviz.group(fit, "posterior")["theta"]
+        return theta.mean(("chain", "draw")).transpose("group", "attribute").to_numpy()
+
+    order = match_components(mean_theta(idata), mean_theta(reference))
+    post = _arviz.group(idata, "posterior")
+    perms = np.broadcast_to(order, (post.sizes["chain"], post.sizes["draw"], len(order)))
+    return permute(idata, np.ascontiguousarray(perms))
+
+
+def _masking(aggregate: _arviz.Idata, chosen: _arviz.Idata, typed: Comparisons
+             ) -> tuple[pd.DataFrame, dict[str, xr.Dataset]]:
+    results = {"aggregate": masking_ratio(aggregate, typed),
+               "types": masking_ratio(chosen, typed)}
+    table = pd.concat([summarize_masking(r, PROB) for r in results.values()], ignore_index=True)
+    table = table[table["quantity"].isin(["ratio", "group_ratio"])]
+    table = table.assign(model=table["model"].replace({"annotator": "latent types"}))
+    return table[["model", "quantity", "group", "median", "lower", "upper", "flag"]].rename(
+        columns={"group": "type"}).reset_index(drop=True), results
+
+
+# ---------------------------------------------------------------------- verdicts
+def _verdict(item: str, mark: str, finding: str, threshold: str) -> dict[str, str]:
+    return {"item": item, "mark": mark, "finding": finding, "threshold": threshold}
+
+
+def _composition_verdict(K: int, comp: pd.DataFrame, problems: list[str], loo_note: str
+                         ) -> dict[str, str]:
+    threshold = f"K: {K_RULE}; fail when the chosen fit fails its diagnostics"
+    if problems:
+        return _verdict("1. composition", "fail", f"the chosen K = {K} fit failed its "
+                        f"diagnostics: {'; '.join(problems)}", threshold)
+    if K == 1:
+        return _verdict("1. composition", "pass", "one preference type is enough for these "
+                        "judgements" + loo_note, threshold)
+    shares = ", ".join(f"{v:.2f}" for v in comp["posterior_pi"])
+    return _verdict("1. composition", "caution",
+                    f"the judgements come from {K} preference types (shares {shares}); a pooled "
+                    "reward model averages them" + loo_note, threshold)
+
+
+def _within_verdict(within: pd.DataFrame, K: int) -> dict[str, str]:
+    threshold = (f"fail: a type's {PROB:.0%} interval excludes 0 on the other side of a "
+                 f"coordinate the aggregate also signs; caution: a type's interval excludes the "
+                 "aggregate mean")
+    if K == 1:
+        return _verdict("2. within-type posteriors", "pass", "one type: the aggregate is its "
+                        "posterior", threshold)
+    agg = within[within["group"] == "all"].set_index("attribute")
+    types = within[within["group"] != "all"]
+    reversed_, apart = [], []
+    for r in types.itertuples():
+        a = agg.loc[r.attribute]
+        signed = a["lower"] > 0 or a["upper"] < 0
+        if signed and ((r.lower > 0 and a["upper"] < 0) or (r.upper < 0 and a["lower"] > 0)):
+            reversed_.append(f"type {r.group} on {r.attribute}")
+        elif r.lower > a["mean"] or r.upper < a["mean"]:
+            apart.append(f"type {r.group} on {r.attribute}")
+    if reversed_:
+        return _verdict("2. within-type posteriors", "fail",
+                        f"{len(reversed_)} type preference(s) reverse the aggregate's: "
+                        + ", ".join(reversed_[:4]), threshold)
+    if apart:
+        return _verdict("2. within-type posteriors", "caution",
+                        f"{len(apart)} type coefficient(s) differ from the aggregate's: "
+                        + ", ".join(apart[:4]), threshold)
+    return _verdict("2. within-type posteriors", "pass",
+                    "every type's coefficients agree with the aggregate's", threshold)
+
+
+def _masking_verdict(masking: pd.DataFrame | None, floor: float, K: int) -> dict[str, str]:
+    threshold = (f"aggregate masking ratio over its noise floor: pass < {PAPER_MASKING_BOUND} "
+                 f"(the paper's bound), fail >= {MASKING_FAIL}")
+    if masking is None:
+        return _verdict("3. identification gap", "pass", f"K = {K}: no subgroup to mask",
+                        threshold)
+    ratio = masking.query("quantity == 'ratio' and model == 'aggregate'").iloc[0]
+    excess = ratio["median"] / floor
+    mark = ("pass" if excess < PAPER_MASKING_BOUND else
+            "caution" if excess < MASKING_FAIL else "fail")
+    return _verdict("3. identification gap", mark,
+                    f"the aggregate model's error within types is {ratio['median']:.3g} times "
+                    f"its error on the pooled data ({PROB:.0%} interval {ratio['lower']:.3g} to "
+                    f"{ratio['upper']:.3g}; a perfect model's ratio is {floor:.3g})", threshold)
+
+
+def _sensitivity_verdict(power: pd.DataFrame) -> dict[str, str]:
+    threshold = "power-scaling (priorsense): pass when no coordinate has prior-data conflict"
+    flagged = power.query("prior_data_conflict or weak_likelihood")
+    if len(flagged):
+        names = "; ".join(f"{r.fit} {r.variable}: {r.diagnosis}" for r in
+                          flagged.head(4).itertuples())
+        return _verdict("4. sensitivity", "caution", f"{len(flagged)} coordinate(s) depend on "
+                        f"the prior: {names}", threshold)
+    return _verdict("4. sensitivity", "pass", "no coordinate of theta or pi is sensitive to "
+                    "the prior or has a weak likelihood", threshold)
+
+
+# ---------------------------------------------------------------------- entry point
+def _prepare_out(out: Path) -> None:
+    """Refuse an ``out`` that cannot be written or holds something other than an audit."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "audit.json").exists())):
+        raise PluralstanError(f"--out {out} exists and is not an earlier audit report; "
+                              "choose a new folder")
+    check_writable(out.with_name(f".{out.name}.tmp"))  # the report is built beside ``out``
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def audit(
+    comps: Comparisons,
+    out: str | Path,
+    *,
+    K: Sequence[int] = (1, 2, 3, 4),
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    seed: int = 1,
+    pooling: str | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> AuditResult:
+    """Fit, choose K, and write the disclosure report of ``comps`` into ``out``.
+
+    Parameters
+    ----------
+    comps
+        The judgements (:func:`read_judgements`); an annotator table adds the covariate fit and
+        "who is in each type", a ``group`` column the labeled fit and observed-group report.
+    out
+        Report folder (replaced whole at the end; refused if it holds something else).
+    K
+        Numbers of latent types to fit (K = 1 is always added: the comparison needs it).
+    chains, draws, warmup, seed
+        Sampler settings of every fit.
+    pooling
+        Labeled fit: ``"partial"`` or ``"none"`` (default: :func:`labeled_options`).
+    verbose
+        Show the engine's output and every warning.
+    progress
+        Show a progress bar over the fits.
+    echo
+        Called with each message that matters (default: print to stderr).
+
+    Returns
+    -------
+    AuditResult
+    """
+    echo = echo or (lambda m: print(m, file=sys.stderr))
+    out = Path(out)
+    Ks, skipped = _plan(comps, K)
+    labeled = labeled_options(comps, pooling)
+    _prepare_out(out)
+    sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed}
+    fits, messages = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose,
+                           progress=progress)
+    for m in dict.fromkeys(messages):
+        echo(f"warning: {m}")
+    summary: dict[str, Any] = {
+        "data": {"judgements": comps.n, "annotators": len(comps.annotator_levels),
+                 "mode": comps.mode, "coordinates": list(comps.attributes),
+                 "reference_item": None if comps.reference is None else str(comps.reference),
+                 "annotator_covariates": [] if comps.annotators is None
+                 else list(comps.annotators.columns)},
+        "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled},
+    }
+    aggregate = fits["aggregate"]
+    doc = Document()
+    doc.heading("Pluralism identifiability audit", 1)
+    doc.text(f"{comps.n} judgements by {len(comps.annotator_levels)} annotators over "
+             f"{len(comps.item_levels) or len(comps.attributes)} "
+             f"{'items' if comps.mode == 'items' else 'attributes'}; {chains} chains x {draws} "
+             f"draws per fit. Intervals are {PROB:.0%} equal-tailed posterior intervals. The "
+             "groups of this report are latent preference types found from the judgements: "
+             "each annotator belongs to each type with a posterior probability (soft "
+             "membership).")
+    if not Ks:
+        raise PluralstanError(f"no latent types can be fitted: {skipped}")
+    # K
+    annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
+    table = compare_K(annotator_fits, comps=comps) if len(Ks) > 1 else None
+    chosen_K = choose_K(table) if table is not None else Ks[0]
+    chosen = annotator_fits[chosen_K]
+    loo_note = ""
+    if table is not None:
+        high = int(table.loc[chosen_K, "n_high_k"])
+        share = high / len(comps.annotator_levels)
+        loo_note = (f"; {high} annotators have Pareto k > 0.7 at K = {chosen_K}, so PSIS-LOO's "
+                    "choice is not reliable (K-fold by annotator is not run by this version)"
+                    if share > HIGH_K_SHARE else "")
+        summary["K_comparison"] = _records(table[SUMMARY_COLUMNS].reset_index())
+    summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks}
+    # items 1-2
+    comp = composition_table(comps, chosen, PROB)
+    within = within_table(aggregate, chosen, PROB, comps.reference)
+    membership = _membership(chosen)
+    typed = _with_types(comps, membership) if chosen_K > 1 else None
+    masking, results = (_masking(aggregate, chosen, typed) if typed is not None
+                        else (None, {}))
+    floor = next(iter(results.values())).attrs["noise_floor"] if results else 1.0
+    power = pd.concat([power_scaling(aggregate, ["theta"]).assign(fit="aggregate"),
+                       power_scaling(chosen, ["theta", "pi"]).assign(fit=f"K = {chosen_K}")],
+                      ignore_index=True)
+    verdicts = pd.DataFrame([
+        _composition_verdict(chosen_K, comp, diagnostics.failed(chosen), loo_note),
+        _within_verdict(within, chosen_K),
+        _masking_verdict(masking, floor, chosen_K),
+        _sensitivity_verdict(power),
+    ])
+    summary["verdicts"] = _records(verdicts)
+    doc.heading("Verdict")
+    doc.card(verdicts)
+    doc.heading("Number of types")
+    if table is not None:
+        doc.text(f"Leave-one-annotator-out PSIS-LOO of the annotator latent-type model for "
+                 f"K = {Ks}; K = {chosen_K} chosen by {K_RULE}{loo_note}.")
+        doc.table(table[SUMMARY_COLUMNS].reset_index())
+    doc.heading("1. Composition")
+    doc.table(comp.rename(columns={"group": "type"}))
+    summary["composition"] = _records(comp)
+    doc.heading("2. Within-type posteriors")
+    doc.text("Each type's coefficients beside the aggregate model's"
+             + (f" (items: ability against the reference item {comps.reference}, fixed at 0)."
+                if comps.mode == "items" else "."))
+    doc.table(within.rename(columns={"group": "type"}))
+    doc.figure("theta_forest", plots.png_bytes(plots.plot_theta_intervals(within)),
+               "coefficients: aggregate fit and each latent type")
+    summary["within"] = _records(within)
+    if comps.mode == "items" and comps.items is None:
+        ranks = item_ranks(comps, {"aggregate": aggregate, f"K = {chosen_K}": chosen})
+        doc.text("Item ranks (1 = best) and the probability of ranking first, the reference "
+                 "item included:")
+        doc.table(ranks)
+        summary["ranks"] = _records(ranks)
+    doc.heading("3. Identification gap")
+    if masking is None:
+        doc.text(f"K = {chosen_K}: one type, no subgroup for the aggregate model to mask.")
+    else:
+        uncertain = int((membership.max(axis=1) < CERTAIN).sum())
+        doc.text(f"Masking ratio (within-type error / pooled error of the predicted "
+                 f"preference probabilities, against observed frequencies) with each annotator "
+                 f"in their most probable type; {uncertain} of {len(membership)} annotators "
+                 f"have no type with posterior probability >= {CERTAIN}. In-sample: the types "
+                 f"come from the same judgements. Noise floor (a perfect model): {floor:.3g}.")
+        doc.table(masking)
+        doc.figure("masking", plots.png_bytes(plots.plot_masking_ratios(results)),
+                   "posterior draws of the masking ratio")
+        summary["masking"] = {"table": _records(masking), "noise_floor": floor,
+                              "uncertain_annotators": uncertain}
+    doc.heading("4. Sensitivity")
+    doc.text("Power-scaling sensitivity (priorsense's method, threshold 0.05) of the aggregate "
+             "fit and the chosen latent-type fit. Sensitivity to the assumed composition pi "
+             "(a pi-grid refit) is not run by this version.")
+    doc.table(power[["fit", "variable", "prior", "likelihood", "diagnosis"]])
+    summary["sensitivity"] = _records(power[["fit", "variable", "prior", "likelihood",
+                                             "diagnosis"]])
+    if comps.annotators is not None and chosen_K > 1:
+        who = who_is_in_each_type(comps, membership)
+        doc.heading("Who is in each type")
+        doc.text("Annotator covariates per type, weighted by posterior membership.")
+        doc.table(who)
+        summary["who"] = _records(who)
+        with _quiet(verbose) as caught:
+            fits["covariate"] = align_types(
+                fit_model("covariate", comps, K=chosen_K, **sampler), chosen)
+        for m in caught:
+            echo(f"warning: {m}")
+        effects = covariate_effects(fits["covariate"])
+        doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
+                 "log odds of each type (sum to zero across types), its interval and "
+                 "P(effect > 0).")
+        doc.table(effects.assign(flag=diagnostics.flag(fits["covariate"])))
+        summary["covariate_effects"] = _records(effects)
+    summary["diagnostics"] = {name: diagnostics.flag(f) or "passed" for name, f in fits.items()}
+    doc.heading("Diagnostics")
+    doc.text("; ".join(f"{name}: {flag}" for name, flag in summary["diagnostics"].items()))
+    return _write(out, doc, summary, fits, comps)
+
+
+def _write(out: Path, doc: Document, summary: dict[str, Any], fits: dict[str, _arviz.Idata],
+           comps: Comparisons) -> AuditResult:
+    """Write everything to a temporary sibling folder, then put it in place of ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        paths: dict[str, Path] = {}
+        for name, idata in fits.items():
+            paths[f"fit_{name}"] = save(idata, tmp / "fits" / f"{name}.nc")
+        if "labeled" in fits:
+            report = disclosure_report(comps, fits["aggregate"], fits["labeled"],
+                                       tmp / "observed_groups")
+            paths.update({f"observed_groups_{k}": v for k, v in report.paths.items()})
+            doc.text("The observed groups' own disclosure: observed_groups/report.html.")
+        for kind, value in doc.blocks:
+            if kind == "figure":
+                name, png, _ = value
+                paths[f"figure_{name}"] = write_atomic(tmp / "figures" / f"{name}.png", png)
+        write_atomic(tmp / "audit.json", json.dumps(summary, indent=1, default=str))
+        write_atomic(tmp / "report.md", doc.markdown())
+        write_atomic(tmp / "report.html", doc.html("Pluralism identifiability audit"))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    moved = {k: out / p.relative_to(tmp) for k, p in paths.items()}
+    moved.update({n: out / n for n in ("audit.json", "report.md", "report.html")})
+    return AuditResult(summary, fits, moved)

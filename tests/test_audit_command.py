@@ -1,0 +1,177 @@
+"""``pluralstan audit``: one command from a CSV of judgements to the disclosure report.
+
+The end-to-end test simulates three annotator types whose shares depend on a covariate
+(:func:`pluralstan.models.covariate.simulate`), runs the command on the CSV files, and checks
+the JSON against the truth. Short chains (2 x 300) keep it quick; the criteria are stated in
+each assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pluralstan as ps
+from pluralstan import cli
+from pluralstan.audit import read_judgements, rlhf_frame
+from pluralstan.errors import PluralstanError
+from pluralstan.models import covariate
+from pluralstan.relabel import match_components
+
+THETAS = 3.0 * np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, -1.0, 1.0]])
+# type 0 grows with the score, type 1 shrinks with it, type 2 is the reference-free middle
+BETA = np.array([[0.0, 1.5], [0.0, -1.5], [0.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    comps = covariate.simulate(THETAS, BETA, n_annotators=150, n_pairs=100,
+                               pairs_per_annotator=15, seed=5)
+    folder = tmp_path_factory.mktemp("audit_input")
+    comps.to_frame().drop(columns="group").to_csv(folder / "judgements.csv", index=False)
+    comps.annotators.reset_index().to_csv(folder / "people.csv", index=False)
+    return comps, folder
+
+
+@pytest.fixture(scope="module")
+def report(files, tmp_path_factory):
+    comps, folder = files
+    out = tmp_path_factory.mktemp("audit") / "report"
+    code = cli.main(["audit", str(folder / "judgements.csv"), "--annotators",
+                     str(folder / "people.csv"), "--K", "1", "2", "3", "4", "--out", str(out),
+                     "--chains", "2", "--draws", "300", "--warmup", "300", "--seed", "2",
+                     "--no-progress"])
+    assert code == 0
+    return comps, out, json.loads((out / "audit.json").read_text())
+
+
+def _theta(summary: dict, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and interval of each type's theta, (K, d), from the JSON."""
+    within = pd.DataFrame(summary["within"]).query("group != 'all'")
+    within = within.assign(group=within["group"].astype(int)).sort_values(["group", "attribute"])
+    shape = (K, -1)
+    return tuple(within[c].to_numpy().reshape(shape) for c in ("mean", "lower", "upper"))
+
+
+def test_audit_chooses_three_types(report):
+    _, _, summary = report
+    assert summary["K"]["chosen"] == 3 and summary["K"]["fitted"] == [1, 2, 3, 4]
+    table = pd.DataFrame(summary["K_comparison"]).set_index("K")
+    # K = 1 and 2 are far from the best (more than 2 dse); 3 is within 2 dse of the best
+    assert (table.loc[[1, 2], "elpd_diff"] > 2 * table.loc[[1, 2], "dse"]).all()
+    assert table.loc[3, "elpd_diff"] <= 2 * table.loc[3, "dse"]
+
+
+def test_audit_types_match_the_truth(report):
+    # criterion: after matching types to the truth, every true coefficient (magnitude 3) is
+    # within 1 of its type's posterior mean, and the types' shares within 0.1 of the true ones
+    comps, _, summary = report
+    mean, _, _ = _theta(summary, 3)
+    order = match_components(mean, THETAS)
+    assert np.max(np.abs(mean[order] - THETAS)) < 1.0
+    shares = pd.DataFrame(summary["composition"])["posterior_pi"].to_numpy()
+    true_shares = np.bincount(comps.truth["z"], minlength=3) / len(comps.truth["z"])
+    assert np.max(np.abs(shares[order] - true_shares)) < 0.1
+
+
+def test_audit_covariate_effects_have_the_right_signs(report):
+    # criterion: the score's effect is positive with probability > 0.95 for the type that
+    # grows with it and < 0.05 for the type that shrinks with it (types matched to the truth)
+    _, _, summary = report
+    mean, _, _ = _theta(summary, 3)
+    order = match_components(mean, THETAS)
+    effects = pd.DataFrame(summary["covariate_effects"]).query("covariate == 'score'")
+    p_pos = effects.assign(type=effects["type"].astype(int)).set_index("type")["p_positive"]
+    assert p_pos[order[0]] > 0.95 and p_pos[order[1]] < 0.05
+    # who is in each type agrees: the growing type's annotators have the highest mean score
+    who = pd.DataFrame(summary["who"]).set_index("covariate")
+    scores = who.loc["score", [f"type {k}" for k in range(3)]].to_numpy(float)
+    assert np.argmax(scores) == order[0] and np.argmin(scores) == order[1]
+
+
+def test_audit_verdict_card_covers_the_four_items(report):
+    _, _, summary = report
+    verdicts = pd.DataFrame(summary["verdicts"])
+    assert [v.split(".")[0] for v in verdicts["item"]] == ["1", "2", "3", "4"]
+    assert set(verdicts["mark"]) <= {"pass", "caution", "fail"}
+    assert verdicts["threshold"].str.len().gt(20).all()
+    # by construction type 1 prefers x2 while the pooled population does not: a reversal
+    within = verdicts.set_index("item").loc["2. within-type posteriors"]
+    assert within["mark"] == "fail" and "on x2" in within["finding"]
+    # the aggregate model's within-type error exceeds its noise floor
+    masking = summary["masking"]["table"]
+    agg = next(r for r in masking if r["model"] == "aggregate" and r["quantity"] == "ratio")
+    assert agg["median"] > summary["masking"]["noise_floor"]
+
+
+def test_audit_writes_a_self_contained_report(report):
+    _, out, _ = report
+    page = (out / "report.html").read_text()
+    assert 'class="card"' in page and page.count("data:image/png;base64,") >= 2
+    assert "src=\"http" not in page and "href=\"http" not in page  # opens offline
+    assert (out / "report.md").read_text().startswith("# Pluralism identifiability audit")
+    names = {p.name for p in (out / "fits").iterdir()}
+    assert names == {"aggregate.nc", "annotator_K1.nc", "annotator_K2.nc", "annotator_K3.nc",
+                     "annotator_K4.nc", "covariate.nc"}
+    assert ps.load(out / "fits" / "covariate.nc").posterior["beta"].sizes["group"] == 3
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.")]
+
+
+# ---------------------------------------------------------------------- bad input, no Stan
+def _run(args: list[str], capsys) -> str:
+    assert cli.main(["audit", *args, "--no-progress"]) == 2
+    return capsys.readouterr().err
+
+
+def test_audit_refuses_bad_input_before_sampling(files, tmp_path, capsys):
+    comps, folder = files
+    data = str(folder / "judgements.csv")
+    out = str(tmp_path / "r")
+    frame = comps.to_frame().drop(columns=["group", "y"])
+    frame.to_csv(tmp_path / "no_y.csv", index=False)
+    assert "missing outcome column 'y'" in _run([str(tmp_path / "no_y.csv"), "--out", out],
+                                                  capsys)
+    comps.annotators.reset_index().iloc[:-1].to_csv(tmp_path / "few.csv", index=False)
+    assert "annotator 149 has judgements but no row in the annotator table" in _run(
+        [data, "--annotators", str(tmp_path / "few.csv"), "--out", out], capsys)
+    assert "K = 151 is larger than the number of annotators (150)" in _run(
+        [data, "--K", "2", "151", "--out", out], capsys)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert "is not an earlier audit report" in _run(
+        [data, "--out", str(tmp_path / "taken")], capsys)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert "cannot" in _run([data, "--out", str(locked / "r")], capsys).lower()
+    assert not (tmp_path / "r").exists()
+    assert "--group column 'party'" in _run([data, "--group", "party", "--out", out], capsys)
+
+
+def test_rlhf_layout_maps_to_item_comparisons(tmp_path):
+    rows = pd.DataFrame({"annotator": ["u1", "u1", "u2", "u2"],
+                         "prompt": ["p1", "p1", "p1", "p2"],
+                         "chosen": ["r1", "r2", "r3", "r1"],
+                         "rejected": ["r2", "r3", "r1", "r3"]})
+    frame = rlhf_frame(rows)
+    assert list(frame.columns) == ["annotator", "item_a", "item_b", "y"]
+    assert (frame["y"] == 1).all() and frame["item_a"].tolist() == ["r1", "r2", "r3", "r1"]
+    rows.to_csv(tmp_path / "rlhf.csv", index=False)
+    comps = read_judgements(tmp_path / "rlhf.csv")
+    assert comps.mode == "items" and set(comps.item_levels) == {"r1", "r2", "r3"}
+
+
+def test_rlhf_layout_refuses_what_no_model_can_identify():
+    rows = pd.DataFrame({"annotator": ["u1", "u2"], "chosen": ["r1", "r3"],
+                         "rejected": ["r2", "r1"]})
+    with pytest.raises(PluralstanError, match=r"2 of 3 responses appear in one judgement only"):
+        rlhf_frame(rows)
+    with pytest.raises(PluralstanError, match=r"missing \['annotator'\]"):
+        rlhf_frame(rows.drop(columns="annotator"))
+    features = pd.DataFrame({"item": ["r1", "r2", "r3"], "length": [1.0, 2.0, 3.0],
+                             "polite": [0.0, 1.0, 0.5]})
+    assert len(rlhf_frame(rows, features)) == 2  # with features every response is placed
