@@ -1109,6 +1109,57 @@ def target_input(s: Settings) -> list[Row]:
                       f"({probe['nnz']} non-zeros)"))]
 
 
+def audit_comps(n_annotators: int, each: int, seed: int) -> ps.Comparisons:
+    """The audit issue's design: ``n_annotators`` x ``each`` judgements over 6 items, three
+    annotator types whose shares depend on age and gender (an annotator table)."""
+    rng = np.random.default_rng(seed)
+    items = ["A", "B", "C", "D", "E", "F"]
+    ability = 1.5 * np.array([[0, 1, 2, 0, -1, 1], [0, -1, -2, 1, 1, 0], [0, 2, 0, -2, 0, 1]])
+    people = pd.DataFrame({"age": rng.uniform(18, 80, n_annotators).round(),
+                           "gender": rng.choice(["female", "male"], n_annotators)},
+                          index=pd.RangeIndex(n_annotators, name="annotator"))
+    age = (people["age"].to_numpy() - 49) / 18
+    logits = np.stack([age, -age, 0.5 * (people["gender"] == "female").to_numpy()], axis=1)
+    p_type = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    kind = np.array([rng.choice(3, p=p) for p in p_type]).repeat(each)
+    pairs = np.array([(a, b) for a in range(6) for b in range(a + 1, 6)])
+    chosen = np.concatenate([rng.permutation(len(pairs))[:each] for _ in range(n_annotators)])
+    a, b = pairs[chosen].T
+    p_a = 1 / (1 + np.exp(ability[kind, b] - ability[kind, a]))
+    frame = pd.DataFrame({"annotator": np.arange(n_annotators).repeat(each),
+                          "item_a": np.array(items)[a], "item_b": np.array(items)[b],
+                          "y": (rng.random(len(a)) < p_a).astype(float)})
+    with quiet():
+        return ps.Comparisons.from_frame(frame, annotators=people)
+
+
+def target_audit(s: Settings) -> list[Row]:
+    """Issue 20: ``pluralstan audit`` (K = 1..4 and the covariate fit, 4 chains x 1000 draws,
+    the command's defaults) on 200 annotators x 15 judgements over 6 items, warm cache."""
+    from pluralstan.audit import audit
+
+    n_ann, each = (200, 15) if s.workflows else (30, 15)
+    comps = audit_comps(n_ann, each, s.seed)
+    sampler = {} if s.workflows else {"chains": 2, "draws": 100, "warmup": 100}
+    with quiet():  # compile (untimed) and warm the cache of every model the audit fits
+        for model, K in (("aggregate", None), ("annotator", 2), ("covariate", 2)):
+            ps.fit(model, comps, K=K, chains=1, draws=20, warmup=20, check=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = audit(comps, Path(tmp) / "report", progress=False, echo=lambda m: None,
+                       **sampler)
+        wall = time.perf_counter() - t0
+    flags = [n for n, f in result.summary["diagnostics"].items() if f != "passed"]
+    chains = sampler.get("chains", 4)
+    return [Row("audit", f"{n_ann} annotators x {each} judgements, 6 items, K = 1..4 + "
+                "covariate", "pluralstan audit (PyStan)", comps.n, chains,
+                sampler.get("draws", 1000), seconds=round(wall, 1), ratio=round(wall / 60, 2),
+                ratio_is="minutes, warm cache", goal="< 5",
+                meets="yes" if wall < 300 else "no",
+                note=f"K chosen {result.summary['K']['chosen']} (truth 3)"
+                + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))]
+
+
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "1": target_sufficient_statistics,
     "2": target_peers,
@@ -1118,6 +1169,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "sparse": target_design_form,
     "flags": target_compile_flags,
     "input": target_input,
+    "audit": target_audit,
 }
 
 

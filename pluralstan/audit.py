@@ -47,6 +47,7 @@ from . import _arviz, diagnostics, plots
 from .checks.compare import SUMMARY_COLUMNS, compare_K
 from .checks.intervals import central_interval
 from .checks.masking import masking_ratio, summarize_masking
+from .checks.predict import observed_frequencies
 from .checks.report import (
     PAPER_MASKING_BOUND,
     Document,
@@ -74,6 +75,8 @@ CERTAIN = 0.8
 MASKING_FAIL = 3.0
 #: Share of annotators with Pareto k > 0.7 above which PSIS-LOO's choice of K is not trusted.
 HIGH_K_SHARE = 0.05
+#: Mean judgements per (type, pair) from which the masking ratio uses observed frequencies.
+REPEATS_MIN = 5
 #: Mass of every interval in the report.
 PROB = 0.9
 
@@ -269,12 +272,28 @@ def _membership(idata: _arviz.Idata) -> pd.DataFrame:
     return frame
 
 
-def _with_types(comps: Comparisons, membership: pd.DataFrame) -> Comparisons:
-    """``comps`` with each annotator's most probable type as its ``group``."""
+def _with_types(comps: Comparisons, membership: pd.DataFrame, chosen: _arviz.Idata
+                ) -> Comparisons:
+    """``comps`` with each annotator's most probable type as its ``group``, and the chosen fit's
+    posterior mean ``theta`` and ``pi`` of those types as ``truth`` (the model-based masking
+    target)."""
     best = pd.Series(membership.to_numpy().argmax(axis=1), index=membership.index)
     frame = comps.to_frame().assign(group=comps.frame["annotator"].map(best).to_numpy())
+    post = _arviz.group(chosen, "posterior")
+    present = sorted(set(best))
+    theta = post["theta"].mean(("chain", "draw")).transpose("group", "attribute").to_numpy()
+    pi = post["pi"].mean(("chain", "draw")).to_numpy()[present]
     return Comparisons.from_frame(frame, items=comps.items, reference=comps.reference,
-                                  warn_unidentified=False)
+                                  warn_unidentified=False,
+                                  truth={"theta": theta[present], "pi": pi / pi.sum()})
+
+
+def masking_target(typed: Comparisons) -> str:
+    """``"observed"`` when the types judge each pair often enough for observed frequencies
+    (mean judgements per judged type-pair cell >= :data:`REPEATS_MIN`), else ``"truth"``: the
+    latent-type fit's own per-type probabilities stand in for the frequencies."""
+    counts = observed_frequencies(typed, by="group")["n"]
+    return "observed" if float(counts.where(counts > 0).mean()) >= REPEATS_MIN else "truth"
 
 
 def item_ranks(comps: Comparisons, fits: dict[str, _arviz.Idata]) -> pd.DataFrame:
@@ -350,8 +369,9 @@ def align_types(idata: _arviz.Idata, reference: _arviz.Idata) -> _arviz.Idata:
 
 def _masking(aggregate: _arviz.Idata, chosen: _arviz.Idata, typed: Comparisons
              ) -> tuple[pd.DataFrame, dict[str, xr.Dataset]]:
-    results = {"aggregate": masking_ratio(aggregate, typed),
-               "types": masking_ratio(chosen, typed)}
+    target = masking_target(typed)
+    results = {"aggregate": masking_ratio(aggregate, typed, target=target),
+               "types": masking_ratio(chosen, typed, target=target)}
     table = pd.concat([summarize_masking(r, PROB) for r in results.values()], ignore_index=True)
     table = table[table["quantity"].isin(["ratio", "group_ratio"])]
     table = table.assign(model=table["model"].replace({"annotator": "latent types"}))
@@ -538,7 +558,7 @@ def audit(
     comp = composition_table(comps, chosen, PROB)
     within = within_table(aggregate, chosen, PROB, comps.reference)
     membership = _membership(chosen)
-    typed = _with_types(comps, membership) if chosen_K > 1 else None
+    typed = _with_types(comps, membership, chosen) if chosen_K > 1 else None
     masking, results = (_masking(aggregate, chosen, typed) if typed is not None
                         else (None, {}))
     floor = next(iter(results.values())).attrs["noise_floor"] if results else 1.0
@@ -581,8 +601,13 @@ def audit(
         doc.text(f"K = {chosen_K}: one type, no subgroup for the aggregate model to mask.")
     else:
         uncertain = int((membership.max(axis=1) < CERTAIN).sum())
+        target = results["aggregate"].attrs["target"]
+        against = ("observed frequencies" if target == "observed" else
+                   f"the latent-type fit's own probabilities of each type (the types judge "
+                   f"each pair fewer than {REPEATS_MIN} times on average, too few for "
+                   "observed frequencies)")
         doc.text(f"Masking ratio (within-type error / pooled error of the predicted "
-                 f"preference probabilities, against observed frequencies) with each annotator "
+                 f"preference probabilities, against {against}) with each annotator "
                  f"in their most probable type; {uncertain} of {len(membership)} annotators "
                  f"have no type with posterior probability >= {CERTAIN}. In-sample: the types "
                  f"come from the same judgements. Noise floor (a perfect model): {floor:.3g}.")
@@ -590,6 +615,7 @@ def audit(
         doc.figure("masking", plots.png_bytes(plots.plot_masking_ratios(results)),
                    "posterior draws of the masking ratio")
         summary["masking"] = {"table": _records(masking), "noise_floor": floor,
+                              "target": target,
                               "uncertain_annotators": uncertain}
     doc.heading("4. Sensitivity")
     doc.text("Power-scaling sensitivity (priorsense's method, threshold 0.05) of the aggregate "
@@ -616,6 +642,8 @@ def audit(
         doc.table(effects.assign(flag=diagnostics.flag(fits["covariate"])))
         summary["covariate_effects"] = _records(effects)
     summary["diagnostics"] = {name: diagnostics.flag(f) or "passed" for name, f in fits.items()}
+    summary["sample_seconds"] = {name: float(_arviz.group(f, "posterior").attrs.get(
+        "sample_seconds", np.nan)) for name, f in fits.items()}
     doc.heading("Diagnostics")
     doc.text("; ".join(f"{name}: {flag}" for name, flag in summary["diagnostics"].items()))
     return _write(out, doc, summary, fits, comps)

@@ -67,6 +67,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Write simulated comparisons as CSV."""
     from . import simulate
 
+    if args.design == "rlhf":
+        judgements, responses, people, _ = simulate.rlhf(
+            n_annotators=args.annotators, per_annotator=args.per_annotator or 15,
+            seed=args.seed)
+        out = Path(args.out)
+        for name, frame in (("judgements", judgements), ("responses", responses),
+                            ("annotators", people)):
+            write_atomic(out / f"{name}.csv", frame.to_csv(index=False))
+        print(f"wrote {len(judgements)} judgements, {len(responses)} responses and "
+              f"{len(people)} annotators to {out}/")
+        return 0
     if args.design == "high-conflict":
         comps = simulate.high_conflict(n_pairs=args.pairs, n_annotators=args.annotators,
                                        pairs_per_annotator=args.per_annotator, seed=args.seed)
@@ -211,14 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = command("simulate", help="write simulated comparisons as CSV")
-    p.add_argument("design", choices=["high-conflict", "bt"],
-                   help="high-conflict: the position paper's Table 1 population; bt: one theta")
-    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("design", choices=["high-conflict", "bt", "rlhf"],
+                   help="high-conflict: the position paper's Table 1 population; bt: one "
+                        "theta; rlhf: three annotator types in the RLHF layout "
+                        "(judgements.csv, responses.csv, annotators.csv)")
+    p.add_argument("--out", required=True, help="CSV file to write (rlhf: a folder)")
     p.add_argument("--pairs", type=int, default=200, help="option pairs")
     p.add_argument("--annotators", type=int, default=100,
                    help="annotators (high-conflict) or judgements per pair (bt)")
     p.add_argument("--per-annotator", type=int, default=None,
-                   help="pairs each annotator judges (high-conflict; none: all)")
+                   help="pairs each annotator judges (high-conflict; none: all; rlhf: 15)")
     p.add_argument("--theta", default="1,-1,0.5", help="bt: comma-separated theta")
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.set_defaults(func=cmd_simulate)

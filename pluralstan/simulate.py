@@ -115,3 +115,60 @@ def high_conflict(*, n_pairs: int = 200, n_annotators: int = 100, seed: int | No
     """The position paper's Table 1 data: K = 2, d = 5, pi = (0.5, 0.5), 50 + 50 annotators."""
     return mixture(HIGH_CONFLICT_THETA, [0.5, 0.5], n_pairs=n_pairs, n_annotators=n_annotators,
                    pairs_per_annotator=pairs_per_annotator, seed=seed)
+
+
+#: Preference weights of the three annotator types of :func:`rlhf` on the response features.
+RLHF_THETA = np.array([[3.0, 0.0, -1.0], [0.0, 3.0, -1.0], [0.0, -1.0, 3.0]])
+RLHF_FEATURES = ("helpful", "harmless", "concise")
+
+
+def rlhf(
+    *,
+    n_annotators: int = 120,
+    per_annotator: int = 15,
+    seed: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Judgements in the RLHF layout, from three annotator types with covariate-driven shares.
+
+    Every judgement is a fresh prompt with two fresh responses (each response is seen once, as in
+    RLHF data), so responses are placed only through their rated features
+    (:data:`RLHF_FEATURES`, Uniform(0, 1)). Annotator ``i`` has type ``z_i`` with probabilities
+    ``softmax(0.8 s_i, -0.8 s_i, [region_i = "south"])`` (``s_i`` the standardised age) and
+    prefers response a with probability ``logistic((a - b)' theta_{z_i})``, ``theta`` =
+    :data:`RLHF_THETA` (the helpfulness, harmlessness and concision camps).
+
+    Returns
+    -------
+    judgements, responses, annotators, truth
+        ``annotator``, ``prompt``, ``chosen``, ``rejected``; ``item`` and the features; the
+        annotator table (``annotator``, ``age``, ``region``); ``theta``, ``z`` and
+        ``p_type`` (annotators x types).
+    """
+    rng = np.random.default_rng(seed)
+    n, m = int(n_annotators), int(per_annotator)
+    if n < 1 or m < 1:
+        raise PluralstanError(f"n_annotators and per_annotator must be positive, got {n}, {m}")
+    age = rng.integers(18, 80, n).astype(float)
+    region = rng.choice(["north", "south"], n)
+    s = (age - age.mean()) / age.std()
+    logits = np.stack([0.8 * s, -0.8 * s, (region == "south").astype(float)], axis=1)
+    p_type = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    z = np.array([rng.choice(3, p=p) for p in p_type])
+    who = np.repeat(np.arange(n), m)
+    A, B = rng.uniform(size=(n * m, 3)), rng.uniform(size=(n * m, 3))
+    a_wins = rng.uniform(size=n * m) < expit(np.einsum("nd,nd->n", A - B, RLHF_THETA[z[who]]))
+    ids_a = np.array([f"r{2 * j:05d}" for j in range(n * m)])
+    ids_b = np.array([f"r{2 * j + 1:05d}" for j in range(n * m)])
+    judgements = pd.DataFrame({
+        "annotator": [f"u{i:03d}" for i in who],
+        "prompt": [f"p{j:05d}" for j in range(n * m)],
+        "chosen": np.where(a_wins, ids_a, ids_b),
+        "rejected": np.where(a_wins, ids_b, ids_a),
+    })
+    features = np.round(np.concatenate([A, B]), 3)
+    responses = pd.DataFrame({"item": np.concatenate([ids_a, ids_b]),
+                              **{f: features[:, j] for j, f in enumerate(RLHF_FEATURES)}})
+    annotators = pd.DataFrame({"annotator": [f"u{i:03d}" for i in range(n)],
+                               "age": age.astype(int), "region": region})
+    return judgements, responses.sort_values("item", ignore_index=True), annotators, {
+        "theta": RLHF_THETA, "z": z, "p_type": p_type}

@@ -175,3 +175,24 @@ def test_rlhf_layout_refuses_what_no_model_can_identify():
     features = pd.DataFrame({"item": ["r1", "r2", "r3"], "length": [1.0, 2.0, 3.0],
                              "polite": [0.0, 1.0, 0.5]})
     assert len(rlhf_frame(rows, features)) == 2  # with features every response is placed
+
+
+def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, capsys):
+    # the shipped RLHF example: every response is seen once, so it is placed by its features,
+    # and pairs are never repeated, so the masking ratio is measured against the latent-type
+    # fit's own probabilities (observed frequencies of single judgements are no target)
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent.parent / "data" / "rlhf_example"
+    out = tmp_path / "report"
+    assert cli.main(["audit", str(data / "judgements.csv"), "--items",
+                     str(data / "responses.csv"), "--annotators", str(data / "annotators.csv"),
+                     "--K", "1", "2", "--chains", "2", "--draws", "100", "--warmup", "100",
+                     "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["data"]["mode"] == "items"
+    assert summary["data"]["coordinates"] == ["helpful", "harmless", "concise"]
+    assert summary["masking"]["target"] == "truth"
+    assert len(summary["verdicts"]) == 4
+    printed = capsys.readouterr().out
+    assert printed.count("  1. composition") == 1 and "report:" in printed

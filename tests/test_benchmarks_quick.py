@@ -64,7 +64,7 @@ def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
 def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
-    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input"}
+    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -194,3 +194,10 @@ def test_compile_flag_rows_time_both_builds(quick):
     if (pd.to_numeric(rows["grad_ms"]) > 0).all():
         expected = float(rows.loc["httpstan's flags", "grad_ms"]) / float(ours["grad_ms"])
         assert np.isclose(float(ours["ratio"]), expected, rtol=0.02, atol=0.01)
+
+
+def test_audit_row_times_the_whole_command(quick):
+    table, _, _ = quick
+    row = table[table["target"] == "audit"].iloc[0]
+    assert float(row["seconds"]) > 0 and row["goal"] == "< 5"
+    assert row["meets"] in ("yes", "no") and re.match(r"K chosen \d", row["note"])
