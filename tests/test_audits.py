@@ -7,6 +7,7 @@ the tests then check the content of its tables and figures.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def _png(path: Path) -> None:
     ("audit_taxes", ("--models", "--K", "--per-party")),
     ("audit_polis", ("--conversation", "--max-pairs", "--K")),
     ("audit_personas", ("--models", "--users", "--shots")),
+    ("audit_datasets", ("--datasets", "--K")),
 ])
 def test_help_lists_the_options(name, extra, capsys):
     with pytest.raises(SystemExit) as done:
@@ -240,3 +242,16 @@ def test_personas_report_lists_every_split_whose_diagnostics_differ():
     assert module.diagnostics_lines(table) == [
         "* aggregate: ok", "* pal, seen: ok", "* pal, unseen: ok",
         "* pal, few-shot: R-hat 1.021 > 1.01 for w[3, 1]"]
+
+
+def test_audit_datasets_writes_a_report_and_a_verdict_card(tmp_path):
+    # the quick version on one data set: the report of pluralstan.audit and the collected card
+    out = tmp_path / "datasets"
+    assert _script("audit_datasets").main(["--quick", "--datasets", "german_parties",
+                                           "--out", str(out)]) == 0
+    card = (out / "verdicts.md").read_text()
+    assert "## german_parties ([report](german_parties/report.html)): K = " in card
+    assert all(f"| {n}. " in card for n in range(1, 5))
+    summary = json.loads((out / "german_parties" / "audit.json").read_text())
+    assert summary["data"]["annotators"] == 192 and summary["K"]["fitted"] == [1, 2]
+    assert "interviewer" not in summary["data"]["annotator_covariates"]
