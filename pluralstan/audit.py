@@ -44,7 +44,7 @@ import pandas as pd
 import xarray as xr
 
 from . import _arviz, diagnostics, plots
-from .checks.compare import SUMMARY_COLUMNS, compare_K
+from .checks.compare import SUMMARY_COLUMNS, compare_K, kfold_K
 from .checks.intervals import central_interval
 from .checks.masking import masking_ratio, summarize_masking
 from .checks.predict import observed_frequencies
@@ -77,6 +77,8 @@ MASKING_FAIL = 3.0
 HIGH_K_SHARE = 0.05
 #: Mean judgements per (type, pair) from which the masking ratio uses observed frequencies.
 REPEATS_MIN = 5
+#: Folds of the K-fold cross-validation run when PSIS-LOO is not reliable.
+KFOLD_FOLDS = 5
 #: Mass of every interval in the report.
 PROB = 0.9
 
@@ -255,6 +257,44 @@ def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] |
     if pooling not in ("partial", "none"):
         raise PluralstanError(f"pooling must be 'partial' or 'none', got {pooling!r}")
     return {"pooling": pooling, **({"adapt_delta": 0.95} if pooling == "partial" else {})}
+
+
+def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,
+              sampler: dict[str, Any], verbose: bool, progress: bool,
+              echo: Callable[[str], None]) -> dict[str, Any]:
+    """K by :data:`K_RULE` on PSIS-LOO, or on K-fold cross-validation by annotator when
+    ``kfold`` asks for it (a number of folds) or, with ``kfold=None``, when more than
+    :data:`HIGH_K_SHARE` of the annotators have Pareto k > 0.7 at some K (5 folds)."""
+    Ks = sorted(fits)
+    if len(Ks) == 1:
+        return {"K": Ks[0], "note": "", "method": "the only K fitted"}
+    loo = compare_K(fits, comps=comps)[SUMMARY_COLUMNS]
+    high = int(loo["n_high_k"].max())
+    unreliable = high / len(comps.annotator_levels) > HIGH_K_SHARE
+    folds = kfold if kfold is not None else (KFOLD_FOLDS if unreliable else 0)
+    if not folds:
+        note = (f"; {high} annotators have Pareto k > 0.7, so PSIS-LOO is not reliable here "
+                "(K-fold was turned off)" if unreliable else "")
+        return {"K": choose_K(loo), "note": note, "loo": loo,
+                "method": "leave-one-annotator-out PSIS-LOO"}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=folds * len(Ks), desc="K-fold", unit="fit", disable=not progress,
+               file=sys.stderr)
+
+    def fit_quietly(*args: Any, **kwargs: Any) -> _arviz.Idata:
+        with _quiet(verbose):  # the folds' problems are in the table's flag column
+            idata = fit_model(*args, **kwargs)
+        bar.update()
+        return idata
+
+    table = kfold_K(comps, Ks, folds=folds, seed=sampler["seed"], fit=fit_quietly, **sampler)
+    bar.close()
+    why = (f"; PSIS-LOO is not reliable here ({high} annotators have Pareto k > 0.7)"
+           if unreliable else "")
+    echo(f"K chosen by {folds}-fold cross-validation by annotator{why}")
+    return {"K": choose_K(table), "note": why, "loo": loo, "kfold": table, "folds": folds,
+            "method": f"{folds}-fold cross-validation by annotator"}
 
 
 def choose_K(table: pd.DataFrame) -> int:
@@ -480,6 +520,7 @@ def audit(
     warmup: int = 1000,
     seed: int = 1,
     pooling: str | None = None,
+    kfold: int | None = None,
     verbose: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
@@ -499,6 +540,10 @@ def audit(
         Sampler settings of every fit.
     pooling
         Labeled fit: ``"partial"`` or ``"none"`` (default: :func:`labeled_options`).
+    kfold
+        Folds of K-fold cross-validation by annotator for choosing K: ``None`` runs
+        :data:`KFOLD_FOLDS` folds only when PSIS-LOO is not reliable, ``0`` never, a number
+        always.
     verbose
         Show the engine's output and every warning.
     progress
@@ -542,18 +587,15 @@ def audit(
         raise PluralstanError(f"no latent types can be fitted: {skipped}")
     # K
     annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
-    table = compare_K(annotator_fits, comps=comps) if len(Ks) > 1 else None
-    chosen_K = choose_K(table) if table is not None else Ks[0]
+    choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, verbose=verbose,
+                       progress=progress, echo=echo)
+    chosen_K, loo_note = choice["K"], choice["note"]
     chosen = annotator_fits[chosen_K]
-    loo_note = ""
-    if table is not None:
-        high = int(table.loc[chosen_K, "n_high_k"])
-        share = high / len(comps.annotator_levels)
-        loo_note = (f"; {high} annotators have Pareto k > 0.7 at K = {chosen_K}, so PSIS-LOO's "
-                    "choice is not reliable (K-fold by annotator is not run by this version)"
-                    if share > HIGH_K_SHARE else "")
-        summary["K_comparison"] = _records(table[SUMMARY_COLUMNS].reset_index())
-    summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks}
+    for name in ("loo", "kfold"):
+        if choice.get(name) is not None:
+            summary[f"K_{name}"] = _records(choice[name].reset_index())
+    summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks,
+                    "method": choice["method"]}
     # items 1-2
     comp = composition_table(comps, chosen, PROB)
     within = within_table(aggregate, chosen, PROB, comps.reference)
@@ -575,10 +617,14 @@ def audit(
     doc.heading("Verdict")
     doc.card(verdicts)
     doc.heading("Number of types")
-    if table is not None:
-        doc.text(f"Leave-one-annotator-out PSIS-LOO of the annotator latent-type model for "
-                 f"K = {Ks}; K = {chosen_K} chosen by {K_RULE}{loo_note}.")
-        doc.table(table[SUMMARY_COLUMNS].reset_index())
+    if choice.get("loo") is not None:
+        doc.text(f"Annotator latent-type model for K = {Ks}; K = {chosen_K} chosen by "
+                 f"{choice['method']}: {K_RULE}{loo_note}. Leave-one-annotator-out PSIS-LOO:")
+        doc.table(choice["loo"].reset_index())
+    if choice.get("kfold") is not None:
+        doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
+                 "judgements predicted by a fit that never saw them):")
+        doc.table(choice["kfold"].reset_index())
     doc.heading("1. Composition")
     doc.table(comp.rename(columns={"group": "type"}))
     summary["composition"] = _records(comp)

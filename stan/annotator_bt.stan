@@ -52,6 +52,9 @@ data {
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
   int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
   int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
+  // 1: the annotator's judgements enter the likelihood; 0: held out (K-fold cross-validation:
+  // log_lik still scores them, from the posterior of the others)
+  vector<lower=0, upper=1>[I] fit_weight;
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -124,7 +127,7 @@ model {
                                    gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
     for (i in 1:I) {
-      target += log_sum_exp(lp[i]);
+      target += fit_weight[i] * log_sum_exp(lp[i]);
     }
   }
 }

@@ -81,3 +81,47 @@ def test_levels_are_checked(two_fits):
         annotator_log_likelihood(full, comps.subset(np.arange(10)))
     with pytest.raises(ps.PluralstanError, match="at least two"):
         compare_models({"full": full})
+
+
+# ---------------------------------------------------------------------- K-fold by annotator
+def test_held_out_annotators_do_not_enter_the_posterior():
+    # criterion: a fit of all judgements with annotators A held out samples the same posterior
+    # as a fit of the table without A: every theta mean agrees within 4 combined MCSEs; the
+    # held-out annotators still get a finite log likelihood
+    import arviz as az
+
+    comps = ps.simulate.high_conflict(seed=3, n_pairs=30, n_annotators=30,
+                                      pairs_per_annotator=10)
+    held = list(comps.annotator_levels[:8])
+    rest = np.flatnonzero(~comps.frame["annotator"].isin(held).to_numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        weighted = ps.fit("annotator", comps, K=1, held_out=held, seed=2, **FAST)
+        dropped = ps.fit("annotator", comps.subset(rest), K=1, seed=3, **FAST)
+    stats = [az.summary(f, var_names=["theta"]) for f in (weighted, dropped)]
+    z = (stats[0]["mean"] - stats[1]["mean"]).abs() / np.hypot(stats[0]["mcse_mean"],
+                                                                stats[1]["mcse_mean"])
+    assert z.max() < 4, z
+    ll = _arviz.group(weighted, "log_likelihood")["y"].sel(annotator=held)
+    assert np.isfinite(ll.values).all()
+    assert _arviz.group(weighted, "posterior").attrs["held_out_annotators"] == 8
+    with pytest.raises(ps.PluralstanError, match="held-out annotator 'nobody'"):
+        ps.fit("annotator", comps, K=1, held_out=["nobody"])
+
+
+def test_kfold_prefers_the_true_number_of_types():
+    # two opposed types (the paper's high-conflict population): 3-fold CV by annotator ranks
+    # K = 2 first, with K = 1 more than 2 paired standard errors behind; every annotator is
+    # scored once, so the K = 2 elpd is a sum of 40 finite terms
+    from pluralstan.checks.compare import annotator_folds, kfold_K
+
+    comps = ps.simulate.high_conflict(seed=5, n_pairs=40, n_annotators=40,
+                                      pairs_per_annotator=15)
+    parts = annotator_folds(comps, 3, seed=1)
+    assert sorted(a for p in parts for a in p) == sorted(comps.annotator_levels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        table = kfold_K(comps, [1, 2], folds=3, seed=1, chains=2, draws=300, warmup=300)
+    assert table.index[0] == 2 and table.loc[2, "elpd_diff"] == 0
+    assert table.loc[1, "elpd_diff"] > 2 * table.loc[1, "dse"]
+    assert np.isfinite(table["elpd_kfold"]).all()

@@ -16,12 +16,17 @@ Importance sampling is unreliable for observations with Pareto k above ArviZ's t
 (``min(1 - 1/log10(S), 0.7)``); every function here counts them, names them and warns
 (:class:`~pluralstan.errors.DiagnosticWarning`), because an ELPD difference resting on them is
 not trustworthy (refit without them or use K-fold cross-validation).
+
+:func:`kfold_K` is that K-fold cross-validation for the annotator latent-type model: each fold's
+annotators are left out of the likelihood of one refit (``held_out``) and scored by it, so every
+annotator's predictive density comes from a posterior that never saw them, with no importance
+sampling (Vehtari, Gelman & Gabry 2017, section 4).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import arviz as az
@@ -29,6 +34,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.sparse import csr_matrix
+from scipy.special import logsumexp
 
 from .. import _arviz, diagnostics
 from ..data import Comparisons
@@ -38,6 +44,7 @@ __all__ = [
     "annotator_log_likelihood",
     "compare_K",
     "compare_models",
+    "kfold_K",
     "loo",
     "pareto_k_table",
 ]
@@ -263,3 +270,72 @@ def compare_K(
                            comps=comps, var_name=var_name)
     table.index = pd.Index(table.index.astype(int), name="K")
     return table
+
+
+def annotator_folds(comps: Comparisons, folds: int, seed: int) -> list[list[Any]]:
+    """The annotators of ``comps`` shuffled (``seed``) into ``folds`` groups of near-equal size."""
+    levels = np.asarray(comps.annotator_levels, dtype=object)
+    if not 2 <= folds <= len(levels):
+        raise PluralstanError(f"folds must lie in 2..{len(levels)} (the annotators), got {folds}")
+    order = np.random.default_rng(seed).permutation(len(levels))
+    return [list(levels[part]) for part in np.array_split(order, folds)]
+
+
+def kfold_K(
+    comps: Comparisons,
+    Ks: Sequence[int],
+    *,
+    folds: int = 5,
+    seed: int = 1,
+    fit: Callable[..., _arviz.Idata] | None = None,
+    **fit_kwargs: Any,
+) -> pd.DataFrame:
+    """Choose K by K-fold cross-validation by annotator (no importance sampling).
+
+    Parameters
+    ----------
+    comps
+        The judgements (with annotators).
+    Ks
+        Numbers of latent types to compare.
+    folds
+        Number of folds; every annotator is held out once.
+    seed
+        Seed of the fold assignment (the same folds for every K, so the differences are paired).
+    fit
+        The fitting function (default :func:`pluralstan.fit`), called as
+        ``fit("annotator", comps, K=k, held_out=[...], **fit_kwargs)``; the audit passes one
+        that shows progress.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``K``, best first: ``elpd_kfold`` (sum over annotators of the log predictive
+        density of their judgements), ``se``, ``elpd_diff`` (to the best, >= 0), ``dse``
+        (standard error of the paired difference) and ``flag`` (the folds' diagnostics).
+    """
+    if fit is None:
+        from ..fit import fit
+    parts = annotator_folds(comps, folds, seed)
+    levels = list(comps.annotator_levels)
+    pointwise: dict[int, np.ndarray] = {}
+    flags: dict[int, str] = {}
+    for k in Ks:
+        lpd = np.full(len(levels), np.nan)
+        problems = []
+        for part in parts:
+            idata = fit("annotator", comps, K=int(k), held_out=part, **fit_kwargs)
+            ll = _arviz.group(idata, "log_likelihood")["y"].stack(s=("chain", "draw"))
+            ll = ll.transpose("annotator", "s").sel(annotator=part).to_numpy()
+            lpd[[levels.index(a) for a in part]] = logsumexp(ll, axis=1) - np.log(ll.shape[1])
+            if diagnostics.flag(idata):
+                problems.append(diagnostics.flag(idata))
+        pointwise[int(k)] = lpd
+        flags[int(k)] = "; ".join(dict.fromkeys(problems))
+    best = max(pointwise, key=lambda k: pointwise[k].sum())
+    n = len(levels)
+    rows = [{"K": k, "elpd_kfold": v.sum(), "se": float(np.sqrt(n * v.var())),
+             "elpd_diff": float(pointwise[best].sum() - v.sum()),
+             "dse": float(np.sqrt(n * (pointwise[best] - v).var())), "flag": flags[k]}
+            for k, v in pointwise.items()]
+    return pd.DataFrame(rows).set_index("K").sort_values("elpd_diff")

@@ -17,6 +17,7 @@ are shared with the covariate-informed model (:mod:`pluralstan.models.covariate`
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -204,6 +205,7 @@ def encode(
     order: bool | None = None,
     replicate: bool = True,
     membership: bool = True,
+    held_out: Sequence[Hashable] = (),
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -239,6 +241,10 @@ def encode(
         per-annotator type summaries use. ``False`` skips it on large data: the output per draw
         is then the I-vector ``log_lik`` (for leave-one-annotator-out LOO) and the parameters,
         and :func:`pluralstan.relabel.relabel` falls back to pivotal reordering.
+    held_out
+        Annotator ids whose judgements are left out of the likelihood (K-fold
+        cross-validation, :func:`pluralstan.checks.compare.kfold_K`); their ``log_lik`` is
+        still computed, from the posterior of the others.
 
     Raises
     ------
@@ -252,6 +258,9 @@ def encode(
     )
     data["replicate"] = int(replicate)
     data["save_membership"] = int(membership)
+    data["fit_weight"] = fit_weights(comps, held_out)
+    if len(held_out):
+        attrs = {**attrs, "held_out_annotators": len(held_out)}
     data["prior_pi_alpha"] = positive(
         broadcast_prior(p["pi_alpha"], data["K"], "pi_alpha"), "pi_alpha"
     )
@@ -275,6 +284,19 @@ def encode(
         label_dim="group",
         extra_attrs=attrs,
     )
+
+
+def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
+    """1 per annotator (in ``comps.annotator_levels`` order), 0 for the ``held_out`` ones."""
+    levels = list(comps.annotator_levels)
+    unknown = [a for a in held_out if a not in set(levels)]
+    if unknown:
+        raise PluralstanError(f"held-out annotator {unknown[0]!r} has no judgements in the "
+                              "table")
+    if len(set(held_out)) >= len(levels):
+        raise PluralstanError("every annotator is held out: nothing is left to fit")
+    return (~np.isin(np.asarray(levels, dtype=object), np.asarray(list(held_out),
+                                                                   dtype=object))).astype(float)
 
 
 #: Stan outputs used internally (parts of ``theta``, the per-annotator log likelihood, which
