@@ -288,7 +288,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
         bar.update()
         return idata
 
-    table = kfold_K(comps, Ks, folds=folds, seed=sampler["seed"], fit=fit_quietly, **sampler)
+    table = kfold_K(comps, Ks, folds=folds, fit=fit_quietly, **sampler)
     bar.close()
     why = (f"; PSIS-LOO is not reliable here ({high} annotators have Pareto k > 0.7)"
            if unreliable else "")

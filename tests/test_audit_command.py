@@ -60,7 +60,10 @@ def _theta(summary: dict, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_audit_chooses_three_types(report):
     _, _, summary = report
     assert summary["K"]["chosen"] == 3 and summary["K"]["fitted"] == [1, 2, 3, 4]
-    table = pd.DataFrame(summary["K_comparison"]).set_index("K")
+    # no annotator has Pareto k > 0.7 here, so PSIS-LOO chose K and K-fold was not run
+    assert summary["K"]["method"] == "leave-one-annotator-out PSIS-LOO"
+    assert "K_kfold" not in summary
+    table = pd.DataFrame(summary["K_loo"]).set_index("K")
     # K = 1 and 2 are far from the best (more than 2 dse); 3 is within 2 dse of the best
     assert (table.loc[[1, 2], "elpd_diff"] > 2 * table.loc[[1, 2], "dse"]).all()
     assert table.loc[3, "elpd_diff"] <= 2 * table.loc[3, "dse"]
@@ -188,11 +191,18 @@ def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, 
     assert cli.main(["audit", str(data / "judgements.csv"), "--items",
                      str(data / "responses.csv"), "--annotators", str(data / "annotators.csv"),
                      "--K", "1", "2", "--chains", "2", "--draws", "100", "--warmup", "100",
-                     "--out", str(out), "--no-progress"]) == 0
+                     "--kfold", "2", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "audit.json").read_text())
     assert summary["data"]["mode"] == "items"
     assert summary["data"]["coordinates"] == ["helpful", "harmless", "concise"]
     assert summary["masking"]["target"] == "truth"
+    # --kfold forces K-fold cross-validation by annotator, reported beside PSIS-LOO
+    assert summary["K"]["method"] == "2-fold cross-validation by annotator"
+    kfold = pd.DataFrame(summary["K_kfold"]).set_index("K")
+    assert sorted(kfold.index) == [1, 2] and kfold["elpd_diff"].min() == 0
+    assert summary["K"]["chosen"] == kfold["elpd_diff"].idxmin() or (
+        kfold.loc[summary["K"]["chosen"], "elpd_diff"] <= 2 * kfold.loc[
+            summary["K"]["chosen"], "dse"])
     assert len(summary["verdicts"]) == 4
     printed = capsys.readouterr().out
     assert printed.count("  1. composition") == 1 and "report:" in printed

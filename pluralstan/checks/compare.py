@@ -301,10 +301,12 @@ def kfold_K(
     folds
         Number of folds; every annotator is held out once.
     seed
-        Seed of the fold assignment (the same folds for every K, so the differences are paired).
+        Seed of the fold assignment (the same folds for every K, so the differences are
+        paired) and of every fit.
     fit
         The fitting function (default :func:`pluralstan.fit`), called as
-        ``fit("annotator", comps, K=k, held_out=[...], **fit_kwargs)``; the audit passes one
+        ``fit("annotator", comps, K=k, held_out=[...], seed=seed, **fit_kwargs)``; the audit
+        passes one
         that shows progress.
 
     Returns
@@ -324,7 +326,7 @@ def kfold_K(
         lpd = np.full(len(levels), np.nan)
         problems = []
         for part in parts:
-            idata = fit("annotator", comps, K=int(k), held_out=part, **fit_kwargs)
+            idata = fit("annotator", comps, K=int(k), held_out=part, seed=seed, **fit_kwargs)
             ll = _arviz.group(idata, "log_likelihood")["y"].stack(s=("chain", "draw"))
             ll = ll.transpose("annotator", "s").sel(annotator=part).to_numpy()
             lpd[[levels.index(a) for a in part]] = logsumexp(ll, axis=1) - np.log(ll.shape[1])
