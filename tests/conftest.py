@@ -29,10 +29,13 @@ def small_bt():
 
 @pytest.fixture(scope="session")
 def small_bt_fit(small_bt):
-    """One aggregate fit shared by the layout tests (with prior draws)."""
+    """One aggregate fit shared by the layout tests (with prior draws); it must pass its
+    diagnostics, so no test reads a failed fit."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ps.DiagnosticWarning)
-        return ps.fit("aggregate", small_bt, seed=11, sample_prior=True, **FAST)
+        warnings.simplefilter("error", ps.DiagnosticWarning)
+        fit = ps.fit("aggregate", small_bt, seed=11, sample_prior=True, **FAST)
+    assert ps.diagnostics.failed(fit) == []
+    return fit
 
 
 @pytest.fixture()
