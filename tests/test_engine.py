@@ -252,6 +252,29 @@ def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt, own_fit_files):
     np.testing.assert_array_equal(first.posterior["theta"].values, again.posterior["theta"].values)
 
 
+def test_sampling_leaves_no_socket_file_behind(tmp_path):
+    """httpstan binds a Unix socket to a fresh httpstan_*.sock per request and never unlinks
+    it; a fit in a process whose temporary folder is ``tmp_path`` must leave none there (two
+    chains, a generate request, and a second fit: every request's file is removed)."""
+    import os
+    import sys
+
+    script = (
+        "import pluralstan as ps\n"
+        "c = ps.simulate.bt([1.0, -0.5], n_pairs=10, judgements_per_pair=5, seed=1)\n"
+        "for seed in (1, 2):\n"
+        "    ps.fit('aggregate', c, seed=seed, chains=2, draws=30, warmup=30,"
+        " backend='pystan', check=False)\n"
+        "import tempfile, pathlib\n"
+        "print(tempfile.gettempdir())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(str(tmp_path))
+    assert list(tmp_path.glob("httpstan_*.sock")) == []
+
+
 def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt, own_fit_files):
     """Two threads making the identical request (as Dask thread workers prebuilding a model do)
     both get the same draws, and the stored fit is gone afterwards."""

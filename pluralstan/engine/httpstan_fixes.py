@@ -8,6 +8,8 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
   messages on failure.
 * :func:`patient_stanc`: httpstan gives stanc one second.
 * :func:`discard_stored_fits`: httpstan keeps every seeded fit on disk for good.
+* :func:`remove_socket_files`: httpstan leaves one ``httpstan_*.sock`` file in the temporary
+  folder per sampling request.
 * :func:`interruptible`: PyStan swallows Ctrl-C and returns ``None``; httpstan's workers ignore
   SIGINT and outlive the interrupted call.
 * :func:`install_worker_cleanup`: httpstan's non-daemonic chain pool blocks a
@@ -17,11 +19,13 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import multiprocessing as mp
 import multiprocessing.util
 import os
 import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -170,6 +174,7 @@ def discard_stored_fits() -> Iterator[None]:
     import httpstan.cache
 
     record_fit_names()
+    remove_socket_files()
     _FIT_NAMES.names = names = []
     try:
         yield
@@ -182,6 +187,58 @@ def discard_stored_fits() -> Iterator[None]:
                     del _FITS_IN_USE[name]
                     with contextlib.suppress(KeyError):  # already gone
                         httpstan.cache.delete_fit(name)
+
+
+#: Socket files made by the httpstan request running in the current asyncio task.
+_SOCKETS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "pluralstan_httpstan_sockets", default=None)
+
+
+class _RecordingTempfile:
+    """:mod:`tempfile` for httpstan's services module, noting the files ``mkstemp`` names."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(tempfile, name)
+
+    def mkstemp(self, *args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = tempfile.mkstemp(*args, **kwargs)
+        names = _SOCKETS.get()
+        if names is not None:
+            names.append(name)
+        return fd, name
+
+
+def remove_socket_files() -> None:
+    """Delete each sampling request's Unix socket file when the request is done (installed once
+    per process).
+
+    httpstan's ``services_stub.call`` binds a socket to a fresh ``httpstan_*.sock`` name in the
+    temporary folder for Stan's writers and never unlinks it, so every fit leaves a file behind
+    (tens of thousands after a test suite). The wrapper notes the names its own request made
+    (a context variable: each request runs as its own asyncio task) and unlinks them after the
+    call, when the socket is closed.
+    """
+    import httpstan.services_stub as stub
+
+    with _FIT_LOCK:
+        if getattr(stub.call, "pluralstan_removes_sockets", False):
+            return
+        original = stub.call
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            names: list[str] = []
+            token = _SOCKETS.set(names)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                _SOCKETS.reset(token)
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
+
+        call.pluralstan_removes_sockets = True  # type: ignore[attr-defined]
+        stub.call = call
+        stub.tempfile = _RecordingTempfile()
 
 
 T = TypeVar("T")
