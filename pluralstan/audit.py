@@ -60,7 +60,7 @@ from .data import Comparisons, read_table
 from .errors import DiagnosticWarning, PluralstanError
 from .fit import fit as fit_model
 from .fit import save
-from .outputs import check_writable, write_atomic
+from .outputs import check_writable, png_bytes, write_atomic
 from .relabel import match_components, permute
 
 __all__ = ["AuditResult", "audit", "read_judgements", "rlhf_frame"]
@@ -633,7 +633,7 @@ def audit(
              + (f" (items: ability against the reference item {comps.reference}, fixed at 0)."
                 if comps.mode == "items" else "."))
     doc.table(within.rename(columns={"group": "type"}))
-    doc.figure("theta_forest", plots.png_bytes(plots.plot_theta_intervals(within)),
+    doc.figure("theta_forest", png_bytes(plots.plot_theta_intervals(within)),
                "coefficients: aggregate fit and each latent type")
     summary["within"] = _records(within)
     if comps.mode == "items" and comps.items is None:
@@ -658,7 +658,7 @@ def audit(
                  f"have no type with posterior probability >= {CERTAIN}. In-sample: the types "
                  f"come from the same judgements. Noise floor (a perfect model): {floor:.3g}.")
         doc.table(masking)
-        doc.figure("masking", plots.png_bytes(plots.plot_masking_ratios(results)),
+        doc.figure("masking", png_bytes(plots.plot_masking_ratios(results)),
                    "posterior draws of the masking ratio")
         summary["masking"] = {"table": _records(masking), "noise_floor": floor,
                               "target": target,

@@ -230,16 +230,24 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, floatfmt: str = "
     return write_atomic(out_dir / f"{name}.csv", table.to_csv(index=False))
 
 
-def save_figure(fig, path: Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG, whole or not at all, and close it."""
+def png_bytes(fig, dpi: int = 120) -> bytes:
+    """A matplotlib figure as PNG bytes, cropped to its drawn area (for files and reports)."""
     import io
-
-    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return write_atomic(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120, close: bool = True) -> Path:
+    """Save a matplotlib figure as PNG, whole or not at all (missing folders are created), and
+    close it unless ``close=False``."""
+    data = png_bytes(fig, dpi)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return write_atomic(Path(path), data)
 
 
 @contextmanager

@@ -32,12 +32,11 @@ the disclosure report (:func:`plot_theta_intervals`, :func:`plot_masking_ratios`
 Every dashboard figure's title carries :func:`pluralstan.diagnostics.flag` when the fit failed a
 sampler diagnostic, so a figure cut out of a report still says so. Figures are built on
 :class:`matplotlib.figure.Figure` objects (no pyplot state), saved as PNG whole or not at all
-(:func:`save_png`) and, with ``show=True``, displayed inline in notebooks.
+(:func:`pluralstan.outputs.save_figure`) and, with ``show=True``, displayed inline in notebooks.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import textwrap
@@ -68,7 +67,7 @@ from .checks.components import (
 from .checks.intervals import central_interval
 from .diagnostics import flag
 from .errors import PluralstanError
-from .outputs import atomic_path
+from .outputs import save_figure
 
 if TYPE_CHECKING:
     from .checks.sbc import SBCResult
@@ -113,22 +112,6 @@ def _tidy(fig: Figure) -> None:
 
 def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained", dpi=100)
-
-
-def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` as PNG whole or not at all (:func:`pluralstan.outputs.atomic_path`;
-    missing folders are created)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return path
-
-
-def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
-    """``fig`` as PNG bytes, cropped to its drawn area (for embedding in a report)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def _display(fig: Figure) -> None:
@@ -644,7 +627,8 @@ def save_sbc_plots(result: SBCResult, folder: str | Path, prefix: str | None = N
     ``prefix`` defaults to ``sbc_<model>``. Returns ``"ranks"`` and ``"ecdf_diff"`` -> path.
     """
     prefix = prefix or f"sbc_{result.model}"
-    return {kind: save_png(make(result), Path(folder) / f"{prefix}_{kind}.png", dpi=dpi)
+    return {kind: save_figure(make(result), Path(folder) / f"{prefix}_{kind}.png", dpi=dpi,
+                              close=False)
             for kind, make in (("ranks", plot_sbc_ranks), ("ecdf_diff", plot_sbc_ecdf_diff))}
 
 
@@ -796,6 +780,6 @@ def dashboard(
         fig = builders[name]()
         if show:
             _display(fig)
-        out[name] = fig if out_dir is None else save_png(
-            fig, Path(out_dir) / f"{prefix}{name}.png", dpi=dpi)
+        out[name] = fig if out_dir is None else save_figure(
+            fig, Path(out_dir) / f"{prefix}{name}.png", dpi=dpi, close=False)
     return out

@@ -19,6 +19,7 @@ from pluralstan.checks.cells import cell_frequencies, cell_groups
 from pluralstan.checks.components import flatten_components, latent_groups, nonidentified_pairs
 from pluralstan.diagnostics import flag
 from pluralstan.errors import PluralstanError
+from pluralstan.outputs import save_figure
 from tests.hand_built import ATTRS, count_idata, mixture_idata
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -252,13 +253,13 @@ def test_png_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     fig.subplots().plot([0, 1])
 
     def broken(fname, **kwargs):
-        Path(fname).write_bytes(PNG_SIGNATURE)  # a partial file, then a failure
+        fname.write(PNG_SIGNATURE)  # part of the image, then a failure
         raise OSError("disk full")
 
     monkeypatch.setattr(fig, "savefig", broken)
     with pytest.raises(OSError, match="disk full"):
-        plots.save_png(fig, tmp_path / "sub" / "f.png")
-    assert list((tmp_path / "sub").iterdir()) == []
+        save_figure(fig, tmp_path / "sub" / "f.png", close=False)
+    assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []
     monkeypatch.undo()
-    path = plots.save_png(fig, tmp_path / "sub" / "f.png")
+    path = save_figure(fig, tmp_path / "sub" / "f.png", close=False)
     assert path.read_bytes()[:8] == PNG_SIGNATURE

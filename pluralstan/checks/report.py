@@ -35,7 +35,7 @@ from .. import _arviz, diagnostics, plots
 from ..data import Comparisons
 from ..errors import PluralstanError
 from ..fit import save
-from ..outputs import write_atomic
+from ..outputs import png_bytes, write_atomic
 from .contraction import contraction
 from .intervals import central_interval
 from .masking import masking_ratio, point_estimate_theta, summarize_masking
@@ -325,7 +325,7 @@ def disclosure_report(
 
     # item 2
     tables["within"] = within_table(aggregate, mixture, prob, comps.reference)
-    figures["theta_forest"] = plots.png_bytes(plots.plot_theta_intervals(tables["within"]))
+    figures["theta_forest"] = png_bytes(plots.plot_theta_intervals(tables["within"]))
     doc.heading("2. Within-subgroup posteriors")
     if "contraction" in tables["within"]:
         note = (f"Contraction = 1 - Var_post / Var_prior from prior draws of the same program; "
@@ -345,7 +345,7 @@ def disclosure_report(
     point = masking_ratio(point_estimate_theta(comps), held_out, target=target)
     tables["masking"] = pd.concat([summarize_masking(r, prob) for r in (*results.values(), point)],
                                   ignore_index=True)
-    figures["masking"] = plots.png_bytes(
+    figures["masking"] = png_bytes(
         plots.plot_masking_ratios(results, bound=PAPER_MASKING_BOUND))
     ratio = tables["masking"].query("quantity == 'ratio'").set_index("model")
     agg_row = ratio.iloc[0]
@@ -381,7 +381,7 @@ def disclosure_report(
                       max_abs_shift=("shift", lambda s: s.abs().max()), flag=("flag", "first"))
                  .reset_index())
         tables["sensitivity_summary"] = worst
-        figures["sensitivity"] = plots.png_bytes(plots.plot_pi_sensitivity(sensitivity))
+        figures["sensitivity"] = png_bytes(plots.plot_pi_sensitivity(sensitivity))
         failed = [g for g, f in zip(worst["grid"], worst["flag"], strict=True) if f]
         doc.text("Largest shift of any theta_k (in posterior sds of the reference grid point) "
                  "per assumed pi" + (f"; fits with failed diagnostics: {failed}" if failed
