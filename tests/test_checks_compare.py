@@ -95,7 +95,7 @@ def test_held_out_annotators_do_not_enter_the_posterior():
     held = list(comps.annotator_levels[:8])
     rest = np.flatnonzero(~comps.frame["annotator"].isin(held).to_numpy())
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        warnings.simplefilter("error", ps.DiagnosticWarning)  # both fits must pass
         weighted = ps.fit("annotator", comps, K=1, held_out=held, seed=2, **FAST)
         dropped = ps.fit("annotator", comps.subset(rest), K=1, seed=3, **FAST)
     stats = [az.summary(f, var_names=["theta"]) for f in (weighted, dropped)]
