@@ -57,7 +57,7 @@ from .checks.report import (
 )
 from .checks.sensitivity import power_scaling
 from .data import Comparisons, read_table
-from .errors import DiagnosticWarning, PluralstanError
+from .errors import PluralstanError
 from .fit import fit as fit_model
 from .fit import save
 from .outputs import check_writable, png_bytes, write_atomic
@@ -201,33 +201,47 @@ def _plan(comps: Comparisons, Ks: Sequence[int]) -> tuple[list[int], str]:
 
 # ---------------------------------------------------------------------- fitting
 @contextlib.contextmanager
-def _quiet(verbose: bool) -> Iterator[list[str]]:
-    """Capture engine output and diagnostic warnings; yield the warnings' one-line texts.
-
-    The captured output is printed when the block fails (or always, with ``verbose``).
-    """
-    caught: list[str] = []
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Hide engine output and warnings (unless ``verbose``); print the output if the block
+    fails. What matters of a fit is reported by :func:`problem_line` afterwards."""
     if verbose:
-        with warnings.catch_warnings(record=True) as records:
-            warnings.simplefilter("always", DiagnosticWarning)
-            yield caught
-        caught += [str(r.message) for r in records if issubclass(r.category, DiagnosticWarning)]
+        yield
         return
     sink = io.StringIO()
     try:
         with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink), \
-                warnings.catch_warnings(record=True) as records:
-            warnings.simplefilter("always")
-            yield caught
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     except BaseException:
         sys.stderr.write(sink.getvalue())
         raise
-    caught += [str(r.message) for r in records if issubclass(r.category, DiagnosticWarning)]
+
+
+def problem_line(name: str, idata: _arviz.Idata) -> str | None:
+    """One line for a fit that failed its diagnostics or had its modes stacked, else ``None``."""
+    problems = diagnostics.failed(idata)
+    if problems:
+        more = f" (+{len(problems) - 1} more in the report)" if len(problems) > 1 else ""
+        return f"warning: {name}: {problems[0]}{more}"
+    if any(n.startswith(diagnostics.STACKED) for n in diagnostics.notes(idata)):
+        return f"note: {name}: chains in different modes were stacked (see the report)"
+    return None
+
+
+def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
+             echo: Callable[[str], None], **kwargs: Any) -> _arviz.Idata:
+    with _quiet(verbose):
+        idata = fit_model(model, comps, **kwargs)
+    line = problem_line(name, idata)
+    if line:
+        echo(line)
+    return idata
 
 
 def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
-          labeled: dict[str, Any] | None, verbose: bool, progress: bool
-          ) -> tuple[dict[str, _arviz.Idata], list[str]]:
+          labeled: dict[str, Any] | None, verbose: bool, progress: bool,
+          echo: Callable[[str], None]) -> dict[str, _arviz.Idata]:
     """Aggregate, annotator (each K) and, with ``labeled`` options, labeled fits; one progress
     bar over them."""
     from tqdm.auto import tqdm
@@ -236,14 +250,13 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
     jobs += [(f"annotator_K{k}", "annotator", {"K": k}) for k in Ks]
     if labeled:
         jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled}))
-    fits, messages = {}, []
+    fits = {}
     bar = tqdm(jobs, desc="pluralstan audit", unit="fit", disable=not progress, file=sys.stderr)
     for name, model, extra in bar:
         bar.set_postfix_str(name)
-        with _quiet(verbose) as caught:
-            fits[name] = fit_model(model, comps, **extra, **sampler)
-        messages += caught
-    return fits, messages
+        fits[name] = _fit_one(name, model, comps, verbose=verbose, echo=bar.write if progress
+                              else echo, **extra, **sampler)
+    return fits
 
 
 def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
@@ -561,10 +574,8 @@ def audit(
     labeled = labeled_options(comps, pooling)
     _prepare_out(out)
     sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed}
-    fits, messages = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose,
-                           progress=progress)
-    for m in dict.fromkeys(messages):
-        echo(f"warning: {m}")
+    fits = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose, progress=progress,
+                 echo=echo)
     summary: dict[str, Any] = {
         "data": {"judgements": comps.n, "annotators": len(comps.annotator_levels),
                  "mode": comps.mode, "coordinates": list(comps.attributes),
@@ -676,11 +687,9 @@ def audit(
         doc.text("Annotator covariates per type, weighted by posterior membership.")
         doc.table(who)
         summary["who"] = _records(who)
-        with _quiet(verbose) as caught:
-            fits["covariate"] = align_types(
-                fit_model("covariate", comps, K=chosen_K, **sampler), chosen)
-        for m in caught:
-            echo(f"warning: {m}")
+        fits["covariate"] = align_types(_fit_one(
+            "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo, **sampler),
+            chosen)
         effects = covariate_effects(fits["covariate"])
         doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                  "log odds of each type (sum to zero across types), its interval and "
