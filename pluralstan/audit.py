@@ -532,6 +532,7 @@ def audit(
     draws: int = 1000,
     warmup: int = 1000,
     seed: int = 1,
+    backend: str = "auto",
     pooling: str | None = None,
     kfold: int | None = None,
     verbose: bool = False,
@@ -549,8 +550,8 @@ def audit(
         Report folder (replaced whole at the end; refused if it holds something else).
     K
         Numbers of latent types to fit (K = 1 is always added: the comparison needs it).
-    chains, draws, warmup, seed
-        Sampler settings of every fit.
+    chains, draws, warmup, seed, backend
+        Sampler settings and engine of every fit (:func:`pluralstan.fit`).
     pooling
         Labeled fit: ``"partial"`` or ``"none"`` (default: :func:`labeled_options`).
     kfold
@@ -573,7 +574,8 @@ def audit(
     Ks, skipped = _plan(comps, K)
     labeled = labeled_options(comps, pooling)
     _prepare_out(out)
-    sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed}
+    sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
+               "backend": backend}
     fits = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose, progress=progress,
                  echo=echo)
     summary: dict[str, Any] = {

@@ -196,7 +196,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     comps = read_judgements(args.judgements, items=args.items, annotators=args.annotators,
                             group=args.group)
     result = audit(comps, args.out, K=args.K, chains=args.chains, draws=args.draws,
-                   warmup=args.warmup, seed=args.seed, pooling=args.pooling, kfold=args.kfold,
+                   warmup=args.warmup, seed=args.seed, backend=args.backend,
+                   pooling=args.pooling, kfold=args.kfold,
                    verbose=args.verbose,
                    progress=not args.no_progress)
     for row in result.summary["verdicts"]:
@@ -304,13 +305,15 @@ RLHF layout: one row per judgement with `chosen`, `rejected` (response ids) and 
                    help="numbers of latent types to compare")
     p.add_argument("--kfold", type=int, default=None, metavar="FOLDS",
                    help="choose K by K-fold cross-validation by annotator with FOLDS folds (0: "
-                        "never; default: 5 folds when PSIS-LOO is unreliable, i.e. more than 5%% "
+                        "never; none: 5 folds when PSIS-LOO is unreliable, i.e. more than 5%% "
                         "of the annotators have Pareto k > 0.7)")
     p.add_argument("--out", required=True, help="report folder (written whole at the end)")
     p.add_argument("--chains", type=int, default=4, help="Markov chains per fit")
     p.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up")
     p.add_argument("--warmup", type=int, default=1000, help="warm-up iterations per chain")
     p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--backend", default="auto", choices=["auto", "pystan", "cmdstanpy"],
+                   help="Stan engine (auto: cmdstanpy when CmdStan is installed, else pystan)")
     p.add_argument("--verbose", action="store_true",
                    help="show the engine's output and every warning")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
