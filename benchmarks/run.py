@@ -1156,7 +1156,8 @@ def target_audit(s: Settings) -> list[Row]:
                 sampler.get("draws", 1000), seconds=round(wall, 1), ratio=round(wall / 60, 2),
                 ratio_is="minutes, warm cache", goal="< 5",
                 meets="yes" if wall < 300 else "no",
-                note=f"K chosen {result.summary['K']['chosen']} (truth 3)"
+                note=f"K chosen {result.summary['K']['chosen']} (truth 3); sampling s per fit: "
+                + ", ".join(f"{n} {v:.0f}" for n, v in result.summary["sample_seconds"].items())
                 + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))]
 
 
