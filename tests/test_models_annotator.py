@@ -299,6 +299,9 @@ def test_concentrated_mixing_prior_is_honoured():
     diagnostic = [str(w.message) for w in record if issubclass(w.category, DiagnosticWarning)]
     assert len(diagnostic) == 1, diagnostic
     assert ps.diagnostics.recorded(idata)["divergences"] == 0
+    # the prior labels the types, so the draws are kept as sampled, and the record says why
+    assert any("not exchangeable across types (pi_alpha = [300.0, 700.0])" in n
+               for n in ps.diagnostics.notes(idata))
     # sorted within each draw: the modes differ in which type holds 30%
     pi = np.sort(idata.posterior["pi"].transpose(..., "group").values.reshape(-1, 2), axis=1)
     np.testing.assert_allclose(pi.mean(0), [0.3, 0.7], atol=0.05)
