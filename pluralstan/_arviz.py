@@ -14,6 +14,7 @@ used; no other pluralstan module imports ``arviz_base``, ``arviz_stats`` or ``ar
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -325,8 +326,16 @@ def power_scale_sensitivity(idata: Any, var_names: Sequence[str], *,
         psense_summary = az.psense_summary
     else:
         from arviz_stats import psense_summary
-    table = psense_summary(native(idata), var_names=list(var_names), threshold=threshold,
-                           round_to=6)
+    # psense_summary logs a warning with reading advice when it flags something; the returned
+    # table (and every pluralstan report built on it) already says it, so the log line is held
+    logger = logging.getLogger(psense_summary.__module__)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        table = psense_summary(native(idata), var_names=list(var_names), threshold=threshold,
+                               round_to=6)
+    finally:
+        logger.setLevel(level)
     return table.astype({"prior": float, "likelihood": float})
 
 

@@ -90,3 +90,23 @@ def test_bad_grids_are_rejected_before_sampling(flat_x3):
         grid_fits("aggregate", flat_x3, [])
     with pytest.raises(ps.PluralstanError, match="unknown prior"):
         grid_fits("aggregate", flat_x3, [{"pi_alpha": 1.0}])
+
+
+def test_power_scaling_prints_nothing(capsys, caplog):
+    # ArviZ logs reading advice when it flags a coordinate; pluralstan's output stays quiet (the
+    # table carries the diagnosis). A posterior drawn from its prior has a weak likelihood.
+    from pluralstan import _arviz
+    from pluralstan.checks.sensitivity import power_scaling
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(2, 300, 2))
+    idata = _arviz.from_dict({
+        "posterior": {"theta": theta},
+        "log_prior": {"lprior": -0.5 * (theta**2).sum(-1)},
+        "log_likelihood": {"y": 1e-3 * theta[..., :1] + np.zeros((2, 300, 5))},
+    }, coords={"attribute": ["a", "b"], "comparison": np.arange(5)},
+        dims={"theta": ["attribute"], "y": ["comparison"]})
+    table = power_scaling(idata, ["theta"])
+    assert table["weak_likelihood"].all()
+    assert not [r for r in caplog.records if "potential issues" in r.getMessage()]
+    assert capsys.readouterr() == ("", "")
