@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -200,22 +201,55 @@ def _plan(comps: Comparisons, Ks: Sequence[int]) -> tuple[list[int], str]:
 
 
 # ---------------------------------------------------------------------- fitting
+class SamplingProgress(io.StringIO):
+    """Captured engine output that drives a per-fit progress bar.
+
+    PyStan reports sampling as ``Sampling: 45% (3600/8000)`` lines on stderr, which the audit
+    captures; each such line moves a tqdm bar (created on the first one, on ``file``) to its
+    percentage. Everything written is kept, to be shown if the fit fails.
+    """
+
+    PATTERN = re.compile(r"Sampling:\s+(\d+)%")
+
+    def __init__(self, name: str, file: Any, enabled: bool = True) -> None:
+        super().__init__()
+        self.name, self.file, self.enabled, self.bar = name, file, enabled, None
+
+    def write(self, text: str) -> int:
+        found = self.PATTERN.findall(text)
+        if found and self.enabled:
+            if self.bar is None:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=100, desc=f"  {self.name}", unit="%", leave=False,
+                                position=1, file=self.file)
+            self.bar.update(int(found[-1]) - self.bar.n)
+        return super().write(text)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @contextlib.contextmanager
-def _quiet(verbose: bool) -> Iterator[None]:
-    """Hide engine output and warnings (unless ``verbose``); print the output if the block
-    fails. What matters of a fit is reported by :func:`problem_line` afterwards."""
+def _quiet(verbose: bool, name: str = "fit", progress: bool = False) -> Iterator[None]:
+    """Hide engine output and warnings (unless ``verbose``), turning PyStan's sampling lines
+    into a progress bar when ``progress``; print the output if the block fails. What matters
+    of a fit is reported by :func:`problem_line` afterwards."""
     if verbose:
         yield
         return
-    sink = io.StringIO()
+    sink = SamplingProgress(name, sys.stderr, enabled=progress)
     try:
         with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     except BaseException:
+        sink.close_bar()
         sys.stderr.write(sink.getvalue())
         raise
+    sink.close_bar()
 
 
 def problem_line(name: str, idata: _arviz.Idata) -> str | None:
@@ -230,8 +264,9 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
 
 
 def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
-             echo: Callable[[str], None], **kwargs: Any) -> _arviz.Idata:
-    with _quiet(verbose):
+             echo: Callable[[str], None], progress: bool = False,
+             **kwargs: Any) -> _arviz.Idata:
+    with _quiet(verbose, name, progress):
         idata = fit_model(model, comps, **kwargs)
     line = problem_line(name, idata)
     if line:
@@ -242,8 +277,8 @@ def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
 def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
           labeled: dict[str, Any] | None, verbose: bool, progress: bool,
           echo: Callable[[str], None]) -> dict[str, _arviz.Idata]:
-    """Aggregate, annotator (each K) and, with ``labeled`` options, labeled fits; one progress
-    bar over them."""
+    """Aggregate, annotator (each K) and, with ``labeled`` options, labeled fits; a progress
+    bar over them and one per fit (:class:`SamplingProgress`)."""
     from tqdm.auto import tqdm
 
     jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", {})]
@@ -254,8 +289,8 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
     bar = tqdm(jobs, desc="pluralstan audit", unit="fit", disable=not progress, file=sys.stderr)
     for name, model, extra in bar:
         bar.set_postfix_str(name)
-        fits[name] = _fit_one(name, model, comps, verbose=verbose, echo=bar.write if progress
-                              else echo, **extra, **sampler)
+        fits[name] = _fit_one(name, model, comps, verbose=verbose, progress=progress,
+                              echo=bar.write if progress else echo, **extra, **sampler)
     return fits
 
 
@@ -690,8 +725,8 @@ def audit(
         doc.table(who)
         summary["who"] = _records(who)
         fits["covariate"] = align_types(_fit_one(
-            "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo, **sampler),
-            chosen)
+            "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
+            progress=progress, **sampler), chosen)
         effects = covariate_effects(fits["covariate"])
         doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                  "log odds of each type (sum to zero across types), its interval and "

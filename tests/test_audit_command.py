@@ -206,3 +206,24 @@ def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, 
     assert len(summary["verdicts"]) == 4
     printed = capsys.readouterr().out
     assert printed.count("  1. composition") == 1 and "report:" in printed
+
+
+def test_pystan_sampling_lines_drive_a_per_fit_progress_bar():
+    # the captured engine output moves the fit's own bar to the last reported percentage, and
+    # keeps every line for the error report
+    import io
+
+    from pluralstan.audit import SamplingProgress
+
+    screen = io.StringIO()
+    sink = SamplingProgress("annotator_K2", screen)
+    sink.write("Building...\nSampling:   0%\n")
+    sink.write("Sampling:  12% (1000/8000)\rSampling:  45% (3600/8000)")
+    assert sink.bar.n == 45 and "annotator_K2" in screen.getvalue()
+    sink.write("Sampling: 100% (8000/8000)\nDone.\n")
+    assert sink.bar.n == 100
+    sink.close_bar()
+    assert "Building..." in sink.getvalue() and "Done." in sink.getvalue()
+    quiet = SamplingProgress("x", io.StringIO(), enabled=False)
+    quiet.write("Sampling:  50%")
+    assert quiet.bar is None
