@@ -607,6 +607,8 @@ def audit(
     echo = echo or (lambda m: print(m, file=sys.stderr))
     out = Path(out)
     Ks, skipped = _plan(comps, K)
+    if not Ks:
+        raise PluralstanError(f"no latent types can be fitted: {skipped}")
     labeled = labeled_options(comps, pooling)
     _prepare_out(out)
     sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
@@ -631,8 +633,6 @@ def audit(
              "groups of this report are latent preference types found from the judgements: "
              "each annotator belongs to each type with a posterior probability (soft "
              "membership).")
-    if not Ks:
-        raise PluralstanError(f"no latent types can be fitted: {skipped}")
     # K
     annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
     choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, verbose=verbose,
@@ -752,7 +752,7 @@ def _write(out: Path, doc: Document, summary: dict[str, Any], fits: dict[str, _a
             paths[f"fit_{name}"] = save(idata, tmp / "fits" / f"{name}.nc")
         if "labeled" in fits:
             report = disclosure_report(comps, fits["aggregate"], fits["labeled"],
-                                       tmp / "observed_groups")
+                                       tmp / "observed_groups", save_fits=False)
             paths.update({f"observed_groups_{k}": v for k, v in report.paths.items()})
             doc.text("The observed groups' own disclosure: observed_groups/report.html.")
         for kind, value in doc.blocks:

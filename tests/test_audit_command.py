@@ -124,13 +124,37 @@ def test_audit_writes_a_self_contained_report(report):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.")]
 
 
+
+def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
+    # the simulated types as an observed column: a labeled fit and the observed groups' own
+    # four-item report; its fits are the audit's (written once, in fits/)
+    comps, _ = files
+    comps.to_frame().rename(columns={"group": "segment"}).to_csv(tmp_path / "j.csv",
+                                                                 index=False)
+    out = tmp_path / "report"
+    assert cli.main(["audit", str(tmp_path / "j.csv"), "--group", "segment", "--K", "1", "2",
+                     "--out", str(out), "--chains", "2", "--draws", "200", "--warmup", "200",
+                     "--no-progress"]) == 0
+    assert {p.name for p in (out / "fits").iterdir()} == {
+        "aggregate.nc", "labeled.nc", "annotator_K1.nc", "annotator_K2.nc"}
+    assert (out / "observed_groups" / "report.html").is_file()
+    assert not (out / "observed_groups" / "fits").exists()
+    labeled = ps.load(out / "fits" / "labeled.nc").posterior["theta"]
+    assert sorted(labeled["group"].values.astype(str)) == ["0", "1", "2"]
+    assert "observed_groups/report.html" in (out / "report.md").read_text()
+
 # ---------------------------------------------------------------------- bad input, no Stan
 def _run(args: list[str], capsys) -> str:
     assert cli.main(["audit", *args, "--no-progress"]) == 2
     return capsys.readouterr().err
 
 
-def test_audit_refuses_bad_input_before_sampling(files, tmp_path, capsys):
+def test_audit_refuses_bad_input_before_sampling(files, tmp_path, capsys, monkeypatch):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a fit was started before the input was refused")
+
+    monkeypatch.setattr("pluralstan.audit._fits", no_sampling)
+    monkeypatch.setattr("pluralstan.audit._fit_one", no_sampling)
     comps, folder = files
     data = str(folder / "judgements.csv")
     out = str(tmp_path / "r")
@@ -153,6 +177,10 @@ def test_audit_refuses_bad_input_before_sampling(files, tmp_path, capsys):
         assert "cannot" in _run([data, "--out", str(locked / "r")], capsys).lower()
     assert not (tmp_path / "r").exists()
     assert "--group column 'party'" in _run([data, "--group", "party", "--out", out], capsys)
+    once = comps.to_frame().drop(columns="group").drop_duplicates("annotator")
+    once.to_csv(tmp_path / "once.csv", index=False)
+    assert "no latent types can be fitted: the median annotator gives 1 judgement" in _run(
+        [str(tmp_path / "once.csv"), "--out", out], capsys)
 
 
 def test_rlhf_layout_maps_to_item_comparisons(tmp_path):

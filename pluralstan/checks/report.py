@@ -256,6 +256,7 @@ def disclosure_report(
     target: str | None = None,
     prob: float = 0.9,
     title: str = "Pluralism identifiability disclosure",
+    save_fits: bool = True,
 ) -> DisclosureReport:
     """Write the four-item disclosure for a data set and its fits.
 
@@ -283,6 +284,9 @@ def disclosure_report(
         Mass of every credible interval.
     title
         Report title.
+    save_fits
+        Write the fits' NetCDF files into ``fits/`` (off when the caller keeps them already,
+        as :func:`pluralstan.audit.audit` does).
 
     Returns
     -------
@@ -407,7 +411,8 @@ def disclosure_report(
 
     # files: fits and figures first, the report last
     paths: dict[str, Path] = {}
-    for name, idata in (("aggregate", aggregate), ("mixture", mixture)):
+    fits = (("aggregate", aggregate), ("mixture", mixture)) if save_fits else ()
+    for name, idata in fits:
         paths[f"fit_{name}"] = save(idata, out / "fits" / f"{name}.nc")
     for i, (label, idata) in enumerate((sensitivity_fits or {}).items()):
         paths[f"fit_sensitivity_{i}"] = save(idata, out / "fits" / f"sensitivity_{i}.nc")
