@@ -4,7 +4,11 @@ pluralstan talks to Stan through :class:`Engine`. Two adapters implement it:
 
 * :class:`PyStanEngine` - PyStan 3 / httpstan, installed from PyPI alone (the wheel carries stanc,
   the Stan headers, Sundials and TBB and compiles with the system C++ compiler). The default.
-* :class:`CmdStanEngine` - cmdstanpy, used when a CmdStan installation is found.
+* :class:`CmdStanEngine` - cmdstanpy, used when a CmdStan installation is found (``$CMDSTAN``
+  or cmdstanpy's default folder ``~/.cmdstan``, e.g. after ``python -m
+  cmdstanpy.install_cmdstan``). Same outputs as PyStan: draws read at full precision, zero-size
+  outputs included, CSV files in a temporary folder removed after each run, cmdstanpy's INFO
+  lines hidden, executables linked to a TBB copy beside them (Linux), so the cache can move.
 
 Both return a :class:`Draws` object (arrays shaped ``(chain, draw, *shape)`` for every Stan
 variable plus sampler statistics under ArviZ names), so every InferenceData is built by one
@@ -71,6 +75,13 @@ def get_engine(backend: str | None = "auto") -> Engine:
     backend
         ``"auto"`` (cmdstanpy when CmdStan is installed, PyStan otherwise), ``"pystan"`` or
         ``"cmdstanpy"``. ``None`` or ``"auto"`` defer to ``$PLURALSTAN_BACKEND`` when set.
+        Whether CmdStan is installed is asked anew on each call; the engine that ran is named
+        in every fit's provenance (``engine``, ``engine_version``).
+
+    Raises
+    ------
+    PluralstanError
+        For an unknown name, or ``"cmdstanpy"`` without a CmdStan installation.
     """
     choice = (backend or "auto").lower()
     if choice == "auto":
