@@ -12,10 +12,11 @@
 // about their type, and tie the type labels to observable characteristics.
 //
 // The likelihood is computed exactly as in annotator_bt.stan (with the same shared functions,
-// functions/annotator_types.stanfunctions): cells are distinct (annotator, a - b, order) with their outcome counts, sorted by
-// annotator; the linear part of each annotator's log likelihood is a precomputed I x P matrix of
-// sufficient statistics times theta', the log normaliser is evaluated on one C x K matrix of
-// linear predictors, summed per annotator by a weighted sparse annotator-indicator matrix. For
+// functions/annotator_types.stanfunctions): cells are distinct (annotator, a - b, order) with
+// their outcome counts, sorted by annotator; the linear part of each annotator's log likelihood
+// is a precomputed I x P matrix of sufficient statistics times theta', the log normaliser is
+// evaluated on one R x K matrix of linear predictors of the design's R distinct rows, summed per
+// annotator by a sparse annotator x row matrix of cell totals. For
 // cell c and type k, with eta_ck = x_c' theta_k + gamma * order_c,
 //   l_ck = w_c * eta_ck - n_c * log D(eta_ck) + t_c * log nu,
 //   D(eta) = exp(eta / 2) + exp(-eta / 2) + nu  (Davidson ties; nu = 0: binomial),
@@ -57,9 +58,12 @@ data {
   int<lower=1> K;                          // number of latent types
   int<lower=1> Q;                          // covariates per annotator, intercept included
   matrix[I, Q] W;                          // annotator covariates; column 1 is the intercept (1)
-  // the design (attribute difference a - b per cell), dense or in compressed row storage
+  // the design's R distinct rows (attribute difference a - b), dense or in compressed row
+  // storage; cells share them, so each distinct linear predictor is evaluated once per type
   #include functions/design_data.stan
-  vector<lower=-1, upper=1>[C] order;      // presentation order (+1 a first, -1 b first, 0 unknown)
+  vector<lower=-1, upper=1>[R] order;      // presentation order of each row (+1 a first, -1 b
+                                           // first, 0 unknown)
+  array[C] int<lower=1, upper=R> row;      // design row of each cell
   array[C] int<lower=1, upper=I> ann;      // annotator of each cell, sorted ascending
   int<lower=0, upper=1> has_ties;          // 1: Davidson ties; 0: binomial
   int<lower=0, upper=1> has_order;         // 1: estimate a position effect gamma
@@ -88,31 +92,16 @@ transformed data {
   }
   // weight of eta in a cell's log likelihood
   vector[C] w_lin = has_ties ? 0.5 * (n_a - n_b) : n_a;
-  // annotator-indicator matrix in compressed row storage, weighted by the cell totals
+  // annotator x design-row matrix of cell totals, in compressed row storage (one entry per cell)
   vector[C] csr_w = n_cell;
-  array[C] int csr_v = linspaced_int_array(C, 1, C);
-  array[I + 1] int csr_u;
-  csr_u[1] = 1;
-  {
-    array[I] int cells_of = rep_array(0, I);
-    for (c in 1:C) {
-      if (c > 1 && ann[c] < ann[c - 1]) {
-        reject("cells must be sorted by annotator; cell ", c, " breaks the order");
-      }
-      cells_of[ann[c]] += 1;
-    }
-    for (i in 1:I) {
-      if (cells_of[i] == 0) {
-        reject("annotator ", i, " has no judgements");
-      }
-      csr_u[i + 1] = csr_u[i] + cells_of[i];
-    }
-  }
+  array[C] int csr_v = row;
+  array[I + 1] int csr_u = annotator_starts(ann, I);
   // per-annotator sufficient statistics of the linear part
-  matrix[I, P] S = annotator_sums(X, X_w, X_v, X_u, ann, w_lin, I, P);
-  vector[I] S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u,
-                                              w_lin .* order);
-  vector[I] n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), csr_v, csr_u, n_tie);
+  matrix[I, P] S = annotator_sums(X, X_w, X_v, X_u, row, ann, w_lin, I, P);
+  array[C] int cells = linspaced_int_array(C, 1, C);  // annotator x cell indicator, columns
+  vector[I] S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), cells, csr_u,
+                                              w_lin .* order[row]);
+  vector[I] n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), cells, csr_u, n_tie);
   array[P - 1] int rest;                   // the attributes other than ident_attr
   for (j in 1:(P - 1)) {
     rest[j] = j < ident_attr ? j : j + 1;
@@ -174,7 +163,7 @@ generated quantities {
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
-    matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
+    matrix[R, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
     matrix[I, K] post;         // membership probabilities
@@ -190,7 +179,7 @@ generated quantities {
     }
     pi = (rep_row_vector(1.0 / I, I) * pi_annotator)';
     if (replicate) {
-      y_rep = replicate_rng(post, eta, ann, n_cell_int, log_nu);
+      y_rep = replicate_rng(post, eta[row], ann, n_cell_int, log_nu);
     }
   }
 }

@@ -18,6 +18,14 @@ from pluralstan.models import get_model
 from pluralstan.models.base import design_data
 
 
+def stan_design(data: dict) -> np.ndarray:
+    """The design a program reads (R x P), rebuilt densely from either form."""
+    if data["X_sparse"]:
+        return csr_matrix((data["X_w"], data["X_v"] - 1, data["X_u"] - 1),
+                          shape=(data["R"], data["P"])).toarray()
+    return data["X"]
+
+
 @pytest.fixture(scope="module")
 def items() -> ps.Comparisons:
     """Ties, presentation order, labels and a covariate, on 9 items (8 design columns)."""
@@ -50,8 +58,9 @@ def test_dense_attribute_design_stays_dense():
     enc = get_model("annotator").encode(comps, K=2)
     data = enc.data
     assert data["X_sparse"] == 0 and data["X_nnz"] == 0 and len(data["X_u"]) == 0
-    assert data["X"].shape == (data["C"], data["P"])
-    assert np.array_equal(data["X"], enc.constant["X"])
+    # the annotator-level programs read the distinct rows; each cell's row is its design
+    assert data["X"].shape == (data["R"], data["P"]) and data["R"] < data["C"]
+    assert np.array_equal(data["X"][data["row"] - 1], enc.constant["X"])
 
 
 @pytest.mark.parametrize("model, options", [
@@ -67,7 +76,7 @@ def test_both_forms_give_the_same_outputs(items, model, options):
     spec = get_model(model)
     enc = spec.encode(items, **options)
     assert enc.data["X_sparse"] == 1
-    dense = {**enc.data, **design_data(enc.constant["X"], sparse=False)}
+    dense = {**enc.data, **design_data(stan_design(enc.data), sparse=False)}
     engine = get_engine("pystan")
     sparse_out = engine.generate(spec.program, enc.data, {}, seed=5)
     dense_out = engine.generate(spec.program, dense, {}, seed=5)

@@ -106,12 +106,14 @@ def _load(frame: pd.DataFrame):
 
 def _check_design(enc) -> None:
     """The design Stan reads, in whichever form, is finite and is the cells' design."""
-    assert enc.data["C"] >= 1
+    assert enc.data["C"] >= 1 and enc.data["R"] >= 1
     if enc.data["X_sparse"]:
         X = csr_matrix((enc.data["X_w"], enc.data["X_v"] - 1, enc.data["X_u"] - 1),
-                       shape=(enc.data["C"], enc.data["P"])).toarray()
+                       shape=(enc.data["R"], enc.data["P"])).toarray()
     else:
         X = enc.data["X"]
+    if "row" in enc.data:  # annotator-level: cells share the design's distinct rows
+        X = X[enc.data["row"] - 1]
     assert np.isfinite(X).all() and np.array_equal(X, enc.constant["X"])
 
 

@@ -17,12 +17,14 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.sparse import csr_matrix
 from scipy.special import logsumexp
 
 import pluralstan as ps
 from pluralstan import _arviz
 from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import annotator
+from pluralstan.models.annotator import distinct_rows
 from pluralstan.relabel import match_components
 
 from . import reference as ref
@@ -141,6 +143,23 @@ def test_cells_sorted_by_annotator_and_sufficient(small):
 
 
 # ---------------------------------------------------------------------------- Stan program
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cells_share_the_distinct_design_rows(sparse):
+    # criterion: every cell's (design row, order) is its distinct row's, exactly; the distinct
+    # rows are pairwise different and as many as pandas finds; dense and sparse input agree
+    rng = np.random.default_rng(3)
+    X = rng.integers(-1, 2, size=(200, 4)).astype(float)
+    order = rng.choice([-1.0, 0.0, 1.0], 200)
+    first, row = distinct_rows(csr_matrix(X) if sparse else X, order)
+    assert np.array_equal(X[first][row], X) and np.array_equal(order[first][row], order)
+    keys = pd.DataFrame(np.column_stack([X, order]))
+    assert len(first) == len(keys.drop_duplicates()) < len(X)
+    assert not keys.iloc[first].duplicated().any()
+    if sparse:  # the same partition of the cells as from the dense form
+        _, dense_row = distinct_rows(X, order)
+        assert len(set(zip(dense_row, row, strict=True))) == len(first)
+
+
 def test_likelihood_matches_judgement_level_reference():
     """Cells, sparse per-annotator sums and the Davidson/order terms equal a direct sum."""
     comps = ties_order_data()

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix, issparse
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
@@ -139,6 +140,32 @@ def annotator_cells(comps: Comparisons, n_outcomes: int) -> AnnotatorCells:
     )
 
 
+def distinct_rows(X: Any, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (design row, order) pairs of the cells: the first cell of each, and each
+    cell's distinct row (0-based). Annotators who judge the same pairs share rows, and the
+    programs evaluate each distinct linear predictor once per type.
+
+    ``X`` is an array or a SciPy sparse matrix (compared exactly through its non-zero columns
+    and values, padded to the longest row, so nothing is densified).
+    """
+    if issparse(X):
+        csr = csr_matrix(X, dtype=float, copy=True)
+        csr.eliminate_zeros()
+        csr.sort_indices()
+        nnz = np.diff(csr.indptr)
+        width = int(nnz.max(initial=0))
+        at = (np.repeat(np.arange(csr.shape[0]), nnz),
+              np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], nnz))
+        columns = np.full((csr.shape[0], width), -1.0)
+        values = np.zeros((csr.shape[0], width))
+        columns[at], values[at] = csr.indices, csr.data
+        keys = np.column_stack([columns, values, order])
+    else:
+        keys = np.column_stack([np.asarray(X, dtype=float), order])
+    _, first, row = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first, row.reshape(-1)
+
+
 def likelihood_data(
     comps: Comparisons,
     K: Any,
@@ -164,14 +191,16 @@ def likelihood_data(
     has_ties, has_order = resolve_ties_order(comps, ties, order)
     n_out = 2 + int(has_ties)
     cells = annotator_cells(comps, n_out)
+    first, row = distinct_rows(cells.X, cells.order)
     P = len(comps.attributes)
     data = {
         "I": len(comps.annotator_levels),
         "C": cells.n_cells,
         "P": P,
         "K": K,
-        **design_data(cells.X),
-        "order": cells.order,
+        **design_data(cells.X[first]),
+        "order": cells.order[first],
+        "row": row + 1,
         "ann": cells.annotator + 1,
         "has_ties": int(has_ties),
         "has_order": int(has_order),

@@ -400,19 +400,20 @@ SPARSE_DESIGN_DENSITY = 0.5
 
 
 def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
-    """Stan data of the design ``X`` (cells x attributes), dense or in compressed row storage.
+    """Stan data of the design ``X`` (rows x attributes), dense or in compressed row storage.
 
-    Every program reads ``X_sparse``; when it is 1, the design is ``X_nnz`` non-zero values
-    ``X_w``, their 1-based columns ``X_v`` and the 1-based position in ``X_w`` where each row
-    starts, ``X_u`` (Stan's ``csr_extract`` layout, SciPy's CSR 1-based), and the dense ``X``
-    has no rows; when it is 0, ``X`` is the dense design and the sparse arrays are empty (see
-    ``stan/functions/design.stanfunctions``).
+    Every program reads the number of rows ``R`` and ``X_sparse``; when it is 1, the design is
+    ``X_nnz`` non-zero values ``X_w``, their 1-based columns ``X_v`` and the 1-based position
+    in ``X_w`` where each row starts, ``X_u`` (Stan's ``csr_extract`` layout, SciPy's CSR
+    1-based), and the dense ``X`` has no rows; when it is 0, ``X`` is the dense design and the
+    sparse arrays are empty (see ``stan/functions/design.stanfunctions``).
 
     Parameters
     ----------
     X
-        The design, one row per cell: an array, or a SciPy sparse matrix (large item designs,
-        :data:`pluralstan.data.DENSE_LIMIT`), which stays sparse unless ``sparse=False``.
+        The design, one row per cell or distinct row: an array, or a SciPy sparse matrix
+        (large item designs, :data:`pluralstan.data.DENSE_LIMIT`), which stays sparse unless
+        ``sparse=False``.
     sparse
         Force one form; default: sparse when at most :data:`SPARSE_DESIGN_DENSITY` of the
         entries are non-zero (an item design has two non-zeros per row however many items
@@ -432,9 +433,10 @@ def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
         if sparse:
             csr = csr_matrix(X)  # stores the non-zero entries only
     if not sparse:
-        return {"X_sparse": 0, "X": X, "X_nnz": 0, "X_w": np.zeros(0),
+        return {"R": X.shape[0], "X_sparse": 0, "X": X, "X_nnz": 0, "X_w": np.zeros(0),
                 "X_v": np.zeros(0, dtype=np.int64), "X_u": np.zeros(0, dtype=np.int64)}
-    return {"X_sparse": 1, "X": np.zeros((0, X.shape[1])), "X_nnz": int(csr.nnz),
+    return {"R": X.shape[0], "X_sparse": 1, "X": np.zeros((0, X.shape[1])),
+            "X_nnz": int(csr.nnz),
             "X_w": csr.data, "X_v": csr.indices.astype(np.int64) + 1,
             "X_u": csr.indptr.astype(np.int64) + 1}
 
