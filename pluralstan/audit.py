@@ -263,6 +263,12 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
     return None
 
 
+#: Options of every latent-type fit of the audit: no replicated data. The audit makes no
+#: posterior predictive check, and a y_rep per cell and draw would be most of the engine's
+#: output to transfer and read.
+LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
+
+
 def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
              echo: Callable[[str], None], progress: bool = False,
              **kwargs: Any) -> _arviz.Idata:
@@ -282,7 +288,7 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
     from tqdm.auto import tqdm
 
     jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", {})]
-    jobs += [(f"annotator_K{k}", "annotator", {"K": k}) for k in Ks]
+    jobs += [(f"annotator_K{k}", "annotator", {"K": k, **LATENT_OPTIONS}) for k in Ks]
     if labeled:
         jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled}))
     fits = {}
@@ -332,7 +338,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
 
     def fit_quietly(*args: Any, **kwargs: Any) -> _arviz.Idata:
         with _quiet(verbose):  # the folds' problems are in the table's flag column
-            idata = fit_model(*args, **kwargs)
+            idata = fit_model(*args, **LATENT_OPTIONS, **kwargs)
         bar.update()
         return idata
 
@@ -726,7 +732,7 @@ def audit(
         summary["who"] = _records(who)
         fits["covariate"] = align_types(_fit_one(
             "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
-            progress=progress, **sampler), chosen)
+            progress=progress, **LATENT_OPTIONS, **sampler), chosen)
         effects = covariate_effects(fits["covariate"])
         doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                  "log odds of each type (sum to zero across types), its interval and "
