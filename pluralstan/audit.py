@@ -56,11 +56,12 @@ from .checks.report import (
     disclosure_report,
     within_table,
 )
-from .checks.sensitivity import power_scaling
+from .checks.sensitivity import grid_shifts, pi_grid_sensitivity, power_scaling
 from .data import Comparisons, read_table
 from .errors import PluralstanError
 from .fit import fit as fit_model
 from .fit import save
+from .models.annotator import initial_values
 from .outputs import check_writable, png_bytes, write_atomic
 from .relabel import match_components, permute
 
@@ -82,6 +83,11 @@ REPEATS_MIN = 5
 KFOLD_FOLDS = 5
 #: Mass of every interval in the report.
 PROB = 0.9
+#: Dirichlet concentration of the pi-grid refits (item four): pi ~ Dirichlet(c x assumed).
+PI_CONCENTRATION = 100.0
+#: Shift of a type's coefficient (in posterior sd) across the pi-grid that makes item four a
+#: caution.
+PI_SHIFT_SD = 1.0
 
 
 @dataclass
@@ -447,15 +453,21 @@ def covariate_effects(idata: _arviz.Idata) -> pd.DataFrame:
     return stats.rename(columns={"group": "type"})
 
 
-def align_types(idata: _arviz.Idata, reference: _arviz.Idata) -> _arviz.Idata:
-    """``idata`` with its latent types in the order of ``reference``'s (matched on posterior
-    mean ``theta``), so that the report's type k is one type in every table. Exact for the
-    covariate model, whose type coefficients sum to zero across types."""
+def type_order(idata: _arviz.Idata, reference: _arviz.Idata) -> np.ndarray:
+    """Which of ``idata``'s latent types is each of ``reference``'s (matched on posterior mean
+    ``theta``): ``idata``'s type ``order[k]`` is ``reference``'s type ``k``."""
     def mean_theta(fit: _arviz.Idata) -> np.ndarray:
         theta = _arviz.group(fit, "posterior")["theta"]
         return theta.mean(("chain", "draw")).transpose("group", "attribute").to_numpy()
 
-    order = match_components(mean_theta(idata), mean_theta(reference))
+    return match_components(mean_theta(idata), mean_theta(reference))
+
+
+def align_types(idata: _arviz.Idata, reference: _arviz.Idata) -> _arviz.Idata:
+    """``idata`` with its latent types in the order of ``reference``'s (:func:`type_order`),
+    so that the report's type k is one type in every table. Exact for the covariate model,
+    whose type coefficients sum to zero across types."""
+    order = type_order(idata, reference)
     post = _arviz.group(idata, "posterior")
     perms = np.broadcast_to(order, (post.sizes["chain"], post.sizes["draw"], len(order)))
     return permute(idata, np.ascontiguousarray(perms))
@@ -471,6 +483,52 @@ def _masking(aggregate: _arviz.Idata, chosen: _arviz.Idata, typed: Comparisons
     table = table.assign(model=table["model"].replace({"annotator": "latent types"}))
     return table[["model", "quantity", "group", "median", "lower", "upper", "flag"]].rename(
         columns={"group": "type"}).reset_index(drop=True), results
+
+
+def pi_grid(pi: np.ndarray) -> np.ndarray:
+    """Assumed compositions of the latent types' pi-grid: the posterior mean ``pi`` (the
+    reference row), then, for each type, ``pi`` with that type's share halved and the others
+    scaled up to fill the simplex."""
+    rows = [pi]
+    for k in range(len(pi)):
+        row = pi.copy()
+        row[k] /= 2
+        row[np.arange(len(pi)) != k] *= (1 - row[k]) / (1 - pi[k])
+        rows.append(row)
+    return np.array(rows)
+
+
+def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
+                   sampler: dict[str, Any], *, verbose: bool) -> pd.DataFrame:
+    """Item four for latent types: refit the chosen K under each assumed composition of
+    :func:`pi_grid` (Dirichlet prior of concentration :data:`PI_CONCENTRATION` centred on it)
+    and follow every type's ``theta``.
+
+    An assumed composition labels the types (type k is the one assumed to have share k), so
+    each refit's chains start at draws of ``chosen`` (:func:`~pluralstan.models.annotator.
+    initial_values`): type k of every refit is then ``chosen``'s type k, which
+    :func:`type_order` checks (a refit whose types it finds permuted is aligned, and its row's
+    assumed shares are permuted with them)."""
+    post = _arviz.group(chosen, "posterior")
+    grid = pi_grid(post["pi"].mean(("chain", "draw")).to_numpy())
+    chains = sampler.get("chains", 4)
+    fits = {}
+    with _quiet(verbose):
+        for row in grid:
+            inits = [initial_values(post, c, row) for c in range(chains)]
+            _, fit = pi_grid_sensitivity("annotator", comps, [row], K=K,
+                                         concentration=PI_CONCENTRATION, inits=inits,
+                                         **LATENT_OPTIONS, **sampler)
+            fits.update(fit)
+    aligned, assumed = {}, {}
+    for (label, idata), row in zip(fits.items(), grid, strict=True):
+        order = type_order(idata, chosen)
+        aligned[label] = align_types(idata, chosen)
+        assumed[label] = row[order]
+    table = grid_shifts(aligned, reference=next(iter(fits)), prob=PROB)
+    shares = pd.DataFrame(assumed.values(), index=list(assumed),
+                          columns=[f"pi_{k}" for k in range(K)]).rename_axis("grid")
+    return table.merge(shares.reset_index(), on="grid", how="left")
 
 
 # ---------------------------------------------------------------------- verdicts
@@ -538,16 +596,28 @@ def _masking_verdict(masking: pd.DataFrame | None, floor: float, K: int) -> dict
                     f"{ratio['upper']:.3g}; a perfect model's ratio is {floor:.3g})", threshold)
 
 
-def _sensitivity_verdict(power: pd.DataFrame) -> dict[str, str]:
-    threshold = "power-scaling (priorsense): pass when no coordinate has prior-data conflict"
+def _sensitivity_verdict(power: pd.DataFrame, grid: pd.DataFrame | None) -> dict[str, str]:
+    threshold = ("power-scaling (priorsense): no coordinate has prior-data conflict or a weak "
+                 "likelihood; pi-grid: no type's coefficient moves by more than "
+                 f"{PI_SHIFT_SD:g} posterior sd when a type's assumed share is halved")
+    findings = []
     flagged = power.query("prior_data_conflict or weak_likelihood")
     if len(flagged):
         names = "; ".join(f"{r.fit} {r.variable}: {r.diagnosis}" for r in
                           flagged.head(4).itertuples())
-        return _verdict("4. sensitivity", "caution", f"{len(flagged)} coordinate(s) depend on "
-                        f"the prior: {names}", threshold)
+        findings.append(f"{len(flagged)} coordinate(s) depend on the prior: {names}")
+    if grid is not None:
+        worst = grid.loc[grid["shift_sd"].abs().idxmax()]
+        moved = f"type {worst['group']} on {worst['attribute']} under {worst['grid']}"
+        if abs(worst["shift_sd"]) > PI_SHIFT_SD:
+            findings.append(f"the assumed composition moves the types: largest shift "
+                            f"{worst['shift_sd']:+.2g} sd ({moved})")
+    if findings:
+        return _verdict("4. sensitivity", "caution", "; ".join(findings), threshold)
+    grid_note = ("" if grid is None else f"; the largest pi-grid shift is "
+                 f"{abs(grid['shift_sd']).max():.2g} sd")
     return _verdict("4. sensitivity", "pass", "no coordinate of theta or pi is sensitive to "
-                    "the prior or has a weak likelihood", threshold)
+                    f"the prior or has a weak likelihood{grid_note}", threshold)
 
 
 # ---------------------------------------------------------------------- entry point
@@ -661,11 +731,13 @@ def audit(
     power = pd.concat([power_scaling(aggregate, ["theta"]).assign(fit="aggregate"),
                        power_scaling(chosen, ["theta", "pi"]).assign(fit=f"K = {chosen_K}")],
                       ignore_index=True)
+    grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose)
+            if chosen_K > 1 else None)
     verdicts = pd.DataFrame([
         _composition_verdict(chosen_K, comp, diagnostics.failed(chosen), loo_note),
         _within_verdict(within, chosen_K),
         _masking_verdict(masking, floor, chosen_K),
-        _sensitivity_verdict(power),
+        _sensitivity_verdict(power, grid),
     ])
     summary["verdicts"] = _records(verdicts)
     doc.heading("Verdict")
@@ -719,11 +791,19 @@ def audit(
                               "uncertain_annotators": uncertain}
     doc.heading("4. Sensitivity")
     doc.text("Power-scaling sensitivity (priorsense's method, threshold 0.05) of the aggregate "
-             "fit and the chosen latent-type fit. Sensitivity to the assumed composition pi "
-             "(a pi-grid refit) is not run by this version.")
+             "fit and the chosen latent-type fit.")
     doc.table(power[["fit", "variable", "prior", "likelihood", "diagnosis"]])
     summary["sensitivity"] = _records(power[["fit", "variable", "prior", "likelihood",
                                              "diagnosis"]])
+    if grid is not None:
+        doc.text(f"Sensitivity to the assumed composition: the K = {chosen_K} fit refitted with "
+                 f"pi ~ Dirichlet({PI_CONCENTRATION:g} x assumed shares), for the posterior "
+                 "mean shares and for each type's share halved (types matched to the chosen "
+                 "fit's); shift = change of each type's posterior mean from the first row, in "
+                 "its posterior sd.")
+        doc.table(grid[["grid", "group", "attribute", "mean", "shift", "shift_sd", "flag"]]
+                  .rename(columns={"group": "type"}))
+        summary["pi_grid"] = _records(grid)
     if comps.annotators is not None and chosen_K > 1:
         who = who_is_in_each_type(comps, membership)
         doc.heading("Who is in each type")

@@ -17,7 +17,7 @@ import pytest
 
 import pluralstan as ps
 from pluralstan import cli
-from pluralstan.audit import read_judgements, rlhf_frame
+from pluralstan.audit import pi_grid, read_judgements, rlhf_frame
 from pluralstan.errors import PluralstanError
 from pluralstan.models import covariate
 from pluralstan.relabel import match_components
@@ -109,6 +109,29 @@ def test_audit_verdict_card_covers_the_four_items(report):
     masking = summary["masking"]["table"]
     agg = next(r for r in masking if r["model"] == "aggregate" and r["quantity"] == "ratio")
     assert agg["median"] > summary["masking"]["noise_floor"]
+
+
+def test_audit_refits_the_chosen_types_under_a_pi_grid(report):
+    # item four for latent types: the chosen K refitted under the posterior mean shares and
+    # each type's share halved; every type's theta followed, shifts from the first row
+    _, _, summary = report
+    grid = pd.DataFrame(summary["pi_grid"])
+    labels = list(dict.fromkeys(grid["grid"]))
+    assert len(labels) == 4 and len(grid) == 4 * 3 * 3  # 4 rows x 3 types x 3 coordinates
+    assert np.allclose(grid.query("grid == @labels[0]")["shift"], 0)
+    shares = grid.drop_duplicates("grid")[["pi_0", "pi_1", "pi_2"]].to_numpy()
+    assert np.allclose(shares.sum(axis=1), 1) and np.isfinite(grid["shift_sd"]).all()
+    sensitivity = pd.DataFrame(summary["verdicts"]).set_index("item").loc["4. sensitivity"]
+    assert "pi-grid" in sensitivity["threshold"]
+    assert ("pi-grid shift" in sensitivity["finding"]) == (sensitivity["mark"] == "pass")
+
+
+def test_pi_grid_halves_each_type_share():
+    grid = pi_grid(np.array([0.5, 0.3, 0.2]))
+    assert np.allclose(grid[0], [0.5, 0.3, 0.2]) and np.allclose(grid.sum(axis=1), 1)
+    assert np.allclose(np.diag(grid[1:]), [0.25, 0.15, 0.1])
+    # the other types keep their proportions
+    assert np.isclose(grid[1, 1] / grid[1, 2], 0.3 / 0.2)
 
 
 def test_audit_writes_a_self_contained_report(report):

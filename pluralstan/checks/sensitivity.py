@@ -19,6 +19,7 @@ ignores its ``coords`` arguments) on the fit's ``log_prior`` (``lprior`` from th
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,9 +96,11 @@ def grid_fits(
         raise PluralstanError(
             f"labels must be {len(grid)} distinct names, one per grid point; got {labels}"
         )
-    options = {k: v for k, v in fit_kwargs.items()
-               if k not in ("chains", "draws", "warmup", "seed", "adapt_delta",
-                            "max_treedepth", "backend", "sample_prior", "check")}
+    from ..fit import fit  # imported here: pluralstan.fit imports the checks
+
+    # fit's own settings (sampler, inits, relabelling); the other keywords are model options
+    settings = set(inspect.signature(fit).parameters) - {"model", "comps", "K", "priors"}
+    options = {k: v for k, v in fit_kwargs.items() if k not in settings}
     priors = [{**(base_priors or {}), **point} for point in grid]
     encoded = [spec.encode(comps, K=K, priors=p, **options) for p in priors]  # validate first
     jobs = [Job(f"g{i}", _fit_job, {"model": spec.name, "comps": comps, "priors": p, "K": K,

@@ -166,6 +166,21 @@ def distinct_rows(X: Any, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, row.reshape(-1)
 
 
+def initial_values(posterior: Any, chain: int, pi: np.ndarray) -> dict[str, Any]:
+    """Stan inits of the annotator program (exchangeable types, ``identify="none"``) at the
+    last draw of ``chain`` of a fit's ``posterior`` (theta, position effect and tie parameter),
+    with type shares ``pi``: chains started there keep that fit's type labels."""
+    last = posterior.isel(chain=chain % posterior.sizes["chain"], draw=-1)
+    theta = last["theta"].transpose("group", "attribute").to_numpy()
+    inits: dict[str, Any] = {"pi": np.asarray(pi, float).tolist(),
+                             "theta_lead_free": [theta[:, 0].tolist()],
+                             "theta_rest": theta[:, 1:].tolist()}
+    for name in ("gamma", "log_nu"):
+        if name in posterior:
+            inits[name] = [float(last[name])]
+    return inits
+
+
 def likelihood_data(
     comps: Comparisons,
     K: Any,
