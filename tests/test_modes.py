@@ -106,9 +106,16 @@ def test_sampler_config_wants_one_init_per_chain():
         SamplerConfig(chains=2, inits=[{"pi": [0.5, 0.5]}]).validate()
 
 
-def test_cmdstan_engine_has_no_log_density():
-    with pytest.raises(PluralstanError, match="backend='pystan'"):
-        CmdStanEngine().log_density(get_model("annotator").program, {})
+def test_cmdstan_engine_takes_its_log_density_from_pystan():
+    # CmdStan would run its executable once per evaluation; the mode search under
+    # backend='cmdstanpy' (or 'auto' with a CmdStan) uses PyStan's in-process log density
+    spec = get_model("aggregate")
+    data = spec.encode(simulate.bt([1.0, -0.5], n_pairs=10, judgements_per_pair=5, seed=1)).data
+    ours = CmdStanEngine().log_density(spec.program, data)
+    theirs = get_engine("pystan").log_density(spec.program, data)
+    x = np.array([0.3, -0.2])
+    assert ours.dims == theirs.dims == 2
+    assert ours.log_prob(x) == theirs.log_prob(x)
 
 
 # ---------------------------------------------------------------------- chains into modes
