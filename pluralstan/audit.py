@@ -499,7 +499,8 @@ def pi_grid(pi: np.ndarray) -> np.ndarray:
 
 
 def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
-                   sampler: dict[str, Any], *, verbose: bool) -> pd.DataFrame:
+                   sampler: dict[str, Any], *, verbose: bool, progress: bool = False
+                   ) -> pd.DataFrame:
     """Item four for latent types: refit the chosen K under each assumed composition of
     :func:`pi_grid` (Dirichlet prior of concentration :data:`PI_CONCENTRATION` centred on it)
     and follow every type's ``theta``.
@@ -508,18 +509,20 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     each refit's chains start at draws of ``chosen`` (:func:`~pluralstan.models.annotator.
     initial_values`): type k of every refit is then ``chosen``'s type k, which
     :func:`type_order` checks (a refit whose types it finds permuted is aligned, and its row's
-    assumed shares are permuted with them)."""
+    assumed shares are permuted with them). ``progress`` shows a bar over the refits."""
+    from tqdm.auto import tqdm
+
     post = _arviz.group(chosen, "posterior")
     grid = pi_grid(post["pi"].mean(("chain", "draw")).to_numpy())
     chains = sampler.get("chains", 4)
     fits = {}
-    with _quiet(verbose):
-        for row in grid:
-            inits = [initial_values(post, c, row) for c in range(chains)]
+    for row in tqdm(grid, desc="pi-grid", unit="fit", disable=not progress, file=sys.stderr):
+        inits = [initial_values(post, c, row) for c in range(chains)]
+        with _quiet(verbose):  # the refits' problems are in the table's flag column
             _, fit = pi_grid_sensitivity("annotator", comps, [row], K=K,
                                          concentration=PI_CONCENTRATION, inits=inits,
                                          **LATENT_OPTIONS, **sampler)
-            fits.update(fit)
+        fits.update(fit)
     aligned, assumed = {}, {}
     for (label, idata), row in zip(fits.items(), grid, strict=True):
         order = type_order(idata, chosen)
@@ -731,8 +734,8 @@ def audit(
     power = pd.concat([power_scaling(aggregate, ["theta"]).assign(fit="aggregate"),
                        power_scaling(chosen, ["theta", "pi"]).assign(fit=f"K = {chosen_K}")],
                       ignore_index=True)
-    grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose)
-            if chosen_K > 1 else None)
+    grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose,
+                           progress=progress) if chosen_K > 1 else None)
     verdicts = pd.DataFrame([
         _composition_verdict(chosen_K, comp, diagnostics.failed(chosen), loo_note),
         _within_verdict(within, chosen_K),
