@@ -318,11 +318,11 @@ def test_sbc_runs_under_cmdstanpy():
     from pluralstan.checks.sbc import sbc
 
     design = ps.simulate.bt([1.0, -0.5], n_pairs=10, judgements_per_pair=5, seed=1)
-    result = sbc("aggregate", design, n_sims=4, seed=3, scheduler="serial", progress=False,
+    result = sbc("aggregate", design, n_sims=10, seed=3, scheduler="serial", progress=False,
                  backend="cmdstanpy", chains=1, draws=39, warmup=100)
     assert result.n_failed == 0
     assert result.quantities == ["theta[x1]", "theta[x2]", "log_lik"]
-    mixture = sbc("annotator", _mixture(), K=2, n_sims=2, seed=3, scheduler="serial",
+    mixture = sbc("annotator", _mixture(), K=2, n_sims=10, seed=3, scheduler="serial",
                   progress=False, backend="cmdstanpy", chains=1, draws=19, warmup=60)
     assert mixture.n_failed == 0
 
