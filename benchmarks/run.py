@@ -173,7 +173,7 @@ from pluralstan.engine import (  # noqa: E402
     pystan_compile_args,
 )
 from pluralstan.models import get_model  # noqa: E402
-from pluralstan.models.base import Encoded, design_data  # noqa: E402
+from pluralstan.models.base import Encoded, design_data, stan_design  # noqa: E402
 
 #: Model parameters compared across engines (those a model has).
 PARAMETERS = ("theta", "pi")
@@ -1009,7 +1009,7 @@ def target_design_form(s: Settings) -> list[Row]:
     for case, comps in cases:
         enc = get_model("annotator").encode(comps, **OPTIONS["annotator"])
         chosen = enc.data["X_sparse"]
-        other = {**enc.data, **design_data(enc.constant["X"], sparse=not chosen)}
+        other = {**enc.data, **design_data(stan_design(enc.data), sparse=not chosen)}
         timings = {}
         size = (f"{enc.data['C']} cells x {enc.data['P']} columns, "
                 f"{np.count_nonzero(enc.constant['X'])} non-zeros")

@@ -15,15 +15,7 @@ from scipy.sparse import csr_matrix
 import pluralstan as ps
 from pluralstan.engine import get_engine
 from pluralstan.models import get_model
-from pluralstan.models.base import design_data
-
-
-def stan_design(data: dict) -> np.ndarray:
-    """The design a program reads (R x P), rebuilt densely from either form."""
-    if data["X_sparse"]:
-        return csr_matrix((data["X_w"], data["X_v"] - 1, data["X_u"] - 1),
-                          shape=(data["R"], data["P"])).toarray()
-    return data["X"]
+from pluralstan.models.base import design_data, stan_design
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def test_item_design_goes_sparse_and_is_the_design(items):
     assert data["X_sparse"] == 1 and data["X"].shape == (0, X.shape[1])
     assert data["X_nnz"] == np.count_nonzero(X) <= 2 * len(X)
     rebuilt = csr_matrix((data["X_w"], data["X_v"] - 1, data["X_u"] - 1), shape=X.shape)
-    assert np.array_equal(rebuilt.toarray(), X)
+    assert np.array_equal(rebuilt.toarray(), X) and np.array_equal(stan_design(data), X)
 
 
 def test_dense_attribute_design_stays_dense():

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from scipy.sparse import csr_matrix
 
 import pluralstan as ps
 from pluralstan.errors import PluralstanError
 from pluralstan.models import get_model
+from pluralstan.models.base import stan_design
 
 CELL = st.one_of(
     st.integers(-2, 3),
@@ -107,11 +107,7 @@ def _load(frame: pd.DataFrame):
 def _check_design(enc) -> None:
     """The design Stan reads, in whichever form, is finite and is the cells' design."""
     assert enc.data["C"] >= 1 and enc.data["R"] >= 1
-    if enc.data["X_sparse"]:
-        X = csr_matrix((enc.data["X_w"], enc.data["X_v"] - 1, enc.data["X_u"] - 1),
-                       shape=(enc.data["R"], enc.data["P"])).toarray()
-    else:
-        X = enc.data["X"]
+    X = stan_design(enc.data)
     if "row" in enc.data:  # annotator-level: cells share the design's distinct rows
         X = X[enc.data["row"] - 1]
     assert np.isfinite(X).all() and np.array_equal(X, enc.constant["X"])

@@ -441,6 +441,17 @@ def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
             "X_u": csr.indptr.astype(np.int64) + 1}
 
 
+def stan_design(data: dict[str, Any]) -> np.ndarray:
+    """The design a program reads (``R`` x ``P``), dense, from Stan data in either form of
+    :func:`design_data` (to time or check one form against the other)."""
+    if not data["X_sparse"]:
+        return np.asarray(data["X"], dtype=float)
+    from scipy.sparse import csr_matrix
+
+    return csr_matrix((data["X_w"], np.asarray(data["X_v"]) - 1, np.asarray(data["X_u"]) - 1),
+                      shape=(data["R"], np.shape(data["X"])[1])).toarray()
+
+
 def resolve_ties_order(
     comps: Comparisons, ties: bool | None, order: bool | None
 ) -> tuple[int, int]:
