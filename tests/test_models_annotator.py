@@ -239,14 +239,14 @@ def test_recovery_of_theta_and_pi(by_m):
     (the other attributes in the opposite labelling); with this seed one of the four chains
     starts in it. The fit must detect that (a "modes stacked" DiagnosticWarning), stack the
     modes with more than 0.9 of the weight on the best one, and pass every other check (each
-    mode's chains on their own: 4 x 1000 draws, so the one-chain mode has ESS >= 400 too);
+    mode's chains on their own: 4 x 2000 draws, so the one-chain mode has ESS >= 400 too);
     the criterion above is scored on the stacked draws."""
     comps = ps.simulate.high_conflict(seed=12, pairs_per_annotator=20)
     runs = [by_m[20], (comps, passing_fit("annotator", comps, K=2, seed=12, **FIT))]
     comps = ps.simulate.high_conflict(seed=13, pairs_per_annotator=20)
     with pytest.warns(DiagnosticWarning, match="modes stacked") as record:
         ordered_fit = passing_fit("annotator", comps, K=2, seed=13, identify="ordered",
-                                  **(FIT | {"draws": 1000, "warmup": 1000}))
+                                  **(FIT | {"draws": 2000, "warmup": 1000}))
     diagnostic = [str(w.message) for w in record if issubclass(w.category, DiagnosticWarning)]
     assert len(diagnostic) == 1, diagnostic
     weights = [m["weight"] for m in json.loads(ordered_fit.posterior.attrs["modes"])["modes"]]

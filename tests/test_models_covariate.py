@@ -188,11 +188,11 @@ def test_recovers_sign_of_a_strong_covariate():
     (linear_sum_assignment on posterior mean theta) the slope contrast is positive with
     posterior probability above 0.95 and its central 90% interval contains 3; the
     covariate's mean membership ordering matches the truth (annotators with a high score are
-    mostly assigned to type 1). The fit (4 x 500 draws) must pass the package's diagnostics."""
+    mostly assigned to type 1). The fit (4 x 1000 draws) must pass the package's diagnostics."""
     beta = np.array([[0.0, 0.0], [0.0, 3.0]])
     sim = covariate.simulate(HIGH_CONFLICT_THETA, beta, n_annotators=100,
                              pairs_per_annotator=20, seed=8)
-    idata = ps.fit("covariate", sim, K=2, chains=4, draws=500, warmup=500, seed=8,
+    idata = ps.fit("covariate", sim, K=2, chains=4, draws=1000, warmup=500, seed=8,
                    backend="pystan")
     assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
     post = idata.posterior
