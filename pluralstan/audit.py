@@ -603,24 +603,25 @@ def _sensitivity_verdict(power: pd.DataFrame, grid: pd.DataFrame | None) -> dict
     threshold = ("power-scaling (priorsense): no coordinate has prior-data conflict or a weak "
                  "likelihood; pi-grid: no type's coefficient moves by more than "
                  f"{PI_SHIFT_SD:g} posterior sd when a type's assumed share is halved")
-    findings = []
+    findings, notes = [], []
     flagged = power.query("prior_data_conflict or weak_likelihood")
     if len(flagged):
         names = "; ".join(f"{r.fit} {r.variable}: {r.diagnosis}" for r in
                           flagged.head(4).itertuples())
         findings.append(f"{len(flagged)} coordinate(s) depend on the prior: {names}")
+    else:
+        notes.append("no coordinate of theta or pi is sensitive to the prior or has a weak "
+                     "likelihood")
     if grid is not None:
         worst = grid.loc[grid["shift_sd"].abs().idxmax()]
-        moved = f"type {worst['group']} on {worst['attribute']} under {worst['grid']}"
+        shift = (f"largest pi-grid shift {abs(worst['shift_sd']):.2g} sd (type "
+                 f"{worst['group']} on {worst['attribute']} under {worst['grid']})")
         if abs(worst["shift_sd"]) > PI_SHIFT_SD:
-            findings.append(f"the assumed composition moves the types: largest shift "
-                            f"{worst['shift_sd']:+.2g} sd ({moved})")
-    if findings:
-        return _verdict("4. sensitivity", "caution", "; ".join(findings), threshold)
-    grid_note = ("" if grid is None else f"; the largest pi-grid shift is "
-                 f"{abs(grid['shift_sd']).max():.2g} sd")
-    return _verdict("4. sensitivity", "pass", "no coordinate of theta or pi is sensitive to "
-                    f"the prior or has a weak likelihood{grid_note}", threshold)
+            findings.append(f"the assumed composition moves the types: {shift}")
+        else:
+            notes.append(f"the assumed composition does not move the types: {shift}")
+    return _verdict("4. sensitivity", "caution" if findings else "pass",
+                    "; ".join(findings + notes), threshold)
 
 
 # ---------------------------------------------------------------------- entry point
