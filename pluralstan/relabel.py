@@ -181,7 +181,9 @@ def match_components(fitted: np.ndarray, reference: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``(K,)`` integer array: ``fitted[order]`` lines up with ``reference`` (reference
         component ``k`` is fitted component ``order[k]``), the assignment of least total squared
-        distance (:func:`scipy.optimize.linear_sum_assignment`).
+        distance (:func:`scipy.optimize.linear_sum_assignment`). Entries where ``reference`` is
+        NaN (nothing to compare with) are left out: the distance to reference component ``k``
+        is then the mean squared difference over ``k``'s known entries.
     """
     fitted = np.asarray(fitted, dtype=float).reshape(len(fitted), -1)
     reference = np.asarray(reference, dtype=float).reshape(len(reference), -1)
@@ -190,7 +192,9 @@ def match_components(fitted: np.ndarray, reference: np.ndarray) -> np.ndarray:
             f"cannot match {fitted.shape[0]} fitted components to {reference.shape[0]} reference "
             f"components of shapes {fitted.shape} and {reference.shape}"
         )
-    cost = ((reference[:, None, :] - fitted[None, :, :]) ** 2).sum(axis=-1)
+    known = ~np.isnan(reference)
+    sq = np.where(known[:, None, :], (reference[:, None, :] - fitted[None, :, :]) ** 2, 0.0)
+    cost = sq.sum(axis=-1) / np.maximum(known.sum(axis=-1), 1)[:, None]
     _, order = linear_sum_assignment(cost)
     return order
 

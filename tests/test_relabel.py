@@ -14,7 +14,14 @@ import pytest
 
 from pluralstan import _arviz, diagnostics
 from pluralstan.errors import PluralstanError
-from pluralstan.relabel import label_switching_report, permute, pivot, relabel, stephens
+from pluralstan.relabel import (
+    label_switching_report,
+    match_components,
+    permute,
+    pivot,
+    relabel,
+    stephens,
+)
 
 CENTRES = np.array([[-2.0, 0.0], [0.0, 2.0], [2.0, -1.0]])  # K = 3 well-separated components
 PI = np.array([0.2, 0.3, 0.5])
@@ -362,3 +369,14 @@ def test_a_prior_that_labels_the_types_keeps_the_draws_as_sampled() -> None:
     assert not any("not exchangeable" in n for n in diagnostics.notes(symmetric))
     forced = finalize(fake([5.0, 1.0, 1.0]), label_dim="group", relabel="stephens", warn=False)
     assert "relabelling" in forced.posterior.attrs
+
+
+def test_match_components_skips_unknown_reference_entries() -> None:
+    # reference group 0 knows only entry 0, group 1 only entries 1 and 2; fitted component 1
+    # matches group 0 on entry 0 and component 0 matches group 1 on entries 1-2, while the
+    # entries each group did not judge (NaN) would, if compared, favour the other assignment
+    reference = np.array([[0.9, np.nan, np.nan], [np.nan, 0.2, 0.3]])
+    fitted = np.array([[0.1, 0.2, 0.3], [0.9, 9.0, 9.0]])
+    np.testing.assert_array_equal(match_components(fitted, reference), [1, 0])
+    # without missing entries the assignment is that of the total squared distance
+    np.testing.assert_array_equal(match_components(fitted[::-1], fitted), [1, 0])

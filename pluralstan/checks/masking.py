@@ -40,12 +40,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.optimize import linear_sum_assignment, minimize
+from scipy.optimize import minimize
 from scipy.special import expit
 
 from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
+from ..relabel import match_components
 from .intervals import central_interval
 from .predict import observed_frequencies, pair_table, preference_probability
 
@@ -191,10 +192,11 @@ def _match_groups(p_group: xr.DataArray, targets: xr.Dataset, latent: bool
     Components whose labels are the observed groups are used as they are, unless the fit marks
     them as latent (``posterior.attrs["group_labels"] == "latent"``: labels 0..K-1 that only
     look like the observed ones); latent components are matched one-to-one to observed groups
-    by the assignment with the least total squared error of their posterior-mean predictions
-    (scipy's ``linear_sum_assignment``), the most favourable labelling for the mixture. Relabel
-    a label-switching posterior first (:func:`pluralstan.relabel.relabel`): one assignment for
-    all draws assumes the draws agree on their labels.
+    by the assignment with the least mean squared error of their posterior-mean predictions
+    over the pairs each group judged (:func:`pluralstan.relabel.match_components`), the most
+    favourable labelling for the mixture. Relabel a label-switching posterior first
+    (:func:`pluralstan.relabel.relabel`): one assignment for all draws assumes the draws agree
+    on their labels.
     """
     observed = [str(g) for g in targets["group"].values]
     fitted = [str(g) for g in p_group["group"].values]
@@ -209,11 +211,8 @@ def _match_groups(p_group: xr.DataArray, targets: xr.Dataset, latent: bool
             "component per group"
         )
     mean = p_group.mean([d for d in ("chain", "draw") if d in p_group.dims])
-    diff = mean.rename(group="component") - targets["group_target"]
-    cost = (diff**2).mean("pair", skipna=True).transpose("component", "group").to_numpy()
-    rows, cols = linear_sum_assignment(cost)
-    order = np.empty(len(cols), dtype=int)
-    order[cols] = rows
+    order = match_components(mean.transpose("group", "pair").to_numpy(),
+                             targets["group_target"].transpose("group", "pair").to_numpy())
     return p_group.isel(group=order).assign_coords(group=targets["group"].values)
 
 
