@@ -467,7 +467,11 @@ def align_types(idata: _arviz.Idata, reference: _arviz.Idata) -> _arviz.Idata:
     """``idata`` with its latent types in the order of ``reference``'s (:func:`type_order`),
     so that the report's type k is one type in every table. Exact for the covariate model,
     whose type coefficients sum to zero across types."""
-    order = type_order(idata, reference)
+    return _permute_types(idata, type_order(idata, reference))
+
+
+def _permute_types(idata: _arviz.Idata, order: np.ndarray) -> _arviz.Idata:
+    """``idata`` with type ``order[k]`` as type ``k`` in every draw."""
     post = _arviz.group(idata, "posterior")
     perms = np.broadcast_to(order, (post.sizes["chain"], post.sizes["draw"], len(order)))
     return permute(idata, np.ascontiguousarray(perms))
@@ -526,7 +530,7 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     aligned, assumed = {}, {}
     for (label, idata), row in zip(fits.items(), grid, strict=True):
         order = type_order(idata, chosen)
-        aligned[label] = align_types(idata, chosen)
+        aligned[label] = _permute_types(idata, order)
         assumed[label] = row[order]
     table = grid_shifts(aligned, reference=next(iter(fits)), prob=PROB)
     shares = pd.DataFrame(assumed.values(), index=list(assumed),

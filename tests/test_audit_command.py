@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 import pluralstan as ps
-from pluralstan import cli
-from pluralstan.audit import pi_grid, read_judgements, rlhf_frame
+from pluralstan import _arviz, cli
+from pluralstan.audit import align_types, pi_grid, read_judgements, rlhf_frame
 from pluralstan.errors import PluralstanError
 from pluralstan.models import covariate
 from pluralstan.relabel import match_components
@@ -136,6 +136,23 @@ def test_pi_grid_halves_each_type_share():
     assert np.allclose(np.diag(grid[1:]), [0.25, 0.15, 0.1])
     # the other types keep their proportions
     assert np.isclose(grid[1, 1] / grid[1, 2], 0.3 / 0.2)
+
+
+def test_align_types_puts_a_refit_in_the_reference_order():
+    rng = np.random.default_rng(3)
+
+    def fit(order: list[int]):
+        theta = THETAS[order][None, None] + rng.normal(0.0, 0.05, size=(2, 50, 3, 3))
+        pi = np.broadcast_to(np.array([0.5, 0.3, 0.2])[order], (2, 50, 3))
+        return _arviz.from_dict(
+            {"posterior": {"theta": theta, "pi": pi}},
+            coords={"group": [0, 1, 2], "attribute": ["x1", "x2", "x3"]},
+            dims={"theta": ["group", "attribute"], "pi": ["group"]})
+
+    aligned = _arviz.group(align_types(fit([2, 0, 1]), fit([0, 1, 2])), "posterior")
+    # criterion: every draw's type k is the reference's type k (posterior means within 0.05)
+    np.testing.assert_allclose(aligned["theta"].mean(("chain", "draw")), THETAS, atol=0.05)
+    np.testing.assert_allclose(aligned["pi"].mean(("chain", "draw")), [0.5, 0.3, 0.2])
 
 
 def test_audit_writes_a_self_contained_report(report):
