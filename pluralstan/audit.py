@@ -58,6 +58,7 @@ from .checks.report import (
 )
 from .checks.sensitivity import grid_shifts, pi_grid_sensitivity, power_scaling
 from .data import Comparisons, read_table
+from .engine import engine_output
 from .errors import PluralstanError
 from .fit import fit as fit_model
 from .fit import save
@@ -243,7 +244,8 @@ def _quiet(verbose: bool, name: str = "fit", progress: bool = False) -> Iterator
     into a progress bar when ``progress``; print the output if the block fails. What matters
     of a fit is reported by :func:`problem_line` afterwards."""
     if verbose:
-        yield
+        with engine_output():
+            yield
         return
     sink = SamplingProgress(name, sys.stderr, enabled=progress)
     try:

@@ -21,6 +21,7 @@ from pluralstan.engine import (
     SamplerConfig,
     StanProgram,
     cmdstan_available,
+    engine_output,
     get_engine,
     pystan_compile_args,
 )
@@ -330,3 +331,29 @@ def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
         main_done.set()
         t.join(10)
         shutil.rmtree(httpstan.cache.fit_path(name["a"]).parent.parent, ignore_errors=True)
+
+
+def test_engine_output_lets_cmdstanpy_log_and_is_scoped():
+    """``--verbose`` reaches the cmdstanpy engine through :func:`engine_output`: inside it the
+    INFO lines that are otherwise hidden keep their level; outside it they are hidden again."""
+    import logging
+
+    from pluralstan.audit import _quiet
+    from pluralstan.engine.base import engine_output_shown
+    from pluralstan.engine.cmdstan import quiet_cmdstanpy
+
+    logger = logging.getLogger("cmdstanpy")
+    saved = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with quiet_cmdstanpy():
+            assert logger.level >= logging.WARNING
+        with engine_output(), quiet_cmdstanpy():
+            assert logger.level == logging.DEBUG
+        with _quiet(verbose=True):  # the audit's --verbose
+            assert engine_output_shown()
+        with _quiet(verbose=False):
+            assert not engine_output_shown()
+        assert not engine_output_shown() and logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(saved)

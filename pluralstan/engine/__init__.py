@@ -41,6 +41,7 @@ from .base import (
     StanProgram,
     build_lock,
     cache_root,
+    engine_output,
 )
 from .cmdstan import CmdStanEngine, cmdstan_available
 from .httpstan_fixes import discard_stored_fits, install_worker_cleanup
@@ -61,6 +62,7 @@ __all__ = [
     "cache_root",
     "cmdstan_available",
     "discard_stored_fits",
+    "engine_output",
     "get_engine",
     "install_worker_cleanup",
     "program_info",

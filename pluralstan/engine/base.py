@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,30 @@ SAMPLE_STATS = {
     "divergent__": "diverging",
     "energy__": "energy",
 }
+
+
+#: Whether the engines show their own log lines (set by :func:`engine_output`).
+_SHOW_OUTPUT: ContextVar[bool] = ContextVar("pluralstan_engine_output", default=False)
+
+
+@contextlib.contextmanager
+def engine_output(show: bool = True) -> Iterator[None]:
+    """Show (``show``) or hide the engines' own log lines inside the block.
+
+    The command line's ``--verbose`` enters it, so an engine built deep inside a fit (e.g.
+    :class:`~pluralstan.engine.CmdStanEngine`'s INFO lines) shows its output without every
+    caller passing a flag down. The setting belongs to the current thread or task.
+    """
+    token = _SHOW_OUTPUT.set(bool(show))
+    try:
+        yield
+    finally:
+        _SHOW_OUTPUT.reset(token)
+
+
+def engine_output_shown() -> bool:
+    """Whether the block being run asked for the engines' own output (:func:`engine_output`)."""
+    return _SHOW_OUTPUT.get()
 
 
 def cache_root() -> Path:

@@ -50,6 +50,7 @@ from .base import (
     build_lock,
     cache_root,
     cast_stats,
+    engine_output_shown,
     init_values,
 )
 
@@ -116,9 +117,10 @@ def quiet_cmdstanpy(verbose: bool = False) -> Iterator[None]:
     Parameters
     ----------
     verbose
-        Leave cmdstanpy's logging as it is.
+        Leave cmdstanpy's logging as it is; so does an enclosing
+        :func:`~pluralstan.engine.base.engine_output`.
     """
-    if verbose:
+    if verbose or engine_output_shown():
         yield
         return
     from cmdstanpy.utils import get_logger
