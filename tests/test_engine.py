@@ -357,3 +357,10 @@ def test_engine_output_lets_cmdstanpy_log_and_is_scoped():
         assert not engine_output_shown() and logger.level == logging.DEBUG
     finally:
         logger.setLevel(saved)
+
+
+def test_the_suite_pins_pystan_unless_a_test_names_its_engine():
+    """conftest pins the engine, so a machine with CmdStan runs the seed-tuned tests on the
+    engine their criteria were set on (``backend="auto"`` would pick cmdstanpy there)."""
+    assert isinstance(get_engine(), PyStanEngine)
+    assert isinstance(get_engine("auto"), PyStanEngine)
