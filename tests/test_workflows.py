@@ -76,6 +76,103 @@ def test_high_conflict_table1(high_conflict):
         assert_png(out / fig)
 
 
+def _ml_bt(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: the logistic BT maximum-likelihood fit with SciPy, and its
+    standard errors from the observed information."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    res = minimize(lambda t: -(y * log_expit(X @ t) + (1 - y) * log_expit(-X @ t)).sum(),
+                   np.zeros(X.shape[1]), jac=lambda t: -X.T @ (y - expit(X @ t)),
+                   method="BFGS", options={"gtol": 1e-10})
+    p = expit(X @ res.x)
+    return res.x, np.sqrt(np.diag(np.linalg.inv((X * (p * (1 - p))[:, None]).T @ X)))
+
+
+def _high_conflict_data():
+    """The --quick run's judgements, rebuilt from the seed: (design, y, group, pair) of the
+    training rows, the held-out table, the design builder and the full table."""
+    import pluralstan as ps
+    from pluralstan.checks import split_pairs
+
+    comps = ps.simulate.high_conflict(n_pairs=60, n_annotators=30, seed=SEED)
+    train, test = split_pairs(comps, 0.25, seed=SEED)
+
+    def design(frame: pd.DataFrame) -> np.ndarray:
+        return np.stack([frame[f"a_{a}"] - frame[f"b_{a}"] for a in comps.attributes], axis=1)
+
+    f = train.frame
+    return design(f), f["y"].to_numpy(float), f["group"].to_numpy(int), f["pair"].to_numpy(), \
+        test, design, comps
+
+
+def test_high_conflict_fits_agree_with_independent_ml_fits(high_conflict):
+    """The aggregate, labeled and annotator rows against SciPy ML fits of the same training
+    judgements (pooled; per subgroup). Criteria: each posterior mean within 0.5 posterior sd
+    of the ML estimate (the N(0, 2.5) priors and partial pooling shift it by far less), and
+    each posterior sd (from the 90% interval, / 3.29) within 25% of the ML standard error
+    (2 x 300 draws; a posterior that ignored the data would be many times wider)."""
+    _, out = high_conflict
+    X, y, group, *_ = _high_conflict_data()
+    theta = pd.read_csv(out / "theta.csv")
+    references = {"(pooled)": _ml_bt(X, y)} | {str(k): _ml_bt(X[group == k], y[group == k])
+                                              for k in (0, 1)}
+    for model in ("aggregate", "labeled", "annotator"):
+        rows = theta[theta["model"] == model]
+        fitted = {g: (part["mean"].to_numpy(), (part["q95"] - part["q05"]).to_numpy() / 3.29)
+                  for g, part in rows.groupby("group", sort=True)}
+        # latent types carry no subgroup names: pair them with the subgroups by distance
+        names = sorted(fitted)
+        refs = ["(pooled)"] if model == "aggregate" else min(
+            (["0", "1"], ["1", "0"]),
+            key=lambda o: sum(np.sum((fitted[n][0] - references[r][0]) ** 2)
+                              for n, r in zip(names, o, strict=True)))
+        for name, ref in zip(names, refs, strict=True):
+            (mean, sd), (ml, se) = fitted[name], references[ref]
+            assert np.all(np.abs(mean - ml) < 0.5 * sd), (model, name, mean, ml, sd)
+            assert np.all(np.abs(sd / se - 1) < 0.25), (model, name, sd, se)
+
+
+def test_high_conflict_masking_ratio_matches_a_hand_computation(high_conflict):
+    """The paper pipeline's row, recomputed by hand: theta by least squares of the pooled
+    training frequencies (SciPy), then on the held-out pairs the squared errors against the
+    truth (each group's probability; pooled = their pi-weighted mean) and against the observed
+    frequencies, and the ratio sum_k w_k group_error_k / aggregate_error with w_k the group's
+    share of the held-out judgements. Criterion: agreement to 1e-4 (relative)."""
+    from scipy.optimize import least_squares
+    from scipy.special import expit
+
+    _, out = high_conflict
+    X, y, _, train_pairs, test, design, comps = _high_conflict_data()
+    # every judgement of a pair has the same options a and b (no reversed presentations)
+    _, first = np.unique(train_pairs, return_index=True)
+    freq = pd.Series(y).groupby(train_pairs).mean().loc[train_pairs[first]].to_numpy()
+    theta = least_squares(lambda t: expit(X[first] @ t) - freq, np.zeros(X.shape[1]),
+                          xtol=1e-14, ftol=1e-14, gtol=1e-14).x
+    f = test.frame
+    Xt, yt, gt = design(f), f["y"].to_numpy(float), f["group"].to_numpy(int)
+    pairs = f["pair"].to_numpy()
+    _, first_t = np.unique(pairs, return_index=True)
+    p_hat = expit(Xt[first_t] @ theta)
+    p_true = expit(Xt[first_t] @ np.asarray(comps.truth["theta"]).T)  # (pair, group)
+    w = np.bincount(gt) / len(gt)
+    order = pairs[first_t]
+    observed_pooled = pd.Series(yt).groupby(pairs).mean().loc[order].to_numpy()
+    observed_group = np.stack([pd.Series(yt[gt == k]).groupby(pairs[gt == k]).mean()
+                               .loc[order].to_numpy() for k in (0, 1)], axis=1)
+    expected = {
+        "truth": (w * ((p_hat[:, None] - p_true) ** 2).mean(0)).sum()
+        / ((p_hat - p_true @ np.asarray(comps.truth["pi"])) ** 2).mean(),
+        "observed": (w * ((p_hat[:, None] - observed_group) ** 2).mean(0)).sum()
+        / ((p_hat - observed_pooled) ** 2).mean(),
+    }
+    masking = pd.read_csv(out / "masking.csv")
+    point = masking[(masking["method"] == "point estimate (paper)")
+                    & (masking["quantity"] == "ratio")].set_index("target")["median"]
+    for target, value in expected.items():
+        assert point[target] == pytest.approx(value, rel=1e-4), target
+
+
 # --------------------------------------------------------------------------- diversity_sweep.py
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
