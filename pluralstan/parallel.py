@@ -43,6 +43,7 @@ import multiprocessing.util
 import os
 import pickle
 import re
+import signal
 import sys
 import threading
 import time
@@ -56,7 +57,7 @@ from typing import Any
 import pandas as pd
 
 from .engine import SamplerConfig, StanProgram, get_engine, install_worker_cleanup
-from .errors import PluralstanError
+from .errors import Interrupted, PluralstanError
 from .outputs import write_atomic
 
 #: Job keys become file names: letters, digits, ``.``, ``_`` and ``-`` only.
@@ -415,6 +416,13 @@ def run_jobs(
     -------
     RunReport
         Per-job results in job order; ``report.raise_failures()`` turns failures into an error.
+
+    Raises
+    ------
+    Interrupted
+        On Ctrl-C: jobs not started are cancelled, the workers of a pool made for this call
+        are stopped (an executor you passed is left to you), and the message says how many
+        jobs finished; with ``out_dir`` their results are stored, and the same call resumes.
     """
     jobs = list(jobs)
     _check_jobs(jobs)
@@ -453,13 +461,19 @@ def run_jobs(
             elif todo:
                 with local_pool(min(n_workers or default_workers(), len(todo)),
                                 quiet=quiet) as pool:
-                    _run_executor(todo, pool, finish)
+                    _run_executor(todo, pool, finish, own=True)
         else:
             raise PluralstanError(
                 f"scheduler {scheduler!r} not understood; accepted: None or 'processes' (local "
                 "process pool), 'serial', a concurrent.futures.Executor, a Dask scheduler "
                 "address such as 'tcp://host:8786', or a distributed.Client"
             )
+    except KeyboardInterrupt:
+        done = sum(r is not None for r in results.values())
+        kept = (f"; their results are stored in {folder}, and the same call resumes from them"
+                if folder is not None and done else "")
+        raise Interrupted(f"interrupted (Ctrl-C) after {done} of {len(jobs)} jobs{kept}"
+                          ) from None
     finally:
         bar.close()
     return RunReport({k: r for k, r in results.items() if r is not None}, prebuilt, folder)
@@ -486,16 +500,57 @@ def local_pool(n_workers: int | None = None, *, quiet: bool = True) -> cf.Proces
 
 
 def _run_executor(todo: Sequence[Job], executor: cf.Executor,
-                  finish: Callable[[Job, Any, str | None, float], None]) -> None:
-    """Submit every job to a ``concurrent.futures`` executor and collect them as they finish."""
+                  finish: Callable[[Job, Any, str | None, float], None], *,
+                  own: bool = False) -> None:
+    """Submit every job to a ``concurrent.futures`` executor and collect them as they finish.
+
+    On Ctrl-C the jobs not started are cancelled and, when this call made the pool (``own``),
+    its workers are stopped, so that leaving the pool does not wait for the running jobs."""
     futures = {executor.submit(execute, job.fn, job.kwargs): job for job in todo}
-    for future in cf.as_completed(futures):
-        job = futures[future]
-        try:
-            value, error, seconds = future.result()
-        except Exception:  # the worker process itself died (e.g. a crash in C++ code)
-            value, error, seconds = None, traceback.format_exc(), 0.0
-        finish(job, value, error, seconds)
+    try:
+        for future in cf.as_completed(futures):
+            job = futures[future]
+            try:
+                value, error, seconds = future.result()
+            except Exception:  # the worker process itself died (e.g. a crash in C++ code)
+                value, error, seconds = None, traceback.format_exc(), 0.0
+            finish(job, value, error, seconds)
+    except KeyboardInterrupt:
+        for future in futures:
+            future.cancel()
+        if own and isinstance(executor, cf.ProcessPoolExecutor):
+            _stop_workers(executor)
+        raise
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor, timeout: float = 30.0,
+                  interval: float = 2.0) -> None:
+    """Interrupt a process pool's workers until they have left.
+
+    Each live worker gets SIGINT, as a terminal's Ctrl-C gives it, every ``interval`` seconds:
+    a running fit then stops its sampler processes and raises
+    :class:`~pluralstan.errors.Interrupted`; a task the pool had already queued (which
+    ``cancel`` cannot reach) is interrupted in turn; an idle worker leaves, shutting its
+    sampler pool down on the way out. A worker still alive after ``timeout`` seconds is
+    terminated. ``concurrent.futures`` has no public way to reach running tasks (``shutdown``
+    cancels only the pending ones), so this reads the pool's ``_processes`` table, which
+    CPython has kept under that name since 3.2.
+    """
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [w for w in workers if w.is_alive()]
+        if not alive:
+            return
+        for worker in alive:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(worker.pid, signal.SIGINT)
+        for worker in alive:
+            worker.join(timeout=interval / len(alive))
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
 
 
 def _run_dask(todo: Sequence[Job], scheduler: Any,

@@ -170,3 +170,58 @@ def test_ctrl_c_during_library_fit(compiled_aggregate) -> None:
     assert "interrupted (Ctrl-C)" in message
     assert result["children"] == []
     assert result["draws_after"] == 1000
+
+
+POOL_SCRIPT = """
+import sys
+import pluralstan as ps
+from pluralstan.errors import Interrupted
+from pluralstan.parallel import Job, run_jobs
+
+if __name__ == "__main__":
+    comps = ps.simulate.bt([1.0, -0.5], n_pairs=20, judgements_per_pair=5, seed=1)
+    short = {"chains": 1, "warmup": 100, "draws": 100}
+    endless = {"chains": 1, "warmup": 200, "draws": 1_000_000}
+    jobs = [Job(f"j{i}", ps.fit, {"model": "aggregate", "comps": comps, "seed": i,
+                                  "backend": "pystan", **(short if i < 2 else endless)})
+            for i in range(6)]
+    try:
+        run_jobs(jobs, out_dir=sys.argv[1], n_workers=2, progress=False)
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_a_pool_of_fits(tmp_path: Path, compiled_aggregate) -> None:
+    """SIGINT to the main process alone (``kill -INT``) while a local pool's workers sample:
+    ``run_jobs`` cancels the jobs not started, interrupts the running fits, and raises
+    ``Interrupted`` saying how many jobs finished and where their results are; it exits within
+    the timeout, leaves no process of its group, and keeps the two finished jobs' results
+    (and nothing for the interrupted ones), so the same call resumes from them."""
+    script, out = tmp_path / "pool.py", tmp_path / "jobs"
+    script.write_text(POOL_SCRIPT)
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "wb") as stderr:
+        child = subprocess.Popen([sys.executable, str(script), str(out)],
+                                 stdout=subprocess.DEVNULL, stderr=stderr,
+                                 start_new_session=True, preexec_fn=PREEXEC)
+    try:
+        # the two short fits are stored and the next two workers run sampler processes
+        _wait_for(lambda: len(list(out.glob("j[01].pkl"))) == 2 and any(
+            len(p.children()) > 0 for p in psutil.Process(child.pid).children()),
+            START_TIMEOUT * 2, "the endless fits", child)
+        child.send_signal(signal.SIGINT)
+        try:
+            code = child.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_TIMEOUT:.0f} s after SIGINT")
+        time.sleep(1.0)  # orphans, if any, are reparented, not gone
+        left = _group(child.pid)
+    finally:
+        _kill_group(child.pid)
+    stderr_text = stderr_path.read_text()
+    assert code == 130, stderr_text
+    assert "interrupted (Ctrl-C) after 2 of 6 jobs; their results are stored in" in stderr_text
+    assert left == [], f"left running: {[(p.pid, p.cmdline()) for p in left]}"
+    assert sorted(p.name for p in out.iterdir()) == ["j0.pkl", "j1.pkl"]
