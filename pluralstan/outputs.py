@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         else:
             shown = "%(default)s"
         return f"{text} (default: {shown})".lstrip()
+
+
+def run_script(main: Callable[[], int | None], name: str) -> int:
+    """Run a workflow script's ``main`` and return its exit status.
+
+    Ctrl-C ends the script as it ends the ``pluralstan`` command: one line on stderr (the
+    interruption's own message, e.g. how many parallel jobs finished and where they are kept)
+    and status 130, without a traceback; the engine has stopped its sampler processes.
+    """
+    try:
+        return int(main() or 0)
+    except KeyboardInterrupt as err:
+        print(f"\n{name}: {err or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
 
 
 def script_parser(description: str, default_out: str) -> argparse.ArgumentParser:

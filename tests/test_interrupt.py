@@ -225,3 +225,23 @@ def test_ctrl_c_during_a_pool_of_fits(tmp_path: Path, compiled_aggregate) -> Non
     assert "interrupted (Ctrl-C) after 2 of 6 jobs; their results are stored in" in stderr_text
     assert left == [], f"left running: {[(p.pid, p.cmdline()) for p in left]}"
     assert sorted(p.name for p in out.iterdir()) == ["j0.pkl", "j1.pkl"]
+
+
+def test_workflow_scripts_end_on_ctrl_c_with_one_line(capsys) -> None:
+    """The workflow scripts run ``main`` through ``outputs.run_script``: Ctrl-C gives status
+    130 and the interruption's message on one line, without a traceback."""
+    from pluralstan.errors import Interrupted
+    from pluralstan.outputs import run_script
+
+    def pool_interrupted() -> int:
+        raise Interrupted("interrupted (Ctrl-C) after 2 of 6 jobs")
+
+    def plain_interrupt() -> int:
+        raise KeyboardInterrupt
+
+    assert run_script(pool_interrupted, "sbc.py") == 130
+    assert run_script(plain_interrupt, "sbc.py") == 130
+    assert capsys.readouterr().err.split() == (
+        "sbc.py: interrupted (Ctrl-C) after 2 of 6 jobs sbc.py: interrupted (Ctrl-C)".split())
+    assert run_script(lambda: 0, "sbc.py") == 0 and run_script(lambda: None, "sbc.py") == 0
+    assert "Traceback" not in capsys.readouterr().err

@@ -52,6 +52,7 @@ from pluralstan.data import Comparisons
 from pluralstan.outputs import (
     audit_parser,
     model_list,
+    run_script,
     save_figure,
     step,
     write_atomic,
@@ -348,4 +349,4 @@ def _report(out: Path, abil, check, by_group, latent, head, models: list[str], f
 
 if __name__ == "__main__":
     warnings.simplefilter("default")
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
 from pluralstan import realdata
 from pluralstan.audit import audit
 from pluralstan.data import Comparisons
-from pluralstan.outputs import audit_parser, step, write_atomic
+from pluralstan.outputs import audit_parser, run_script, step, write_atomic
 
 
 def _german_parties(folder) -> Comparisons:
@@ -85,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

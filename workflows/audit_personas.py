@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -58,6 +59,7 @@ from pluralstan.data import Comparisons
 from pluralstan.outputs import (
     audit_parser,
     model_list,
+    run_script,
     save_figure,
     step,
     write_atomic,
@@ -307,4 +309,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -41,6 +41,7 @@ from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
 from pluralstan.outputs import (
     audit_parser,
+    run_script,
     save_figure,
     step,
     write_atomic,
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

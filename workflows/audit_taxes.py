@@ -49,6 +49,7 @@ from pluralstan.data import Comparisons
 from pluralstan.outputs import (
     audit_parser,
     model_list,
+    run_script,
     save_figure,
     step,
     write_atomic,
@@ -282,4 +283,4 @@ def _report(out: Path, comps, aggregate, by_party, latent, head, per_party) -> N
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

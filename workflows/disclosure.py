@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import pluralstan as ps
 from pluralstan.checks import disclosure_report, pi_grid_sensitivity, split_pairs
-from pluralstan.outputs import script_parser, step, write_table
+from pluralstan.outputs import run_script, script_parser, step, write_table
 
 PI_GRID = np.array([[0.5, 0.5], [0.3, 0.7], [0.7, 0.3]])
 
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

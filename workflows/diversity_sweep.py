@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pluralstan.outputs import save_figure, script_parser, step, write_table
+from pluralstan.outputs import run_script, save_figure, script_parser, step, write_table
 from pluralstan.parallel import Job, run_jobs
 
 #: The paper's Figure 2 end points (the only values it states), for side-by-side reporting.
@@ -245,4 +246,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -43,7 +44,7 @@ from pluralstan.checks import (
     split_pairs,
     summarize_masking,
 )
-from pluralstan.outputs import save_figure, script_parser, step, write_table
+from pluralstan.outputs import run_script, save_figure, script_parser, step, write_table
 from pluralstan.plots import plot_forest_by_group
 
 #: The paper's Table 1, for side-by-side reporting (not used in any computation).
@@ -205,4 +206,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -39,7 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pluralstan.outputs import save_figure, script_parser, step, write_table
+from pluralstan.outputs import run_script, save_figure, script_parser, step, write_table
 from pluralstan.parallel import Job, run_jobs
 
 #: Softmax coefficients of design (d): reference type 0, type 1 with slope 3 on the covariate.
@@ -187,4 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

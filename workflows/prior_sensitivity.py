@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -38,7 +39,7 @@ import pandas as pd
 
 import pluralstan as ps
 from pluralstan.checks import grid_shifts, pi_grid_sensitivity, power_scaling
-from pluralstan.outputs import save_figure, script_parser, step, write_table
+from pluralstan.outputs import run_script, save_figure, script_parser, step, write_table
 from pluralstan.relabel import match_components, permute
 
 PI_GRID = np.array([[0.5, 0.5], [0.3, 0.7], [0.7, 0.3], [0.1, 0.9]])
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -40,7 +41,7 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan.checks.sbc import sbc
 from pluralstan.models import covariate, pal
-from pluralstan.outputs import script_parser, step, write_atomic, write_table
+from pluralstan.outputs import run_script, script_parser, step, write_atomic, write_table
 from pluralstan.parallel import local_pool
 from pluralstan.plots import save_sbc_plots
 
@@ -107,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))
