@@ -57,7 +57,7 @@ def run_script(main: Callable[[], int | None], name: str) -> int:
     try:
         return int(main() or 0)
     except KeyboardInterrupt as err:
-        print(f"\n{name}: {err or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
+        print(f"\n{name}: {str(err) or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
         return 128 + signal.SIGINT
 
 
