@@ -23,7 +23,7 @@ def two_fits():
     frame = comps.to_frame()
     reduced = ps.Comparisons.from_frame(frame.drop(columns=["a_x1", "b_x1"]))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ps.DiagnosticWarning)
+        warnings.simplefilter("error", ps.DiagnosticWarning)  # both fits must pass
         full = ps.fit("aggregate", comps, seed=7, **FAST)
         worse = ps.fit("aggregate", reduced, seed=7, **FAST)
     return comps, full, worse
@@ -112,7 +112,8 @@ def test_held_out_annotators_do_not_enter_the_posterior():
 def test_kfold_prefers_the_true_number_of_types():
     # two opposed types (the paper's high-conflict population): 3-fold CV by annotator ranks
     # K = 2 first, with K = 1 more than 2 paired standard errors behind; every annotator is
-    # scored once, so the K = 2 elpd is a sum of 40 finite terms
+    # scored once, so the K = 2 elpd is a sum of 40 finite terms; every fold's fit passes the
+    # package's diagnostics (a DiagnosticWarning fails the test)
     from pluralstan.checks.compare import annotator_folds, kfold_K
 
     comps = ps.simulate.high_conflict(seed=5, n_pairs=40, n_annotators=40,
@@ -120,8 +121,9 @@ def test_kfold_prefers_the_true_number_of_types():
     parts = annotator_folds(comps, 3, seed=1)
     assert sorted(a for p in parts for a in p) == sorted(comps.annotator_levels)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ps.DiagnosticWarning)
-        table = kfold_K(comps, [1, 2], folds=3, seed=1, chains=2, draws=300, warmup=300)
+        warnings.simplefilter("error", ps.DiagnosticWarning)  # every fold's fit must pass
+        table = kfold_K(comps, [1, 2], folds=3, seed=1, chains=4, draws=500, warmup=500)
+    assert (table["flag"] == "").all(), table["flag"]
     assert table.index[0] == 2 and table.loc[2, "elpd_diff"] == 0
     assert table.loc[1, "elpd_diff"] > 2 * table.loc[1, "dse"]
     assert np.isfinite(table["elpd_kfold"]).all()
