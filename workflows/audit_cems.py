@@ -44,9 +44,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 import pluralstan as ps
 from pluralstan import _arviz, realdata
+from pluralstan.checks import central_interval
 from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
 from pluralstan.outputs import (
@@ -149,11 +151,13 @@ def fit_by_group(comps: Comparisons, column: str, args: argparse.Namespace) -> p
     for g, theta, flag in fits:
         draws, items = _draws_with_reference(theta)
         first = rank_first(draws, items)
+        interval = central_interval(xr.DataArray(draws, dims=("sample", "item")), 0.9,
+                                    dims=["sample"])
         for j, item in enumerate(items):
             rows.append({
                 "covariate": column, "group": g, "students": int(counts[g]), "item": item,
-                "mean": draws[:, j].mean(), "q5": np.quantile(draws[:, j], 0.05),
-                "q95": np.quantile(draws[:, j], 0.95), "p_first": first[item],
+                "mean": float(interval["mean"][j]), "q5": float(interval["lower"][j]),
+                "q95": float(interval["upper"][j]), "p_first": first[item],
                 "model": how, "diagnostics": flag or "ok",
             })
     return pd.DataFrame(rows).set_index(["covariate", "group", "item"])

@@ -42,9 +42,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 import pluralstan as ps
 from pluralstan import realdata
+from pluralstan.checks import central_interval
 from pluralstan.data import Comparisons
 from pluralstan.outputs import (
     audit_parser,
@@ -65,14 +67,14 @@ def _sampler(args: argparse.Namespace) -> dict:
 
 def _summary(theta, label: str, flag: str) -> pd.DataFrame:
     """Posterior mean, sd and 90% interval per attribute of a ``(chain, draw, attribute)`` array."""
-    q = theta.quantile([0.05, 0.95], dim=("chain", "draw"))
+    interval = central_interval(theta, 0.9, sd=True)
     return pd.DataFrame({
         "fit": label,
         "attribute": [str(a) for a in theta.coords["attribute"].values],
-        "mean": theta.mean(("chain", "draw")).values,
-        "sd": theta.std(("chain", "draw")).values,
-        "q5": q.sel(quantile=0.05).values,
-        "q95": q.sel(quantile=0.95).values,
+        "mean": interval["mean"].values,
+        "sd": interval["sd"].values,
+        "q5": interval["lower"].values,
+        "q95": interval["upper"].values,
         "diagnostics": flag or "ok",
     })
 
@@ -158,12 +160,14 @@ def fit_latent(comps: Comparisons, d_labeled: np.ndarray, args: argparse.Namespa
         options = {"reference_levels": {"partyid": "Independent"}} if model == "covariate" else {}
         idata = ps.fit(model, data, K=K, **options, **_sampler(args))
         elpd = loo(idata, level="annotator", comps=data)[0].iloc[0]
-        share = recovered_share(idata, party, d_labeled, "membership")
+        share = central_interval(xr.DataArray(
+            recovered_share(idata, party, d_labeled, "membership"), dims="sample"), 0.9,
+            dims=["sample"])
         rows.append({
             "model": model, "K": K, "elpd_loo": elpd["elpd"], "se": elpd["se"],
             "n_high_k": elpd["n_high_k"],
-            "recovered_mean": share.mean(), "recovered_q5": np.quantile(share, 0.05),
-            "recovered_q95": np.quantile(share, 0.95),
+            "recovered_mean": float(share["mean"]), "recovered_q5": float(share["lower"]),
+            "recovered_q95": float(share["upper"]),
             "diagnostics": ps.diagnostics.flag(idata) or "ok",
         })
     return pd.DataFrame(rows).set_index(["model", "K"]) if rows else pd.DataFrame()

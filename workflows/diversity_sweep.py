@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pluralstan.checks import central_interval
 from pluralstan.outputs import run_script, save_figure, script_parser, step, write_table
 from pluralstan.parallel import Job, run_jobs
 
@@ -91,12 +92,6 @@ def sweep_replicate(nu: float, sigma: float, seed: int, n_pairs: int, n_annotato
             **{t: masking_ratio(idata, test, target=t) for t in TARGETS}}
 
 
-def _quantiles(da: xr.DataArray) -> dict:
-    """Median and 90% equal-tailed interval of pooled draws."""
-    q = np.quantile(np.asarray(da).ravel(), [(1 - PROB) / 2, 0.5, (1 + PROB) / 2])
-    return {"lower": q[0], "median": q[1], "upper": q[2]}
-
-
 def replicate_table(results: dict) -> pd.DataFrame:
     """One row per replicate and target: posterior means of the errors and of the ratio."""
     rows = []
@@ -128,9 +123,11 @@ def sweep_table(results: dict) -> pd.DataFrame:
                                ("aggregate_mse", lambda m: m["aggregate_error"]),
                                *[(f"group_{g}_mse", lambda m, g=g: m["group_error"].sel(group=g))
                                  for g in stack[0]["group"].values]):
-                pooled = np.concatenate([np.asarray(pick(m)).ravel() for m in stack])
-                for k, v in _quantiles(pooled).items():
-                    row[f"{name}_{k}"] = v
+                pooled = xr.DataArray(
+                    np.concatenate([np.asarray(pick(m)).ravel() for m in stack]), dims="sample")
+                interval = central_interval(pooled, PROB, dims=["sample"], median=True)
+                for k in ("lower", "median", "upper"):
+                    row[f"{name}_{k}"] = float(interval[k])
             row["noise_floor"] = float(np.mean([m.attrs["noise_floor"] for m in stack]))
             row["paper_ratio"] = PAPER_RATIO.get(sigma, np.nan) if target == "observed" else np.nan
             row["diagnostics"] = _flag_count([r["flag"] for r in reps])

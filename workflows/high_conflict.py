@@ -38,6 +38,7 @@ import pandas as pd
 import pluralstan as ps
 from pluralstan import diagnostics
 from pluralstan.checks import (
+    central_interval,
     contraction,
     masking_ratio,
     point_estimate_theta,
@@ -125,11 +126,9 @@ def theta_table(fits: dict) -> pd.DataFrame:
     """Posterior mean and 90% interval of theta for every fit (groups after relabelling)."""
     frames = []
     for name, idata in fits.items():
-        theta = idata.posterior["theta"]
-        q = theta.quantile([0.05, 0.95], dim=("chain", "draw"))
-        frame = theta.mean(("chain", "draw")).to_dataframe(name="mean").reset_index()
-        frame["q05"] = q.sel(quantile=0.05).values.reshape(-1)
-        frame["q95"] = q.sel(quantile=0.95).values.reshape(-1)
+        interval = central_interval(idata.posterior["theta"], 0.9)
+        frame = interval.to_dataframe().reset_index().rename(
+            columns={"lower": "q05", "upper": "q95"})
         frame.insert(0, "model", name)
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
