@@ -150,9 +150,10 @@ def assemble(
     def sampled(values: dict[str, np.ndarray], group_dims: dict[str, list[str]]) -> xr.Dataset:
         return _arviz.dataset_from_dict(values, coords=coords, dims=group_dims, attrs=attrs)
 
-    def fixed(values: dict[str, np.ndarray]) -> xr.Dataset:
-        return _arviz.dataset_from_dict(values, coords=coords, dims=dims, attrs=attrs,
-                                        sampled=False)
+    def fixed(values: dict[str, Any]) -> xr.Dataset:
+        arrays, csr_dims = _dense_or_csr(values)
+        return _arviz.dataset_from_dict(arrays, coords=coords, dims={**dims, **csr_dims},
+                                        attrs=attrs, sampled=False)
 
     groups: dict[str, xr.Dataset] = {
         "posterior": sampled(posterior, dims),
@@ -170,6 +171,29 @@ def assemble(
     for dataset in groups.values():
         dataset.attrs.update(attrs)
     return _arviz.make_idata(groups)
+
+
+def _dense_or_csr(values: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Arrays for a data group: a SciPy sparse matrix ``X`` (a large item design) is stored as
+    its compressed sparse rows, ``X_csr_data``, ``X_csr_indices``, ``X_csr_indptr`` and
+    ``X_csr_shape`` (``scipy.sparse.csr_matrix((data, indices, indptr), shape)`` rebuilds it),
+    so that it is never densified and the fit saves to NetCDF; other values are kept."""
+    from scipy.sparse import issparse
+
+    arrays: dict[str, np.ndarray] = {}
+    csr_dims: dict[str, list[str]] = {}
+    for name, value in values.items():
+        if not issparse(value):
+            arrays[name] = value
+            continue
+        csr = value.tocsr()
+        arrays |= {f"{name}_csr_data": csr.data, f"{name}_csr_indices": csr.indices,
+                   f"{name}_csr_indptr": csr.indptr, f"{name}_csr_shape": np.array(csr.shape)}
+        csr_dims |= {f"{name}_csr_data": [f"{name}_nonzero"],
+                     f"{name}_csr_indices": [f"{name}_nonzero"],
+                     f"{name}_csr_indptr": [f"{name}_row_start"],
+                     f"{name}_csr_shape": [f"{name}_axis"]}
+    return arrays, csr_dims
 
 
 ModeOption = Literal["none", "search"]

@@ -13,6 +13,7 @@ import pytest
 from scipy.sparse import csr_matrix
 
 import pluralstan as ps
+from pluralstan import _arviz
 from pluralstan.engine import get_engine
 from pluralstan.models import get_model
 from pluralstan.models.base import design_data, stan_design
@@ -76,3 +77,24 @@ def test_both_forms_give_the_same_outputs(items, model, options):
     for name, value in sparse_out.items():
         np.testing.assert_allclose(value, dense_out[name], rtol=1e-10, atol=1e-12,
                                    err_msg=f"{model}: {name}")
+
+
+def test_a_sparse_item_design_is_kept_sparse_in_the_fit_and_saves(items, monkeypatch, tmp_path):
+    """An item design above DENSE_LIMIT entries stays sparse from the table to the fit: its
+    constant_data holds the compressed rows (an object array holding the SciPy matrix before,
+    which NetCDF cannot store), the saved fit loads, and the rows rebuild the design."""
+    from pluralstan import data as data_module
+
+    monkeypatch.setattr(data_module, "DENSE_LIMIT", 10)  # so this small design is "large"
+    comps = ps.Comparisons.from_frame(items.to_frame())
+    design = comps.design()
+    assert not isinstance(design, np.ndarray)  # SciPy sparse
+    idata = ps.fit("aggregate", comps, chains=1, draws=20, warmup=50, seed=1, check=False,
+                   backend="pystan")
+    path = ps.save(idata, tmp_path / "fit.nc")
+    const = _arviz.group(ps.load(path), "constant_data")
+    assert "X" not in const and const["X_csr_data"].dtype == float
+    X = csr_matrix((const["X_csr_data"].values, const["X_csr_indices"].values,
+                    const["X_csr_indptr"].values), shape=tuple(const["X_csr_shape"].values))
+    cells = get_model("aggregate").encode(comps).constant["X"]
+    assert (X != cells).nnz == 0 and X.shape == cells.shape
