@@ -60,10 +60,11 @@ from .checks.sensitivity import grid_shifts, pi_grid_sensitivity, power_scaling
 from .data import Comparisons, read_table
 from .engine import engine_output
 from .errors import PluralstanError
+from .files import check_writable, write_atomic
 from .fit import fit as fit_model
 from .fit import save
 from .models.annotator import initial_values
-from .outputs import check_writable, png_bytes, write_atomic
+from .outputs import png_bytes
 from .relabel import match_components, permute
 
 __all__ = ["AuditResult", "audit", "read_judgements", "rlhf_frame"]

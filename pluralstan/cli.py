@@ -26,7 +26,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PluralstanError
-from .outputs import HelpFormatter, check_writable, write_atomic
+from .files import check_writable, write_atomic
+from .outputs import HelpFormatter
 
 EPILOG = """\
 The comparison CSV has one row per judgement: columns `y` (1 = option a preferred, 0 = b

@@ -15,8 +15,8 @@ from . import _arviz
 from .data import Comparisons, as_comparisons
 from .engine import SamplerConfig
 from .errors import DiagnosticWarning, PluralstanError
+from .files import atomic_path
 from .models import get_model
-from .outputs import atomic_path
 from .pipeline import ModeOption, fit_attrs, messages, run
 from .relabel import Method
 
@@ -138,7 +138,7 @@ def _check_options(model: str, encode: Any, options: dict[str, Any]) -> None:
 
 
 def save(idata: _arviz.Idata, path: str | Path) -> Path:
-    """Write ``idata`` to NetCDF whole or not at all (:func:`pluralstan.outputs.atomic_path`:
+    """Write ``idata`` to NetCDF whole or not at all (:func:`pluralstan.files.atomic_path`:
     a temporary file, given the permissions a new file gets under the umask, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ import pandas as pd
 
 from .engine import SamplerConfig, StanProgram, get_engine, install_worker_cleanup
 from .errors import Interrupted, PluralstanError
-from .outputs import write_atomic
+from .files import write_atomic
 
 #: Job keys become file names: letters, digits, ``.``, ``_`` and ``-`` only.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import pluralstan as ps
-from pluralstan import outputs
+from pluralstan import files
 from pluralstan.cli import main
 from pluralstan.data import Comparisons
 from pluralstan.engine import BACKEND_ENV, CmdStanEngine, PyStanEngine, get_engine
@@ -289,12 +289,12 @@ def test_over_long_output_names_are_refused_by_name(tmp_path):
     name = "f" * 300 + ".csv"
     with pytest.raises(PluralstanError, match=r"the name 'f+'\.\.\. is 304 bytes long and the "
                                               r"file system allows at most \d+"):
-        outputs.write_atomic(tmp_path / name, "x")
+        files.write_atomic(tmp_path / name, "x")
     with pytest.raises(PluralstanError, match=r"is 304 bytes long"):
-        outputs.write_atomic(tmp_path / name / "inner.csv", "x")  # a folder name too
+        files.write_atomic(tmp_path / name / "inner.csv", "x")  # a folder name too
     assert list(tmp_path.iterdir()) == []
     longest = "g" * 250 + ".csv"  # valid, but its temporary name used to be too long
-    outputs.write_atomic(tmp_path / longest, "x")
+    files.write_atomic(tmp_path / longest, "x")
     assert (tmp_path / longest).read_text() == "x"
 
 
@@ -302,8 +302,8 @@ def test_over_long_output_names_are_refused_by_name(tmp_path):
 def test_saved_files_respect_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
-        table = outputs.write_atomic(tmp_path / "t.csv", "a\n1\n")
-        with outputs.atomic_path(tmp_path / "fit.nc") as tmp:
+        table = files.write_atomic(tmp_path / "t.csv", "a\n1\n")
+        with files.atomic_path(tmp_path / "fit.nc") as tmp:
             tmp.write_bytes(b"data")
     finally:
         os.umask(old)
@@ -313,7 +313,7 @@ def test_saved_files_respect_the_umask(tmp_path, umask):
 
 
 def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
-    with pytest.raises(OSError, match="disk full"), outputs.atomic_path(tmp_path / "f.nc") as t:
+    with pytest.raises(OSError, match="disk full"), files.atomic_path(tmp_path / "f.nc") as t:
         t.write_bytes(b"half")
         raise OSError("disk full")
     assert list(tmp_path.iterdir()) == []

@@ -51,13 +51,13 @@ from pluralstan import _arviz, realdata
 from pluralstan.checks import central_interval
 from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
+from pluralstan.files import write_atomic
 from pluralstan.outputs import (
     audit_parser,
     model_list,
     run_script,
     save_figure,
     step,
-    write_atomic,
     write_table,
 )
 

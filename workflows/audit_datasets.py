@@ -38,7 +38,8 @@ import pandas as pd
 from pluralstan import realdata
 from pluralstan.audit import audit
 from pluralstan.data import Comparisons
-from pluralstan.outputs import audit_parser, run_script, step, write_atomic
+from pluralstan.files import write_atomic
+from pluralstan.outputs import audit_parser, run_script, step
 
 
 def _german_parties(folder) -> Comparisons:

@@ -56,13 +56,13 @@ from scipy.special import expit, log_expit, logsumexp
 import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.data import Comparisons
+from pluralstan.files import write_atomic
 from pluralstan.outputs import (
     audit_parser,
     model_list,
     run_script,
     save_figure,
     step,
-    write_atomic,
     write_table,
 )
 

@@ -39,12 +39,12 @@ import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.checks.compare import SUMMARY_COLUMNS, compare_K
 from pluralstan.data import Comparisons
+from pluralstan.files import write_atomic
 from pluralstan.outputs import (
     audit_parser,
     run_script,
     save_figure,
     step,
-    write_atomic,
     write_table,
 )
 

@@ -48,13 +48,13 @@ import pluralstan as ps
 from pluralstan import realdata
 from pluralstan.checks import central_interval
 from pluralstan.data import Comparisons
+from pluralstan.files import write_atomic
 from pluralstan.outputs import (
     audit_parser,
     model_list,
     run_script,
     save_figure,
     step,
-    write_atomic,
     write_table,
 )
 

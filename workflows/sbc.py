@@ -40,8 +40,9 @@ import pandas as pd
 
 import pluralstan as ps
 from pluralstan.checks.sbc import sbc
+from pluralstan.files import write_atomic
 from pluralstan.models import covariate, pal
-from pluralstan.outputs import run_script, script_parser, step, write_atomic, write_table
+from pluralstan.outputs import run_script, script_parser, step, write_table
 from pluralstan.parallel import local_pool
 from pluralstan.plots import save_sbc_plots
 

@@ -34,8 +34,9 @@ import pandas as pd
 from .. import _arviz, diagnostics, plots
 from ..data import Comparisons
 from ..errors import PluralstanError
+from ..files import write_atomic
 from ..fit import save
-from ..outputs import png_bytes, write_atomic
+from ..outputs import png_bytes
 from .contraction import contraction
 from .intervals import central_interval
 from .masking import masking_ratio, point_estimate_theta, summarize_masking

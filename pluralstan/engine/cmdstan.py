@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Interrupted
+from ..files import write_atomic
 from .base import (
     SAMPLE_STATS,
     Draws,
@@ -334,9 +335,7 @@ class CmdStanEngine:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{program.name}.stan"
         if not path.exists():
-            tmp = path.with_suffix(".stan.tmp")
-            tmp.write_text(program.code)
-            tmp.replace(path)
+            write_atomic(path, program.code)
         return path
 
     @staticmethod

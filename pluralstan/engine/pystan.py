@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PluralstanError
+from ..files import write_atomic
 from .base import (
     SAMPLE_STATS,
     Draws,
@@ -172,7 +173,7 @@ class PyStanEngine:
                 output = asyncio.run(build(program.code))
         httpstan.cache.dump_services_extension_module_compiler_output(output, name)
         record = {"added": list(compile_args), "httpstan": httpstan.__version__}
-        (self.model_dir(program) / BUILD_RECORD).write_text(json.dumps(record))
+        write_atomic(self.model_dir(program) / BUILD_RECORD, json.dumps(record))
 
     def _build(self, program: StanProgram, data: dict[str, Any], seed: int) -> tuple[Any, bool]:
         """Compile ``program`` once per machine, then instantiate it with ``data``.
