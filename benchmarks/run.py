@@ -54,6 +54,9 @@ an item design and an attribute design, to check the form pluralstan picks for e
 in a fresh process and reports its peak RSS against the goal of 1 GB, and the seconds each
 step took: item designs are index-based and go to Stan in compressed rows, never as a dense
 judgements x items matrix.
+``engines`` (issue 22) samples the annotator model (target 2's data) and the labeled model
+(target 1's design, ``pooling='none'``) under PyStan and under cmdstanpy; the cmdstanpy row's
+ratio is its ESS/s over PyStan's, and it is skipped, saying so, when no CmdStan is installed.
 
 Within-chain parallelism (target 6)
 -----------------------------------
@@ -169,9 +172,11 @@ from pluralstan.engine import (  # noqa: E402
     PyStanEngine,
     SamplerConfig,
     StanProgram,
+    cmdstan_available,
     discard_stored_fits,
     pystan_compile_args,
 )
+from pluralstan.files import write_atomic  # noqa: E402
 from pluralstan.models import get_model  # noqa: E402
 from pluralstan.models.base import Encoded, design_data, stan_design  # noqa: E402
 
@@ -392,12 +397,14 @@ def config(s: Settings, seed: int | None = None) -> SamplerConfig:
 
 
 def run_registered(model: str, comps: ps.Comparisons, s: Settings, label: str,
-                   **options: Any) -> Run:
-    """Fit a registered pluralstan model with PyStan through :func:`pluralstan.fit`."""
-    ensure_built(get_model(model).program)
+                   backend: str = "pystan", **options: Any) -> Run:
+    """Fit a registered pluralstan model through :func:`pluralstan.fit` (PyStan unless
+    ``backend`` says otherwise); compilation is outside ``sample_seconds`` for either engine."""
+    if backend == "pystan":
+        ensure_built(get_model(model).program)
     with quiet():
         idata = ps.fit(model, comps, chains=s.chains, draws=s.draws, warmup=s.warmup,
-                       seed=s.seed, backend="pystan", check=False, **options)
+                       seed=s.seed, backend=backend, check=False, **options)
     post = idata.posterior
     return Run(
         engine=label,
@@ -702,6 +709,41 @@ def target_peers(s: Settings) -> list[Row]:
             rows.append(replace(row, ratio=round(ratio, 2),
                                 ratio_is=f"pluralstan / {name} ESS/s", goal=">= 1",
                                 meets="yes" if ratio >= 1 else "no"))
+    return rows
+
+
+def target_engines(s: Settings) -> list[Row]:
+    """Issue 22: the annotator and labeled models under PyStan and under cmdstanpy, same data.
+
+    The cmdstanpy row's ratio is its ESS/s over PyStan's (no goal: the engines run the same Stan
+    program, so the ratio is the engines' overhead and build, not the model's); its note says
+    whether the two posteriors agree. Without a CmdStan the row says so and is skipped.
+    """
+    target = "engines"
+    table1 = ps.simulate.high_conflict(n_pairs=s.n_pairs, n_annotators=s.n_annotators,
+                                       seed=s.seed)
+    peers = peer_comps(s)
+    cases = {
+        "annotator": (peers, OPTIONS["annotator"],
+                      f"annotator K = 2, {len(peers.annotator_levels)} annotators"),
+        "labeled": (table1, {"pooling": "none"},
+                    f"labeled, Table 1 design: {s.n_pairs} pairs x {s.n_annotators} annotators"),
+    }
+    rows = []
+    for model, (comps, options, case) in cases.items():
+        ours = run_registered(model, comps, s, f"pluralstan {model} (PyStan)", **options)
+        ref = fit_row(target, case, ours, comps.n, s)
+        rows.append(ref)
+        label = f"pluralstan {model} (cmdstanpy)"
+        if not cmdstan_available():
+            rows.append(Row(target, case, label, comps.n, note=(
+                "skipped: no CmdStan is installed (python -m cmdstanpy.install_cmdstan, or "
+                "point CMDSTAN at one)")))
+            continue
+        other = run_registered(model, comps, s, label, backend="cmdstanpy", **options)
+        row = fit_row(target, case, other, comps.n, s, same_posterior(ours, other))
+        rows.append(replace(row, ratio=round(row.ess_per_s / ref.ess_per_s, 2),
+                            ratio_is="cmdstanpy / PyStan ESS/s"))
     return rows
 
 
@@ -1171,6 +1213,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "flags": target_compile_flags,
     "input": target_input,
     "audit": target_audit,
+    "engines": target_engines,
 }
 
 
@@ -1194,14 +1237,11 @@ def markdown(frame: pd.DataFrame, info: dict[str, Any], command: str) -> str:
 
 
 def write(frame: pd.DataFrame, info: dict[str, Any], out: Path, command: str) -> None:
-    """Write CSV, Markdown and machine JSON whole (temporary name, then rename)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write CSV, Markdown and machine JSON, each whole or not at all."""
     for name, text in (("benchmarks.csv", frame.to_csv(index=False)),
                        ("benchmarks.md", markdown(frame, info, command)),
                        ("machine.json", json.dumps(info, indent=2))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_atomic(out / name, text)
 
 
 def main(argv: list[str] | None = None) -> int:

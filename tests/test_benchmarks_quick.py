@@ -26,9 +26,10 @@ RUN = REPO / "benchmarks" / "run.py"
 #: accepts as "same posterior" (stated here, not taken from the harness). When both runs sample
 #: the same posterior, each coordinate's standardised difference is approximately standard
 #: normal; a row compares at most 12 coordinates (theta 2 x 5 and pi 2) and the quick table has
-#: at most 6 such rows (2 in target 1, 2 x 2 peers in target 2), so by Bonferroni
-#: P(some |z| > 4) <= 72 x P(|Z| > 4) = 72 x 6.3e-5 < 0.005. A posterior that differs by half a
-#: posterior sd shows as about 0.5 sqrt(ESS / 2) combined MCSEs, above 4 from ESS 130 on.
+#: at most 8 such rows (2 in target 1, 2 x 2 peers in target 2, 2 cmdstanpy rows in target
+#: ``engines``), so by Bonferroni P(some |z| > 4) <= 96 x P(|Z| > 4) = 96 x 6.3e-5 < 0.007.
+#: A posterior that differs by half a posterior sd shows as about 0.5 sqrt(ESS / 2) combined
+#: MCSEs, above 4 from ESS 130 on.
 SAME_POSTERIOR_Z = 4.0
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
 def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
-    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit"}
+    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -112,6 +113,28 @@ def test_peer_rows_are_measured_or_skipped_with_a_reason(quick):
     assert full["ratio_is"] == "ESS/s with membership output / without"
     assert np.isclose(float(full["ratio"]),
                       float(full["ess_per_s"]) / float(lean["ess_per_s"]), rtol=0.01, atol=0.01)
+
+
+def test_engine_rows_compare_cmdstanpy_with_pystan_or_say_why_not(quick):
+    """Issue 22: a cmdstanpy row beside PyStan's for the annotator and labeled models; with a
+    CmdStan it carries the ESS/s ratio and reaches the same posterior, without one it is
+    skipped with the reason."""
+    from pluralstan.engine import cmdstan_available
+
+    table, _, _ = quick
+    rows = table[table["target"] == "engines"]
+    for model in ("annotator", "labeled"):
+        ours = rows[rows["engine"] == f"pluralstan {model} (PyStan)"].iloc[0]
+        other = rows[rows["engine"] == f"pluralstan {model} (cmdstanpy)"].iloc[0]
+        assert float(ours["ess_per_s"]) > 0
+        if not cmdstan_available():
+            assert other["note"].startswith("skipped:") and "CmdStan" in other["note"]
+            continue
+        assert other["ratio_is"] == "cmdstanpy / PyStan ESS/s"
+        assert np.isclose(float(other["ratio"]),
+                          float(other["ess_per_s"]) / float(ours["ess_per_s"]), rtol=0.01,
+                          atol=0.01)
+        assert agreement_z(other["note"]) <= SAME_POSTERIOR_Z
 
 
 def test_scaling_rows_cover_every_size_and_memory(quick):
