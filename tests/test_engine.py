@@ -8,6 +8,8 @@ import multiprocessing as mp
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,32 +118,32 @@ def test_four_processes_share_the_compile_cache_without_duplicate_builds():
         assert "R_X86_64_TLSDESC" in relocations
 
 
-def _fake_builds(monkeypatch) -> list[str]:
+def _fake_builds(monkeypatch, log: Path) -> Callable[[], list[str]]:
     """Replace httpstan's C++ build by one that writes an empty module (stanc still runs).
 
-    Returns the program texts it was called for.
+    The build runs in a child process (``build_apart``), so each call is logged to the file
+    ``log``. Returns a function giving the program texts it was called for.
     """
     import httpstan.cache
     import httpstan.models
 
-    calls = []
-
     async def build(program_code: str) -> str:
-        calls.append(program_code)
+        with open(log, "a") as handle:
+            handle.write(json.dumps(program_code) + "\n")
         folder = httpstan.cache.model_directory(httpstan.models.calculate_model_name(program_code))
         (folder / "stan_services_model_fake.so").write_bytes(b"")
         return "compiler output"
 
     monkeypatch.setattr(httpstan.models, "build_services_extension_module", build)
-    return calls
+    return lambda: [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch):
+def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch, tmp_path):
     import httpstan
 
     program = StanProgram("tiny", TINY + f"// {uuid.uuid4()}\n")
     engine = PyStanEngine()
-    calls = _fake_builds(monkeypatch)
+    calls = _fake_builds(monkeypatch, tmp_path / "builds.log")
     try:
         assert engine.compile(program) is True
         record = json.loads((engine.model_dir(program) / BUILD_RECORD).read_text())
@@ -149,7 +151,7 @@ def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch):
         # cached for the flags asked for: later calls load, they do not build again ...
         assert engine.is_cached(program) and engine.compile(program) is False
         assert engine.compile(program, pystan_compile_args()) is False
-        assert len(calls) == 1
+        assert len(calls()) == 1
         # ... but not for other flags, nor without pluralstan's record (PyStan's own build)
         assert not engine.is_cached(program, ("-O0",))
         if pystan_compile_args():

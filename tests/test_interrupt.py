@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil  # installed with dask[distributed] (the dev extra)
@@ -225,6 +226,60 @@ def test_ctrl_c_during_a_pool_of_fits(tmp_path: Path, compiled_aggregate) -> Non
     assert "interrupted (Ctrl-C) after 2 of 6 jobs; their results are stored in" in stderr_text
     assert left == [], f"left running: {[(p.pid, p.cmdline()) for p in left]}"
     assert sorted(p.name for p in out.iterdir()) == ["j0.pkl", "j1.pkl"]
+
+
+COMPILE_SCRIPT = """
+import json, sys
+from pluralstan.engine import PyStanEngine, StanProgram
+from pluralstan.errors import Interrupted
+
+program = StanProgram(name="probe", code=sys.argv[1])
+try:
+    PyStanEngine().compile(program)
+    print(json.dumps({"compiled": True}))
+except Interrupted as err:
+    print(json.dumps({"caught": str(err), "cached": PyStanEngine().is_cached(program),
+                      "folder_left": PyStanEngine.model_dir(program).exists()}))
+    sys.exit(130)
+"""
+
+#: Seconds a child may take to exit after SIGINT during a compile. Compiling even a one-line
+#: program takes 20-30 s on these machines; before the fix the interrupt waited for it.
+COMPILE_EXIT_TIMEOUT = 10.0
+
+
+def test_ctrl_c_during_a_first_time_compile(tmp_path: Path) -> None:
+    """SIGINT to the Python process alone (``kill -INT``, as a job manager sends it) while it
+    compiles a program for the first time: ``Interrupted`` within seconds, not when the
+    compiler is done (httpstan compiles in a thread that ``asyncio.run`` waits for); no
+    compiler process left; nothing of the build left in the cache. The program is new to the
+    cache (a unique comment), so it must compile."""
+    code = f"// probe {uuid.uuid4()}\nparameters {{ real x; }}\nmodel {{ x ~ normal(0, 1); }}\n"
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "wb") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", COMPILE_SCRIPT, code],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 start_new_session=True, preexec_fn=PREEXEC)
+    try:
+        def compiling() -> bool:
+            names = [p.name() for p in psutil.Process(child.pid).children(recursive=True)]
+            return "cc1plus" in names
+
+        _wait_for(compiling, START_TIMEOUT, "compiler process", child)
+        compilers = psutil.Process(child.pid).children(recursive=True)
+        child.send_signal(signal.SIGINT)
+        try:
+            stdout, _ = child.communicate(timeout=COMPILE_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still compiling {COMPILE_EXIT_TIMEOUT:.0f} s after SIGINT")
+        _, alive = psutil.wait_procs(compilers, timeout=5)
+    finally:
+        _kill_group(child.pid)
+    assert child.returncode == 130, stderr_path.read_text()
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert "interrupted (Ctrl-C); the compiler was stopped" in result["caught"]
+    assert not result["cached"] and not result["folder_left"]
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
 
 
 def test_workflow_scripts_end_on_ctrl_c_with_one_line(capsys) -> None:

@@ -6,6 +6,8 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
 
 * :func:`httpstan_build`: httpstan builds with its own flags only and drops the compiler's
   messages on failure.
+* :func:`build_apart`: httpstan compiles in a thread that Ctrl-C cannot stop, and
+  ``asyncio.run`` waits for that thread before it lets the interrupt through.
 * :func:`patient_stanc`: httpstan gives stanc one second.
 * :func:`discard_stored_fits`: httpstan keeps every seeded fit on disk for good.
 * :func:`remove_socket_files`: httpstan leaves one ``httpstan_*.sock`` file in the temporary
@@ -97,6 +99,60 @@ def httpstan_build(extra_args: tuple[str, ...], program_name: str) -> Iterator[N
         yield
     finally:
         httpstan.build_ext.run_build_ext = saved_run
+
+
+def build_apart(build: Callable[[], str], what: str) -> str:
+    """Run an extension-module build in a child process of its own process group.
+
+    httpstan's ``build_services_extension_module`` runs the compiler in a thread of the default
+    executor. Ctrl-C cancels the coroutine, but ``asyncio.run`` then shuts that executor down
+    and waits for the thread, so a SIGINT sent to Python alone (``kill -INT``, a job manager)
+    left the process compiling for about a minute, and the compiler running. Here the build runs
+    in a forked child (which keeps the calling process's patches, such as
+    :func:`httpstan_build`'s flags) that leads its own process group; Ctrl-C in this process
+    stops that whole group (compiler driver, ``cc1plus``, assembler, linker) at once and raises
+    :class:`~pluralstan.errors.Interrupted`. The caller removes what the build left.
+
+    Returns
+    -------
+    str
+        What ``build`` returned (the compiler's messages).
+    """
+    import signal
+
+    context = mp.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        os.setpgrp()
+        try:
+            send.send((True, build()))
+        except BaseException as err:  # every failure goes back to the caller
+            try:
+                send.send((False, err))
+            except Exception:  # an exception that does not pickle
+                send.send((False, PluralstanError(f"{what} failed: {err}")))
+
+    process = context.Process(target=child, name="pluralstan-build")
+    process.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except KeyboardInterrupt:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.join()
+        raise Interrupted(f"{what} interrupted (Ctrl-C); the compiler was stopped") from None
+    except EOFError:  # the child died without a word (killed, out of memory)
+        process.join()
+        raise PluralstanError(f"{what} failed: the build process ended with exit code "
+                              f"{process.exitcode}") from None
+    finally:
+        receive.close()
+    process.join()
+    if not ok:
+        raise value
+    return value
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PluralstanError
+from ..errors import Interrupted, PluralstanError
 from ..files import write_atomic
 from .base import (
     SAMPLE_STATS,
@@ -29,7 +29,13 @@ from .base import (
     cast_stats,
     init_values,
 )
-from .httpstan_fixes import discard_stored_fits, httpstan_build, interruptible, patient_stanc
+from .httpstan_fixes import (
+    build_apart,
+    discard_stored_fits,
+    httpstan_build,
+    interruptible,
+    patient_stanc,
+)
 
 #: File in a model's httpstan cache folder recording the flags pluralstan built it with.
 BUILD_RECORD = "pluralstan-build.json"
@@ -168,9 +174,14 @@ class PyStanEngine:
                     f"Stan program {program.name!r} does not compile: {err}"
                 ) from err
             httpstan.cache.dump_stanc_warnings(stanc_warnings, name)
+            build = httpstan.models.build_services_extension_module
             with httpstan_build(compile_args, program.name):
-                build = httpstan.models.build_services_extension_module
-                output = asyncio.run(build(program.code))
+                try:
+                    output = build_apart(lambda: asyncio.run(build(program.code)),
+                                         f"compiling Stan program {program.name!r}")
+                except Interrupted:
+                    httpstan.cache.delete_model_directory(name)  # nothing half-built is kept
+                    raise
         httpstan.cache.dump_services_extension_module_compiler_output(output, name)
         record = {"added": list(compile_args), "httpstan": httpstan.__version__}
         write_atomic(self.model_dir(program) / BUILD_RECORD, json.dumps(record))
