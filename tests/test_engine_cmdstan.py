@@ -13,6 +13,7 @@ per machine and cache.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -35,7 +36,12 @@ from pluralstan.engine import (
     cmdstan_available,
     get_engine,
 )
-from pluralstan.engine.cmdstan import SIG_FIGS, cmdstan_version_string, zero_size_shapes
+from pluralstan.engine.cmdstan import (
+    SIG_FIGS,
+    SamplingLine,
+    cmdstan_version_string,
+    zero_size_shapes,
+)
 from pluralstan.models import covariate, pal
 from pluralstan.models.base import get_model
 
@@ -288,6 +294,41 @@ def test_no_csv_files_left_and_no_info_lines(tmp_path, monkeypatch, caplog):
     CmdStanEngine(verbose=True).sample(spec.program, enc.data, config)
     assert any("Chain" in r.getMessage() for r in caplog.records if r.name == "cmdstanpy")
     assert logging.getLogger("cmdstanpy").level < logging.WARNING  # restored afterwards
+
+
+def test_sampling_line_sums_the_chains_into_one_progress_line():
+    """CmdStan's console (one iteration line per chain, with or without the chain prefix,
+    among other chatter) becomes one ``Sampling: NN% (done/total)`` line, rewritten in place
+    only when the whole percentage changes, and ended once."""
+    out = io.StringIO()
+    line = SamplingLine(chains=2, out=out)
+    line.write("method = sample (Default)\n")
+    assert out.getvalue() == ""  # chatter alone shows nothing
+    line.write("Chain [1] Iteration:    1 / 200 [  0%]  (Warmup)\n")
+    line.write("Chain [2] Iteration:    1 / 200 [  0%]  (Warmup)\n")  # still 0%: not rewritten
+    line.write("Chain [1] Iteration:  100 / 200 [ 50%]  (Sampling)\n")
+    line.write("Chain [1] Gradient evaluation took 2e-05 seconds\n")
+    line.write("Chain [2] Iteration:  200 / 200 [100%]  (Sampling)\n")
+    line.write("Iteration:  200 / 200 [100%]  (Sampling)\n")  # one chain per process: chain 1
+    line.finish()
+    assert out.getvalue().split("\r")[1:] == [
+        "Sampling:   0% (1/400)", "Sampling:  25% (101/400)", "Sampling:  75% (300/400)",
+        "Sampling: 100% (400/400), done.\n"]
+
+
+@needs_cmdstan
+def test_a_fit_shows_one_progress_line_and_no_cmdstan_chatter(capfd):
+    """Under cmdstanpy a fit shows PyStan's progress line on stderr (what the audit's bar
+    reads) and nothing of CmdStan's console: no configuration dump, no per-chain lines."""
+    spec = get_model("aggregate")
+    _, comps, _ = _case("aggregate")
+    CmdStanEngine().sample(spec.program, spec.encode(comps).data,
+                           SamplerConfig(chains=2, draws=100, warmup=100))
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err.endswith("Sampling: 100% (400/400), done.\n"), err[-300:]
+    assert "method = sample" not in err and "Gradient evaluation" not in err
+    assert "Chain [" not in err
 
 
 @needs_cmdstan

@@ -11,8 +11,13 @@ What it does beyond calling cmdstanpy, and why:
   reports it (:func:`zero_size_shapes`).
 * **No files left behind.** Each run writes its CSV files to a temporary folder that is removed
   once the draws are read.
-* **Quiet.** cmdstanpy logs every chain's start and end at INFO level; the adapter raises its
-  logger to WARNING while it runs, unless ``verbose``.
+* **Quiet, with one progress line.** cmdstanpy logs every chain's start and end at INFO level;
+  the adapter raises its logger to WARNING while it runs, unless ``verbose``. cmdstanpy's own
+  progress display is one bar per chain; the adapter streams CmdStan's console instead and
+  turns its iteration lines into one ``Sampling: NN% (done/total)`` line on stderr, PyStan's
+  words, so the same progress shows (and ``pluralstan audit`` draws the same bar) under
+  either engine (:class:`SamplingLine`). The rest of CmdStan's console is dropped; cmdstanpy
+  keeps it in its console files and quotes it when a chain fails. ``verbose`` shows all of it.
 * **Relocatable executables.** CmdStan links the TBB library by the absolute path of its own
   folder, so a cached executable breaks when that CmdStan is moved, removed or replaced by
   another version, or when the cache is shared. On Linux the adapter links TBB by
@@ -26,6 +31,7 @@ What it does beyond calling cmdstanpy, and why:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -66,6 +72,49 @@ OUTPUT_BLOCKS = ("parameters", "transformed parameters", "generated quantities")
 
 _LOG_LOCK = threading.Lock()
 _LOG_STATE: dict[str, Any] = {"depth": 0, "level": logging.NOTSET}
+
+
+class SamplingLine(io.TextIOBase):
+    """Where cmdstanpy streams CmdStan's console: iteration lines become one progress line.
+
+    Every chain's ``Chain [2] Iteration:  300 / 2000 [ 15%]  (Warmup)`` line (without the chain
+    prefix when a process runs one chain) updates that chain's count; the sum over chains is
+    written to ``out`` as ``Sampling: NN% (done/total)``, rewritten in place, each time the
+    whole percentage changes. Chains print from cmdstanpy's threads, hence the lock.
+    """
+
+    PATTERN = re.compile(r"(?:Chain \[(\d+)\] )?Iteration:\s*(\d+)\s*/\s*(\d+)")
+
+    def __init__(self, chains: int, out: Any) -> None:
+        super().__init__()
+        self.chains, self.out = chains, out
+        self.done: dict[str, int] = {}
+        self.per_chain = 0
+        self.shown = -1
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            for chain, iteration, total in self.PATTERN.findall(text):
+                self.done[chain or "1"] = int(iteration)
+                self.per_chain = int(total)
+            if self.per_chain:
+                done, total = sum(self.done.values()), self.chains * self.per_chain
+                percent = 100 * done // total
+                if percent != self.shown:
+                    self.shown = percent
+                    self.out.write(f"\rSampling: {percent:3d}% ({done}/{total})")
+                    self.out.flush()
+        return len(text)
+
+    def finish(self, done: bool = True) -> None:
+        """End the line (once anything was shown), with ``, done.`` when sampling finished."""
+        if self.shown >= 0:
+            self.out.write(", done.\n" if done else "\n")
+            self.out.flush()
 
 
 def cmdstan_version_string(path: str | os.PathLike[str] | None = None) -> str | None:
@@ -377,7 +426,10 @@ class CmdStanEngine:
         model, compiled = self._model(program)
         t1 = time.perf_counter()
         chains = int(config.chains)
-        with self._run() as output_dir:
+        shown = self.verbose or engine_output_shown()
+        console = SamplingLine(chains, sys.stderr)
+        with self._run() as output_dir, contextlib.redirect_stdout(
+                sys.stdout if shown else console):
             try:
                 fit = model.sample(
                     data=data,
@@ -392,10 +444,16 @@ class CmdStanEngine:
                     sig_figs=SIG_FIGS,
                     output_dir=output_dir,
                     show_progress=False,
+                    show_console=True,  # all of it when asked, else the progress line
                 )
             except KeyboardInterrupt:
+                console.finish(done=False)
                 # a terminal's Ctrl-C reaches CmdStan's processes too (this process's group)
                 raise Interrupted("sampling interrupted (Ctrl-C)") from None
+            except BaseException:
+                console.finish(done=False)
+                raise
+            console.finish()
             t2 = time.perf_counter()
             variables = self._variables(model, program, data, fit, chains)
             methods = fit.method_variables()
