@@ -52,8 +52,11 @@ def test_backend_selection(monkeypatch):
         get_engine("julia")
 
 
-@pytest.mark.skipif(cmdstan_available(), reason="CmdStan is installed here")
-def test_cmdstanpy_backend_without_cmdstan_says_how_to_get_it():
+def test_cmdstanpy_backend_without_cmdstan_says_how_to_get_it(monkeypatch, tmp_path):
+    """Runs with or without a CmdStan: ``CMDSTAN`` pointing at a folder that does not exist
+    is what cmdstanpy answers "none installed" to."""
+    monkeypatch.setenv("CMDSTAN", str(tmp_path / "no-cmdstan-here"))
+    assert not cmdstan_available()
     with pytest.raises(ps.PluralstanError, match="needs a CmdStan installation"):
         get_engine("cmdstanpy")
 
