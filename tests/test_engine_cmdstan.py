@@ -402,3 +402,24 @@ def test_mode_search_and_new_users_under_cmdstanpy():
     new = pal_users.fit_new_users(seen, unseen, n_draws=10, chains=1, draws=50, warmup=50,
                                   backend="cmdstanpy", check=False)
     assert new.posterior.attrs["engine"] == "cmdstanpy"
+
+
+@needs_cmdstan
+def test_the_audit_runs_under_cmdstanpy(tmp_path, capfd):
+    """The audit's fitting path under ``--backend cmdstanpy``: every fit it saves ran on CmdStan,
+    the report is written, and each fit's own progress bar moves (CmdStan's console turned into
+    the progress line the audit reads)."""
+    from pluralstan import cli
+
+    data = Path(__file__).resolve().parent.parent / "data" / "rlhf_example"
+    out = tmp_path / "report"
+    assert cli.main(["audit", str(data / "judgements.csv"), "--items",
+                     str(data / "responses.csv"), "--K", "1", "2", "--chains", "2", "--draws",
+                     "100", "--warmup", "100", "--kfold", "0", "--backend", "cmdstanpy",
+                     "--out", str(out)]) == 0
+    fits = sorted((out / "fits").glob("*.nc"))
+    assert fits and {ps.load(f).posterior.attrs["engine"] for f in fits} == {"cmdstanpy"}
+    assert (out / "report.html").exists()
+    err = capfd.readouterr().err
+    assert re.search(r"  annotator_K2: +\d+%\|", err), err[-2000:]  # that fit's own bar
+
