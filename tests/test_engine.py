@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from pluralstan.engine import (
     get_engine,
     pystan_compile_args,
 )
+from pluralstan.engine.pystan import pystan_output
 from pluralstan.models.base import get_model
 
 TINY = """
@@ -336,6 +338,43 @@ def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
         main_done.set()
         t.join(10)
         shutil.rmtree(httpstan.cache.fit_path(name["a"]).parent.parent, ignore_errors=True)
+
+
+def test_a_pystan_fit_shows_its_progress_line_and_no_sampler_messages(small_bt, capfd):
+    """Besides its progress line, PyStan prints each chain's gradient timing (and warm-up's
+    rejected proposals) under "Messages received during sampling", and on loading a cached
+    model "found in cache" and stanc's warnings about priors given as data. Only the progress
+    line shows; inside ``engine_output()`` (the command line's ``--verbose``) the rest does too."""
+    spec = get_model("aggregate")
+    data = spec.encode(small_bt).data
+    config = SamplerConfig(chains=2, draws=100, warmup=100)
+    PyStanEngine().sample(spec.program, data, config)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "Sampling: 100% (400/400)" in err, err[-300:]
+    for chatter in ("Messages received", "Gradient evaluation", "found in cache", "no priors"):
+        assert chatter not in err, err[-500:]
+    with engine_output():
+        PyStanEngine().sample(spec.program, data, config)
+    err = capfd.readouterr().err
+    assert "Sampling: 100% (400/400)" in err and "Gradient evaluation took" in err, err[-500:]
+
+
+def test_held_pystan_output_is_shown_when_the_block_fails(capsys):
+    """What :func:`pystan_output` holds back is printed if the block raises, after the progress
+    that passed, so a failed fit shows everything PyStan said."""
+    progress = "Sampling:  50% (1/2)\r"
+    messages = "Messages received during sampling:\n  Rejecting initial value\n"
+    with pystan_output(progress=True):
+        sys.stderr.write(progress)
+        sys.stderr.write(messages)
+    assert capsys.readouterr().err == progress
+    with pytest.raises(RuntimeError, match="Initialization failed"), \
+            pystan_output(progress=True):
+        sys.stderr.write(progress)
+        sys.stderr.write(messages)
+        raise RuntimeError("Initialization failed.")
+    assert capsys.readouterr().err == progress + messages
 
 
 def test_engine_output_lets_cmdstanpy_log_and_is_scoped():

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .base import (
     StanProgram,
     build_lock,
     cast_stats,
+    engine_output_shown,
     init_values,
 )
 from .httpstan_fixes import (
@@ -77,6 +79,59 @@ def sample_pystan(model: Any, **kwargs: Any) -> Any:
         if not ("Fit `" in str(err) and "not found" in str(err)):
             raise
     return interruptible(sample, "sampling")
+
+
+class _HeldOutput(io.TextIOBase):
+    """Where PyStan writes inside :func:`pystan_output`: its progress line passes, the rest is held.
+
+    PyStan prints a progress line (``Sampling:  45% (3600/8000)``) and, once sampling is done,
+    every message the sampler logged, under the header ``Messages received during sampling:``:
+    each chain's gradient timing and, in warm-up, each rejected proposal. With ``progress``,
+    the text before that header goes to ``target`` as written (so a terminal still redraws the
+    line in place, and the audit's bar still reads it) and the rest is held; without, all of
+    it is held.
+    """
+
+    HEADER = "Messages received during sampling"
+
+    def __init__(self, target: Any, progress: bool) -> None:
+        super().__init__()
+        self.target, self.passing, self.held = target, progress, io.StringIO()
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            at = text.find(self.HEADER)
+            if at < 0:
+                return self.target.write(text)
+            self.target.write(text[:at])
+            self.passing, text = False, text[at:]
+        return self.held.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+
+@contextlib.contextmanager
+def pystan_output(progress: bool = False) -> Iterator[None]:
+    """Keep PyStan's own lines out of the user's output inside the block.
+
+    Only the progress line passes (with ``progress``). What is held is written to stderr if the
+    block raises, and nothing is held when the engines' output was asked for
+    (:func:`~pluralstan.engine.engine_output`, the command line's ``--verbose``).
+    """
+    if engine_output_shown():
+        yield
+        return
+    stream = _HeldOutput(sys.stderr, progress)
+    try:
+        with contextlib.redirect_stderr(stream), contextlib.redirect_stdout(stream):
+            yield
+    except BaseException:
+        stream.target.write(stream.held.getvalue())
+        raise
 
 
 def stack_chains(flat: np.ndarray, chains: int) -> np.ndarray:
@@ -195,13 +250,9 @@ class PyStanEngine:
 
         with build_lock(program, self.name):
             compiled = self._compile_unless_cached(program, pystan_compile_args())
-            # PyStan reports build progress on stdout/stderr; keep it out of user output
-            # unless a compile is actually happening.
-            sink = io.StringIO()
-            with contextlib.ExitStack() as stack:
-                if not compiled:
-                    stack.enter_context(contextlib.redirect_stdout(sink))
-                    stack.enter_context(contextlib.redirect_stderr(sink))
+            # the module is in the cache now: PyStan's build only loads it, and reports that
+            # and stanc's warnings (which flag every prior given as data)
+            with pystan_output():
                 model = interruptible(
                     lambda: stan.build(program.code, data=data, random_seed=int(seed)),
                     f"building Stan program {program.name!r}")
@@ -212,16 +263,17 @@ class PyStanEngine:
         t0 = time.perf_counter()
         model, compiled = self._build(program, data, config.seed)
         t1 = time.perf_counter()
-        fit = sample_pystan(
-            model,
-            num_chains=int(config.chains),
-            num_samples=int(config.draws),
-            num_warmup=int(config.warmup),
-            num_thin=int(config.thin),
-            delta=float(config.adapt_delta),
-            max_depth=int(config.max_treedepth),
-            **pystan_inits(config),
-        )
+        with pystan_output(progress=True):
+            fit = sample_pystan(
+                model,
+                num_chains=int(config.chains),
+                num_samples=int(config.draws),
+                num_warmup=int(config.warmup),
+                num_thin=int(config.thin),
+                delta=float(config.adapt_delta),
+                max_depth=int(config.max_treedepth),
+                **pystan_inits(config),
+            )
         t2 = time.perf_counter()
         variables = self._variables(fit)
         stats = {
@@ -246,8 +298,7 @@ class PyStanEngine:
         """Outputs at fixed ``params``: one draw of PyStan's ``fixed_param`` sampler."""
         model, _ = self._build(program, data, seed)
         init = init_values(params)
-        # PyStan's one-draw progress bar goes to stderr
-        with contextlib.redirect_stderr(io.StringIO()), discard_stored_fits():
+        with pystan_output(), discard_stored_fits():
             fit = interruptible(
                 lambda: model.fixed_param(num_chains=1, num_samples=1, init=[init]),
                 "generating quantities")
