@@ -42,16 +42,6 @@ def true_probability(comps: ps.Comparisons) -> np.ndarray:
     return expit(ref.pal_distance_log_odds(A, B, ideal, truth["M"]))
 
 
-def quiet(fn, *args, **kwargs):
-    """Run ``fn`` without DiagnosticWarning. Used only for the new-user fits of
-    ``pal_users.accuracy`` (2 x 300 draws per user and shot: R-hat and ESS of some users'
-    weights fail; with 4 x 1000 draws they pass, but the test then takes about 13 minutes on a
-    loaded 2-core machine); open work (issue 24)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DiagnosticWarning)
-        return fn(*args, **kwargs)
-
-
 def converged(fn, *args, **kwargs):
     """Run ``fn`` with DiagnosticWarning as an error: the fits a test reads must pass the
     package's own diagnostics."""
@@ -258,10 +248,12 @@ def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
     """PAL section 3.3.1 / Fig. 2d. Criteria, on the same held-out judgements of 24 unseen
     users: (1) 20-shot accuracy exceeds both zero-shot and 1-shot accuracy by more than two
     standard errors of the difference; (2) 20-shot accuracy is within 0.05 of seen accuracy
-    (localisation from 20 judgements is nearly as good as from 30)."""
+    (localisation from 20 judgements is nearly as good as from 30). The new-user fits (4 x 1000
+    draws, 20 carried-over posterior draws of the shared parameters) must pass the package's
+    diagnostics."""
     _, test, new = population
-    table = quiet(pal_users.accuracy, seen_fit, test, new, shots=(0, 1, 5, 20), n_draws=60,
-                  chains=2, draws=300, warmup=300, seed=5)
+    table = converged(pal_users.accuracy, seen_fit, test, new, shots=(0, 1, 5, 20), n_draws=20,
+                      seed=5, **SAMPLER)
     assert list(table["setting"]) == ["seen", "unseen", "unseen", "unseen", "unseen"]
     print(table.to_string())
     acc = dict(zip(table["shots"].fillna(-1), table["accuracy"], strict=True))
