@@ -29,6 +29,19 @@ def _fit(*args, **kwargs):
         return ps.fit(*args, **kwargs)
 
 
+#: The package's default run length, for the recovery fits, which must pass its diagnostics.
+#: Partial pooling over two groups is a funnel: at the default adapt_delta = 0.8 a few of the
+#: 4,000 transitions diverge, so the hierarchical fits take the usual remedy, smaller steps.
+CONVERGED = {"chains": 4, "draws": 1000, "warmup": 1000}
+
+
+def _converged_fit(*args, **kwargs):
+    """A fit that must pass the package's own diagnostics (a DiagnosticWarning fails the test)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.DiagnosticWarning)
+        return ps.fit(*args, **kwargs)
+
+
 def _labeled_data(seed: int, **kwargs) -> ps.Comparisons:
     """The position paper's high-conflict population, labels observed (a small design)."""
     opts = {"n_pairs": 60, "n_annotators": 40, "pairs_per_annotator": 30} | kwargs
@@ -127,7 +140,8 @@ def test_fit_rejects_bad_input_before_stan() -> None:
 # ---------------------------------------------------------------------- labeled fits
 @pytest.fixture(scope="module")
 def labeled_fits() -> dict[int, tuple[ps.Comparisons, object]]:
-    return {seed: (comps := _labeled_data(seed), _fit("labeled", comps, seed=seed, **SMALL))
+    return {seed: (comps := _labeled_data(seed),
+                   _converged_fit("labeled", comps, seed=seed, adapt_delta=0.99, **CONVERGED))
             for seed in (1, 2, 3)}
 
 
@@ -155,13 +169,11 @@ def test_labeled_layout(labeled_fits) -> None:
 def test_labeled_recovers_subgroup_preferences(labeled_fits) -> None:
     """Criterion: in each of 3 simulated data sets, at least 8 of the 10 coordinates of theta
     (K = 2 groups x 5 attributes) lie inside their central 90% posterior interval, and at least
-    25 of the 30 overall (nominal 27); the chains agree on theta (R-hat < 1.05: these short
-    runs are too short for the 1.01 / ESS 400 thresholds, which they record as failed)."""
-    import arviz as az
-
+    25 of the 30 overall (nominal 27); every fit passed the package's diagnostics
+    (:func:`_converged_fit`)."""
     hits = []
     for comps, idata in labeled_fits.values():
-        assert float(az.rhat(idata, var_names=["theta"])["theta"].max()) < 1.05
+        assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
         q = idata.posterior["theta"].quantile([0.05, 0.95], dim=("chain", "draw")).values
         truth = comps.truth["theta"]
         inside = (q[0] <= truth) & (truth <= q[1])
@@ -184,9 +196,10 @@ def test_labeled_pi_is_the_conjugate_dirichlet_posterior(labeled_fits) -> None:
 
 
 def test_labeled_no_pooling_recovers_too() -> None:
-    """Criterion as above for one data set with pooling='none' (8 of 10 coordinates)."""
+    """Criterion as above for one data set with pooling='none' (8 of 10 coordinates), on a fit
+    that passed the package's diagnostics."""
     comps = _labeled_data(4)
-    idata = _fit("labeled", comps, pooling="none", seed=4, **SMALL)
+    idata = _converged_fit("labeled", comps, pooling="none", seed=4, **CONVERGED)
     assert "mu" not in idata.posterior and "tau" not in idata.posterior
     q = idata.posterior["theta"].quantile([0.05, 0.95], dim=("chain", "draw")).values
     inside = (q[0] <= comps.truth["theta"]) & (comps.truth["theta"] <= q[1])
