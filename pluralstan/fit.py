@@ -94,7 +94,8 @@ def fit(
         (:func:`pluralstan.modes.stack_chains`): the posterior becomes the stacked draws, the
         report goes into ``posterior.attrs["modes"]``, and
         :func:`pluralstan.modes.unstack` returns the chains. ``False`` keeps the chains and
-        records the multimodality as a problem.
+        records the multimodality as a problem, as does a fit without a pointwise log likelihood
+        (``log_lik=False``), whose modes cannot be weighed.
     **options
         Model-specific options (e.g. ``ties=``, ``order=``, ``compress=`` for the aggregate model).
 

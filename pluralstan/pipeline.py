@@ -158,7 +158,8 @@ def assemble(
     groups: dict[str, xr.Dataset] = {
         "posterior": sampled(posterior, dims),
         "posterior_predictive": sampled(predictive, dims),
-        "log_likelihood": sampled(enc.log_lik(draws.variables), enc.log_lik_dims),
+        "log_likelihood": sampled({name: arr for name, arr in enc.log_lik(draws.variables).items()
+                                   if arr.size}, enc.log_lik_dims),
         "log_prior": sampled({"lprior": internal["lprior"]}, {}),
         "sample_stats": sampled(draws.sample_stats, {}),
         "observed_data": fixed(enc.observed),
@@ -261,7 +262,9 @@ def finalize(
         names = var_names or diagnostics.parameter_names(idata)
         result = diagnostics.check(idata, max_treedepth=max_treedepth, var_names=names,
                                    warn=False, dim=label_dim or "group")
-        if stack and result.multimodal and label_dim:
+        # stacking weighs the modes by their leave-one-out predictive density: without the
+        # pointwise log likelihood (log_lik=False) the multimodality stays a recorded problem
+        if stack and result.multimodal and label_dim and "log_likelihood" in _arviz.groups(idata):
             idata = stack_modes(idata, result, label_dim=label_dim, max_treedepth=max_treedepth)
         if warn:
             model = idata.posterior.attrs.get("model", "fit")

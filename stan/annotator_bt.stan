@@ -56,6 +56,7 @@ data {
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
   int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
   int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
+  int<lower=0, upper=1> save_log_lik;      // 1: output log_lik (I per draw, for LOO); 0: skip
   // 1: the annotator's judgements enter the likelihood; 0: held out (K-fold cross-validation:
   // log_lik still scores them, from the posterior of the others)
   vector<lower=0, upper=1>[I] fit_weight;
@@ -126,20 +127,25 @@ generated quantities {
                 + dirichlet_lpdf(pi | prior_pi_alpha)
                 + normal_lpdf(gamma | 0, prior_order_sd)
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
-  vector[I] log_lik;           // log p(y_i | theta, pi): the unit of leave-one-annotator-out
+  // log p(y_i | theta, pi), the unit of leave-one-annotator-out (I per draw: optional on big data)
+  vector[save_log_lik ? I : 0] log_lik;
   // P(z_i = k | y_i, theta, pi), pi itself when prior_only (I x K per draw: optional on big data)
   matrix[save_membership ? I : 0, K] membership;
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
-  {
+  if (save_log_lik || save_membership || replicate) {
     matrix[R, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
+    vector[I] ll;              // log p(y_i | theta, pi)
     matrix[I, K] post;         // membership probabilities
     for (i in 1:I) {
-      log_lik[i] = log_sum_exp(lp[i]);
-      post[i] = prior_only ? pi' : exp(lp[i] - log_lik[i]);
+      ll[i] = log_sum_exp(lp[i]);
+      post[i] = prior_only ? pi' : exp(lp[i] - ll[i]);
+    }
+    if (save_log_lik) {
+      log_lik = ll;
     }
     if (save_membership) {
       membership = post;

@@ -80,6 +80,7 @@ data {
   int<lower=0, upper=1> prior_only;        // 1: ignore the likelihood (prior predictive runs)
   int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
   int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
+  int<lower=0, upper=1> save_log_lik;      // 1: output log_lik (I per draw, for LOO); 0: skip
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -156,7 +157,8 @@ generated quantities {
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
   matrix[I, K] pi_annotator;   // P(z_i = k | w_i, beta): each annotator's prior type shares
   vector[K] pi;                // type shares averaged over these annotators
-  vector[I] log_lik;           // log p(y_i | theta, beta, w_i): leave-one-annotator-out unit
+  // log p(y_i | theta, beta, w_i), the unit of leave-one-annotator-out (I per draw: optional)
+  vector[save_log_lik ? I : 0] log_lik;
   // P(z_i = k | y_i, w_i, theta, beta), pi_annotator if prior_only (I x K per draw: optional)
   matrix[save_membership ? I : 0, K] membership;
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
@@ -166,13 +168,17 @@ generated quantities {
     matrix[R, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
+    vector[I] ll;              // log p(y_i | theta, beta, w_i)
     matrix[I, K] post;         // membership probabilities
     for (i in 1:I) {
       vector[K] log_pi_i = log_softmax(eta_pi[i]');
       pi_annotator[i] = exp(log_pi_i)';
       lp[i] += log_pi_i';
-      log_lik[i] = log_sum_exp(lp[i]);
-      post[i] = prior_only ? pi_annotator[i] : exp(lp[i] - log_lik[i]);
+      ll[i] = log_sum_exp(lp[i]);
+      post[i] = prior_only ? pi_annotator[i] : exp(lp[i] - ll[i]);
+    }
+    if (save_log_lik) {
+      log_lik = ll;
     }
     if (save_membership) {
       membership = post;

@@ -203,6 +203,24 @@ def test_large_data_options_skip_membership_and_replicates():
     assert json.loads(idata.posterior.attrs["relabelling"])["method"] == "pivot"
     assert idata.sample_stats["label_permutation"].dims == ("chain", "draw", "group")
 
+def test_log_lik_can_be_skipped_on_very_large_data():
+    """log_lik=False: no log_likelihood group, the same draws as with it (the generated
+    quantities take no random numbers without replicates), and LOO says why it cannot run."""
+    comps = ties_order_data()
+    opts = dict(K=2, chains=1, draws=10, warmup=10, seed=2, backend="pystan", check=False,
+                replicate=False)
+    with_ll = ps.fit("annotator", comps, **opts)
+    without = ps.fit("annotator", comps, log_lik=False, **opts)
+    assert "log_likelihood" not in _arviz.groups(without)
+    assert "membership" in without.posterior
+    np.testing.assert_array_equal(without.posterior["theta"].values,
+                                  with_ll.posterior["theta"].values)
+    np.testing.assert_array_equal(without.posterior["membership"].values,
+                                  with_ll.posterior["membership"].values)
+    with pytest.raises(PluralstanError, match="log_lik=False"):
+        ps.checks.loo(without, level="annotator")
+
+
 def test_prior_only_run_draws_types_from_pi():
     """With the likelihood switched off, membership is pi itself (types drawn from the prior),
     and the prior predictive replicates every cell's number of judgements."""

@@ -182,6 +182,14 @@ def test_membership_can_be_skipped_on_large_data(comps):
     np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=0, draw=0).values,
                                logsumexp(lp, axis=1), rtol=1e-8)
 
+def test_log_lik_can_be_skipped_on_very_large_data(comps):
+    """log_lik=False drops the per-annotator log likelihood and nothing else."""
+    idata = ps.fit("covariate", comps, K=2, chains=1, draws=5, warmup=10, seed=3,
+                   backend="pystan", check=False, log_lik=False)
+    assert "log_likelihood" not in _arviz.groups(idata)
+    assert {"theta", "beta", "pi", "pi_annotator", "membership"} <= set(idata.posterior)
+
+
 def test_recovers_sign_of_a_strong_covariate():
     """Criterion: with a strong covariate (slope 3 per sd for type 1 against type 0) and 100
     annotators judging 20 pairs each, after per-chain alignment of the labels to the truth

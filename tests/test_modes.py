@@ -281,3 +281,16 @@ def test_relabelling_a_stacked_fit_keeps_its_mode_by_mode_record(rng):
     after = diagnostics.recorded(again)
     assert after["multimodal"] and after["notes"] == before["notes"]
     assert any(n.startswith(diagnostics.STACKED) for n in after["notes"])
+
+
+def test_modes_without_a_log_likelihood_are_reported_not_stacked(rng):
+    # stacking weighs modes by their leave-one-out predictive density; a fit made with
+    # log_lik=False has none, so finalize keeps the chains and reports the modes as a problem
+    from pluralstan.pipeline import finalize
+
+    fit = _arviz.replace_groups(_two_mode_fit(rng), log_likelihood=None)
+    fit.posterior.attrs.update({"group_labels": "latent", "model": "fake"})
+    kept = finalize(fit, label_dim="group", warn=False)
+    record = diagnostics.recorded(kept)
+    assert kept.posterior.sizes["chain"] == 4 and "modes" not in kept.posterior.attrs
+    assert record["multimodal"] and record["problems"], record

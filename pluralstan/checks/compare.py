@@ -104,7 +104,7 @@ def _log_lik(idata: _arviz.Idata, var_name: str) -> xr.DataArray:
     if log_lik is None or var_name not in log_lik:
         raise PluralstanError(
             f"the fit has no log_likelihood variable {var_name!r}; PSIS-LOO needs the "
-            "pointwise log likelihood that pluralstan.fit stores"
+            "pointwise log likelihood that pluralstan.fit stores (refit without log_lik=False)"
         )
     return log_lik[var_name]
 

@@ -266,7 +266,7 @@ def power_scaling(
     if missing:
         raise PluralstanError(
             f"power-scaling sensitivity needs the groups {missing}; fits made by pluralstan.fit "
-            "carry log_prior (lprior) and log_likelihood"
+            "carry log_prior (lprior) and log_likelihood (unless fitted with log_lik=False)"
         )
     post = _arviz.group(idata, "posterior")
     names = list(var_names) if var_names is not None else [

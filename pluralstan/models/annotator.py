@@ -249,6 +249,7 @@ def encode(
     order: bool | None = None,
     replicate: bool = True,
     membership: bool = True,
+    log_lik: bool = True,
     held_out: Sequence[Hashable] = (),
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
@@ -285,6 +286,13 @@ def encode(
         per-annotator type summaries use. ``False`` skips it on large data: the output per draw
         is then the I-vector ``log_lik`` (for leave-one-annotator-out LOO) and the parameters,
         and :func:`pluralstan.relabel.relabel` falls back to pivotal reordering.
+    log_lik
+        Output ``log_lik`` (one value per annotator and draw), which leave-one-annotator-out
+        LOO, stacking of chains and power-scaling sensitivity use. ``False`` skips it on very
+        large data (with PyStan every saved draw's output is parsed from JSON, so at 100,000
+        annotators it dominates memory); the fit then has no ``log_likelihood`` group, its
+        convergence checks use ``lp`` and the parameters, and genuinely separate modes are
+        reported, not stacked.
     held_out
         Annotator ids whose judgements are left out of the likelihood (K-fold
         cross-validation, :func:`pluralstan.checks.compare.kfold_K`); their ``log_lik`` is
@@ -302,6 +310,7 @@ def encode(
     )
     data["replicate"] = int(replicate)
     data["save_membership"] = int(membership)
+    data["save_log_lik"] = int(log_lik)
     data["fit_weight"] = fit_weights(comps, held_out)
     if len(held_out):
         attrs = {**attrs, "held_out_annotators": len(held_out)}

@@ -187,6 +187,7 @@ def encode(
     order: bool | None = None,
     replicate: bool = True,
     membership: bool = True,
+    log_lik: bool = True,
 ) -> Encoded:
     """Encode a comparison table and its annotator table for covariate-informed mixing.
 
@@ -208,7 +209,7 @@ def encode(
         :func:`pluralstan.models.annotator.encode`.
     reference_levels
         Reference level per categorical covariate (see :func:`encode_covariates`).
-    ties, order, replicate, membership
+    ties, order, replicate, membership, log_lik
         As in the annotator model.
 
     Raises
@@ -229,6 +230,7 @@ def encode(
     )
     data["replicate"] = int(replicate)
     data["save_membership"] = int(membership)
+    data["save_log_lik"] = int(log_lik)
     W, names, encoding = encode_covariates(comps.annotators, comps.annotator_levels,
                                            reference_levels)
     Q = W.shape[1]
