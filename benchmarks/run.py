@@ -57,6 +57,9 @@ judgements x items matrix.
 ``engines`` (issue 22) samples the annotator model (target 2's data) and the labeled model
 (target 1's design, ``pooling='none'``) under PyStan and under cmdstanpy; the cmdstanpy row's
 ratio is its ESS/s over PyStan's, and it is skipped, saying so, when no CmdStan is installed.
+``ahead`` (issue 21, goal 3) runs target 2's annotator model against NumPyro at 4 chains x 1000
+warm-up iterations + 1000 draws, three times with new sampler seeds, under PyStan and cmdstanpy,
+and reports the median and range of the per-repetition ESS/s ratios (:func:`target_ahead`).
 
 Within-chain parallelism (target 6)
 -----------------------------------
@@ -87,8 +90,11 @@ text on its fit object besides the parsed array. With the default output, 1e5 ju
 (10,000 annotators, 2 chains x 300 draws) put the Python process at 2.4 GB. The large-data
 options ``replicate=False`` (no ``y_rep``, cells x outcomes per draw) and ``membership=False``
 (no I x K membership; relabelling then uses the pivot method) leave the parameters and the
-per-annotator ``log_lik``: every annotator fit here uses both (:data:`OPTIONS`), and the same
-fit then peaked at 0.95-1.43 GB (Python; four runs) and 0.46 GB (sampler worker).
+per-annotator ``log_lik``, and the same fit then peaked at 0.95-1.43 GB (Python; four runs) and
+0.46 GB (sampler worker). At 1e6 judgements (100,000 annotators) that ``log_lik`` alone took the
+Python process to 5.85 GB (2 x 300 draws): PyStan parses each draw's 100,000 values from JSON.
+``log_lik=False`` drops it as well; every annotator fit here now uses all three options
+(:data:`OPTIONS`), as the peers compute none of these outputs.
 ``ru_maxrss`` is read without tracing allocations, which would itself cost memory.
 
 Where the annotator model's time goes (target 2)
@@ -192,10 +198,12 @@ WORKFLOW_ARGS = {"diversity_sweep.py": ("--nu", "0", "--replicates", "10")}
 #: NumPyro and PyMC, when installed (the optional extra ``pluralstan[bench]``).
 PEERS = {"numpyro": "numpyro", "pymc": "pymc"}
 #: Options of every annotator-model fit here: the large-data options. ``replicate=False``
-#: drops ``y_rep`` (cells x outcomes per draw) and ``membership=False`` the annotators x K
-#: membership probabilities; the peers generate neither, and PyStan's output transfer makes
-#: them the dearest part of a draw on large data. The per-annotator ``log_lik`` is kept.
-OPTIONS = {"aggregate": {}, "annotator": {"K": 2, "replicate": False, "membership": False}}
+#: drops ``y_rep`` (cells x outcomes per draw), ``membership=False`` the annotators x K
+#: membership probabilities and ``log_lik=False`` the per-annotator log likelihood; the peers
+#: generate none of them, and PyStan's output transfer makes them the dearest part of a draw on
+#: large data.
+OPTIONS = {"aggregate": {},
+           "annotator": {"K": 2, "replicate": False, "membership": False, "log_lik": False}}
 #: Target 2 also times the annotator model with membership kept (its default; y_rep still off).
 WITH_MEMBERSHIP = {"annotator": {"membership": True}}
 
@@ -228,6 +236,9 @@ class Settings:
     input_n, input_items
         Target ``input``: judgements and items of the table validated and encoded
         (:func:`input_probe`).
+    ahead_chains, ahead_draws, ahead_repeats
+        Target ``ahead``: chains, warm-up iterations (and as many draws) and repetitions of
+        the annotator model against NumPyro (:func:`target_ahead`).
     """
 
     n_pairs: int = 200
@@ -245,13 +256,17 @@ class Settings:
     design_items: int = 100
     input_n: int = 1_000_000
     input_items: int = 10_000
+    ahead_chains: int = 4
+    ahead_draws: int = 1000
+    ahead_repeats: int = 3
     seed: int = 20261122
 
 
 QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per_annotator=5,
                  scaling_n=(100, 300), profile_n=(100, 200, 300), warmup=100, draws=100,
                  grad_draws=50, grad_repeats=1, workflows=False, design_items=12,
-                 input_n=20_000, input_items=1_000)
+                 input_n=20_000, input_items=1_000, ahead_chains=2, ahead_draws=100,
+                 ahead_repeats=2)
 
 
 @dataclass
@@ -747,6 +762,59 @@ def target_engines(s: Settings) -> list[Row]:
     return rows
 
 
+def target_ahead(s: Settings) -> list[Row]:
+    """Issue 21, goal 3: the annotator model's ESS/s against NumPyro's, warm-up counted.
+
+    Target 2's data and model (1,000 annotators x 20 judgements, K = 2, :data:`OPTIONS`), at
+    ``s.ahead_chains`` chains x ``s.ahead_draws`` warm-up iterations and as many draws, run
+    ``s.ahead_repeats`` times with a new sampler seed each time (the data stay the same). Every
+    repetition runs PyStan, cmdstanpy (when a CmdStan is installed) and NumPyro one after the
+    other, so each ratio compares runs made under the same load. One row per run, then one
+    summary row per pluralstan engine: the median of the per-repetition ratios (pluralstan's
+    ESS/s over NumPyro's in the same repetition), their range in the note, scored against the
+    goal of 1 by the median.
+    """
+    target = "ahead of NumPyro"
+    comps = peer_comps(s)
+    model, options = "annotator", OPTIONS["annotator"]
+    case = f"annotator K = 2, {len(comps.annotator_levels)} annotators"
+    peer = load_peer("numpyro")
+    if peer is None:
+        return [Row(target, case, "numpyro", comps.n, note="skipped: numpyro is not installed "
+                    "(pip install 'pluralstan[bench]')")]
+    data = peer_data(model, comps, get_model(model).encode(comps, **options))
+    backends = ["PyStan"] + (["cmdstanpy"] if cmdstan_available() else [])
+    rows, ratios = [], {b: [] for b in backends}
+    for r in range(s.ahead_repeats):
+        rs = replace(s, chains=s.ahead_chains, warmup=s.ahead_draws, draws=s.ahead_draws,
+                     seed=s.seed + r)
+        rep = f"repetition {r + 1} of {s.ahead_repeats}, seed {rs.seed}"
+        other = run_peer(peer, model, data, rs)
+        theirs = fit_row(target, case, other, comps.n, rs, rep)
+        for backend in backends:
+            ours = run_registered(model, comps, rs, f"pluralstan {model} ({backend})",
+                                  backend=backend.lower(), **options)
+            row = fit_row(target, case, ours, comps.n, rs,
+                          f"{rep}; {same_posterior(other, ours)}")
+            ratio = row.ess_per_s / theirs.ess_per_s
+            ratios[backend].append(ratio)
+            rows.append(replace(row, ratio=round(ratio, 2), ratio_is="/ numpyro ESS/s, "
+                                "same repetition"))
+        rows.append(theirs)
+    for backend, values in ratios.items():
+        median = float(np.median(values))
+        rows.append(Row(target, case, f"pluralstan {model} ({backend}) vs numpyro", comps.n,
+                        s.ahead_chains, s.ahead_draws, ratio=round(median, 2),
+                        ratio_is=f"median ESS/s ratio over {len(values)} repetitions",
+                        goal=">= 1", meets="yes" if median >= 1 else "no",
+                        note=f"range {min(values):.2f}-{max(values):.2f}"))
+    if not cmdstan_available():
+        rows.append(Row(target, case, f"pluralstan {model} (cmdstanpy)", comps.n, note=(
+            "skipped: no CmdStan is installed (python -m cmdstanpy.install_cmdstan, or point "
+            "CMDSTAN at one)")))
+    return rows
+
+
 def target_scaling(s: Settings) -> list[Row]:
     """Target 3: annotator model at growing N; gradient, time per ESS, and peak memory.
 
@@ -848,16 +916,22 @@ def run_probe(args: list[str], s: Settings) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: Peak-memory goals (GB) by size: issue 5's at 1e5 judgements, issue 21's at 1e6.
+MEMORY_GOAL_GB = {100_000: 2.0, 1_000_000: 4.0}
+
+
 def memory_row(n: int, s: Settings, probe: dict[str, Any]) -> Row:
     """The peak-memory row of the fit at ``n`` judgements made by :func:`memory_probe`."""
-    peak = max(probe["maxrss_self_mb"], probe["maxrss_children_mb"])
+    peak = max(probe["maxrss_self_mb"], probe["maxrss_children_mb"]) / 1024
+    goal = MEMORY_GOAL_GB[max([k for k in MEMORY_GOAL_GB if k <= n], default=min(MEMORY_GOAL_GB))]
+    stored = (f"log_likelihood stored per annotator ({probe['log_lik_shape']}), never "
+              "judgements x draws" if probe["log_lik_shape"] else "no log_likelihood stored")
     return Row("3 scaling (annotator, K=2)", f"peak memory, N = {n}",
                "pluralstan annotator (PyStan)", n, s.chains, s.draws,
-               ratio=round(peak / 1024, 3), ratio_is="peak RSS (GB) of the largest process",
-               goal="< 2", meets="yes" if peak / 1024 < 2 else "no",
+               ratio=round(peak, 3), ratio_is="peak RSS (GB) of the largest process",
+               goal=f"< {goal:g}", meets="yes" if peak < goal else "no",
                note=(f"Python peak {probe['maxrss_self_mb']:.0f} MB, sampler worker peak "
-                     f"{probe['maxrss_children_mb']:.0f} MB; log_likelihood stored per "
-                     f"annotator ({probe['log_lik_shape']}), never judgements x draws; "
+                     f"{probe['maxrss_children_mb']:.0f} MB; {stored}; "
                      f"options {OPTIONS['annotator']}"))
 
 
@@ -875,12 +949,13 @@ def memory_probe(n: int, s: Settings) -> None:
                          **OPTIONS["annotator"])
     services_stub.executor.shutdown(wait=True)  # reap the sampler workers to read their peak
     row = fit_row("3 scaling (annotator, K=2)", "", run, comps.n, s)
+    ll = _arviz.group(run.extra["idata"], "log_likelihood")
     mb = 1 / 1024  # ru_maxrss is in KiB on Linux
     print(json.dumps({
         "row": asdict(row),
         "maxrss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mb,
         "maxrss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * mb,
-        "log_lik_shape": "x".join(map(str, run.extra["idata"].log_likelihood["y"].shape)),
+        "log_lik_shape": "x".join(map(str, ll["y"].shape)) if ll is not None else "",
     }))
 
 
@@ -1214,6 +1289,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "input": target_input,
     "audit": target_audit,
     "engines": target_engines,
+    "ahead": target_ahead,
 }
 
 

@@ -65,7 +65,8 @@ def quick(tmp_path_factory) -> tuple[pd.DataFrame, Path, str]:
 def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
-    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines"}
+    assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines",
+                       "ahead"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -137,6 +138,35 @@ def test_engine_rows_compare_cmdstanpy_with_pystan_or_say_why_not(quick):
         assert agreement_z(other["note"]) <= SAME_POSTERIOR_Z
 
 
+def test_ahead_rows_repeat_every_engine_against_numpyro(quick):
+    """Issue 21, goal 3: each repetition runs NumPyro and every pluralstan engine; a pluralstan
+    row's ratio is its ESS/s over NumPyro's in the same repetition, and the summary row per
+    engine is the median of those ratios, scored against 1, with their range."""
+    from pluralstan.engine import cmdstan_available
+
+    table, _, _ = quick
+    rows = table[table["target"] == "ahead of NumPyro"]
+    if importlib.util.find_spec("numpyro") is None:
+        assert len(rows) == 1 and "not installed" in rows["note"].iloc[0]
+        return
+    engines = ["PyStan"] + (["cmdstanpy"] if cmdstan_available() else [])
+    for engine in engines:
+        runs = rows[rows["engine"] == f"pluralstan annotator ({engine})"]
+        assert len(runs) == 2  # QUICK.ahead_repeats
+        ratios = []
+        for rep, (_, row) in enumerate(runs.iterrows(), start=1):
+            theirs = rows[(rows["engine"] == "numpyro")
+                          & rows["note"].str.startswith(f"repetition {rep} of 2")].iloc[0]
+            expected = float(row["ess_per_s"]) / float(theirs["ess_per_s"])
+            assert np.isclose(float(row["ratio"]), expected, rtol=0.01, atol=0.01)
+            assert agreement_z(row["note"]) <= SAME_POSTERIOR_Z
+            ratios.append(float(row["ratio"]))
+        summary = rows[rows["engine"] == f"pluralstan annotator ({engine}) vs numpyro"].iloc[0]
+        assert np.isclose(float(summary["ratio"]), np.median(ratios), atol=0.011)
+        assert summary["meets"] == ("yes" if float(summary["ratio"]) >= 1 else "no")
+        assert summary["note"].startswith("range ")
+
+
 def test_scaling_rows_cover_every_size_and_memory(quick):
     table, _, _ = quick
     t3 = table[table["target"].str.startswith("3")]
@@ -148,8 +178,8 @@ def test_scaling_rows_cover_every_size_and_memory(quick):
         assert sizes["ratio"].iloc[0] == "" and float(sizes["ratio"].iloc[1]) > 0
     memory = t3[t3["case"].str.startswith("peak memory")].iloc[0]
     assert 0 < float(memory["ratio"]) < 2
-    # the annotator model stores one log-likelihood value per annotator (30 at N = 300)
-    assert "per annotator (2x100x30)" in memory["note"]
+    # the benchmark's annotator fits skip the per-annotator log likelihood, as the peers do
+    assert "no log_likelihood stored" in memory["note"] and "'log_lik': False" in memory["note"]
     # the gradient-only profile: every size, each relative to the smallest when measurable
     profile = t3[t3["case"].str.startswith("gradient only")]
     assert list(pd.to_numeric(profile["n"])) == [100, 200, 300]
