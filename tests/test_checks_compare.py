@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
 import pluralstan as ps
 from pluralstan import _arviz
 from pluralstan.checks import annotator_log_likelihood, compare_K, compare_models, loo
+
+from .strict import converged
 
 FAST = {"chains": 4, "draws": 300, "warmup": 300}
 
@@ -22,10 +22,8 @@ def two_fits():
                                 n_annotators=40, seed=7)
     frame = comps.to_frame()
     reduced = ps.Comparisons.from_frame(frame.drop(columns=["a_x1", "b_x1"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ps.DiagnosticWarning)  # both fits must pass
-        full = ps.fit("aggregate", comps, seed=7, **FAST)
-        worse = ps.fit("aggregate", reduced, seed=7, **FAST)
+    full = converged(ps.fit, "aggregate", comps, seed=7, **FAST)
+    worse = converged(ps.fit, "aggregate", reduced, seed=7, **FAST)
     return comps, full, worse
 
 
@@ -94,10 +92,8 @@ def test_held_out_annotators_do_not_enter_the_posterior():
                                       pairs_per_annotator=10)
     held = list(comps.annotator_levels[:8])
     rest = np.flatnonzero(~comps.frame["annotator"].isin(held).to_numpy())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ps.DiagnosticWarning)  # both fits must pass
-        weighted = ps.fit("annotator", comps, K=1, held_out=held, seed=2, **FAST)
-        dropped = ps.fit("annotator", comps.subset(rest), K=1, seed=3, **FAST)
+    weighted = converged(ps.fit, "annotator", comps, K=1, held_out=held, seed=2, **FAST)
+    dropped = converged(ps.fit, "annotator", comps.subset(rest), K=1, seed=3, **FAST)
     stats = [az.summary(f, var_names=["theta"]) for f in (weighted, dropped)]
     z = (stats[0]["mean"] - stats[1]["mean"]).abs() / np.hypot(stats[0]["mcse_mean"],
                                                                 stats[1]["mcse_mean"])
@@ -120,9 +116,7 @@ def test_kfold_prefers_the_true_number_of_types():
                                       pairs_per_annotator=15)
     parts = annotator_folds(comps, 3, seed=1)
     assert sorted(a for p in parts for a in p) == sorted(comps.annotator_levels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ps.DiagnosticWarning)  # every fold's fit must pass
-        table = kfold_K(comps, [1, 2], folds=3, seed=1, chains=4, draws=500, warmup=500)
+    table = converged(kfold_K, comps, [1, 2], folds=3, seed=1, chains=4, draws=500, warmup=500)
     assert (table["flag"] == "").all(), table["flag"]
     assert table.index[0] == 2 and table.loc[2, "elpd_diff"] == 0
     assert table.loc[1, "elpd_diff"] > 2 * table.loc[1, "dse"]

@@ -16,7 +16,6 @@ central 90% posterior interval.
 from __future__ import annotations
 
 import json
-import warnings
 from collections import Counter
 
 import arviz as az
@@ -25,8 +24,9 @@ import pytest
 
 import pluralstan as ps
 from pluralstan import _arviz, diagnostics
-from pluralstan.errors import DiagnosticWarning
 from pluralstan.relabel import match_components, unrelabel
+
+from .strict import converged
 
 THETA = np.array([
     [2.0, 1.5, 0.0, -1.0, -1.5],
@@ -43,9 +43,7 @@ def fitted() -> tuple[ps.Comparisons, _arviz.Idata]:
     """The defaults fit; a DiagnosticWarning is an error here, so every test fails with it."""
     comps = ps.simulate.mixture(THETA, PI, n_pairs=200, n_annotators=300,
                                 pairs_per_annotator=10, seed=SEED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DiagnosticWarning)
-        idata = ps.fit("annotator", comps, K=3, seed=SEED, **SETTINGS)
+    idata = converged(ps.fit, "annotator", comps, K=3, seed=SEED, **SETTINGS)
     return comps, idata
 
 

@@ -18,6 +18,7 @@ from pluralstan.models import labeled, unlabeled
 from pluralstan.relabel import label_switching_report, relabel
 
 from . import reference as ref
+from .strict import converged
 
 SMALL = {"chains": 2, "draws": 300, "warmup": 300}
 
@@ -33,13 +34,6 @@ def _fit(*args, **kwargs):
 #: Partial pooling over two groups is a funnel: at the default adapt_delta = 0.8 a few of the
 #: 4,000 transitions diverge, so the hierarchical fits take the usual remedy, smaller steps.
 CONVERGED = {"chains": 4, "draws": 1000, "warmup": 1000}
-
-
-def _converged_fit(*args, **kwargs):
-    """A fit that must pass the package's own diagnostics (a DiagnosticWarning fails the test)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ps.DiagnosticWarning)
-        return ps.fit(*args, **kwargs)
 
 
 def _labeled_data(seed: int, **kwargs) -> ps.Comparisons:
@@ -141,7 +135,7 @@ def test_fit_rejects_bad_input_before_stan() -> None:
 @pytest.fixture(scope="module")
 def labeled_fits() -> dict[int, tuple[ps.Comparisons, object]]:
     return {seed: (comps := _labeled_data(seed),
-                   _converged_fit("labeled", comps, seed=seed, adapt_delta=0.99, **CONVERGED))
+                   converged(ps.fit, "labeled", comps, seed=seed, adapt_delta=0.99, **CONVERGED))
             for seed in (1, 2, 3)}
 
 
@@ -170,7 +164,7 @@ def test_labeled_recovers_subgroup_preferences(labeled_fits) -> None:
     """Criterion: in each of 3 simulated data sets, at least 8 of the 10 coordinates of theta
     (K = 2 groups x 5 attributes) lie inside their central 90% posterior interval, and at least
     25 of the 30 overall (nominal 27); every fit passed the package's diagnostics
-    (:func:`_converged_fit`)."""
+    (:func:`tests.strict.converged`)."""
     hits = []
     for comps, idata in labeled_fits.values():
         assert not ps.diagnostics.failed(idata), ps.diagnostics.failed(idata)
@@ -199,7 +193,7 @@ def test_labeled_no_pooling_recovers_too() -> None:
     """Criterion as above for one data set with pooling='none' (8 of 10 coordinates), on a fit
     that passed the package's diagnostics."""
     comps = _labeled_data(4)
-    idata = _converged_fit("labeled", comps, pooling="none", seed=4, **CONVERGED)
+    idata = converged(ps.fit, "labeled", comps, pooling="none", seed=4, **CONVERGED)
     assert "mu" not in idata.posterior and "tau" not in idata.posterior
     q = idata.posterior["theta"].quantile([0.05, 0.95], dim=("chain", "draw")).values
     inside = (q[0] <= comps.truth["theta"]) & (comps.truth["theta"] <= q[1])

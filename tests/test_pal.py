@@ -3,8 +3,6 @@ identified quantities, seen / unseen / few-shot accuracy, and input validation."
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,10 +12,11 @@ from scipy.stats import special_ortho_group
 import pluralstan as ps
 from pluralstan import _arviz
 from pluralstan.checks import pal_users
-from pluralstan.errors import DiagnosticWarning, IdentificationWarning, PluralstanError
+from pluralstan.errors import IdentificationWarning, PluralstanError
 from pluralstan.models import get_model, pal
 
 from . import reference as ref
+from .strict import converged
 
 #: Heterogeneous population: K = 2 conflicting prototype utilities, users near the vertices
 #: (Dirichlet(0.5)), 3 attributes, metric M = I (a typical value under the W_sd = 1 prior, whose
@@ -40,14 +39,6 @@ def true_probability(comps: ps.Comparisons) -> np.ndarray:
     B = frame[[f"b_{n}" for n in comps.attributes]].to_numpy(float)
     ideal = truth["ideal"][frame["annotator"].to_numpy(int)]
     return expit(ref.pal_distance_log_odds(A, B, ideal, truth["M"]))
-
-
-def converged(fn, *args, **kwargs):
-    """Run ``fn`` with DiagnosticWarning as an error: the fits a test reads must pass the
-    package's own diagnostics."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DiagnosticWarning)
-        return fn(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
