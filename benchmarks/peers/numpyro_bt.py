@@ -71,7 +71,28 @@ def annotator_model(X, y, annotator, n_annotators, K, theta_mean, theta_sd, pi_a
     numpyro.factor("y", logsumexp(jnp.log(pi) + per_annotator, axis=1).sum())
 
 
-MODELS = {"aggregate": aggregate_model, "annotator": annotator_model}
+def annotator_cells_model(X, row, ann, n_a, n_total, S, n_annotators, K, theta_mean, theta_sd,
+                          pi_alpha) -> None:
+    """The same mixture on the sufficient statistics ``stan/annotator_bt.stan`` receives.
+
+    Cells are distinct (annotator, design row) pairs with their counts; the linear part of each
+    annotator's log likelihood is ``S theta'`` (``S``: the annotator's summed ``n_a x`` rows)
+    and the log normaliser ``log1p_exp`` is evaluated once per distinct design row and type,
+    then summed per annotator with the cells' totals, as the Stan program does.
+    """
+    P = X.shape[1]
+    theta = numpyro.sample(
+        "theta", dist.Normal(theta_mean, theta_sd).expand([K, P]).to_event(2)
+    )
+    pi = numpyro.sample("pi", dist.Dirichlet(pi_alpha * jnp.ones(K)))
+    log_norm = jax.nn.softplus(X @ theta.T)  # (R, K): one evaluation per distinct row and type
+    per_annotator = S @ theta.T - jax.ops.segment_sum(
+        n_total[:, None] * log_norm[row], ann, num_segments=n_annotators)
+    numpyro.factor("y", logsumexp(jnp.log(pi) + per_annotator, axis=1).sum())
+
+
+MODELS = {"aggregate": aggregate_model, "annotator": annotator_model,
+          "annotator_cells": annotator_cells_model}
 
 
 def _bind(model: str, data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
