@@ -807,6 +807,7 @@ def target_ahead(s: Settings) -> list[Row]:
     enc = get_model(model).encode(comps, **options)
     data = {label: peer_data(name, comps, enc) for label, name in AHEAD_PEERS.items()}
     backends = ["PyStan"] + (["cmdstanpy"] if cmdstan_available() else [])
+    cells, per_judgement = AHEAD_PEERS
     rows = []
     ratios = {(b, label): [] for b in backends for label in AHEAD_PEERS}
     for r in range(s.ahead_repeats):
@@ -817,7 +818,6 @@ def target_ahead(s: Settings) -> list[Row]:
         for label, name in AHEAD_PEERS.items():
             other = replace(run_peer(peer, name, data[label], rs), engine=label)
             theirs[label] = (other, fit_row(target, case, other, comps.n, rs, rep))
-        cells, per_judgement = AHEAD_PEERS
         for backend in backends:
             ours = run_registered(model, comps, rs, f"pluralstan {model} ({backend})",
                                   backend=backend.lower(), **options)
@@ -833,7 +833,7 @@ def target_ahead(s: Settings) -> list[Row]:
         rows += [their_row for _, their_row in theirs.values()]
     for (backend, label), values in ratios.items():
         median = float(np.median(values))
-        scored = label == next(iter(AHEAD_PEERS))
+        scored = label == cells
         rows.append(Row(target, case, f"pluralstan {model} ({backend}) vs {label}", comps.n,
                         s.ahead_chains, s.ahead_draws, ratio=round(median, 2),
                         ratio_is=f"median ESS/s ratio over {len(values)} repetitions",
