@@ -59,7 +59,7 @@ from .checks.report import (
 from .checks.sensitivity import grid_shifts, pi_grid_sensitivity, power_scaling
 from .data import Comparisons, read_table
 from .engine import engine_output
-from .errors import PluralstanError
+from .errors import DiagnosticWarning, PluralstanError
 from .files import check_writable, write_atomic
 from .fit import fit as fit_model
 from .fit import save
@@ -331,7 +331,10 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
     Ks = sorted(fits)
     if len(Ks) == 1:
         return {"K": Ks[0], "note": "", "method": "the only K fitted"}
-    loo = compare_K(fits, comps=comps)[SUMMARY_COLUMNS]
+    with warnings.catch_warnings():
+        # the Pareto k counts are reported here (n_high_k, the note and the K-fold choice)
+        warnings.simplefilter("ignore", DiagnosticWarning)
+        loo = compare_K(fits, comps=comps)[SUMMARY_COLUMNS]
     high = int(loo["n_high_k"].max())
     unreliable = high / len(comps.annotator_levels) > HIGH_K_SHARE
     folds = kfold if kfold is not None else (KFOLD_FOLDS if unreliable else 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ import pytest
 import pluralstan as ps
 from pluralstan import _arviz, cli
 from pluralstan.audit import align_types, pi_grid, read_judgements, rlhf_frame
-from pluralstan.errors import PluralstanError
+from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import covariate
 from pluralstan.relabel import match_components
 
@@ -260,10 +261,15 @@ def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, 
 
     data = Path(__file__).resolve().parent.parent / "data" / "rlhf_example"
     out = tmp_path / "report"
-    assert cli.main(["audit", str(data / "judgements.csv"), "--items",
-                     str(data / "responses.csv"), "--annotators", str(data / "annotators.csv"),
-                     "--K", "1", "2", "--chains", "2", "--draws", "100", "--warmup", "100",
-                     "--kfold", "2", "--out", str(out), "--no-progress"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["audit", str(data / "judgements.csv"), "--items",
+                         str(data / "responses.csv"), "--annotators",
+                         str(data / "annotators.csv"), "--K", "1", "2", "--chains", "2",
+                         "--draws", "100", "--warmup", "100", "--kfold", "2", "--out", str(out),
+                         "--no-progress"]) == 0
+    # what matters is printed once, as the audit's own line; no Python warning reaches the user
+    assert [str(w.message) for w in caught if issubclass(w.category, DiagnosticWarning)] == []
     summary = json.loads((out / "audit.json").read_text())
     assert summary["data"]["mode"] == "items"
     assert summary["data"]["coordinates"] == ["helpful", "harmless", "concise"]
