@@ -77,7 +77,8 @@ CERTAIN = 0.8
 #: Masking ratio over its noise floor above which item three fails (caution from the paper's
 #: bound :data:`pluralstan.checks.report.PAPER_MASKING_BOUND`).
 MASKING_FAIL = 3.0
-#: Share of annotators with Pareto k > 0.7 above which PSIS-LOO's choice of K is not trusted.
+#: Share of annotators with a high Pareto k (above ``min(1 - 1/log10(draws), 0.7)``) above
+#: which PSIS-LOO's choice of K is not trusted.
 HIGH_K_SHARE = 0.05
 #: Mean judgements per (type, pair) from which the masking ratio uses observed frequencies.
 REPEATS_MIN = 5
@@ -327,19 +328,20 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
               echo: Callable[[str], None]) -> dict[str, Any]:
     """K by :data:`K_RULE` on PSIS-LOO, or on K-fold cross-validation by annotator when
     ``kfold`` asks for it (a number of folds) or, with ``kfold=None``, when more than
-    :data:`HIGH_K_SHARE` of the annotators have Pareto k > 0.7 at some K (5 folds)."""
+    :data:`HIGH_K_SHARE` of the annotators have a high Pareto k at some K (5 folds)."""
     Ks = sorted(fits)
     if len(Ks) == 1:
         return {"K": Ks[0], "note": "", "method": "the only K fitted"}
     with warnings.catch_warnings():
         # the Pareto k counts are reported here (n_high_k, the note and the K-fold choice)
         warnings.simplefilter("ignore", DiagnosticWarning)
-        loo = compare_K(fits, comps=comps)[SUMMARY_COLUMNS]
-    high = int(loo["n_high_k"].max())
+        compared = compare_K(fits, comps=comps)
+    loo, high = compared[SUMMARY_COLUMNS], int(compared["n_high_k"].max())
+    good_k = f"Pareto k > {compared['good_k'].min():.2f}"
     unreliable = high / len(comps.annotator_levels) > HIGH_K_SHARE
     folds = kfold if kfold is not None else (KFOLD_FOLDS if unreliable else 0)
     if not folds:
-        note = (f"; {high} annotators have Pareto k > 0.7, so PSIS-LOO is not reliable here "
+        note = (f"; {high} annotators have {good_k}, so PSIS-LOO is not reliable here "
                 "(K-fold was turned off)" if unreliable else "")
         return {"K": choose_K(loo), "note": note, "loo": loo,
                 "method": "leave-one-annotator-out PSIS-LOO"}
@@ -356,7 +358,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
 
     table = kfold_K(comps, Ks, folds=folds, fit=fit_quietly, **sampler)
     bar.close()
-    why = (f"; PSIS-LOO is not reliable here ({high} annotators have Pareto k > 0.7)"
+    why = (f"; PSIS-LOO is not reliable here ({high} annotators have {good_k})"
            if unreliable else "")
     echo(f"K chosen by {folds}-fold cross-validation by annotator{why}")
     return {"K": choose_K(table), "note": why, "loo": loo, "kfold": table, "folds": folds,

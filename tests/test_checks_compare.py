@@ -54,6 +54,9 @@ def test_compare_prefers_the_model_with_the_decisive_attribute(two_fits):
     assert summary.loc[0, "n_high_k"] == len(high)
     ranked = compare_K({1: full, 2: worse}, comps=comps)
     assert list(ranked.index) == [1, 2] and ranked.index.name == "K"
+    # n_high_k counts above the threshold for these draws, reported beside it
+    draws = full.posterior.sizes["chain"] * full.posterior.sizes["draw"]
+    np.testing.assert_allclose(ranked["good_k"], min(1 - 1 / np.log10(draws), 0.7))
 
 
 def test_high_pareto_k_observations_are_named():

@@ -218,7 +218,9 @@ def compare_models(
     pandas.DataFrame
         The comparison table of :func:`pluralstan._arviz.compare` (rank, elpd_loo, p_loo,
         elpd_diff >= 0, stacking weight, se, dse, warning; the same columns on either ArviZ) plus
-        ``n_high_k``, ``high_k`` (the first flagged observations) and ``flag``.
+        ``n_high_k``, ``good_k`` (the Pareto k threshold ``n_high_k`` counts above, which
+        depends on the number of draws), ``high_k`` (the first flagged observations) and
+        ``flag``.
     """
     if len(fits) < 2:
         raise PluralstanError(f"compare at least two fits, got {len(fits)}")
@@ -243,6 +245,7 @@ def compare_models(
     for name, (_, _, elpd, high) in extra.items():
         _warn_k(name, elpd, high, level)
     table["n_high_k"] = [extra[n][0] for n in table.index]
+    table["good_k"] = [float(extra[n][2].good_k) for n in table.index]
     table["high_k"] = [extra[n][1] for n in table.index]
     table["flag"] = [diagnostics.flag(fits[n]) for n in table.index]
     table.attrs["level"] = level
