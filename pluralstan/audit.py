@@ -718,13 +718,10 @@ def audit(
     aggregate = fits["aggregate"]
     doc = Document()
     doc.heading("Pluralism identifiability audit", 1)
-    doc.text(f"{comps.n} judgements by {len(comps.annotator_levels)} annotators over "
-             f"{len(comps.item_levels) or len(comps.attributes)} "
-             f"{'items' if comps.mode == 'items' else 'attributes'}; {chains} chains x {draws} "
-             f"draws per fit. Intervals are {PROB:.0%} equal-tailed posterior intervals. The "
-             "groups of this report are latent preference types found from the judgements: "
-             "each annotator belongs to each type with a posterior probability (soft "
-             "membership).")
+    doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit. Intervals are "
+             f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
+             "latent preference types found from the judgements: each annotator belongs to "
+             "each type with a posterior probability (soft membership).")
     # K
     annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
     choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, verbose=verbose,

@@ -321,6 +321,14 @@ class Comparisons:
         return len(self.frame)
 
     @property
+    def scope(self) -> str:
+        """What the judgements cover, for reports: "N judgements by A annotators over M items"
+        (every item, the reference included) or "... over P attributes"."""
+        what = (f"{len(self.item_levels)} items" if self.mode == "items"
+                else f"{len(self.attributes)} attributes")
+        return f"{self.n} judgements by {len(self.annotator_levels)} annotators over {what}"
+
+    @property
     def has_ties(self) -> bool:
         """Whether any judgement is a tie."""
         return bool((self.frame["y"] == 0.5).any())

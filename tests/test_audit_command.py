@@ -187,6 +187,9 @@ def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
     labeled = ps.load(out / "fits" / "labeled.nc").posterior["theta"]
     assert sorted(labeled["group"].values.astype(str)) == ["0", "1", "2"]
     assert "observed_groups/report.html" in (out / "report.md").read_text()
+    # both reports say what the judgements cover in the same words
+    for report in (out / "report.md", out / "observed_groups" / "report.md"):
+        assert f"{comps.scope}" in report.read_text()
 
 # ---------------------------------------------------------------------- bad input, no Stan
 def _run(args: list[str], capsys) -> str:

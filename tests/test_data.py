@@ -155,6 +155,8 @@ def test_items_mode_reference_coding_and_ties():
     np.testing.assert_array_equal(A - B, X)
     assert comps.has_ties
     np.testing.assert_array_equal(comps.outcome_codes(), [1, 0, 2, 1, 0])
+    # reports count the items, the reference included, not the design's columns
+    assert comps.scope.endswith("annotators over 3 items") and comps.scope.startswith("5 ")
 
 
 def test_item_features_give_linear_utilities():
@@ -162,6 +164,7 @@ def test_item_features_give_linear_utilities():
                           "capital": [1.0, 1.0, 0.0]})
     comps = Comparisons.from_frame(item_frame(), items=items)
     assert comps.attributes == ("english", "capital")
+    assert comps.scope.endswith("over 3 items")
     np.testing.assert_array_equal(comps.design()[0], [1.0, 0.0])
     A, B = comps.options()  # London (english, capital) vs Paris (capital)
     np.testing.assert_array_equal(np.vstack([A[0], B[0]]), [[1.0, 1.0], [0.0, 1.0]])

@@ -313,8 +313,7 @@ def disclosure_report(
     tables: dict[str, pd.DataFrame] = {}
     figures: dict[str, bytes] = {}
     doc.heading(title, 1)
-    doc.text(f"{comps.n} judgements by {len(comps.annotator_levels)} annotators over "
-             f"{len(comps.attributes)} attributes. Intervals are {prob:.0%} equal-tailed "
+    doc.text(f"{comps.scope}. Intervals are {prob:.0%} equal-tailed "
              "posterior intervals. Claims resting on a fit that failed its sampler diagnostics "
              "are marked **[diagnostics failed: ...]**.")
 
