@@ -189,7 +189,7 @@ def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
     assert "observed_groups/report.html" in (out / "report.md").read_text()
     # both reports say what the judgements cover in the same words
     for report in (out / "report.md", out / "observed_groups" / "report.md"):
-        assert f"{comps.scope}" in report.read_text()
+        assert comps.scope in report.read_text()
 
 # ---------------------------------------------------------------------- bad input, no Stan
 def _run(args: list[str], capsys) -> str:

@@ -24,8 +24,8 @@ Data sets (``--datasets``):
     3,000-7,000 choices per party pooling moves little, and the partially pooled fit's 25
     between-party scales, informed by three parties, make its sampler take hours.
 ``vtaiwan``
-    Polis vTaiwan (uberX) votes as within-participant pairs: 1,235 participants over 111
-    statements; observed groups = Polis's opinion groups.
+    Polis vTaiwan (uberX) votes as within-participant pairs: 1,235 participants over 110
+    statements (those in an agree / disagree pair); observed groups = Polis's opinion groups.
 
 The last two are the large ones: at the defaults (4 chains x 1000 draws, K = 1..4, K-fold
 cross-validation when PSIS-LOO is unreliable) each takes hours on 2 cores; ``--chains``,
