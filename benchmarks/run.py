@@ -174,7 +174,7 @@ if str(REPO) not in sys.path:  # the peers live in benchmarks/peers, beside this
     sys.path.insert(0, str(REPO))
 
 import pluralstan as ps  # noqa: E402
-from pluralstan import _arviz, diagnostics  # noqa: E402
+from pluralstan import _arviz, diagnostics, realdata  # noqa: E402
 from pluralstan.engine import (  # noqa: E402
     Draws,
     PyStanEngine,
@@ -241,6 +241,9 @@ class Settings:
     ahead_chains, ahead_draws, ahead_repeats
         Target ``ahead``: chains, warm-up iterations (and as many draws) and repetitions of
         the annotator model against NumPyro (:func:`target_ahead`).
+    geometry_groups, geometry_judgements, geometry_real
+        Target ``geometry``: groups of the simulated labeled designs, judgements per
+        annotator in each, and whether to add the tax conjoint (:func:`geometry_cases`).
     """
 
     n_pairs: int = 200
@@ -261,6 +264,9 @@ class Settings:
     ahead_chains: int = 4
     ahead_draws: int = 1000
     ahead_repeats: int = 3
+    geometry_groups: int = 8
+    geometry_judgements: tuple[int, ...] = (100, 5)
+    geometry_real: bool = True
     seed: int = 20261122
 
 
@@ -268,7 +274,8 @@ QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per
                  scaling_n=(100, 300), profile_n=(100, 200, 300), warmup=100, draws=100,
                  grad_draws=50, grad_repeats=1, workflows=False, design_items=12,
                  input_n=20_000, input_items=1_000, ahead_chains=2, ahead_draws=100,
-                 ahead_repeats=2)
+                 ahead_repeats=2, geometry_groups=3, geometry_judgements=(10,),
+                 geometry_real=False)
 
 
 @dataclass
@@ -774,6 +781,58 @@ def target_engines(s: Settings) -> list[Row]:
         row = fit_row(target, case, other, comps.n, s, same_posterior(ours, other))
         rows.append(replace(row, ratio=round(row.ess_per_s / ref.ess_per_s, 2),
                             ratio_is="cmdstanpy / PyStan ESS/s"))
+    return rows
+
+
+def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
+    """Target ``geometry``'s data: two simulated designs of ``s.geometry_groups`` groups (many
+    judgements per group, then few) and, unless ``--quick``, the tax conjoint's three parties
+    (or why it is absent)."""
+    rng = np.random.default_rng(s.seed)
+    G, base = s.geometry_groups, np.array([1.0, -0.5, 0.3, 0.8, -1.0])
+    thetas = base + 0.5 * rng.standard_normal((G, base.size))
+    cases: dict[str, ps.Comparisons | str] = {}
+    for each in s.geometry_judgements:
+        comps = ps.simulate.mixture(thetas, np.full(G, 1 / G), n_pairs=400,
+                                    n_annotators=20 * G, pairs_per_annotator=each, seed=s.seed)
+        cases[f"simulated: {G} groups x 20 annotators x {each} judgements"] = comps
+    if s.geometry_real:
+        try:
+            cases["tax conjoint: 3 parties, 25 attributes"] = realdata.load_taxes()
+        except ps.PluralstanError as err:
+            cases["tax conjoint: 3 parties, 25 attributes"] = f"skipped: {err}"
+    return cases
+
+
+def target_geometry(s: Settings) -> list[Row]:
+    """Issue 21, goal 2: the partially pooled labeled model, non-centred against data-chosen
+    partial centring (``centring="auto"``, :func:`pluralstan.models.labeled.centring_weights`).
+
+    Same data, chains, warm-up and draws for both; the ratio is ``auto``'s ESS/s over the
+    non-centred fit's, the note gives divergences, mean tree depth and the mean centring weight.
+    """
+    target, rows = "geometry", []
+    for case, comps in geometry_cases(s).items():
+        if isinstance(comps, str):
+            rows.append(Row(target, case, "pluralstan labeled", note=comps))
+            continue
+        runs = {centring: run_registered("labeled", comps, s, f"pluralstan labeled ({centring})",
+                                         pooling="partial", centring=centring)
+                for centring in ("non-centred", "auto")}
+        ref = None
+        for run in runs.values():
+            stats_ = run.sample_stats
+            weights = run.extra["idata"].constant_data["centring"]
+            note = (f"{int(np.sum(stats_['diverging']))} divergences, mean tree depth "
+                    f"{float(np.mean(stats_['tree_depth'])):.2f}, mean centring weight "
+                    f"{float(weights.mean()):.2f}")
+            if ref is None:
+                ref = fit_row(target, case, run, comps.n, s, note)
+                rows.append(ref)
+                continue
+            note += "; " + same_posterior(runs["non-centred"], run)
+            rows.append(compare(fit_row(target, case, run, comps.n, s, note), ref,
+                                "auto / non-centred ESS/s", 1.0))
     return rows
 
 
@@ -1322,6 +1381,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "audit": target_audit,
     "engines": target_engines,
     "ahead": target_ahead,
+    "geometry": target_geometry,
 }
 
 
@@ -1369,6 +1429,7 @@ def main(argv: list[str] | None = None) -> int:
     if args._settings:
         raw = json.loads(args._settings)
         s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"]),
+                        "geometry_judgements": tuple(raw["geometry_judgements"]),
                         "profile_n": tuple(raw["profile_n"])})
     if args.memory_probe:
         memory_probe(args.memory_probe, s)

@@ -10,10 +10,17 @@
 //   P(a > b) = exp(eta / 2) / D, P(b > a) = exp(-eta / 2) / D, P(tie) = nu / D,
 //   D = exp(eta / 2) + exp(-eta / 2) + nu   (inv_logit(eta) when there are no ties).
 // Pooling of the subgroup vectors is a data switch, so both variants are one program:
-//   partial = 1: theta_k = mu + tau .* z_k, z_k ~ normal(0, 1) (non-centred hierarchy),
-//                mu ~ normal(prior_theta_mean, prior_theta_sd), tau ~ half-normal(prior_tau_sd);
+//   partial = 1: theta_k ~ normal(mu, tau), mu ~ normal(prior_theta_mean, prior_theta_sd),
+//                tau ~ half-normal(prior_tau_sd);
 //   partial = 0: theta_k = prior_theta_mean + prior_theta_sd .* z_k, i.e. independent
 //                theta_k ~ normal(prior_theta_mean, prior_theta_sd).
+// The hierarchy is partially centred (Papaspiliopoulos, Roberts & Skold 2007; Gorinova, Moore &
+// Hoffman 2020), with a weight w in [0, 1] per group and attribute given as data:
+//   z_k ~ normal(w .* mu, tau .^ w),  theta_k = mu + tau .^ (1 - w) .* (z_k - w .* mu),
+// which implies theta_k ~ normal(mu, tau) for every w. w = 0 is the non-centred form (right for
+// a group whose data say little about theta_k, where the centred form has a funnel in tau);
+// w = 1 is the centred form (right for a group whose data pin theta_k down, where the
+// non-centred form ties z_k to tau). The Python encoder sets w from the data.
 // Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
@@ -47,6 +54,7 @@ data {
   array[C, 2 + has_ties] int<lower=0> y; // counts per cell: b preferred, a preferred[, tie]
   array[K] int<lower=0> n_annotators;    // distinct annotators carrying each label
   int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
+  matrix<lower=0, upper=1>[K, P] centring;  // weight w of the centred form (partial pooling)
   // priors (passed as data)
   vector[P] prior_theta_mean;            // mean of mu (partial) or of every theta_k (none)
   vector<lower=0>[P] prior_theta_sd;     // sd of mu (partial) or of every theta_k (none)
@@ -64,6 +72,8 @@ transformed data {
     n_ab[c] = y[c, 1] + y[c, 2];
   }
   matrix[C, 2 + has_ties] counts = to_matrix(y);
+  // without the likelihood nothing informs theta_k beyond its prior: non-centred
+  matrix[K, P] w = prior_only ? rep_matrix(0, K, P) : centring;
   // sparse design: the columns of its non-zeros in the K * P block design whose row c holds x_c
   // in the block of group[c], so that eta = X_block * to_vector(theta') is one sparse product
   array[X_nnz] int X_v_group;
@@ -76,7 +86,7 @@ transformed data {
 parameters {
   vector[partial ? P : 0] mu;            // population preference (partial pooling)
   vector<lower=0>[partial ? P : 0] tau;  // between-group spread per attribute (partial pooling)
-  matrix[K, P] z;                        // standardised subgroup deviations
+  matrix[K, P] z;                        // subgroup vectors, partially centred (or standardised)
   simplex[K] pi;                         // subgroup shares in the annotator population
   array[has_order] real gamma;           // position (shown-first) effect
   array[has_ties] real log_nu;           // log Davidson tie parameter
@@ -84,7 +94,8 @@ parameters {
 transformed parameters {
   matrix[K, P] theta;                    // preference weights of each subgroup (row k)
   if (partial) {
-    theta = rep_matrix(mu', K) + z .* rep_matrix(tau', K);
+    matrix[K, P] mu_k = rep_matrix(mu', K);
+    theta = mu_k + pow(rep_matrix(tau', K), 1 - w) .* (z - w .* mu_k);
   } else {
     theta = rep_matrix(prior_theta_mean', K) + z .* rep_matrix(prior_theta_sd', K);
   }
@@ -92,10 +103,13 @@ transformed parameters {
 model {
   // utility difference a - b per cell, x_c' theta[group[c]]
   vector[C] eta = group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order);
-  to_vector(z) ~ std_normal();
   if (partial) {
+    to_vector(z) ~ normal(to_vector(w .* rep_matrix(mu', K)),
+                          to_vector(pow(rep_matrix(tau', K), w)));
     mu ~ normal(prior_theta_mean, prior_theta_sd);
     tau ~ normal(0, prior_tau_sd);
+  } else {
+    to_vector(z) ~ std_normal();
   }
   pi ~ dirichlet(prior_pi_alpha);
   gamma ~ normal(0, prior_order_sd);

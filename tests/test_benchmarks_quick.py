@@ -25,9 +25,10 @@ RUN = REPO / "benchmarks" / "run.py"
 #: Largest difference of two runs' posterior means, in combined Monte Carlo SEs, that this test
 #: accepts as "same posterior" (stated here, not taken from the harness). When both runs sample
 #: the same posterior, each coordinate's standardised difference is approximately standard
-#: normal; a row compares at most 12 coordinates (theta 2 x 5 and pi 2) and the quick table has
-#: at most 8 such rows (2 in target 1, 2 x 2 peers in target 2, 2 cmdstanpy rows in target
-#: ``engines``), so by Bonferroni P(some |z| > 4) <= 96 x P(|Z| > 4) = 96 x 6.3e-5 < 0.007.
+#: normal; a row compares at most 18 coordinates (theta 3 x 5 and pi 3) and the quick table has
+#: at most 13 such rows (2 in target 1, 2 x 2 peers in target 2, 2 cmdstanpy rows in target
+#: ``engines``, 2 repetitions x 2 engines in ``ahead``, 1 in ``geometry``), so by Bonferroni
+#: P(some |z| > 4) <= 234 x P(|Z| > 4) = 234 x 6.3e-5 < 0.015.
 #: A posterior that differs by half a posterior sd shows as about 0.5 sqrt(ESS / 2) combined
 #: MCSEs, above 4 from ESS 130 on.
 SAME_POSTERIOR_Z = 4.0
@@ -66,7 +67,7 @@ def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
     assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines",
-                       "ahead"}
+                       "ahead", "geometry"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -172,6 +173,25 @@ def test_ahead_rows_repeat_every_engine_against_numpyro(quick):
         other = rows[rows["engine"] == f"pluralstan annotator ({engine}) vs numpyro "
                      "(per judgement)"].iloc[0]
         assert other["goal"] == "" and other["note"].startswith("range ")
+
+
+def test_geometry_rows_compare_centrings_on_the_same_posterior(quick):
+    """Issue 21, goal 2: each labeled design is fitted non-centred and with data-chosen
+    centring; the second row's ratio is its ESS/s over the first's, both rows report
+    divergences, tree depth and the centring weight (0 for the non-centred fit), and the two
+    parametrisations of one model reach the same posterior."""
+    table, _, _ = quick
+    rows = table[table["target"] == "geometry"]
+    assert list(rows["engine"]) == ["pluralstan labeled (non-centred)", "pluralstan labeled (auto)"]
+    ref, auto = rows.iloc[0], rows.iloc[1]
+    assert re.search(r"\d+ divergences, mean tree depth [0-9.]+, mean centring weight 0.00",
+                     ref["note"])
+    weight = float(re.search(r"mean centring weight ([0-9.]+)", auto["note"]).group(1))
+    assert 0 <= weight <= 1
+    assert auto["ratio_is"] == "auto / non-centred ESS/s"
+    assert np.isclose(float(auto["ratio"]), float(auto["ess_per_s"]) / float(ref["ess_per_s"]),
+                      rtol=0.01, atol=0.01)
+    assert agreement_z(auto["note"]) <= SAME_POSTERIOR_Z
 
 
 def test_scaling_rows_cover_every_size_and_memory(quick):

@@ -104,6 +104,48 @@ def test_labeled_bad_input(frame: pd.DataFrame, kwargs: dict, message: str) -> N
         labeled.encode(comps, **kwargs)
 
 
+def _groups(spread: float, each: int, seed: int = 0) -> ps.Comparisons:
+    """Eight labeled groups of 20 annotators x ``each`` judgements; the groups' preference
+    vectors scatter around a shared one with sd ``spread`` per attribute."""
+    rng = np.random.default_rng(seed)
+    thetas = np.array([1.0, -0.5, 0.3, 0.8, -1.0]) + spread * rng.standard_normal((8, 5))
+    return ps.simulate.mixture(thetas, np.full(8, 1 / 8), n_pairs=400, n_annotators=160,
+                               pairs_per_annotator=each, seed=seed)
+
+
+def test_auto_centring_follows_how_much_each_group_says_and_how_far_groups_differ() -> None:
+    """The pilot's weights: 2,000 judgements per group and groups 1 sd apart pin every theta_k
+    down far more tightly than tau spreads them (weights near 1, centred); the same groups with
+    two judgements per annotator say little (weights near 0, non-centred), and so do groups
+    that do not differ at all (tau estimated as 0: the funnel only the non-centred form
+    samples)."""
+    heavy = labeled.encode(_groups(1.0, 100), centring="auto").data["centring"]
+    sparse_ = labeled.encode(_groups(1.0, 2), centring="auto").data["centring"]
+    alike = labeled.encode(_groups(0.0, 100), centring="auto").data["centring"]
+    assert heavy.shape == (8, 5)
+    assert heavy.min() > 0.8, heavy
+    assert sparse_.mean() < 0.2 and np.all(sparse_ <= heavy + 1e-9), sparse_
+    assert alike.max() < 0.2, alike
+
+
+def test_centring_choices_encode_as_weights() -> None:
+    comps = _groups(1.0, 10)
+    np.testing.assert_array_equal(labeled.encode(comps).data["centring"], np.zeros((8, 5)))
+    np.testing.assert_array_equal(labeled.encode(comps, centring="centred").data["centring"],
+                                  np.ones((8, 5)))
+    np.testing.assert_array_equal(labeled.encode(comps, centring=0.25).data["centring"],
+                                  np.full((8, 5), 0.25))
+    # without pooling there is no hierarchy to parametrise
+    enc = labeled.encode(comps, pooling="none", centring="centred")
+    np.testing.assert_array_equal(enc.data["centring"], np.zeros((8, 5)))
+    assert enc.dims["centring"] == ["group", "attribute"]
+    for bad, message in [("half", "unknown centring 'half'"),
+                         (np.ones((8, 4)), r"shape \(8, 4\) do not broadcast to .* \(8, 5\)"),
+                         (1.5, r"must lie in \[0, 1\], got values from 1.5 to 1.5")]:
+        with pytest.raises(PluralstanError, match=message):
+            labeled.encode(comps, centring=bad)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

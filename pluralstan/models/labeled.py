@@ -6,7 +6,14 @@ is learned from that subgroup's judgements and the weights ``pi`` from the label
 distinct annotators (``n_annotators ~ multinomial(pi)``, ``pi ~ dirichlet(pi_alpha)``).
 
 ``pooling="partial"`` shrinks the ``theta_k`` towards a population vector ``mu`` with per-attribute
-spread ``tau`` (non-centred); ``pooling="none"`` gives every group an independent prior. With
+spread ``tau``; ``pooling="none"`` gives every group an independent prior. The hierarchy is
+partially centred, with a weight per group and attribute given as data (``centring``): 0 is the
+non-centred form (the default), 1 the centred one, and ``centring="auto"`` sets the weights from
+a pilot of the data (:func:`centring_weights`), centred where a group's judgements pin its
+coefficient down and non-centred where they say little. ``benchmarks/run.py --targets
+geometry`` compares the two: ``auto`` pays with many groups and much data per group; with two
+or three groups ``tau`` is barely informed, its posterior reaches the values at which centring
+funnels, and the non-centred form diverged least on the real data sets. With
 two or three groups ``tau`` is barely informed and its posterior follows ``tau_sd``: a small
 group is then pulled towards the large one by as much as that prior allows (on the CEMS data,
 work = yes, 13 of 303 students: P(Paris > London) = 0.71 unpooled, 0.42 partially pooled), so
@@ -23,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import optimize, sparse, special, stats
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
@@ -50,6 +58,12 @@ DEFAULT_PRIORS: dict[str, Any] = {
 }
 
 POOLING = ("partial", "none")
+
+#: Confidence of the lower bound on ``tau`` that sets the centring weights.
+TAU_LOWER = 0.9
+
+#: Named parametrisations of the partially pooled hierarchy: weight of the centred form.
+CENTRING = {"non-centred": 0.0, "centred": 1.0}
 
 
 def pi_alpha_vector(value: Any, K: int) -> np.ndarray:
@@ -120,12 +134,125 @@ def annotators_per_group(comps: Comparisons) -> np.ndarray:
     return np.bincount(codes, minlength=len(comps.group_levels)).astype(np.int64)
 
 
+def _unpooled_map(X: sparse.csr_array, counts: np.ndarray, mean: np.ndarray,
+                  sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mode of one group's ``theta`` under its own ``normal(mean, sd)`` prior, and
+    the Fisher information of the judgements at that mode (decided judgements only: ties and
+    the position effect are left out of this approximation)."""
+    n_a, n_ab = counts[:, 1], counts[:, 0] + counts[:, 1]
+    precision = 1.0 / np.square(sd)
+
+    def information(t: np.ndarray) -> np.ndarray:
+        p = special.expit(X @ t)
+        return (X.T @ sparse.diags_array(n_ab * p * (1.0 - p)) @ X).toarray()
+
+    def loss(t: np.ndarray) -> float:
+        eta = X @ t
+        return float(np.sum(n_ab * np.logaddexp(0.0, eta) - n_a * eta)
+                     + 0.5 * np.sum(precision * np.square(t - mean)))
+
+    def grad(t: np.ndarray) -> np.ndarray:
+        return X.T @ (n_ab * special.expit(X @ t) - n_a) + precision * (t - mean)
+
+    mode = optimize.minimize(loss, mean, jac=grad,
+                             hess=lambda t: information(t) + np.diag(precision),
+                             method="trust-exact").x
+    return mode, information(mode)
+
+
+def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
+                     prior_mean: np.ndarray, prior_sd: np.ndarray,
+                     tau_sd: np.ndarray) -> np.ndarray:
+    """Weights ``w`` of the centred form, per group and attribute, from a pilot of the data.
+
+    Under ``theta_k ~ normal(mu, tau)`` the centred form samples well when group ``k``'s
+    judgements pin ``theta_k`` down more tightly than ``tau`` spreads the groups, the
+    non-centred form when they do not (Betancourt & Girolami 2015). For a normal likelihood
+    with standard error ``s`` the weight ``w = tau^2 / (tau^2 + s^2)`` makes ``z_k`` and ``mu``
+    independent a posteriori (Papaspiliopoulos, Roberts & Skold 2007; Gorinova, Moore & Hoffman
+    2020). Here, per attribute:
+
+    1. each group's ``theta_k`` is estimated on its own (posterior mode under the unpooled
+       prior ``normal(prior_mean, prior_sd)``, with its covariance from the Fisher information
+       ``I_k``);
+    2. ``tau^2`` is estimated by moments, the spread of those estimates across groups minus
+       their mean sampling variance (floored at 0); with one group, ``tau_sd`` stands in;
+    3. ``w`` is the share of ``tau^2`` that the group's data remove,
+       ``1 - diag((I_k + diag(tau^-2))^-1) / tau^2`` (0 where ``tau`` is estimated as 0: the
+       groups look alike, the hierarchy can shrink them together, and only the non-centred
+       form samples that funnel).
+
+    Parameters
+    ----------
+    X
+        ``(C, P)`` design of the cells (dense or SciPy sparse).
+    counts
+        ``(C, >= 2)`` counts per cell: b preferred, a preferred[, tie].
+    group
+        ``(C,)`` 0-based group of each cell.
+    K
+        Number of groups.
+    prior_mean, prior_sd
+        ``(P,)`` the unpooled prior of a group's ``theta`` for the pilot (the model's prior of
+        ``mu``).
+    tau_sd
+        ``(P,)`` the scale of ``tau`` used when ``K = 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K, P)`` weights in ``[0, 1]``.
+    """
+    X = sparse.csr_array(X, dtype=float)
+    precision = np.diag(1.0 / np.square(prior_sd))
+    modes, infos = zip(*(_unpooled_map(X[np.flatnonzero(group == k)],
+                                       counts[group == k], prior_mean, prior_sd)
+                         for k in range(K)), strict=True)
+    if K > 1:
+        sampling_var = [np.diag(np.linalg.inv(info + precision)) for info in infos]
+        spread = np.var(modes, axis=0, ddof=1) * (K - 1) / stats.chi2.ppf(TAU_LOWER, K - 1)
+        tau2 = np.maximum(spread - np.mean(sampling_var, axis=0), 0.0)
+    else:
+        tau2 = np.square(tau_sd)
+    spread = tau2 > 0
+    safe = np.where(spread, tau2, 1.0)
+    w = [np.where(spread, 1.0 - np.diag(np.linalg.inv(info + np.diag(1.0 / safe))) / safe, 0.0)
+         for info in infos]
+    return np.clip(np.array(w), 0.0, 1.0)
+
+
+def centring_data(centring: Any, cells: Any, K: int,
+                  priors: dict[str, np.ndarray]) -> np.ndarray:
+    """The ``(K, P)`` centring weights of ``encode``'s ``centring`` argument, checked."""
+    P = len(priors["prior_tau_sd"])
+    if isinstance(centring, str):
+        if centring == "auto":
+            return centring_weights(cells.X, cells.counts, cells.group, K,
+                                    priors["prior_theta_mean"], priors["prior_theta_sd"],
+                                    priors["prior_tau_sd"])
+        if centring not in CENTRING:
+            raise PluralstanError(f"unknown centring {centring!r}; accepted: 'auto', "
+                                  f"{list(CENTRING)} or weights in [0, 1]")
+        return np.full((K, P), CENTRING[centring])
+    w = np.asarray(centring, dtype=float)
+    try:
+        w = np.broadcast_to(w, (K, P)).copy()
+    except ValueError:
+        raise PluralstanError(f"centring weights of shape {w.shape} do not broadcast to "
+                              f"(groups, attributes) = ({K}, {P})") from None
+    if not np.all((w >= 0) & (w <= 1)):
+        raise PluralstanError(f"centring weights must lie in [0, 1], got values from "
+                              f"{np.nanmin(w):g} to {np.nanmax(w):g}")
+    return w
+
+
 def encode(
     comps: Comparisons,
     K: int | None = None,
     priors: dict[str, Any] | None = None,
     *,
     pooling: Literal["partial", "none"] = "partial",
+    centring: Literal["non-centred", "centred", "auto"] | float | np.ndarray = "non-centred",
     ties: bool | None = None,
     order: bool | None = None,
 ) -> Encoded:
@@ -141,8 +268,13 @@ def encode(
     priors
         Overrides of :data:`DEFAULT_PRIORS`.
     pooling
-        ``"partial"``: ``theta_k ~ normal(mu, tau)`` (non-centred); ``"none"``: independent
+        ``"partial"``: ``theta_k ~ normal(mu, tau)``; ``"none"``: independent
         ``theta_k ~ normal(theta_mean, theta_sd)``.
+    centring
+        Parametrisation of the partially pooled hierarchy: ``"non-centred"``, ``"centred"``,
+        ``"auto"`` (weights from the data, :func:`centring_weights`), or weights in ``[0, 1]``
+        (a number or a ``(K, P)`` array). Every choice is the same model; it changes only how
+        well the sampler moves. Ignored under ``pooling="none"``.
     ties
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
@@ -152,7 +284,7 @@ def encode(
     ------
     PluralstanError
         For a missing or inconsistent ``group`` column, a ``K`` that does not match the labels,
-        an unknown ``pooling`` or invalid priors.
+        an unknown ``pooling`` or ``centring``, or invalid priors.
     """
     if pooling not in POOLING:
         raise PluralstanError(f"unknown pooling {pooling!r}; accepted: {list(POOLING)}")
@@ -164,6 +296,10 @@ def encode(
     P, G = len(comps.attributes), len(levels)
     n_annotators = annotators_per_group(comps)
     partial = int(pooling == "partial")
+    prior_data = {**bt_prior_data(p, P),
+              "prior_tau_sd": positive(broadcast_prior(p["tau_sd"], P, "tau_sd"), "tau_sd"),
+              "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], G)}
+    weights = centring_data(centring, cells, G, prior_data) if partial else np.zeros((G, P))
     data = {
         "C": cells.n_cells,
         "P": P,
@@ -176,9 +312,8 @@ def encode(
         "y": cells.counts[:, :n_out],
         "n_annotators": n_annotators,
         "partial": partial,
-        **bt_prior_data(p, P),
-        "prior_tau_sd": positive(broadcast_prior(p["tau_sd"], P, "tau_sd"), "tau_sd"),
-        "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], G),
+        "centring": weights,
+        **prior_data,
         "prior_only": 0,
     }
     coords = {
@@ -191,7 +326,8 @@ def encode(
     # mu and tau are zero-length under pooling="none" and then left out of the posterior
     dims = {"theta": ["group", "attribute"], "pi": ["group"], "theta_bar": ["attribute"],
             "y_rep": ["cell", "outcome"], "cell_group": ["cell"], "n_annotators": ["group"],
-            "n_annotators_rep": ["group"], "mu": ["attribute"], "tau": ["attribute"]}
+            "n_annotators_rep": ["group"], "mu": ["attribute"], "tau": ["attribute"],
+            "centring": ["group", "attribute"]}
     cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
     return Encoded(
         data=data,
@@ -201,7 +337,7 @@ def encode(
         # data with a replicate, like the judgement counts
         observed={"y": cells.counts[:, :n_out], "n_annotators": n_annotators},
         constant={"X": cells.X, "order": cells.order, "cell_group": cells.group,
-                  "cell_of_row": cell_of_row},
+                  "cell_of_row": cell_of_row, "centring": weights},
         predictive={"y_rep": "y", "n_annotators_rep": "n_annotators"},
         log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
         log_lik_dims={"y": ["comparison"]},
