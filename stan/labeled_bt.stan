@@ -20,7 +20,8 @@
 // which implies theta_k ~ normal(mu, tau) for every w. w = 0 is the non-centred form (right for
 // a group whose data say little about theta_k, where the centred form has a funnel in tau);
 // w = 1 is the centred form (right for a group whose data pin theta_k down, where the
-// non-centred form ties z_k to tau). The Python encoder sets w from the data.
+// non-centred form ties z_k to tau). The Python encoder passes w = 0 unless asked for another
+// weight or for weights set from a pilot fit of each group's data (centring="auto").
 // Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
