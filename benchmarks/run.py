@@ -23,7 +23,8 @@ What the rows measure
     Bulk ESS (``arviz.ess``), minimum over every coordinate of the model parameters that all
     engines share (``theta``, and ``pi`` for mixtures), per second of ``seconds``. Mixture draws
     are put in one label order per chain first (:func:`canonical_labels`), the same way for every
-    engine; otherwise chains that settled in different label permutations make ESS meaningless.
+    engine (the labeled models' observed groups are left as they are); otherwise chains that
+    settled in different label permutations make ESS meaningless.
 ``grad_ms``
     Milliseconds per evaluation of the log density and its gradient. Stan:
     :func:`stan_gradient_seconds` (slope of sampling time on leapfrog steps, so data loading,
@@ -306,7 +307,9 @@ class Run:
     """Draws of one engine on one problem, in engine-neutral form.
 
     ``variables`` are ``(chain, draw, ...)`` arrays of the compared parameters;
-    ``sample_stats`` use ArviZ names (``diverging``, ``energy``, ...).
+    ``sample_stats`` use ArviZ names (``diverging``, ``energy``, ...). ``observed_labels``:
+    the components are observed groups (the labeled models), which cannot switch and keep
+    their order (:func:`canonical_labels` leaves them alone).
     """
 
     engine: str
@@ -315,6 +318,7 @@ class Run:
     sample_seconds: float
     build_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    observed_labels: bool = False
 
 
 # ---------------------------------------------------------------------------- machine
@@ -438,16 +442,20 @@ def run_registered(model: str, comps: ps.Comparisons, s: Settings, label: str,
         sample_seconds=float(post.attrs["sample_seconds"]),
         build_seconds=float(post.attrs["build_seconds"]),
         extra={"idata": idata},
+        observed_labels=post.attrs.get("group_labels") == "observed",
     )
 
 
-def run_program(prog: StanProgram, data: dict[str, Any], s: Settings, label: str) -> Run:
-    """Sample a benchmark-only Stan program with pluralstan's PyStan engine."""
+def run_program(prog: StanProgram, data: dict[str, Any], s: Settings, label: str,
+                observed_labels: bool = False) -> Run:
+    """Sample a benchmark-only Stan program with pluralstan's PyStan engine
+    (``observed_labels``: see :class:`Run`)."""
     ensure_built(prog)
     with quiet():
         draws: Draws = PyStanEngine().sample(prog, data, config(s))
     return Run(label, {k: v for k, v in draws.variables.items() if k in PARAMETERS},
-               draws.sample_stats, draws.sample_seconds, draws.build_seconds)
+               draws.sample_stats, draws.sample_seconds, draws.build_seconds,
+               observed_labels=observed_labels)
 
 
 def run_peer(peer: Any, model: str, data: dict[str, Any], s: Settings) -> Run:
@@ -534,8 +542,9 @@ def canonical_labels(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def posterior_of(run: Run) -> Any:
-    """A fit (the installed ArviZ's container) of the compared parameters and sampler stats."""
-    variables = canonical_labels(run.variables)
+    """A fit (the installed ArviZ's container) of the compared parameters and sampler stats;
+    mixture components in :func:`canonical_labels`' order unless they are observed groups."""
+    variables = run.variables if run.observed_labels else canonical_labels(run.variables)
     return _arviz.make_idata({"posterior": _arviz.dataset_from_dict(variables),
                               "sample_stats": _arviz.dataset_from_dict(run.sample_stats)})
 
@@ -699,7 +708,7 @@ def target_sufficient_statistics(s: Settings) -> list[Row]:
                       "prior_theta_sd": d["prior_theta_sd"],
                       "prior_pi_alpha": d["prior_pi_alpha"], "prior_only": 0}
     lab_naive = run_program(program("naive_labeled_bt.stan"), lab_naive_data, s,
-                            "naive per-row labeled Stan")
+                            "naive per-row labeled Stan", observed_labels=True)
     lab = run_registered("labeled", comps, s, "pluralstan labeled (cells)", pooling="none")
     ref = fit_row("1 sufficient statistics", case, lab_naive, n, s, f"{n} Bernoulli rows")
     rows.append(ref)

@@ -194,6 +194,22 @@ def test_geometry_rows_compare_centrings_on_the_same_posterior(quick):
     assert agreement_z(auto["note"]) <= SAME_POSTERIOR_Z
 
 
+def test_observed_groups_keep_their_order_when_chains_are_compared():
+    """The per-chain relabelling that puts latent mixture components in one order is not
+    applied to observed groups: a labeled fit whose second group has the larger first
+    coefficient keeps group 0 as group 0 in every chain."""
+    from benchmarks.run import Run, posterior_of
+
+    theta = np.zeros((2, 4, 2, 3))  # (chain, draw, group, attribute)
+    theta[:, :, 1, 0] = 1.0
+    stats = {"diverging": np.zeros((2, 4), dtype=bool)}
+    latent = posterior_of(Run("latent", {"theta": theta}, stats, 1.0))
+    observed = posterior_of(Run("labeled", {"theta": theta}, stats, 1.0, observed_labels=True))
+    np.testing.assert_array_equal(observed.posterior["theta"].values, theta)
+    # latent components are put in decreasing order of their first coefficient
+    np.testing.assert_array_equal(latent.posterior["theta"].values, theta[:, :, ::-1])
+
+
 def test_scaling_rows_cover_every_size_and_memory(quick):
     table, _, _ = quick
     t3 = table[table["target"].str.startswith("3")]
