@@ -175,8 +175,12 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     1. each group's ``theta_k`` is estimated on its own (posterior mode under the unpooled
        prior ``normal(prior_mean, prior_sd)``, with its covariance from the Fisher information
        ``I_k``);
-    2. ``tau^2`` is estimated by moments, the spread of those estimates across groups minus
-       their mean sampling variance (floored at 0); with one group, ``tau_sd`` stands in;
+    2. ``tau^2`` is estimated by moments: the variance of those estimates across groups, at
+       the lower end of its one-sided ``TAU_LOWER`` (90%) chi-square interval on ``K - 1``
+       degrees of freedom, minus their mean sampling variance (floored at 0); with one group,
+       ``tau_sd`` stands in. The lower end, because the two errors cost differently: too
+       little centring makes the sampler slower, too much lets ``tau`` reach values where
+       a centred coefficient funnels and the sampler diverges;
     3. ``w`` is the share of ``tau^2`` that the group's data remove,
        ``1 - diag((I_k + diag(tau^-2))^-1) / tau^2`` (0 where ``tau`` is estimated as 0: the
        groups look alike, the hierarchy can shrink them together, and only the non-centred
@@ -214,9 +218,10 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
         tau2 = np.maximum(spread - np.mean(sampling_var, axis=0), 0.0)
     else:
         tau2 = np.square(tau_sd)
-    spread = tau2 > 0
-    safe = np.where(spread, tau2, 1.0)
-    w = [np.where(spread, 1.0 - np.diag(np.linalg.inv(info + np.diag(1.0 / safe))) / safe, 0.0)
+    positive = tau2 > 0
+    safe = np.where(positive, tau2, 1.0)
+    w = [np.where(positive, 1.0 - np.diag(np.linalg.inv(info + np.diag(1.0 / safe))) / safe,
+                  0.0)
          for info in infos]
     return np.clip(np.array(w), 0.0, 1.0)
 
