@@ -22,6 +22,9 @@ Three likelihoods on cell counts ``n[:, (b, a, tie)]`` and design ``X`` (rows a 
     Davidson (1970): ``P(a) : P(b) : P(tie) = exp(eta/2) : exp(-eta/2) : nu``, parameters
     ``(theta, log nu)``, the likelihood of pluralstan's aggregate program with ``ties="davidson"``.
 
+:func:`penalised_mode` adds independent normal priors to the binomial likelihood: a posterior
+mode that exists for any data, for pilots such as the labeled model's centring weights.
+
 SciPy provides the optimiser; the log likelihoods, their derivatives and the certificate are
 written here because no maintained Python package fits Davidson-tie Bradley-Terry models on a
 general design (``choix`` fits item abilities without ties or covariates).
@@ -270,3 +273,32 @@ def fit_ml(
     cov = np.linalg.inv(-hess)
     return MLFit(estimate=estimate, se=np.sqrt(np.diag(cov)), loglik=ll, gap=gap,
                  step=float(np.max(np.abs(newton))), iterations=int(res.nit), names=names)
+
+
+def penalised_mode(X: np.ndarray, counts: np.ndarray, prior_mean: np.ndarray,
+                   prior_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mode of ``theta`` under the binomial Bradley-Terry likelihood and independent
+    ``normal(prior_mean, prior_sd)`` priors, and the likelihood's Fisher information there.
+
+    Unlike :func:`fit_ml` it always exists (the prior bounds it under separation), so it serves
+    as a quick pilot (:func:`pluralstan.models.labeled.centring_weights`). Ties are left out:
+    only the decided judgements (columns ``b`` and ``a`` of ``counts``) enter.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The mode ``(P,)`` and the information ``X' diag(n p (1 - p)) X`` at it ``(P, P)``.
+    """
+    X = np.asarray(X, dtype=float)
+    wins, total = counts[:, 1].astype(float), (counts[:, 0] + counts[:, 1]).astype(float)
+    precision = 1.0 / np.square(prior_sd)
+
+    def negative(theta: np.ndarray) -> Derivatives:
+        ll, grad, hess = _binomial(theta, X, wins, total)
+        offset = theta - prior_mean
+        return (-ll + 0.5 * float(precision @ np.square(offset)), precision * offset - grad,
+                np.diag(precision) - hess)
+
+    mode = minimize(lambda t: negative(t)[:2], np.asarray(prior_mean, dtype=float), jac=True,
+                    hess=lambda t: negative(t)[2], method="trust-exact").x
+    return mode, -_binomial(mode, X, wins, total)[2]

@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import approx_fprime
 
 from pluralstan.errors import PluralstanError
-from pluralstan.ml import _binomial, _davidson, fit_ml
+from pluralstan.ml import _binomial, _davidson, fit_ml, penalised_mode
 
 
 def _simulated_cells(seed: int, n_cells: int = 60, P: int = 3, ties: bool = False):
@@ -103,6 +103,29 @@ def test_no_finite_maximum_is_refused_not_returned():
     counts = np.array([[0, 10, 0], [5, 5, 0], [0, 6, 0]])
     with pytest.raises(PluralstanError, match="no finite maximum"):
         fit_ml(X, counts)
+
+
+def test_penalised_mode_is_the_ridge_irls_solution_and_exists_under_separation():
+    """The pilot's mode solves the penalised score equation X'(a - n p) = (theta - m) / sd^2
+    (checked against an independent ridge IRLS); its information is X' diag(n p (1 - p)) X at
+    the mode; and where the ML fit has no finite maximum the prior still gives a mode."""
+    X, counts = _simulated_cells(3)
+    mean, sd = np.array([0.5, 0.0, -0.5]), np.array([0.5, 1.0, 2.0])
+    mode, info = penalised_mode(X, counts, mean, sd)
+    wins, total = counts[:, 1].astype(float), counts[:, :2].sum(axis=1).astype(float)
+    beta = mean.copy()
+    for _ in range(50):  # Newton on the penalised log likelihood, written out
+        p = 1.0 / (1.0 + np.exp(-(X @ beta)))
+        hess = X.T @ (X * (total * p * (1 - p))[:, None]) + np.diag(1 / sd**2)
+        beta = beta + np.linalg.solve(hess, X.T @ (wins - total * p) - (beta - mean) / sd**2)
+    np.testing.assert_allclose(mode, beta, atol=1e-6)
+    p = 1.0 / (1.0 + np.exp(-(X @ mode)))
+    np.testing.assert_allclose(info, X.T @ (X * (total * p * (1 - p))[:, None]), rtol=1e-10)
+    separated = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]), np.array([[0, 10, 0],
+                                                                          [5, 5, 0],
+                                                                          [0, 6, 0]])
+    mode, _ = penalised_mode(*separated, np.zeros(2), np.ones(2))
+    assert np.all(np.isfinite(mode)) and mode[0] > max(mode[1], 0.0)  # x0 never loses
 
 
 def test_unidentified_direction_is_refused():

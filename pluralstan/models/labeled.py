@@ -30,10 +30,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, sparse, special, stats
+from scipy import sparse, stats
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
+from ..ml import penalised_mode
 from .base import (
     Encoded,
     ModelSpec,
@@ -134,32 +135,6 @@ def annotators_per_group(comps: Comparisons) -> np.ndarray:
     return np.bincount(codes, minlength=len(comps.group_levels)).astype(np.int64)
 
 
-def _unpooled_map(X: sparse.csr_array, counts: np.ndarray, mean: np.ndarray,
-                  sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mode of one group's ``theta`` under its own ``normal(mean, sd)`` prior, and
-    the Fisher information of the judgements at that mode (decided judgements only: ties and
-    the position effect are left out of this approximation)."""
-    n_a, n_ab = counts[:, 1], counts[:, 0] + counts[:, 1]
-    precision = 1.0 / np.square(sd)
-
-    def information(t: np.ndarray) -> np.ndarray:
-        p = special.expit(X @ t)
-        return (X.T @ sparse.diags_array(n_ab * p * (1.0 - p)) @ X).toarray()
-
-    def loss(t: np.ndarray) -> float:
-        eta = X @ t
-        return float(np.sum(n_ab * np.logaddexp(0.0, eta) - n_a * eta)
-                     + 0.5 * np.sum(precision * np.square(t - mean)))
-
-    def grad(t: np.ndarray) -> np.ndarray:
-        return X.T @ (n_ab * special.expit(X @ t) - n_a) + precision * (t - mean)
-
-    mode = optimize.minimize(loss, mean, jac=grad,
-                             hess=lambda t: information(t) + np.diag(precision),
-                             method="trust-exact").x
-    return mode, information(mode)
-
-
 def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
                      prior_mean: np.ndarray, prior_sd: np.ndarray,
                      tau_sd: np.ndarray) -> np.ndarray:
@@ -172,9 +147,9 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     independent a posteriori (Papaspiliopoulos, Roberts & Skold 2007; Gorinova, Moore & Hoffman
     2020). Here, per attribute:
 
-    1. each group's ``theta_k`` is estimated on its own (posterior mode under the unpooled
-       prior ``normal(prior_mean, prior_sd)``, with its covariance from the Fisher information
-       ``I_k``);
+    1. each group's ``theta_k`` is estimated on its own (:func:`pluralstan.ml.penalised_mode`:
+       posterior mode under the unpooled prior ``normal(prior_mean, prior_sd)``, with the
+       Fisher information ``I_k`` of the group's decided judgements there);
     2. ``tau^2`` is estimated by moments: the variance of those estimates across groups, at
        the lower end of its one-sided ``TAU_LOWER`` (90%) chi-square interval on ``K - 1``
        degrees of freedom, minus their mean sampling variance (floored at 0); with one group,
@@ -209,8 +184,8 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     """
     X = sparse.csr_array(X, dtype=float)
     precision = np.diag(1.0 / np.square(prior_sd))
-    modes, infos = zip(*(_unpooled_map(X[np.flatnonzero(group == k)],
-                                       counts[group == k], prior_mean, prior_sd)
+    modes, infos = zip(*(penalised_mode(X[np.flatnonzero(group == k)].toarray(),
+                                        counts[group == k], prior_mean, prior_sd)
                          for k in range(K)), strict=True)
     if K > 1:
         sampling_var = [np.diag(np.linalg.inv(info + precision)) for info in infos]
