@@ -825,24 +825,22 @@ def target_geometry(s: Settings) -> list[Row]:
         if isinstance(comps, str):
             rows.append(Row(target, case, "pluralstan labeled", note=comps))
             continue
-        runs = {centring: run_registered("labeled", comps, s, f"pluralstan labeled ({centring})",
-                                         pooling="partial", centring=centring)
-                for centring in ("non-centred", "auto")}
-        ref = None
-        for run in runs.values():
-            stats_ = run.sample_stats
-            weights = run.extra["idata"].constant_data["centring"]
-            note = (f"{int(np.sum(stats_['diverging']))} divergences, mean tree depth "
-                    f"{float(np.mean(stats_['tree_depth'])):.2f}, mean centring weight "
-                    f"{float(weights.mean()):.2f}")
-            if ref is None:
-                ref = fit_row(target, case, run, comps.n, s, note)
-                rows.append(ref)
-                continue
-            note += "; " + same_posterior(runs["non-centred"], run)
-            rows.append(compare(fit_row(target, case, run, comps.n, s, note), ref,
-                                "auto / non-centred ESS/s", 1.0))
+        base, auto = (run_registered("labeled", comps, s, f"pluralstan labeled ({centring})",
+                                     pooling="partial", centring=centring)
+                      for centring in ("non-centred", "auto"))
+        ref = fit_row(target, case, base, comps.n, s, geometry_note(base))
+        note = f"{geometry_note(auto)}; {same_posterior(base, auto)}"
+        rows += [ref, compare(fit_row(target, case, auto, comps.n, s, note), ref,
+                              "auto / non-centred ESS/s", 1.0)]
     return rows
+
+
+def geometry_note(run: Run) -> str:
+    """Divergences, mean tree depth and mean centring weight of a labeled fit."""
+    weights = run.extra["idata"].constant_data["centring"]
+    return (f"{int(np.sum(run.sample_stats['diverging']))} divergences, mean tree depth "
+            f"{float(np.mean(run.sample_stats['tree_depth'])):.2f}, mean centring weight "
+            f"{float(weights.mean()):.2f}")
 
 
 #: NumPyro programs of target ``ahead``: engine label -> peer model (:func:`peer_data`).
