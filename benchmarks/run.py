@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/run.py                 # full sizes (tens of minutes on 2 cores)
     python benchmarks/run.py --quick         # tiny sizes: proves the harness works
     python benchmarks/run.py --targets 1 3 --out benchmarks/results
+    python benchmarks/run.py --targets 3 --profile-n 1000 10000 100000 1000000  # 1e6 gradients
 
 It prints one table and writes ``benchmarks.csv``, ``benchmarks.md`` and ``machine.json`` to the
 output folder (default ``benchmarks/results``, git-ignored; the latest full table is kept as
@@ -1427,6 +1428,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--draws", type=int, help="warm-up iterations and draws per chain "
                         "(default 500, --quick 100)")
+    parser.add_argument("--scaling-n", type=int, nargs="+", help="target 3: sizes fitted (the "
+                        "largest in its own process, for peak memory; default 1e3 1e4 1e5)")
+    parser.add_argument("--profile-n", type=int, nargs="+", help="target 3: sizes whose "
+                        "gradient is timed (default 1e3 to 1e5, seven sizes)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--thread-probe", help=argparse.SUPPRESS)
     parser.add_argument("--input-probe", action="store_true", help=argparse.SUPPRESS)
@@ -1449,6 +1454,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.draws:
         s = replace(s, warmup=args.draws, draws=args.draws)
+    if args.scaling_n:
+        s = replace(s, scaling_n=tuple(args.scaling_n))
+    if args.profile_n:
+        s = replace(s, profile_n=tuple(args.profile_n))
     info = machine()
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[Row] = []
