@@ -63,6 +63,7 @@ from .errors import DiagnosticWarning, PluralstanError
 from .files import check_writable, write_atomic
 from .fit import fit as fit_model
 from .fit import save
+from .models import get_model
 from .models.annotator import initial_values
 from .outputs import png_bytes
 from .relabel import match_components, permute
@@ -527,9 +528,10 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     post = _arviz.group(chosen, "posterior")
     grid = pi_grid(post["pi"].mean(("chain", "draw")).to_numpy())
     chains = sampler.get("chains", 4)
+    data = get_model("annotator").encode(comps, K=K, **LATENT_OPTIONS).data
     fits = {}
     for row in tqdm(grid, desc="pi-grid", unit="fit", disable=not progress, file=sys.stderr):
-        inits = [initial_values(post, c, row) for c in range(chains)]
+        inits = [initial_values(post, c, row, data) for c in range(chains)]
         with _quiet(verbose):  # the refits' problems are in the table's flag column
             _, fit = pi_grid_sensitivity("annotator", comps, [row], K=K,
                                          concentration=PI_CONCENTRATION, inits=inits,

@@ -80,7 +80,9 @@ def fit(
         does ``True`` for ``identify="ordered"`` fits, whose constraint labels the components.
     inits
         Initial values per chain (one dict of constrained parameter values per chain, e.g.
-        :meth:`pluralstan.modes.ModeSearch.inits`); default: Stan's random inits.
+        :meth:`pluralstan.modes.ModeSearch.inits`); default: Stan's random inits. A program
+        that samples theta in the design's whitened basis (``whiten``) takes theta's
+        coordinates there (:func:`pluralstan.models.base.theta_coordinates`).
     modes, n_starts, max_modes
         ``modes="search"``: before sampling, look for the distinct modes of the posterior by
         L-BFGS from ``n_starts`` random starts (:func:`pluralstan.modes.search`; PyStan engine)

@@ -9,6 +9,9 @@
 // which reduces to P(a > b) = inv_logit(eta) when nu = 0. The linear predictor is
 //   eta = (a - b)' theta + gamma * order,
 // with order = +1 when a was shown first, -1 when b was, and 0 when unknown.
+// theta is sampled in the design's whitened basis when the data say so (whiten = 1; the QR
+// reparameterisation, design.stanfunctions): the same posterior, without the correlations the
+// design puts between attributes.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
@@ -19,6 +22,7 @@ data {
   int<lower=1> P;                        // number of attributes (columns of the design)
   // the design (attribute difference a - b per cell), dense or in compressed row storage
   #include functions/design_data.stan
+  #include functions/whitening_data.stan
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
@@ -38,11 +42,15 @@ transformed data {
     n_ab[c] = y[c, 1] + y[c, 2];
   }
   matrix[C, 2 + has_ties] counts = to_matrix(y);
+  int whitened = whiten && !prior_only;  // sample theta's coordinates (design.stanfunctions)
 }
 parameters {
-  vector[P] theta;                       // preference weights on the attributes
+  vector[P] theta_coord;                 // theta's coordinates (theta itself when not whitened)
   array[has_order] real gamma;           // position (shown-first) effect
   array[has_ties] real log_nu;           // log Davidson tie parameter
+}
+transformed parameters {
+  vector[P] theta = from_coordinates(theta_coord, theta_basis, whitened);  // preference weights
 }
 model {
   // utility difference a - b per cell

@@ -45,6 +45,9 @@
 // Stan's `sum_to_zero_vector beta_q ~ normal(0, s_q)` (Stan >= 2.36) up to a constant; V z is
 // linear, so no Jacobian is needed. A permutation P of the types maps z_q to V' P V z_q, an
 // orthogonal map of the free coordinates: prior, likelihood and posterior are all invariant.
+// theta is sampled in the design's whitened basis when the data say so (whiten = 1; the QR
+// reparameterisation, design.stanfunctions): the same posterior, without the correlations the
+// design puts between attributes.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
@@ -61,6 +64,7 @@ data {
   // the design's R distinct rows (attribute difference a - b), dense or in compressed row
   // storage; cells share them, so each distinct linear predictor is evaluated once per type
   #include functions/design_data.stan
+  #include functions/whitening_data.stan
   vector<lower=-1, upper=1>[R] order;      // presentation order of each row (+1 a first, -1 b
                                            // first, 0 unknown)
   array[C] int<lower=1, upper=R> row;      // design row of each cell
@@ -103,10 +107,7 @@ transformed data {
   vector[I] S_order = csr_matrix_times_vector(I, C, rep_vector(1, C), cells, csr_u,
                                               w_lin .* order[row]);
   vector[I] n_tie_ann = csr_matrix_times_vector(I, C, rep_vector(1, C), cells, csr_u, n_tie);
-  array[P - 1] int rest;                   // the attributes other than ident_attr
-  for (j in 1:(P - 1)) {
-    rest[j] = j < ident_attr ? j : j + 1;
-  }
+  int whitened = whiten && !prior_only;  // sample theta's coordinates (design.stanfunctions)
   // prior location and scale of to_vector(theta) (column-major, K x P)
   vector[K * P] theta_mu = to_vector(rep_matrix(prior_theta_mean', K));
   vector[K * P] theta_sigma = to_vector(rep_matrix(prior_theta_sd', K));
@@ -119,19 +120,16 @@ transformed data {
 parameters {
   matrix[K - 1, Q] beta_raw;                        // coordinates of beta's columns in V_types
   array[identify] ordered[K] theta_lead_ordered;   // theta[ : , ident_attr] when identify = 1
-  array[1 - identify] vector[K] theta_lead_free;   // theta[ : , ident_attr] when identify = 0
-  matrix[K, P - 1] theta_rest;                     // the other columns of theta
+  array[1 - identify] vector[K] theta_lead_free;   // its coordinate when identify = 0
+  matrix[K, P - 1] theta_rest;                     // the other coordinates
   array[has_order] real gamma;                      // position (shown-first) effect
   array[has_ties] real log_nu;                      // log Davidson tie parameter
 }
 transformed parameters {
-  matrix[K, P] theta;                              // preference vector of each type (rows)
-  if (identify) {
-    theta[ : , ident_attr] = theta_lead_ordered[1];
-  } else {
-    theta[ : , ident_attr] = theta_lead_free[1];
-  }
-  theta[ : , rest] = theta_rest;
+  // preference vector of each type (rows)
+  matrix[K, P] theta = from_coordinates(
+      component_coordinates(theta_lead_ordered, theta_lead_free, theta_rest, ident_attr),
+      theta_basis, whitened);
   // softmax coefficients; every column sums to zero across the types
   matrix[K, Q] beta = V_types * beta_raw;
 }

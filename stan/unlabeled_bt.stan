@@ -22,6 +22,8 @@
 // attribute j = ident_attr (an `ordered` parameter). It removes the permutation symmetry only;
 // it does not identify the mixture, and it distorts the posterior where the components overlap
 // in attribute j (Stan User's Guide, "Problematic posteriors").
+// theta is sampled in the design's whitened basis when the data say so (whiten = 1; the QR
+// reparameterisation, design.stanfunctions; Python never combines it with identify = 1).
 functions {
   #include functions/design.stanfunctions
   #include functions/davidson.stanfunctions
@@ -56,6 +58,7 @@ data {
   int<lower=1> K;                        // number of latent subgroups (assumed)
   // the design (attribute difference a - b per cell), dense or in compressed row storage
   #include functions/design_data.stan
+  #include functions/whitening_data.stan
   vector<lower=-1, upper=1>[C] order;    // presentation order (+1 a first, -1 b first, 0 unknown)
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
@@ -73,10 +76,7 @@ data {
 }
 transformed data {
   matrix[C, 2 + has_ties] counts = to_matrix(y);
-  array[P - 1] int rest;                 // the attributes other than ident_attr
-  for (j in 1:(P - 1)) {
-    rest[j] = j < ident_attr ? j : j + 1;
-  }
+  int whitened = whiten && !prior_only;  // sample theta's coordinates (design.stanfunctions)
   // prior mean and sd of vec(theta) (column-major K x P), the same for every component
   vector[K * P] theta_loc = to_vector(rep_matrix(prior_theta_mean', K));
   vector[K * P] theta_scale = to_vector(rep_matrix(prior_theta_sd', K));
@@ -84,19 +84,16 @@ transformed data {
 parameters {
   simplex[K] pi;                                  // subgroup shares
   array[identify] ordered[K] theta_lead_ordered;  // theta[, ident_attr] when identify = 1
-  array[1 - identify] vector[K] theta_lead_free;  // theta[, ident_attr] when identify = 0
-  matrix[K, P - 1] theta_rest;                    // the other columns of theta
+  array[1 - identify] vector[K] theta_lead_free;  // its coordinate when identify = 0
+  matrix[K, P - 1] theta_rest;                    // the other coordinates
   array[has_order] real gamma;                    // position (shown-first) effect
   array[has_ties] real log_nu;                    // log Davidson tie parameter
 }
 transformed parameters {
-  matrix[K, P] theta;                    // preference weights of each latent subgroup (row k)
-  if (identify) {
-    theta[:, ident_attr] = theta_lead_ordered[1];
-  } else {
-    theta[:, ident_attr] = theta_lead_free[1];
-  }
-  theta[:, rest] = theta_rest;
+  // preference weights of each latent subgroup (row k)
+  matrix[K, P] theta = from_coordinates(
+      component_coordinates(theta_lead_ordered, theta_lead_free, theta_rest, ident_attr),
+      theta_basis, whitened);
 }
 model {
   // utility difference a - b per cell and component

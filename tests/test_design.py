@@ -15,8 +15,9 @@ from scipy.sparse import csr_matrix
 import pluralstan as ps
 from pluralstan import _arviz
 from pluralstan.engine import get_engine
-from pluralstan.models import get_model
-from pluralstan.models.base import design_data, stan_design
+from pluralstan.errors import PluralstanError
+from pluralstan.models import base, get_model
+from pluralstan.models.base import design_data, stan_design, theta_coordinates, whitening_data
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,68 @@ def test_a_sparse_item_design_is_kept_sparse_in_the_fit_and_saves(items, monkeyp
                     const["X_csr_indptr"].values), shape=tuple(const["X_csr_shape"].values))
     cells = get_model("aggregate").encode(comps).constant["X"]
     assert (X != cells).nnz == 0 and X.shape == cells.shape
+
+
+# ---------------------------------------------------------------------------- QR basis
+def _factor_design(seed: int = 3, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Differences of dummy-coded levels of one 4-level factor and one 2-level factor: the
+    factor's dummies are correlated, as in a conjoint design; and judgements per row."""
+    rng = np.random.default_rng(seed)
+    levels = np.eye(4)[:, 1:]
+    a, b = rng.integers(0, 4, n), rng.integers(0, 4, n)
+    second = rng.integers(0, 2, (n, 2))
+    X = np.column_stack([levels[a] - levels[b], second[:, 0] - second[:, 1]])
+    return X, rng.integers(1, 5, n).astype(float)
+
+
+def test_whitened_basis_orthonormalises_the_weighted_design():
+    X, n = _factor_design()
+    gram = (X * n[:, None]).T @ X / n.sum()
+    cosine = gram[0, 1] / np.sqrt(gram[0, 0] * gram[1, 1])
+    assert abs(cosine) > 0.2  # 1/3 in expectation: far from orthogonal to begin with
+    data = whitening_data(X, n, None)
+    B = data["theta_basis"]
+    assert data["whiten"] == 1 and np.allclose(B, np.triu(B))
+    np.testing.assert_allclose(B.T @ gram @ B, np.eye(X.shape[1]), atol=1e-12)
+    # the same basis from the compressed-row form of the design
+    np.testing.assert_allclose(whitening_data(csr_matrix(X), n, None)["theta_basis"], B,
+                               atol=1e-12)
+    theta = np.random.default_rng(4).normal(size=(3, X.shape[1]))
+    np.testing.assert_allclose(theta_coordinates(theta, data) @ B.T, theta, atol=1e-12)
+    np.testing.assert_allclose(B @ theta_coordinates(theta[0], data), theta[0], atol=1e-12)
+
+
+def test_when_the_design_is_not_whitened(monkeypatch):
+    X, n = _factor_design()
+    assert whitening_data(X, n, False)["whiten"] == 0
+    assert whitening_data(X, n, None, ordered=True)["whiten"] == 0
+    with pytest.raises(PluralstanError, match="identify='ordered'"):
+        whitening_data(X, n, True, ordered=True)
+    singular = np.column_stack([X, np.zeros(len(X))])  # an attribute no judgement informs
+    assert whitening_data(singular, n, None)["whiten"] == 0
+    with pytest.raises(PluralstanError, match=r"singular.*attribute is not identified"):
+        whitening_data(singular, n, True)
+    monkeypatch.setattr(base, "WHITEN_MAX_ATTRIBUTES", X.shape[1] - 1)
+    assert whitening_data(X, n, None)["whiten"] == 0
+    with pytest.raises(PluralstanError, match="4 attributes"):
+        whitening_data(X, n, True)
+    with pytest.raises(PluralstanError, match="whiten must be"):
+        whitening_data(X, n, "yes")
+    # without a basis, the coordinates are theta
+    theta = np.arange(4.0)
+    assert np.array_equal(theta_coordinates(theta, whitening_data(X, n, False)), theta)
+
+
+def test_models_record_whether_they_whitened(items):
+    """The encoders pass the judgements per row as weights (the annotator programs read
+    distinct rows shared by cells) and record the choice in the fit's attributes."""
+    enc = get_model("annotator").encode(items, K=2)
+    data = enc.data
+    rows = stan_design(data)
+    n = np.bincount(data["row"] - 1, weights=np.asarray(data["y"]).sum(axis=1))
+    gram = (rows * n[:, None]).T @ rows / n.sum()
+    B = data["theta_basis"]
+    np.testing.assert_allclose(B.T @ gram @ B, np.eye(data["P"]), atol=1e-10)
+    assert enc.extra_attrs["whitened"] == 1
+    off = get_model("aggregate").encode(items, whiten=False)
+    assert off.data["whiten"] == 0 and off.extra_attrs["whitened"] == 0

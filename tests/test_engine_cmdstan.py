@@ -244,7 +244,7 @@ def test_draws_are_read_at_full_precision():
     spec = get_model("aggregate")
     _, comps, _ = _case("aggregate")
     enc = spec.encode(comps)
-    params = {"theta": [0.123456789123, -0.987654321987, 0.5]}
+    params = {"theta_coord": [0.123456789123, -0.987654321987, 0.5]}
     ga = PyStanEngine().generate(spec.program, enc.data, params, seed=1)
     gb = CmdStanEngine().generate(spec.program, enc.data, params, seed=1)
     for name in ("theta", "lprior", "log_p_cell"):

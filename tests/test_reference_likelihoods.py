@@ -33,7 +33,7 @@ from scipy.special import logsumexp, softmax
 import pluralstan as ps
 from pluralstan.engine import StanProgram
 from pluralstan.models import get_model, pal
-from pluralstan.models.base import load_program
+from pluralstan.models.base import load_program, theta_coordinates
 
 from . import reference as ref
 from .test_models_annotator import ties_order_data
@@ -209,12 +209,14 @@ def test_aggregate_matches_reference(kind, ties, order):
     comps = comps_of(kind, ties, order)
     enc = get_model("aggregate").encode(comps, priors=BT_PRIORS)
     assert enc.data["X_sparse"] == (kind == "items")
+    assert enc.data["whiten"] == 1  # the density is checked through the QR basis
     j = judgements_of(comps)
     rng = np.random.default_rng(11)
     points = []
     for _ in range(N_POINTS):
         p = {"theta": rng.normal(0.0, 1.5, size=P_ATTR), **bt_extras(rng, order, ties)}
-        points.append({"ref": p, "stan": {"theta": p["theta"], **stan_extras(p)}})
+        points.append({"ref": p, "stan": {"theta_coord": theta_coordinates(p["theta"], enc.data),
+                                          **stan_extras(p)}})
 
     def log_lik(p):
         return ref.aggregate_log_lik(j, p["theta"], gamma_of(p), p["log_nu"])
@@ -225,6 +227,21 @@ def test_aggregate_matches_reference(kind, ties, order):
 
     check_program(get_model("aggregate").program, enc.data, points, log_lik,
                   per_judgement(enc), lambda p: prior(p) + log_lik(p).sum(), prior)
+
+
+def test_prior_only_runs_sample_theta_itself():
+    """A prior-only run of a whitened program samples theta on the prior's own axes: its
+    parameters are theta (no basis), and its density is the prior of theta."""
+    comps = comps_of("attributes", False, False)
+    enc = get_model("aggregate").encode(comps, priors=BT_PRIORS)
+    assert enc.data["whiten"] == 1
+    rng = np.random.default_rng(17)
+    thetas = [rng.normal(0.0, 1.5, size=P_ATTR) for _ in range(N_POINTS)]
+    stan = log_density(get_model("aggregate").program, {**enc.data, "prior_only": 1},
+                       [{"theta_coord": theta} for theta in thetas])
+    prior = [ref.normal_lpdf(theta, BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
+             for theta in thetas]
+    assert_differences_match(stan, np.array(prior), "prior-only log density")
 
 
 # ---------------------------------------------------------------------------- labeled
@@ -294,11 +311,13 @@ def test_labeled_matches_reference(kind, ties, order, pooling):
 UNLABELED_PRIORS = {**BT_PRIORS, "pi_alpha": [1.2, 2.0, 0.7]}
 
 
-def mixture_stan_theta(theta: np.ndarray, lead: int, ordered: bool) -> dict:
-    """theta (K, P) as the mixture programs' parameters: the lead attribute's column (ordered
-    or free) and the other columns."""
-    rest = np.delete(theta, lead, axis=1)
-    column = [theta[:, lead]]
+def mixture_stan_theta(theta: np.ndarray, lead: int, ordered: bool, data: dict) -> dict:
+    """theta (K, P) as the mixture programs' parameters: its coordinates in the program's basis
+    (the QR reparameterisation, ``theta_coordinates``), split into the lead attribute's column
+    (ordered or free) and the other columns."""
+    coordinates = theta_coordinates(theta, data)
+    rest = np.delete(coordinates, lead, axis=1)
+    column = [coordinates[:, lead]]
     return {"theta_lead_ordered": column if ordered else [],
             "theta_lead_free": [] if ordered else column, "theta_rest": rest}
 
@@ -312,6 +331,7 @@ def test_unlabeled_matches_reference(kind, ties, order, identify):
     K = 3
     enc = get_model("unlabeled").encode(comps, K=K, priors=UNLABELED_PRIORS, identify=identify,
                                         **options)
+    assert enc.data["whiten"] == (not ordered)  # an order on theta's own coordinate: no basis
     j = judgements_of(comps)
     rng = np.random.default_rng(13)
     points = []
@@ -320,7 +340,7 @@ def test_unlabeled_matches_reference(kind, ties, order, identify):
         if ordered:
             theta[:, 2] = np.sort(theta[:, 2])
         p = {"theta": theta, "pi": rng.dirichlet(np.ones(K)), **bt_extras(rng, order, ties)}
-        stan = {"pi": p["pi"], **mixture_stan_theta(theta, 2 if ordered else 0, ordered),
+        stan = {"pi": p["pi"], **mixture_stan_theta(theta, 2 if ordered else 0, ordered, enc.data),
                 **stan_extras(p)}
         points.append({"ref": p, "stan": stan})
 
@@ -346,6 +366,7 @@ def test_annotator_model_block_matches_reference():
     priors = {**BT_PRIORS, "pi_alpha": [0.8, 1.6]}
     spec = get_model("annotator")
     enc = spec.encode(comps, K=K, priors=priors)
+    assert enc.data["whiten"] == 1  # the density is checked through the QR basis
     j = judgements_of(comps, annotator_levels=list(enc.coords["annotator"]))
     rng = np.random.default_rng(14)
     refs, stans = [], []
@@ -353,7 +374,7 @@ def test_annotator_model_block_matches_reference():
         p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
              **bt_extras(rng, True, True)}
         refs.append(p)
-        stans.append({"pi": p["pi"], **mixture_stan_theta(p["theta"], 0, False),
+        stans.append({"pi": p["pi"], **mixture_stan_theta(p["theta"], 0, False, enc.data),
                       **stan_extras(p)})
 
     def density(p):
@@ -415,6 +436,7 @@ def test_covariate_matches_reference(kind, ties, order):
     enc = get_model("covariate").encode(comps, K=K, priors=COVARIATE_PRIORS,
                                         reference_levels={"region": "north"})
     assert enc.coords["covariate"] == COVARIATES
+    assert enc.data["whiten"] == 1  # the density is checked through the QR basis
     levels = list(enc.coords["annotator"])
     j = judgements_of(comps, annotator_levels=levels)
     W = covariate_design(table, levels)
@@ -428,7 +450,7 @@ def test_covariate_matches_reference(kind, ties, order):
         beta_raw = rng.normal(0.0, 1.5, size=(K - 1, len(COVARIATES)))
         p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "beta": ref.sum_to_zero(beta_raw),
              **bt_extras(rng, order, ties)}
-        stan = {"beta_raw": beta_raw, **mixture_stan_theta(p["theta"], 0, False),
+        stan = {"beta_raw": beta_raw, **mixture_stan_theta(p["theta"], 0, False, enc.data),
                 **stan_extras(p)}
         points.append({"ref": p, "stan": stan})
 

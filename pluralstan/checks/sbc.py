@@ -71,7 +71,7 @@ from ..data import Comparisons, as_comparisons
 from ..engine import Draws, SamplerConfig, StanProgram, get_engine, program_info
 from ..errors import DiagnosticWarning, PluralstanError
 from ..models import get_model
-from ..models.base import Encoded, ModelSpec
+from ..models.base import Encoded, ModelSpec, unwhitened
 from ..parallel import Job, RunReport, run_jobs
 from ..pipeline import assemble, finalize, fit_attrs, provenance
 from .ecdf import ecdf_difference, simultaneous_band
@@ -335,8 +335,10 @@ def sbc_replicate(
     if quantities is not None:
         y = np.asarray(enc.data["y"])
         at_draws = quantities({k: v[:max_rank] for k, v in flat.items()}, y)
-        # outputs at the truth recomputed with the simulated data (the prior run used the design's)
-        at_true = engine.generate(spec.program, dict(enc.data),
+        # outputs at the truth recomputed with the simulated data (the prior run used the
+        # design's); the truth's parameter values come from a prior-only run, which samples
+        # theta itself, so they are evaluated without the design's basis
+        at_true = engine.generate(spec.program, unwhitened(enc.data),
                                   {n: truth[n] for n in param_names}, rank_seed)
         for name, value in quantities(at_true, y).items():
             at_truth[name] = float(np.asarray(value)[0])

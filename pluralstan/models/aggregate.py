@@ -17,6 +17,7 @@ from .base import (
     no_components,
     register,
     resolve_ties_order,
+    whitening_data,
 )
 
 DEFAULT_PRIORS: dict[str, Any] = {
@@ -36,6 +37,7 @@ def encode(
     ties: bool | None = None,
     order: bool | None = None,
     compress: bool = True,
+    whiten: bool | None = None,
 ) -> Encoded:
     """Encode a comparison table for the aggregate model.
 
@@ -54,6 +56,10 @@ def encode(
     compress
         Collapse identical judgements to counts (default). ``False`` keeps one cell per
         judgement (the per-row form, same posterior; for checks and benchmarks).
+    whiten
+        Sample theta in the design's whitened basis (the QR reparameterisation,
+        :func:`~pluralstan.models.base.whitening_data`): ``None`` (default) when the design
+        allows it, ``True`` or ``False`` to force the choice. The posterior is the same.
     """
     no_components(K, "aggregate")
     p = merge_priors(DEFAULT_PRIORS, priors)
@@ -67,6 +73,7 @@ def encode(
         "C": cells.n_cells,
         "P": P,
         **design_data(cells.X),
+        **whitening_data(cells.X, cells.counts[:, :n_out].sum(axis=1), whiten),
         "order": cells.order,
         "has_ties": int(has_ties),
         "has_order": int(has_order),
@@ -91,10 +98,10 @@ def encode(
         predictive={"y_rep": "y"},
         log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
         log_lik_dims={"y": ["comparison"]},
-        drop=("log_p_cell",),
+        drop=("log_p_cell", "theta_coord"),
         optional_scalars=("gamma", "log_nu"),
         extra_attrs={"ties": int(has_ties), "order_effect": int(has_order),
-                     "compressed": int(compress)},
+                     "compressed": int(compress), "whitened": data["whiten"]},
     )
 
 

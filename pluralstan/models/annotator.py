@@ -17,7 +17,7 @@ are shared with the covariate-informed model (:mod:`pluralstan.models.covariate`
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +39,8 @@ from .base import (
     register,
     require_annotators,
     resolve_ties_order,
+    theta_coordinates,
+    whitening_data,
 )
 
 Identify = Literal["none", "ordered"]
@@ -166,12 +168,15 @@ def distinct_rows(X: Any, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, row.reshape(-1)
 
 
-def initial_values(posterior: Any, chain: int, pi: np.ndarray) -> dict[str, Any]:
+def initial_values(posterior: Any, chain: int, pi: np.ndarray,
+                   data: Mapping[str, Any]) -> dict[str, Any]:
     """Stan inits of the annotator program (exchangeable types, ``identify="none"``) at the
     last draw of ``chain`` of a fit's ``posterior`` (theta, position effect and tie parameter),
-    with type shares ``pi``: chains started there keep that fit's type labels."""
+    with type shares ``pi``: chains started there keep that fit's type labels. ``data``: the
+    Stan data of the fit to start, whose basis maps theta to the coordinates it samples
+    (:func:`~pluralstan.models.base.theta_coordinates`)."""
     last = posterior.isel(chain=chain % posterior.sizes["chain"], draw=-1)
-    theta = last["theta"].transpose("group", "attribute").to_numpy()
+    theta = theta_coordinates(last["theta"].transpose("group", "attribute").to_numpy(), data)
     inits: dict[str, Any] = {"pi": np.asarray(pi, float).tolist(),
                              "theta_lead_free": [theta[:, 0].tolist()],
                              "theta_rest": theta[:, 1:].tolist()}
@@ -190,6 +195,7 @@ def likelihood_data(
     ordered_attribute: str | None,
     ties: bool | None,
     order: bool | None,
+    whiten: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], AnnotatorCells, dict[str, Any]]:
     """Stan data, coords, cells and provenance common to the annotator-level programs.
 
@@ -214,6 +220,8 @@ def likelihood_data(
         "P": P,
         "K": K,
         **design_data(cells.X[first]),
+        **whitening_data(cells.X[first], np.bincount(row, cells.counts.sum(axis=1)), whiten,
+                         ordered=bool(flag)),
         "order": cells.order[first],
         "row": row + 1,
         "ann": cells.annotator + 1,
@@ -234,7 +242,8 @@ def likelihood_data(
         "comparison": np.arange(comps.n),
     }
     attrs = {"ties": int(has_ties), "order_effect": int(has_order), "identify": identify,
-             "ordered_attribute": comps.attributes[ident_attr - 1] if flag else ""}
+             "ordered_attribute": comps.attributes[ident_attr - 1] if flag else "",
+             "whitened": data["whiten"]}
     return data, coords, cells, attrs
 
 
@@ -251,6 +260,7 @@ def encode(
     membership: bool = True,
     log_lik: bool = True,
     held_out: Sequence[Hashable] = (),
+    whiten: bool | None = None,
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -297,6 +307,11 @@ def encode(
         Annotator ids whose judgements are left out of the likelihood (K-fold
         cross-validation, :func:`pluralstan.checks.compare.kfold_K`); their ``log_lik`` is
         still computed, from the posterior of the others.
+    whiten
+        Sample theta in the design's whitened basis (the QR reparameterisation,
+        :func:`~pluralstan.models.base.whitening_data`): ``None`` (default) when the design
+        allows it and the components are not ordered, ``True`` or ``False`` to force the
+        choice. The posterior is the same.
 
     Raises
     ------
@@ -306,7 +321,7 @@ def encode(
     p = merge_priors(DEFAULT_PRIORS, priors)
     data, coords, cells, attrs = likelihood_data(
         comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
-        order=order,
+        order=order, whiten=whiten,
     )
     data["replicate"] = int(replicate)
     data["save_membership"] = int(membership)

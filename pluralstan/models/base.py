@@ -452,6 +452,96 @@ def stan_design(data: dict[str, Any]) -> np.ndarray:
                       shape=(data["R"], np.shape(data["X"])[1])).toarray()
 
 
+#: Designs with more attributes are not whitened by default (``whiten=None``): the basis is
+#: P x P, and mapping the coordinates to theta costs K P^2 operations per gradient.
+WHITEN_MAX_ATTRIBUTES = 200
+
+#: Largest condition number of the weighted design Gram matrix that is whitened: beyond it the
+#: basis would amplify rounding (the design is then all but rank deficient).
+WHITEN_MAX_CONDITION = 1e10
+
+
+def whitening_data(X: Any, weights: np.ndarray, whiten: bool | None,
+                   ordered: bool = False) -> dict[str, Any]:
+    """Stan data of the QR reparameterisation: ``whiten`` and the basis ``theta_basis``.
+
+    The programs that accept it (aggregate, unlabeled, annotator, covariate) sample theta's
+    coordinates c in a basis B and set theta = B c (``stan/functions/design.stanfunctions``).
+    B = L'^{-1}, with L the Cholesky factor of the design's Gram matrix weighted by the
+    judgements on each row, G = X' diag(n) X / sum(n): the whitened design X B then has
+    orthonormal columns under those weights, which is the QR reparameterisation of the Stan
+    User's Guide (``Q* = X B``, ``R* = B^{-1}``) applied to the per-judgement design, computed
+    from the distinct rows. The likelihood's curvature in c is then free of the correlations
+    that the design puts between attributes (levels of one factor, items compared with the same
+    items), which a diagonal mass matrix (PyStan's only one) cannot absorb. The priors stay on
+    theta and the map is linear (a constant Jacobian), so the posterior is unchanged; only the
+    sampler's geometry is.
+
+    Parameters
+    ----------
+    X
+        The design rows the program reads (array or SciPy sparse), rows x P.
+    weights
+        Judgements on each row.
+    whiten
+        ``None``: whiten when P <= :data:`WHITEN_MAX_ATTRIBUTES`, the types are not ordered, and
+        G is positive definite with condition number below :data:`WHITEN_MAX_CONDITION`;
+        ``True``: whiten, or raise why not; ``False``: sample theta itself.
+    ordered
+        The program orders the components by one of theta's own coordinates
+        (``identify="ordered"``), which a change of basis would not preserve.
+    """
+    from scipy.sparse import issparse
+
+    P = X.shape[1]
+    off = {"whiten": 0, "theta_basis": np.zeros((0, 0))}
+    if whiten is False:
+        return off
+    if whiten not in (None, True):
+        raise PluralstanError(f"whiten must be True, False or None (automatic), got {whiten!r}")
+    why = ("identify='ordered' orders the components by theta's own coordinate" if ordered
+           else f"the design has {P} attributes (at most {WHITEN_MAX_ATTRIBUTES} are whitened)"
+           if P > WHITEN_MAX_ATTRIBUTES else "")
+    if not why:
+        w = np.asarray(weights, dtype=float)
+        if issparse(X):
+            gram = (X.T @ X.multiply(w[:, None]).tocsr()).toarray() / w.sum()
+        else:
+            dense = np.asarray(X, float)
+            gram = (dense * w[:, None]).T @ dense / w.sum()
+        eig = np.linalg.eigvalsh(gram)
+        if eig[0] <= eig[-1] / WHITEN_MAX_CONDITION:
+            why = "the design's Gram matrix is (all but) singular: some attribute is not identified"
+    if why:
+        if whiten:
+            raise PluralstanError(f"whiten=True: cannot whiten the design, because {why}")
+        return off
+    from scipy.linalg import solve_triangular
+
+    L = np.linalg.cholesky(gram)
+    return {"whiten": 1, "theta_basis": solve_triangular(L.T, np.eye(P), lower=False)}
+
+
+def unwhitened(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` for the same program sampling theta itself (no basis), as its prior-only runs
+    do: parameter values from such a run mean the same there (``theta_coord`` is theta)."""
+    if "whiten" not in data:
+        return dict(data)
+    return {**data, "whiten": 0, "theta_basis": np.zeros((0, 0))}
+
+
+def theta_coordinates(theta: np.ndarray, data: Mapping[str, Any]) -> np.ndarray:
+    """theta (P, or K x P with a row per component) in the coordinates a program samples
+    (:func:`whitening_data`): ``theta B'^{-1}``, or theta itself when not whitened."""
+    if not data.get("whiten", 0):
+        return np.asarray(theta, float)
+    from scipy.linalg import solve_triangular
+
+    # theta = c B' (rows)  <=>  B c_k' = theta_k'
+    return solve_triangular(data["theta_basis"], np.atleast_2d(theta).T, lower=False).T.reshape(
+        np.shape(theta))
+
+
 def resolve_ties_order(
     comps: Comparisons, ties: bool | None, order: bool | None
 ) -> tuple[int, int]:

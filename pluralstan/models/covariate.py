@@ -188,6 +188,7 @@ def encode(
     replicate: bool = True,
     membership: bool = True,
     log_lik: bool = True,
+    whiten: bool | None = None,
 ) -> Encoded:
     """Encode a comparison table and its annotator table for covariate-informed mixing.
 
@@ -209,7 +210,7 @@ def encode(
         :func:`pluralstan.models.annotator.encode`.
     reference_levels
         Reference level per categorical covariate (see :func:`encode_covariates`).
-    ties, order, replicate, membership, log_lik
+    ties, order, replicate, membership, log_lik, whiten
         As in the annotator model.
 
     Raises
@@ -226,7 +227,7 @@ def encode(
     p = merge_priors(DEFAULT_PRIORS, priors)
     data, coords, cells, attrs = likelihood_data(
         comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
-        order=order,
+        order=order, whiten=whiten,
     )
     data["replicate"] = int(replicate)
     data["save_membership"] = int(membership)

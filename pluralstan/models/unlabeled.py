@@ -43,6 +43,7 @@ from .base import (
     merge_priors,
     register,
     resolve_ties_order,
+    whitening_data,
 )
 from .labeled import pi_alpha_vector
 
@@ -95,6 +96,7 @@ def encode(
     ordered_attribute: str | None = None,
     ties: bool | None = None,
     order: bool | None = None,
+    whiten: bool | None = None,
 ) -> Encoded:
     """Encode a comparison table for the unlabeled K-mixture model.
 
@@ -117,6 +119,11 @@ def encode(
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
         Estimate a position effect; default: when the table records presentation order.
+    whiten
+        Sample theta in the design's whitened basis (the QR reparameterisation,
+        :func:`~pluralstan.models.base.whitening_data`): ``None`` (default) when the design
+        allows it and the components are not ordered, ``True`` or ``False`` to force the
+        choice. The posterior is the same.
 
     Raises
     ------
@@ -137,6 +144,8 @@ def encode(
         "P": P,
         "K": K,
         **design_data(cells.X),
+        **whitening_data(cells.X, cells.counts[:, :n_out].sum(axis=1), whiten,
+                         ordered=identify == "ordered"),
         "order": cells.order,
         "has_ties": has_ties,
         "has_order": has_order,
@@ -173,6 +182,7 @@ def encode(
                      "ordered_attribute": comps.attributes[ident_attr - 1]
                      if identify == "ordered" else "",
                      "group_labels": "latent", "allocation": "alloc",
+                     "whitened": data["whiten"],
                      "not_identified": NOT_IDENTIFIED},
     )
 
