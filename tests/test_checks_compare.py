@@ -95,8 +95,10 @@ def test_held_out_annotators_do_not_enter_the_posterior():
                                       pairs_per_annotator=10)
     held = list(comps.annotator_levels[:8])
     rest = np.flatnonzero(~comps.frame["annotator"].isin(held).to_numpy())
-    weighted = converged(ps.fit, "annotator", comps, K=1, held_out=held, seed=2, **FAST)
-    dropped = converged(ps.fit, "annotator", comps.subset(rest), K=1, seed=3, **FAST)
+    # 4 x 600 draws: at 4 x 300, R-hat's own noise reached 1.011 on one coefficient
+    long = {**FAST, "draws": 600}
+    weighted = converged(ps.fit, "annotator", comps, K=1, held_out=held, seed=2, **long)
+    dropped = converged(ps.fit, "annotator", comps.subset(rest), K=1, seed=3, **long)
     stats = [az.summary(f, var_names=["theta"]) for f in (weighted, dropped)]
     z = (stats[0]["mean"] - stats[1]["mean"]).abs() / np.hypot(stats[0]["mcse_mean"],
                                                                 stats[1]["mcse_mean"])
@@ -119,7 +121,8 @@ def test_kfold_prefers_the_true_number_of_types():
                                       pairs_per_annotator=15)
     parts = annotator_folds(comps, 3, seed=1)
     assert sorted(a for p in parts for a in p) == sorted(comps.annotator_levels)
-    table = converged(kfold_K, comps, [1, 2], folds=3, seed=1, chains=4, draws=500, warmup=500)
+    # 4 x 800 draws: at 4 x 500, R-hat's own noise reached 1.011 on one fold's lp
+    table = converged(kfold_K, comps, [1, 2], folds=3, seed=1, chains=4, draws=800, warmup=500)
     assert (table["flag"] == "").all(), table["flag"]
     assert table.index[0] == 2 and table.loc[2, "elpd_diff"] == 0
     assert table.loc[1, "elpd_diff"] > 2 * table.loc[1, "dse"]
