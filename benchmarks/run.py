@@ -245,7 +245,10 @@ class Settings:
         the annotator model against NumPyro (:func:`target_ahead`).
     geometry_groups, geometry_judgements, geometry_real
         Target ``geometry``: groups of the simulated labeled designs, judgements per
-        annotator in each, and whether to add the tax conjoint (:func:`geometry_cases`).
+        annotator in each, and whether to add the tax conjoint (:func:`geometry_cases`;
+        also target ``whiten``'s, :func:`whiten_cases`).
+    whiten_K
+        Target ``whiten``: numbers of types of the annotator fits (:func:`whiten_fits`).
     """
 
     n_pairs: int = 200
@@ -269,6 +272,7 @@ class Settings:
     geometry_groups: int = 8
     geometry_judgements: tuple[int, ...] = (100, 5)
     geometry_real: bool = True
+    whiten_K: tuple[int, ...] = (2, 3)
     seed: int = 20261122
 
 
@@ -277,7 +281,7 @@ QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per
                  grad_draws=50, grad_repeats=1, workflows=False, design_items=12,
                  input_n=20_000, input_items=1_000, ahead_chains=2, ahead_draws=100,
                  ahead_repeats=2, geometry_groups=3, geometry_judgements=(10,),
-                 geometry_real=False)
+                 geometry_real=False, whiten_K=(2,))
 
 
 @dataclass
@@ -839,9 +843,74 @@ def target_geometry(s: Settings) -> list[Row]:
 def geometry_note(run: Run) -> str:
     """Divergences, mean tree depth and mean centring weight of a labeled fit."""
     weights = run.extra["idata"].constant_data["centring"]
+    return f"{depth_note(run)}, mean centring weight {float(weights.mean()):.2f}"
+
+
+def whiten_fits(s: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """Target ``whiten``'s fits: the aggregate model, and the annotator model with the
+    large-data options of :data:`OPTIONS` at each K of ``s.whiten_K``."""
+    return [("aggregate", {}), *(("annotator", {**OPTIONS["annotator"], "K": K})
+                                 for K in s.whiten_K)]
+
+
+def whiten_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
+    """Target ``whiten``'s data: a simulated two-type conjoint, each option one level of a
+    four-level and of a three-level factor (dummy coded, so a factor's columns are correlated),
+    and, unless ``--quick``, the tax conjoint (or why it is absent)."""
+    rng = np.random.default_rng(s.seed)
+    n_annotators, each = 20 * s.n_annotators, 8
+    levels = [np.eye(4)[:, 1:], np.eye(3)[:, 1:]]
+    options = rng.integers(0, 12, (n_annotators * each, 2))
+    coded = [np.hstack([levels[0][o % 4], levels[1][o // 4]]) for o in options.T]
+    types = np.array([[1.0, 0.5, -0.5, 0.8, -0.4], [-0.6, 0.2, 1.0, -0.8, 0.6]])
+    z = np.repeat(rng.integers(0, 2, n_annotators), each)
+    eta = np.einsum("jp,jp->j", coded[0] - coded[1], types[z])
+    names = ["f1=b", "f1=c", "f1=d", "f2=b", "f2=c"]
+    frame = pd.concat([pd.DataFrame(coded[0], columns=[f"a_{x}" for x in names]),
+                       pd.DataFrame(coded[1], columns=[f"b_{x}" for x in names])], axis=1)
+    frame["y"] = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    frame["annotator"] = np.repeat(np.arange(n_annotators), each)
+    cases: dict[str, ps.Comparisons | str] = {
+        f"simulated conjoint: {n_annotators} annotators x {each}, two dummy-coded factors":
+            ps.Comparisons.from_frame(frame, warn_unidentified=False)}
+    if s.geometry_real:
+        try:
+            cases["tax conjoint: 1,925 respondents x 8, 25 attributes"] = realdata.load_taxes()
+        except ps.PluralstanError as err:
+            cases["tax conjoint: 1,925 respondents x 8, 25 attributes"] = f"skipped: {err}"
+    return cases
+
+
+def target_whiten(s: Settings) -> list[Row]:
+    """Issue 21, goal 1: the QR reparameterisation (``whiten``,
+    :func:`pluralstan.models.base.whitening_data`) against sampling theta itself, on designs
+    whose dummy-coded factors correlate the attributes.
+
+    Same data, chains, warm-up and draws for both; the ratio is the whitened fit's ESS/s over
+    the plain fit's, the note gives divergences and mean tree depth, and whether the two
+    posteriors agree.
+    """
+    target, rows = "whiten", []
+    for case, comps in whiten_cases(s).items():
+        if isinstance(comps, str):
+            rows.append(Row(target, case, "pluralstan", note=comps))
+            continue
+        for model, options in whiten_fits(s):
+            label = f"{case}; {model}" + (f" K = {options['K']}" if "K" in options else "")
+            plain, white = (run_registered(model, comps, s, f"pluralstan {model} ({name})",
+                                           whiten=whiten, **options)
+                            for name, whiten in (("theta", False), ("whitened", True)))
+            ref = fit_row(target, label, plain, comps.n, s, depth_note(plain))
+            note = f"{depth_note(white)}; {same_posterior(plain, white)}"
+            rows += [ref, compare(fit_row(target, label, white, comps.n, s, note), ref,
+                                  "whitened / theta ESS/s", 1.0)]
+    return rows
+
+
+def depth_note(run: Run) -> str:
+    """Divergences and mean tree depth of a fit."""
     return (f"{int(np.sum(run.sample_stats['diverging']))} divergences, mean tree depth "
-            f"{float(np.mean(run.sample_stats['tree_depth'])):.2f}, mean centring weight "
-            f"{float(weights.mean()):.2f}")
+            f"{float(np.mean(run.sample_stats['tree_depth'])):.2f}")
 
 
 #: NumPyro programs of target ``ahead``: engine label -> peer model (:func:`peer_data`).
@@ -1390,6 +1459,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "engines": target_engines,
     "ahead": target_ahead,
     "geometry": target_geometry,
+    "whiten": target_whiten,
 }
 
 
@@ -1442,6 +1512,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = json.loads(args._settings)
         s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"]),
                         "geometry_judgements": tuple(raw["geometry_judgements"]),
+                        "whiten_K": tuple(raw["whiten_K"]),
                         "profile_n": tuple(raw["profile_n"])})
     if args.memory_probe:
         memory_probe(args.memory_probe, s)

@@ -26,9 +26,9 @@ RUN = REPO / "benchmarks" / "run.py"
 #: accepts as "same posterior" (stated here, not taken from the harness). When both runs sample
 #: the same posterior, each coordinate's standardised difference is approximately standard
 #: normal; a row compares at most 18 coordinates (theta 3 x 5 and pi 3) and the quick table has
-#: at most 13 such rows (2 in target 1, 2 x 2 peers in target 2, 2 cmdstanpy rows in target
-#: ``engines``, 2 repetitions x 2 engines in ``ahead``, 1 in ``geometry``), so by Bonferroni
-#: P(some |z| > 4) <= 234 x P(|Z| > 4) = 234 x 6.3e-5 < 0.015.
+#: at most 15 such rows (2 in target 1, 2 x 2 peers in target 2, 2 cmdstanpy rows in target
+#: ``engines``, 2 repetitions x 2 engines in ``ahead``, 1 in ``geometry``, 2 in ``whiten``), so
+#: by Bonferroni P(some |z| > 4) <= 270 x P(|Z| > 4) = 270 x 6.3e-5 < 0.02.
 #: A posterior that differs by half a posterior sd shows as about 0.5 sqrt(ESS / 2) combined
 #: MCSEs, above 4 from ESS 130 on.
 SAME_POSTERIOR_Z = 4.0
@@ -67,7 +67,7 @@ def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
     assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines",
-                       "ahead", "geometry"}
+                       "ahead", "geometry", "whiten"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -192,6 +192,28 @@ def test_geometry_rows_compare_centrings_on_the_same_posterior(quick):
     assert np.isclose(float(auto["ratio"]), float(auto["ess_per_s"]) / float(ref["ess_per_s"]),
                       rtol=0.01, atol=0.01)
     assert agreement_z(auto["note"]) <= SAME_POSTERIOR_Z
+
+
+def test_whiten_rows_compare_the_qr_basis_on_the_same_posterior(quick):
+    """Issue 21, goal 1: each fit of the simulated conjoint is made sampling theta itself and
+    in the design's whitened basis; the second row's ratio is its ESS/s over the first's, both
+    report divergences and tree depth, and the two parametrisations reach the same
+    posterior."""
+    table, _, _ = quick
+    rows = table[table["target"] == "whiten"]
+    assert list(rows["case"].str.split("; ").str[-1]) == ["aggregate"] * 2 + ["annotator K = 2"] * 2
+    for model, pair in zip(("aggregate", "annotator"), (rows.iloc[:2], rows.iloc[2:]),
+                           strict=True):
+        ref, white = pair.iloc[0], pair.iloc[1]
+        assert [ref["engine"], white["engine"]] == [f"pluralstan {model} (theta)",
+                                                     f"pluralstan {model} (whitened)"]
+        assert all(re.search(r"\d+ divergences, mean tree depth [0-9.]+", note)
+                   for note in (ref["note"], white["note"]))
+        assert white["ratio_is"] == "whitened / theta ESS/s"
+        assert np.isclose(float(white["ratio"]),
+                          float(white["ess_per_s"]) / float(ref["ess_per_s"]), rtol=0.01,
+                          atol=0.01)
+        assert agreement_z(white["note"]) <= SAME_POSTERIOR_Z
 
 
 def test_observed_groups_keep_their_order_when_chains_are_compared():
