@@ -22,6 +22,9 @@
 // w = 1 is the centred form (right for a group whose data pin theta_k down, where the
 // non-centred form ties z_k to tau). The Python encoder passes w = 0 unless asked for another
 // weight or for weights set from a pilot fit of each group's data (centring="auto").
+// Without pooling, each theta_k is sampled in the whitened basis of its own group's design when
+// the data say so (whiten = 1; the QR reparameterisation of design.stanfunctions, one basis
+// per group): the same posterior, without the correlations the design puts between attributes.
 // Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
@@ -56,6 +59,10 @@ data {
   array[K] int<lower=0> n_annotators;    // distinct annotators carrying each label
   int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
   matrix<lower=0, upper=1>[K, P] centring;  // weight w of the centred form (partial pooling)
+  // QR reparameterisation (pooling none only): theta_k' = theta_basis[k] * z_k', with
+  // theta_basis[k] whitening group k's judgement-weighted design (models.base.whitening_data)
+  int<lower=0, upper=1> whiten;
+  array[whiten ? K : 0] matrix[P, P] theta_basis;
   // priors (passed as data)
   vector[P] prior_theta_mean;            // mean of mu (partial) or of every theta_k (none)
   vector<lower=0>[P] prior_theta_sd;     // sd of mu (partial) or of every theta_k (none)
@@ -75,6 +82,12 @@ transformed data {
   matrix[C, 2 + has_ties] counts = to_matrix(y);
   // without the likelihood nothing informs theta_k beyond its prior: non-centred
   matrix[K, P] w = prior_only ? rep_matrix(0, K, P) : centring;
+  // a group's basis whitens its likelihood, which a prior-only run ignores
+  int whitened = whiten && !prior_only;
+  if (whiten && partial) {
+    reject("whiten = 1 needs partial = 0: the hierarchy's scale, not the design, sets the ",
+           "geometry of partially pooled groups");
+  }
   // sparse design: the columns of its non-zeros in the K * P block design whose row c holds x_c
   // in the block of group[c], so that eta = X_block * to_vector(theta') is one sparse product
   array[X_nnz] int X_v_group;
@@ -87,7 +100,8 @@ transformed data {
 parameters {
   vector[partial ? P : 0] mu;            // population preference (partial pooling)
   vector<lower=0>[partial ? P : 0] tau;  // between-group spread per attribute (partial pooling)
-  matrix[K, P] z;                        // subgroup vectors, partially centred (or standardised)
+  matrix[K, P] z;                        // subgroup vectors: partially centred (partial pooling),
+                                         // in their group's basis (whitened) or standardised
   simplex[K] pi;                         // subgroup shares in the annotator population
   array[has_order] real gamma;           // position (shown-first) effect
   array[has_ties] real log_nu;           // log Davidson tie parameter
@@ -97,6 +111,10 @@ transformed parameters {
   if (partial) {
     matrix[K, P] mu_k = rep_matrix(mu', K);
     theta = mu_k + pow(rep_matrix(tau', K), 1 - w) .* (z - w .* mu_k);
+  } else if (whitened) {
+    for (k in 1:K) {
+      theta[k] = z[k] * theta_basis[k]';
+    }
   } else {
     theta = rep_matrix(prior_theta_mean', K) + z .* rep_matrix(prior_theta_sd', K);
   }
@@ -109,6 +127,10 @@ model {
                           to_vector(pow(rep_matrix(tau', K), w)));
     mu ~ normal(prior_theta_mean, prior_theta_sd);
     tau ~ normal(0, prior_tau_sd);
+  } else if (whitened) {
+    // the prior stays on theta; a linear map has a constant Jacobian
+    to_vector(theta) ~ normal(to_vector(rep_matrix(prior_theta_mean', K)),
+                              to_vector(rep_matrix(prior_theta_sd', K)));
   } else {
     to_vector(z) ~ std_normal();
   }

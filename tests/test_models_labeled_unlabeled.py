@@ -74,6 +74,35 @@ def test_labeled_encoding_counts_annotators_and_splits_cells_by_group() -> None:
     assert enc.data["partial"] == 1 and labeled.encode(comps, pooling="none").data["partial"] == 0
 
 
+def test_unpooled_groups_are_whitened_each_in_its_own_basis() -> None:
+    """pooling='none': one basis per group, orthonormalising that group's judgement-weighted
+    design and no other; partial pooling is not whitened, and whiten=True says why."""
+    comps = ps.Comparisons.from_frame(_tiny_frame())
+    enc = labeled.encode(comps, pooling="none")
+    assert enc.data["whiten"] == 1 and enc.extra_attrs["whitened"] == 1
+    bases = np.asarray(enc.data["theta_basis"])
+    assert bases.shape == (2, 2, 2)
+    X, n = np.asarray(enc.data["X"]), enc.data["y"].sum(axis=1)
+    for k in range(2):
+        rows = enc.data["group"] == k + 1
+        gram = (X[rows] * n[rows, None]).T @ X[rows] / n[rows].sum()
+        np.testing.assert_allclose(bases[k].T @ gram @ bases[k], np.eye(2), atol=1e-12)
+    # the two groups' designs differ, so one shared basis would not do
+    assert not np.allclose(bases[0], bases[1])
+    assert labeled.encode(comps, pooling="none", whiten=False).data["whiten"] == 0
+    assert labeled.encode(comps).data["whiten"] == 0
+    with pytest.raises(PluralstanError, match="whiten=True needs pooling='none'"):
+        labeled.encode(comps, whiten=True)
+    # a group whose judgements never vary x2 cannot be whitened: automatic falls back, True
+    # names the group
+    flat = _tiny_frame()
+    flat.loc[flat["group"] == "v", ["a_x2", "b_x2"]] = 0.5
+    flat_comps = ps.Comparisons.from_frame(flat, warn_unidentified=False)
+    assert labeled.encode(flat_comps, pooling="none").data["whiten"] == 0
+    with pytest.raises(PluralstanError, match=r"group 'v'.*not identified"):
+        labeled.encode(flat_comps, pooling="none", whiten=True)
+
+
 def test_unlabeled_encoding_pools_cells_and_orders_by_the_named_attribute() -> None:
     comps = ps.Comparisons.from_frame(_tiny_frame())
     enc = unlabeled.encode(comps, K=3, identify="ordered", ordered_attribute="x2",

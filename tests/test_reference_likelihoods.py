@@ -256,11 +256,17 @@ def annotators_per_label(comps: ps.Comparisons, levels: list) -> np.ndarray:
     return counts.reindex([str(level) for level in levels]).to_numpy()
 
 
-@pytest.mark.parametrize("pooling", ["partial", "none"])
+@pytest.mark.parametrize(("pooling", "whiten"),
+                         [("partial", None), ("none", None), ("none", False)],
+                         ids=["partial", "none-whitened", "none-theta"])
 @pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
-def test_labeled_matches_reference(kind, ties, order, pooling):
+def test_labeled_matches_reference(kind, ties, order, pooling, whiten):
     comps = comps_of(kind, ties, order)
-    enc = get_model("labeled").encode(comps, priors=LABELED_PRIORS, pooling=pooling)
+    enc = get_model("labeled").encode(comps, priors=LABELED_PRIORS, pooling=pooling,
+                                      whiten=whiten)
+    # unpooled groups are whitened by default (one basis per group), partially pooled never
+    whitened = pooling == "none" and whiten is None
+    assert enc.data["whiten"] == int(whitened)
     levels = list(enc.coords["group"])
     j = judgements_of(comps, group_levels=levels)
     n_labels = annotators_per_label(comps, levels)
@@ -278,6 +284,10 @@ def test_labeled_matches_reference(kind, ties, order, pooling):
             p["mu"], p["tau"] = rng.normal(size=P_ATTR), np.abs(rng.normal(size=P_ATTR))
             p["theta"] = p["mu"] + p["tau"] * p["z"]
             stan |= {"mu": p["mu"], "tau": p["tau"]}
+        elif whitened:
+            # z_k are theta_k's coordinates in group k's basis
+            p["theta"] = rng.normal(0.0, 1.5, size=(K, P_ATTR))
+            stan |= {"z": theta_coordinates(p["theta"], enc.data), "mu": [], "tau": []}
         else:
             # independent theta_k ~ normal(theta_mean, theta_sd), written as m + s .* z_k
             p["theta"] = m + s * p["z"]
@@ -295,8 +305,11 @@ def test_labeled_matches_reference(kind, ties, order, pooling):
         return out + ref.normal_lpdf(p["theta"], m, s)
 
     def density(p):
-        # model block: z ~ std_normal (+ mu, tau), labels n ~ multinomial(pi), judgements
-        out = (ref.normal_lpdf(p["z"], 0.0, 1.0) + ref.multinomial_lpmf(n_labels, p["pi"])
+        # model block: z ~ std_normal (+ mu, tau), or theta's own prior when whitened (a linear
+        # map: a constant Jacobian); labels n ~ multinomial(pi); judgements
+        latent = (ref.normal_lpdf(p["theta"], m, s) if whitened
+                  else ref.normal_lpdf(p["z"], 0.0, 1.0))
+        out = (latent + ref.multinomial_lpmf(n_labels, p["pi"])
                + ref.dirichlet_lpdf(p["pi"], LABELED_PRIORS["pi_alpha"]) + bt_extras_prior(p)
                + log_lik(p).sum())
         if pooling == "partial":

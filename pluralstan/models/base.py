@@ -532,11 +532,17 @@ def unwhitened(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def theta_coordinates(theta: np.ndarray, data: Mapping[str, Any]) -> np.ndarray:
     """theta (P, or K x P with a row per component) in the coordinates a program samples
-    (:func:`whitening_data`): ``theta B'^{-1}``, or theta itself when not whitened."""
+    (:func:`whitening_data`): ``theta B'^{-1}``, or theta itself when not whitened. With one
+    basis per component (``theta_basis`` K x P x P, the unpooled labeled model), row k uses
+    basis k."""
     if not data.get("whiten", 0):
         return np.asarray(theta, float)
     from scipy.linalg import solve_triangular
 
+    basis = np.asarray(data["theta_basis"])
+    if basis.ndim == 3:
+        return np.stack([solve_triangular(B, row, lower=False)
+                         for B, row in zip(basis, np.asarray(theta, float), strict=True)])
     # theta = c B' (rows)  <=>  B c_k' = theta_k'
     return solve_triangular(data["theta_basis"], np.atleast_2d(theta).T, lower=False).T.reshape(
         np.shape(theta))

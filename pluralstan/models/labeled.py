@@ -17,7 +17,8 @@ funnels, and the non-centred form diverged least on the real data sets. With
 two or three groups ``tau`` is barely informed and its posterior follows ``tau_sd``: a small
 group is then pulled towards the large one by as much as that prior allows (on the CEMS data,
 work = yes, 13 of 303 students: P(Paris > London) = 0.71 unpooled, 0.42 partially pooled), so
-report both when K is small. Ties
+report both when K is small. Without pooling, each group's ``theta_k`` is sampled in the
+whitened basis of its own design (the QR reparameterisation, :func:`group_whitening_data`). Ties
 (Davidson) and the position effect are those of the aggregate model. The ``group`` dim holds the
 observed label values as strings; labels are data, so these components cannot switch and
 :mod:`pluralstan.relabel` refuses them.
@@ -46,6 +47,7 @@ from .base import (
     positive,
     register,
     resolve_ties_order,
+    whitening_data,
 )
 
 DEFAULT_PRIORS: dict[str, Any] = {
@@ -226,6 +228,46 @@ def centring_data(centring: Any, cells: Any, K: int,
     return w
 
 
+def group_whitening_data(cells: Any, n_out: int, levels: tuple[Hashable, ...],
+                         whiten: bool | None, partial: bool) -> dict[str, Any]:
+    """Stan data of the QR reparameterisation for the labeled model: one basis per group.
+
+    Without pooling, group ``k``'s ``theta_k`` meets only its own judgements, so it is sampled
+    in the whitened basis of its own cells' design (:func:`~pluralstan.models.base.whitening_data`
+    on them); ``theta_basis`` is then ``K x P x P``. Under partial pooling the hierarchy's scale
+    ``tau``, not the design, shapes the geometry (the centring weights handle it), so nothing
+    is whitened. ``whiten=None`` whitens when every group's design allows it.
+
+    Raises
+    ------
+    PluralstanError
+        For ``whiten=True`` with partial pooling, or when a group's design cannot be whitened
+        (the message names the group).
+    """
+    P = cells.X.shape[1]
+    off = {"whiten": 0, "theta_basis": np.zeros((0, P, P))}
+    if whiten is False:
+        return off
+    if partial:
+        if whiten:
+            raise PluralstanError("whiten=True needs pooling='none': under partial pooling the "
+                                  "between-group scale tau, not the design, shapes the "
+                                  "posterior (see centring)")
+        return off
+    n = cells.counts[:, :n_out].sum(axis=1)
+    bases = []
+    for k, level in enumerate(levels):
+        rows = np.flatnonzero(cells.group == k)
+        try:
+            one = whitening_data(cells.X[rows], n[rows], whiten)
+        except PluralstanError as err:
+            raise PluralstanError(f"group {_plain(level)!r}: {err}") from None
+        if not one["whiten"]:
+            return off
+        bases.append(one["theta_basis"])
+    return {"whiten": 1, "theta_basis": np.stack(bases)}
+
+
 def encode(
     comps: Comparisons,
     K: int | None = None,
@@ -235,6 +277,7 @@ def encode(
     centring: Literal["non-centred", "centred", "auto"] | float | np.ndarray = "non-centred",
     ties: bool | None = None,
     order: bool | None = None,
+    whiten: bool | None = None,
 ) -> Encoded:
     """Encode a labeled comparison table for the labeled K-mixture model.
 
@@ -259,12 +302,18 @@ def encode(
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
         Estimate a position effect; default: when the table records presentation order.
+    whiten
+        Under ``pooling="none"``, sample each group's theta in the whitened basis of its own
+        design (the QR reparameterisation, :func:`group_whitening_data`): ``None`` (default)
+        when every group's design allows it, ``True`` or ``False`` to force the choice. The
+        posterior is the same. Partial pooling is never whitened.
 
     Raises
     ------
     PluralstanError
         For a missing or inconsistent ``group`` column, a ``K`` that does not match the labels,
-        an unknown ``pooling`` or ``centring``, or invalid priors.
+        an unknown ``pooling`` or ``centring``, invalid priors, or a ``whiten=True`` that
+        cannot be honoured.
     """
     if pooling not in POOLING:
         raise PluralstanError(f"unknown pooling {pooling!r}; accepted: {list(POOLING)}")
@@ -293,6 +342,7 @@ def encode(
         "n_annotators": n_annotators,
         "partial": partial,
         "centring": weights,
+        **group_whitening_data(cells, n_out, levels, whiten, bool(partial)),
         **prior_data,
         "prior_only": 0,
     }
@@ -326,7 +376,7 @@ def encode(
         # observed labels cannot switch: no latent label dim
         label_dim=None,
         extra_attrs={"K": G, "ties": has_ties, "order_effect": has_order, "pooling": pooling,
-                     "group_labels": "observed"},
+                     "group_labels": "observed", "whitened": data["whiten"]},
     )
 
 
