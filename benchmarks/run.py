@@ -846,11 +846,13 @@ def geometry_note(run: Run) -> str:
     return f"{depth_note(run)}, mean centring weight {float(weights.mean()):.2f}"
 
 
-def whiten_fits(s: Settings) -> list[tuple[str, dict[str, Any]]]:
-    """Target ``whiten``'s fits: the aggregate model, and the annotator model with the
-    large-data options of :data:`OPTIONS` at each K of ``s.whiten_K``."""
+def whiten_fits(s: Settings, comps: ps.Comparisons) -> list[tuple[str, dict[str, Any]]]:
+    """Target ``whiten``'s fits: the aggregate model, the annotator model with the
+    large-data options of :data:`OPTIONS` at each K of ``s.whiten_K``, and, when the data
+    carry observed groups, the unpooled labeled model (one basis per group)."""
     return [("aggregate", {}), *(("annotator", {**OPTIONS["annotator"], "K": K})
-                                 for K in s.whiten_K)]
+                                 for K in s.whiten_K),
+            *((("labeled", {"pooling": "none"}),) if comps.has_groups else ())]
 
 
 def whiten_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
@@ -870,6 +872,7 @@ def whiten_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
                        pd.DataFrame(coded[1], columns=[f"b_{x}" for x in names])], axis=1)
     frame["y"] = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
     frame["annotator"] = np.repeat(np.arange(n_annotators), each)
+    frame["group"] = z  # the types, observed, for the labeled fit
     cases: dict[str, ps.Comparisons | str] = {
         f"simulated conjoint: {n_annotators} annotators x {each}, two dummy-coded factors":
             ps.Comparisons.from_frame(frame, warn_unidentified=False)}
@@ -895,8 +898,9 @@ def target_whiten(s: Settings) -> list[Row]:
         if isinstance(comps, str):
             rows.append(Row(target, case, "pluralstan", note=comps))
             continue
-        for model, options in whiten_fits(s):
-            label = f"{case}; {model}" + (f" K = {options['K']}" if "K" in options else "")
+        for model, options in whiten_fits(s, comps):
+            label = f"{case}; {model}" + (f" K = {options['K']}" if "K" in options else
+                                          " by group, unpooled" if model == "labeled" else "")
             plain, white = (run_registered(model, comps, s, f"pluralstan {model} ({name})",
                                            whiten=whiten, **options)
                             for name, whiten in (("theta", False), ("whitened", True)))
