@@ -22,13 +22,55 @@
 // w = 1 is the centred form (right for a group whose data pin theta_k down, where the
 // non-centred form ties z_k to tau). The Python encoder passes w = 0 unless asked for another
 // weight or for weights set from a pilot fit of each group's data (centring="auto").
-// Without pooling, each theta_k is sampled in the whitened basis of its own group's design when
-// the data say so (whiten = 1; the QR reparameterisation of design.stanfunctions, one basis
-// per group): the same posterior, without the correlations the design puts between attributes.
+// A third parametrisation serves both regimes at once (conditional = 1; centring="conditional"),
+// after Christensen, Roberts & Skold (2006): a pilot approximates group k's log likelihood by a
+// normal with information I_k and linear term b_k, and mu and each theta_k are sampled as the
+// mean of their conditional posterior under that approximation plus the Cholesky square root of
+// its covariance times a standardised coordinate:
+//   Lambda_k = I_k + diag(tau^-2) = L_k L_k',
+//   theta_k = Lambda_k^-1 (b_k + mu ./ tau^2) + L_k'^-1 z_k                   (given mu, tau),
+//   A_k = I_k - I_k Lambda_k^-1 I_k   (the precision of (I_k^-1 + diag(tau^2)), without I_k^-1),
+//   Q = sum_k A_k + diag(prior_theta_sd^-2) = L_Q L_Q',
+//   mu = Q^-1 (sum_k (b_k - I_k Lambda_k^-1 b_k) + prior_theta_mean ./ prior_theta_sd^2)
+//        + L_Q'^-1 mu_coord                                                   (given tau).
+// The coordinates are then close to standard normal whatever tau: theta_k ~ mu + tau .* z_k as
+// tau -> 0 (non-centred), theta_k ~ the data's estimate + I_k^-1/2 z_k where the data dominate
+// (centred, and whitened by the design's information), and mu's scale follows tau in the same
+// way. The priors are stated on mu and theta_k with the map's log Jacobian, so the posterior is
+// the model's whatever the pilot.
 // Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
   #include functions/davidson.stanfunctions
+  // mu and theta of the conditional parametrisation (see the header) from their coordinates
+  // mu_coord and z, given tau and the groups' pilot information I_k and linear terms b_k, as one
+  // (K + 1) x P matrix: mu' on row 1, theta_k on row k + 1. Adds the map's log Jacobian.
+  matrix conditional_hierarchy_lp(vector mu_coord, matrix z, array[] matrix info,
+                                  array[] vector score, vector tau, vector prior_mean,
+                                  vector prior_sd) {
+    int K = rows(z);
+    int P = cols(z);
+    vector[P] precision = inv_square(tau);
+    array[K] matrix[P, P] L;
+    matrix[P, P] Q = diag_matrix(inv_square(prior_sd));
+    vector[P] r = prior_mean .* inv_square(prior_sd);
+    for (k in 1:K) {
+      L[k] = cholesky_decompose(add_diag(info[k], precision));
+      matrix[P, P] LiI = mdivide_left_tri_low(L[k], info[k]);   // L_k^-1 I_k
+      Q += info[k] - crossprod(LiI);
+      r += score[k] - LiI' * mdivide_left_tri_low(L[k], score[k]);
+      target += -sum(log(diagonal(L[k])));
+    }
+    matrix[P, P] L_Q = cholesky_decompose(0.5 * (Q + Q'));
+    target += -sum(log(diagonal(L_Q)));
+    matrix[K + 1, P] out;
+    out[1] = mdivide_right_tri_low(mdivide_left_tri_low(L_Q, r)' + mu_coord', L_Q);
+    for (k in 1:K) {
+      out[k + 1] = mdivide_right_tri_low(
+        mdivide_left_tri_low(L[k], score[k] + out[1]' .* precision)' + z[k], L[k]);
+    }
+    return out;
+  }
   // utility difference a - b per cell under the cell's group, x_c' theta[group[c]], plus the
   // position effect gamma * order; the sparse design's columns are those of the K * P block
   // design (X_v_group), so the sparse form is one product with to_vector(theta')
@@ -59,6 +101,11 @@ data {
   array[K] int<lower=0> n_annotators;    // distinct annotators carrying each label
   int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
   matrix<lower=0, upper=1>[K, P] centring;  // weight w of the centred form (partial pooling)
+  // the conditional parametrisation (partial pooling; replaces the weights): each group's pilot
+  // likelihood information I_k and linear term b_k = I_k times the likelihood's maximum
+  int<lower=0, upper=1> conditional;
+  array[conditional ? K : 0] matrix[P, P] pilot_info;
+  array[conditional ? K : 0] vector[P] pilot_score;
   // QR reparameterisation (pooling none only): theta_k' = theta_basis[k] * z_k', with
   // theta_basis[k] whitening group k's judgement-weighted design (models.base.whitening_data)
   int<lower=0, upper=1> whiten;
@@ -88,6 +135,12 @@ transformed data {
     reject("whiten = 1 needs partial = 0: the hierarchy's scale, not the design, sets the ",
            "geometry of partially pooled groups");
   }
+  if (conditional && !partial) {
+    reject("conditional = 1 needs partial = 1");
+  }
+  // the pilot approximates the likelihood, which a prior-only run ignores: it samples the
+  // weights' form (non-centred when they are 0)
+  int conditioned = conditional && !prior_only;
   // sparse design: the columns of its non-zeros in the K * P block design whose row c holds x_c
   // in the block of group[c], so that eta = X_block * to_vector(theta') is one sparse product
   array[X_nnz] int X_v_group;
@@ -98,7 +151,7 @@ transformed data {
   }
 }
 parameters {
-  vector[partial ? P : 0] mu;            // population preference (partial pooling)
+  vector[partial ? P : 0] mu_coord;      // mu itself, or its coordinate (conditional form)
   vector<lower=0>[partial ? P : 0] tau;  // between-group spread per attribute (partial pooling)
   matrix[K, P] z;                        // subgroup vectors: partially centred (partial pooling),
                                          // in their group's basis (whitened) or standardised
@@ -107,8 +160,14 @@ parameters {
   array[has_ties] real log_nu;           // log Davidson tie parameter
 }
 transformed parameters {
+  vector[partial ? P : 0] mu = mu_coord; // population preference (partial pooling)
   matrix[K, P] theta;                    // preference weights of each subgroup (row k)
-  if (partial) {
+  if (conditioned) {
+    matrix[K + 1, P] hierarchy = conditional_hierarchy_lp(mu_coord, z, pilot_info, pilot_score,
+                                                          tau, prior_theta_mean, prior_theta_sd);
+    mu = hierarchy[1]';
+    theta = hierarchy[2:(K + 1)];
+  } else if (partial) {
     matrix[K, P] mu_k = rep_matrix(mu', K);
     theta = mu_k + pow(rep_matrix(tau', K), 1 - w) .* (z - w .* mu_k);
   } else if (whitened) {
@@ -123,8 +182,13 @@ model {
   // utility difference a - b per cell, x_c' theta[group[c]]
   vector[C] eta = group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order);
   if (partial) {
-    to_vector(z) ~ normal(to_vector(w .* rep_matrix(mu', K)),
-                          to_vector(pow(rep_matrix(tau', K), w)));
+    if (conditioned) {
+      // stated on theta_k (and mu below); the map's log Jacobian was added with them
+      to_vector(theta) ~ normal(to_vector(rep_matrix(mu', K)), to_vector(rep_matrix(tau', K)));
+    } else {
+      to_vector(z) ~ normal(to_vector(w .* rep_matrix(mu', K)),
+                            to_vector(pow(rep_matrix(tau', K), w)));
+    }
     mu ~ normal(prior_theta_mean, prior_theta_sd);
     tau ~ normal(0, prior_tau_sd);
   } else if (whitened) {

@@ -256,17 +256,42 @@ def annotators_per_label(comps: ps.Comparisons, levels: list) -> np.ndarray:
     return counts.reindex([str(level) for level in levels]).to_numpy()
 
 
-@pytest.mark.parametrize(("pooling", "whiten"),
-                         [("partial", None), ("none", None), ("none", False)],
-                         ids=["partial", "none-whitened", "none-theta"])
+def conditional_coordinates(theta: np.ndarray, mu: np.ndarray, tau: np.ndarray, data: dict,
+                            prior_mean: np.ndarray, prior_sd: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The conditional parametrisation's coordinates of (theta, mu) given tau, z (K x P) and
+    mu_coord (P), and the map's log |Jacobian|, from the program header's definitions, with
+    dense solves: Lambda_k = I_k + diag(tau^-2), theta_k = Lambda_k^-1 (b_k + mu / tau^2) +
+    chol(Lambda_k)'^-1 z_k; Q = sum_k (I_k - I_k Lambda_k^-1 I_k) + diag(prior_sd^-2),
+    mu = Q^-1 (sum_k (b_k - I_k Lambda_k^-1 b_k) + prior_mean / prior_sd^2) + chol(Q)'^-1 mu_coord.
+    """
+    z, log_jac = [], 0.0
+    Q, r = np.diag(prior_sd ** -2.0), prior_mean / prior_sd ** 2
+    for info, score, row in zip(data["pilot_info"], data["pilot_score"], theta, strict=True):
+        lam = info + np.diag(tau ** -2.0)
+        L = np.linalg.cholesky(lam)
+        z.append(L.T @ (row - np.linalg.solve(lam, score + mu / tau ** 2)))
+        log_jac -= np.log(np.diag(L)).sum()
+        Q = Q + info - info @ np.linalg.solve(lam, info)
+        r = r + score - info @ np.linalg.solve(lam, score)
+    L_Q = np.linalg.cholesky(Q)
+    mu_coord = L_Q.T @ (mu - np.linalg.solve(Q, r))
+    return np.array(z), mu_coord, log_jac - np.log(np.diag(L_Q)).sum()
+
+
+@pytest.mark.parametrize(("pooling", "whiten", "centring"),
+                         [("partial", None, "non-centred"), ("partial", None, "conditional"),
+                          ("none", None, "non-centred"), ("none", False, "non-centred")],
+                         ids=["partial", "partial-conditional", "none-whitened", "none-theta"])
 @pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
-def test_labeled_matches_reference(kind, ties, order, pooling, whiten):
+def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring):
     comps = comps_of(kind, ties, order)
     enc = get_model("labeled").encode(comps, priors=LABELED_PRIORS, pooling=pooling,
-                                      whiten=whiten)
+                                      whiten=whiten, centring=centring)
     # unpooled groups are whitened by default (one basis per group), partially pooled never
     whitened = pooling == "none" and whiten is None
-    assert enc.data["whiten"] == int(whitened)
+    conditional = centring == "conditional"
+    assert enc.data["whiten"] == int(whitened) and enc.data["conditional"] == int(conditional)
     levels = list(enc.coords["group"])
     j = judgements_of(comps, group_levels=levels)
     n_labels = annotators_per_label(comps, levels)
@@ -279,19 +304,26 @@ def test_labeled_matches_reference(kind, ties, order, pooling, whiten):
         p = {"z": rng.normal(size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
              **bt_extras(rng, order, ties)}
         stan = {"z": p["z"], "pi": p["pi"], **stan_extras(p)}
-        if pooling == "partial":
+        if conditional:
+            # theta_k, mu and tau drawn directly; z from the header's definition
+            p["mu"], p["tau"] = rng.normal(size=P_ATTR), np.abs(rng.normal(size=P_ATTR))
+            p["theta"] = p["mu"] + p["tau"] * rng.normal(size=(K, P_ATTR))
+            p["z"], mu_coord, p["log_jacobian"] = conditional_coordinates(
+                p["theta"], p["mu"], p["tau"], enc.data, m, s)
+            stan |= {"z": p["z"], "mu_coord": mu_coord, "tau": p["tau"]}
+        elif pooling == "partial":
             # the header's non-centred hierarchy: theta_k = mu + tau .* z_k
             p["mu"], p["tau"] = rng.normal(size=P_ATTR), np.abs(rng.normal(size=P_ATTR))
             p["theta"] = p["mu"] + p["tau"] * p["z"]
-            stan |= {"mu": p["mu"], "tau": p["tau"]}
+            stan |= {"mu_coord": p["mu"], "tau": p["tau"]}
         elif whitened:
             # z_k are theta_k's coordinates in group k's basis
             p["theta"] = rng.normal(0.0, 1.5, size=(K, P_ATTR))
-            stan |= {"z": theta_coordinates(p["theta"], enc.data), "mu": [], "tau": []}
+            stan |= {"z": theta_coordinates(p["theta"], enc.data), "mu_coord": [], "tau": []}
         else:
             # independent theta_k ~ normal(theta_mean, theta_sd), written as m + s .* z_k
             p["theta"] = m + s * p["z"]
-            stan |= {"mu": [], "tau": []}
+            stan |= {"mu_coord": [], "tau": []}
         points.append({"ref": p, "stan": stan})
 
     def log_lik(p):
@@ -307,8 +339,12 @@ def test_labeled_matches_reference(kind, ties, order, pooling, whiten):
     def density(p):
         # model block: z ~ std_normal (+ mu, tau), or theta's own prior when whitened (a linear
         # map: a constant Jacobian); labels n ~ multinomial(pi); judgements
-        latent = (ref.normal_lpdf(p["theta"], m, s) if whitened
-                  else ref.normal_lpdf(p["z"], 0.0, 1.0))
+        if conditional:  # theta_k ~ normal(mu, tau), plus the map's log Jacobian (mu below)
+            latent = ref.normal_lpdf(p["theta"], p["mu"], p["tau"]) + p["log_jacobian"]
+        elif whitened:
+            latent = ref.normal_lpdf(p["theta"], m, s)
+        else:
+            latent = ref.normal_lpdf(p["z"], 0.0, 1.0)
         out = (latent + ref.multinomial_lpmf(n_labels, p["pi"])
                + ref.dirichlet_lpdf(p["pi"], LABELED_PRIORS["pi_alpha"]) + bt_extras_prior(p)
                + log_lik(p).sum())

@@ -26,7 +26,7 @@ from pluralstan.checks.sbc import (
 )
 from pluralstan.engine import get_engine
 from pluralstan.models import covariate, get_model, pal
-from pluralstan.models.base import theta_coordinates, unwhitened
+from pluralstan.models.base import prior_parametrisation, theta_coordinates
 from pluralstan.parallel import local_pool
 
 N_SIMS = 80
@@ -163,7 +163,7 @@ def test_generate_evaluates_the_program_at_fixed_parameters_with_new_data():
     # prior-only run, which samples theta itself, and are evaluated without the basis
     assert data["whiten"] == 1 and not np.allclose(data["theta_basis"], np.eye(2))
     for values, stan_data in ((theta_coordinates(theta, data), data),
-                              (theta, unwhitened(data))):
+                              (theta, prior_parametrisation(data))):
         out = get_engine("pystan").generate(spec.program, {**stan_data, "y": y}, params(values),
                                             seed=1)
         np.testing.assert_allclose(out["theta"][0], theta)

@@ -71,7 +71,7 @@ from ..data import Comparisons, as_comparisons
 from ..engine import Draws, SamplerConfig, StanProgram, get_engine, program_info
 from ..errors import DiagnosticWarning, PluralstanError
 from ..models import get_model
-from ..models.base import Encoded, ModelSpec, unwhitened
+from ..models.base import Encoded, ModelSpec, prior_parametrisation
 from ..parallel import Job, RunReport, run_jobs
 from ..pipeline import assemble, finalize, fit_attrs, provenance
 from .ecdf import ecdf_difference, simultaneous_band
@@ -338,7 +338,7 @@ def sbc_replicate(
         # outputs at the truth recomputed with the simulated data (the prior run used the
         # design's); the truth's parameter values come from a prior-only run, which samples
         # theta itself, so they are evaluated without the design's basis
-        at_true = engine.generate(spec.program, unwhitened(enc.data),
+        at_true = engine.generate(spec.program, prior_parametrisation(enc.data),
                                   {n: truth[n] for n in param_names}, rank_seed)
         for name, value in quantities(at_true, y).items():
             at_truth[name] = float(np.asarray(value)[0])

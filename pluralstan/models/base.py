@@ -522,12 +522,18 @@ def whitening_data(X: Any, weights: np.ndarray, whiten: bool | None,
     return {"whiten": 1, "theta_basis": solve_triangular(L.T, np.eye(P), lower=False)}
 
 
-def unwhitened(data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` for the same program sampling theta itself (no basis), as its prior-only runs
-    do: parameter values from such a run mean the same there (``theta_coord`` is theta)."""
-    if "whiten" not in data:
-        return dict(data)
-    return {**data, "whiten": 0, "theta_basis": np.zeros((0, 0))}
+def prior_parametrisation(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` for the same program in the parametrisation its prior-only runs sample: theta
+    itself (no basis, :func:`whitening_data`) and, in the labeled program, the centring
+    weights' form rather than the conditional one (``labeled.conditional_data``). Parameter
+    values from a prior-only run mean the same there (``theta_coord`` is theta, ``mu_coord``
+    is mu)."""
+    out = dict(data)
+    if "whiten" in data:
+        out |= {"whiten": 0, "theta_basis": np.zeros((0, 0))}
+    if "conditional" in data:
+        out |= {"conditional": 0, "pilot_info": np.zeros((0, 0)), "pilot_score": np.zeros((0, 0))}
+    return out
 
 
 def theta_coordinates(theta: np.ndarray, data: Mapping[str, Any]) -> np.ndarray:

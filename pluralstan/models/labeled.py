@@ -137,6 +137,40 @@ def annotators_per_group(comps: Comparisons) -> np.ndarray:
     return np.bincount(codes, minlength=len(comps.group_levels)).astype(np.int64)
 
 
+def group_pilots(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
+                 prior_mean: np.ndarray, prior_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's ``theta`` estimated on its own: the ``(K, P)`` posterior modes under the
+    unpooled prior ``normal(prior_mean, prior_sd)`` and the ``(K, P, P)`` Fisher information
+    of the group's decided judgements there (:func:`pluralstan.ml.penalised_mode`)."""
+    X = sparse.csr_array(X, dtype=float)
+    modes, infos = zip(*(penalised_mode(X[np.flatnonzero(group == k)].toarray(),
+                                        counts[group == k], prior_mean, prior_sd)
+                         for k in range(K)), strict=True)
+    return np.array(modes), np.array(infos)
+
+
+def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
+                     prior_mean: np.ndarray, prior_sd: np.ndarray) -> dict[str, np.ndarray]:
+    """Stan data of the conditional parametrisation (``centring="conditional"``).
+
+    The program approximates group ``k``'s log likelihood by a normal with information ``I_k``
+    and linear term ``b_k`` (``-I_k theta' theta / 2 + b_k' theta``), and samples ``theta_k``
+    as the mean of its conditional posterior given ``mu`` and ``tau`` under that approximation
+    plus the Cholesky square root of its covariance times ``z_k`` (Christensen, Roberts & Skold
+    2006; the program's header). From the pilot (:func:`group_pilots`), a mode ``m_k`` of the
+    likelihood times the prior ``normal(prior_mean, prior_sd)`` (precision ``D``) solves
+    ``I_k (t_k - m_k) = D (m_k - prior_mean)`` for the likelihood's own maximum ``t_k``, so
+    ``b_k = I_k t_k = (I_k + D) m_k - D prior_mean``, which needs no inverse of ``I_k`` (singular
+    when a group never sees an attribute). The approximation only sets the sampler's
+    geometry: the program states the prior on ``theta_k`` with the map's Jacobian, so the
+    posterior is exact whatever the pilot.
+    """
+    modes, infos = group_pilots(X, counts, group, K, prior_mean, prior_sd)
+    precision = 1.0 / np.square(prior_sd)
+    scores = np.einsum("kpq,kq->kp", infos, modes) + precision * (modes - prior_mean)
+    return {"conditional": 1, "pilot_info": infos, "pilot_score": scores}
+
+
 def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
                      prior_mean: np.ndarray, prior_sd: np.ndarray,
                      tau_sd: np.ndarray) -> np.ndarray:
@@ -184,11 +218,8 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     numpy.ndarray
         ``(K, P)`` weights in ``[0, 1]``.
     """
-    X = sparse.csr_array(X, dtype=float)
     precision = np.diag(1.0 / np.square(prior_sd))
-    modes, infos = zip(*(penalised_mode(X[np.flatnonzero(group == k)].toarray(),
-                                        counts[group == k], prior_mean, prior_sd)
-                         for k in range(K)), strict=True)
+    modes, infos = group_pilots(X, counts, group, K, prior_mean, prior_sd)
     if K > 1:
         sampling_var = [np.diag(np.linalg.inv(info + precision)) for info in infos]
         spread = np.var(modes, axis=0, ddof=1) * (K - 1) / stats.chi2.ppf(TAU_LOWER, K - 1)
@@ -203,19 +234,31 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     return np.clip(np.array(w), 0.0, 1.0)
 
 
-def centring_data(centring: Any, cells: Any, K: int,
-                  priors: dict[str, np.ndarray]) -> np.ndarray:
-    """The ``(K, P)`` centring weights of ``encode``'s ``centring`` argument, checked."""
+def centring_data(centring: Any, cells: Any, K: int, priors: dict[str, np.ndarray],
+                  partial: bool) -> dict[str, Any]:
+    """The Stan data of ``encode``'s ``centring`` argument, checked: the ``(K, P)`` weights
+    ``centring`` and the conditional parametrisation's ``conditional``, ``pilot_info`` and
+    ``pilot_score`` (empty unless ``centring="conditional"``)."""
     P = len(priors["prior_tau_sd"])
+    off = {"conditional": 0, "pilot_info": np.zeros((0, P, P)), "pilot_score": np.zeros((0, P))}
+    pilot = (cells.X, cells.counts, cells.group, K, priors["prior_theta_mean"],
+             priors["prior_theta_sd"])
+    if not partial:
+        return {"centring": np.zeros((K, P)), **off}
     if isinstance(centring, str):
+        if centring == "conditional":
+            return {"centring": np.zeros((K, P)), **conditional_data(*pilot)}
         if centring == "auto":
-            return centring_weights(cells.X, cells.counts, cells.group, K,
-                                    priors["prior_theta_mean"], priors["prior_theta_sd"],
-                                    priors["prior_tau_sd"])
+            return {"centring": centring_weights(*pilot, priors["prior_tau_sd"]), **off}
         if centring not in CENTRING:
-            raise PluralstanError(f"unknown centring {centring!r}; accepted: 'auto', "
-                                  f"{list(CENTRING)} or weights in [0, 1]")
-        return np.full((K, P), CENTRING[centring])
+            raise PluralstanError(f"unknown centring {centring!r}; accepted: 'conditional', "
+                                  f"'auto', {list(CENTRING)} or weights in [0, 1]")
+        return {"centring": np.full((K, P), CENTRING[centring]), **off}
+    return {"centring": centring_weight_matrix(centring, K, P), **off}
+
+
+def centring_weight_matrix(centring: Any, K: int, P: int) -> np.ndarray:
+    """Centring weights given as a number or an array, checked and broadcast to ``(K, P)``."""
     w = np.asarray(centring, dtype=float)
     try:
         w = np.broadcast_to(w, (K, P)).copy()
@@ -274,7 +317,8 @@ def encode(
     priors: dict[str, Any] | None = None,
     *,
     pooling: Literal["partial", "none"] = "partial",
-    centring: Literal["non-centred", "centred", "auto"] | float | np.ndarray = "non-centred",
+    centring: Literal["non-centred", "centred", "auto", "conditional"] | float | np.ndarray
+    = "non-centred",
     ties: bool | None = None,
     order: bool | None = None,
     whiten: bool | None = None,
@@ -295,9 +339,12 @@ def encode(
         ``theta_k ~ normal(theta_mean, theta_sd)``.
     centring
         Parametrisation of the partially pooled hierarchy: ``"non-centred"``, ``"centred"``,
-        ``"auto"`` (weights from the data, :func:`centring_weights`), or weights in ``[0, 1]``
-        (a number or a ``(K, P)`` array). Every choice is the same model; it changes only how
-        well the sampler moves. Ignored under ``pooling="none"``.
+        ``"auto"`` (weights from the data, :func:`centring_weights`), weights in ``[0, 1]``
+        (a number or a ``(K, P)`` array), or ``"conditional"`` (each ``theta_k`` standardised
+        by a normal approximation to its conditional posterior given ``mu`` and ``tau``,
+        :func:`conditional_data`; non-centred where ``tau`` is small, centred and whitened
+        where the data dominate). Every choice is the same model; it changes only how well
+        the sampler moves. Ignored under ``pooling="none"``.
     ties
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
@@ -328,7 +375,7 @@ def encode(
     prior_data = {**bt_prior_data(p, P),
               "prior_tau_sd": positive(broadcast_prior(p["tau_sd"], P, "tau_sd"), "tau_sd"),
               "prior_pi_alpha": pi_alpha_vector(p["pi_alpha"], G)}
-    weights = centring_data(centring, cells, G, prior_data) if partial else np.zeros((G, P))
+    centring_part = centring_data(centring, cells, G, prior_data, bool(partial))
     data = {
         "C": cells.n_cells,
         "P": P,
@@ -341,7 +388,7 @@ def encode(
         "y": cells.counts[:, :n_out],
         "n_annotators": n_annotators,
         "partial": partial,
-        "centring": weights,
+        **centring_part,
         **group_whitening_data(cells, n_out, levels, whiten, bool(partial)),
         **prior_data,
         "prior_only": 0,
@@ -367,11 +414,11 @@ def encode(
         # data with a replicate, like the judgement counts
         observed={"y": cells.counts[:, :n_out], "n_annotators": n_annotators},
         constant={"X": cells.X, "order": cells.order, "cell_group": cells.group,
-                  "cell_of_row": cell_of_row, "centring": weights},
+                  "cell_of_row": cell_of_row, "centring": centring_part["centring"]},
         predictive={"y_rep": "y", "n_annotators_rep": "n_annotators"},
         log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
         log_lik_dims={"y": ["comparison"]},
-        drop=("log_p_cell", "z"),
+        drop=("log_p_cell", "z", "mu_coord"),
         optional_scalars=("gamma", "log_nu"),
         # observed labels cannot switch: no latent label dim
         label_dim=None,
