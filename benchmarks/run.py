@@ -818,25 +818,35 @@ def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
     return cases
 
 
+#: Target ``geometry``'s parametrisations of the partially pooled labeled model, the first the
+#: reference of the others' ratios.
+CENTRINGS = ("non-centred", "auto", "conditional")
+
+
 def target_geometry(s: Settings) -> list[Row]:
     """Issue 21, goal 2: the partially pooled labeled model, non-centred against data-chosen
-    partial centring (``centring="auto"``, :func:`pluralstan.models.labeled.centring_weights`).
+    partial centring (``centring="auto"``, :func:`pluralstan.models.labeled.centring_weights`)
+    and the conditional parametrisation (``centring="conditional"``,
+    :func:`pluralstan.models.labeled.conditional_data`).
 
-    Same data, chains, warm-up and draws for both; the ratio is ``auto``'s ESS/s over the
-    non-centred fit's, the note gives divergences, mean tree depth and the mean centring weight.
+    Same data, chains, warm-up and draws for each; a row's ratio is its ESS/s over the
+    non-centred fit's, the note gives divergences, mean tree depth and the mean centring weight,
+    and whether the posteriors agree.
     """
     target, rows = "geometry", []
     for case, comps in geometry_cases(s).items():
         if isinstance(comps, str):
             rows.append(Row(target, case, "pluralstan labeled", note=comps))
             continue
-        base, auto = (run_registered("labeled", comps, s, f"pluralstan labeled ({centring})",
-                                     pooling="partial", centring=centring)
-                      for centring in ("non-centred", "auto"))
+        base, *others = (run_registered("labeled", comps, s, f"pluralstan labeled ({centring})",
+                                        pooling="partial", centring=centring)
+                         for centring in CENTRINGS)
         ref = fit_row(target, case, base, comps.n, s, geometry_note(base))
-        note = f"{geometry_note(auto)}; {same_posterior(base, auto)}"
-        rows += [ref, compare(fit_row(target, case, auto, comps.n, s, note), ref,
-                              "auto / non-centred ESS/s", 1.0)]
+        rows.append(ref)
+        for centring, other in zip(CENTRINGS[1:], others, strict=True):
+            note = f"{geometry_note(other)}; {same_posterior(base, other)}"
+            rows.append(compare(fit_row(target, case, other, comps.n, s, note), ref,
+                                f"{centring} / non-centred ESS/s", 1.0))
     return rows
 
 
