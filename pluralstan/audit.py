@@ -65,6 +65,7 @@ from .fit import fit as fit_model
 from .fit import save
 from .models import get_model
 from .models.annotator import initial_values
+from .models.labeled import CONDITIONAL_MAX_ATTRIBUTES
 from .outputs import png_bytes
 from .relabel import match_components, permute
 
@@ -313,15 +314,19 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
 
 def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
     """Options of the labeled fit (``None`` without observed groups): partial pooling from three
-    groups on (two group means say little about their spread), with ``adapt_delta = 0.95``
-    because the hierarchical spread of few or small groups makes the default step size
-    diverge."""
+    groups on (two group means say little about their spread). A partially pooled fit in the
+    non-centred form (more than :data:`~pluralstan.models.labeled.CONDITIONAL_MAX_ATTRIBUTES`
+    attributes) gets ``adapt_delta = 0.95``, because the hierarchical spread of few or small
+    groups makes the default step size diverge there; the conditional form, the default below
+    that many attributes, samples both regimes of that spread at the default."""
     if not comps.has_groups:
         return None
     pooling = pooling or ("partial" if len(comps.group_levels) >= 3 else "none")
     if pooling not in ("partial", "none"):
         raise PluralstanError(f"pooling must be 'partial' or 'none', got {pooling!r}")
-    return {"pooling": pooling, **({"adapt_delta": 0.95} if pooling == "partial" else {})}
+    non_centred = (pooling == "partial"
+                   and len(comps.attributes) > CONDITIONAL_MAX_ATTRIBUTES)
+    return {"pooling": pooling, **({"adapt_delta": 0.95} if non_centred else {})}
 
 
 def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,

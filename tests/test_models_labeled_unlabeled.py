@@ -74,6 +74,28 @@ def test_labeled_encoding_counts_annotators_and_splits_cells_by_group() -> None:
     assert enc.data["partial"] == 1 and labeled.encode(comps, pooling="none").data["partial"] == 0
 
 
+def test_partial_pooling_defaults_to_the_conditional_form_on_few_attributes(monkeypatch) -> None:
+    """centring=None: the conditional parametrisation (pilot information and linear term per
+    group, weights unused) up to CONDITIONAL_MAX_ATTRIBUTES attributes, non-centred beyond; the
+    audit's labeled fit raises adapt_delta only for the non-centred form."""
+    from pluralstan.audit import labeled_options
+
+    frame = _tiny_frame(group=np.repeat(["u", "v", "w", "x"], 10))
+    comps = ps.Comparisons.from_frame(frame)
+    enc = labeled.encode(comps)
+    assert enc.data["conditional"] == 1
+    assert np.shape(enc.data["pilot_info"]) == (4, 2, 2)
+    assert np.shape(enc.data["pilot_score"]) == (4, 2)
+    assert not enc.data["centring"].any()
+    assert labeled_options(comps, None) == {"pooling": "partial"}
+    assert labeled.encode(comps, pooling="none").data["conditional"] == 0
+    assert labeled.encode(comps, centring="auto").data["conditional"] == 0
+    monkeypatch.setattr(labeled, "CONDITIONAL_MAX_ATTRIBUTES", 1)
+    monkeypatch.setattr("pluralstan.audit.CONDITIONAL_MAX_ATTRIBUTES", 1)
+    assert labeled.encode(comps).data["conditional"] == 0
+    assert labeled_options(comps, None) == {"pooling": "partial", "adapt_delta": 0.95}
+
+
 def test_unpooled_groups_are_whitened_each_in_its_own_basis() -> None:
     """pooling='none': one basis per group, orthonormalising that group's judgement-weighted
     design and no other; partial pooling is not whitened, and whiten=True says why."""

@@ -20,9 +20,9 @@ Data sets (``--datasets``):
 ``taxes``
     Tax-plan conjoint, the 1,925 of 2,000 respondents with a known party x 8 choices between
     plans, utility linear in attribute-level dummies; observed groups = party, covariates party
-    and inequality aversion. The labeled fit pools nothing (``pooling="none"``): with
-    3,000-7,000 choices per party pooling moves little, and the partially pooled fit's 25
-    between-party scales, informed by three parties, make its sampler take hours.
+    and inequality aversion. The labeled fit pools the three parties partially, in the
+    conditional parametrisation (``pluralstan.models.labeled``), which samples their 25
+    between-party scales in both of their regimes; in the non-centred form that fit took hours.
 ``vtaiwan``
     Polis vTaiwan (uberX) votes as within-participant pairs: 1,235 participants over 110
     statements (those in an agree / disagree pair); observed groups = Polis's opinion groups.
@@ -67,9 +67,6 @@ LOADERS: dict[str, Callable[..., Comparisons]] = {
     "vtaiwan": lambda folder: realdata.load_polis("vtaiwan.uberx", folder),
 }
 
-#: Audit options of a data set beyond the command line's (see the module docstring).
-AUDIT_OPTIONS: dict[str, dict[str, str]] = {"taxes": {"pooling": "none"}}
-
 
 def parse_args(argv: list[str] | None = None):
     """The shared audit options plus ``--datasets`` and ``--K``."""
@@ -92,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         comps = LOADERS[name](args.data)
         with step(f"{name}: {comps.n} judgements by {len(comps.annotator_levels)} annotators"):
             result = audit(comps, args.out / name, K=args.K, chains=args.chains,
-                           draws=args.draws, warmup=args.draws, seed=args.seed, progress=False,
-                           **AUDIT_OPTIONS.get(name, {}))
+                           draws=args.draws, warmup=args.draws, seed=args.seed, progress=False)
         verdicts = pd.DataFrame(result.summary["verdicts"])[["item", "mark", "finding"]]
         cards += [f"## {name} ([report]({name}/report.html)): K = "
                   f"{result.summary['K']['chosen']}", "",

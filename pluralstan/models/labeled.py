@@ -6,14 +6,17 @@ is learned from that subgroup's judgements and the weights ``pi`` from the label
 distinct annotators (``n_annotators ~ multinomial(pi)``, ``pi ~ dirichlet(pi_alpha)``).
 
 ``pooling="partial"`` shrinks the ``theta_k`` towards a population vector ``mu`` with per-attribute
-spread ``tau``; ``pooling="none"`` gives every group an independent prior. The hierarchy is
-partially centred, with a weight per group and attribute given as data (``centring``): 0 is the
-non-centred form (the default), 1 the centred one, and ``centring="auto"`` sets the weights from
-a pilot of the data (:func:`centring_weights`), centred where a group's judgements pin its
-coefficient down and non-centred where they say little. ``benchmarks/run.py --targets
-geometry`` compares the two: ``auto`` pays with many groups and much data per group; with two
-or three groups ``tau`` is barely informed, its posterior reaches the values at which centring
-funnels, and the non-centred form diverged least on the real data sets. With
+spread ``tau``; ``pooling="none"`` gives every group an independent prior. How the sampler sees
+the hierarchy is a choice of parametrisation (``centring``), never of model. The default, for
+up to :data:`CONDITIONAL_MAX_ATTRIBUTES` attributes, is the conditional form
+(:func:`conditional_data`): ``mu`` and each ``theta_k`` are the mean of their conditional
+posterior plus its Cholesky root times a standard coordinate, under a pilot's normal
+approximation to each group's likelihood, which is non-centred where ``tau`` is small and
+centred where a group's data dominate, so it serves both regimes even when ``tau``'s
+posterior spans them (as with three tax parties). The alternatives are a partially centred
+form with a weight per group and attribute (0 non-centred, the default beyond that many
+attributes; 1 centred; ``"auto"``: weights from a pilot, :func:`centring_weights`).
+``benchmarks/run.py --targets geometry`` compares them side by side. With
 two or three groups ``tau`` is barely informed and its posterior follows ``tau_sd``: a small
 group is then pulled towards the large one by as much as that prior allows (on the CEMS data,
 work = yes, 13 of 303 students: P(Paris > London) = 0.71 unpooled, 0.42 partially pooled), so
@@ -64,6 +67,12 @@ POOLING = ("partial", "none")
 
 #: Confidence of the lower bound on ``tau`` that sets the centring weights.
 TAU_LOWER = 0.9
+
+#: Most attributes for which ``centring=None`` chooses the conditional parametrisation: its
+#: gradient adds Cholesky factors and triangular solves of P x P matrices per group (cost
+#: ~ K P^3), which beyond this outweigh the shorter trajectories it buys
+#: (``benchmarks/latest_results.md``, labeled-model geometry).
+CONDITIONAL_MAX_ATTRIBUTES = 50
 
 #: Named parametrisations of the partially pooled hierarchy: weight of the centred form.
 CENTRING = {"non-centred": 0.0, "centred": 1.0}
@@ -245,6 +254,8 @@ def centring_data(centring: Any, cells: Any, K: int, priors: dict[str, np.ndarra
              priors["prior_theta_sd"])
     if not partial:
         return {"centring": np.zeros((K, P)), **off}
+    if centring is None:
+        centring = "conditional" if P <= CONDITIONAL_MAX_ATTRIBUTES else "non-centred"
     if isinstance(centring, str):
         if centring == "conditional":
             return {"centring": np.zeros((K, P)), **conditional_data(*pilot)}
@@ -318,7 +329,7 @@ def encode(
     *,
     pooling: Literal["partial", "none"] = "partial",
     centring: Literal["non-centred", "centred", "auto", "conditional"] | float | np.ndarray
-    = "non-centred",
+    | None = None,
     ties: bool | None = None,
     order: bool | None = None,
     whiten: bool | None = None,
@@ -343,8 +354,10 @@ def encode(
         (a number or a ``(K, P)`` array), or ``"conditional"`` (each ``theta_k`` standardised
         by a normal approximation to its conditional posterior given ``mu`` and ``tau``,
         :func:`conditional_data`; non-centred where ``tau`` is small, centred and whitened
-        where the data dominate). Every choice is the same model; it changes only how well
-        the sampler moves. Ignored under ``pooling="none"``.
+        where the data dominate). ``None`` (default): ``"conditional"`` up to
+        :data:`CONDITIONAL_MAX_ATTRIBUTES` attributes, else ``"non-centred"``. Every choice is
+        the same model; it changes only how well the sampler moves. Ignored under
+        ``pooling="none"``.
     ties
         Model ties with Davidson's parameter; default: when the data contain ties.
     order
