@@ -20,9 +20,10 @@
 // which implies theta_k ~ normal(mu, tau) for every w. w = 0 is the non-centred form (right for
 // a group whose data say little about theta_k, where the centred form has a funnel in tau);
 // w = 1 is the centred form (right for a group whose data pin theta_k down, where the
-// non-centred form ties z_k to tau). The Python encoder passes w = 0 unless asked for another
-// weight or for weights set from a pilot fit of each group's data (centring="auto").
-// A third parametrisation serves both regimes at once (conditional = 1; centring="conditional"),
+// non-centred form ties z_k to tau). Weights set from a pilot fit of each group's data:
+// centring="auto" in Python.
+// A third parametrisation serves both regimes at once (conditional = 1; centring="conditional",
+// the Python encoder's default up to 50 attributes, where it passes w = 0 otherwise),
 // after Christensen, Roberts & Skold (2006): a pilot approximates group k's log likelihood by a
 // normal with information I_k and linear term b_k, and mu and each theta_k are sampled as the
 // mean of their conditional posterior under that approximation plus the Cholesky square root of
