@@ -163,7 +163,7 @@ def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     """Stan data of the conditional parametrisation (``centring="conditional"``).
 
     The program approximates group ``k``'s log likelihood by a normal with information ``I_k``
-    and linear term ``b_k`` (``-I_k theta' theta / 2 + b_k' theta``), and samples ``theta_k``
+    and linear term ``b_k`` (``-theta' I_k theta / 2 + b_k' theta``), and samples ``theta_k``
     as the mean of its conditional posterior given ``mu`` and ``tau`` under that approximation
     plus the Cholesky square root of its covariance times ``z_k`` (Christensen, Roberts & Skold
     2006; the program's header). From the pilot (:func:`group_pilots`), a mode ``m_k`` of the
@@ -289,8 +289,8 @@ def group_whitening_data(cells: Any, n_out: int, levels: tuple[Hashable, ...],
     Without pooling, group ``k``'s ``theta_k`` meets only its own judgements, so it is sampled
     in the whitened basis of its own cells' design (:func:`~pluralstan.models.base.whitening_data`
     on them); ``theta_basis`` is then ``K x P x P``. Under partial pooling the hierarchy's scale
-    ``tau``, not the design, shapes the geometry (the centring weights handle it), so nothing
-    is whitened. ``whiten=None`` whitens when every group's design allows it.
+    ``tau``, not the design, shapes the geometry (``centring`` handles it), so nothing is
+    whitened. ``whiten=None`` whitens when every group's design allows it.
 
     Raises
     ------
