@@ -798,6 +798,14 @@ def target_engines(s: Settings) -> list[Row]:
     return rows
 
 
+def taxes_case(label: str) -> dict[str, ps.Comparisons | str]:
+    """The tax conjoint under ``label``, or why it is skipped (the data set is absent)."""
+    try:
+        return {label: realdata.load_taxes()}
+    except ps.PluralstanError as err:
+        return {label: f"skipped: {err}"}
+
+
 def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
     """Target ``geometry``'s data: two simulated designs of ``s.geometry_groups`` groups (many
     judgements per group, then few) and, unless ``--quick``, the tax conjoint's three parties
@@ -811,10 +819,7 @@ def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
                                     n_annotators=20 * G, pairs_per_annotator=each, seed=s.seed)
         cases[f"simulated: {G} groups x 20 annotators x {each} judgements"] = comps
     if s.geometry_real:
-        try:
-            cases["tax conjoint: 3 parties, 25 attributes"] = realdata.load_taxes()
-        except ps.PluralstanError as err:
-            cases["tax conjoint: 3 parties, 25 attributes"] = f"skipped: {err}"
+        cases.update(taxes_case("tax conjoint: 3 parties, 25 attributes"))
     return cases
 
 
@@ -887,10 +892,7 @@ def whiten_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
         f"simulated conjoint: {n_annotators} annotators x {each}, two dummy-coded factors":
             ps.Comparisons.from_frame(frame, warn_unidentified=False)}
     if s.geometry_real:
-        try:
-            cases["tax conjoint: 1,925 respondents x 8, 25 attributes"] = realdata.load_taxes()
-        except ps.PluralstanError as err:
-            cases["tax conjoint: 1,925 respondents x 8, 25 attributes"] = f"skipped: {err}"
+        cases.update(taxes_case("tax conjoint: 1,925 respondents x 8, 25 attributes"))
     return cases
 
 
