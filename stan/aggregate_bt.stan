@@ -16,6 +16,7 @@
 functions {
   #include functions/design.stanfunctions
   #include functions/davidson.stanfunctions
+  #include functions/cell_outputs.stanfunctions
 }
 data {
   int<lower=1> C;                        // number of cells
@@ -27,6 +28,7 @@ data {
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
   array[C, 2 + has_ties] int<lower=0> y; // counts per cell: b preferred, a preferred[, tie]
+  #include functions/cell_outputs_data.stan
   // priors (passed as data)
   vector[P] prior_theta_mean;
   vector<lower=0>[P] prior_theta_sd;
@@ -71,15 +73,20 @@ generated quantities {
   real lprior = normal_lpdf(theta | prior_theta_mean, prior_theta_sd)
                 + normal_lpdf(gamma | 0, prior_order_sd)
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
-  // log probability of each outcome in each cell; a judgement's log likelihood is the entry of
-  // its cell and outcome (expanded to one value per judgement in Python)
-  matrix[C, 2 + has_ties] log_p_cell;
-  array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
-  {
-    log_p_cell = outcome_log_probs(linear_predictor(X, X_w, X_v, X_u, theta, gamma, order),
-                                   log_nu);
-  }
-  for (c in 1:C) {
-    y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));
+  // the optional outputs (cell_outputs_data.stan): log probability of each outcome in each cell,
+  // log likelihood of each unit, replicated counts per cell and outcome
+  matrix[save_log_p_cell ? C : 0, 2 + has_ties] log_p_cell;
+  vector[U] log_lik;
+  array[replicate ? C : 0, 2 + has_ties] int y_rep;
+  if (save_log_p_cell || U > 0 || replicate) {
+    matrix[C, 2 + has_ties] log_p = outcome_log_probs(
+      linear_predictor(X, X_w, X_v, X_u, theta, gamma, order), log_nu);
+    if (save_log_p_cell) {
+      log_p_cell = log_p;
+    }
+    log_lik = unit_log_lik(log_p, unit_w, unit_v, unit_u);
+    if (replicate) {
+      y_rep = cell_replicates_rng(log_p, y);
+    }
   }
 }

@@ -43,6 +43,7 @@
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
   #include functions/davidson.stanfunctions
+  #include functions/cell_outputs.stanfunctions
   // mu and theta of the conditional parametrisation (see the header) from their coordinates
   // mu_coord and z, given tau and the groups' pilot information I_k and linear terms b_k, as one
   // (K + 1) x P matrix: mu' on row 1, theta_k on row k + 1. Adds the map's log Jacobian.
@@ -53,13 +54,15 @@ functions {
     int P = cols(z);
     vector[P] precision = inv_square(tau);
     array[K] matrix[P, P] L;
+    array[K] vector[P] Lib;                                       // L_k^-1 b_k
     matrix[P, P] Q = diag_matrix(inv_square(prior_sd));
     vector[P] r = prior_mean .* inv_square(prior_sd);
     for (k in 1:K) {
       L[k] = cholesky_decompose(add_diag(info[k], precision));
       matrix[P, P] LiI = mdivide_left_tri_low(L[k], info[k]);   // L_k^-1 I_k
+      Lib[k] = mdivide_left_tri_low(L[k], score[k]);
       Q += info[k] - crossprod(LiI);
-      r += score[k] - LiI' * mdivide_left_tri_low(L[k], score[k]);
+      r += score[k] - LiI' * Lib[k];
       target += -sum(log(diagonal(L[k])));
     }
     matrix[P, P] L_Q = cholesky_decompose(0.5 * (Q + Q'));
@@ -68,7 +71,7 @@ functions {
     out[1] = mdivide_right_tri_low(mdivide_left_tri_low(L_Q, r)' + mu_coord', L_Q);
     for (k in 1:K) {
       out[k + 1] = mdivide_right_tri_low(
-        mdivide_left_tri_low(L[k], score[k] + out[1]' .* precision)' + z[k], L[k]);
+        (Lib[k] + mdivide_left_tri_low(L[k], out[1]' .* precision))' + z[k], L[k]);
     }
     return out;
   }
@@ -99,6 +102,7 @@ data {
   int<lower=0, upper=1> has_ties;        // 1: Davidson ties; 0: binomial (no ties in the data)
   int<lower=0, upper=1> has_order;       // 1: estimate a position effect gamma
   array[C, 2 + has_ties] int<lower=0> y; // counts per cell: b preferred, a preferred[, tie]
+  #include functions/cell_outputs_data.stan
   array[K] int<lower=0> n_annotators;    // distinct annotators carrying each label
   int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
   matrix<lower=0, upper=1>[K, P] centring;  // weight w of the centred form (partial pooling)
@@ -227,17 +231,22 @@ generated quantities {
     lprior += normal_lpdf(to_vector(theta) | to_vector(rep_matrix(prior_theta_mean', K)),
                           to_vector(rep_matrix(prior_theta_sd', K)));
   }
-  // log probability of each outcome in each cell; a judgement's log likelihood is the entry of
-  // its cell and outcome (expanded to one value per judgement in Python)
-  matrix[C, 2 + has_ties] log_p_cell;
-  array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
+  // the optional outputs (cell_outputs_data.stan): log probability of each outcome in each cell,
+  // log likelihood of each unit, replicated counts per cell and outcome
+  matrix[save_log_p_cell ? C : 0, 2 + has_ties] log_p_cell;
+  vector[U] log_lik;
+  array[replicate ? C : 0, 2 + has_ties] int y_rep;
   // replicated label counts (the labels are data the model generates, through pi)
   array[K] int n_annotators_rep = multinomial_rng(pi, sum(n_annotators));
-  {
-    log_p_cell = outcome_log_probs(group_eta(X, X_w, X_v_group, X_u, theta, group, gamma,
-                                             order), log_nu);
-  }
-  for (c in 1:C) {
-    y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));
+  if (save_log_p_cell || U > 0 || replicate) {
+    matrix[C, 2 + has_ties] log_p = outcome_log_probs(
+      group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order), log_nu);
+    if (save_log_p_cell) {
+      log_p_cell = log_p;
+    }
+    log_lik = unit_log_lik(log_p, unit_w, unit_v, unit_u);
+    if (replicate) {
+      y_rep = cell_replicates_rng(log_p, y);
+    }
   }
 }

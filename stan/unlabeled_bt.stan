@@ -27,6 +27,7 @@
 functions {
   #include functions/design.stanfunctions
   #include functions/davidson.stanfunctions
+  #include functions/cell_outputs.stanfunctions
   // log(pi_k) + log P_k(outcome | cell) for every component k: array of C x (2 + has_ties).
   array[] matrix component_log_probs(matrix eta, vector log_pi, int has_ties,
                                      array[] real log_nu) {
@@ -136,7 +137,5 @@ generated quantities {
     }
   }
   p_agg = exp(log_p_cell[:, 2]);
-  for (c in 1:C) {
-    y_rep[c] = multinomial_rng(softmax(log_p_cell[c]'), sum(y[c]));
-  }
+  y_rep = cell_replicates_rng(log_p_cell, y);
 }

@@ -11,8 +11,8 @@ from .base import (
     Encoded,
     ModelSpec,
     bt_prior_data,
+    cell_outputs,
     design_data,
-    expand_cells,
     merge_priors,
     no_components,
     register,
@@ -38,6 +38,8 @@ def encode(
     order: bool | None = None,
     compress: bool = True,
     whiten: bool | None = None,
+    log_lik: str | None = "comparison",
+    replicate: bool = True,
 ) -> Encoded:
     """Encode a comparison table for the aggregate model.
 
@@ -60,6 +62,14 @@ def encode(
         Sample theta in the design's whitened basis (the QR reparameterisation,
         :func:`~pluralstan.models.base.whitening_data`): ``None`` (default) when the design
         allows it, ``True`` or ``False`` to force the choice. The posterior is the same.
+    log_lik
+        Unit of the output log likelihood (:data:`~pluralstan.models.base.LOG_LIK_UNITS`):
+        ``"comparison"`` (default; PSIS-LOO by judgement), ``"annotator"`` (one sum per
+        annotator: leave-one-annotator-out LOO and power-scaling, with a fraction of the
+        output when most cells hold one judgement) or ``None``.
+    replicate
+        Output replicated counts ``y_rep`` (posterior predictive checks, SBC); ``False`` skips
+        them (cells x outcomes per draw).
     """
     no_components(K, "aggregate")
     p = merge_priors(DEFAULT_PRIORS, priors)
@@ -69,6 +79,7 @@ def encode(
         cells = _one_cell_per_row(comps)
     n_out = 2 + int(has_ties)
     P = len(comps.attributes)
+    outputs = cell_outputs(comps, cells, n_out, log_lik=log_lik, replicate=replicate)
     data = {
         "C": cells.n_cells,
         "P": P,
@@ -78,6 +89,7 @@ def encode(
         "has_ties": int(has_ties),
         "has_order": int(has_order),
         "y": cells.counts[:, :n_out],
+        **outputs.data,
         **bt_prior_data(p, P),
         "prior_only": 0,
     }
@@ -87,18 +99,18 @@ def encode(
         "cell": np.arange(cells.n_cells),
         "outcome": outcome,
         "comparison": np.arange(comps.n),
+        **outputs.coords,
     }
-    cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
     return Encoded(
         data=data,
         coords=coords,
         dims={"theta": ["attribute"], "y_rep": ["cell", "outcome"]},
         observed={"y": cells.counts[:, :n_out]},
-        constant={"X": cells.X, "order": cells.order, "cell_of_row": cell_of_row},
+        constant={"X": cells.X, "order": cells.order, "cell_of_row": cells.cell_of_row},
         predictive={"y_rep": "y"},
-        log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
-        log_lik_dims={"y": ["comparison"]},
-        drop=("log_p_cell", "theta_coord"),
+        log_lik=outputs.log_lik,
+        log_lik_dims=outputs.log_lik_dims,
+        drop=("log_p_cell", "log_lik", "theta_coord"),
         optional_scalars=("gamma", "log_nu"),
         extra_attrs={"ties": int(has_ties), "order_effect": int(has_order),
                      "compressed": int(compress), "whitened": data["whiten"]},

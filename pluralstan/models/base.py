@@ -577,6 +577,89 @@ def resolve_ties_order(
     return int(has_ties), int(has_order)
 
 
+#: Units of the log likelihood a cell-level program outputs (``log_lik=`` of the aggregate and
+#: labeled encoders): ``"comparison"``, one value per judgement (PSIS-LOO by judgement);
+#: ``"annotator"``, the sum over each annotator's judgements (leave-one-annotator-out LOO, and
+#: power-scaling, which needs only the sum); ``None``, no log likelihood.
+LOG_LIK_UNITS = ("comparison", "annotator", None)
+
+
+@dataclass(frozen=True)
+class CellOutputs:
+    """The optional outputs of a cell-level program (``stan/functions/cell_outputs_data.stan``).
+
+    Attributes
+    ----------
+    data
+        Their Stan data: ``replicate``, ``save_log_p_cell`` and the sparse unit matrix.
+    log_lik, log_lik_dims
+        The ``log_likelihood`` group built from the outputs, and its dims.
+    coords
+        Coordinates the log likelihood adds (``annotator``).
+    """
+
+    data: dict[str, Any]
+    log_lik: LogLikFn
+    log_lik_dims: dict[str, list[str]]
+    coords: dict[str, Any]
+
+
+def cell_outputs(comps: Comparisons, cells: Any, n_out: int, *, log_lik: str | None,
+                 replicate: bool) -> CellOutputs:
+    """Which outputs a cell-level program writes per draw, and how they become the fit's groups.
+
+    Every output is one value per draw, and with PyStan every value is parsed from JSON, so on
+    data with about one judgement per cell the per-cell outputs (replicated counts and the
+    outcomes' log probabilities, cells x outcomes each) are most of a fit's time and memory.
+    ``log_lik="annotator"`` replaces the log probabilities by one sum per annotator, computed
+    in Stan through a sparse annotators x (cells x outcomes) count matrix.
+
+    Parameters
+    ----------
+    comps
+        The judgements.
+    cells
+        Their cells (:meth:`pluralstan.data.Comparisons.cells`).
+    n_out
+        Outcomes per cell (2, or 3 with ties).
+    log_lik
+        One of :data:`LOG_LIK_UNITS`.
+    replicate
+        Output replicated counts ``y_rep`` per cell (posterior predictive checks, SBC).
+
+    Raises
+    ------
+    PluralstanError
+        For a ``log_lik`` not in :data:`LOG_LIK_UNITS`.
+    """
+    from scipy.sparse import csr_matrix
+
+    if log_lik not in LOG_LIK_UNITS:
+        raise PluralstanError(f"unknown log_lik {log_lik!r}; accepted: {list(LOG_LIK_UNITS)}")
+    n_units = len(comps.annotator_levels) if log_lik == "annotator" else 0
+    column = cells.outcome_of_row * cells.n_cells + cells.cell_of_row  # to_vector's order
+    units = csr_matrix((np.ones(comps.n), (comps.codes("annotator"), column)),
+                       shape=(len(comps.annotator_levels), n_out * cells.n_cells))[:n_units]
+    data = {
+        "replicate": int(replicate),
+        "save_log_p_cell": int(log_lik == "comparison"),
+        "U": n_units,
+        "unit_nnz": units.nnz,
+        "unit_w": units.data.astype(float),
+        "unit_v": units.indices.astype(np.int64) + 1,
+        "unit_u": units.indptr.astype(np.int64)[: n_units + 1 if n_units else 0] + 1,
+    }
+    if log_lik == "annotator":
+        return CellOutputs(data, lambda v: {"y": v["log_lik"]}, {"y": ["annotator"]},
+                           {"annotator": list(comps.annotator_levels)})
+    if log_lik == "comparison":
+        cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
+        return CellOutputs(
+            data, lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
+            {"y": ["comparison"]}, {})
+    return CellOutputs(data, lambda v: {}, {}, {})
+
+
 def expand_cells(log_p_cell: np.ndarray, cell_of_row: np.ndarray, outcome_of_row: np.ndarray):
     """Per-judgement log likelihood from cell-level outcome log probabilities.
 

@@ -44,8 +44,8 @@ from .base import (
     ModelSpec,
     broadcast_prior,
     bt_prior_data,
+    cell_outputs,
     design_data,
-    expand_cells,
     merge_priors,
     positive,
     register,
@@ -333,6 +333,8 @@ def encode(
     ties: bool | None = None,
     order: bool | None = None,
     whiten: bool | None = None,
+    log_lik: str | None = "comparison",
+    replicate: bool = True,
 ) -> Encoded:
     """Encode a labeled comparison table for the labeled K-mixture model.
 
@@ -367,6 +369,14 @@ def encode(
         design (the QR reparameterisation, :func:`group_whitening_data`): ``None`` (default)
         when every group's design allows it, ``True`` or ``False`` to force the choice. The
         posterior is the same. Partial pooling is never whitened.
+    log_lik
+        Unit of the output log likelihood (:data:`~pluralstan.models.base.LOG_LIK_UNITS`):
+        ``"comparison"`` (default; PSIS-LOO by judgement), ``"annotator"`` (one sum per
+        annotator: leave-one-annotator-out LOO and power-scaling, with a fraction of the
+        output when most cells hold one judgement) or ``None``.
+    replicate
+        Output replicated counts ``y_rep`` (posterior predictive checks, SBC); ``False`` skips
+        them (cells x outcomes per draw).
 
     Raises
     ------
@@ -383,6 +393,7 @@ def encode(
     cells = comps.cells(by=["group"])
     n_out = 2 + has_ties
     P, G = len(comps.attributes), len(levels)
+    outputs = cell_outputs(comps, cells, n_out, log_lik=log_lik, replicate=replicate)
     n_annotators = annotators_per_group(comps)
     partial = int(pooling == "partial")
     prior_data = {**bt_prior_data(p, P),
@@ -399,6 +410,7 @@ def encode(
         "has_ties": has_ties,
         "has_order": has_order,
         "y": cells.counts[:, :n_out],
+        **outputs.data,
         "n_annotators": n_annotators,
         "partial": partial,
         **centring_part,
@@ -412,13 +424,13 @@ def encode(
         "cell": np.arange(cells.n_cells),
         "outcome": list(OUTCOMES[:n_out]),
         "comparison": np.arange(comps.n),
+        **outputs.coords,
     }
     # mu and tau are zero-length under pooling="none" and then left out of the posterior
     dims = {"theta": ["group", "attribute"], "pi": ["group"], "theta_bar": ["attribute"],
             "y_rep": ["cell", "outcome"], "cell_group": ["cell"], "n_annotators": ["group"],
             "n_annotators_rep": ["group"], "mu": ["attribute"], "tau": ["attribute"],
             "centring": ["group", "attribute"]}
-    cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
     return Encoded(
         data=data,
         coords=coords,
@@ -427,11 +439,11 @@ def encode(
         # data with a replicate, like the judgement counts
         observed={"y": cells.counts[:, :n_out], "n_annotators": n_annotators},
         constant={"X": cells.X, "order": cells.order, "cell_group": cells.group,
-                  "cell_of_row": cell_of_row, "centring": centring_part["centring"]},
+                  "cell_of_row": cells.cell_of_row, "centring": centring_part["centring"]},
         predictive={"y_rep": "y", "n_annotators_rep": "n_annotators"},
-        log_lik=lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
-        log_lik_dims={"y": ["comparison"]},
-        drop=("log_p_cell", "z", "mu_coord"),
+        log_lik=outputs.log_lik,
+        log_lik_dims=outputs.log_lik_dims,
+        drop=("log_p_cell", "log_lik", "z", "mu_coord"),
         optional_scalars=("gamma", "log_nu"),
         # observed labels cannot switch: no latent label dim
         label_dim=None,
