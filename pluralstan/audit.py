@@ -34,6 +34,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -280,6 +281,12 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
 #: output to transfer and read.
 LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 
+#: Options of the audit's aggregate and labeled fits: no replicated data either, and the log
+#: likelihood per annotator, which the audit's power-scaling needs (only its sum enters) and
+#: which is comparable with the latent-type fits'. Per judgement, on data with about one
+#: judgement per cell, the two per-cell outputs made up most of these fits' time and memory.
+CELL_OPTIONS: dict[str, Any] = {"replicate": False, "log_lik": "annotator"}
+
 
 def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
              echo: Callable[[str], None], progress: bool = False,
@@ -299,10 +306,11 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
     bar over them and one per fit (:class:`SamplingProgress`)."""
     from tqdm.auto import tqdm
 
-    jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", {})]
+    jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", CELL_OPTIONS)]
     jobs += [(f"annotator_K{k}", "annotator", {"K": k, **LATENT_OPTIONS}) for k in Ks]
     if labeled:
-        jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled}))
+        jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled,
+                                            **CELL_OPTIONS}))
     fits = {}
     bar = tqdm(jobs, desc="pluralstan audit", unit="fit", disable=not progress, file=sys.stderr)
     for name, model, extra in bar:
@@ -644,6 +652,16 @@ def _sensitivity_verdict(power: pd.DataFrame, grid: pd.DataFrame | None) -> dict
 
 
 # ---------------------------------------------------------------------- entry point
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall-clock seconds of the block as ``seconds[step]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = round(time.perf_counter() - start, 1)
+
+
 def _prepare_out(out: Path) -> None:
     """Refuse an ``out`` that cannot be written or holds something other than an audit."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
@@ -712,8 +730,10 @@ def audit(
     _prepare_out(out)
     sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                "backend": backend}
-    fits = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose, progress=progress,
-                 echo=echo)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "fits"):
+        fits = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose, progress=progress,
+                     echo=echo)
     summary: dict[str, Any] = {
         "data": {"judgements": comps.n, "annotators": len(comps.annotator_levels),
                  "mode": comps.mode, "coordinates": list(comps.attributes),
@@ -731,8 +751,9 @@ def audit(
              "each type with a posterior probability (soft membership).")
     # K
     annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
-    choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, verbose=verbose,
-                       progress=progress, echo=echo)
+    with _timed(seconds, "choose_K"):
+        choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler,
+                           verbose=verbose, progress=progress, echo=echo)
     chosen_K, loo_note = choice["K"], choice["note"]
     chosen = annotator_fits[chosen_K]
     for name in ("loo", "kfold"):
@@ -751,8 +772,9 @@ def audit(
     power = pd.concat([power_scaling(aggregate, ["theta"]).assign(fit="aggregate"),
                        power_scaling(chosen, ["theta", "pi"]).assign(fit=f"K = {chosen_K}")],
                       ignore_index=True)
-    grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose,
-                           progress=progress) if chosen_K > 1 else None)
+    with _timed(seconds, "pi_grid"):
+        grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose,
+                               progress=progress) if chosen_K > 1 else None)
     verdicts = pd.DataFrame([
         _composition_verdict(chosen_K, comp, diagnostics.failed(chosen), loo_note),
         _within_verdict(within, chosen_K),
@@ -830,9 +852,10 @@ def audit(
         doc.text("Annotator covariates per type, weighted by posterior membership.")
         doc.table(who)
         summary["who"] = _records(who)
-        fits["covariate"] = align_types(_fit_one(
-            "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
-            progress=progress, **LATENT_OPTIONS, **sampler), chosen)
+        with _timed(seconds, "covariate"):
+            fits["covariate"] = align_types(_fit_one(
+                "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
+                progress=progress, **LATENT_OPTIONS, **sampler), chosen)
         effects = covariate_effects(fits["covariate"])
         doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                  "log odds of each type (sum to zero across types), its interval and "
@@ -842,6 +865,8 @@ def audit(
     summary["diagnostics"] = {name: diagnostics.flag(f) or "passed" for name, f in fits.items()}
     summary["sample_seconds"] = {name: float(_arviz.group(f, "posterior").attrs.get(
         "sample_seconds", np.nan)) for name, f in fits.items()}
+    # wall-clock seconds of the audit's steps (the fits include reading the engine's output)
+    summary["seconds"] = seconds
     doc.heading("Diagnostics")
     doc.text("; ".join(f"{name}: {flag}" for name, flag in summary["diagnostics"].items()))
     return _write(out, doc, summary, fits, comps)
