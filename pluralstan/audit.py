@@ -57,7 +57,7 @@ from .checks.report import (
     disclosure_report,
     within_table,
 )
-from .checks.sensitivity import grid_shifts, pi_grid_sensitivity, power_scaling
+from .checks.sensitivity import grid_label, grid_shifts, pi_grid_sensitivity, power_scaling
 from .data import Comparisons, read_table
 from .engine import engine_output
 from .errors import DiagnosticWarning, PluralstanError
@@ -89,8 +89,11 @@ REPEATS_MIN = 5
 KFOLD_FOLDS = 5
 #: Mass of every interval in the report.
 PROB = 0.9
-#: Dirichlet concentration of the pi-grid refits (item four): pi ~ Dirichlet(c x assumed).
+#: Dirichlet concentration of the pi-grid (item four): pi ~ Dirichlet(c x assumed).
 PI_CONCENTRATION = 100.0
+#: Largest Pareto k at which a pi-grid row is taken from the chosen fit by importance sampling
+#: rather than refitted (the threshold of Vehtari et al. 2024 for a few thousand draws).
+PSIS_MAX_K = 0.7
 #: Shift of a type's coefficient (in posterior sd) across the pi-grid that makes item four a
 #: caution.
 PI_SHIFT_SD = 1.0
@@ -527,29 +530,42 @@ def pi_grid(pi: np.ndarray) -> np.ndarray:
 def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
                    sampler: dict[str, Any], *, verbose: bool, progress: bool = False
                    ) -> pd.DataFrame:
-    """Item four for latent types: refit the chosen K under each assumed composition of
-    :func:`pi_grid` (Dirichlet prior of concentration :data:`PI_CONCENTRATION` centred on it)
-    and follow every type's ``theta``.
+    """Item four for latent types: the chosen K under each assumed composition of
+    :func:`pi_grid` (Dirichlet prior of concentration :data:`PI_CONCENTRATION` centred on it),
+    following every type's ``theta``.
 
-    An assumed composition labels the types (type k is the one assumed to have share k), so
-    each refit's chains start at draws of ``chosen`` (:func:`~pluralstan.models.annotator.
-    initial_values`): type k of every refit is then ``chosen``'s type k, which
-    :func:`type_order` checks (a refit whose types it finds permuted is aligned, and its row's
-    assumed shares are permuted with them). ``progress`` shows a bar over the refits."""
+    The prior on ``pi`` is all that changes, so each row's posterior is first taken from the
+    chosen fit's draws by Pareto-smoothed importance sampling (:func:`reweighted`; the method
+    of priorsense and adjustr). A row whose Pareto k exceeds :data:`PSIS_MAX_K` is refitted
+    instead, as is one whose weights leave fewer effective draws than a fit must have. An
+    assumed composition labels the types (type k is the one assumed to have share
+    k): a refit's chains start at draws of ``chosen``
+    (:func:`~pluralstan.models.annotator.initial_values`), so its type k is ``chosen``'s type k,
+    which :func:`type_order` checks (a refit whose types it finds permuted is aligned, and its
+    row's assumed shares are permuted with them). Column ``method`` says how each row was
+    obtained. ``progress`` shows a bar over the rows."""
     from tqdm.auto import tqdm
 
     post = _arviz.group(chosen, "posterior")
     grid = pi_grid(post["pi"].mean(("chain", "draw")).to_numpy())
     chains = sampler.get("chains", 4)
     data = get_model("annotator").encode(comps, K=K, **LATENT_OPTIONS).data
-    fits = {}
-    for row in tqdm(grid, desc="pi-grid", unit="fit", disable=not progress, file=sys.stderr):
+    fits, methods = {}, {}
+    for row in tqdm(grid, desc="pi-grid", unit="row", disable=not progress, file=sys.stderr):
+        label = grid_label(row)
+        idata, khat, ess = reweighted(chosen, PI_CONCENTRATION * row, data["prior_pi_alpha"])
+        if idata is not None:
+            fits[label] = idata
+            methods[label] = f"importance sampling (k = {khat:.2f}, ESS {ess:.0f})"
+            continue
         inits = [initial_values(post, c, row, data) for c in range(chains)]
         with _quiet(verbose):  # the refits' problems are in the table's flag column
             _, fit = pi_grid_sensitivity("annotator", comps, [row], K=K,
                                          concentration=PI_CONCENTRATION, inits=inits,
                                          **LATENT_OPTIONS, **sampler)
-        fits.update(fit)
+        (refit,) = fit.values()
+        fits[label] = refit
+        methods[label] = f"refit (importance sampling: k = {khat:.2f}, ESS {ess:.0f})"
     aligned, assumed = {}, {}
     for (label, idata), row in zip(fits.items(), grid, strict=True):
         order = type_order(idata, chosen)
@@ -558,7 +574,46 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     table = grid_shifts(aligned, reference=next(iter(fits)), prob=PROB)
     shares = pd.DataFrame(assumed.values(), index=list(assumed),
                           columns=[f"pi_{k}" for k in range(K)]).rename_axis("grid")
-    return table.merge(shares.reset_index(), on="grid", how="left")
+    return (table.merge(shares.reset_index(), on="grid", how="left")
+            .assign(method=lambda t: t["grid"].map(methods)))
+
+
+def reweighted(idata: _arviz.Idata, alpha: np.ndarray, alpha_fitted: np.ndarray,
+               seed: int = 0) -> tuple[_arviz.Idata | None, float, float]:
+    """The posterior of ``idata`` under the prior ``pi ~ Dirichlet(alpha)`` instead of
+    ``Dirichlet(alpha_fitted)``, by Pareto-smoothed importance sampling of its draws.
+
+    The log ratio of the two priors at each draw's ``pi`` is smoothed by PSIS (Vehtari et al.
+    2024); the draws are then resampled systematically with those weights into one chain of as
+    many draws, which every summary can read as an ordinary posterior (its Monte Carlo error
+    is that of the weights' effective sample size, ``1 / sum(w^2)``, not of the draws' count).
+    Returns ``(fit, k, ess)``, with ``fit = None`` when Pareto ``k > PSIS_MAX_K`` (the weights
+    are then unreliable) or when ``ess`` is below the effective sample size every fit must
+    reach (:data:`pluralstan.diagnostics.ESS_MIN`): only a refit will do then.
+    """
+    from scipy import stats
+
+    post = _arviz.group(idata, "posterior")
+    draws = post.stack(__sample__=("chain", "draw"))
+    pi = draws["pi"].transpose("group", "__sample__").to_numpy()
+    log_ratio = draws["pi"].isel(group=0, drop=True).copy(
+        data=stats.dirichlet.logpdf(pi, alpha) - stats.dirichlet.logpdf(pi, alpha_fitted))
+    log_w, khat = _arviz.psislw(log_ratio, reff=1.0, dim="__sample__")
+    k = float(khat)
+    weights = np.exp(log_w.to_numpy() - np.max(log_w.to_numpy()))
+    weights /= weights.sum()
+    ess = float(1 / np.sum(weights**2))
+    if k > PSIS_MAX_K or ess < diagnostics.ESS_MIN:
+        return None, k, ess
+    cumulative = np.cumsum(weights)
+    n = cumulative.size
+    u = (np.random.default_rng(seed).random() + np.arange(n)) / n
+    index = np.minimum(np.searchsorted(cumulative, u), n - 1)
+    resampled = (draws.isel(__sample__=index).drop_vars(["chain", "draw", "__sample__"])
+                 .rename({"__sample__": "draw"}).expand_dims(chain=[0])
+                 .assign_coords(draw=np.arange(n)).transpose("chain", "draw", ...))
+    resampled.attrs = {**post.attrs, "importance_sampling_khat": k, "importance_sampling_ess": ess}
+    return _arviz.replace_groups(idata, posterior=resampled), k, ess
 
 
 # ---------------------------------------------------------------------- verdicts
@@ -838,11 +893,16 @@ def audit(
     summary["sensitivity"] = _records(power[["fit", "variable", "prior", "likelihood",
                                              "diagnosis"]])
     if grid is not None:
-        doc.text(f"Sensitivity to the assumed composition: the K = {chosen_K} fit refitted with "
+        methods = grid.drop_duplicates("grid")[["grid", "method"]]
+        doc.text(f"Sensitivity to the assumed composition: the K = {chosen_K} fit under "
                  f"pi ~ Dirichlet({PI_CONCENTRATION:g} x assumed shares), for the posterior "
                  "mean shares and for each type's share halved (types matched to the chosen "
                  "fit's); shift = change of each type's posterior mean from the first row, in "
-                 "its posterior sd.")
+                 "its posterior sd. Each row's posterior is the chosen fit's draws reweighted "
+                 "by Pareto-smoothed importance sampling, or a refit where the Pareto k of "
+                 f"the weights exceeds {PSIS_MAX_K:g} or they leave fewer than "
+                 f"{diagnostics.ESS_MIN} effective draws:")
+        doc.table(methods)
         doc.table(grid[["grid", "group", "attribute", "mean", "shift", "shift_sd", "flag"]]
                   .rename(columns={"group": "type"}))
         summary["pi_grid"] = _records(grid)

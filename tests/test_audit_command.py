@@ -18,7 +18,15 @@ import pytest
 
 import pluralstan as ps
 from pluralstan import _arviz, cli
-from pluralstan.audit import align_types, pi_grid, read_judgements, rlhf_frame
+from pluralstan.audit import (
+    PSIS_MAX_K,
+    align_types,
+    pi_grid,
+    read_judgements,
+    reweighted,
+    rlhf_frame,
+)
+from pluralstan.diagnostics import ESS_MIN
 from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import covariate
 from pluralstan.relabel import match_components
@@ -112,13 +120,19 @@ def test_audit_verdict_card_covers_the_four_items(report):
     assert agg["median"] > summary["masking"]["noise_floor"]
 
 
-def test_audit_refits_the_chosen_types_under_a_pi_grid(report):
-    # item four for latent types: the chosen K refitted under the posterior mean shares and
-    # each type's share halved; every type's theta followed, shifts from the first row
+def test_audit_follows_the_chosen_types_under_a_pi_grid(report):
+    # item four for latent types: the chosen K under the posterior mean shares and each type's
+    # share halved; every type's theta followed, shifts from the first row; each row
+    # reweighted from the chosen fit when PSIS's Pareto k allows it, else refitted
     _, _, summary = report
     grid = pd.DataFrame(summary["pi_grid"])
     labels = list(dict.fromkeys(grid["grid"]))
     assert len(labels) == 4 and len(grid) == 4 * 3 * 3  # 4 rows x 3 types x 3 coordinates
+    methods = grid.drop_duplicates("grid")["method"].str.extract(
+        r"^(importance sampling|refit) \((?:importance sampling: )?k = (-?[0-9.]+), ESS (\d+)")
+    assert methods.notna().all().all(), grid["method"].unique()
+    reliable = (methods[1].astype(float) <= PSIS_MAX_K) & (methods[2].astype(int) >= ESS_MIN)
+    assert ((methods[0] == "importance sampling") == reliable).all()
     assert np.allclose(grid.query("grid == @labels[0]")["shift"], 0)
     shares = grid.drop_duplicates("grid")[["pi_0", "pi_1", "pi_2"]].to_numpy()
     assert np.allclose(shares.sum(axis=1), 1) and np.isfinite(grid["shift_sd"]).all()
@@ -137,6 +151,44 @@ def test_pi_grid_halves_each_type_share():
     assert np.allclose(np.diag(grid[1:]), [0.25, 0.15, 0.1])
     # the other types keep their proportions
     assert np.isclose(grid[1, 1] / grid[1, 2], 0.3 / 0.2)
+
+
+def _dirichlet_fit(alpha: np.ndarray, draws: int, seed: int):
+    """A hand-built posterior: pi ~ Dirichlet(alpha) and theta = pi (so theta follows pi)."""
+    pi = np.random.default_rng(seed).dirichlet(alpha, size=(4, draws))
+    return _arviz.from_dict({"posterior": {"pi": pi, "theta": pi[..., None]}},
+                            coords={"group": [0, 1, 2], "attribute": ["x1"]},
+                            dims={"pi": ["group"], "theta": ["group", "attribute"]})
+
+
+def test_reweighting_changes_the_prior_on_pi_exactly():
+    """Criterion: a posterior Dirichlet(a) fitted under the prior Dirichlet(1, 1, 1) (2,200
+    annotators' worth of data, as in the audits), reweighted to the prior Dirichlet(alpha), is
+    Dirichlet(a + alpha - 1): the resampled means of pi and of theta (which follows pi) are
+    within 4 Monte Carlo standard errors of the conjugate means (at the weights' effective
+    sample size), and moved from the old ones by more than 10 of them; Pareto k passes."""
+    a, alpha = np.array([1200.0, 600.0, 400.0]), 100 * np.array([0.25, 0.45, 0.30])
+    fit = _dirichlet_fit(a, 1000, seed=1)
+    new, khat, ess = reweighted(fit, alpha, np.ones(3))
+    assert new is not None and khat <= PSIS_MAX_K and ESS_MIN <= ess < 4000
+    post = _arviz.group(new, "posterior")
+    assert dict(post["pi"].sizes) == {"chain": 1, "draw": 4000, "group": 3}
+    b = a + alpha - 1
+    mean, sd = b / b.sum(), np.sqrt(b * (b.sum() - b) / (b.sum() ** 2 * (b.sum() + 1)))
+    mcse = sd / np.sqrt(ess)  # the weights' effective sample size, not the draws' count
+    for name in ("pi", "theta"):
+        got = post[name].mean(("chain", "draw")).to_numpy().ravel()
+        assert np.all(np.abs(got - mean) < 4 * mcse), (name, got, mean)
+    assert np.all(np.abs(a / a.sum() - mean) > 10 * mcse)
+
+
+def test_reweighting_refuses_a_prior_its_draws_cannot_reach():
+    # the posterior puts pi near (0.55, 0.27, 0.18); a prior holding it at (0.1, 0.1, 0.8)
+    # leaves a handful of draws with all the weight: Pareto k > 0.7 and too few effective
+    # draws, so the row is refitted
+    fit = _dirichlet_fit(np.array([60.0, 30.0, 20.0]), 1000, seed=2)
+    new, khat, ess = reweighted(fit, 5000 * np.array([0.1, 0.1, 0.8]), np.ones(3))
+    assert new is None and khat > PSIS_MAX_K and ess < ESS_MIN
 
 
 def test_align_types_puts_a_refit_in_the_reference_order():

@@ -36,6 +36,7 @@ from .intervals import central_interval
 __all__ = [
     "PRIOR_SENSITIVITY_THRESHOLD",
     "grid_fits",
+    "grid_label",
     "grid_shifts",
     "pi_grid_sensitivity",
     "power_scaling",
@@ -167,6 +168,11 @@ def grid_shifts(
                   "shift_sd", "flag"]]
 
 
+def grid_label(pi: Sequence[float]) -> str:
+    """The label of a pi-grid row: ``pi=(0.50, 0.30, 0.20)``."""
+    return "pi=(" + ", ".join(f"{w:.2f}" for w in pi) + ")"
+
+
 def pi_grid_sensitivity(
     model: str,
     comps: Comparisons,
@@ -222,7 +228,7 @@ def pi_grid_sensitivity(
         raise PluralstanError(f"concentration must be positive, got {concentration!r}")
     if not 0 <= int(reference) < len(grid):
         raise PluralstanError(f"reference must index a grid row (0..{len(grid) - 1})")
-    labels = ["pi=(" + ", ".join(f"{w:.2f}" for w in row) + ")" for row in grid]
+    labels = [grid_label(row) for row in grid]
     if len(set(labels)) != len(labels):
         raise PluralstanError("pi_grid has repeated rows")
     points = [{prior_name: float(concentration) * row} for row in grid]
