@@ -219,6 +219,17 @@ def test_audit_writes_a_self_contained_report(report):
                      "annotator_K4.nc", "covariate.nc"}
     assert ps.load(out / "fits" / "covariate.nc").posterior["beta"].sizes["group"] == 3
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.")]
+    # the aggregate fit carries the per-annotator log likelihood and no replicates
+    aggregate = ps.load(out / "fits" / "aggregate.nc")
+    assert _arviz.group(aggregate, "log_likelihood")["y"].dims == ("chain", "draw", "annotator")
+    assert "posterior_predictive" not in _arviz.groups(aggregate)
+
+
+def test_audit_records_the_time_of_each_step(report):
+    _, _, summary = report
+    seconds = summary["seconds"]
+    assert set(seconds) == {"fits", "choose_K", "pi_grid", "covariate"}
+    assert all(s >= 0 for s in seconds.values()) and seconds["fits"] > 0
 
 
 
