@@ -94,6 +94,10 @@ PI_CONCENTRATION = 100.0
 #: Largest Pareto k at which a pi-grid row is taken from the chosen fit by importance sampling
 #: rather than refitted (the threshold of Vehtari et al. 2024 for a few thousand draws).
 PSIS_MAX_K = 0.7
+#: Fewest effective draws a reweighted pi-grid row may keep: the Monte Carlo error of its
+#: posterior means is then at most 0.1 posterior sd, a tenth of the shift (1 sd) that makes
+#: item four a caution.
+IS_MIN_ESS = 100
 #: Shift of a type's coefficient (in posterior sd) across the pi-grid that makes item four a
 #: caution.
 PI_SHIFT_SD = 1.0
@@ -537,7 +541,7 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     The prior on ``pi`` is all that changes, so each row's posterior is first taken from the
     chosen fit's draws by Pareto-smoothed importance sampling (:func:`reweighted`; the method
     of priorsense and adjustr). A row whose Pareto k exceeds :data:`PSIS_MAX_K` is refitted
-    instead, as is one whose weights leave fewer effective draws than a fit must have. An
+    instead, as is one whose weights leave fewer than :data:`IS_MIN_ESS` effective draws. An
     assumed composition labels the types (type k is the one assumed to have share
     k): a refit's chains start at draws of ``chosen``
     (:func:`~pluralstan.models.annotator.initial_values`), so its type k is ``chosen``'s type k,
@@ -588,8 +592,7 @@ def reweighted(idata: _arviz.Idata, alpha: np.ndarray, alpha_fitted: np.ndarray,
     many draws, which every summary can read as an ordinary posterior (its Monte Carlo error
     is that of the weights' effective sample size, ``1 / sum(w^2)``, not of the draws' count).
     Returns ``(fit, k, ess)``, with ``fit = None`` when Pareto ``k > PSIS_MAX_K`` (the weights
-    are then unreliable) or when ``ess`` is below the effective sample size every fit must
-    reach (:data:`pluralstan.diagnostics.ESS_MIN`): only a refit will do then.
+    are then unreliable) or when ``ess`` is below :data:`IS_MIN_ESS`: only a refit will do then.
     """
     from scipy import stats
 
@@ -603,7 +606,7 @@ def reweighted(idata: _arviz.Idata, alpha: np.ndarray, alpha_fitted: np.ndarray,
     weights = np.exp(log_w.to_numpy() - np.max(log_w.to_numpy()))
     weights /= weights.sum()
     ess = float(1 / np.sum(weights**2))
-    if k > PSIS_MAX_K or ess < diagnostics.ESS_MIN:
+    if k > PSIS_MAX_K or ess < IS_MIN_ESS:
         return None, k, ess
     cumulative = np.cumsum(weights)
     n = cumulative.size
@@ -901,7 +904,7 @@ def audit(
                  "its posterior sd. Each row's posterior is the chosen fit's draws reweighted "
                  "by Pareto-smoothed importance sampling, or a refit where the Pareto k of "
                  f"the weights exceeds {PSIS_MAX_K:g} or they leave fewer than "
-                 f"{diagnostics.ESS_MIN} effective draws:")
+                 f"{IS_MIN_ESS} effective draws:")
         doc.table(methods)
         doc.table(grid[["grid", "group", "attribute", "mean", "shift", "shift_sd", "flag"]]
                   .rename(columns={"group": "type"}))

@@ -19,6 +19,7 @@ import pytest
 import pluralstan as ps
 from pluralstan import _arviz, cli
 from pluralstan.audit import (
+    IS_MIN_ESS,
     PSIS_MAX_K,
     align_types,
     pi_grid,
@@ -26,7 +27,6 @@ from pluralstan.audit import (
     reweighted,
     rlhf_frame,
 )
-from pluralstan.diagnostics import ESS_MIN
 from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import covariate
 from pluralstan.relabel import match_components
@@ -131,7 +131,7 @@ def test_audit_follows_the_chosen_types_under_a_pi_grid(report):
     methods = grid.drop_duplicates("grid")["method"].str.extract(
         r"^(importance sampling|refit) \((?:importance sampling: )?k = (-?[0-9.]+), ESS (\d+)")
     assert methods.notna().all().all(), grid["method"].unique()
-    reliable = (methods[1].astype(float) <= PSIS_MAX_K) & (methods[2].astype(int) >= ESS_MIN)
+    reliable = (methods[1].astype(float) <= PSIS_MAX_K) & (methods[2].astype(int) >= IS_MIN_ESS)
     assert ((methods[0] == "importance sampling") == reliable).all()
     assert np.allclose(grid.query("grid == @labels[0]")["shift"], 0)
     shares = grid.drop_duplicates("grid")[["pi_0", "pi_1", "pi_2"]].to_numpy()
@@ -170,7 +170,7 @@ def test_reweighting_changes_the_prior_on_pi_exactly():
     a, alpha = np.array([1200.0, 600.0, 400.0]), 100 * np.array([0.25, 0.45, 0.30])
     fit = _dirichlet_fit(a, 1000, seed=1)
     new, khat, ess = reweighted(fit, alpha, np.ones(3))
-    assert new is not None and khat <= PSIS_MAX_K and ESS_MIN <= ess < 4000
+    assert new is not None and khat <= PSIS_MAX_K and IS_MIN_ESS <= ess < 4000
     post = _arviz.group(new, "posterior")
     assert dict(post["pi"].sizes) == {"chain": 1, "draw": 4000, "group": 3}
     b = a + alpha - 1
@@ -188,7 +188,7 @@ def test_reweighting_refuses_a_prior_its_draws_cannot_reach():
     # draws, so the row is refitted
     fit = _dirichlet_fit(np.array([60.0, 30.0, 20.0]), 1000, seed=2)
     new, khat, ess = reweighted(fit, 5000 * np.array([0.1, 0.1, 0.8]), np.ones(3))
-    assert new is None and khat > PSIS_MAX_K and ess < ESS_MIN
+    assert new is None and khat > PSIS_MAX_K and ess < IS_MIN_ESS
 
 
 def test_align_types_puts_a_refit_in_the_reference_order():
