@@ -369,14 +369,9 @@ def encode(
         design (the QR reparameterisation, :func:`group_whitening_data`): ``None`` (default)
         when every group's design allows it, ``True`` or ``False`` to force the choice. The
         posterior is the same. Partial pooling is never whitened.
-    log_lik
-        Unit of the output log likelihood (:data:`~pluralstan.models.base.LOG_LIK_UNITS`):
-        ``"comparison"`` (default; PSIS-LOO by judgement), ``"annotator"`` (one sum per
-        annotator: leave-one-annotator-out LOO and power-scaling, with a fraction of the
-        output when most cells hold one judgement) or ``None``.
-    replicate
-        Output replicated counts ``y_rep`` (posterior predictive checks, SBC); ``False`` skips
-        them (cells x outcomes per draw).
+    log_lik, replicate
+        The outputs, as in :func:`pluralstan.models.aggregate.encode`
+        (:func:`~pluralstan.models.base.cell_outputs`).
 
     Raises
     ------
