@@ -591,8 +591,9 @@ def reweighted(idata: _arviz.Idata, alpha: np.ndarray, alpha_fitted: np.ndarray,
     2024); the draws are then resampled systematically with those weights into one chain of as
     many draws, which every summary can read as an ordinary posterior (its Monte Carlo error
     is that of the weights' effective sample size, ``1 / sum(w^2)``, not of the draws' count).
-    Returns ``(fit, k, ess)``, with ``fit = None`` when Pareto ``k > PSIS_MAX_K`` (the weights
-    are then unreliable) or when ``ess`` is below :data:`IS_MIN_ESS`: only a refit will do then.
+    Returns ``(fit, k, ess)``, with ``fit = None`` when Pareto ``k > PSIS_MAX_K`` or cannot be
+    estimated (the weights are then unreliable) or when ``ess`` is below :data:`IS_MIN_ESS`:
+    only a refit will do then.
     """
     from scipy import stats
 
@@ -606,7 +607,7 @@ def reweighted(idata: _arviz.Idata, alpha: np.ndarray, alpha_fitted: np.ndarray,
     weights = np.exp(log_w.to_numpy() - np.max(log_w.to_numpy()))
     weights /= weights.sum()
     ess = float(1 / np.sum(weights**2))
-    if k > PSIS_MAX_K or ess < IS_MIN_ESS:
+    if not k <= PSIS_MAX_K or ess < IS_MIN_ESS:  # an undefined k (NaN) is unreliable too
         return None, k, ess
     cumulative = np.cumsum(weights)
     n = cumulative.size

@@ -129,7 +129,7 @@ def test_audit_follows_the_chosen_types_under_a_pi_grid(report):
     labels = list(dict.fromkeys(grid["grid"]))
     assert len(labels) == 4 and len(grid) == 4 * 3 * 3  # 4 rows x 3 types x 3 coordinates
     methods = grid.drop_duplicates("grid")["method"].str.extract(
-        r"^(importance sampling|refit) \((?:importance sampling: )?k = (-?[0-9.]+), ESS (\d+)")
+        r"^(importance sampling|refit) \((?:importance sampling: )?k = (-?[0-9.]+|nan), ESS (\d+)")
     assert methods.notna().all().all(), grid["method"].unique()
     reliable = (methods[1].astype(float) <= PSIS_MAX_K) & (methods[2].astype(int) >= IS_MIN_ESS)
     assert ((methods[0] == "importance sampling") == reliable).all()
@@ -188,7 +188,8 @@ def test_reweighting_refuses_a_prior_its_draws_cannot_reach():
     # draws, so the row is refitted
     fit = _dirichlet_fit(np.array([60.0, 30.0, 20.0]), 1000, seed=2)
     new, khat, ess = reweighted(fit, 5000 * np.array([0.1, 0.1, 0.8]), np.ones(3))
-    assert new is None and khat > PSIS_MAX_K and ess < IS_MIN_ESS
+    # (ArviZ 1.x cannot fit the Pareto tail here and returns k = NaN: refused as well)
+    assert new is None and not khat <= PSIS_MAX_K and ess < IS_MIN_ESS
 
 
 def test_align_types_puts_a_refit_in_the_reference_order():
