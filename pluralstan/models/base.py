@@ -637,9 +637,11 @@ def cell_outputs(comps: Comparisons, cells: Any, n_out: int, *, log_lik: str | N
     if log_lik not in LOG_LIK_UNITS:
         raise PluralstanError(f"unknown log_lik {log_lik!r}; accepted: {list(LOG_LIK_UNITS)}")
     n_units = len(comps.annotator_levels) if log_lik == "annotator" else 0
-    column = cells.outcome_of_row * cells.n_cells + cells.cell_of_row  # to_vector's order
-    units = csr_matrix((np.ones(comps.n), (comps.codes("annotator"), column)),
-                       shape=(len(comps.annotator_levels), n_out * cells.n_cells))[:n_units]
+    units = csr_matrix((n_units, n_out * cells.n_cells))
+    if n_units:
+        column = cells.outcome_of_row * cells.n_cells + cells.cell_of_row  # to_vector's order
+        units = csr_matrix((np.ones(comps.n), (comps.codes("annotator"), column)),
+                           shape=units.shape)
     data = {
         "replicate": int(replicate),
         "save_log_p_cell": int(log_lik == "comparison"),
