@@ -118,6 +118,24 @@ def test_mixture_fit_predicts_each_group(high_conflict, labels):
     assert float(result["group_error"].mean()) < float(agg["group_error"].mean()) / 5
 
 
+@pytest.mark.parametrize("latent", [False, True])
+def test_blocks_of_draws_give_the_same_ratio(high_conflict, monkeypatch, latent):
+    """The masking ratio is computed over blocks of draws (memory); the blocks, one draw each
+    here, must give the same per-draw errors as one block of all draws, for an aggregate fit
+    and for a latent mixture whose components are matched on the posterior mean."""
+    from pluralstan.checks import masking
+
+    _, test, fit = high_conflict
+    mixture = _mixture_idata(ps.simulate.HIGH_CONFLICT_THETA, [1, 0], np.random.default_rng(0))
+    if latent:
+        mixture.posterior.attrs["group_labels"] = "latent"
+    whole = {name: masking_ratio(f, test) for name, f in (("agg", fit), ("mix", mixture))}
+    monkeypatch.setattr(masking, "BLOCK_VALUES", 1)
+    assert len(masking._draw_blocks(fit, 50)) == fit.posterior.sizes["draw"]
+    for name, f in (("agg", fit), ("mix", mixture)):
+        xr.testing.assert_allclose(masking_ratio(f, test), whole[name], rtol=1e-12)
+
+
 def test_bad_input_is_rejected(high_conflict):
     train, test, fit = high_conflict
     with pytest.raises(ps.PluralstanError, match="test_fraction"):

@@ -185,9 +185,26 @@ def _noise_floor(test: Comparisons, counts: xr.DataArray, weight: xr.DataArray) 
     return float(within / pooled_noise.mean("pair"))
 
 
-def _match_groups(p_group: xr.DataArray, targets: xr.Dataset, latent: bool
-                  ) -> xr.DataArray:
-    """Give the components of a mixture fit the observed group labels.
+#: Predicted probabilities (chains x draws x components x pairs) held at once by
+#: :func:`masking_ratio`, which works through the posterior in blocks of draws: on data with
+#: many distinct pairs the whole array would not fit in memory.
+BLOCK_VALUES = 10_000_000
+
+
+def _draw_blocks(fit: _arviz.Idata, n_pairs: int) -> list[_arviz.Idata]:
+    """The fit's posterior in consecutive blocks of draws of at most :data:`BLOCK_VALUES`
+    predicted probabilities each (views, not copies)."""
+    post = _arviz.group(fit, "posterior")
+    theta = post["theta"]
+    per_draw = theta.sizes.get("chain", 1) * theta.sizes.get("group", 1) * max(n_pairs, 1)
+    size = max(1, BLOCK_VALUES // per_draw)
+    return [_arviz.make_idata({"posterior": post.isel(draw=slice(start, start + size))})
+            for start in range(0, post.sizes["draw"], size)]
+
+
+def _component_order(fit: _arviz.Idata, blocks: list[_arviz.Idata], design: xr.DataArray,
+                     targets: xr.Dataset) -> list[int] | None:
+    """Which fitted component stands for each observed group (``None``: a one-group fit).
 
     Components whose labels are the observed groups are used as they are, unless the fit marks
     them as latent (``posterior.attrs["group_labels"] == "latent"``: labels 0..K-1 that only
@@ -198,22 +215,34 @@ def _match_groups(p_group: xr.DataArray, targets: xr.Dataset, latent: bool
     (:func:`pluralstan.relabel.relabel`): one assignment for all draws assumes the draws agree
     on their labels.
     """
+    post = _arviz.group(fit, "posterior")
+    if "group" not in post["theta"].dims:
+        return None
     observed = [str(g) for g in targets["group"].values]
-    fitted = [str(g) for g in p_group["group"].values]
-    if not latent and sorted(fitted) == sorted(observed):
-        mapping = dict(zip(fitted, p_group["group"].values, strict=True))
-        return p_group.sel(group=[mapping[g] for g in observed]).assign_coords(
-            group=targets["group"].values)
+    fitted = [str(g) for g in post["theta"]["group"].values]
+    if post.attrs.get("group_labels") != "latent" and sorted(fitted) == sorted(observed):
+        return [fitted.index(g) for g in observed]
     if len(fitted) != len(observed):
         raise PluralstanError(
             f"the mixture fit has {len(fitted)} components but the held-out data have "
             f"{len(observed)} observed groups {observed}; a masking comparison needs one "
             "component per group"
         )
-    mean = p_group.mean([d for d in ("chain", "draw") if d in p_group.dims])
+    total = sum(preference_probability(block, design)["p_group"].sum(["chain", "draw"])
+                for block in blocks)
+    mean = total / (post.sizes["chain"] * post.sizes["draw"])
     order = match_components(mean.transpose("group", "pair").to_numpy(),
                              targets["group_target"].transpose("group", "pair").to_numpy())
-    return p_group.isel(group=order).assign_coords(group=targets["group"].values)
+    return [int(k) for k in order]
+
+
+def _errors(pred: xr.Dataset, targets: xr.Dataset, order: list[int] | None) -> xr.Dataset:
+    """Aggregate and per-group squared errors of one block of predictions."""
+    p_group = pred["p"] if order is None else pred["p_group"].isel(group=order).assign_coords(
+        group=targets["group"].values)
+    agg_err = ((pred["p"] - targets["agg_target"]) ** 2).mean("pair")
+    group_err = ((p_group - targets["group_target"]) ** 2).mean("pair", skipna=True)
+    return xr.Dataset({"aggregate_error": agg_err, "group_error": group_err})
 
 
 def masking_ratio(
@@ -249,27 +278,18 @@ def masking_ratio(
     if isinstance(fit, xr.DataArray):
         eta = xr.dot(fit.assign_coords(attribute=design["attribute"].values), design,
                      dim="attribute")
-        pred = xr.Dataset({"p": expit(eta)})
+        errors = _errors(xr.Dataset({"p": expit(eta)}), targets, None)
         model, flag = "point estimate", ""
     else:
-        pred = preference_probability(fit, design)
+        blocks = _draw_blocks(fit, design.sizes["pair"])
+        order = _component_order(fit, blocks, design, targets)
+        errors = xr.concat([_errors(preference_probability(block, design), targets, order)
+                            for block in blocks], dim="draw")
         model = _arviz.group(fit, "posterior").attrs.get("model", "fit")
         flag = diagnostics.flag(fit)
-    if "p_group" in pred:
-        latent = not isinstance(fit, xr.DataArray) and (
-            _arviz.group(fit, "posterior").attrs.get("group_labels") == "latent")
-        p_group = _match_groups(pred["p_group"], targets, latent)
-    else:
-        p_group = pred["p"]
-    agg_err = ((pred["p"] - targets["agg_target"]) ** 2).mean("pair")
-    group_err = ((p_group - targets["group_target"]) ** 2).mean("pair", skipna=True)
-    within = (targets["weight"] * group_err).sum("group")
-    out = xr.Dataset({
-        "aggregate_error": agg_err,
-        "group_error": group_err,
-        "group_ratio": group_err / agg_err,
-        "ratio": within / agg_err,
-    })
+    within = (targets["weight"] * errors["group_error"]).sum("group")
+    out = errors.assign(group_ratio=errors["group_error"] / errors["aggregate_error"],
+                        ratio=within / errors["aggregate_error"])
     out.attrs.update({"target": target, "model": model, "flag": flag,
                       "noise_floor": targets.attrs["noise_floor"],
                       "n_test_pairs": int(design.sizes["pair"])})
