@@ -288,6 +288,21 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
 #: output to transfer and read.
 LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 
+#: Random starts of the mode search before every latent-type fit with two or more types (the
+#: covariate fit and the K-fold fits included): the chains start in the best modes found
+#: (:func:`pluralstan.modes.search`, ``modes="search"`` of :func:`pluralstan.fit`). From
+#: Stan's random inits, a chain of the tax conjoint's K = 4 fit settled in a worse region whose
+#: step size was a tenth of the others', and took most of the audit's time to fail.
+SEARCH_STARTS = 6
+
+
+def latent_options(K: int, starts: int = SEARCH_STARTS) -> dict[str, Any]:
+    """Options of an audit fit with ``K`` latent types: :data:`LATENT_OPTIONS`, and for
+    ``K >= 2`` the mode search from ``starts`` random starts (none when ``starts`` is 0)."""
+    if K < 2 or not starts:
+        return dict(LATENT_OPTIONS)
+    return {**LATENT_OPTIONS, "modes": "search", "n_starts": int(starts)}
+
 #: Options of the audit's aggregate and labeled fits: no replicated data either, and the log
 #: likelihood per annotator, which the audit's power-scaling needs (only its sum enters) and
 #: which is comparable with the latent-type fits'. Per judgement, on data with about one
@@ -307,14 +322,15 @@ def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
 
 
 def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
-          labeled: dict[str, Any] | None, verbose: bool, progress: bool,
+          labeled: dict[str, Any] | None, starts: int, verbose: bool, progress: bool,
           echo: Callable[[str], None]) -> dict[str, _arviz.Idata]:
     """Aggregate, annotator (each K) and, with ``labeled`` options, labeled fits; a progress
     bar over them and one per fit (:class:`SamplingProgress`)."""
     from tqdm.auto import tqdm
 
     jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", CELL_OPTIONS)]
-    jobs += [(f"annotator_K{k}", "annotator", {"K": k, **LATENT_OPTIONS}) for k in Ks]
+    jobs += [(f"annotator_K{k}", "annotator", {"K": k, **latent_options(k, starts)})
+             for k in Ks]
     if labeled:
         jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled,
                                             **CELL_OPTIONS}))
@@ -345,7 +361,7 @@ def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] |
 
 
 def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,
-              sampler: dict[str, Any], verbose: bool, progress: bool,
+              sampler: dict[str, Any], starts: int, verbose: bool, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     """K by :data:`K_RULE` on PSIS-LOO, or on K-fold cross-validation by annotator when
     ``kfold`` asks for it (a number of folds) or, with ``kfold=None``, when more than
@@ -373,7 +389,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
 
     def fit_quietly(*args: Any, **kwargs: Any) -> _arviz.Idata:
         with _quiet(verbose):  # the folds' problems are in the table's flag column
-            idata = fit_model(*args, **LATENT_OPTIONS, **kwargs)
+            idata = fit_model(*args, **latent_options(kwargs["K"], starts), **kwargs)
         bar.update()
         return idata
 
@@ -746,6 +762,7 @@ def audit(
     backend: str = "auto",
     pooling: str | None = None,
     kfold: int | None = None,
+    starts: int = SEARCH_STARTS,
     verbose: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
@@ -769,6 +786,10 @@ def audit(
         Folds of K-fold cross-validation by annotator for choosing K: ``None`` runs
         :data:`KFOLD_FOLDS` folds only when PSIS-LOO is not reliable, ``0`` never, a number
         always.
+    starts
+        Random starts of the mode search before each fit with two or more latent types, whose
+        chains then start in the best modes found (:func:`latent_options`); 0 leaves the
+        chains to Stan's random inits.
     verbose
         Show the engine's output and every warning.
     progress
@@ -782,6 +803,8 @@ def audit(
     """
     echo = echo or (lambda m: print(m, file=sys.stderr))
     out = Path(out)
+    if isinstance(starts, bool) or not isinstance(starts, int | np.integer) or starts < 0:
+        raise PluralstanError(f"starts must be a whole number >= 0, got {starts!r}")
     Ks, skipped = _plan(comps, K)
     if not Ks:
         raise PluralstanError(f"no latent types can be fitted: {skipped}")
@@ -791,27 +814,31 @@ def audit(
                "backend": backend}
     seconds: dict[str, float] = {}
     with _timed(seconds, "fits"):
-        fits = _fits(comps, Ks, sampler, labeled=labeled, verbose=verbose, progress=progress,
-                     echo=echo)
+        fits = _fits(comps, Ks, sampler, labeled=labeled, starts=starts, verbose=verbose,
+                     progress=progress, echo=echo)
     summary: dict[str, Any] = {
         "data": {"judgements": comps.n, "annotators": len(comps.annotator_levels),
                  "mode": comps.mode, "coordinates": list(comps.attributes),
                  "reference_item": None if comps.reference is None else str(comps.reference),
                  "annotator_covariates": [] if comps.annotators is None
                  else list(comps.annotators.columns)},
-        "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled},
+        "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled,
+                     "mode_search_starts": starts},
     }
     aggregate = fits["aggregate"]
     doc = Document()
     doc.heading("Pluralism identifiability audit", 1)
-    doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit. Intervals are "
+    search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
+              "looked for the posterior's modes, and the chains started in the best of them."
+              if starts else "")
+    doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} Intervals are "
              f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
              "latent preference types found from the judgements: each annotator belongs to "
              "each type with a posterior probability (soft membership).")
     # K
     annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
     with _timed(seconds, "choose_K"):
-        choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler,
+        choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, starts=starts,
                            verbose=verbose, progress=progress, echo=echo)
     chosen_K, loo_note = choice["K"], choice["note"]
     chosen = annotator_fits[chosen_K]
@@ -919,7 +946,7 @@ def audit(
         with _timed(seconds, "covariate"):
             fits["covariate"] = align_types(_fit_one(
                 "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
-                progress=progress, **LATENT_OPTIONS, **sampler), chosen)
+                progress=progress, **latent_options(chosen_K, starts), **sampler), chosen)
         effects = covariate_effects(fits["covariate"])
         doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                  "log odds of each type (sum to zero across types), its interval and "

@@ -192,13 +192,14 @@ def cmd_disclose(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Fit, choose K and write the latent-type disclosure report in one command."""
-    from .audit import audit, read_judgements
+    from .audit import SEARCH_STARTS, audit, read_judgements
 
     comps = read_judgements(args.judgements, items=args.items, annotators=args.annotators,
                             group=args.group)
     result = audit(comps, args.out, K=args.K, chains=args.chains, draws=args.draws,
                    warmup=args.warmup, seed=args.seed, backend=args.backend,
                    pooling=args.pooling, kfold=args.kfold,
+                   starts=SEARCH_STARTS if args.starts is None else args.starts,
                    verbose=args.verbose,
                    progress=not args.no_progress)
     for row in result.summary["verdicts"]:
@@ -308,6 +309,10 @@ RLHF layout: one row per judgement with `chosen`, `rejected` (response ids) and 
                    help="choose K by K-fold cross-validation by annotator with FOLDS folds (0: "
                         "never; none: 5 folds when PSIS-LOO is unreliable, i.e. more than 5%% "
                         "of the annotators have Pareto k > 0.7)")
+    p.add_argument("--starts", type=int, default=None, metavar="N",
+                   help="random starts of the mode search before each fit with two or more "
+                        "types; the chains start in the best modes found (0: Stan's random "
+                        "inits; default: pluralstan.audit.SEARCH_STARTS)")
     p.add_argument("--out", required=True, help="report folder (written whole at the end)")
     p.add_argument("--chains", type=int, default=4, help="Markov chains per fit")
     p.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up")

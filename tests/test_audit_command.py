@@ -21,6 +21,7 @@ from pluralstan import _arviz, cli
 from pluralstan.audit import (
     IS_MIN_ESS,
     PSIS_MAX_K,
+    SEARCH_STARTS,
     align_types,
     pi_grid,
     read_judgements,
@@ -234,6 +235,19 @@ def test_audit_records_the_time_of_each_step(report):
 
 
 
+def test_audit_searches_modes_before_every_fit_with_two_or_more_types(report):
+    """Fits with K >= 2 (the covariate fit included) run the mode search first and record its
+    table; the one-type fit has nothing to search."""
+    _, out, summary = report
+    assert summary["settings"]["mode_search_starts"] == SEARCH_STARTS
+    for name in ("annotator_K2", "annotator_K3", "annotator_K4", "covariate"):
+        found = json.loads(_arviz.group(ps.load(out / "fits" / f"{name}.nc"),
+                                        "posterior").attrs["mode_search"])
+        assert found["n_starts"] == SEARCH_STARTS and found["modes"], name
+    assert "mode_search" not in _arviz.group(ps.load(out / "fits" / "annotator_K1.nc"),
+                                             "posterior").attrs
+
+
 def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
     # the simulated types as an observed column: a labeled fit and the observed groups' own
     # four-item report; its fits are the audit's (written once, in fits/)
@@ -288,6 +302,8 @@ def test_audit_refuses_bad_input_before_sampling(files, tmp_path, capsys, monkey
         locked.mkdir(mode=0o500)
         assert "cannot" in _run([data, "--out", str(locked / "r")], capsys).lower()
     assert not (tmp_path / "r").exists()
+    assert "starts must be a whole number >= 0, got -1" in _run(
+        [data, "--starts", "-1", "--out", out], capsys)
     assert "--group column 'party'" in _run([data, "--group", "party", "--out", out], capsys)
     once = comps.to_frame().drop(columns="group").drop_duplicates("annotator")
     once.to_csv(tmp_path / "once.csv", index=False)
