@@ -118,6 +118,34 @@ def test_cmdstan_engine_takes_its_log_density_from_pystan():
     assert ours.log_prob(x) == theirs.log_prob(x)
 
 
+def test_log_density_converts_its_data_once():
+    """httpstan converts the data dict on every log-density call; the LogDensity registers its
+    dict so the conversion is made once. Values and gradients must equal httpstan's own, and
+    other dicts must still go through httpstan's function."""
+    import httpstan.utils
+
+    from pluralstan.engine import httpstan_fixes
+
+    spec = get_model("annotator")
+    comps = simulate.mixture(simulate.HIGH_CONFLICT_THETA, [0.5, 0.5], n_pairs=20,
+                             n_annotators=10, seed=1)
+    density = get_engine("pystan").log_density(spec.program, spec.encode(comps, K=2).data)
+    split = httpstan.utils._split_data
+    original = split.__wrapped__
+    own = density._data
+    assert split(own) is httpstan_fixes._SPLIT_CACHE[id(own)][1]
+    copy = dict(own)  # equal values, another object: httpstan's own conversion
+    assert split(copy) is not httpstan_fixes._SPLIT_CACHE[id(own)][1]
+    assert [list(part) for part in original(copy)] == [list(part) for part in split(own)]
+    x = np.random.default_rng(2).uniform(-1, 1, density.dims)
+    assert density.log_prob(x) == density._module.log_prob(copy, x.tolist(), True)
+    np.testing.assert_array_equal(density.grad(x),
+                                  density._module.log_prob_grad(copy, x.tolist(), True))
+    for _ in range(httpstan_fixes._SPLIT_CACHE_SIZE + 2):
+        httpstan_fixes.split_data_once(dict(own))
+    assert len(httpstan_fixes._SPLIT_CACHE) == httpstan_fixes._SPLIT_CACHE_SIZE
+
+
 # ---------------------------------------------------------------------- chains into modes
 def _two_mode_fit(rng: np.random.Generator) -> _arviz.Idata:
     """4 chains x 200 draws: chains 0 and 2 in a mode that predicts most annotators better

@@ -222,8 +222,11 @@ class LogDensity:
         ``parameters`` names the variables of the program's ``parameters`` block."""
         import httpstan.models
 
+        from .httpstan_fixes import split_data_once
+
         module = httpstan.models.import_services_extension_module(model.model_name)
         data = {k: np.asarray(v) for k, v in model.data.items()}
+        split_data_once(data)
         return cls(module, data, list(zip(model.param_names, model.dims, strict=True)),
                    parameters)
 

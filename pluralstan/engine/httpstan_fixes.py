@@ -16,6 +16,8 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
   SIGINT and outlive the interrupted call.
 * :func:`install_worker_cleanup`: httpstan's non-daemonic chain pool blocks a
   ``multiprocessing`` worker's exit.
+* :func:`split_data_once`: httpstan's log-density functions convert the whole data set,
+  value by value, on every call.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import numpy as np
 
 from ..errors import Interrupted, PluralstanError
 
@@ -493,3 +497,46 @@ def install_worker_cleanup() -> None:
     if not _CLEANUP_INSTALLED:
         mp.util.Finalize(None, _shutdown_pool, exitpriority=100)
         _CLEANUP_INSTALLED = True
+
+
+#: Data sets whose conversion :func:`split_data_once` keeps: ``id(data) -> (data, split)``,
+#: the most recent last. The dict itself is held, so an id cannot be reused while cached.
+_SPLIT_CACHE: dict[int, tuple[dict[str, Any], tuple[list, ...]]] = {}
+_SPLIT_CACHE_SIZE = 4
+
+
+def split_data_once(data: dict[str, Any]) -> None:
+    """Convert ``data`` for httpstan's log-density functions once, not on every call.
+
+    httpstan's ``log_prob``, ``log_prob_grad``, ``write_array`` and ``transform_inits`` take
+    the data as a dict and pass it, on every call, through ``httpstan.utils._split_data``,
+    which flattens each array into a list of NumPy scalars that C++ then reads one by one. On
+    data with hundreds of thousands of values (a sparse design of the tax conjoint) that
+    conversion cost several times the gradient itself, and the mode search's L-BFGS calls
+    these functions thousands of times. This registers ``data`` (the very dict object later
+    passed to those functions): its conversion is made once, as plain Python lists, and
+    returned for that object by a wrapper installed over ``_split_data``; any other dict goes
+    to httpstan's own function. The last few registered data sets are kept.
+    """
+    import httpstan.utils
+
+    original = getattr(httpstan.utils._split_data, "__wrapped__", httpstan.utils._split_data)
+    split = tuple(list(part) for part in original(data))
+    split[1][:] = np.asarray(split[1], dtype=float).tolist()  # plain floats and ints: C++
+    split[4][:] = np.asarray(split[4], dtype=np.int64).tolist()  # casts them fastest
+    _SPLIT_CACHE.pop(id(data), None)
+    _SPLIT_CACHE[id(data)] = (data, split)
+    while len(_SPLIT_CACHE) > _SPLIT_CACHE_SIZE:
+        _SPLIT_CACHE.pop(next(iter(_SPLIT_CACHE)))
+    if not hasattr(httpstan.utils._split_data, "__wrapped__"):
+        httpstan.utils._split_data = _cached_split(original)
+
+
+def _cached_split(original: Callable[[dict], tuple]) -> Callable[[dict], tuple]:
+    def split_data(data: dict) -> tuple:
+        hit = _SPLIT_CACHE.get(id(data))
+        return hit[1] if hit is not None and hit[0] is data else original(data)
+
+    split_data.__wrapped__ = original  # type: ignore[attr-defined]
+    return split_data
+
