@@ -946,7 +946,8 @@ def audit(
         with _timed(seconds, "covariate"):
             fits["covariate"] = align_types(_fit_one(
                 "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
-                progress=progress, **latent_options(chosen_K, starts), **sampler), chosen)
+                progress=progress, pi_annotator=False,  # beta and W give it; not used here
+                **latent_options(chosen_K, starts), **sampler), chosen)
         effects = covariate_effects(fits["covariate"])
         doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                  "log odds of each type (sum to zero across types), its interval and "

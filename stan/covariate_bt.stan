@@ -85,6 +85,7 @@ data {
   int<lower=0, upper=1> replicate;         // 1: generate y_rep (PPC, SBC); 0: skip on big data
   int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
   int<lower=0, upper=1> save_log_lik;      // 1: output log_lik (I per draw, for LOO); 0: skip
+  int<lower=0, upper=1> save_pi_annotator; // 1: output pi_annotator (I x K per draw); 0: skip
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -153,7 +154,8 @@ generated quantities {
                 + normal_lpdf(to_vector(beta_raw) | 0, beta_sigma)
                 + normal_lpdf(gamma | 0, prior_order_sd)
                 + normal_lpdf(log_nu | prior_log_nu_mean, prior_log_nu_sd);
-  matrix[I, K] pi_annotator;   // P(z_i = k | w_i, beta): each annotator's prior type shares
+  // P(z_i = k | w_i, beta): each annotator's prior type shares (I x K per draw: optional)
+  matrix[save_pi_annotator ? I : 0, K] pi_annotator;
   vector[K] pi;                // type shares averaged over these annotators
   // log p(y_i | theta, beta, w_i), the unit of leave-one-annotator-out (I per draw: optional)
   vector[save_log_lik ? I : 0] log_lik;
@@ -168,12 +170,17 @@ generated quantities {
                                    csr_w, csr_v, csr_u);
     vector[I] ll;              // log p(y_i | theta, beta, w_i)
     matrix[I, K] post;         // membership probabilities
+    matrix[I, K] shares;       // each annotator's prior type shares
     for (i in 1:I) {
       vector[K] log_pi_i = log_softmax(eta_pi[i]');
-      pi_annotator[i] = exp(log_pi_i)';
+      shares[i] = exp(log_pi_i)';
       lp[i] += log_pi_i';
       ll[i] = log_sum_exp(lp[i]);
-      post[i] = prior_only ? pi_annotator[i] : exp(lp[i] - ll[i]);
+      post[i] = prior_only ? shares[i] : exp(lp[i] - ll[i]);
+    }
+    pi = (rep_row_vector(1.0 / I, I) * shares)';
+    if (save_pi_annotator) {
+      pi_annotator = shares;
     }
     if (save_log_lik) {
       log_lik = ll;
@@ -181,7 +188,6 @@ generated quantities {
     if (save_membership) {
       membership = post;
     }
-    pi = (rep_row_vector(1.0 / I, I) * pi_annotator)';
     if (replicate) {
       y_rep = replicate_rng(post, eta[row], ann, n_cell_int, log_nu);
     }

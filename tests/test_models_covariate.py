@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import linear_sum_assignment
-from scipy.special import log_softmax, logsumexp
+from scipy.special import log_softmax, logsumexp, softmax
 
 import pluralstan as ps
 from pluralstan import _arviz, relabel
@@ -181,6 +181,19 @@ def test_membership_can_be_skipped_on_large_data(comps):
         W @ draw["beta"].values.T, axis=1)
     np.testing.assert_allclose(idata.log_likelihood["y"].isel(chain=0, draw=0).values,
                                logsumexp(lp, axis=1), rtol=1e-8)
+
+def test_annotator_shares_can_be_skipped(comps):
+    """pi_annotator=False drops the annotators x K prior shares; pi, their mean, is the same
+    softmax of W beta' averaged over annotators."""
+    idata = ps.fit("covariate", comps, K=2, chains=1, draws=5, warmup=10, seed=3,
+                   backend="pystan", check=False, pi_annotator=False)
+    assert "pi_annotator" not in idata.posterior
+    W = idata.constant_data["W"].values
+    for d in range(5):
+        beta = idata.posterior["beta"].isel(chain=0, draw=d).values
+        np.testing.assert_allclose(idata.posterior["pi"].isel(chain=0, draw=d).values,
+                                   softmax(W @ beta.T, axis=1).mean(0), rtol=1e-8)
+
 
 def test_log_lik_can_be_skipped_on_very_large_data(comps):
     """log_lik=False drops the per-annotator log likelihood and nothing else."""

@@ -188,6 +188,7 @@ def encode(
     replicate: bool = True,
     membership: bool = True,
     log_lik: bool = True,
+    pi_annotator: bool = True,
     whiten: bool | None = None,
 ) -> Encoded:
     """Encode a comparison table and its annotator table for covariate-informed mixing.
@@ -212,6 +213,9 @@ def encode(
         Reference level per categorical covariate (see :func:`encode_covariates`).
     ties, order, replicate, membership, log_lik, whiten
         As in the annotator model.
+    pi_annotator
+        Output each annotator's prior type shares ``pi_annotator`` (annotators x K per draw;
+        a function of ``beta`` and the covariates). ``pi``, their mean, is always output.
 
     Raises
     ------
@@ -232,6 +236,7 @@ def encode(
     data["replicate"] = int(replicate)
     data["save_membership"] = int(membership)
     data["save_log_lik"] = int(log_lik)
+    data["save_pi_annotator"] = int(pi_annotator)
     W, names, encoding = encode_covariates(comps.annotators, comps.annotator_levels,
                                            reference_levels)
     Q = W.shape[1]
