@@ -289,23 +289,25 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
 LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 
 #: Random starts of the mode search before every latent-type fit with two or more types (the
-#: covariate fit and the K-fold fits included): every chain starts in the best mode found
-#: (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of
-#: :func:`pluralstan.fit`). From Stan's random inits, a chain of the tax conjoint's K = 4 fit
-#: settled in a worse region whose step size was a tenth of the others', and took most of the
-#: audit's time to fail. Chains started in the second-best mode as well (``max_modes=2``)
-#: left it in two of three real-data fits tried, one (CEMS, covariate) without settling. Chains
-#: that still part are stacked or flagged as in any fit.
+#: covariate fit and the K-fold fits included): when it finds more than one mode, every chain
+#: starts in the best (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of
+#: :func:`pluralstan.fit`; one mode found: Stan's random inits). From Stan's random inits, a
+#: chain of the tax conjoint's K = 4 fit settled in a worse region whose step size was a tenth
+#: of the others', and took most of the audit's time to fail. Chains started in the
+#: second-best mode as well (``max_modes=2``) left it in two of three real-data fits tried, one
+#: (CEMS, covariate) without settling. Chains that still part are stacked or flagged as in any
+#: fit.
 SEARCH_STARTS = 6
 
 
 def latent_options(K: int, starts: int = SEARCH_STARTS) -> dict[str, Any]:
     """Options of an audit fit with ``K`` latent types: :data:`LATENT_OPTIONS`, and for
     ``K >= 2`` the mode search from ``starts`` random starts, every chain starting in the best
-    mode (none when ``starts`` is 0)."""
+    mode it finds (none when ``starts`` is 0)."""
     if K < 2 or not starts:
         return dict(LATENT_OPTIONS)
     return {**LATENT_OPTIONS, "modes": "search", "n_starts": int(starts), "max_modes": 1}
+
 
 #: Options of the audit's aggregate and labeled fits: no replicated data either, and the log
 #: likelihood per annotator, which the audit's power-scaling needs (only its sum enters) and
@@ -792,7 +794,7 @@ def audit(
         always.
     starts
         Random starts of the mode search before each fit with two or more latent types, whose
-        chains then start in the best modes found (:func:`latent_options`); 0 leaves the
+        chains then start in the best mode found (:func:`latent_options`); 0 leaves the
         chains to Stan's random inits.
     verbose
         Show the engine's output and every warning.
@@ -833,7 +835,8 @@ def audit(
     doc = Document()
     doc.heading("Pluralism identifiability audit", 1)
     search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
-              "looked for the posterior's modes, and the chains started in the best one."
+              "looked for the posterior's modes; where it found several, the chains started "
+              "in the best."
               if starts else "")
     doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} Intervals are "
              f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "

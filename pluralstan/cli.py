@@ -311,7 +311,7 @@ RLHF layout: one row per judgement with `chosen`, `rejected` (response ids) and 
                         "of the annotators have Pareto k > 0.7)")
     p.add_argument("--starts", type=int, default=None, metavar="N",
                    help="random starts of the mode search before each fit with two or more "
-                        "types; the chains start in the best modes found (0: Stan's random "
+                        "types; the chains start in the best mode found (0: Stan's random "
                         "inits; default: pluralstan.audit.SEARCH_STARTS)")
     p.add_argument("--out", required=True, help="report folder (written whole at the end)")
     p.add_argument("--chains", type=int, default=4, help="Markov chains per fit")
