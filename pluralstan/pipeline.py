@@ -61,6 +61,14 @@ from .relabel import Method, asymmetric_prior
 from .relabel import relabel as relabel_draws
 
 
+def complete(draws: Draws, enc: Encoded, data: dict[str, Any]) -> Draws:
+    """``draws`` with the outputs the model computes in Python (:meth:`Encoded.complete`;
+    ``data``: the Stan data they were sampled with)."""
+    if enc.derive is None:
+        return draws
+    return dataclasses.replace(draws, variables=enc.complete(draws.variables, data))
+
+
 def _split(draws: Draws, enc: Encoded) -> tuple[dict, dict, dict]:
     """Sort Stan outputs into posterior, predictive and internal variables.
 
@@ -132,7 +140,8 @@ def assemble(
     attrs: dict[str, Any],
     prior_draws: Draws | None = None,
 ) -> _arviz.Idata:
-    """The fit's container (InferenceData on ArviZ 0.23, DataTree on ArviZ 1.x) from the draws.
+    """The fit's container (InferenceData on ArviZ 0.23, DataTree on ArviZ 1.x) from the draws
+    (an engine's draws with the model's Python-computed outputs added: :func:`complete`).
 
     Groups: ``posterior``, ``posterior_predictive``, ``log_likelihood``, ``log_prior``,
     ``sample_stats``, ``observed_data``, ``constant_data`` and, when ``prior_draws`` is given,
@@ -346,19 +355,24 @@ def search_inits(
     backend: str = "auto",
     n_starts: int = 20,
     max_modes: int = 2,
+    mode_warmup: int | None = None,
 ) -> tuple[SamplerConfig, ModeSearch]:
     """Run the multi-start mode search and start the chains from the best distinct modes.
 
     Returns ``config`` with per-chain inits from the best ``max_modes`` modes when the search
     found more than one (else ``config`` unchanged: one mode is what Stan's dispersed inits
-    find too, and R-hat needs dispersed starts), and the search itself.
+    find too, and R-hat needs dispersed starts), and the search itself. Chains started at a
+    mode take at most ``mode_warmup`` warm-up iterations (``None``: ``config.warmup``): they
+    need not travel from a random point to the posterior's bulk, only adapt.
     """
     if config.inits is not None:
         raise PluralstanError("give either inits or modes='search', not both")
     found = search(program, enc.data, dims=enc.dims, label_dim=enc.label_dim,
                          n_starts=n_starts, seed=config.seed, backend=backend)
     if len(found.modes) > 1:
-        config = dataclasses.replace(config, inits=found.inits(config.chains, max_modes))
+        warmup = config.warmup if mode_warmup is None else min(config.warmup, mode_warmup)
+        config = dataclasses.replace(config, inits=found.inits(config.chains, max_modes),
+                                     warmup=warmup)
     return config, found
 
 
@@ -379,6 +393,7 @@ def run(
     modes: ModeOption = "none",
     n_starts: int = 20,
     max_modes: int = 2,
+    mode_warmup: int | None = None,
     stack: bool = True,
 ) -> _arviz.Idata:
     """Sample an encoded program and return the finished fit.
@@ -403,21 +418,24 @@ def run(
         ``"search"``: before sampling, find the distinct modes (:func:`search_inits`, with
         ``n_starts`` starts) and start the chains from the best ``max_modes`` of them; the mode
         table goes into ``posterior.attrs["mode_search"]``. ``"none"``: Stan's inits.
-    n_starts, max_modes
-        Mode search settings.
+    n_starts, max_modes, mode_warmup
+        Mode search settings (:func:`search_inits`).
     """
     if modes not in ("none", "search"):
         raise PluralstanError(f"modes must be 'none' or 'search', got {modes!r}")
     found = None
     if modes == "search":
         config, found = search_inits(program, enc, config, backend=backend,
-                                     n_starts=n_starts, max_modes=max_modes)
+                                     n_starts=n_starts, max_modes=max_modes,
+                                     mode_warmup=mode_warmup)
     engine = get_engine(backend)
-    draws = engine.sample(program, enc.data, config)
-    prior_draws = (engine.sample(program, {**enc.data, "prior_only": 1}, config)
+    draws = complete(engine.sample(program, enc.data, config), enc, enc.data)
+    prior_data = {**enc.data, "prior_only": 1}
+    prior_draws = (complete(engine.sample(program, prior_data, config), enc, prior_data)
                    if sample_prior else None)
     attrs = provenance(model, program, draws, comps, config.seed,
-                       {"max_treedepth": config.max_treedepth, **(extra or {})})
+                       {"max_treedepth": config.max_treedepth, "warmup": config.warmup,
+                        **(extra or {})})
     if found is not None:
         attrs["mode_search"] = found.to_json()
     idata = assemble(draws, enc, attrs, prior_draws)

@@ -16,11 +16,11 @@ import pytest
 from scipy.special import log_expit, logsumexp
 
 import pluralstan as ps
-from pluralstan import _arviz, diagnostics, modes, simulate
+from pluralstan import _arviz, diagnostics, modes, pipeline, simulate
 from pluralstan.engine import CmdStanEngine, SamplerConfig, get_engine
 from pluralstan.errors import DiagnosticWarning, PluralstanError
 from pluralstan.models import get_model
-from pluralstan.pipeline import assemble
+from pluralstan.pipeline import assemble, complete
 
 
 # ---------------------------------------------------------------------- stacking weights
@@ -98,6 +98,31 @@ def test_mode_search_inits_cycle_through_the_best_modes():
     assert "3 distinct mode(s)" in str(found)
     with pytest.raises(PluralstanError, match="no mode"):
         modes.ModeSearch([], n_starts=3, failed=3).inits(2)
+
+
+@pytest.mark.parametrize(("n_modes", "warmup", "mode_warmup", "expected"),
+                         [(2, 1000, 300, 300), (2, 200, 300, 200), (2, 1000, None, 1000),
+                          (1, 1000, 300, 1000)])
+def test_chains_started_in_modes_take_the_shorter_warmup(monkeypatch, n_modes, warmup,
+                                                         mode_warmup, expected):
+    """Chains started in searched modes take at most ``mode_warmup`` warm-up iterations; one
+    mode found leaves Stan's random inits and the full warm-up."""
+    found = modes.ModeSearch(
+        [_optimum(-1.0 - m, [0.6, 0.4], [[1.0 + m, 0.0], [0.0, 1.0]]) for m in range(n_modes)],
+        n_starts=4, failed=0)
+    monkeypatch.setattr(pipeline, "search", lambda *args, **kwargs: found)
+    enc = get_model("annotator").encode(simulate.high_conflict(seed=1, n_annotators=6), K=2)
+    config, _ = pipeline.search_inits(get_model("annotator").program, enc,
+                                      SamplerConfig(chains=2, warmup=warmup),
+                                      mode_warmup=mode_warmup)
+    assert config.warmup == expected
+    assert (config.inits is None) == (n_modes == 1)
+
+
+def test_mode_warmup_is_checked_before_sampling():
+    with pytest.raises(PluralstanError, match="mode_warmup must be a whole number >= 1"):
+        ps.fit("annotator", simulate.high_conflict(seed=1, n_annotators=6), K=2,
+               modes="search", mode_warmup=0)
 
 
 # ---------------------------------------------------------------------- engine support
@@ -242,7 +267,7 @@ def test_two_genuine_modes_are_found_stacked_and_weighted_by_held_out_fit():
     # chains 0, 2 start in the best mode, chains 1, 3 in the second
     config = SamplerConfig(chains=4, draws=300, warmup=300, seed=2, inits=found.inits(4))
     draws = get_engine("pystan").sample(spec.program, enc.data, config)
-    fit = assemble(draws, enc, {"model": "annotator"})
+    fit = assemble(complete(draws, enc, enc.data), enc, {"model": "annotator"})
 
     # (b) after sampling: two modes, stacked on leave-one-annotator-out densities
     stacked, report = modes.stack_chains(fit)

@@ -503,7 +503,7 @@ def test_covariate_matches_reference(kind, ties, order):
                 **stan_extras(p)}
         points.append({"ref": p, "stan": stan})
 
-    out = generated(get_model("covariate").program, enc.data, points[0]["stan"])
+    out = enc.complete(generated(get_model("covariate").program, enc.data, points[0]["stan"]))
     np.testing.assert_allclose(out["beta"][0, 0], points[0]["ref"]["beta"], rtol=RTOL,
                                atol=ATOL, err_msg="sum-to-zero coefficients")
     np.testing.assert_allclose(out["pi_annotator"][0, 0],
@@ -518,8 +518,40 @@ def test_covariate_matches_reference(kind, ties, order):
                 + ref.sum_to_zero_normal_lpdf(p["beta"], scale) + bt_extras_prior(p))
 
     check_program(get_model("covariate").program, enc.data, points, log_lik,
-                  lambda out: out["log_lik"][0, 0], lambda p: prior(p) + log_lik(p).sum(),
-                  prior)
+                  lambda out: enc.complete(out)["log_lik"][0, 0],
+                  lambda p: prior(p) + log_lik(p).sum(), prior)
+
+
+@pytest.mark.parametrize("model", ["annotator", "covariate"])
+@pytest.mark.parametrize("prior_only", [0, 1])
+@pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
+def test_python_outputs_equal_the_programs_own(model, prior_only, kind, ties, order):
+    """``membership``, ``log_lik`` (and the covariate model's ``pi_annotator``) are computed in
+    Python from the parameter draws (``Encoded.derive``), not written by the program. With the
+    programs' output flags set, their generated quantities must give the same numbers, at
+    random parameter values, for every design form, with and without ties and order, and in
+    prior-only runs (membership = the prior shares)."""
+    frame = comps_of(kind, ties, order).to_frame()
+    ids = list(pd.unique(frame["annotator"]))
+    comps = ps.Comparisons.from_frame(frame, annotators=annotator_table(ids, seed=len(ids)))
+    K = 3
+    spec = get_model(model)
+    enc = spec.encode(comps, K=K, priors=COVARIATE_PRIORS if model == "covariate" else BT_PRIORS)
+    names = ["membership", "log_lik"] + (["pi_annotator"] if model == "covariate" else [])
+    flags = {f"save_{name}": 1 for name in names}
+    data = {**enc.data, "prior_only": prior_only}
+    rng = np.random.default_rng(23 + prior_only)
+    for _ in range(2):
+        p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), **bt_extras(rng, order, ties)}
+        mixing = ({"beta_raw": rng.normal(0.0, 1.5, size=(K - 1, len(COVARIATES)))}
+                  if model == "covariate" else {"pi": rng.dirichlet(np.ones(K))})
+        stan = {**mixing, **mixture_stan_theta(p["theta"], 0, False, data), **stan_extras(p)}
+        own = generated(spec.program, {**data, **flags}, stan)
+        derived = enc.complete(generated(spec.program, data, stan), data)
+        for name in names:
+            assert derived[name].size and derived[name].shape == own[name].shape, name
+            np.testing.assert_allclose(derived[name], own[name], rtol=RTOL, atol=ATOL,
+                                       err_msg=name)
 
 
 # ---------------------------------------------------------------------------- PAL

@@ -140,7 +140,8 @@ def test_data_log_lik_matches_multinomial_kernel_or_sums_log_lik():
 
 def test_generate_evaluates_the_program_at_fixed_parameters_with_new_data():
     # what SBC uses to compute log_lik at the truth with the simulated data: the annotator
-    # program's per-annotator log likelihood at given (theta, pi), against numpy
+    # program's per-annotator log likelihood at given (theta, pi) (computed in Python from the
+    # program's outputs and data, Encoded.complete), against numpy
     comps = ps.simulate.mixture(ps.simulate.HIGH_CONFLICT_THETA[:, :2], [0.4, 0.6], n_pairs=8,
                                 n_annotators=6, pairs_per_annotator=4, seed=2)
     spec = get_model("annotator")
@@ -164,8 +165,9 @@ def test_generate_evaluates_the_program_at_fixed_parameters_with_new_data():
     assert data["whiten"] == 1 and not np.allclose(data["theta_basis"], np.eye(2))
     for values, stan_data in ((theta_coordinates(theta, data), data),
                               (theta, prior_parametrisation(data))):
-        out = get_engine("pystan").generate(spec.program, {**stan_data, "y": y}, params(values),
-                                            seed=1)
+        new_data = {**stan_data, "y": y}
+        out = enc.complete(get_engine("pystan").generate(spec.program, new_data, params(values),
+                                                         seed=1), new_data)
         np.testing.assert_allclose(out["theta"][0], theta)
         np.testing.assert_allclose(out["log_lik"][0], expected, rtol=1e-6)
 

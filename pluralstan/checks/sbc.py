@@ -73,7 +73,7 @@ from ..errors import DiagnosticWarning, PluralstanError
 from ..models import get_model
 from ..models.base import Encoded, ModelSpec, prior_parametrisation
 from ..parallel import Job, RunReport, run_jobs
-from ..pipeline import assemble, finalize, fit_attrs, provenance
+from ..pipeline import assemble, complete, finalize, fit_attrs, provenance
 from .ecdf import ecdf_difference, simultaneous_band
 
 #: Signature of a data-dependent test quantity: (Stan outputs, computed with the simulated data,
@@ -316,7 +316,7 @@ def sbc_replicate(
     spec = get_model(model)
     enc = _encoded(model, comps, K, priors, options, simulated)
     engine = get_engine(backend)
-    draws = engine.sample(spec.program, enc.data, config)
+    draws = complete(engine.sample(spec.program, enc.data, config), enc, enc.data)
     attrs = provenance(spec.name, spec.program, draws, comps, config.seed,
                        {"max_treedepth": config.max_treedepth, **fit_attrs(enc, K)})
     idata = finalize(assemble(draws, enc, attrs), label_dim=enc.label_dim,
@@ -338,8 +338,10 @@ def sbc_replicate(
         # outputs at the truth recomputed with the simulated data (the prior run used the
         # design's); the truth's parameter values come from a prior-only run, which samples
         # theta itself, so they are evaluated without the design's basis
-        at_true = engine.generate(spec.program, prior_parametrisation(enc.data),
-                                  {n: truth[n] for n in param_names}, rank_seed)
+        truth_data = prior_parametrisation(enc.data)
+        at_true = enc.complete(engine.generate(spec.program, truth_data,
+                                               {n: truth[n] for n in param_names}, rank_seed),
+                               truth_data)
         for name, value in quantities(at_true, y).items():
             at_truth[name] = float(np.asarray(value)[0])
             ranks[name] = _ranks_of(at_truth[name], np.asarray(at_draws[name]), rng)

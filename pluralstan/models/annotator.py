@@ -17,13 +17,15 @@ are shared with the covariate-informed model (:mod:`pluralstan.models.covariate`
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy.sparse import csr_matrix, issparse
+from scipy.special import logsumexp
 
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
@@ -293,16 +295,17 @@ def encode(
         (one cell per annotator and pair) it is the bulk of the output: ``False`` skips it.
     membership
         Output ``membership`` (annotators x K per draw), which the Stephens relabelling and
-        per-annotator type summaries use. ``False`` skips it on large data: the output per draw
-        is then the I-vector ``log_lik`` (for leave-one-annotator-out LOO) and the parameters,
-        and :func:`pluralstan.relabel.relabel` falls back to pivotal reordering.
+        per-annotator type summaries use. ``False`` skips it on large data, and
+        :func:`pluralstan.relabel.relabel` falls back to pivotal reordering.
     log_lik
         Output ``log_lik`` (one value per annotator and draw), which leave-one-annotator-out
         LOO, stacking of chains and power-scaling sensitivity use. ``False`` skips it on very
-        large data (with PyStan every saved draw's output is parsed from JSON, so at 100,000
-        annotators it dominates memory); the fit then has no ``log_likelihood`` group, its
-        convergence checks use ``lp`` and the parameters, and genuinely separate modes are
-        reported, not stacked.
+        large data (at 100,000 annotators it dominates memory); the fit then has no
+        ``log_likelihood`` group, its convergence checks use ``lp`` and the parameters, and
+        genuinely separate modes are reported, not stacked.
+
+        Both are computed in Python from the parameter draws after sampling
+        (:func:`mixture_outputs`), not written by the program for every draw.
     held_out
         Annotator ids whose judgements are left out of the likelihood (K-fold
         cross-validation, :func:`pluralstan.checks.compare.kfold_K`); their ``log_lik`` is
@@ -324,8 +327,7 @@ def encode(
         order=order, whiten=whiten,
     )
     data["replicate"] = int(replicate)
-    data["save_membership"] = int(membership)
-    data["save_log_lik"] = int(log_lik)
+    data |= PYTHON_OUTPUTS
     data["fit_weight"] = fit_weights(comps, held_out)
     if len(held_out):
         attrs = {**attrs, "held_out_annotators": len(held_out)}
@@ -351,6 +353,7 @@ def encode(
         optional_scalars=("gamma", "log_nu"),
         label_dim="group",
         extra_attrs=attrs,
+        derive=partial(derive_outputs, membership=membership, log_lik=log_lik),
     )
 
 
@@ -366,6 +369,129 @@ def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
     return (~np.isin(np.asarray(levels, dtype=object), np.asarray(list(held_out),
                                                                    dtype=object))).astype(float)
 
+
+# ------------------------------------------------------------- outputs computed in Python
+#: Linear predictors (draws x design rows x types) held at once while :func:`mixture_outputs`
+#: runs: a memory bound, about 80 MB of doubles per temporary.
+BLOCK_VALUES = 10_000_000
+
+
+@dataclass(frozen=True)
+class TypeLikelihood:
+    """``type_log_lik`` of ``stan/functions/annotator_types.stanfunctions`` in NumPy.
+
+    Built from the program's own Stan data (design rows, cells, counts), so it scores exactly
+    what the program scores: for draws of ``theta`` (K x P), the position effect and the tie
+    parameter, the I x K log likelihood of each annotator's judgements under each type.
+    """
+
+    X: np.ndarray | csr_matrix  #: R x P distinct design rows
+    order: np.ndarray  #: presentation order of each row
+    totals: csr_matrix  #: I x R cell totals
+    S: np.ndarray  #: I x P per-annotator sums of the linear part
+    S_order: np.ndarray  #: per-annotator sums of the position term
+    n_tie: np.ndarray  #: ties per annotator
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> TypeLikelihood:
+        """The likelihood of an annotator-level program's Stan data."""
+        order = np.asarray(data["order"], float)
+        n_ann, R, P = int(data["I"]), order.size, int(data["P"])
+        X: np.ndarray | csr_matrix = np.asarray(data["X"], float).reshape(-1, P)
+        if X.shape[0] == 0:
+            X = csr_matrix((np.asarray(data["X_w"], float), np.asarray(data["X_v"]) - 1,
+                            np.asarray(data["X_u"]) - 1), shape=(R, P))
+        y = np.asarray(data["y"], float)
+        ties = bool(data["has_ties"])
+        n_tie = y[:, 2] if ties else np.zeros(len(y))
+        w_lin = 0.5 * (y[:, 1] - y[:, 0]) if ties else y[:, 1]
+        ann, row = np.asarray(data["ann"]) - 1, np.asarray(data["row"]) - 1
+        linear = csr_matrix((w_lin, (ann, row)), shape=(n_ann, R))
+        S = linear @ X
+        totals = csr_matrix((y.sum(axis=1), (ann, row)), shape=(n_ann, R))
+        return cls(X=X, order=order, totals=totals,
+                   S=S.toarray() if issparse(S) else np.asarray(S), S_order=linear @ order,
+                   n_tie=np.bincount(ann, weights=n_tie, minlength=n_ann))
+
+    def __call__(self, theta: np.ndarray, gamma: np.ndarray | None,
+                 log_nu: np.ndarray | None) -> np.ndarray:
+        """``(D, I, K)`` for ``theta`` ``(D, K, P)`` and ``gamma``, ``log_nu`` ``(D,)`` or
+        ``None`` (no position effect, binomial)."""
+        D, K, P = theta.shape
+        coefs = theta.reshape(D * K, P).T
+        eta = np.asarray(self.X @ coefs)
+        shift = np.zeros((D, self.S.shape[0]))
+        if gamma is not None:
+            eta += np.outer(self.order, np.repeat(gamma, K))
+            shift += np.outer(gamma, self.S_order)
+        if log_nu is None:
+            log_d = np.logaddexp(0.0, eta)
+        else:
+            half = 0.5 * np.abs(eta)
+            log_d = half + np.log1p(np.exp(-2.0 * half) + np.exp(np.repeat(log_nu, K) - half))
+            shift += np.outer(log_nu, self.n_tie)
+        lp = self.S @ coefs - self.totals @ log_d
+        return lp.reshape(-1, D, K).transpose(1, 0, 2) + shift[:, :, None]
+
+
+def _last(values: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    """An ``array[flag] real`` output (position effect, tie parameter) without its last axis,
+    ``None`` when the program has none."""
+    arr = values.get(name)
+    return None if arr is None or arr.shape[-1] == 0 else arr[..., 0]
+
+
+def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
+                    log_shares: Callable[[slice], np.ndarray], *, membership: bool,
+                    log_lik: bool) -> dict[str, np.ndarray]:
+    """``membership`` and ``log_lik`` of an annotator-level program from its parameter draws.
+
+    The twin of the programs' generated quantities: ``lp[i, k]`` is annotator i's log
+    likelihood under type k (:class:`TypeLikelihood`) plus the log prior share
+    ``log_shares(draws)`` (``(d, I or 1, K)`` for a slice of the flattened draws),
+    ``log_lik[i] = log_sum_exp(lp[i])`` and ``membership[i] = exp(lp[i] - log_lik[i])``
+    (the prior shares when ``data["prior_only"]``). Computed in blocks of draws
+    (:data:`BLOCK_VALUES`). Outputs not asked for are left out.
+    """
+    if not (membership or log_lik):
+        return {}
+    theta = values["theta"]
+    lead, (K, P) = theta.shape[:-2], theta.shape[-2:]
+    flat = theta.reshape(-1, K, P)
+    gamma, log_nu = (None if v is None else v.reshape(-1) for v in
+                     (_last(values, "gamma"), _last(values, "log_nu")))
+    lik = TypeLikelihood.from_data(data)
+    n_ann, D = lik.S.shape[0], flat.shape[0]
+    ll, post = np.empty((D, n_ann)), np.empty((D, n_ann, K))
+    step = max(1, BLOCK_VALUES // (lik.order.size * K))
+    for start in range(0, D, step):
+        at = slice(start, min(start + step, D))
+        shares = log_shares(at)
+        lp = lik(flat[at], None if gamma is None else gamma[at],
+                 None if log_nu is None else log_nu[at]) + shares
+        ll[at] = logsumexp(lp, axis=-1)
+        post[at] = (np.broadcast_to(np.exp(shares), lp.shape) if data["prior_only"]
+                    else np.exp(lp - ll[at][..., None]))
+    out = {}
+    if membership:
+        out["membership"] = post.reshape(*lead, n_ann, K)
+    if log_lik:
+        out["log_lik"] = ll.reshape(*lead, n_ann)
+    return out
+
+
+def derive_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any], *,
+                   membership: bool, log_lik: bool) -> dict[str, np.ndarray]:
+    """The annotator program's per-annotator outputs (:func:`mixture_outputs`), its type
+    shares being ``pi``."""
+    log_pi = np.log(values["pi"].reshape(-1, values["pi"].shape[-1]))
+    return mixture_outputs(values, data, lambda at: log_pi[at][:, None, :],
+                           membership=membership, log_lik=log_lik)
+
+
+#: Stan data flags of the per-annotator outputs, which :func:`mixture_outputs` computes instead
+#: (set them to 1 to have the program write them, as the tests do to compare the two).
+PYTHON_OUTPUTS: dict[str, int] = {"save_membership": 0, "save_log_lik": 0}
 
 #: Stan outputs used internally (parts of ``theta``, the per-annotator log likelihood, which
 #: goes to the log_likelihood group): not kept in the posterior.

@@ -23,6 +23,7 @@ from ..engine import StanProgram
 from ..errors import PluralstanError
 
 LogLikFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+DeriveFn = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Encoded:
         The dim indexing mixture components ("group"), when the model has one.
     extra_attrs
         Model-specific provenance written into the posterior attributes.
+    derive
+        Outputs computed in Python from the draws and the Stan data (see :meth:`complete`),
+        keyed by Stan name, instead of being written by the program for every draw.
     """
 
     data: dict[str, Any]
@@ -70,6 +74,20 @@ class Encoded:
     optional_scalars: tuple[str, ...] = ()
     label_dim: str | None = None
     extra_attrs: dict[str, Any] = field(default_factory=dict)
+    derive: DeriveFn | None = None
+
+    def complete(self, variables: Mapping[str, np.ndarray],
+                 data: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """An engine's outputs (arrays with any leading draw axes) with :attr:`derive`'s added.
+
+        Per-annotator outputs (annotators x types per draw) cost an engine far more to write
+        and parse than they cost NumPy to compute from the parameters: PyStan sends every value
+        of every draw as JSON text. ``data`` is the Stan data the draws were made with
+        (default :attr:`data`; a prior-only run passes its own).
+        """
+        if self.derive is None:
+            return dict(variables)
+        return {**variables, **self.derive(variables, self.data if data is None else data)}
 
 
 @dataclass(frozen=True)

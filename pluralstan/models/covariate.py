@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, softmax
+from scipy.special import expit, log_softmax, softmax
 
 from ..data import Comparisons
 from ..errors import PluralstanError
@@ -43,9 +44,11 @@ from ..simulate import attribute_names, option_pairs
 from .annotator import (
     CONSTANT_DIMS,
     INTERNAL,
+    PYTHON_OUTPUTS,
     Identify,
     constant_data,
     likelihood_data,
+    mixture_outputs,
 )
 from .annotator import DEFAULT_PRIORS as ANNOTATOR_PRIORS
 from .base import (
@@ -234,9 +237,7 @@ def encode(
         order=order, whiten=whiten,
     )
     data["replicate"] = int(replicate)
-    data["save_membership"] = int(membership)
-    data["save_log_lik"] = int(log_lik)
-    data["save_pi_annotator"] = int(pi_annotator)
+    data |= PYTHON_OUTPUTS | {"save_pi_annotator": 0}
     W, names, encoding = encode_covariates(comps.annotators, comps.annotator_levels,
                                            reference_levels)
     Q = W.shape[1]
@@ -272,7 +273,25 @@ def encode(
         optional_scalars=("gamma", "log_nu"),
         label_dim="group",
         extra_attrs=attrs,
+        derive=partial(derive_outputs, membership=membership, log_lik=log_lik,
+                       pi_annotator=pi_annotator),
     )
+
+
+def derive_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any], *,
+                   membership: bool, log_lik: bool, pi_annotator: bool) -> dict[str, np.ndarray]:
+    """The covariate program's per-annotator outputs in Python: ``membership`` and ``log_lik``
+    (:func:`~pluralstan.models.annotator.mixture_outputs`) with each annotator's prior shares
+    ``softmax(beta w_i)``, and those shares as ``pi_annotator``."""
+    beta = values["beta"]
+    lead, K = beta.shape[:-2], beta.shape[-2]
+    log_shares = log_softmax(np.einsum("dkq,iq->dik", beta.reshape(-1, K, beta.shape[-1]),
+                                       np.asarray(data["W"], float)), axis=-1)
+    out = mixture_outputs(values, data, lambda at: log_shares[at], membership=membership,
+                          log_lik=log_lik)
+    if pi_annotator:
+        out["pi_annotator"] = np.exp(log_shares).reshape(*lead, *log_shares.shape[1:])
+    return out
 
 
 def simulate(
