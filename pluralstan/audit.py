@@ -299,14 +299,21 @@ LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 #: fit.
 SEARCH_STARTS = 6
 
+#: Warm-up iterations (at most: never more than the audit's ``warmup``) of chains that start in
+#: a searched mode. They start in the posterior's bulk and need only Stan's adaptation, whose
+#: windows (75-iteration initial buffer, 25, 50 and 100-iteration metric windows, 50-iteration
+#: final buffer) fit in this many. Fits started from Stan's random inits keep the full warm-up.
+MODE_WARMUP = 300
+
 
 def latent_options(K: int, starts: int = SEARCH_STARTS) -> dict[str, Any]:
     """Options of an audit fit with ``K`` latent types: :data:`LATENT_OPTIONS`, and for
     ``K >= 2`` the mode search from ``starts`` random starts, every chain starting in the best
-    mode it finds (none when ``starts`` is 0)."""
+    mode it finds with :data:`MODE_WARMUP` warm-up iterations (none when ``starts`` is 0)."""
     if K < 2 or not starts:
         return dict(LATENT_OPTIONS)
-    return {**LATENT_OPTIONS, "modes": "search", "n_starts": int(starts), "max_modes": 1}
+    return {**LATENT_OPTIONS, "modes": "search", "n_starts": int(starts), "max_modes": 1,
+            "mode_warmup": MODE_WARMUP}
 
 
 #: Options of the audit's aggregate and labeled fits: no replicated data either, and the log
@@ -829,14 +836,16 @@ def audit(
                  "annotator_covariates": [] if comps.annotators is None
                  else list(comps.annotators.columns)},
         "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled,
-                     "mode_search_starts": starts},
+                     "mode_search_starts": starts,
+                     "mode_warmup": min(warmup, MODE_WARMUP) if starts else None},
     }
     aggregate = fits["aggregate"]
     doc = Document()
     doc.heading("Pluralism identifiability audit", 1)
     search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
               "looked for the posterior's modes; where it found several, the chains started "
-              "in the best."
+              f"in the best, with {min(warmup, MODE_WARMUP)} warm-up iterations instead of "
+              f"{warmup} (each fit's posterior attributes record its warm-up)."
               if starts else "")
     doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} Intervals are "
              f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "

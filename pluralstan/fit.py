@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import _arviz
@@ -41,6 +42,7 @@ def fit(
     modes: ModeOption = "none",
     n_starts: int = 20,
     max_modes: int = 2,
+    mode_warmup: int | None = None,
     stack: bool = True,
     **options: Any,
 ) -> _arviz.Idata:
@@ -83,13 +85,15 @@ def fit(
         :meth:`pluralstan.modes.ModeSearch.inits`); default: Stan's random inits. A program
         that samples theta in the design's whitened basis (``whiten``) takes theta's
         coordinates there (:func:`pluralstan.models.base.theta_coordinates`).
-    modes, n_starts, max_modes
+    modes, n_starts, max_modes, mode_warmup
         ``modes="search"``: before sampling, look for the distinct modes of the posterior by
         L-BFGS from ``n_starts`` random starts (:func:`pluralstan.modes.search`; PyStan engine)
         and, when there are several, start the chains from the best ``max_modes`` in turn; the
         mode table is stored in ``posterior.attrs["mode_search"]``. Opt-in, because it costs
         a fraction of a fit and most latent-type posteriors have one mode up to labels (see
-        :mod:`pluralstan.pipeline`).
+        :mod:`pluralstan.pipeline`). Chains started at modes take at most ``mode_warmup``
+        warm-up iterations (default ``warmup``); ``posterior.attrs["warmup"]`` records the
+        number used.
     stack
         When the chains, relabelled, are stationary but sit in different modes (genuine
         multimodality), combine the modes by stacking of chains
@@ -116,12 +120,17 @@ def fit(
     config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth,
                            inits=inits)
     config.validate()
+    if mode_warmup is not None and (isinstance(mode_warmup, bool)
+                                    or not isinstance(mode_warmup, int | np.integer)
+                                    or mode_warmup < 1):
+        raise PluralstanError(f"mode_warmup must be a whole number >= 1, got {mode_warmup!r}")
     _check_options(spec.name, spec.encode, options)
     enc = spec.encode(comps, K=K, priors=priors, **options)  # validates before any Stan code
     extra = fit_attrs(enc, K)
     idata = run(spec.program, enc, config, comps, model=spec.name, backend=backend,
                 extra=extra, sample_prior=sample_prior, relabel=relabel, check=check,
-                warn=False, modes=modes, n_starts=n_starts, max_modes=max_modes, stack=stack)
+                warn=False, modes=modes, n_starts=n_starts, max_modes=max_modes,
+                mode_warmup=mode_warmup, stack=stack)
     for message in messages(idata):  # warned here: names the caller's line
         warnings.warn(f"{spec.name}: {message}", DiagnosticWarning, stacklevel=2)
     return idata

@@ -20,6 +20,7 @@ import pluralstan as ps
 from pluralstan import _arviz, cli
 from pluralstan.audit import (
     IS_MIN_ESS,
+    MODE_WARMUP,
     PSIS_MAX_K,
     SEARCH_STARTS,
     align_types,
@@ -53,10 +54,15 @@ def report(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit") / "report"
     code = cli.main(["audit", str(folder / "judgements.csv"), "--annotators",
                      str(folder / "people.csv"), "--K", "1", "2", "3", "4", "--out", str(out),
-                     "--chains", "2", "--draws", "300", "--warmup", "300", "--seed", "2",
-                     "--no-progress"])
+                     "--chains", "2", "--draws", "300", "--warmup", str(WARMUP), "--seed",
+                     "2", "--no-progress"])
     assert code == 0
     return comps, out, json.loads((out / "audit.json").read_text())
+
+
+#: The audit fixture's warm-up: more than MODE_WARMUP, so that fits started in searched modes
+#: show their shorter one.
+WARMUP = 400
 
 
 def _theta(summary: dict, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -240,12 +246,19 @@ def test_audit_searches_modes_before_every_fit_with_two_or_more_types(report):
     table; the one-type fit has nothing to search."""
     _, out, summary = report
     assert summary["settings"]["mode_search_starts"] == SEARCH_STARTS
+    assert summary["settings"]["mode_warmup"] == MODE_WARMUP < WARMUP
+    started_in_modes = 0
     for name in ("annotator_K2", "annotator_K3", "annotator_K4", "covariate"):
-        found = json.loads(_arviz.group(ps.load(out / "fits" / f"{name}.nc"),
-                                        "posterior").attrs["mode_search"])
+        attrs = _arviz.group(ps.load(out / "fits" / f"{name}.nc"), "posterior").attrs
+        found = json.loads(attrs["mode_search"])
         assert found["n_starts"] == SEARCH_STARTS and found["modes"], name
-    assert "mode_search" not in _arviz.group(ps.load(out / "fits" / "annotator_K1.nc"),
-                                             "posterior").attrs
+        # chains started in a searched mode (several found) take the shorter warm-up
+        in_modes = len(found["modes"]) > 1
+        started_in_modes += in_modes
+        assert attrs["warmup"] == (MODE_WARMUP if in_modes else WARMUP), name
+    assert started_in_modes, "no fit of this audit started in searched modes"
+    k1 = _arviz.group(ps.load(out / "fits" / "annotator_K1.nc"), "posterior").attrs
+    assert "mode_search" not in k1 and k1["warmup"] == WARMUP
 
 
 def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
