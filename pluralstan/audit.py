@@ -583,10 +583,14 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     grid = pi_grid(post["pi"].mean(("chain", "draw")).to_numpy())
     chains = sampler.get("chains", 4)
     data = get_model("annotator").encode(comps, K=K, **LATENT_OPTIONS).data
+    # the rows follow theta: per-annotator outputs (membership, annotators x types per draw)
+    # would only be copied by every row's resampling and alignment
+    slim = _arviz.replace_groups(chosen, posterior=post.drop_vars(
+        [name for name, da in post.data_vars.items() if "annotator" in da.dims]))
     fits, methods = {}, {}
     for row in tqdm(grid, desc="pi-grid", unit="row", disable=not progress, file=sys.stderr):
         label = grid_label(row)
-        idata, khat, ess = reweighted(chosen, PI_CONCENTRATION * row, data["prior_pi_alpha"])
+        idata, khat, ess = reweighted(slim, PI_CONCENTRATION * row, data["prior_pi_alpha"])
         if idata is not None:
             fits[label] = idata
             methods[label] = f"importance sampling (k = {khat:.2f}, ESS {ess:.0f})"
