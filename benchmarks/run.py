@@ -98,7 +98,10 @@ per-annotator ``log_lik``, and the same fit then peaked at 0.95-1.43 GB (Python;
 0.46 GB (sampler worker). At 1e6 judgements (100,000 annotators) that ``log_lik`` alone took the
 Python process to 5.85 GB (2 x 300 draws): PyStan parses each draw's 100,000 values from JSON.
 ``log_lik=False`` drops it as well; every annotator fit here now uses all three options
-(:data:`OPTIONS`), as the peers compute none of these outputs.
+(:data:`OPTIONS`), as the peers compute none of these outputs. (Those measurements predate
+e47fbc7, since which ``membership`` and ``log_lik`` are computed in NumPy from the parameter
+draws after sampling and no longer pass through PyStan's JSON; the options still bound the
+arrays, annotators x draws each.)
 ``ru_maxrss`` is read without tracing allocations, which would itself cost memory.
 
 Where the annotator model's time goes (target 2)
