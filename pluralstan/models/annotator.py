@@ -462,7 +462,8 @@ def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
                      (_last(values, "gamma"), _last(values, "log_nu")))
     lik = TypeLikelihood.from_data(data)
     n_ann, D = lik.S.shape[0], flat.shape[0]
-    ll, post = np.empty((D, n_ann)), np.empty((D, n_ann, K))
+    ll = np.empty((D, n_ann))
+    post = np.empty((D, n_ann, K) if membership else (0,))
     step = max(1, BLOCK_VALUES // (lik.order.size * K))
     for start in range(0, D, step):
         at = slice(start, min(start + step, D))
@@ -470,8 +471,9 @@ def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
         lp = lik(flat[at], None if gamma is None else gamma[at],
                  None if log_nu is None else log_nu[at]) + shares
         ll[at] = logsumexp(lp, axis=-1)
-        post[at] = (np.broadcast_to(np.exp(shares), lp.shape) if data["prior_only"]
-                    else np.exp(lp - ll[at][..., None]))
+        if membership:
+            post[at] = (np.broadcast_to(np.exp(shares), lp.shape) if data["prior_only"]
+                        else np.exp(lp - ll[at][..., None]))
     out = {}
     if membership:
         out["membership"] = post.reshape(*lead, n_ann, K)
