@@ -829,6 +829,7 @@ def audit(
     _prepare_out(out)
     sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                "backend": backend}
+    mode_warmup = min(warmup, MODE_WARMUP)  # what ps.fit gives chains started in a mode
     seconds: dict[str, float] = {}
     with _timed(seconds, "fits"):
         fits = _fits(comps, Ks, sampler, labeled=labeled, starts=starts, verbose=verbose,
@@ -841,16 +842,16 @@ def audit(
                  else list(comps.annotators.columns)},
         "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled,
                      "mode_search_starts": starts,
-                     "mode_warmup": min(warmup, MODE_WARMUP) if starts else None},
+                     "mode_warmup": mode_warmup if starts else None},
     }
     aggregate = fits["aggregate"]
     doc = Document()
     doc.heading("Pluralism identifiability audit", 1)
+    shorter = (f", with {mode_warmup} warm-up iterations instead of {warmup} (each fit's "
+               "posterior attributes record its warm-up)" if mode_warmup < warmup else "")
     search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
               "looked for the posterior's modes; where it found several, the chains started "
-              f"in the best, with {min(warmup, MODE_WARMUP)} warm-up iterations instead of "
-              f"{warmup} (each fit's posterior attributes record its warm-up)."
-              if starts else "")
+              f"in the best{shorter}." if starts else "")
     doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} Intervals are "
              f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
              "latent preference types found from the judgements: each annotator belongs to "
