@@ -3,10 +3,12 @@
 :func:`audit` takes a table of pairwise judgements (pluralstan's format or the RLHF layout of
 :func:`rlhf_frame`), fits
 
-1. the aggregate model (one preference vector for everybody: what RLHF fits);
-2. the annotator latent-type model for each K asked for (default 1..4), when annotators give
-   repeated judgements, relabelled and diagnosed by :func:`pluralstan.fit` (latent types need no
-   labels), and chooses K by leave-one-annotator-out PSIS-LOO (:data:`K_RULE`);
+1. the aggregate model (one preference vector for everybody: what RLHF fits), which is the
+   K = 1 fit of item 2 (:func:`pluralstan.models.annotator.as_aggregate`);
+2. the annotator latent-type model for each K asked for (default 1..4; K = 1 always), when
+   annotators give repeated judgements, relabelled and diagnosed by :func:`pluralstan.fit`
+   (latent types need no labels), and chooses K by leave-one-annotator-out PSIS-LOO
+   (:data:`K_RULE`);
 3. the covariate-informed model at the chosen K, when an annotator table is given;
 4. the labeled model, when the judgements carry observed groups (``--group``), whose
    observed-group disclosure (:func:`pluralstan.checks.report.disclosure_report`) is written
@@ -65,7 +67,7 @@ from .files import check_writable, write_atomic
 from .fit import fit as fit_model
 from .fit import save
 from .models import get_model
-from .models.annotator import initial_values
+from .models.annotator import as_aggregate, initial_values
 from .models.labeled import CONDITIONAL_MAX_ATTRIBUTES
 from .outputs import png_bytes
 from .relabel import match_components, permute
@@ -316,10 +318,9 @@ def latent_options(K: int, starts: int = SEARCH_STARTS) -> dict[str, Any]:
             "mode_warmup": MODE_WARMUP}
 
 
-#: Options of the audit's aggregate and labeled fits: no replicated data either, and the log
-#: likelihood per annotator, which the audit's power-scaling needs (only its sum enters) and
-#: which is comparable with the latent-type fits'. Per judgement, on data with about one
-#: judgement per cell, the two per-cell outputs made up most of these fits' time and memory.
+#: Options of the audit's labeled fit: no replicated data either, and the log likelihood per
+#: annotator, comparable with the latent-type fits'. Per judgement, on data with about one
+#: judgement per cell, the two per-cell outputs made up most of its time and memory.
 CELL_OPTIONS: dict[str, Any] = {"replicate": False, "log_lik": "annotator"}
 
 
@@ -337,13 +338,13 @@ def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
 def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
           labeled: dict[str, Any] | None, starts: int, verbose: bool, progress: bool,
           echo: Callable[[str], None]) -> dict[str, _arviz.Idata]:
-    """Aggregate, annotator (each K) and, with ``labeled`` options, labeled fits; a progress
-    bar over them and one per fit (:class:`SamplingProgress`)."""
+    """Annotator (each K; ``Ks`` holds 1) and, with ``labeled`` options, labeled fits; a
+    progress bar over them and one per fit (:class:`SamplingProgress`). The aggregate fit is
+    the K = 1 fit (:func:`pluralstan.models.annotator.as_aggregate`: the same posterior)."""
     from tqdm.auto import tqdm
 
-    jobs: list[tuple[str, str, dict[str, Any]]] = [("aggregate", "aggregate", CELL_OPTIONS)]
-    jobs += [(f"annotator_K{k}", "annotator", {"K": k, **latent_options(k, starts)})
-             for k in Ks]
+    jobs: list[tuple[str, str, dict[str, Any]]] = [
+        (f"annotator_K{k}", "annotator", {"K": k, **latent_options(k, starts)}) for k in Ks]
     if labeled:
         jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled,
                                             **CELL_OPTIONS}))
@@ -353,7 +354,7 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
         bar.set_postfix_str(name)
         fits[name] = _fit_one(name, model, comps, verbose=verbose, progress=progress,
                               echo=bar.write if progress else echo, **extra, **sampler)
-    return fits
+    return {"aggregate": as_aggregate(fits["annotator_K1"]), **fits}
 
 
 def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
@@ -852,7 +853,8 @@ def audit(
     search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
               "looked for the posterior's modes; where it found several, the chains started "
               f"in the best{shorter}." if starts else "")
-    doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} Intervals are "
+    doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} The aggregate "
+             "model (one preference vector for everybody) is the K = 1 fit. Intervals are "
              f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
              "latent preference types found from the judgements: each annotator belongs to "
              "each type with a posterior probability (soft membership).")

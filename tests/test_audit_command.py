@@ -227,8 +227,13 @@ def test_audit_writes_a_self_contained_report(report):
                      "annotator_K4.nc", "covariate.nc"}
     assert ps.load(out / "fits" / "covariate.nc").posterior["beta"].sizes["group"] == 3
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.")]
-    # the aggregate fit carries the per-annotator log likelihood and no replicates
+    # the aggregate fit is the K = 1 fit (one posterior): its draws, its per-annotator log
+    # likelihood, no replicates
     aggregate = ps.load(out / "fits" / "aggregate.nc")
+    one_type = ps.load(out / "fits" / "annotator_K1.nc")
+    assert aggregate.posterior.attrs["model"] == "aggregate"
+    np.testing.assert_array_equal(aggregate.posterior["theta"].values,
+                                  one_type.posterior["theta"].isel(group=0).values)
     assert _arviz.group(aggregate, "log_likelihood")["y"].dims == ("chain", "draw", "annotator")
     assert "posterior_predictive" not in _arviz.groups(aggregate)
 

@@ -234,6 +234,47 @@ def test_prior_only_run_draws_types_from_pi():
     assert np.all(idata.prior_predictive["y"].sum("outcome") == y.sum("outcome"))
 
 
+def test_one_type_model_is_the_aggregate_model():
+    """With K = 1 the annotator program's log density equals the aggregate program's up to a
+    constant at every point (Davidson ties and a position effect included), and
+    :func:`annotator.as_aggregate` reads the aggregate fit off a K = 1 fit (the audit fits the
+    two as one)."""
+    from pluralstan.engine import get_engine
+    from pluralstan.models import get_model
+
+    comps = ties_order_data()
+    engine = get_engine("pystan")
+    # theta (the one type's lead coordinate, then the rest), gamma, log nu in both programs
+    points = np.random.default_rng(0).normal(size=(6, len(comps.attributes) + 2))
+    values, grads = {}, {}
+    for name, options in (("aggregate", {}), ("annotator", {"K": 1})):
+        spec = get_model(name)
+        enc = spec.encode(comps, whiten=False, replicate=False, **options)
+        # each density is used before the next program's module is loaded: httpstan loads
+        # every module under one name, and a module loaded again (here, after this file's
+        # fits) can take over the calls of one loaded between
+        density = engine.log_density(spec.program, enc.data)
+        assert density.dims == points.shape[1]
+        values[name] = np.array([density.log_prob(x) for x in points])
+        grads[name] = density.grad(points[0])
+    gaps = values["aggregate"] - values["annotator"]
+    np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(grads["aggregate"], grads["annotator"], rtol=1e-10)
+
+    fit = ps.fit("annotator", comps, K=1, chains=1, draws=20, warmup=20, seed=2,
+                 backend="pystan", check=False, replicate=False)
+    derived = annotator.as_aggregate(fit)
+    post = derived.posterior
+    assert post.attrs["model"] == "aggregate" and "K = 1" in post.attrs["derived_from"]
+    assert set(post.data_vars) == {"theta", "gamma", "log_nu"}
+    np.testing.assert_array_equal(post["theta"].values,
+                                  fit.posterior["theta"].isel(group=0).values)
+    assert derived.log_likelihood["y"].dims == ("chain", "draw", "annotator")
+    with pytest.raises(PluralstanError, match="K = 1 annotator fit"):
+        annotator.as_aggregate(ps.fit("annotator", comps, K=2, chains=1, draws=5, warmup=5,
+                                      seed=2, backend="pystan", check=False))
+
+
 # ---------------------------------------------------------------------------- recovery
 @pytest.fixture(scope="module")
 def by_m() -> dict[int, tuple[ps.Comparisons, az.InferenceData]]:

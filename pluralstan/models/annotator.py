@@ -508,6 +508,35 @@ CONSTANT_DIMS: dict[str, list[str]] = {
 }
 
 
+def as_aggregate(one_type: Any) -> Any:
+    """The aggregate model's fit read off a one-type (``K = 1``) fit of this model.
+
+    With one type, ``pi = 1`` and every judgement follows one ``theta``: the likelihood is the
+    aggregate Bradley-Terry likelihood of the pooled judgements, the priors on ``theta``,
+    ``gamma`` and ``log_nu`` have the same defaults, and the Dirichlet prior of a one-element
+    simplex is the constant 1 (``lprior`` is unchanged). So the two fits are draws from one
+    posterior, and ``pluralstan audit`` fits it once.
+
+    Returns the fit with ``theta`` ``("attribute",)``, without ``pi`` and ``membership``, and
+    ``posterior.attrs`` ``model = "aggregate"`` and ``derived_from``; the log likelihood (by
+    annotator), log prior, sampler statistics and provenance (the annotator program) are the
+    one-type fit's.
+    """
+    from .. import _arviz
+
+    post = _arviz.group(one_type, "posterior")
+    K = post["theta"].sizes.get("group")
+    if post.attrs.get("model") != "annotator" or K != 1:
+        raise PluralstanError(f"as_aggregate needs a K = 1 annotator fit, got model "
+                              f"{post.attrs.get('model')!r} with {K} type(s)")
+    theta = post["theta"].isel(group=0, drop=True)
+    aggregate = (post.drop_vars(["pi", "membership"], errors="ignore")
+                 .drop_dims("group").assign(theta=theta))
+    aggregate.attrs = {**post.attrs, "model": "aggregate",
+                       "derived_from": "annotator model, K = 1 (the same posterior)"}
+    return _arviz.replace_groups(one_type, posterior=aggregate)
+
+
 def constant_data(cells: AnnotatorCells) -> dict[str, np.ndarray]:
     """The ``constant_data`` group: design, order and annotator of each cell, cell of each row."""
     return {
