@@ -234,17 +234,19 @@ generated quantities {
   // the optional outputs (cell_outputs_data.stan): log probability of each outcome in each cell,
   // log likelihood of each unit, replicated counts per cell and outcome
   matrix[save_log_p_cell ? C : 0, 2 + has_ties] log_p_cell;
-  vector[U] log_lik;
+  vector[save_log_lik ? U : 0] log_lik;
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   // replicated label counts (the labels are data the model generates, through pi)
   array[K] int n_annotators_rep = multinomial_rng(pi, sum(n_annotators));
-  if (save_log_p_cell || U > 0 || replicate) {
+  if (save_log_p_cell || save_log_lik || replicate) {
     matrix[C, 2 + has_ties] log_p = outcome_log_probs(
       group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order), log_nu);
     if (save_log_p_cell) {
       log_p_cell = log_p;
     }
-    log_lik = unit_log_lik(log_p, unit_w, unit_v, unit_u);
+    if (save_log_lik) {
+      log_lik = unit_log_lik(log_p, unit_w, unit_v, unit_u);
+    }
     if (replicate) {
       y_rep = cell_replicates_rng(log_p, y);
     }

@@ -11,8 +11,12 @@ import pytest
 import pluralstan as ps
 from pluralstan import _arviz
 from pluralstan.checks.sensitivity import power_scaling
+from pluralstan.engine import SamplerConfig, get_engine
 from pluralstan.errors import PluralstanError
 from pluralstan.models import get_model
+from pluralstan.models.base import CELL_PYTHON_OUTPUTS
+
+from .test_reference_likelihoods import CASE_IDS, CASES, comps_of
 
 # short chains: these tests compare outputs draw by draw, not what the draws infer
 pytestmark = pytest.mark.filterwarnings("ignore::pluralstan.errors.DiagnosticWarning")
@@ -74,3 +78,28 @@ def test_annotator_log_lik_is_the_sum_of_their_judgements(comps, model, options)
     assert predictive is None or "y" not in predictive
     none = ps.fit(model, comps, log_lik=None, **sampler)
     assert "log_likelihood" not in _arviz.groups(none)
+
+
+@pytest.mark.parametrize("unit", ["comparison", "annotator"])
+@pytest.mark.parametrize("model, options", [("aggregate", {}),
+                                            ("labeled", {"pooling": "partial"}),
+                                            ("labeled", {"pooling": "none"})],
+                         ids=["aggregate", "labeled-partial", "labeled-none"])
+@pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
+def test_python_log_lik_equals_the_programs_own(model, options, unit, kind, ties, order):
+    """The log-likelihood outputs of the cell-level programs (``log_p_cell``, the per-unit
+    ``log_lik``) are computed in NumPy from the draws (``Encoded.derive``), not written by the
+    program. With the program's output flags set, its generated quantities must give the same
+    numbers at the sampled draws, for both design forms, with and without ties and order."""
+    comps = comps_of(kind, ties, order)
+    spec = get_model(model)
+    enc = spec.encode(comps, log_lik=unit, replicate=False, **options)
+    assert all(enc.data[flag] == 0 for flag in CELL_PYTHON_OUTPUTS)
+    own_flags = {flag: 1 for flag in CELL_PYTHON_OUTPUTS}
+    draws = get_engine("pystan").sample(spec.program, {**enc.data, **own_flags},
+                                        SamplerConfig(chains=1, draws=4, warmup=20, seed=5))
+    own = draws.variables
+    name = "log_p_cell" if unit == "comparison" else "log_lik"
+    derived = enc.complete({k: v for k, v in own.items() if k not in ("log_p_cell", "log_lik")})
+    assert own[name].size and derived[name].shape == own[name].shape
+    np.testing.assert_allclose(derived[name], own[name], rtol=1e-10, atol=1e-12)

@@ -243,13 +243,13 @@ def test_draws_are_read_at_full_precision():
     parameters the deterministic outputs of both engines agree to 1e-12 (relative)."""
     spec = get_model("aggregate")
     _, comps, _ = _case("aggregate")
-    enc = spec.encode(comps)
+    data = {**spec.encode(comps).data, "save_log_p_cell": 1}  # the program's own output
     params = {"theta_coord": [0.123456789123, -0.987654321987, 0.5]}
-    ga = PyStanEngine().generate(spec.program, enc.data, params, seed=1)
-    gb = CmdStanEngine().generate(spec.program, enc.data, params, seed=1)
+    ga = PyStanEngine().generate(spec.program, data, params, seed=1)
+    gb = CmdStanEngine().generate(spec.program, data, params, seed=1)
     for name in ("theta", "lprior", "log_p_cell"):
         np.testing.assert_allclose(gb[name], ga[name], rtol=1e-12, atol=0)
-    theta = CmdStanEngine().sample(spec.program, enc.data,
+    theta = CmdStanEngine().sample(spec.program, data,
                                    SamplerConfig(chains=1, draws=20, warmup=20)).variables["theta"]
     six = np.array([float(f"{x:.6g}") for x in theta.ravel()])
     assert (six != theta.ravel()).mean() > 0.9

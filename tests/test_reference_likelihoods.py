@@ -190,8 +190,9 @@ def stan_extras(p: dict) -> dict:
 
 
 def per_judgement(enc) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """The model's own expansion of generated outputs to its stored log likelihood."""
-    return lambda out: enc.log_lik(out)["y"][0, 0]
+    """The model's own expansion of generated outputs (with those computed in Python,
+    ``Encoded.complete``) to its stored log likelihood."""
+    return lambda out: enc.log_lik(enc.complete(out))["y"][0, 0]
 
 
 CASES = [("attributes", True, True), ("items", True, True), ("attributes", False, False),

@@ -46,6 +46,7 @@ from scipy.special import expit
 from .. import _arviz, diagnostics
 from ..data import Comparisons
 from ..errors import PluralstanError
+from ..models.base import BLOCK_VALUES
 from ..relabel import match_components
 from .intervals import central_interval
 from .predict import observed_frequencies, pair_table, preference_probability
@@ -185,15 +186,11 @@ def _noise_floor(test: Comparisons, counts: xr.DataArray, weight: xr.DataArray) 
     return float(within / pooled_noise.mean("pair"))
 
 
-#: Predicted probabilities (chains x draws x components x pairs) held at once by
-#: :func:`masking_ratio`, which works through the posterior in blocks of draws: on data with
-#: many distinct pairs the whole array would not fit in memory.
-BLOCK_VALUES = 10_000_000
-
-
 def _draw_blocks(fit: _arviz.Idata, n_pairs: int) -> list[_arviz.Idata]:
-    """The fit's posterior in consecutive blocks of draws of at most :data:`BLOCK_VALUES`
-    predicted probabilities each (views, not copies)."""
+    """The fit's posterior in consecutive blocks of draws of at most
+    :data:`~pluralstan.models.base.BLOCK_VALUES` predicted probabilities (chains x draws x
+    components x pairs) each (views, not copies): on data with many distinct pairs the whole
+    array would not fit in memory."""
     post = _arviz.group(fit, "posterior")
     theta = post["theta"]
     per_draw = theta.sizes.get("chain", 1) * theta.sizes.get("group", 1) * max(n_pairs, 1)

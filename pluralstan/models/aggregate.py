@@ -13,6 +13,7 @@ from .base import (
     bt_prior_data,
     cell_outputs,
     design_data,
+    design_from_data,
     merge_priors,
     no_components,
     register,
@@ -79,7 +80,8 @@ def encode(
         cells = _one_cell_per_row(comps)
     n_out = 2 + int(has_ties)
     P = len(comps.attributes)
-    outputs = cell_outputs(comps, cells, n_out, log_lik=log_lik, replicate=replicate)
+    outputs = cell_outputs(comps, cells, n_out, log_lik=log_lik, replicate=replicate,
+                           eta=cell_eta, theta_ndim=1)
     data = {
         "C": cells.n_cells,
         "P": P,
@@ -111,10 +113,16 @@ def encode(
         log_lik=outputs.log_lik,
         log_lik_dims=outputs.log_lik_dims,
         drop=("log_p_cell", "log_lik", "theta_coord"),
+        derive=outputs.derive,
         optional_scalars=("gamma", "log_nu"),
         extra_attrs={"ties": int(has_ties), "order_effect": int(has_order),
                      "compressed": int(compress), "whitened": data["whiten"]},
     )
+
+
+def cell_eta(theta: np.ndarray, data: dict[str, Any]) -> np.ndarray:
+    """The program's ``X * theta`` for ``(d, P)`` draws of ``theta``: ``(d, C)``."""
+    return np.asarray(design_from_data(data) @ theta.T).T
 
 
 def _one_cell_per_row(comps: Comparisons):

@@ -30,13 +30,16 @@ from scipy.special import logsumexp
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
 from .base import (
+    BLOCK_VALUES,
     Encoded,
     ModelSpec,
     broadcast_prior,
     bt_prior_data,
     check_K,
     design_data,
+    design_from_data,
     merge_priors,
+    optional_scalar,
     positive,
     register,
     require_annotators,
@@ -371,11 +374,6 @@ def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
 
 
 # ------------------------------------------------------------- outputs computed in Python
-#: Linear predictors (draws x design rows x types) held at once while :func:`mixture_outputs`
-#: runs: a memory bound, about 80 MB of doubles per temporary.
-BLOCK_VALUES = 10_000_000
-
-
 @dataclass(frozen=True)
 class TypeLikelihood:
     """``type_log_lik`` of ``stan/functions/annotator_types.stanfunctions`` in NumPy.
@@ -396,11 +394,8 @@ class TypeLikelihood:
     def from_data(cls, data: Mapping[str, Any]) -> TypeLikelihood:
         """The likelihood of an annotator-level program's Stan data."""
         order = np.asarray(data["order"], float)
-        n_ann, R, P = int(data["I"]), order.size, int(data["P"])
-        X: np.ndarray | csr_matrix = np.asarray(data["X"], float).reshape(-1, P)
-        if X.shape[0] == 0:
-            X = csr_matrix((np.asarray(data["X_w"], float), np.asarray(data["X_v"]) - 1,
-                            np.asarray(data["X_u"]) - 1), shape=(R, P))
+        n_ann, R = int(data["I"]), order.size
+        X = design_from_data(data)
         y = np.asarray(data["y"], float)
         ties = bool(data["has_ties"])
         n_tie = y[:, 2] if ties else np.zeros(len(y))
@@ -434,13 +429,6 @@ class TypeLikelihood:
         return lp.reshape(-1, D, K).transpose(1, 0, 2) + shift[:, :, None]
 
 
-def _last(values: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
-    """An ``array[flag] real`` output (position effect, tie parameter) without its last axis,
-    ``None`` when the program has none."""
-    arr = values.get(name)
-    return None if arr is None or arr.shape[-1] == 0 else arr[..., 0]
-
-
 def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
                     log_shares: Callable[[slice], np.ndarray], *, membership: bool,
                     log_lik: bool) -> dict[str, np.ndarray]:
@@ -459,7 +447,7 @@ def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
     lead, (K, P) = theta.shape[:-2], theta.shape[-2:]
     flat = theta.reshape(-1, K, P)
     gamma, log_nu = (None if v is None else v.reshape(-1) for v in
-                     (_last(values, "gamma"), _last(values, "log_nu")))
+                     (optional_scalar(values, "gamma"), optional_scalar(values, "log_nu")))
     lik = TypeLikelihood.from_data(data)
     n_ann, D = lik.S.shape[0], flat.shape[0]
     ll = np.empty((D, n_ann))

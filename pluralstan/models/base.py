@@ -602,6 +602,102 @@ def resolve_ties_order(
 LOG_LIK_UNITS = ("comparison", "annotator", None)
 
 
+#: Values held at once (draws x cells x outcomes or types) by the computations that run over
+#: blocks of posterior draws (:func:`derive_cell_outputs`,
+#: :func:`pluralstan.models.annotator.mixture_outputs`, the masking ratio): a memory bound,
+#: about 80 MB of doubles per temporary.
+BLOCK_VALUES = 10_000_000
+
+#: Stan data flags of the cell-level programs' log-likelihood outputs, which
+#: :func:`derive_cell_outputs` computes instead (set them to 1 to have the program write them,
+#: as the tests do to compare the two).
+CELL_PYTHON_OUTPUTS: dict[str, int] = {"save_log_p_cell": 0, "save_log_lik": 0}
+
+
+def optional_scalar(values: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    """An ``array[flag] real`` output (position effect, tie parameter) without its last axis,
+    ``None`` when the program has none."""
+    arr = values.get(name)
+    return None if arr is None or arr.shape[-1] == 0 else arr[..., 0]
+
+
+def design_from_data(data: Mapping[str, Any], columns: str = "X_v",
+                     n_columns: int | None = None) -> Any:
+    """The design a program reads (:func:`design_data`): the dense ``X``, or a SciPy CSR
+    matrix of ``X_w``, ``columns`` and ``X_u`` with ``n_columns`` columns (default ``P``)."""
+    from scipy.sparse import csr_matrix
+
+    P = int(data["P"])
+    X = np.asarray(data["X"], float).reshape(-1, P)
+    if X.shape[0]:
+        return X
+    return csr_matrix((np.asarray(data["X_w"], float), np.asarray(data[columns]) - 1,
+                       np.asarray(data["X_u"]) - 1),
+                      shape=(int(data["R"]), P if n_columns is None else n_columns))
+
+
+def outcome_log_probs(eta: np.ndarray, log_nu: np.ndarray | None) -> np.ndarray:
+    """``outcome_log_probs`` of ``stan/functions/davidson.stanfunctions`` in NumPy.
+
+    ``eta`` ``(d, C)`` and ``log_nu`` ``(d,)`` (``None``: binomial) give ``(d, C, outcomes)``,
+    the log probabilities of b preferred, a preferred (and a tie).
+    """
+    from scipy.special import log_expit
+
+    if log_nu is None:
+        return np.stack([log_expit(-eta), log_expit(eta)], axis=-1)
+    half = 0.5 * np.abs(eta)
+    lnu = log_nu[:, None]
+    log_d = half + np.log1p(np.exp(-2.0 * half) + np.exp(lnu - half))
+    return np.stack([-0.5 * eta - log_d, 0.5 * eta - log_d, lnu - log_d], axis=-1)
+
+
+#: ``eta(theta, data)``: the linear predictors ``(d, C)`` of a cell-level program's cells for
+#: ``d`` draws of its ``theta`` (``(d, *core)``), before the position effect.
+EtaFn = Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
+
+
+def derive_cell_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any], *,
+                        eta: EtaFn, theta_ndim: int, unit: str | None) -> dict[str, np.ndarray]:
+    """A cell-level program's log-likelihood output from its parameter draws.
+
+    The twin of its generated quantities (``stan/functions/cell_outputs.stanfunctions``): for
+    ``unit="comparison"`` the outcome log probabilities of every cell (``log_p_cell``), for
+    ``"annotator"`` their sums per unit through the program's sparse unit matrix
+    (``log_lik``), from the Stan data the draws were made with. ``theta`` has ``theta_ndim``
+    trailing dims. Computed in blocks of draws (:data:`BLOCK_VALUES`).
+    """
+    if unit is None:
+        return {}
+    from scipy.sparse import csr_matrix
+
+    theta = values["theta"]
+    lead = theta.shape[:theta.ndim - theta_ndim]
+    flat = theta.reshape(-1, *theta.shape[len(lead):])
+    gamma, log_nu = (None if v is None else v.reshape(-1) for v in
+                     (optional_scalar(values, "gamma"), optional_scalar(values, "log_nu")))
+    order = np.asarray(data["order"], float)
+    C, n_out, D = order.size, 3 if log_nu is not None else 2, flat.shape[0]
+    units = None
+    if unit == "annotator":
+        units = csr_matrix((np.asarray(data["unit_w"], float), np.asarray(data["unit_v"]) - 1,
+                            np.asarray(data["unit_u"]) - 1), shape=(int(data["U"]), n_out * C))
+    out = np.empty((D, C, n_out) if units is None else (D, units.shape[0]))
+    width = C * max(n_out, int(np.prod(flat.shape[1:-1], dtype=int)))
+    step = max(1, BLOCK_VALUES // width)
+    for start in range(0, D, step):
+        at = slice(start, min(start + step, D))
+        lin = eta(flat[at], data)
+        if gamma is not None:
+            lin = lin + np.outer(gamma[at], order)
+        log_p = outcome_log_probs(lin, None if log_nu is None else log_nu[at])
+        # columns (outcome - 1) * C + cell, as the program's to_vector(log_p)
+        out[at] = log_p if units is None else (
+            units @ log_p.transpose(0, 2, 1).reshape(log_p.shape[0], -1).T).T
+    name = "log_p_cell" if units is None else "log_lik"
+    return {name: out.reshape(*lead, *out.shape[1:])}
+
+
 @dataclass(frozen=True)
 class CellOutputs:
     """The optional outputs of a cell-level program (``stan/functions/cell_outputs_data.stan``).
@@ -609,28 +705,33 @@ class CellOutputs:
     Attributes
     ----------
     data
-        Their Stan data: ``replicate``, ``save_log_p_cell`` and the sparse unit matrix.
+        Their Stan data: ``replicate``, the output flags (:data:`CELL_PYTHON_OUTPUTS`) and the
+        sparse unit matrix.
     log_lik, log_lik_dims
         The ``log_likelihood`` group built from the outputs, and its dims.
     coords
         Coordinates the log likelihood adds (``annotator``).
+    derive
+        The log-likelihood output computed from the draws (:func:`derive_cell_outputs`), for
+        :attr:`Encoded.derive`.
     """
 
     data: dict[str, Any]
     log_lik: LogLikFn
     log_lik_dims: dict[str, list[str]]
     coords: dict[str, Any]
+    derive: DeriveFn
 
 
 def cell_outputs(comps: Comparisons, cells: Any, n_out: int, *, log_lik: str | None,
-                 replicate: bool) -> CellOutputs:
-    """Which outputs a cell-level program writes per draw, and how they become the fit's groups.
+                 replicate: bool, eta: EtaFn, theta_ndim: int) -> CellOutputs:
+    """Which outputs a cell-level program gives per draw, and how they become the fit's groups.
 
-    Every output is one value per draw, and with PyStan every value is parsed from JSON, so on
-    data with about one judgement per cell the per-cell outputs (replicated counts and the
-    outcomes' log probabilities, cells x outcomes each) are most of a fit's time and memory.
-    ``log_lik="annotator"`` replaces the log probabilities by one sum per annotator, computed
-    in Stan through a sparse annotators x (cells x outcomes) count matrix.
+    The log likelihood (per judgement, or one sum per annotator through a sparse annotators x
+    (cells x outcomes) count matrix) is computed in NumPy from the parameter draws
+    (:func:`derive_cell_outputs`): PyStan sends every value of every draw as JSON text, and
+    on data with about one judgement per cell the per-cell outputs were most of a fit's time
+    and memory. Replicated counts (random) stay in the program.
 
     Parameters
     ----------
@@ -644,12 +745,17 @@ def cell_outputs(comps: Comparisons, cells: Any, n_out: int, *, log_lik: str | N
         One of :data:`LOG_LIK_UNITS`.
     replicate
         Output replicated counts ``y_rep`` per cell (posterior predictive checks, SBC).
+    eta, theta_ndim
+        The program's cell linear predictors from draws of ``theta`` and the number of
+        ``theta``'s dims (:func:`derive_cell_outputs`).
 
     Raises
     ------
     PluralstanError
         For a ``log_lik`` not in :data:`LOG_LIK_UNITS`.
     """
+    from functools import partial
+
     from scipy.sparse import csr_matrix
 
     if log_lik not in LOG_LIK_UNITS:
@@ -662,22 +768,23 @@ def cell_outputs(comps: Comparisons, cells: Any, n_out: int, *, log_lik: str | N
                            shape=units.shape)
     data = {
         "replicate": int(replicate),
-        "save_log_p_cell": int(log_lik == "comparison"),
+        **CELL_PYTHON_OUTPUTS,
         "U": n_units,
         "unit_nnz": units.nnz,
         "unit_w": units.data.astype(float),
         "unit_v": units.indices.astype(np.int64) + 1,
         "unit_u": units.indptr.astype(np.int64)[: n_units + 1 if n_units else 0] + 1,
     }
+    derive = partial(derive_cell_outputs, eta=eta, theta_ndim=theta_ndim, unit=log_lik)
     if log_lik == "annotator":
         return CellOutputs(data, lambda v: {"y": v["log_lik"]}, {"y": ["annotator"]},
-                           {"annotator": list(comps.annotator_levels)})
+                           {"annotator": list(comps.annotator_levels)}, derive)
     if log_lik == "comparison":
         cell_of_row, outcome_of_row = cells.cell_of_row, cells.outcome_of_row
         return CellOutputs(
             data, lambda v: {"y": expand_cells(v["log_p_cell"], cell_of_row, outcome_of_row)},
-            {"y": ["comparison"]}, {})
-    return CellOutputs(data, lambda v: {}, {}, {})
+            {"y": ["comparison"]}, {}, derive)
+    return CellOutputs(data, lambda v: {}, {}, {}, derive)
 
 
 def expand_cells(log_p_cell: np.ndarray, cell_of_row: np.ndarray, outcome_of_row: np.ndarray):

@@ -46,6 +46,7 @@ from .base import (
     bt_prior_data,
     cell_outputs,
     design_data,
+    design_from_data,
     merge_priors,
     positive,
     register,
@@ -322,6 +323,15 @@ def group_whitening_data(cells: Any, n_out: int, levels: tuple[Hashable, ...],
     return {"whiten": 1, "theta_basis": np.stack(bases)}
 
 
+def cell_eta(theta: np.ndarray, data: dict[str, Any]) -> np.ndarray:
+    """The program's ``group_eta`` without the position effect, for ``(d, K, P)`` draws of
+    ``theta``: row ``c`` of the design times its group's ``theta``, ``(d, C)``."""
+    d, K, P = theta.shape
+    by_type = np.asarray(design_from_data(data) @ theta.reshape(d * K, P).T).reshape(-1, d, K)
+    group = np.asarray(data["group"]) - 1
+    return np.take_along_axis(by_type, group[:, None, None], axis=2)[:, :, 0].T
+
+
 def encode(
     comps: Comparisons,
     K: int | None = None,
@@ -388,7 +398,8 @@ def encode(
     cells = comps.cells(by=["group"])
     n_out = 2 + has_ties
     P, G = len(comps.attributes), len(levels)
-    outputs = cell_outputs(comps, cells, n_out, log_lik=log_lik, replicate=replicate)
+    outputs = cell_outputs(comps, cells, n_out, log_lik=log_lik, replicate=replicate,
+                           eta=cell_eta, theta_ndim=2)
     n_annotators = annotators_per_group(comps)
     partial = int(pooling == "partial")
     prior_data = {**bt_prior_data(p, P),
@@ -439,6 +450,7 @@ def encode(
         log_lik=outputs.log_lik,
         log_lik_dims=outputs.log_lik_dims,
         drop=("log_p_cell", "log_lik", "z", "mu_coord"),
+        derive=outputs.derive,
         optional_scalars=("gamma", "log_nu"),
         # observed labels cannot switch: no latent label dim
         label_dim=None,
