@@ -65,7 +65,7 @@ from .engine import engine_output
 from .errors import DiagnosticWarning, PluralstanError
 from .files import check_writable, write_atomic
 from .fit import fit as fit_model
-from .fit import save
+from .fit import load, save
 from .models import get_model
 from .models.annotator import as_aggregate, initial_values
 from .models.labeled import CONDITIONAL_MAX_ATTRIBUTES
@@ -114,9 +114,12 @@ class AuditResult:
     summary
         Every number of the report (what ``audit.json`` holds).
     fits
-        The fits by name (``aggregate``, ``annotator_K2``, ``covariate``, ``labeled``).
+        The fits by name (``aggregate``, ``annotator_K2``, ``covariate``, ``labeled``); the
+        K not chosen and the covariate fit without their per-annotator draws, which their
+        files in ``fits/`` hold.
     paths
-        Name -> path of every file written.
+        Every file written, by its path relative to the report folder (``report.html``,
+        ``fits/annotator_K2.nc``, ...).
     """
 
     summary: dict[str, Any]
@@ -335,12 +338,14 @@ def _fit_one(name: str, model: str, comps: Comparisons, *, verbose: bool,
     return idata
 
 
-def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
+def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], tmp: Path, *,
           labeled: dict[str, Any] | None, starts: int, verbose: bool, progress: bool,
           echo: Callable[[str], None]) -> dict[str, _arviz.Idata]:
     """Annotator (each K; ``Ks`` holds 1) and, with ``labeled`` options, labeled fits; a
     progress bar over them and one per fit (:class:`SamplingProgress`). The aggregate fit is
-    the K = 1 fit (:func:`pluralstan.models.annotator.as_aggregate`: the same posterior)."""
+    the K = 1 fit (:func:`pluralstan.models.annotator.as_aggregate`: the same posterior). Each
+    annotator fit is written to ``tmp`` when it is done and kept without its membership draws
+    (:func:`_store`); choosing K needs only the log likelihood."""
     from tqdm.auto import tqdm
 
     jobs: list[tuple[str, str, dict[str, Any]]] = [
@@ -354,6 +359,8 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], *,
         bar.set_postfix_str(name)
         fits[name] = _fit_one(name, model, comps, verbose=verbose, progress=progress,
                               echo=bar.write if progress else echo, **extra, **sampler)
+        if model == "annotator":
+            _store(tmp, fits, name, log_lik=True)
     return {"aggregate": as_aggregate(fits["annotator_K1"]), **fits}
 
 
@@ -831,189 +838,216 @@ def audit(
     sampler = {"chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                "backend": backend}
     mode_warmup = min(warmup, MODE_WARMUP)  # what ps.fit gives chains started in a mode
-    seconds: dict[str, float] = {}
-    with _timed(seconds, "fits"):
-        fits = _fits(comps, Ks, sampler, labeled=labeled, starts=starts, verbose=verbose,
-                     progress=progress, echo=echo)
-    summary: dict[str, Any] = {
-        "data": {"judgements": comps.n, "annotators": len(comps.annotator_levels),
-                 "mode": comps.mode, "coordinates": list(comps.attributes),
-                 "reference_item": None if comps.reference is None else str(comps.reference),
-                 "annotator_covariates": [] if comps.annotators is None
-                 else list(comps.annotators.columns)},
-        "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled,
-                     "mode_search_starts": starts,
-                     "mode_warmup": mode_warmup if starts else None},
-    }
-    aggregate = fits["aggregate"]
-    doc = Document()
-    doc.heading("Pluralism identifiability audit", 1)
-    shorter = (f", with {mode_warmup} warm-up iterations instead of {warmup} (each fit's "
-               "posterior attributes record its warm-up)" if mode_warmup < warmup else "")
-    search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
-              "looked for the posterior's modes; where it found several, the chains started "
-              f"in the best{shorter}." if starts else "")
-    doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} The aggregate "
-             "model (one preference vector for everybody) is the K = 1 fit. Intervals are "
-             f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
-             "latent preference types found from the judgements: each annotator belongs to "
-             "each type with a posterior probability (soft membership).")
-    # K
-    annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
-    with _timed(seconds, "choose_K"):
-        choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, starts=starts,
-                           verbose=verbose, progress=progress, echo=echo)
-    chosen_K, loo_note = choice["K"], choice["note"]
-    chosen = annotator_fits[chosen_K]
-    for name in ("loo", "kfold"):
-        if choice.get(name) is not None:
-            summary[f"K_{name}"] = _records(choice[name].reset_index())
-    summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks,
-                    "method": choice["method"]}
-    # items 1-2
-    comp = composition_table(comps, chosen, PROB)
-    within = within_table(aggregate, chosen, PROB, comps.reference)
-    membership = _membership(chosen)
-    typed = _with_types(comps, membership, chosen) if chosen_K > 1 else None
-    masking, results = (_masking(aggregate, chosen, typed) if typed is not None
-                        else (None, {}))
-    floor = next(iter(results.values())).attrs["noise_floor"] if results else 1.0
-    power = pd.concat([power_scaling(aggregate, ["theta"]).assign(fit="aggregate"),
-                       power_scaling(chosen, ["theta", "pi"]).assign(fit=f"K = {chosen_K}")],
-                      ignore_index=True)
-    with _timed(seconds, "pi_grid"):
-        grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose,
-                               progress=progress) if chosen_K > 1 else None)
-    verdicts = pd.DataFrame([
-        _composition_verdict(chosen_K, comp, diagnostics.failed(chosen), loo_note),
-        _within_verdict(within, chosen_K),
-        _masking_verdict(masking, floor, chosen_K),
-        _sensitivity_verdict(power, grid),
-    ])
-    summary["verdicts"] = _records(verdicts)
-    doc.heading("Verdict")
-    doc.card(verdicts)
-    doc.heading("Number of types")
-    if choice.get("loo") is not None:
-        doc.text(f"Annotator latent-type model for K = {Ks}; K = {chosen_K} chosen by "
-                 f"{choice['method']}: {K_RULE}{loo_note}. Leave-one-annotator-out PSIS-LOO:")
-        doc.table(choice["loo"].reset_index())
-    if choice.get("kfold") is not None:
-        doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
-                 "judgements predicted by a fit that never saw them):")
-        doc.table(choice["kfold"].reset_index())
-    doc.heading("1. Composition")
-    doc.table(comp.rename(columns={"group": "type"}))
-    summary["composition"] = _records(comp)
-    doc.heading("2. Within-type posteriors")
-    doc.text("Each type's coefficients beside the aggregate model's"
-             + (f" (items: ability against the reference item {comps.reference}, fixed at 0)."
-                if comps.mode == "items" else "."))
-    doc.table(within.rename(columns={"group": "type"}))
-    doc.figure("theta_forest", png_bytes(plots.plot_theta_intervals(within)),
-               "coefficients: aggregate fit and each latent type")
-    summary["within"] = _records(within)
-    if comps.mode == "items" and comps.items is None:
-        ranks = item_ranks(comps, {"aggregate": aggregate, f"K = {chosen_K}": chosen})
-        doc.text("Item ranks (1 = best) and the probability of ranking first, the reference "
-                 "item included:")
-        doc.table(ranks)
-        summary["ranks"] = _records(ranks)
-    doc.heading("3. Identification gap")
-    if masking is None:
-        doc.text(f"K = {chosen_K}: one type, no subgroup for the aggregate model to mask.")
-    else:
-        uncertain = int((membership.max(axis=1) < CERTAIN).sum())
-        target = results["aggregate"].attrs["target"]
-        against = ("observed frequencies" if target == "observed" else
-                   f"the latent-type fit's own probabilities of each type (the types judge "
-                   f"each pair fewer than {REPEATS_MIN} times on average, too few for "
-                   "observed frequencies)")
-        doc.text(f"Masking ratio (within-type error / pooled error of the predicted "
-                 f"preference probabilities, against {against}) with each annotator "
-                 f"in their most probable type; {uncertain} of {len(membership)} annotators "
-                 f"have no type with posterior probability >= {CERTAIN}. In-sample: the types "
-                 f"come from the same judgements. Noise floor (a perfect model): {floor:.3g}.")
-        doc.table(masking)
-        doc.figure("masking", png_bytes(plots.plot_masking_ratios(results)),
-                   "posterior draws of the masking ratio")
-        summary["masking"] = {"table": _records(masking), "noise_floor": floor,
-                              "target": target,
-                              "uncertain_annotators": uncertain}
-    doc.heading("4. Sensitivity")
-    doc.text("Power-scaling sensitivity (priorsense's method, threshold 0.05) of the aggregate "
-             "fit and the chosen latent-type fit.")
-    doc.table(power[["fit", "variable", "prior", "likelihood", "diagnosis"]])
-    summary["sensitivity"] = _records(power[["fit", "variable", "prior", "likelihood",
-                                             "diagnosis"]])
-    if grid is not None:
-        methods = grid.drop_duplicates("grid")[["grid", "method"]]
-        doc.text(f"Sensitivity to the assumed composition: the K = {chosen_K} fit under "
-                 f"pi ~ Dirichlet({PI_CONCENTRATION:g} x assumed shares), for the posterior "
-                 "mean shares and for each type's share halved (types matched to the chosen "
-                 "fit's); shift = change of each type's posterior mean from the first row, in "
-                 "its posterior sd. Each row's posterior is the chosen fit's draws reweighted "
-                 "by Pareto-smoothed importance sampling, or a refit where the Pareto k of "
-                 f"the weights exceeds {PSIS_MAX_K:g} or they leave fewer than "
-                 f"{IS_MIN_ESS} effective draws:")
-        doc.table(methods)
-        doc.table(grid[["grid", "group", "attribute", "mean", "shift", "shift_sd", "flag"]]
-                  .rename(columns={"group": "type"}))
-        summary["pi_grid"] = _records(grid)
-    if comps.annotators is not None and chosen_K > 1:
-        who = who_is_in_each_type(comps, membership)
-        doc.heading("Who is in each type")
-        doc.text("Annotator covariates per type, weighted by posterior membership.")
-        doc.table(who)
-        summary["who"] = _records(who)
-        with _timed(seconds, "covariate"):
-            fits["covariate"] = align_types(_fit_one(
-                "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
-                progress=progress, pi_annotator=False,  # beta and W give it; not used here
-                **latent_options(chosen_K, starts), **sampler), chosen)
-        effects = covariate_effects(fits["covariate"])
-        doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
-                 "log odds of each type (sum to zero across types), its interval and "
-                 "P(effect > 0).")
-        doc.table(effects.assign(flag=diagnostics.flag(fits["covariate"])))
-        summary["covariate_effects"] = _records(effects)
-    summary["diagnostics"] = {name: diagnostics.flag(f) or "passed" for name, f in fits.items()}
-    summary["sample_seconds"] = {name: float(_arviz.group(f, "posterior").attrs.get(
-        "sample_seconds", np.nan)) for name, f in fits.items()}
-    # wall-clock seconds of the audit's steps (the fits include reading the engine's output)
-    summary["seconds"] = seconds
-    doc.heading("Diagnostics")
-    doc.text("; ".join(f"{name}: {flag}" for name, flag in summary["diagnostics"].items()))
-    return _write(out, doc, summary, fits, comps)
+    with _building(out) as tmp:
+        seconds: dict[str, float] = {}
+        with _timed(seconds, "fits"):
+            fits = _fits(comps, Ks, sampler, tmp, labeled=labeled, starts=starts,
+                         verbose=verbose, progress=progress, echo=echo)
+        summary: dict[str, Any] = {
+            "data": {"judgements": comps.n, "annotators": len(comps.annotator_levels),
+                     "mode": comps.mode, "coordinates": list(comps.attributes),
+                     "reference_item": None if comps.reference is None else str(comps.reference),
+                     "annotator_covariates": [] if comps.annotators is None
+                     else list(comps.annotators.columns)},
+            "settings": {**sampler, "K": Ks, "prob": PROB, "labeled": labeled,
+                         "mode_search_starts": starts,
+                         "mode_warmup": mode_warmup if starts else None},
+        }
+        aggregate = fits["aggregate"]
+        doc = Document()
+        doc.heading("Pluralism identifiability audit", 1)
+        shorter = (f", with {mode_warmup} warm-up iterations instead of {warmup} (each fit's "
+                   "posterior attributes record its warm-up)" if mode_warmup < warmup else "")
+        search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
+                  "looked for the posterior's modes; where it found several, the chains started "
+                  f"in the best{shorter}." if starts else "")
+        doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} The aggregate "
+                 "model (one preference vector for everybody) is the K = 1 fit. Intervals are "
+                 f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
+                 "latent preference types found from the judgements: each annotator belongs to "
+                 "each type with a posterior probability (soft membership).")
+        # K
+        annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
+        with _timed(seconds, "choose_K"):
+            choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, starts=starts,
+                               verbose=verbose, progress=progress, echo=echo)
+        chosen_K, loo_note = choice["K"], choice["note"]
+        del annotator_fits
+        for k in Ks:  # the chosen fit whole again, the others without their log likelihood
+            if k != chosen_K:
+                _store(tmp, fits, f"annotator_K{k}", log_lik=False)
+        chosen = fits[f"annotator_K{chosen_K}"] = load(tmp / "fits" / f"annotator_K{chosen_K}.nc")
+        for name in ("loo", "kfold"):
+            if choice.get(name) is not None:
+                summary[f"K_{name}"] = _records(choice[name].reset_index())
+        summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks,
+                        "method": choice["method"]}
+        # items 1-2
+        comp = composition_table(comps, chosen, PROB)
+        within = within_table(aggregate, chosen, PROB, comps.reference)
+        membership = _membership(chosen)
+        typed = _with_types(comps, membership, chosen) if chosen_K > 1 else None
+        masking, results = (_masking(aggregate, chosen, typed) if typed is not None
+                            else (None, {}))
+        floor = next(iter(results.values())).attrs["noise_floor"] if results else 1.0
+        power = pd.concat([power_scaling(aggregate, ["theta"]).assign(fit="aggregate"),
+                           power_scaling(chosen, ["theta", "pi"]).assign(fit=f"K = {chosen_K}")],
+                          ignore_index=True)
+        with _timed(seconds, "pi_grid"):
+            grid = (pi_sensitivity(comps, chosen, chosen_K, sampler, verbose=verbose,
+                                   progress=progress) if chosen_K > 1 else None)
+        verdicts = pd.DataFrame([
+            _composition_verdict(chosen_K, comp, diagnostics.failed(chosen), loo_note),
+            _within_verdict(within, chosen_K),
+            _masking_verdict(masking, floor, chosen_K),
+            _sensitivity_verdict(power, grid),
+        ])
+        summary["verdicts"] = _records(verdicts)
+        doc.heading("Verdict")
+        doc.card(verdicts)
+        doc.heading("Number of types")
+        if choice.get("loo") is not None:
+            doc.text(f"Annotator latent-type model for K = {Ks}; K = {chosen_K} chosen by "
+                     f"{choice['method']}: {K_RULE}{loo_note}. Leave-one-annotator-out PSIS-LOO:")
+            doc.table(choice["loo"].reset_index())
+        if choice.get("kfold") is not None:
+            doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
+                     "judgements predicted by a fit that never saw them):")
+            doc.table(choice["kfold"].reset_index())
+        doc.heading("1. Composition")
+        doc.table(comp.rename(columns={"group": "type"}))
+        summary["composition"] = _records(comp)
+        doc.heading("2. Within-type posteriors")
+        doc.text("Each type's coefficients beside the aggregate model's"
+                 + (f" (items: ability against the reference item {comps.reference}, fixed at 0)."
+                    if comps.mode == "items" else "."))
+        doc.table(within.rename(columns={"group": "type"}))
+        doc.figure("theta_forest", png_bytes(plots.plot_theta_intervals(within)),
+                   "coefficients: aggregate fit and each latent type")
+        summary["within"] = _records(within)
+        if comps.mode == "items" and comps.items is None:
+            ranks = item_ranks(comps, {"aggregate": aggregate, f"K = {chosen_K}": chosen})
+            doc.text("Item ranks (1 = best) and the probability of ranking first, the reference "
+                     "item included:")
+            doc.table(ranks)
+            summary["ranks"] = _records(ranks)
+        doc.heading("3. Identification gap")
+        if masking is None:
+            doc.text(f"K = {chosen_K}: one type, no subgroup for the aggregate model to mask.")
+        else:
+            uncertain = int((membership.max(axis=1) < CERTAIN).sum())
+            target = results["aggregate"].attrs["target"]
+            against = ("observed frequencies" if target == "observed" else
+                       f"the latent-type fit's own probabilities of each type (the types judge "
+                       f"each pair fewer than {REPEATS_MIN} times on average, too few for "
+                       "observed frequencies)")
+            doc.text(f"Masking ratio (within-type error / pooled error of the predicted "
+                     f"preference probabilities, against {against}) with each annotator "
+                     f"in their most probable type; {uncertain} of {len(membership)} annotators "
+                     f"have no type with posterior probability >= {CERTAIN}. In-sample: the types "
+                     f"come from the same judgements. Noise floor (a perfect model): {floor:.3g}.")
+            doc.table(masking)
+            doc.figure("masking", png_bytes(plots.plot_masking_ratios(results)),
+                       "posterior draws of the masking ratio")
+            summary["masking"] = {"table": _records(masking), "noise_floor": floor,
+                                  "target": target,
+                                  "uncertain_annotators": uncertain}
+        doc.heading("4. Sensitivity")
+        doc.text("Power-scaling sensitivity (priorsense's method, threshold 0.05) of the aggregate "
+                 "fit and the chosen latent-type fit.")
+        doc.table(power[["fit", "variable", "prior", "likelihood", "diagnosis"]])
+        summary["sensitivity"] = _records(power[["fit", "variable", "prior", "likelihood",
+                                                 "diagnosis"]])
+        if grid is not None:
+            methods = grid.drop_duplicates("grid")[["grid", "method"]]
+            doc.text(f"Sensitivity to the assumed composition: the K = {chosen_K} fit under "
+                     f"pi ~ Dirichlet({PI_CONCENTRATION:g} x assumed shares), for the posterior "
+                     "mean shares and for each type's share halved (types matched to the chosen "
+                     "fit's); shift = change of each type's posterior mean from the first row, in "
+                     "its posterior sd. Each row's posterior is the chosen fit's draws reweighted "
+                     "by Pareto-smoothed importance sampling, or a refit where the Pareto k of "
+                     f"the weights exceeds {PSIS_MAX_K:g} or they leave fewer than "
+                     f"{IS_MIN_ESS} effective draws:")
+            doc.table(methods)
+            doc.table(grid[["grid", "group", "attribute", "mean", "shift", "shift_sd", "flag"]]
+                      .rename(columns={"group": "type"}))
+            summary["pi_grid"] = _records(grid)
+        if comps.annotators is not None and chosen_K > 1:
+            who = who_is_in_each_type(comps, membership)
+            doc.heading("Who is in each type")
+            doc.text("Annotator covariates per type, weighted by posterior membership.")
+            doc.table(who)
+            summary["who"] = _records(who)
+            with _timed(seconds, "covariate"):
+                fits["covariate"] = align_types(_fit_one(
+                    "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
+                    progress=progress, pi_annotator=False,  # beta and W give it; not used here
+                    **latent_options(chosen_K, starts), **sampler), chosen)
+            effects = covariate_effects(fits["covariate"])
+            doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
+                     "log odds of each type (sum to zero across types), its interval and "
+                     "P(effect > 0).")
+            doc.table(effects.assign(flag=diagnostics.flag(fits["covariate"])))
+            summary["covariate_effects"] = _records(effects)
+            _store(tmp, fits, "covariate", log_lik=False)
+        summary["diagnostics"] = {name: diagnostics.flag(f) or "passed" for name, f in fits.items()}
+        summary["sample_seconds"] = {name: float(_arviz.group(f, "posterior").attrs.get(
+            "sample_seconds", np.nan)) for name, f in fits.items()}
+        # wall-clock seconds of the audit's steps (the fits include reading the engine's output)
+        summary["seconds"] = seconds
+        doc.heading("Diagnostics")
+        doc.text("; ".join(f"{name}: {flag}" for name, flag in summary["diagnostics"].items()))
+        return _write(out, tmp, doc, summary, fits, comps)
 
 
-def _write(out: Path, doc: Document, summary: dict[str, Any], fits: dict[str, _arviz.Idata],
-           comps: Comparisons) -> AuditResult:
-    """Write everything to a temporary sibling folder, then put it in place of ``out``."""
+@contextlib.contextmanager
+def _building(out: Path) -> Iterator[Path]:
+    """A temporary sibling folder of ``out`` that the audit fills (fits as they become final,
+    the rest at the end, :func:`_write`) and that replaces ``out`` only when everything
+    succeeded; removed on any failure or interruption."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        paths: dict[str, Path] = {}
-        for name, idata in fits.items():
-            paths[f"fit_{name}"] = save(idata, tmp / "fits" / f"{name}.nc")
-        if "labeled" in fits:
-            report = disclosure_report(comps, fits["aggregate"], fits["labeled"],
-                                       tmp / "observed_groups", save_fits=False)
-            paths.update({f"observed_groups_{k}": v for k, v in report.paths.items()})
-            doc.text("The observed groups' own disclosure: observed_groups/report.html.")
-        for kind, value in doc.blocks:
-            if kind == "figure":
-                name, png, _ = value
-                paths[f"figure_{name}"] = write_atomic(tmp / "figures" / f"{name}.png", png)
-        write_atomic(tmp / "audit.json", json.dumps(summary, indent=1, default=str))
-        write_atomic(tmp / "report.md", doc.markdown())
-        write_atomic(tmp / "report.html", doc.html("Pluralism identifiability audit"))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    moved = {k: out / p.relative_to(tmp) for k, p in paths.items()}
-    moved.update({n: out / n for n in ("audit.json", "report.md", "report.html")})
-    return AuditResult(summary, fits, moved)
+
+
+def _store(tmp: Path, fits: dict[str, _arviz.Idata], name: str, *, log_lik: bool) -> None:
+    """Write fit ``name`` to ``tmp/fits`` (unless it is there) and keep in ``fits`` only what
+    the report still needs of it: its posterior without the per-annotator ``membership``
+    draws, its log likelihood only with ``log_lik``, and its attributes (diagnostics,
+    timings). On the tax conjoint these draws were most of the audit's memory."""
+    path = tmp / "fits" / f"{name}.nc"
+    if not path.exists():
+        save(fits[name], path)
+    post = _arviz.group(fits[name], "posterior")
+    slim = {"posterior": post.drop_vars("membership", errors="ignore")}
+    if not log_lik:
+        slim["log_likelihood"] = None
+    fits[name] = _arviz.replace_groups(fits[name], **slim)
+
+
+def _write(out: Path, tmp: Path, doc: Document, summary: dict[str, Any],
+           fits: dict[str, _arviz.Idata], comps: Comparisons) -> AuditResult:
+    """Write what is not written yet to ``tmp``, then put it in place of ``out``."""
+    for name, idata in fits.items():
+        if not (tmp / "fits" / f"{name}.nc").exists():
+            save(idata, tmp / "fits" / f"{name}.nc")
+    if "labeled" in fits:
+        disclosure_report(comps, fits["aggregate"], fits["labeled"], tmp / "observed_groups",
+                          save_fits=False)
+        doc.text("The observed groups' own disclosure: observed_groups/report.html.")
+    for kind, value in doc.blocks:
+        if kind == "figure":
+            name, png, _ = value
+            write_atomic(tmp / "figures" / f"{name}.png", png)
+    write_atomic(tmp / "audit.json", json.dumps(summary, indent=1, default=str))
+    write_atomic(tmp / "report.md", doc.markdown())
+    write_atomic(tmp / "report.html", doc.html("Pluralism identifiability audit"))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    paths = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file()}
+    return AuditResult(summary, fits, paths)

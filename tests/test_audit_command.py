@@ -23,6 +23,7 @@ from pluralstan.audit import (
     MODE_WARMUP,
     PSIS_MAX_K,
     SEARCH_STARTS,
+    _store,
     align_types,
     pi_grid,
     read_judgements,
@@ -236,6 +237,35 @@ def test_audit_writes_a_self_contained_report(report):
                                   one_type.posterior["theta"].isel(group=0).values)
     assert _arviz.group(aggregate, "log_likelihood")["y"].dims == ("chain", "draw", "annotator")
     assert "posterior_predictive" not in _arviz.groups(aggregate)
+    # fits written before the audit dropped their per-annotator draws from memory are whole
+    for name in ("annotator_K2", "covariate"):
+        saved = ps.load(out / "fits" / f"{name}.nc")
+        assert saved.posterior["membership"].sizes["annotator"] == 150
+        assert _arviz.group(saved, "log_likelihood")["y"].sizes["annotator"] == 150
+
+
+def test_stored_fits_are_written_whole_and_kept_slim(tmp_path):
+    """``_store`` writes a fit with its per-annotator draws and keeps in memory its posterior
+    without ``membership`` (with its log likelihood only if asked) and its attributes
+    (diagnostics, timings); a second call does not write the file again."""
+    comps = ps.simulate.high_conflict(seed=1, n_annotators=6, n_pairs=10, pairs_per_annotator=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiagnosticWarning)  # ten draws: only the record counts
+        fit = ps.fit("annotator", comps, K=2, chains=1, draws=10, warmup=10, seed=2,
+                     replicate=False)
+    fits = {"annotator_K2": fit}
+    _store(tmp_path, fits, "annotator_K2", log_lik=True)
+    path = tmp_path / "fits" / "annotator_K2.nc"
+    saved, kept = ps.load(path), fits["annotator_K2"]
+    assert "membership" in saved.posterior and "log_likelihood" in _arviz.groups(saved)
+    assert "membership" not in kept.posterior and "log_likelihood" in _arviz.groups(kept)
+    np.testing.assert_array_equal(kept.posterior["theta"].values, saved.posterior["theta"].values)
+    assert kept.posterior.attrs["diagnostics"] == saved.posterior.attrs["diagnostics"]
+    written = path.stat().st_mtime_ns
+    _store(tmp_path, fits, "annotator_K2", log_lik=False)
+    assert "log_likelihood" not in _arviz.groups(fits["annotator_K2"])
+    assert path.stat().st_mtime_ns == written
+    assert "membership" in ps.load(path).posterior
 
 
 def test_audit_records_the_time_of_each_step(report):
