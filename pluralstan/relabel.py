@@ -54,6 +54,7 @@ from scipy.optimize import linear_sum_assignment
 from . import _arviz, diagnostics
 from .diagnostics import PER_OBSERVATION_DIMS, PERMUTATION, RHAT_MAX
 from .errors import PluralstanError
+from .models.base import BLOCK_VALUES
 
 Method = Literal["auto", "stephens", "pivot"]
 
@@ -221,16 +222,23 @@ def stephens(p: np.ndarray, weights: np.ndarray | None = None, max_iter: int = 1
     """
     S, n, K = p.shape
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    keep = w > 0
-    p, w = p[:, keep, :], w[keep]
+    if not np.all(w > 0):
+        keep = w > 0
+        p, w = p[:, keep, :], w[keep]
+        n = int(keep.sum())
     perms = np.tile(np.arange(K), (S, 1))
-    rows = np.arange(S)[:, None]
+    # p is the largest array of a fit (draws x annotators x types): the relabelled mean is
+    # summed over blocks of draws and the weights fold into log q, so no copy of p is made
+    step = max(1, BLOCK_VALUES // max(n * K, 1))
     for iteration in range(1, max_iter + 1):
-        relabelled = p[rows, :, perms].transpose(0, 2, 1)  # (S, n, K)
-        log_q = np.log(np.maximum(relabelled.mean(axis=0), _TINY))  # (n, K)
+        total = np.zeros((n, K))
+        for start in range(0, S, step):
+            rows = np.arange(start, min(start + step, S))[:, None]
+            total += p[rows, :, perms[rows[:, 0]]].sum(axis=0).T  # sum of p[s, :, perms[s]]
+        log_q = np.log(np.maximum(total / S, _TINY))  # (n, K)
         # cost[s, j, k] = -sum_i w_i p[s, i, j] log q[i, k]: raw component j gets label k
         # (the p log p term of the KL divergence does not depend on the permutation)
-        cost = -np.einsum("sij,ik->sjk", p * w[None, :, None], log_q)
+        cost = -np.einsum("sij,ik->sjk", p, w[:, None] * log_q)
         new = np.empty_like(perms)
         for s in range(S):
             raw, label = linear_sum_assignment(cost[s])
@@ -345,7 +353,9 @@ def relabel(
                 "this fit has none (use method='pivot')"
             )
         alloc = post[alloc_name]
-        p = _flat(alloc, dim).transpose(0, 2, 1)  # (S, n, K)
+        other = [d for d in alloc.dims if d not in ("chain", "draw", dim)]
+        # (S, n, K): a view of the variable in its own layout (chain, draw, ..., dim)
+        p = alloc.transpose("chain", "draw", *other, dim).values.reshape(n_chain * n_draw, -1, K)
         flat, iterations = stephens(p, _weights(idata, alloc, dim), max_iter)
         detail: dict[str, Any] = {"iterations": iterations, "allocation": alloc_name}
     elif method == "pivot":
