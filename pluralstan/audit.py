@@ -115,8 +115,8 @@ class AuditResult:
         Every number of the report (what ``audit.json`` holds).
     fits
         The fits by name (``aggregate``, ``annotator_K2``, ``covariate``, ``labeled``); the
-        K not chosen and the covariate fit without their per-annotator draws, which their
-        files in ``fits/`` hold.
+        latent-type fits without their per-annotator draws (the chosen fit keeps them only
+        when there is no covariate fit), which their files in ``fits/`` hold.
     paths
         Every file written, by its path relative to the report folder (``report.html``,
         ``fits/annotator_K2.nc``, ...).
@@ -978,6 +978,9 @@ def audit(
             doc.text("Annotator covariates per type, weighted by posterior membership.")
             doc.table(who)
             summary["who"] = _records(who)
+            # the chosen fit's per-annotator draws are in its file and in the tables above
+            _store(tmp, fits, f"annotator_K{chosen_K}", log_lik=False)
+            chosen = fits[f"annotator_K{chosen_K}"]
             with _timed(seconds, "covariate"):
                 fits["covariate"] = align_types(_fit_one(
                     "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,

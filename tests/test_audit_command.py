@@ -218,7 +218,7 @@ def test_align_types_puts_a_refit_in_the_reference_order():
 
 
 def test_audit_writes_a_self_contained_report(report):
-    _, out, _ = report
+    _, out, summary = report
     page = (out / "report.html").read_text()
     assert 'class="card"' in page and page.count("data:image/png;base64,") >= 2
     assert "src=\"http" not in page and "href=\"http" not in page  # opens offline
@@ -238,7 +238,7 @@ def test_audit_writes_a_self_contained_report(report):
     assert _arviz.group(aggregate, "log_likelihood")["y"].dims == ("chain", "draw", "annotator")
     assert "posterior_predictive" not in _arviz.groups(aggregate)
     # fits written before the audit dropped their per-annotator draws from memory are whole
-    for name in ("annotator_K2", "covariate"):
+    for name in ("annotator_K2", f"annotator_K{summary['K']['chosen']}", "covariate"):
         saved = ps.load(out / "fits" / f"{name}.nc")
         assert saved.posterior["membership"].sizes["annotator"] == 150
         assert _arviz.group(saved, "log_likelihood")["y"].sizes["annotator"] == 150
