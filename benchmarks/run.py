@@ -202,6 +202,8 @@ WORKFLOW_TIMEOUT = 1200
 #: Arguments of the timed workflow scripts (target 4): the issue's 6-sigma x 10-replicate
 #: diversity sweep is one nu (the script's default sweeps three, 180 fits).
 WORKFLOW_ARGS = {"diversity_sweep.py": ("--nu", "0", "--replicates", "10")}
+#: Issue 21's goal for every real-data audit (target ``realdata``): minutes and peak GB.
+REALDATA_GOAL = (15.0, 2.0)
 #: NumPyro and PyMC, when installed (the optional extra ``pluralstan[bench]``).
 PEERS = {"numpyro": "numpyro", "pymc": "pymc"}
 #: Options of every annotator-model fit here: the large-data options. ``replicate=False``
@@ -252,6 +254,9 @@ class Settings:
         also target ``whiten``'s, :func:`whiten_cases`).
     whiten_K
         Target ``whiten``: numbers of types of the annotator fits (:func:`whiten_fits`).
+    realdata
+        Target ``realdata``: the data sets of ``workflows/audit_datasets.py`` audited, each at
+        that script's defaults (``--quick`` settings: its ``--quick``).
     """
 
     n_pairs: int = 200
@@ -276,6 +281,7 @@ class Settings:
     geometry_judgements: tuple[int, ...] = (100, 5)
     geometry_real: bool = True
     whiten_K: tuple[int, ...] = (2, 3)
+    realdata: tuple[str, ...] = ("cems", "german_parties", "polis_brexit", "taxes", "vtaiwan")
     seed: int = 20261122
 
 
@@ -284,7 +290,7 @@ QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per
                  grad_draws=50, grad_repeats=1, workflows=False, design_items=12,
                  input_n=20_000, input_items=1_000, ahead_chains=2, ahead_draws=100,
                  ahead_repeats=2, geometry_groups=3, geometry_judgements=(10,),
-                 geometry_real=False, whiten_K=(2,))
+                 geometry_real=False, whiten_K=(2,), realdata=("german_parties",))
 
 
 @dataclass
@@ -1465,6 +1471,74 @@ def target_audit(s: Settings) -> list[Row]:
                 + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))]
 
 
+def target_realdata(s: Settings) -> list[Row]:
+    """Issue 21, goal 1: ``workflows/audit_datasets.py`` on each of ``s.realdata``, warm cache.
+
+    Each data set is audited in a fresh process (the script at its defaults: K = 1..4, 4
+    chains x 1000 draws; ``--quick`` in the quick settings), timed by wall clock; its peak
+    memory is the kernel's peak resident set of that process and of the largest of its sampler
+    workers (``ru_maxrss`` from ``wait4``, what ``/usr/bin/time`` reports). The programs the
+    audit fits are compiled first, untimed. A data set missing from the data folder gives a
+    row that says so.
+    """
+    try:
+        folder = realdata.data_dir()
+    except ps.PluralstanError as err:
+        return [Row("realdata", name, "pluralstan audit (PyStan)", note=f"skipped: {err}")
+                for name in s.realdata]
+    for model in ("annotator", "covariate", "labeled"):
+        ensure_built(get_model(model).program)
+    quick = ("--quick",) if not s.workflows else ()
+    rows = []
+    for name in s.realdata:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, maxrss_kb, code, log = audit_process(
+                [str(REPO / "workflows" / "audit_datasets.py"), "--datasets", name,
+                 "--data", str(folder), "--out", tmp, *quick])
+            summary_path = Path(tmp) / name / "audit.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        rows.append(realdata_row(name, wall, maxrss_kb / 2**20, code, log, summary))
+    return rows
+
+
+def audit_process(args: list[str]) -> tuple[float, int, int, str]:
+    """Run ``python *args`` with its output in a file; its wall seconds, peak resident set
+    (KiB, its own or a child's, whichever is larger), exit status and the end of its output."""
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        return wall, usage.ru_maxrss, proc.returncode, log.read()[-2000:]
+
+
+def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
+                 summary: dict[str, Any] | None) -> Row:
+    """The ``realdata`` row of one audited data set (:func:`target_realdata`)."""
+    if code != 0 or summary is None:
+        return Row("realdata", name, "pluralstan audit (PyStan)", seconds=round(wall, 1),
+                   note=f"FAILED (exit {code}): " + (log.strip().splitlines() or [""])[-1][:200])
+    minutes, gb = REALDATA_GOAL
+    settings, data = summary["settings"], summary["data"]
+    marks = " / ".join(v["mark"] for v in summary["verdicts"])
+    flags = [n for n, f in summary["diagnostics"].items() if f != "passed"]
+    steps = ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())
+    fits = ", ".join(f"{k} {v:.0f}" for k, v in summary["sample_seconds"].items())
+    return Row("realdata", f"{name}: {data['judgements']} judgements by "
+               f"{data['annotators']} annotators, K = {', '.join(map(str, settings['K']))}",
+               "pluralstan audit (PyStan)", data["judgements"], settings["chains"],
+               settings["draws"], seconds=round(wall, 1), ratio=round(wall / 60, 2),
+               ratio_is=f"minutes, warm cache; peak memory {peak_gb:.2f} GB",
+               goal=f"< {minutes:g} min and < {gb:g} GB",
+               meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
+               note=f"K chosen {summary['K']['chosen']} by {summary['K']['method']}; marks "
+               f"{marks}; steps (s) {steps}; sampling s per fit: {fits}"
+               + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))
+
+
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "1": target_sufficient_statistics,
     "2": target_peers,
@@ -1475,6 +1549,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "flags": target_compile_flags,
     "input": target_input,
     "audit": target_audit,
+    "realdata": target_realdata,
     "engines": target_engines,
     "ahead": target_ahead,
     "geometry": target_geometry,
@@ -1521,6 +1596,8 @@ def main(argv: list[str] | None = None) -> int:
                         "largest in its own process, for peak memory; default 1e3 1e4 1e5)")
     parser.add_argument("--profile-n", type=int, nargs="+", help="target 3: sizes whose "
                         "gradient is timed (default 1e3 to 1e5, seven sizes)")
+    parser.add_argument("--realdata", nargs="+", choices=Settings.realdata,
+                        help="target realdata: the data sets audited (default all five)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--thread-probe", help=argparse.SUPPRESS)
     parser.add_argument("--input-probe", action="store_true", help=argparse.SUPPRESS)
@@ -1532,6 +1609,7 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"]),
                         "geometry_judgements": tuple(raw["geometry_judgements"]),
                         "whiten_K": tuple(raw["whiten_K"]),
+                        "realdata": tuple(raw["realdata"]),
                         "profile_n": tuple(raw["profile_n"])})
     if args.memory_probe:
         memory_probe(args.memory_probe, s)
@@ -1548,6 +1626,8 @@ def main(argv: list[str] | None = None) -> int:
         s = replace(s, scaling_n=tuple(args.scaling_n))
     if args.profile_n:
         s = replace(s, profile_n=tuple(args.profile_n))
+    if args.realdata:
+        s = replace(s, realdata=tuple(args.realdata))
     info = machine()
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[Row] = []

@@ -67,7 +67,7 @@ def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
     assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines",
-                       "ahead", "geometry", "whiten"}
+                       "ahead", "geometry", "whiten", "realdata"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -327,3 +327,19 @@ def test_audit_row_times_the_whole_command(quick):
     row = table[table["target"] == "audit"].iloc[0]
     assert float(row["seconds"]) > 0 and row["goal"] == "< 5"
     assert row["meets"] in ("yes", "no") and re.match(r"K chosen \d", row["note"])
+
+
+def test_realdata_row_audits_a_real_data_set_in_its_own_process(quick):
+    """Goal 1's row: the German parties audit (the script's ``--quick``: K = 1, 2) ran to its
+    report, with its wall time, the peak memory of its process and the goal scored on both."""
+    table, _, _ = quick
+    rows = table[table["target"] == "realdata"]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["case"] == "german_parties: 2880 judgements by 192 annotators, K = 1, 2"
+    assert int(row["chains"]) == 2 and int(row["draws"]) == 200
+    assert float(row["seconds"]) > 0 and row["goal"] == "< 15 min and < 2 GB"
+    peak = float(re.search(r"peak memory ([0-9.]+) GB", row["ratio_is"]).group(1))
+    assert 0.1 < peak < 24  # a Python process with NumPy and PyStan loaded; the machine's RAM
+    assert row["meets"] == ("yes" if float(row["seconds"]) < 900 and peak < 2 else "no")
+    assert re.match(r"K chosen [12] by ", row["note"]) and "sampling s per fit: " in row["note"]
