@@ -59,6 +59,10 @@ judgements x items matrix.
 ``engines`` (issue 22) samples the annotator model (target 2's data) and the labeled model
 (target 1's design, ``pooling='none'``) under PyStan and under cmdstanpy; the cmdstanpy row's
 ratio is its ESS/s over PyStan's, and it is skipped, saying so, when no CmdStan is installed.
+``realdata`` (issue 21, goal 1) runs ``workflows/audit_datasets.py`` at its defaults on each real
+data set (``--realdata``; default all five, vTaiwan taking hours) in a process of its own, and
+reports its wall time and peak resident memory against the goal of 15 minutes and 2 GB
+(:func:`target_realdata`).
 ``ahead`` (issue 21, goal 3) runs target 2's annotator model against NumPyro at 4 chains x 1000
 warm-up iterations + 1000 draws, three times with new sampler seeds, under PyStan and cmdstanpy,
 against a NumPyro program on the same sufficient statistics as the Stan program and against

@@ -27,8 +27,10 @@ Data sets (``--datasets``):
     Polis vTaiwan (uberX) votes as within-participant pairs: 1,235 participants over 110
     statements (those in an agree / disagree pair); observed groups = Polis's opinion groups.
 
-The last two are the large ones: at the defaults (4 chains x 1000 draws, K = 1..4, K-fold
-cross-validation when PSIS-LOO is unreliable) each takes hours on 2 cores; ``--chains``,
+At the defaults (4 chains x 1000 draws, K = 1..4, K-fold cross-validation when PSIS-LOO is
+unreliable) on 2 cores, CEMS and German parties take about a minute, Polis brexit about 7
+minutes (its K is chosen by 5-fold cross-validation), the tax conjoint about 19 minutes and
+vTaiwan hours (``python benchmarks/run.py --targets realdata`` times them); ``--chains``,
 ``--draws`` and ``--K`` trade precision for time, and each report states the settings it was
 written with.
 
