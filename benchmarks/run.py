@@ -175,6 +175,7 @@ from typing import Any
 import arviz as az
 import numpy as np
 import pandas as pd
+import xarray as xr
 from scipy import stats
 
 HERE = Path(__file__).resolve().parent
@@ -1481,9 +1482,10 @@ def target_realdata(s: Settings) -> list[Row]:
     Each data set is audited in a fresh process (the script at its defaults: K = 1..4, 4
     chains x 1000 draws; ``--quick`` in the quick settings), timed by wall clock; its peak
     memory is the kernel's peak resident set of that process and of the largest of its sampler
-    workers (``ru_maxrss`` from ``wait4``, what ``/usr/bin/time`` reports). The programs the
-    audit fits are compiled first, untimed. A data set missing from the data folder gives a
-    row that says so.
+    workers (``ru_maxrss`` from ``wait4``, what ``/usr/bin/time`` reports). The note says
+    where the time went: seconds per step and per fit, and each stored fit's gradients per
+    draw and mean tree depth (:func:`fit_geometry`). The programs the audit fits are compiled
+    first, untimed. A data set missing from the data folder gives a row that says so.
     """
     try:
         folder = realdata.data_dir()
@@ -1501,8 +1503,20 @@ def target_realdata(s: Settings) -> list[Row]:
                  "--data", str(folder), "--out", tmp, *quick])
             summary_path = Path(tmp) / name / "audit.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        rows.append(realdata_row(name, wall, maxrss_kb / 2**20, code, log, summary))
+            geometry = fit_geometry(Path(tmp) / name / "fits")
+        rows.append(realdata_row(name, wall, maxrss_kb / 2**20, code, log, summary, geometry))
     return rows
+
+
+def fit_geometry(folder: Path) -> dict[str, tuple[float, float]]:
+    """Gradients per draw and mean tree depth of each fit stored in ``folder`` (an audit's
+    ``fits/``), by file name; only the sampler statistics are read."""
+    out = {}
+    for path in sorted(folder.glob("*.nc")):
+        with xr.open_dataset(path, group="sample_stats", engine="h5netcdf") as sampler:
+            out[path.stem] = (float(sampler["n_steps"].mean()),
+                              float(sampler["tree_depth"].mean()))
+    return out
 
 
 def audit_process(args: list[str]) -> tuple[float, int, int, str]:
@@ -1520,8 +1534,10 @@ def audit_process(args: list[str]) -> tuple[float, int, int, str]:
 
 
 def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
-                 summary: dict[str, Any] | None) -> Row:
-    """The ``realdata`` row of one audited data set (:func:`target_realdata`)."""
+                 summary: dict[str, Any] | None,
+                 geometry: dict[str, tuple[float, float]] | None = None) -> Row:
+    """The ``realdata`` row of one audited data set (:func:`target_realdata`); ``geometry``:
+    :func:`fit_geometry` of its stored fits."""
     if code != 0 or summary is None:
         return Row("realdata", name, "pluralstan audit (PyStan)", seconds=round(wall, 1),
                    note=f"FAILED (exit {code}): " + (log.strip().splitlines() or [""])[-1][:200])
@@ -1540,6 +1556,9 @@ def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
                meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
                note=f"K chosen {summary['K']['chosen']} by {summary['K']['method']}; marks "
                f"{marks}; steps (s) {steps}; sampling s per fit: {fits}"
+               + ("; gradients per draw (mean tree depth): " + ", ".join(
+                   f"{k} {g:.1f} ({d:.2f})" for k, (g, d) in geometry.items())
+                  if geometry else "")
                + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))
 
 

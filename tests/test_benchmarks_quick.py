@@ -342,4 +342,12 @@ def test_realdata_row_audits_a_real_data_set_in_its_own_process(quick):
     peak = float(re.search(r"peak memory ([0-9.]+) GB", row["ratio_is"]).group(1))
     assert 0.1 < peak < 24  # a Python process with NumPy and PyStan loaded; the machine's RAM
     assert row["meets"] == ("yes" if float(row["seconds"]) < 900 and peak < 2 else "no")
+    # where the time went: each stored fit's gradients per draw and mean tree depth, read from
+    # its sampler statistics (a tree of depth d takes at least 2^(d - 1) leapfrog steps)
+    geometry = re.search(r"gradients per draw \(mean tree depth\): ([^;]*)", row["note"])
+    assert geometry, row["note"]
+    fits = {name: (float(g), float(d))
+            for name, g, d in re.findall(r"(\w+) ([0-9.]+) \(([0-9.]+)\)", geometry.group(1))}
+    assert {"annotator_K1", "annotator_K2"} <= set(fits)
+    assert all(g >= 2 ** (d - 1) - 0.05 and d >= 1 for g, d in fits.values()), fits
     assert re.match(r"K chosen [12] by ", row["note"]) and "sampling s per fit: " in row["note"]
