@@ -1448,6 +1448,18 @@ def audit_comps(n_annotators: int, each: int, seed: int) -> ps.Comparisons:
         return ps.Comparisons.from_frame(frame, annotators=people)
 
 
+def sampling_note(summary: dict[str, Any]) -> str:
+    """An audit summary's sampling seconds per fit, for a row's note."""
+    return "sampling s per fit: " + ", ".join(f"{n} {v:.0f}"
+                                              for n, v in summary["sample_seconds"].items())
+
+
+def failed_note(summary: dict[str, Any]) -> str:
+    """The fits of an audit summary whose diagnostics failed, for a row's note ("" if none)."""
+    flags = [n for n, f in summary["diagnostics"].items() if f != "passed"]
+    return f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""
+
+
 def target_audit(s: Settings) -> list[Row]:
     """Issue 20: ``pluralstan audit`` (K = 1..4 and the covariate fit, 4 chains x 1000 draws,
     the command's defaults) on 200 annotators x 15 judgements over 6 items, warm cache."""
@@ -1464,16 +1476,14 @@ def target_audit(s: Settings) -> list[Row]:
         result = audit(comps, Path(tmp) / "report", progress=False, echo=lambda m: None,
                        **sampler)
         wall = time.perf_counter() - t0
-    flags = [n for n, f in result.summary["diagnostics"].items() if f != "passed"]
     chains = sampler.get("chains", 4)
     return [Row("audit", f"{n_ann} annotators x {each} judgements, 6 items, K = 1..4 + "
                 "covariate", "pluralstan audit (PyStan)", comps.n, chains,
                 sampler.get("draws", 1000), seconds=round(wall, 1), ratio=round(wall / 60, 2),
                 ratio_is="minutes, warm cache", goal="< 5",
                 meets="yes" if wall < 300 else "no",
-                note=f"K chosen {result.summary['K']['chosen']} (truth 3); sampling s per fit: "
-                + ", ".join(f"{n} {v:.0f}" for n, v in result.summary["sample_seconds"].items())
-                + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))]
+                note=f"K chosen {result.summary['K']['chosen']} (truth 3); "
+                + sampling_note(result.summary) + failed_note(result.summary))]
 
 
 def target_realdata(s: Settings) -> list[Row]:
@@ -1534,8 +1544,7 @@ def audit_process(args: list[str]) -> tuple[float, int, int, str]:
 
 
 def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
-                 summary: dict[str, Any] | None,
-                 geometry: dict[str, tuple[float, float]] | None = None) -> Row:
+                 summary: dict[str, Any] | None, geometry: dict[str, tuple[float, float]]) -> Row:
     """The ``realdata`` row of one audited data set (:func:`target_realdata`); ``geometry``:
     :func:`fit_geometry` of its stored fits."""
     if code != 0 or summary is None:
@@ -1544,9 +1553,7 @@ def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
     minutes, gb = REALDATA_GOAL
     settings, data = summary["settings"], summary["data"]
     marks = " / ".join(v["mark"] for v in summary["verdicts"])
-    flags = [n for n, f in summary["diagnostics"].items() if f != "passed"]
     steps = ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())
-    fits = ", ".join(f"{k} {v:.0f}" for k, v in summary["sample_seconds"].items())
     return Row("realdata", f"{name}: {data['judgements']} judgements by "
                f"{data['annotators']} annotators, K = {', '.join(map(str, settings['K']))}",
                "pluralstan audit (PyStan)", data["judgements"], settings["chains"],
@@ -1555,11 +1562,11 @@ def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
                goal=f"< {minutes:g} min and < {gb:g} GB",
                meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
                note=f"K chosen {summary['K']['chosen']} by {summary['K']['method']}; marks "
-               f"{marks}; steps (s) {steps}; sampling s per fit: {fits}"
+               f"{marks}; steps (s) {steps}; " + sampling_note(summary)
                + ("; gradients per draw (mean tree depth): " + ", ".join(
                    f"{k} {g:.1f} ({d:.2f})" for k, (g, d) in geometry.items())
                   if geometry else "")
-               + (f"; fits with failed diagnostics: {', '.join(flags)}" if flags else ""))
+               + failed_note(summary))
 
 
 TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
