@@ -93,15 +93,15 @@ transformed data {
 }
 parameters {
   simplex[K] pi;                                    // type shares
-  array[identify] ordered[K] theta_lead_ordered;   // theta[ : , ident_attr] when identify = 1
-  array[1 - identify] vector[K] theta_lead_free;   // its coordinate when identify = 0
+  ordered[identify ? K : 0] theta_lead_ordered;    // theta[ : , ident_attr] when identify = 1
+  vector[identify ? 0 : K] theta_lead_free;        // its coordinate when identify = 0
   matrix[K, P - 1] theta_rest;                     // the other coordinates
   array[has_order] real gamma;                      // position (shown-first) effect
   array[has_ties] real log_nu;                      // log Davidson tie parameter
 }
 transformed parameters {
   // preference vector of each type (rows)
-  matrix[K, P] theta = from_coordinates(
+  matrix[K, P] theta = rows_from_coordinates(
       component_coordinates(theta_lead_ordered, theta_lead_free, theta_rest, ident_attr),
       theta_basis, whitened);
 }
@@ -111,8 +111,9 @@ model {
   gamma ~ normal(0, prior_order_sd);
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
-    matrix[I, K] lp = type_log_lik(linear_predictor(X, X_w, X_v, X_u, theta, gamma, order), theta,
-                                   gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u)
+    matrix[I, K] lp = type_log_lik(linear_predictors(X, X_w, X_v, X_u, theta, gamma, order),
+                                   theta, gamma, log_nu, S, S_order, n_tie_ann,
+                                   csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
     for (i in 1:I) {
       target += fit_weight[i] * log_sum_exp(lp[i]);
@@ -132,7 +133,7 @@ generated quantities {
   // replicated counts per cell, same annotators (C x outcomes per draw: optional on big data)
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   if (save_log_lik || save_membership || replicate) {
-    matrix[R, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
+    matrix[R, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);

@@ -120,15 +120,15 @@ transformed data {
 }
 parameters {
   matrix[K - 1, Q] beta_raw;                        // coordinates of beta's columns in V_types
-  array[identify] ordered[K] theta_lead_ordered;   // theta[ : , ident_attr] when identify = 1
-  array[1 - identify] vector[K] theta_lead_free;   // its coordinate when identify = 0
+  ordered[identify ? K : 0] theta_lead_ordered;    // theta[ : , ident_attr] when identify = 1
+  vector[identify ? 0 : K] theta_lead_free;        // its coordinate when identify = 0
   matrix[K, P - 1] theta_rest;                     // the other coordinates
   array[has_order] real gamma;                      // position (shown-first) effect
   array[has_ties] real log_nu;                      // log Davidson tie parameter
 }
 transformed parameters {
   // preference vector of each type (rows)
-  matrix[K, P] theta = from_coordinates(
+  matrix[K, P] theta = rows_from_coordinates(
       component_coordinates(theta_lead_ordered, theta_lead_free, theta_rest, ident_attr),
       theta_basis, whitened);
   // softmax coefficients; every column sums to zero across the types
@@ -141,8 +141,9 @@ model {
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {
     matrix[I, K] eta_pi = W * beta';                // softmax linear predictor per annotator
-    matrix[I, K] lp = type_log_lik(linear_predictor(X, X_w, X_v, X_u, theta, gamma, order), theta,
-                                   gamma, log_nu, S, S_order, n_tie_ann, csr_w, csr_v, csr_u);
+    matrix[I, K] lp = type_log_lik(linear_predictors(X, X_w, X_v, X_u, theta, gamma, order),
+                                   theta, gamma, log_nu, S, S_order, n_tie_ann,
+                                   csr_w, csr_v, csr_u);
     for (i in 1:I) {
       target += log_sum_exp(lp[i] + log_softmax(eta_pi[i]')');
     }
@@ -165,7 +166,7 @@ generated quantities {
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
-    matrix[R, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
+    matrix[R, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
     vector[I] ll;              // log p(y_i | theta, beta, w_i)

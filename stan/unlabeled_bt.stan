@@ -84,21 +84,21 @@ transformed data {
 }
 parameters {
   simplex[K] pi;                                  // subgroup shares
-  array[identify] ordered[K] theta_lead_ordered;  // theta[, ident_attr] when identify = 1
-  array[1 - identify] vector[K] theta_lead_free;  // its coordinate when identify = 0
+  ordered[identify ? K : 0] theta_lead_ordered;  // theta[, ident_attr] when identify = 1
+  vector[identify ? 0 : K] theta_lead_free;       // its coordinate when identify = 0
   matrix[K, P - 1] theta_rest;                    // the other coordinates
   array[has_order] real gamma;                    // position (shown-first) effect
   array[has_ties] real log_nu;                    // log Davidson tie parameter
 }
 transformed parameters {
   // preference weights of each latent subgroup (row k)
-  matrix[K, P] theta = from_coordinates(
+  matrix[K, P] theta = rows_from_coordinates(
       component_coordinates(theta_lead_ordered, theta_lead_free, theta_rest, ident_attr),
       theta_basis, whitened);
 }
 model {
   // utility difference a - b per cell and component
-  matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
+  matrix[C, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
   to_vector(theta) ~ normal(theta_loc, theta_scale);
   pi ~ dirichlet(prior_pi_alpha);
   gamma ~ normal(0, prior_order_sd);
@@ -125,7 +125,7 @@ generated quantities {
   array[C, 2 + has_ties] vector[K] alloc;
   array[C, 2 + has_ties] int y_rep;      // replicated counts per cell and outcome
   {
-    matrix[C, K] eta = linear_predictor(X, X_w, X_v, X_u, theta, gamma, order);
+    matrix[C, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
     array[K] matrix[C, 2 + has_ties] lp = component_log_probs(eta, log(pi), has_ties, log_nu);
     log_p_cell = log_sum_exp_components(lp);
     for (c in 1:C) {

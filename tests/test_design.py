@@ -57,6 +57,29 @@ def test_dense_attribute_design_stays_dense():
     assert np.array_equal(data["X"][data["row"] - 1], enc.constant["X"])
 
 
+def test_annotator_type_programs_take_the_dense_form_down_to_their_own_threshold(items):
+    """The annotator-type programs multiply the design by K columns at once, so their dense
+    form pays down to a lower share of non-zeros than the other programs'."""
+    from pluralstan.models.annotator import SPARSE_TYPES_DESIGN_DENSITY
+
+    nine = items.cells(("annotator",)).X  # 9 items: 2 non-zeros in 8 columns per row
+    share = np.count_nonzero(nine) / nine.size
+    assert SPARSE_TYPES_DESIGN_DENSITY < share <= base.SPARSE_DESIGN_DENSITY
+    assert get_model("aggregate").encode(items).data["X_sparse"] == 1
+    for model in ("annotator", "covariate"):
+        assert get_model(model).encode(items, K=2).data["X_sparse"] == 0, model
+    # 30 items: 2 non-zeros in 29 columns, below the annotator-type threshold too
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 30, 300)
+    frame = pd.DataFrame({"item_a": [f"i{k}" for k in a],
+                          "item_b": [f"i{k}" for k in (a + rng.integers(1, 30, 300)) % 30],
+                          "y": rng.integers(0, 2, 300).astype(float),
+                          "annotator": [f"r{k}" for k in np.repeat(np.arange(30), 10)]})
+    enc = get_model("annotator").encode(ps.Comparisons.from_frame(frame), K=2)
+    assert enc.data["X_sparse"] == 1
+    assert enc.data["X_nnz"] / (enc.data["R"] * enc.data["P"]) <= SPARSE_TYPES_DESIGN_DENSITY
+
+
 @pytest.mark.parametrize("model, options", [
     ("aggregate", {}),
     ("labeled", {}),
@@ -69,10 +92,11 @@ def test_both_forms_give_the_same_outputs(items, model, options):
     parameter values and seed, from the sparse and the dense form of the same design."""
     spec = get_model(model)
     enc = spec.encode(items, **options)
-    assert enc.data["X_sparse"] == 1
-    dense = {**enc.data, **design_data(stan_design(enc.data), sparse=False)}
+    X = stan_design(enc.data)
+    sparse, dense = ({**enc.data, **design_data(X, sparse=form)} for form in (True, False))
+    assert sparse["X_sparse"] == 1 and dense["X_sparse"] == 0
     engine = get_engine("pystan")
-    sparse_out = engine.generate(spec.program, enc.data, {}, seed=5)
+    sparse_out = engine.generate(spec.program, sparse, {}, seed=5)
     dense_out = engine.generate(spec.program, dense, {}, seed=5)
     assert sparse_out.keys() == dense_out.keys()
     for name, value in sparse_out.items():

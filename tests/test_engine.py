@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,7 @@ from pluralstan.engine import (
     get_engine,
     pystan_compile_args,
 )
-from pluralstan.engine.pystan import pystan_output
+from pluralstan.engine.pystan import STANC_OPTIONS, pystan_output
 from pluralstan.models.base import get_model
 
 TINY = """
@@ -114,7 +116,11 @@ def test_four_processes_share_the_compile_cache_without_duplicate_builds():
     import httpstan
 
     record = json.loads((partial / BUILD_RECORD).read_text())
-    assert record == {"added": list(pystan_compile_args()), "httpstan": httpstan.__version__}
+    assert record == {"added": list(pystan_compile_args()), "stanc": list(STANC_OPTIONS),
+                      "httpstan": httpstan.__version__}
+    # the C++ compiled is stanc's output with pluralstan's options (stanc records its flags)
+    flags = re.search(r'"stancflags = ([^"]*)"', next(partial.glob("*.cpp")).read_text())
+    assert flags and set(STANC_OPTIONS) <= set(flags.group(1).split())
     if "-mtls-dialect=gnu2" in pystan_compile_args():
         # TLS descriptors: the module reaches Stan's thread_local autodiff stack through them
         module = next(partial.glob("*.so"))
@@ -152,7 +158,8 @@ def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch, 
     try:
         assert engine.compile(program) is True
         record = json.loads((engine.model_dir(program) / BUILD_RECORD).read_text())
-        assert record == {"added": list(pystan_compile_args()), "httpstan": httpstan.__version__}
+        assert record == {"added": list(pystan_compile_args()), "stanc": list(STANC_OPTIONS),
+                          "httpstan": httpstan.__version__}
         # cached for the flags asked for: later calls load, they do not build again ...
         assert engine.is_cached(program) and engine.compile(program) is False
         assert engine.compile(program, pystan_compile_args()) is False
@@ -161,10 +168,37 @@ def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch, 
         assert not engine.is_cached(program, ("-O0",))
         if pystan_compile_args():
             assert not engine.is_cached(program, ())  # () is httpstan's flags alone
-        (engine.model_dir(program) / BUILD_RECORD).unlink()
+        # ... nor for other stanc options: asking for them builds again, and records them
+        assert not engine.is_cached(program, stanc_options=())
+        assert engine.compile(program, stanc_options=()) is True and len(calls()) == 2
+        record_file = engine.model_dir(program) / BUILD_RECORD
+        assert json.loads(record_file.read_text())["stanc"] == []
+        assert engine.is_cached(program, stanc_options=()) and not engine.is_cached(program)
+        record_file.unlink()
         assert not engine.is_cached(program)
     finally:
         shutil.rmtree(engine.model_dir(program), ignore_errors=True)
+
+
+@pytest.mark.parametrize("model", ["annotator", "covariate"])
+def test_annotator_type_programs_keep_every_matrix_as_one_autodiff_node(model):
+    """Under the engines' stanc optimisation the annotator-type programs keep every matrix of
+    parameters as one autodiff node (struct of arrays), which vectorises their log normaliser.
+    One overloaded function, conditional expression or array of vectors on the way from the
+    parameters to the likelihood turns them all back into a node per element
+    (``stan/functions/design.stanfunctions``); stanc reports each variable's layout."""
+    import importlib.resources
+
+    code = get_model(model).program.code
+    with importlib.resources.as_file(importlib.resources.files("httpstan") / "stanc") as stanc:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{model}.stan"
+            path.write_text(code)
+            report = subprocess.run([str(stanc), *STANC_OPTIONS, "--debug-mem-patterns",
+                                     str(path)], capture_output=True, text=True, check=True)
+    layouts = re.findall(r":\s*(SoA|AoS)\s*$", report.stdout, flags=re.MULTILINE)
+    assert len(layouts) > 10, report.stdout  # theta, the linear predictors, the normaliser ...
+    assert set(layouts) == {"SoA"}, report.stdout
 
 
 def test_a_failed_cpp_build_raises_with_the_compilers_error_text():

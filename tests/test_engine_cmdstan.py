@@ -149,9 +149,9 @@ def test_zero_size_shapes_follow_the_declaration_and_the_data():
     data = {"save_membership": 0, "I": 7, "K": 3, "replicate": 0, "C": 11, "has_ties": 1,
             "has_order": 0, "identify": 1}
     shapes = zero_size_shapes(code, data, {"membership": 2, "y_rep": 2, "gamma": 1,
-                                           "theta_lead_free": 2})
+                                           "theta_lead_free": 1})
     assert shapes == {"membership": (0, 3), "y_rep": (0, 3), "gamma": (0,),
-                      "theta_lead_free": (0, 3)}
+                      "theta_lead_free": (0,)}
     # a size it cannot evaluate (a function call, an unknown name) is taken as 0
     odd = "parameters { vector[size(x) * 0] a; matrix[0, n_unknown] b; }"
     assert zero_size_shapes(odd, {}, {"a": 1, "b": 2}) == {"a": (0,), "b": (0, 0)}
@@ -231,7 +231,7 @@ def test_zero_size_outputs_have_pystans_shapes():
     assert list(a) == list(b)
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
     assert b["membership"].shape == (1, 5, 0, 2) and b["gamma"].shape == (1, 5, 0)
-    params = {"pi": [0.5, 0.5], "theta_lead_free": [[-1.0, 1.0]], "theta_rest": [[0.0], [0.0]]}
+    params = {"pi": [0.5, 0.5], "theta_lead_free": [-1.0, 1.0], "theta_rest": [[0.0], [0.0]]}
     ga = PyStanEngine().generate(spec.program, enc.data, params, seed=1)
     gb = CmdStanEngine().generate(spec.program, enc.data, params, seed=1)
     assert {k: v.shape for k, v in ga.items()} == {k: v.shape for k, v in gb.items()}

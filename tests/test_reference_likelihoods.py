@@ -367,7 +367,7 @@ def mixture_stan_theta(theta: np.ndarray, lead: int, ordered: bool, data: dict) 
     (ordered or free) and the other columns."""
     coordinates = theta_coordinates(theta, data)
     rest = np.delete(coordinates, lead, axis=1)
-    column = [coordinates[:, lead]]
+    column = coordinates[:, lead]
     return {"theta_lead_ordered": column if ordered else [],
             "theta_lead_free": [] if ordered else column, "theta_rest": rest}
 

@@ -21,6 +21,12 @@ from ..errors import PluralstanError
 #: Environment variable that forces a back end ("pystan" or "cmdstanpy").
 BACKEND_ENV = "PLURALSTAN_BACKEND"
 
+#: stanc's optimisation level, the same on both engines. At ``O1`` stanc keeps a matrix of
+#: parameters as one autodiff node with contiguous values and adjoints where every function it
+#: reaches allows it; the annotator-type programs are written so that all of theirs qualify
+#: (``stan/functions/design.stanfunctions``), which vectorises their log normaliser.
+STANC_OPTIMISATION = "O1"
+
 #: ArviZ's names for Stan's sampler diagnostics.
 SAMPLE_STATS = {
     "lp__": "lp",

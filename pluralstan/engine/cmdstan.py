@@ -50,6 +50,7 @@ from ..errors import Interrupted
 from ..files import write_atomic
 from .base import (
     SAMPLE_STATS,
+    STANC_OPTIMISATION,
     Draws,
     LogDensity,
     SamplerConfig,
@@ -416,7 +417,7 @@ class CmdStanEngine:
                     cpp_options["LDFLAGS_TBB"] = f"-Wl,-L,{tbb} -Wl,-rpath,'$$ORIGIN'"
                     shutil.copy2(tbb / TBB_LIBRARY, exe.parent / TBB_LIBRARY)
             model = cmdstanpy.CmdStanModel(stan_file=str(stan_file),
-                                           stanc_options={"O1": True},
+                                           stanc_options={STANC_OPTIMISATION: True},
                                            cpp_options=cpp_options or None)
         return model, compiled
 

@@ -8,7 +8,7 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
   messages on failure.
 * :func:`build_apart`: httpstan compiles in a thread that Ctrl-C cannot stop, and
   ``asyncio.run`` waits for that thread before it lets the interrupt through.
-* :func:`patient_stanc`: httpstan gives stanc one second.
+* :func:`httpstan_stanc`: httpstan gives stanc one second and no options.
 * :func:`discard_stored_fits`: httpstan keeps every seeded fit on disk for good.
 * :func:`remove_socket_files`: httpstan leaves one ``httpstan_*.sock`` file in the temporary
   folder per sampling request.
@@ -160,20 +160,24 @@ def build_apart(build: Callable[[], str], what: str) -> str:
 
 
 @contextlib.contextmanager
-def patient_stanc(seconds: float = 600.0) -> Iterator[None]:
-    """Give httpstan's stanc call a long timeout while a program is built.
+def httpstan_stanc(options: tuple[str, ...] = (), seconds: float = 600.0) -> Iterator[None]:
+    """Run httpstan's stanc with ``options`` added and a long timeout while a program is built.
 
-    httpstan runs stanc through ``subprocess.run(..., timeout=1)``, which a loaded machine can
-    exceed; its module-level ``subprocess`` reference is swapped for one whose ``run`` waits up
-    to ``seconds`` (httpstan.compile uses nothing else from ``subprocess``).
+    httpstan runs stanc through ``subprocess.run([stanc, ..., "--print-cpp", file],
+    timeout=1)``, with no way to pass options, and a loaded machine can exceed the timeout; its
+    module-level ``subprocess`` reference is swapped for one whose ``run`` inserts ``options``
+    before ``--print-cpp`` and waits up to ``seconds`` (httpstan.compile uses nothing else from
+    ``subprocess``).
     """
     import subprocess
     import types
 
     import httpstan.compile
 
-    def run(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        return subprocess.run(*args, timeout=max(timeout or 0.0, seconds), **kwargs)
+    def run(args: list[Any], *rest: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        at = args.index("--print-cpp")
+        return subprocess.run([*args[:at], *options, *args[at:]], *rest,
+                              timeout=max(timeout or 0.0, seconds), **kwargs)
 
     saved = httpstan.compile.subprocess
     httpstan.compile.subprocess = types.SimpleNamespace(run=run)

@@ -22,6 +22,7 @@ from ..errors import Interrupted, PluralstanError
 from ..files import write_atomic
 from .base import (
     SAMPLE_STATS,
+    STANC_OPTIMISATION,
     Draws,
     LogDensity,
     SamplerConfig,
@@ -35,12 +36,16 @@ from .httpstan_fixes import (
     build_apart,
     discard_stored_fits,
     httpstan_build,
+    httpstan_stanc,
     interruptible,
-    patient_stanc,
 )
 
 #: File in a model's httpstan cache folder recording the flags pluralstan built it with.
 BUILD_RECORD = "pluralstan-build.json"
+
+#: Options pluralstan adds to httpstan's stanc call (:func:`httpstan_stanc`): the optimisation
+#: level both engines compile with.
+STANC_OPTIONS = (f"--{STANC_OPTIMISATION}",)
 
 
 def pystan_compile_args() -> tuple[str, ...]:
@@ -161,14 +166,17 @@ class PyStanEngine:
 
         return httpstan.cache.model_directory(httpstan.models.calculate_model_name(program.code))
 
-    def is_cached(self, program: StanProgram,
-                  compile_args: tuple[str, ...] | None = None) -> bool:
-        """Whether httpstan's cache holds a complete build of ``program`` with ``compile_args``.
+    def is_cached(self, program: StanProgram, compile_args: tuple[str, ...] | None = None,
+                  stanc_options: tuple[str, ...] | None = None) -> bool:
+        """Whether httpstan's cache holds a complete build of ``program`` with ``compile_args``
+        and ``stanc_options``.
 
         A complete entry has the compiled extension module, the compiler log httpstan writes
         after it, and pluralstan's :data:`BUILD_RECORD` of the flags it added to httpstan's
-        (default :func:`pystan_compile_args`). A folder missing one of them is an interrupted
-        build, or one made by PyStan alone or with other flags, and is built again.
+        (default :func:`pystan_compile_args`) and of stanc's options (default
+        :data:`STANC_OPTIONS`).
+        A folder missing one of them is an interrupted build, or one made by PyStan alone or
+        with other flags, and is built again.
         """
         model_dir = self.model_dir(program)
         if not (model_dir.is_dir() and (model_dir / "stderr.log").is_file()
@@ -179,35 +187,42 @@ class PyStanEngine:
         except (OSError, ValueError):
             return False
         wanted = pystan_compile_args() if compile_args is None else compile_args
-        return record.get("added") == list(wanted)
+        options = STANC_OPTIONS if stanc_options is None else stanc_options
+        return record.get("added") == list(wanted) and record.get("stanc") == list(options)
 
-    def compile(self, program: StanProgram, compile_args: tuple[str, ...] | None = None) -> bool:
+    def compile(self, program: StanProgram, compile_args: tuple[str, ...] | None = None,
+                stanc_options: tuple[str, ...] | None = None) -> bool:
         """Compile ``program`` into httpstan's cache unless it is there; return whether it was.
 
         Takes the per-program build lock (:func:`build_lock`), so concurrent callers compile
         once. ``compile_args`` are added to httpstan's own flags; they default to
-        :func:`pystan_compile_args` (``()``: httpstan's flags alone).
+        :func:`pystan_compile_args` (``()``: httpstan's flags alone). ``stanc_options`` are
+        added to httpstan's stanc call; they default to :data:`STANC_OPTIONS`.
         """
         wanted = pystan_compile_args() if compile_args is None else tuple(compile_args)
+        options = STANC_OPTIONS if stanc_options is None else tuple(stanc_options)
         with build_lock(program, self.name):
-            return self._compile_unless_cached(program, wanted)
+            return self._compile_unless_cached(program, wanted, options)
 
-    def _compile_unless_cached(self, program: StanProgram, compile_args: tuple[str, ...]) -> bool:
+    def _compile_unless_cached(self, program: StanProgram, compile_args: tuple[str, ...],
+                               stanc_options: tuple[str, ...] = STANC_OPTIONS) -> bool:
         """:meth:`compile`'s body, for callers that hold the build lock already."""
-        if self.is_cached(program, compile_args):
+        if self.is_cached(program, compile_args, stanc_options):
             return False
         print(f"pluralstan: compiling Stan program {program.name!r} (once per machine; "
               "about a minute)", file=sys.stderr, flush=True)
-        self._compile(program, compile_args)
+        self._compile(program, compile_args, stanc_options)
         return True
 
-    def _compile(self, program: StanProgram, compile_args: tuple[str, ...]) -> None:
+    def _compile(self, program: StanProgram, compile_args: tuple[str, ...],
+                 stanc_options: tuple[str, ...]) -> None:
         """Compile ``program`` straight into httpstan's cache, as httpstan's own handler does.
 
         ``stan.build`` compiles through an HTTP request whose client gives up after 300 s, which
-        a loaded two-core machine can exceed, and with httpstan's flags alone; compiling here
-        has no time limit and appends ``compile_args`` to httpstan's flags
-        (:func:`httpstan_build`), and ``stan.build`` then finds the module in the cache. A
+        a loaded two-core machine can exceed, and with httpstan's flags and stanc options
+        alone; compiling here has no time limit, runs stanc with ``stanc_options`` and
+        appends ``compile_args`` to httpstan's flags (:func:`httpstan_build`), and
+        ``stan.build`` then finds the module in the cache. A
         failed build raises :class:`PluralstanError` with the compiler's first error lines.
         """
         import asyncio
@@ -219,7 +234,7 @@ class PyStanEngine:
 
         name = httpstan.models.calculate_model_name(program.code)
         httpstan.cache.delete_model_directory(name)
-        with patient_stanc():
+        with httpstan_stanc(stanc_options):
             try:
                 _, stanc_warnings = httpstan.compile.compile(
                     program.code, f"model_{name.split('/')[1]}"
@@ -238,7 +253,8 @@ class PyStanEngine:
                     httpstan.cache.delete_model_directory(name)  # nothing half-built is kept
                     raise
         httpstan.cache.dump_services_extension_module_compiler_output(output, name)
-        record = {"added": list(compile_args), "httpstan": httpstan.__version__}
+        record = {"added": list(compile_args), "stanc": list(stanc_options),
+                  "httpstan": httpstan.__version__}
         write_atomic(self.model_dir(program) / BUILD_RECORD, json.dumps(record))
 
     def _build(self, program: StanProgram, data: dict[str, Any], seed: int) -> tuple[Any, bool]:

@@ -50,6 +50,14 @@ from .base import (
 
 Identify = Literal["none", "ordered"]
 
+#: Largest share of non-zero entries at which the annotator-type programs get their design in
+#: compressed row storage (:func:`~pluralstan.models.base.design_data`); below the other
+#: programs' threshold because their linear predictors are the design times a matrix of K
+#: types, which stanc's ``--O1`` makes one dense matrix product each way, where the sparse form
+#: is K products (measured side by side: ``benchmarks/latest_results.md``, "Annotator types
+#: under stanc --O1").
+SPARSE_TYPES_DESIGN_DENSITY = 0.2
+
 DEFAULT_PRIORS: dict[str, Any] = {
     "theta_mean": 0.0,  # scalar or one value per attribute (same for every type)
     "theta_sd": 2.5,  # weakly informative on the logit scale
@@ -183,7 +191,7 @@ def initial_values(posterior: Any, chain: int, pi: np.ndarray,
     last = posterior.isel(chain=chain % posterior.sizes["chain"], draw=-1)
     theta = theta_coordinates(last["theta"].transpose("group", "attribute").to_numpy(), data)
     inits: dict[str, Any] = {"pi": np.asarray(pi, float).tolist(),
-                             "theta_lead_free": [theta[:, 0].tolist()],
+                             "theta_lead_free": theta[:, 0].tolist(),
                              "theta_rest": theta[:, 1:].tolist()}
     for name in ("gamma", "log_nu"):
         if name in posterior:
@@ -224,7 +232,7 @@ def likelihood_data(
         "C": cells.n_cells,
         "P": P,
         "K": K,
-        **design_data(cells.X[first]),
+        **design_data(cells.X[first], density=SPARSE_TYPES_DESIGN_DENSITY),
         **whitening_data(cells.X[first], np.bincount(row, cells.counts.sum(axis=1)), whiten,
                          ordered=bool(flag)),
         "order": cells.order[first],

@@ -417,7 +417,8 @@ def bt_prior_data(p: Mapping[str, Any], P: int) -> dict[str, Any]:
 SPARSE_DESIGN_DENSITY = 0.5
 
 
-def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
+def design_data(X: Any, sparse: bool | None = None,
+                density: float = SPARSE_DESIGN_DENSITY) -> dict[str, Any]:
     """Stan data of the design ``X`` (rows x attributes), dense or in compressed row storage.
 
     Every program reads the number of rows ``R`` and ``X_sparse``; when it is 1, the design is
@@ -433,9 +434,12 @@ def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
         (large item designs, :data:`pluralstan.data.DENSE_LIMIT`), which stays sparse unless
         ``sparse=False``.
     sparse
-        Force one form; default: sparse when at most :data:`SPARSE_DESIGN_DENSITY` of the
-        entries are non-zero (an item design has two non-zeros per row however many items
-        there are, so its programs then cost O(cells), not O(cells x items)).
+        Force one form; default: sparse when at most ``density`` of the entries are non-zero
+        (an item design has two non-zeros per row however many items there are, so its
+        programs then cost O(cells), not O(cells x items)).
+    density
+        The program's threshold: :data:`SPARSE_DESIGN_DENSITY` unless its dense product is
+        cheaper (:data:`pluralstan.models.annotator.SPARSE_TYPES_DESIGN_DENSITY`).
     """
     from scipy.sparse import csr_matrix, issparse
 
@@ -447,7 +451,7 @@ def design_data(X: Any, sparse: bool | None = None) -> dict[str, Any]:
     else:
         X = np.asarray(X, dtype=float)
         if sparse is None:
-            sparse = np.count_nonzero(X) <= SPARSE_DESIGN_DENSITY * X.size
+            sparse = np.count_nonzero(X) <= density * X.size
         if sparse:
             csr = csr_matrix(X)  # stores the non-zero entries only
     if not sparse:
