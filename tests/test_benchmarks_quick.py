@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -305,21 +306,27 @@ def test_design_form_rows_time_both_forms_of_each_design(quick):
                               float(forced["grad_ms"]) / float(chosen["grad_ms"]), rtol=0.02)
 
 
-def test_compile_flag_rows_time_both_builds(quick):
+def test_compile_flag_rows_time_the_three_builds(quick):
     from pluralstan.engine import pystan_compile_args
+    from pluralstan.engine.pystan import STANC_OPTIONS
 
     table, _, _ = quick
     rows = table[table["target"].str.startswith("flags")].set_index("engine")
-    assert list(rows.index) == ["httpstan's flags", "pluralstan's flags"]
-    flags = rows["note"].str.split(";").str[0]  # after ';': the per-draw output cost
-    assert flags["httpstan's flags"] == "httpstan's own"
-    assert flags["pluralstan's flags"] == " + ".join(["httpstan's own", *pystan_compile_args()])
+    builds = ["httpstan's flags", "pluralstan's flags", "pluralstan's flags and stanc options"]
+    assert list(rows.index) == builds
+    notes = rows["note"].str.split("; ")  # then the per-draw output cost
+    ours = " + ".join(["httpstan's own", *pystan_compile_args()])
+    assert list(notes.str[0]) == ["httpstan's own", ours, ours]
+    stanc = "stanc httpstan's own"
+    assert list(notes.str[1]) == [stanc, stanc, " ".join([stanc, *STANC_OPTIONS])]
     assert rows["note"].str.contains("ms per draw").all()
     assert all(gradient_measured(row) for _, row in rows.iterrows())
-    ours = rows.loc["pluralstan's flags"]
-    if (pd.to_numeric(rows["grad_ms"]) > 0).all():
-        expected = float(rows.loc["httpstan's flags", "grad_ms"]) / float(ours["grad_ms"])
-        assert np.isclose(float(ours["ratio"]), expected, rtol=0.02, atol=0.01)
+    grad = pd.to_numeric(rows["grad_ms"])
+    for before, build in pairwise(builds):
+        if grad[before] > 0 and grad[build] > 0:
+            assert rows.loc[build, "ratio_is"] == f"gradient time: {before} / these"
+            assert np.isclose(float(rows.loc[build, "ratio"]), grad[before] / grad[build],
+                              rtol=0.02, atol=0.01)
 
 
 def test_audit_row_times_the_whole_command(quick):
