@@ -276,6 +276,9 @@ class Settings:
     realdata
         Target ``realdata``: the data sets of ``workflows/audit_datasets.py`` audited, each at
         that script's defaults (``--quick`` settings: its ``--quick``).
+    realdata_keep
+        Target ``realdata``: a folder in which each audit's report folder is kept (to compare
+        its conclusions with the last run's); ``None`` deletes them.
     """
 
     n_pairs: int = 200
@@ -301,6 +304,7 @@ class Settings:
     geometry_real: bool = True
     whiten_K: tuple[int, ...] = (2, 3)
     realdata: tuple[str, ...] = ("cems", "german_parties", "polis_brexit", "taxes", "vtaiwan")
+    realdata_keep: str | None = None
     seed: int = 20261122
 
 
@@ -1533,12 +1537,13 @@ def target_realdata(s: Settings) -> list[Row]:
     rows = []
     for name in s.realdata:
         with tempfile.TemporaryDirectory() as tmp:
+            out = Path(s.realdata_keep or tmp)
             wall, maxrss_kb, code, log = audit_process(
                 [str(REPO / "workflows" / "audit_datasets.py"), "--datasets", name,
-                 "--data", str(folder), "--out", tmp, *quick])
-            summary_path = Path(tmp) / name / "audit.json"
+                 "--data", str(folder), "--out", str(out), *quick])
+            summary_path = out / name / "audit.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-            geometry = fit_geometry(Path(tmp) / name / "fits")
+            geometry = fit_geometry(out / name / "fits")
         rows.append(realdata_row(name, wall, maxrss_kb / 2**20, code, log, summary, geometry))
     return rows
 
@@ -1653,6 +1658,8 @@ def main(argv: list[str] | None = None) -> int:
                         "gradient is timed (default 1e3 to 1e5, seven sizes)")
     parser.add_argument("--realdata", nargs="+", choices=Settings.realdata,
                         help="target realdata: the data sets audited (default all five)")
+    parser.add_argument("--realdata-keep", type=Path, help="target realdata: keep each audit's "
+                        "report folder here (default: deleted)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--thread-probe", help=argparse.SUPPRESS)
     parser.add_argument("--input-probe", action="store_true", help=argparse.SUPPRESS)
@@ -1683,6 +1690,8 @@ def main(argv: list[str] | None = None) -> int:
         s = replace(s, profile_n=tuple(args.profile_n))
     if args.realdata:
         s = replace(s, realdata=tuple(args.realdata))
+    if args.realdata_keep:
+        s = replace(s, realdata_keep=str(args.realdata_keep.resolve()))
     info = machine()
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[Row] = []
