@@ -8,9 +8,10 @@ started in different ones do not mix. This module handles that in two steps.
 Before sampling, :func:`search` runs L-BFGS (:func:`scipy.optimize.minimize`, ``"L-BFGS-B"``)
 on the program's log density over the unconstrained space, Jacobian included (the density NUTS
 explores, so a mode's value is comparable with ``lp__``), from many random starts drawn like
-Stan's default inits (uniform(-2, 2)). Optima that agree up to a permutation of the component
-labels (aligned with :func:`pluralstan.relabel.pivot`) are one mode. :meth:`ModeSearch.inits`
-gives per-chain inits from the best modes for :attr:`pluralstan.engine.SamplerConfig.inits`.
+Stan's default inits (uniform(-2, 2)), side by side in one forked process per core. Optima that
+agree up to a permutation of the component labels (aligned with :func:`pluralstan.relabel.pivot`)
+are one mode. :meth:`ModeSearch.inits` gives per-chain inits from the best modes for
+:attr:`pluralstan.engine.SamplerConfig.inits`.
 
 After sampling, :func:`group_chains` groups the (relabelled) chains into modes: a chain joins a
 group when the R-hat of the group with it stays below a threshold on the log density, the
@@ -27,6 +28,8 @@ The stacked posterior resamples every group's draws in proportion to its weight,
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,6 +44,7 @@ from . import _arviz, diagnostics
 from .data import as_comparisons
 from .engine import StanProgram, get_engine
 from .errors import PluralstanError
+from .parallel import default_workers
 from .relabel import pivot, relabel
 
 __all__ = [
@@ -160,6 +164,7 @@ def search(
     atol: float = 0.05,
     max_iter: int = 1000,
     backend: str = "pystan",
+    workers: int | None = None,
 ) -> ModeSearch:
     """Find the distinct modes of a program's posterior by L-BFGS from random starts.
 
@@ -187,6 +192,9 @@ def search(
         Iteration limit of each L-BFGS run (a run that reaches it counts as failed).
     backend
         Engine with a log density (:meth:`pluralstan.engine.PyStanEngine.log_density`).
+    workers
+        Processes that run the starts (default: the cores this process may use); the starts
+        are drawn here, in order, so the modes found do not depend on it.
 
     Returns
     -------
@@ -197,9 +205,9 @@ def search(
         raise PluralstanError(f"n_starts must be a positive integer, got {n_starts!r}")
     density = get_engine(backend).log_density(program, data)
     rng = np.random.default_rng(seed)
+    starts = [rng.uniform(-radius, radius, density.dims) for _ in range(int(n_starts))]
     optima, failed = [], 0
-    for _ in range(int(n_starts)):
-        found = _optimise(density, rng.uniform(-radius, radius, density.dims), max_iter)
+    for found in _optimise_all(density, starts, max_iter, workers):
         if found is None:
             failed += 1
             continue
@@ -215,7 +223,8 @@ def search(
 
 def find_modes(model: str, comps: Any, *, K: int | None = None,
                priors: dict[str, Any] | None = None, n_starts: int = 20, seed: int = 1,
-               backend: str = "pystan", **options: Any) -> ModeSearch:
+               backend: str = "pystan", workers: int | None = None,
+               **options: Any) -> ModeSearch:
     """:func:`search` for a registered model and a comparison table (encoded as ``ps.fit``
     would encode them; ``options`` are the model's options)."""
     from .models import get_model
@@ -223,7 +232,41 @@ def find_modes(model: str, comps: Any, *, K: int | None = None,
     spec = get_model(model)
     enc = spec.encode(as_comparisons(comps), K=K, priors=priors, **options)
     return search(spec.program, enc.data, dims=enc.dims, label_dim=enc.label_dim,
-                  n_starts=n_starts, seed=seed, backend=backend)
+                  n_starts=n_starts, seed=seed, backend=backend, workers=workers)
+
+
+#: The log density a forked worker of :func:`_optimise_all` maximises (inherited, not pickled:
+#: it holds the compiled module).
+_WORKER_DENSITY: Any = None
+
+
+def _hold(density: Any) -> None:
+    """Initialise a worker of :func:`_optimise_all`: keep ``density``; leave Ctrl-C to the
+    calling process, which stops the workers."""
+    global _WORKER_DENSITY
+    _WORKER_DENSITY = density
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _optimise_held(x0: np.ndarray, max_iter: int) -> tuple[float, np.ndarray] | None:
+    return _optimise(_WORKER_DENSITY, x0, max_iter)
+
+
+def _optimise_all(density: Any, starts: Sequence[np.ndarray], max_iter: int,
+                  workers: int | None) -> list[tuple[float, np.ndarray] | None]:
+    """:func:`_optimise` from every start, in order, spread over ``workers`` processes.
+
+    Each evaluation goes through httpstan's module, which holds the GIL, so threads would not
+    run side by side. The workers are forked, so they inherit ``density`` (its compiled module
+    and converted data) instead of rebuilding it; leaving the pool terminates them, also on
+    Ctrl-C. Where fork is not available, or in a daemonic process (which may not start
+    children), the starts run here one after another.
+    """
+    n = min(len(starts), int(workers or default_workers()))
+    if n < 2 or mp.current_process().daemon or "fork" not in mp.get_all_start_methods():
+        return [_optimise(density, x0, max_iter) for x0 in starts]
+    with mp.get_context("fork").Pool(n, initializer=_hold, initargs=(density,)) as pool:
+        return pool.starmap(_optimise_held, [(x0, max_iter) for x0 in starts], chunksize=1)
 
 
 def _optimise(density: Any, x0: np.ndarray, max_iter: int) -> tuple[float, np.ndarray] | None:

@@ -8,6 +8,7 @@ the types into one component (issue 17, "Genuine multimodality, handled").
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -169,6 +170,31 @@ def test_log_density_converts_its_data_once():
     for _ in range(httpstan_fixes._SPLIT_CACHE_SIZE + 2):
         httpstan_fixes.split_data_once(dict(own))
     assert len(httpstan_fixes._SPLIT_CACHE) == httpstan_fixes._SPLIT_CACHE_SIZE
+
+
+
+def test_mode_search_in_worker_processes_finds_what_one_process_finds(monkeypatch):
+    """The starts run side by side in forked workers; they are drawn before, in order, so the
+    modes, their log densities and start counts are those of the search in one process. With
+    two workers no optimiser may run in this process."""
+    comps = simulate.mixture(5.0 * np.eye(3), [0.4, 0.35, 0.25], n_pairs=30,
+                             n_annotators=60, pairs_per_annotator=20, seed=3)
+    alone = modes.find_modes("annotator", comps, K=2, n_starts=6, seed=4, workers=1)
+    here, optimise = os.getpid(), modes._optimise
+
+    def elsewhere(*args):
+        assert os.getpid() != here, "an optimiser ran in the calling process"
+        return optimise(*args)
+
+    monkeypatch.setattr(modes, "_optimise", elsewhere)  # the forked workers inherit it
+    side_by_side = modes.find_modes("annotator", comps, K=2, n_starts=6, seed=4, workers=2)
+    assert side_by_side.failed == alone.failed
+    assert [(m.log_density, m.starts) for m in side_by_side.modes] == [
+        (m.log_density, m.starts) for m in alone.modes]
+    for a, b in zip(alone.modes, side_by_side.modes, strict=True):
+        assert a.values.keys() == b.values.keys()
+        for name in a.values:
+            np.testing.assert_array_equal(a.values[name], b.values[name])
 
 
 # ---------------------------------------------------------------------- chains into modes
