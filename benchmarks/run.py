@@ -182,6 +182,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,7 @@ if str(REPO) not in sys.path:  # the peers live in benchmarks/peers, beside this
 import pluralstan as ps  # noqa: E402
 from pluralstan import _arviz, diagnostics, realdata  # noqa: E402
 from pluralstan.engine import (  # noqa: E402
+    STANC_OPTIONS,
     Draws,
     PyStanEngine,
     SamplerConfig,
@@ -207,7 +209,6 @@ from pluralstan.engine import (  # noqa: E402
     discard_stored_fits,
     pystan_compile_args,
 )
-from pluralstan.engine.pystan import STANC_OPTIONS  # noqa: E402
 from pluralstan.files import write_atomic  # noqa: E402
 from pluralstan.models import get_model  # noqa: E402
 from pluralstan.models.base import Encoded, design_data, stan_design  # noqa: E402
@@ -1369,7 +1370,7 @@ def target_compile_flags(s: Settings) -> list[Row]:
 
     The annotator program on target 2's data, built three times: with httpstan's flags and
     stanc call, then with :func:`pluralstan.engine.pystan_compile_args` added, then with
-    :data:`pluralstan.engine.pystan.STANC_OPTIONS` added too (what pluralstan builds). The
+    :data:`pluralstan.engine.STANC_OPTIONS` added too (what pluralstan builds). The
     first two are its text with a trailing comment, so that each has a cache entry of its own.
     Each ratio is the gradient time of the build before over this one's.
     """
@@ -1385,20 +1386,21 @@ def target_compile_flags(s: Settings) -> list[Row]:
               ("pluralstan's flags", variant("no stanc options"), pystan_compile_args(), ()),
               ("pluralstan's flags and stanc options", prog, pystan_compile_args(),
                STANC_OPTIONS))
-    rows, timings = [], []
-    for label, program_, args, options in builds:
-        timings.append(stan_gradient_seconds(program_, enc.data, s.grad_draws, s.grad_repeats,
-                                             compile_args=args, stanc_options=options))
+    timings = [stan_gradient_seconds(program_, enc.data, s.grad_draws, s.grad_repeats,
+                                     compile_args=args, stanc_options=options)
+               for _, program_, args, options in builds]
+    rows = []
+    for (label, _, args, options), timing in zip(builds, timings, strict=True):
         note = " + ".join(["httpstan's own", *args]) + "; stanc " + " ".join(
             ["httpstan's own", *options])
-        row = with_gradient(Row("flags (annotator, K=2)", "5 attributes (target 2 data)",
-                                label, comps.n, 1, s.grad_draws, note=note), timings[-1])
-        if len(timings) > 1 and min(t.gradient for t in timings[-2:]) > 0:
-            ratio = timings[-2].gradient / timings[-1].gradient
-            row = replace(row, ratio=round(ratio, 2),
-                          ratio_is=f"gradient time: {builds[len(timings) - 2][0]} / these",
-                          goal="> 1", meets="yes" if ratio > 1 else "no")
-        rows.append(row)
+        rows.append(with_gradient(Row("flags (annotator, K=2)", "5 attributes (target 2 data)",
+                                      label, comps.n, 1, s.grad_draws, note=note), timing))
+    for i, (earlier, later) in enumerate(pairwise(timings), start=1):
+        if min(earlier.gradient, later.gradient) > 0:
+            ratio = earlier.gradient / later.gradient
+            rows[i] = replace(rows[i], ratio=round(ratio, 2),
+                              ratio_is=f"gradient time: {builds[i - 1][0]} / these",
+                              goal="> 1", meets="yes" if ratio > 1 else "no")
     return rows
 
 

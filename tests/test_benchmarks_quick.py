@@ -307,8 +307,7 @@ def test_design_form_rows_time_both_forms_of_each_design(quick):
 
 
 def test_compile_flag_rows_time_the_three_builds(quick):
-    from pluralstan.engine import pystan_compile_args
-    from pluralstan.engine.pystan import STANC_OPTIONS
+    from pluralstan.engine import STANC_OPTIONS, pystan_compile_args
 
     table, _, _ = quick
     rows = table[table["target"].str.startswith("flags")].set_index("engine")

@@ -278,11 +278,16 @@ def test_one_type_model_is_the_aggregate_model():
 # ---------------------------------------------------------------------------- recovery
 @pytest.fixture(scope="module")
 def by_m() -> dict[int, tuple[ps.Comparisons, az.InferenceData]]:
-    """One population (Table 1 design, 100 annotators), m = 1, 2, 5, 20 judgements each."""
+    """One population (Table 1 design, 100 annotators), m = 1, 2, 5, 20 judgements each.
+
+    Twice :data:`FIT`'s draws: with one or two judgements per annotator the types are weakly
+    informed, the chains mix slowly, and R-hat from 500 draws per chain sits at its bound (one
+    coefficient just above it at m = 2 with today's dependency versions)."""
     out = {}
     for m in (1, 2, 5, 20):
         comps = ps.simulate.high_conflict(seed=11, pairs_per_annotator=m)
-        out[m] = comps, passing_fit("annotator", comps, K=2, seed=11, **FIT)
+        out[m] = comps, passing_fit("annotator", comps, K=2, seed=11,
+                                    **{**FIT, "draws": 1000})
     return out
 
 

@@ -45,12 +45,19 @@ from .base import (
 )
 from .cmdstan import CmdStanEngine, cmdstan_available
 from .httpstan_fixes import discard_stored_fits, install_worker_cleanup
-from .pystan import BUILD_RECORD, PyStanEngine, program_info, pystan_compile_args
+from .pystan import (
+    BUILD_RECORD,
+    STANC_OPTIONS,
+    PyStanEngine,
+    program_info,
+    pystan_compile_args,
+)
 
 __all__ = [
     "BACKEND_ENV",
     "BUILD_RECORD",
     "SAMPLE_STATS",
+    "STANC_OPTIONS",
     "CmdStanEngine",
     "Draws",
     "Engine",

@@ -205,8 +205,9 @@ class PyStanEngine:
             return self._compile_unless_cached(program, wanted, options)
 
     def _compile_unless_cached(self, program: StanProgram, compile_args: tuple[str, ...],
-                               stanc_options: tuple[str, ...] = STANC_OPTIONS) -> bool:
-        """:meth:`compile`'s body, for callers that hold the build lock already."""
+                               stanc_options: tuple[str, ...]) -> bool:
+        """:meth:`compile`'s body, for callers that hold the build lock already (the flags and
+        options resolved)."""
         if self.is_cached(program, compile_args, stanc_options):
             return False
         print(f"pluralstan: compiling Stan program {program.name!r} (once per machine; "
@@ -265,7 +266,8 @@ class PyStanEngine:
         import stan
 
         with build_lock(program, self.name):
-            compiled = self._compile_unless_cached(program, pystan_compile_args())
+            compiled = self._compile_unless_cached(program, pystan_compile_args(),
+                                                   STANC_OPTIONS)
             # the module is in the cache now: PyStan's build only loads it, and reports that
             # and stanc's warnings (which flag every prior given as data)
             with pystan_output():
