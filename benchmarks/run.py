@@ -63,6 +63,9 @@ ratio is its ESS/s over PyStan's, and it is skipped, saying so, when no CmdStan 
 data set (``--realdata``; default all five, vTaiwan taking hours) in a process of its own, and
 reports its wall time and peak resident memory against the goal of 15 minutes and 2 GB
 (:func:`target_realdata`).
+``search`` (issue 21, goal 1) times the mode search before a latent-type fit with its starts in
+one process and side by side in worker processes, on the tax conjoint
+(:func:`target_search`).
 ``ahead`` (issue 21, goal 3) runs target 2's annotator model against NumPyro at 4 chains x 1000
 warm-up iterations + 1000 draws, three times with new sampler seeds, under PyStan and cmdstanpy,
 against a NumPyro program on the same sufficient statistics as the Stan program and against
@@ -271,9 +274,12 @@ class Settings:
     geometry_groups, geometry_judgements, geometry_real
         Target ``geometry``: groups of the simulated labeled designs, judgements per
         annotator in each, and whether to add the tax conjoint (:func:`geometry_cases`;
-        also target ``whiten``'s, :func:`whiten_cases`).
+        also target ``whiten``'s, :func:`whiten_cases`, and target ``search``'s data).
     whiten_K
         Target ``whiten``: numbers of types of the annotator fits (:func:`whiten_fits`).
+    search_K, search_repeats
+        Target ``search``: numbers of types of the annotator fits whose mode search is timed,
+        and how many times each pair of searches runs (:func:`target_search`).
     realdata
         Target ``realdata``: the data sets of ``workflows/audit_datasets.py`` audited, each at
         that script's defaults (``--quick`` settings: its ``--quick``).
@@ -304,6 +310,8 @@ class Settings:
     geometry_judgements: tuple[int, ...] = (100, 5)
     geometry_real: bool = True
     whiten_K: tuple[int, ...] = (2, 3)
+    search_K: tuple[int, ...] = (2, 3, 4)
+    search_repeats: int = 2
     realdata: tuple[str, ...] = ("cems", "german_parties", "polis_brexit", "taxes", "vtaiwan")
     realdata_keep: str | None = None
     seed: int = 20261122
@@ -314,7 +322,8 @@ QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per
                  grad_draws=50, grad_repeats=1, workflows=False, design_items=12,
                  input_n=20_000, input_items=1_000, ahead_chains=2, ahead_draws=100,
                  ahead_repeats=2, geometry_groups=3, geometry_judgements=(10,),
-                 geometry_real=False, whiten_K=(2,), realdata=("german_parties",))
+                 geometry_real=False, whiten_K=(2,), search_K=(2,), search_repeats=1,
+                 realdata=("german_parties",))
 
 
 @dataclass
@@ -1550,6 +1559,56 @@ def target_realdata(s: Settings) -> list[Row]:
     return rows
 
 
+
+def target_search(s: Settings) -> list[Row]:
+    """Issue 21, goal 1: the mode search the audit runs before each latent-type fit, with its
+    starts in one process against side by side in one worker process per core
+    (:func:`pluralstan.modes.search`'s ``workers``).
+
+    The annotator model at each K of ``s.search_K`` on the tax conjoint (target 2's data
+    without ``s.geometry_real``, as in the quick settings, or when the data set is absent),
+    with the audit's number of starts (:data:`pluralstan.audit.SEARCH_STARTS`) and seed. The
+    two searches alternate
+    ``s.search_repeats`` times and each keeps its fastest. The note says whether both found
+    the same modes (they must: the starts are drawn before they are handed out).
+    """
+    from pluralstan.audit import SEARCH_STARTS
+    from pluralstan.modes import search
+    from pluralstan.parallel import default_workers
+
+    case = "tax conjoint: 1,925 respondents x 8, 25 attributes"
+    comps = taxes_case(case)[case] if s.geometry_real else None
+    if not isinstance(comps, ps.Comparisons):
+        case, comps = "target 2 data", peer_comps(s)
+    spec = get_model("annotator")
+    ensure_built(spec.program)
+    workers = default_workers()
+    rows = []
+    for K in s.search_K:
+        enc = spec.encode(comps, K=K)
+        seconds: dict[int, float] = {}
+        found = {}
+        for _ in range(s.search_repeats):
+            for n in (1, workers):
+                t0 = time.perf_counter()
+                found[n] = search(spec.program, enc.data, dims=enc.dims,
+                                  label_dim=enc.label_dim, n_starts=SEARCH_STARTS, seed=s.seed,
+                                  workers=n)
+                seconds[n] = min(seconds.get(n, np.inf), time.perf_counter() - t0)
+        same = [(m.log_density, m.starts) for m in found[1].modes] == [
+            (m.log_density, m.starts) for m in found[workers].modes]
+        note = (f"{SEARCH_STARTS} starts, {len(found[1].modes)} mode(s), "
+                f"{found[1].failed} failed; the same modes: {'yes' if same else 'NO'}")
+        label = f"{case}, annotator K = {K}"
+        rows.append(Row("search", label, "mode search, one process", comps.n,
+                        seconds=round(seconds[1], 3), note=note))
+        ratio = seconds[1] / seconds[workers]
+        rows.append(Row("search", label, f"mode search, {workers} worker processes", comps.n,
+                        seconds=round(seconds[workers], 3), ratio=round(ratio, 2),
+                        ratio_is="seconds: one process / worker processes", goal="> 1",
+                        meets="yes" if ratio > 1 and same else "no", note=note))
+    return rows
+
 def fit_geometry(folder: Path) -> dict[str, tuple[float, float]]:
     """Gradients per draw and mean tree depth of each fit stored in ``folder`` (an audit's
     ``fits/``), by file name; only the sampler statistics are read."""
@@ -1612,6 +1671,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "input": target_input,
     "audit": target_audit,
     "realdata": target_realdata,
+    "search": target_search,
     "engines": target_engines,
     "ahead": target_ahead,
     "geometry": target_geometry,
@@ -1673,6 +1733,7 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(**{**raw, "scaling_n": tuple(raw["scaling_n"]),
                         "geometry_judgements": tuple(raw["geometry_judgements"]),
                         "whiten_K": tuple(raw["whiten_K"]),
+                        "search_K": tuple(raw["search_K"]),
                         "realdata": tuple(raw["realdata"]),
                         "profile_n": tuple(raw["profile_n"])})
     if args.memory_probe:

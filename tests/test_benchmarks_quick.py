@@ -68,7 +68,7 @@ def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
     assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines",
-                       "ahead", "geometry", "whiten", "realdata"}
+                       "ahead", "geometry", "whiten", "realdata", "search"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -326,6 +326,20 @@ def test_compile_flag_rows_time_the_three_builds(quick):
             assert rows.loc[build, "ratio_is"] == f"gradient time: {before} / these"
             assert np.isclose(float(rows.loc[build, "ratio"]), grad[before] / grad[build],
                               rtol=0.02, atol=0.01)
+
+
+def test_search_rows_time_one_process_against_worker_processes(quick):
+    table, _, _ = quick
+    rows = table[table["target"] == "search"]
+    assert list(rows["case"]) == ["target 2 data, annotator K = 2"] * 2
+    one, side = rows.iloc[0], rows.iloc[1]
+    assert one["engine"] == "mode search, one process"
+    assert re.fullmatch(r"mode search, \d+ worker processes", side["engine"])
+    assert one["note"] == side["note"] and side["note"].endswith("the same modes: yes")
+    assert float(one["seconds"]) > 0 and float(side["seconds"]) > 0
+    assert side["ratio_is"] == "seconds: one process / worker processes"
+    assert np.isclose(float(side["ratio"]), float(one["seconds"]) / float(side["seconds"]),
+                      rtol=0.02, atol=0.01)
 
 
 def test_audit_row_times_the_whole_command(quick):
