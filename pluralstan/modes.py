@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from . import _arviz, diagnostics
 from .data import as_comparisons
@@ -241,10 +242,12 @@ _WORKER_DENSITY: Any = None
 
 
 def _hold(density: Any) -> None:
-    """Initialise a worker of :func:`_optimise_all`: keep ``density``; leave Ctrl-C to the
-    calling process, which stops the workers."""
+    """Initialise a worker of :func:`_optimise_all`: keep ``density``; run BLAS on one thread
+    (OpenBLAS's threads spin between SciPy's many small calls, on the cores the other workers
+    need); leave Ctrl-C to the calling process, which stops the workers."""
     global _WORKER_DENSITY
     _WORKER_DENSITY = density
+    threadpool_limits(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
