@@ -76,15 +76,18 @@ functions {
     return out;
   }
   // utility difference a - b per cell under the cell's group, x_c' theta[group[c]], plus the
-  // position effect gamma * order; the sparse design's columns are those of the K * P block
-  // design (X_v_group), so the sparse form is one product with to_vector(theta')
+  // position effect gamma * order. The sparse design's columns are those of the K * P block
+  // design (X_v_group), so its form is one product with to_vector(theta'); the dense form is
+  // one product X * theta' (a cell's value under every group) read at each cell's own group
+  // (group_cell, in to_vector's column-major order), which keeps theta one operand instead of
+  // copying a row of it per cell
   vector group_eta(matrix X, vector X_w, array[] int X_v_group, array[] int X_u, matrix theta,
-                   array[] int group, array[] real gamma, vector order) {
-    int C = size(group);
+                   array[] int group_cell, array[] real gamma, vector order) {
+    int C = size(group_cell);
     vector[C] eta = rows(X) == 0
                     ? csr_matrix_times_vector(C, num_elements(theta), X_w, X_v_group, X_u,
                                               to_vector(theta'))
-                    : rows_dot_product(X, theta[group]);
+                    : to_vector(X * theta')[group_cell];
     if (size(gamma) > 0) {
       eta += gamma[1] * order;
     }
@@ -154,6 +157,11 @@ transformed data {
       X_v_group[j] = (group[c] - 1) * P + X_v[j];
     }
   }
+  // dense design: the entry of cell c under its own group in to_vector(X * theta')
+  array[C] int group_cell;
+  for (c in 1:C) {
+    group_cell[c] = (group[c] - 1) * C + c;
+  }
 }
 parameters {
   vector[partial ? P : 0] mu_coord;      // mu itself, or its coordinate (conditional form)
@@ -185,7 +193,7 @@ transformed parameters {
 }
 model {
   // utility difference a - b per cell, x_c' theta[group[c]]
-  vector[C] eta = group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order);
+  vector[C] eta = group_eta(X, X_w, X_v_group, X_u, theta, group_cell, gamma, order);
   if (partial) {
     if (conditioned) {
       // stated on theta_k (and mu below); the map's log Jacobian was added with them
@@ -240,7 +248,7 @@ generated quantities {
   array[K] int n_annotators_rep = multinomial_rng(pi, sum(n_annotators));
   if (save_log_p_cell || save_log_lik || replicate) {
     matrix[C, 2 + has_ties] log_p = outcome_log_probs(
-      group_eta(X, X_w, X_v_group, X_u, theta, group, gamma, order), log_nu);
+      group_eta(X, X_w, X_v_group, X_u, theta, group_cell, gamma, order), log_nu);
     if (save_log_p_cell) {
       log_p_cell = log_p;
     }
