@@ -1559,7 +1559,6 @@ def target_realdata(s: Settings) -> list[Row]:
     return rows
 
 
-
 def target_search(s: Settings) -> list[Row]:
     """Issue 21, goal 1: the mode search the audit runs before each latent-type fit, with its
     starts in one process against side by side in one worker process per core
@@ -1568,9 +1567,9 @@ def target_search(s: Settings) -> list[Row]:
     The annotator model at each K of ``s.search_K`` on the tax conjoint (target 2's data
     without ``s.geometry_real``, as in the quick settings, or when the data set is absent),
     with the audit's number of starts (:data:`pluralstan.audit.SEARCH_STARTS`) and seed. The
-    two searches alternate
-    ``s.search_repeats`` times and each keeps its fastest. The note says whether both found
-    the same modes (they must: the starts are drawn before they are handed out).
+    two searches alternate ``s.search_repeats`` times and each keeps its fastest. The note says
+    whether both found the same modes (they must: the starts are drawn before they are handed
+    out).
     """
     from pluralstan.audit import SEARCH_STARTS
     from pluralstan.modes import search
@@ -1608,6 +1607,7 @@ def target_search(s: Settings) -> list[Row]:
                         ratio_is="seconds: one process / worker processes", goal="> 1",
                         meets="yes" if ratio > 1 and same else "no", note=note))
     return rows
+
 
 def fit_geometry(folder: Path) -> dict[str, tuple[float, float]]:
     """Gradients per draw and mean tree depth of each fit stored in ``folder`` (an audit's

@@ -172,7 +172,6 @@ def test_log_density_converts_its_data_once():
     assert len(httpstan_fixes._SPLIT_CACHE) == httpstan_fixes._SPLIT_CACHE_SIZE
 
 
-
 def test_mode_search_in_worker_processes_finds_what_one_process_finds(monkeypatch):
     """The starts run side by side in forked workers; they are drawn before, in order, so the
     modes, their log densities and start counts are those of the search in one process. With
