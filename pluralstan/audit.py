@@ -294,9 +294,10 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
 LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 
 #: Random starts of the mode search before every latent-type fit with two or more types (the
-#: covariate fit and the K-fold fits included): when it finds more than one mode, every chain
-#: starts in the best (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of
-#: :func:`pluralstan.fit`; one mode found: Stan's random inits). From Stan's random inits, a
+#: covariate fit and the K-fold fits included): every chain starts in the best mode it finds
+#: (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of :func:`pluralstan.fit`;
+#: the starts are drawn as Stan's inits are, so one mode found is where dispersed chains would
+#: go as well). From Stan's random inits, a
 #: chain of the tax conjoint's K = 4 fit settled in a worse region whose step size was a tenth
 #: of the others', and took most of the audit's time to fail. Chains started in the
 #: second-best mode as well (``max_modes=2``) left it in two of three real-data fits tried, one
@@ -307,7 +308,8 @@ SEARCH_STARTS = 6
 #: Warm-up iterations (at most: never more than the audit's ``warmup``) of chains that start in
 #: a searched mode. They start in the posterior's bulk and need only Stan's adaptation, whose
 #: windows (75-iteration initial buffer, 25, 50 and 100-iteration metric windows, 50-iteration
-#: final buffer) fit in this many. Fits started from Stan's random inits keep the full warm-up.
+#: final buffer) fit in this many. Fits started from Stan's random inits (one type, the labeled
+#: fit, ``starts`` 0, or a search whose every start failed) keep the full warm-up.
 MODE_WARMUP = 300
 
 
@@ -859,8 +861,8 @@ def audit(
         shorter = (f", with {mode_warmup} warm-up iterations instead of {warmup} (each fit's "
                    "posterior attributes record its warm-up)" if mode_warmup < warmup else "")
         search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
-                  "looked for the posterior's modes; where it found several, the chains started "
-                  f"in the best{shorter}." if starts else "")
+                  "looked for the posterior's modes, and the chains started in the best mode "
+                  f"found{shorter}." if starts else "")
         doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} The aggregate "
                  "model (one preference vector for everybody) is the K = 1 fit. Intervals are "
                  f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "

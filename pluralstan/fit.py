@@ -88,12 +88,12 @@ def fit(
     modes, n_starts, max_modes, mode_warmup
         ``modes="search"``: before sampling, look for the distinct modes of the posterior by
         L-BFGS from ``n_starts`` random starts (:func:`pluralstan.modes.search`; PyStan engine)
-        and, when there are several, start the chains from the best ``max_modes`` in turn; the
-        mode table is stored in ``posterior.attrs["mode_search"]``. Opt-in, because it costs
-        a fraction of a fit and most latent-type posteriors have one mode up to labels (see
-        :mod:`pluralstan.pipeline`). Chains started at modes take at most ``mode_warmup``
-        warm-up iterations (default ``warmup``); ``posterior.attrs["warmup"]`` records the
-        number used.
+        and start the chains from the best ``max_modes`` of them in turn (one mode: every
+        chain starts in it); the mode table is stored in ``posterior.attrs["mode_search"]``.
+        Opt-in, because it costs a fraction of a fit and most latent-type posteriors have one
+        mode up to labels (see :mod:`pluralstan.pipeline`). Chains started at modes take at
+        most ``mode_warmup`` warm-up iterations (default ``warmup``);
+        ``posterior.attrs["warmup"]`` records the number used.
     stack
         When the chains, relabelled, are stationary but sit in different modes (genuine
         multimodality), combine the modes by stacking of chains

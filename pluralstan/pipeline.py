@@ -19,9 +19,11 @@ switching that relabelling resolved is a note) and warns about every problem.
 maps onto each other are handled in two optional steps (:mod:`pluralstan.modes`):
 
 * before sampling, ``modes="search"`` runs the multi-start L-BFGS mode search
-  (:func:`pluralstan.modes.search`) on the program's log density; when it finds several distinct
-  modes, the chains start from the best ``max_modes`` of them in turn (one mode found: Stan's
-  own dispersed inits are kept, which R-hat needs). The mode table is stored in
+  (:func:`pluralstan.modes.search`) on the program's log density, and the chains start from the
+  best ``max_modes`` of the distinct modes it finds, in turn. Its starts are drawn as Stan draws
+  its inits (uniform(-2, 2), unconstrained), so it has already asked whether chains from
+  dispersed inits reach different places; when they all reach one mode, the chains start in it
+  too (R-hat still compares the chains after that). The mode table is stored in
   ``posterior.attrs["mode_search"]``. It is opt-in: on the three-type annotator design of
   ``tests/test_latent_default.py`` (300 annotators x 10 judgements, K = 3) 20 starts took 17 s
   against 110 s for the default 4 x 2000 iterations, and it found the one mode that relabelling
@@ -359,17 +361,17 @@ def search_inits(
 ) -> tuple[SamplerConfig, ModeSearch]:
     """Run the multi-start mode search and start the chains from the best distinct modes.
 
-    Returns ``config`` with per-chain inits from the best ``max_modes`` modes when the search
-    found more than one (else ``config`` unchanged: one mode is what Stan's dispersed inits
-    find too, and R-hat needs dispersed starts), and the search itself. Chains started at a
-    mode take at most ``mode_warmup`` warm-up iterations (``None``: ``config.warmup``): they
-    need not travel from a random point to the posterior's bulk, only adapt.
+    Returns ``config`` with per-chain inits from the best ``max_modes`` modes (one mode found:
+    every chain starts in it; its starts were Stan's dispersed inits, and they all went there),
+    or unchanged when every start failed, and the search itself. Chains started at a mode take
+    at most ``mode_warmup`` warm-up iterations (``None``: ``config.warmup``): they need not
+    travel from a random point to the posterior's bulk, only adapt.
     """
     if config.inits is not None:
         raise PluralstanError("give either inits or modes='search', not both")
     found = search(program, enc.data, dims=enc.dims, label_dim=enc.label_dim,
                          n_starts=n_starts, seed=config.seed, backend=backend)
-    if len(found.modes) > 1:
+    if found.modes:
         warmup = config.warmup if mode_warmup is None else min(config.warmup, mode_warmup)
         config = dataclasses.replace(config, inits=found.inits(config.chains, max_modes),
                                      warmup=warmup)

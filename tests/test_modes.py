@@ -103,21 +103,24 @@ def test_mode_search_inits_cycle_through_the_best_modes():
 
 @pytest.mark.parametrize(("n_modes", "warmup", "mode_warmup", "expected"),
                          [(2, 1000, 300, 300), (2, 200, 300, 200), (2, 1000, None, 1000),
-                          (1, 1000, 300, 1000)])
+                          (1, 1000, 300, 300), (0, 1000, 300, 1000)])
 def test_chains_started_in_modes_take_the_shorter_warmup(monkeypatch, n_modes, warmup,
                                                          mode_warmup, expected):
-    """Chains started in searched modes take at most ``mode_warmup`` warm-up iterations; one
-    mode found leaves Stan's random inits and the full warm-up."""
+    """Chains started in searched modes (one mode found: all in it) take at most
+    ``mode_warmup`` warm-up iterations; a search whose every start failed leaves Stan's random
+    inits and the full warm-up."""
     found = modes.ModeSearch(
         [_optimum(-1.0 - m, [0.6, 0.4], [[1.0 + m, 0.0], [0.0, 1.0]]) for m in range(n_modes)],
-        n_starts=4, failed=0)
+        n_starts=4, failed=4 - n_modes)
     monkeypatch.setattr(pipeline, "search", lambda *args, **kwargs: found)
     enc = get_model("annotator").encode(simulate.high_conflict(seed=1, n_annotators=6), K=2)
     config, _ = pipeline.search_inits(get_model("annotator").program, enc,
                                       SamplerConfig(chains=2, warmup=warmup),
                                       mode_warmup=mode_warmup)
     assert config.warmup == expected
-    assert (config.inits is None) == (n_modes == 1)
+    assert (config.inits is None) == (n_modes == 0)
+    if n_modes:
+        assert config.inits == found.inits(2, max_modes=2)
 
 
 def test_mode_warmup_is_checked_before_sampling():
