@@ -297,12 +297,11 @@ LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 #: covariate fit and the K-fold fits included): every chain starts in the best mode it finds
 #: (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of :func:`pluralstan.fit`;
 #: the starts are drawn as Stan's inits are, so one mode found is where dispersed chains would
-#: go as well). From Stan's random inits, a
-#: chain of the tax conjoint's K = 4 fit settled in a worse region whose step size was a tenth
-#: of the others', and took most of the audit's time to fail. Chains started in the
-#: second-best mode as well (``max_modes=2``) left it in two of three real-data fits tried, one
-#: (CEMS, covariate) without settling. Chains that still part are stacked or flagged as in any
-#: fit.
+#: go as well). From Stan's random inits, a chain of the tax conjoint's K = 4 fit settled in a
+#: worse region whose step size was a tenth of the others', and took most of the audit's time
+#: to fail. Chains started in the second-best mode as well (``max_modes=2``) left it in two of
+#: three real-data fits tried, one (CEMS, covariate) without settling. Chains that still part
+#: are stacked or flagged as in any fit.
 SEARCH_STARTS = 6
 
 #: Warm-up iterations (at most: never more than the audit's ``warmup``) of chains that start in
