@@ -275,8 +275,9 @@ def own_fit_files(monkeypatch):
 
 
 def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt, own_fit_files):
-    """httpstan stores every seeded fit on disk; the PyStan adapter deletes each once read, so
-    the cache does not grow per fit and an identical re-run samples again (same draws)."""
+    """httpstan stores every fit on disk; the PyStan adapter gives each request a fit of its
+    own and deletes it once read, so the cache does not grow per fit and an identical re-run
+    samples anew (same draws, from the seed)."""
     spec = get_model("aggregate")
     prog = spec.program
     first = ps.fit("aggregate", small_bt, seed=12, chains=2, draws=50, warmup=50,
@@ -286,9 +287,8 @@ def test_pystan_fits_are_not_left_in_httpstan_cache(small_bt, own_fit_files):
     again = ps.fit("aggregate", small_bt, seed=12, chains=2, draws=50, warmup=50,
                    backend="pystan", check=False)
     files = own_fit_files()
-    # one stored fit per chain, then the generate request; the identical re-run names the
-    # first run's fits again, and samples anew only because they were deleted
-    assert len(files) == 5 and files[3:] == files[:2], files
+    # one stored fit per chain, then the generate request, then the re-run's chains
+    assert len(files) == 5 and len(set(files)) == 5, files
     assert not [f for f in files if f.exists()]
     assert "lprior" in generated
     np.testing.assert_array_equal(first.posterior["theta"].values, again.posterior["theta"].values)
@@ -317,9 +317,9 @@ def test_sampling_leaves_no_socket_file_behind(tmp_path):
     assert list(tmp_path.glob("httpstan_*.sock")) == []
 
 
-def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt, own_fit_files):
+def test_identical_fits_in_threads_get_stored_fits_of_their_own(small_bt, own_fit_files):
     """Two threads making the identical request (as Dask thread workers prebuilding a model do)
-    both get the same draws, and the stored fit is gone afterwards."""
+    get the same draws from fits stored under names of their own, both gone afterwards."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(_: int):
@@ -330,48 +330,24 @@ def test_identical_fits_in_threads_share_the_stored_fit_safely(small_bt, own_fit
         a, b = pool.map(one, range(2))
     np.testing.assert_array_equal(a.posterior["theta"].values, b.posterior["theta"].values)
     files = own_fit_files()
-    assert len(files) == 2 and files[0] == files[1]  # the identical request names one fit
-    assert not files[0].exists()
+    assert len(files) == 2 and files[0] != files[1]
+    assert not [f for f in files if f.exists()]
 
 
-def test_a_stored_fit_outlives_every_request_of_this_process_that_uses_it():
-    """Deterministic interleaving: thread A and the main thread request the same fit; the main
-    thread finishes first and must leave the file for A, which deletes it when it is done."""
-    import threading
-
-    import httpstan.cache
+def test_identical_seeded_requests_are_named_apart_and_keep_their_seed():
+    """httpstan names a seeded request by hashing it, so identical requests from two processes
+    shared one stored fit and the first to finish deleted it under the other. Every request now
+    gets a name of its own, as httpstan names unseeded ones, and the seed Stan receives is
+    untouched."""
     import httpstan.fits
 
-    from pluralstan.engine import discard_stored_fits
+    from pluralstan.engine.httpstan_fixes import record_fit_names
 
-    model = f"models/pluralstantest{uuid.uuid4().hex[:8]}"
+    record_fit_names()
     kwargs = {"random_seed": 1, "num_samples": 1}
-    a_named, main_done = threading.Event(), threading.Event()
-    name = {}
-
-    def thread_a():
-        with discard_stored_fits():
-            name["a"] = httpstan.fits.calculate_fit_name("f", model, kwargs)
-            httpstan.cache.dump_fit(b"draws", name["a"])
-            a_named.set()
-            main_done.wait(10)
-            name["seen by a"] = httpstan.cache.load_fit(name["a"])
-
-    t = threading.Thread(target=thread_a)
-    t.start()
-    a_named.wait(10)
-    try:
-        with discard_stored_fits():
-            assert httpstan.fits.calculate_fit_name("f", model, kwargs) == name["a"]
-        assert httpstan.cache.fit_path(name["a"]).exists()  # A still uses it
-        main_done.set()
-        t.join(10)
-        assert name["seen by a"] == b"draws"
-        assert not httpstan.cache.fit_path(name["a"]).exists()
-    finally:
-        main_done.set()
-        t.join(10)
-        shutil.rmtree(httpstan.cache.fit_path(name["a"]).parent.parent, ignore_errors=True)
+    names = {httpstan.fits.calculate_fit_name("f", "models/m", kwargs) for _ in range(3)}
+    assert len(names) == 3 and all(n.startswith("models/m/fits/") for n in names)
+    assert kwargs == {"random_seed": 1, "num_samples": 1}
 
 
 def test_a_pystan_fit_shows_its_progress_line_and_no_sampler_messages(small_bt, capfd):

@@ -9,7 +9,8 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
 * :func:`build_apart`: httpstan compiles in a thread that Ctrl-C cannot stop, and
   ``asyncio.run`` waits for that thread before it lets the interrupt through.
 * :func:`httpstan_stanc`: httpstan gives stanc one second and no options.
-* :func:`discard_stored_fits`: httpstan keeps every seeded fit on disk for good.
+* :func:`discard_stored_fits`: httpstan keeps every fit on disk for good, and gives identical
+  seeded requests (from other processes too) one stored fit.
 * :func:`remove_socket_files`: httpstan leaves one ``httpstan_*.sock`` file in the temporary
   folder per sampling request.
 * :func:`interruptible`: PyStan swallows Ctrl-C and returns ``None``; httpstan's workers ignore
@@ -31,7 +32,6 @@ import os
 import sys
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -189,34 +189,40 @@ def httpstan_stanc(options: tuple[str, ...] = (), seconds: float = 600.0) -> Ite
 
 #: Fits named by this process's requests, per thread (see :func:`discard_stored_fits`).
 _FIT_NAMES = threading.local()
-#: How many requests of this process are using each stored fit; guarded by ``_FIT_LOCK``.
-_FITS_IN_USE: Counter[str] = Counter()
-_FIT_LOCK = threading.Lock()
+#: Guards the one-time installation of the wrappers below.
+_INSTALL_LOCK = threading.Lock()
 
 
 def record_fit_names() -> None:
-    """Wrap httpstan's fit-name function (once per process) to note each request's fit.
+    """Wrap httpstan's fit-name function (once per process) to give every request a fit of its
+    own and note its name.
 
-    httpstan has no public call that names a request's fit. Its server runs in the calling
-    thread's event loop, so a thread-local list collects the names of that thread's requests.
+    httpstan names a seeded request's fit by hashing the request, so identical requests (the
+    same program, data and seed, as several processes of a test or a parallel audit may post)
+    share one stored fit, and the first to finish would delete the file another is still
+    reading (:func:`discard_stored_fits`). httpstan names an unseeded request randomly; every
+    request is named that way here, so no stored fit is shared or reused. The seed stays in
+    the arguments passed to Stan, so the draws do not change. httpstan has no public call that
+    names a request's fit; its server runs in the calling thread's event loop, so a
+    thread-local list collects the names of that thread's requests.
     """
     import httpstan.fits
 
-    with _FIT_LOCK:
+    with _INSTALL_LOCK:
         original = httpstan.fits.calculate_fit_name
         if not getattr(original, "pluralstan_records", False):
             httpstan.fits.calculate_fit_name = _recording(original)
 
 
 def _recording(original: Callable[[str, str, dict], str]) -> Callable[[str, str, dict], str]:
-    """``original`` (httpstan's fit-name function), noting each name for this thread."""
+    """``original`` (httpstan's fit-name function) naming every fit randomly, as it names an
+    unseeded request's, and noting each name for this thread."""
 
     def record(function: str, model_name: str, kwargs: dict) -> str:
-        name = original(function, model_name, kwargs)
+        unseeded = {key: value for key, value in kwargs.items() if key != "random_seed"}
+        name = original(function, model_name, unseeded)
         names = getattr(_FIT_NAMES, "names", None)
         if names is not None:
-            with _FIT_LOCK:
-                _FITS_IN_USE[name] += 1
             names.append(name)
         return name
 
@@ -228,12 +234,11 @@ def _recording(original: Callable[[str, str, dict], str]) -> Callable[[str, str,
 def discard_stored_fits() -> Iterator[None]:
     """Delete the fits httpstan stores for the sampling requests made inside the block.
 
-    httpstan writes every seeded fit (one file per chain) to its cache directory and keeps it
-    for good, answering an identical later request from it. pluralstan returns the draws as
-    InferenceData, so the stored copy is only disk use that grows with every fit (18 GB of
-    them after two days of this project's tests, SBC runs and benchmarks) and makes a re-run
-    report the seconds of reading a file as sampling time. It is deleted once PyStan has read
-    it, unless another thread of this process made the same request and is still reading it.
+    httpstan writes every fit (one file per chain) to its cache directory and keeps it for
+    good. pluralstan returns the draws as InferenceData, so the stored copy is only disk use
+    that grows with every fit (18 GB of them after two days of this project's tests, SBC runs
+    and benchmarks). Each request's fit has a name of its own (:func:`record_fit_names`), so
+    it is deleted once PyStan has read it.
     """
     import httpstan.cache
 
@@ -244,13 +249,9 @@ def discard_stored_fits() -> Iterator[None]:
         yield
     finally:
         _FIT_NAMES.names = None
-        with _FIT_LOCK:
-            for name in names:
-                _FITS_IN_USE[name] -= 1
-                if _FITS_IN_USE[name] <= 0:
-                    del _FITS_IN_USE[name]
-                    with contextlib.suppress(KeyError):  # already gone
-                        httpstan.cache.delete_fit(name)
+        for name in names:
+            with contextlib.suppress(KeyError):  # never written (a failed request)
+                httpstan.cache.delete_fit(name)
 
 
 #: Socket files made by the httpstan request running in the current asyncio task.
@@ -284,7 +285,7 @@ def remove_socket_files() -> None:
     """
     import httpstan.services_stub as stub
 
-    with _FIT_LOCK:
+    with _INSTALL_LOCK:
         if getattr(stub.call, "pluralstan_removes_sockets", False):
             return
         original = stub.call

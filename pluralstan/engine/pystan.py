@@ -67,22 +67,14 @@ def pystan_compile_args() -> tuple[str, ...]:
 
 
 def sample_pystan(model: Any, **kwargs: Any) -> Any:
-    """``model.sample(**kwargs)``, deleting the stored fits afterwards.
-
-    Another process making the identical request (same program, data, seed and settings) at
-    the same moment can delete the stored fit between httpstan's answer and PyStan's read of
-    it; PyStan then reports the fit "not found", and the request is made once more. Ctrl-C
-    raises :class:`~pluralstan.errors.Interrupted` (see :func:`interruptible`).
+    """``model.sample(**kwargs)``, deleting the stored fits afterwards (see
+    :func:`discard_stored_fits`). Ctrl-C raises :class:`~pluralstan.errors.Interrupted` (see
+    :func:`interruptible`).
     """
     def sample() -> Any:
         with discard_stored_fits():
             return model.sample(**kwargs)
 
-    try:
-        return interruptible(sample, "sampling")
-    except RuntimeError as err:
-        if not ("Fit `" in str(err) and "not found" in str(err)):
-            raise
     return interruptible(sample, "sampling")
 
 
