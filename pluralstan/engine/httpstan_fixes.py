@@ -14,7 +14,8 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
 * :func:`remove_socket_files`: httpstan leaves one ``httpstan_*.sock`` file in the temporary
   folder per sampling request.
 * :func:`interruptible`: PyStan swallows Ctrl-C and returns ``None``; httpstan's workers ignore
-  SIGINT and outlive the interrupted call.
+  SIGINT and outlive the interrupted call, and the futures of a stopped pool are reported as
+  never retrieved.
 * :func:`install_worker_cleanup`: httpstan's non-daemonic chain pool blocks a
   ``multiprocessing`` worker's exit.
 * :func:`split_data_once`: httpstan's log-density functions convert the whole data set,
@@ -325,6 +326,28 @@ def terminate_workers(executor: Any) -> list[Any]:
     return processes
 
 
+class _BrokenPoolNotRetrieved(logging.Filter):
+    """Drop asyncio's "Future exception was never retrieved" for a broken process pool.
+
+    httpstan polls the future of each chain's ``run_in_executor`` call and never awaits it.
+    When :func:`stop_sampler_workers` terminates the workers while the event loop still runs,
+    that future fails with ``BrokenProcessPool`` and, once garbage-collected (at any later
+    time, even at exit), asyncio logs its traceback. It is a consequence of the Ctrl-C, which
+    was reported once; installed on the ``asyncio`` logger once this process has stopped a
+    pool, and only such records are dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import concurrent.futures.process
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, concurrent.futures.process.BrokenProcessPool)
+                    and record.getMessage().startswith("Future exception was never retrieved"))
+
+
+_BROKEN_POOL_FILTER = _BrokenPoolNotRetrieved()
+
+
 def stop_sampler_workers() -> None:
     """Stop httpstan's sampler processes and give httpstan a fresh pool for later fits.
 
@@ -338,6 +361,7 @@ def stop_sampler_workers() -> None:
 
     import httpstan.services_stub as stub
 
+    logging.getLogger("asyncio").addFilter(_BROKEN_POOL_FILTER)  # idempotent
     executor = stub.executor
     stub.executor = concurrent.futures.ProcessPoolExecutor(
         mp_context=multiprocessing.get_context("fork"), initializer=stub.init_worker
@@ -377,12 +401,13 @@ def _raise_keyboard_interrupt() -> None:
 @dataclass
 class _Interrupt:
     """Ctrl-C around one PyStan call: whether it came, whether the call is being stopped
-    (further Ctrl-Cs then wait for the sampler processes to be stopped), and whether the
-    call is over."""
+    (further Ctrl-Cs then wait for the sampler processes to be stopped), whether the call is
+    over, and the process that made the call (its forked sampler workers inherit the handler)."""
 
     seen: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
     over: threading.Event = field(default_factory=threading.Event)
+    pid: int = field(default_factory=os.getpid)
 
 
 @contextlib.contextmanager
@@ -420,6 +445,10 @@ def sigint_stops_sampling() -> Iterator[_Interrupt]:
                               daemon=True)
 
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != state.pid:
+            # a sampler worker httpstan is forking, before its initializer ignores SIGINT: a
+            # KeyboardInterrupt here would be printed and ignored by an at-fork callback
+            return
         first = not state.seen.is_set()
         state.seen.set()
         if state.stopping:
