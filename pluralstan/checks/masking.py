@@ -225,7 +225,8 @@ def _component_order(fit: _arviz.Idata, blocks: list[_arviz.Idata], design: xr.D
             f"{len(observed)} observed groups {observed}; a masking comparison needs one "
             "component per group"
         )
-    total = sum(preference_probability(block, design)["p_group"].sum(["chain", "draw"])
+    total = sum(preference_probability(block, design)["p_group"].sum(["chain", "draw"],
+                                                                     skipna=False)
                 for block in blocks)
     mean = total / (post.sizes["chain"] * post.sizes["draw"])
     order = match_components(mean.transpose("group", "pair").to_numpy(),
@@ -234,11 +235,28 @@ def _component_order(fit: _arviz.Idata, blocks: list[_arviz.Idata], design: xr.D
 
 
 def _errors(pred: xr.Dataset, targets: xr.Dataset, order: list[int] | None) -> xr.Dataset:
-    """Aggregate and per-group squared errors of one block of predictions."""
-    p_group = pred["p"] if order is None else pred["p_group"].isel(group=order).assign_coords(
-        group=targets["group"].values)
-    agg_err = ((pred["p"] - targets["agg_target"]) ** 2).mean("pair")
-    group_err = ((p_group - targets["group_target"]) ** 2).mean("pair", skipna=True)
+    """Aggregate and per-group squared errors of one block of predictions.
+
+    Fitted component ``order[g]`` stands for observed group ``g``: the (small) targets are put
+    in the components' order rather than the block of predictions in the groups', and the
+    errors are put back in the groups' order. Sums of squares are contractions (one pass over
+    the block, no squared copy); a group's mean runs over the pairs it judged (its target is
+    NaN elsewhere), through the indicator of those pairs rather than a NaN-aware mean.
+    """
+    agg_diff = pred["p"] - targets["agg_target"]
+    agg_err = xr.dot(agg_diff, agg_diff, dim="pair") / agg_diff.sizes["pair"]
+    observed = targets["group_target"]
+    if order is None:
+        p_group, target = pred["p"], observed
+    else:
+        p_group = pred["p_group"]
+        target = observed.isel(group=np.argsort(order)).assign_coords(
+            group=p_group["group"].values)
+    judged = target.notnull()
+    diff = p_group - target.fillna(0.0)
+    group_err = xr.dot(diff, diff, judged.astype(float), dim="pair") / judged.sum("pair")
+    if order is not None:
+        group_err = group_err.isel(group=order).assign_coords(group=observed["group"].values)
     return xr.Dataset({"aggregate_error": agg_err, "group_error": group_err})
 
 

@@ -260,10 +260,12 @@ def preference_probability(
             f"the pairs describe attributes {asked} but theta has attributes {fitted}"
         )
     X = X.assign_coords(attribute=theta["attribute"].values)
-    eta = xr.dot(theta, X, dim="attribute")
+    # optimize: NumPy's einsum then contracts through BLAS, several times faster on
+    # (chain, draw, group) x pairs; the group weights are a contraction too, not a NaN-aware sum
+    eta = xr.dot(theta, X, dim="attribute", optimize=True)
     if "group" not in theta.dims:
         return xr.Dataset({"p": expit(eta).transpose("chain", "draw", "pair")})
     p_group = expit(eta).transpose("chain", "draw", "group", "pair")
     w = mixture_weights(samples, theta, weights)
-    p = (w * p_group).sum("group").transpose("chain", "draw", "pair")
+    p = xr.dot(w, p_group, dim="group").transpose("chain", "draw", "pair")
     return xr.Dataset({"p": p, "p_group": p_group})
