@@ -293,33 +293,43 @@ def problem_line(name: str, idata: _arviz.Idata) -> str | None:
 #: output to transfer and read.
 LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 
-#: Random starts of the mode search before every latent-type fit with two or more types (the
-#: covariate fit and the K-fold fits included): every chain starts in the best mode it finds
-#: (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of :func:`pluralstan.fit`;
-#: the starts are drawn as Stan's inits are, so one mode found is where dispersed chains would
-#: go as well). From Stan's random inits, a chain of the tax conjoint's K = 4 fit settled in a
-#: worse region whose step size was a tenth of the others', and took most of the audit's time
-#: to fail. Chains started in the second-best mode as well (``max_modes=2``) left it in two of
-#: three real-data fits tried, one (CEMS, covariate) without settling. Chains that still part
-#: are stacked or flagged as in any fit.
+#: Random starts of the mode search before every fit of the audit but a partially pooled
+#: labeled fit (the K-fold and covariate fits included): every chain starts in the best mode
+#: it finds (:func:`pluralstan.modes.search`, ``modes="search", max_modes=1`` of
+#: :func:`pluralstan.fit`; the starts are drawn as Stan's inits are, so one mode found is where
+#: dispersed chains would go as well). From Stan's random inits, a chain of the tax conjoint's
+#: K = 4 fit settled in a worse region whose step size was a tenth of the others', and took
+#: most of the audit's time to fail. Chains started in the second-best mode as well
+#: (``max_modes=2``) left it in two of three real-data fits tried, one (CEMS, covariate)
+#: without settling. Chains that still part are stacked or flagged as in any fit. The one-type
+#: fit and a labeled fit without pooling have log-concave posteriors (Bradley-Terry and
+#: Davidson likelihoods, normal priors), so one mode, which the search finds for the chains to
+#: start in. A partially pooled labeled fit keeps Stan's inits: its joint density grows
+#: without bound as a group spread shrinks to zero, no place to start chains.
 SEARCH_STARTS = 6
 
 #: Warm-up iterations (at most: never more than the audit's ``warmup``) of chains that start in
 #: a searched mode. They start in the posterior's bulk and need only Stan's adaptation, whose
 #: windows (75-iteration initial buffer, 25, 50 and 100-iteration metric windows, 50-iteration
-#: final buffer) fit in this many. Fits started from Stan's random inits (one type, the labeled
-#: fit, ``starts`` 0, or a search whose every start failed) keep the full warm-up.
+#: final buffer) fit in this many. Fits started from Stan's random inits (a partially pooled
+#: labeled fit, ``starts`` 0, or a search whose every start failed) keep the full warm-up.
 MODE_WARMUP = 300
 
 
-def latent_options(K: int, starts: int = SEARCH_STARTS) -> dict[str, Any]:
-    """Options of an audit fit with ``K`` latent types: :data:`LATENT_OPTIONS`, and for
-    ``K >= 2`` the mode search from ``starts`` random starts, every chain starting in the best
-    mode it finds with :data:`MODE_WARMUP` warm-up iterations (none when ``starts`` is 0)."""
-    if K < 2 or not starts:
-        return dict(LATENT_OPTIONS)
-    return {**LATENT_OPTIONS, "modes": "search", "n_starts": int(starts), "max_modes": 1,
+def search_options(starts: int = SEARCH_STARTS) -> dict[str, Any]:
+    """Options of :func:`pluralstan.fit` for the mode search from ``starts`` random starts,
+    every chain starting in the best mode found with :data:`MODE_WARMUP` warm-up iterations
+    (none when ``starts`` is 0)."""
+    if not starts:
+        return {}
+    return {"modes": "search", "n_starts": int(starts), "max_modes": 1,
             "mode_warmup": MODE_WARMUP}
+
+
+def latent_options(starts: int = SEARCH_STARTS) -> dict[str, Any]:
+    """Options of an audit fit of a latent-type model: :data:`LATENT_OPTIONS` and the mode
+    search (:func:`search_options`)."""
+    return {**LATENT_OPTIONS, **search_options(starts)}
 
 
 #: Options of the audit's labeled fit: no replicated data either, and the log likelihood per
@@ -350,10 +360,10 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], tmp: Path,
     from tqdm.auto import tqdm
 
     jobs: list[tuple[str, str, dict[str, Any]]] = [
-        (f"annotator_K{k}", "annotator", {"K": k, **latent_options(k, starts)}) for k in Ks]
+        (f"annotator_K{k}", "annotator", {"K": k, **latent_options(starts)}) for k in Ks]
     if labeled:
         jobs.append(("labeled", "labeled", {"K": len(comps.group_levels), **labeled,
-                                            **CELL_OPTIONS}))
+                                            **CELL_OPTIONS, **labeled_search(labeled, starts)}))
     fits = {}
     bar = tqdm(jobs, desc="pluralstan audit", unit="fit", disable=not progress, file=sys.stderr)
     for name, model, extra in bar:
@@ -363,6 +373,12 @@ def _fits(comps: Comparisons, Ks: list[int], sampler: dict[str, Any], tmp: Path,
         if model == "annotator":
             _store(tmp, fits, name, log_lik=True)
     return {"aggregate": as_aggregate(fits["annotator_K1"]), **fits}
+
+
+def labeled_search(labeled: dict[str, Any], starts: int) -> dict[str, Any]:
+    """The mode search of a labeled fit with options ``labeled``: only without pooling (see
+    :data:`SEARCH_STARTS`)."""
+    return search_options(starts) if labeled["pooling"] == "none" else {}
 
 
 def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
@@ -411,7 +427,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
 
     def fit_quietly(*args: Any, **kwargs: Any) -> _arviz.Idata:
         with _quiet(verbose):  # the folds' problems are in the table's flag column
-            idata = fit_model(*args, **latent_options(kwargs["K"], starts), **kwargs)
+            idata = fit_model(*args, **latent_options(starts), **kwargs)
         bar.update()
         return idata
 
@@ -813,9 +829,9 @@ def audit(
         :data:`KFOLD_FOLDS` folds only when PSIS-LOO is not reliable, ``0`` never, a number
         always.
     starts
-        Random starts of the mode search before each fit with two or more latent types, whose
-        chains then start in the best mode found (:func:`latent_options`); 0 leaves the
-        chains to Stan's random inits.
+        Random starts of the mode search before each fit (but a partially pooled labeled
+        fit), whose chains then start in the best mode found (:data:`SEARCH_STARTS`,
+        :func:`search_options`); 0 leaves the chains to Stan's random inits.
     verbose
         Show the engine's output and every warning.
     progress
@@ -859,9 +875,10 @@ def audit(
         doc.heading("Pluralism identifiability audit", 1)
         shorter = (f", with {mode_warmup} warm-up iterations instead of {warmup} (each fit's "
                    "posterior attributes record its warm-up)" if mode_warmup < warmup else "")
-        search = (f" Before each fit with two or more types, L-BFGS from {starts} random starts "
-                  "looked for the posterior's modes, and the chains started in the best mode "
-                  f"found{shorter}." if starts else "")
+        but = "" if not labeled or labeled_search(labeled, starts) else " but the labeled one"
+        search = (f" Before each fit{but}, L-BFGS "
+                  f"from {starts} random starts looked for the posterior's modes, and the "
+                  f"chains started in the best mode found{shorter}." if starts else "")
         doc.text(f"{comps.scope}; {chains} chains x {draws} draws per fit.{search} The aggregate "
                  "model (one preference vector for everybody) is the K = 1 fit. Intervals are "
                  f"{PROB:.0%} equal-tailed posterior intervals. The groups of this report are "
@@ -986,7 +1003,7 @@ def audit(
                 fits["covariate"] = align_types(_fit_one(
                     "covariate", "covariate", comps, K=chosen_K, verbose=verbose, echo=echo,
                     progress=progress, pi_annotator=False,  # beta and W give it; not used here
-                    **latent_options(chosen_K, starts), **sampler), chosen)
+                    **latent_options(starts), **sampler), chosen)
             effects = covariate_effects(fits["covariate"])
             doc.text(f"Covariate-informed model at K = {chosen_K}: effect of each covariate on the "
                      "log odds of each type (sum to zero across types), its interval and "

@@ -310,9 +310,9 @@ RLHF layout: one row per judgement with `chosen`, `rejected` (response ids) and 
                         "never; none: 5 folds when PSIS-LOO is unreliable, i.e. more than 5%% "
                         "of the annotators have Pareto k > 0.7)")
     p.add_argument("--starts", type=int, default=None, metavar="N",
-                   help="random starts of the mode search before each fit with two or more "
-                        "types; the chains start in the best mode found (0: Stan's random "
-                        "inits; default: pluralstan.audit.SEARCH_STARTS)")
+                   help="random starts of the mode search before each fit (but a partially "
+                        "pooled labeled fit); the chains start in the best mode found (0: "
+                        "Stan's random inits; default: pluralstan.audit.SEARCH_STARTS)")
     p.add_argument("--out", required=True, help="report folder (written whole at the end)")
     p.add_argument("--chains", type=int, default=4, help="Markov chains per fit")
     p.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up")

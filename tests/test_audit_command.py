@@ -275,23 +275,22 @@ def test_audit_records_the_time_of_each_step(report):
     assert all(s >= 0 for s in seconds.values()) and seconds["fits"] > 0
 
 
-def test_audit_searches_modes_before_every_fit_with_two_or_more_types(report):
-    """Fits with K >= 2 (the covariate fit included) run the mode search first, record its
-    table and start their chains in the best mode found, with the shorter warm-up; the one-type
-    fit has nothing to search and keeps Stan's inits and the full warm-up."""
+def test_audit_searches_modes_before_every_fit(report):
+    """Every fit (the one-type and covariate fits included) runs the mode search first, records
+    its table and starts its chains in the best mode found, with the shorter warm-up."""
     _, out, summary = report
     assert summary["settings"]["mode_search_starts"] == SEARCH_STARTS
     assert summary["settings"]["mode_warmup"] == MODE_WARMUP < WARMUP
-    for name in ("annotator_K2", "annotator_K3", "annotator_K4", "covariate"):
+    for name in ("annotator_K1", "annotator_K2", "annotator_K3", "annotator_K4", "covariate"):
         attrs = _arviz.group(ps.load(out / "fits" / f"{name}.nc"), "posterior").attrs
         found = json.loads(attrs["mode_search"])
         assert found["n_starts"] == SEARCH_STARTS and found["modes"], name
         assert attrs["warmup"] == MODE_WARMUP, name
-    k1 = _arviz.group(ps.load(out / "fits" / "annotator_K1.nc"), "posterior").attrs
-    assert "mode_search" not in k1 and k1["warmup"] == WARMUP
+    assert "Before each fit, L-BFGS" in (out / "report.md").read_text()
 
 
-def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
+@pytest.mark.parametrize("pooling", ["partial", "none"])
+def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path, pooling):
     # the simulated types as an observed column: a labeled fit and the observed groups' own
     # four-item report; its fits are the audit's (written once, in fits/)
     comps, _ = files
@@ -299,18 +298,27 @@ def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path):
                                                                  index=False)
     out = tmp_path / "report"
     assert cli.main(["audit", str(tmp_path / "j.csv"), "--group", "segment", "--K", "1", "2",
-                     "--out", str(out), "--chains", "2", "--draws", "200", "--warmup", "200",
-                     "--no-progress"]) == 0
+                     "--pooling", pooling, "--out", str(out), "--chains", "2", "--draws", "200",
+                     "--warmup", "400", "--no-progress"]) == 0
     assert {p.name for p in (out / "fits").iterdir()} == {
         "aggregate.nc", "labeled.nc", "annotator_K1.nc", "annotator_K2.nc"}
     assert (out / "observed_groups" / "report.html").is_file()
     assert not (out / "observed_groups" / "fits").exists()
-    labeled = ps.load(out / "fits" / "labeled.nc").posterior["theta"]
-    assert sorted(labeled["group"].values.astype(str)) == ["0", "1", "2"]
-    assert "observed_groups/report.html" in (out / "report.md").read_text()
+    labeled = ps.load(out / "fits" / "labeled.nc").posterior
+    assert sorted(labeled["theta"]["group"].values.astype(str)) == ["0", "1", "2"]
+    # unpooled groups have a log-concave posterior, whose mode the chains start in; partial
+    # pooling's joint density is unbounded where a spread shrinks to zero: Stan's inits
+    searched = pooling == "none"
+    assert ("mode_search" in labeled.attrs) == searched
+    assert labeled.attrs["warmup"] == (MODE_WARMUP if searched else 400)
+    text = (out / "report.md").read_text()
+    assert ("Before each fit, L-BFGS" in text) == searched
+    assert ("Before each fit but the labeled one, L-BFGS" in text) != searched
+    assert "observed_groups/report.html" in text
     # both reports say what the judgements cover in the same words
     for report in (out / "report.md", out / "observed_groups" / "report.md"):
         assert comps.scope in report.read_text()
+
 
 # ---------------------------------------------------------------------- bad input, no Stan
 def _run(args: list[str], capsys) -> str:
