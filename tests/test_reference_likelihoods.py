@@ -33,7 +33,7 @@ from scipy.special import logsumexp, softmax
 import pluralstan as ps
 from pluralstan.engine import StanProgram
 from pluralstan.models import get_model, pal
-from pluralstan.models.base import load_program, theta_coordinates
+from pluralstan.models.base import load_program, log_normaliser, theta_coordinates
 
 from . import reference as ref
 from .test_models_annotator import ties_order_data
@@ -650,3 +650,22 @@ def test_pal_new_users_matches_reference():
 
     assert_differences_match(log_density(program, data, [{"w": w} for w in ws]),
                              np.array([density(w) for w in ws]), "model-block log density")
+
+
+def test_log_normaliser_is_log_d_without_overflow():
+    """NumPy's log D(eta) (the annotator outputs' and the Davidson outcome probabilities'):
+    log(1 + exp(eta)) without ties and log(exp(eta / 2) + exp(-eta / 2) + nu) with them,
+    written directly where that does not overflow, finite at |eta| = 800, and the input
+    left as it was."""
+    rng = np.random.default_rng(3)
+    eta = rng.normal(scale=4.0, size=(50, 6))
+    log_nu = rng.normal(size=6)
+    kept = eta.copy()
+    np.testing.assert_allclose(log_normaliser(eta, None), np.log1p(np.exp(eta)), rtol=1e-13)
+    np.testing.assert_allclose(log_normaliser(eta, log_nu),
+                               np.log(np.exp(eta / 2) + np.exp(-eta / 2) + np.exp(log_nu)),
+                               rtol=1e-13)
+    np.testing.assert_array_equal(eta, kept)
+    far = np.array([[800.0, -800.0]])
+    np.testing.assert_allclose(log_normaliser(far, None), [[800.0, 0.0]], atol=1e-300)
+    np.testing.assert_allclose(log_normaliser(far, np.zeros(2)), [[400.0, 400.0]])

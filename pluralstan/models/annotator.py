@@ -38,6 +38,7 @@ from .base import (
     check_K,
     design_data,
     design_from_data,
+    log_normaliser,
     merge_priors,
     optional_scalar,
     positive,
@@ -427,11 +428,8 @@ class TypeLikelihood:
         if gamma is not None:
             eta += np.outer(self.order, np.repeat(gamma, K))
             shift += np.outer(gamma, self.S_order)
-        if log_nu is None:
-            log_d = np.logaddexp(0.0, eta)
-        else:
-            half = 0.5 * np.abs(eta)
-            log_d = half + np.log1p(np.exp(-2.0 * half) + np.exp(np.repeat(log_nu, K) - half))
+        log_d = log_normaliser(eta, None if log_nu is None else np.repeat(log_nu, K))
+        if log_nu is not None:
             shift += np.outer(log_nu, self.n_tie)
         lp = self.S @ coefs - self.totals @ log_d
         return lp.reshape(-1, D, K).transpose(1, 0, 2) + shift[:, :, None]

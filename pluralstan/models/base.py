@@ -640,6 +640,29 @@ def design_from_data(data: Mapping[str, Any], columns: str = "X_v",
                       shape=(int(data["R"]), P if n_columns is None else n_columns))
 
 
+def log_normaliser(eta: np.ndarray, log_nu: np.ndarray | None) -> np.ndarray:
+    """``log_normaliser`` of ``stan/functions/annotator_types.stanfunctions`` in NumPy: log D(eta)
+    elementwise, D(eta) = exp(eta / 2) + exp(-eta / 2) + nu, without overflow.
+
+    ``log_nu`` broadcasts against ``eta``; ``None`` gives the binomial log(1 + exp(eta)). The
+    result is a new array, computed in place in it and one temporary: NumPy's ``logaddexp``
+    is a scalar loop, several times slower on the annotator model's rows x draws arrays.
+    """
+    out = np.abs(eta)
+    if log_nu is None:  # max(eta, 0) + log(1 + exp(-|eta|))
+        tail = np.negative(out)
+        np.exp(tail, out=tail)
+        np.log1p(tail, out=tail)
+        np.maximum(eta, 0.0, out=out)
+    else:  # |eta| / 2 + log(1 + exp(-|eta|) + exp(log nu - |eta| / 2))
+        out *= 0.5
+        tail = np.exp(-2.0 * out)
+        tail += np.exp(log_nu - out)
+        np.log1p(tail, out=tail)
+    out += tail
+    return out
+
+
 def outcome_log_probs(eta: np.ndarray, log_nu: np.ndarray | None) -> np.ndarray:
     """``outcome_log_probs`` of ``stan/functions/davidson.stanfunctions`` in NumPy.
 
@@ -650,9 +673,8 @@ def outcome_log_probs(eta: np.ndarray, log_nu: np.ndarray | None) -> np.ndarray:
 
     if log_nu is None:
         return np.stack([log_expit(-eta), log_expit(eta)], axis=-1)
-    half = 0.5 * np.abs(eta)
     lnu = log_nu[:, None]
-    log_d = half + np.log1p(np.exp(-2.0 * half) + np.exp(lnu - half))
+    log_d = log_normaliser(eta, lnu)
     return np.stack([-0.5 * eta - log_d, 0.5 * eta - log_d, lnu - log_d], axis=-1)
 
 
