@@ -304,8 +304,10 @@ LATENT_OPTIONS: dict[str, Any] = {"replicate": False}
 #: without settling. Chains that still part are stacked or flagged as in any fit. The one-type
 #: fit and a labeled fit without pooling have log-concave posteriors (Bradley-Terry and
 #: Davidson likelihoods, normal priors), so one mode, which the search finds for the chains to
-#: start in. A partially pooled labeled fit keeps Stan's inits: its posterior is a funnel in
-#: the group spreads, whose joint mode lies in the funnel's neck, no place to start chains.
+#: start in. A partially pooled labeled fit keeps Stan's inits and the full warm-up: its
+#: posterior is not log-concave (the group spreads), and the tax conjoint's, started in its
+#: mode with the shorter warm-up, had a divergent transition that the full warm-up from Stan's
+#: inits avoided (``benchmarks/latest_results.md``).
 SEARCH_STARTS = 6
 
 #: Warm-up iterations (at most: never more than the audit's ``warmup``) of chains that start in

@@ -307,7 +307,7 @@ def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path, pooli
     labeled = ps.load(out / "fits" / "labeled.nc").posterior
     assert sorted(labeled["theta"]["group"].values.astype(str)) == ["0", "1", "2"]
     # unpooled groups have a log-concave posterior, whose mode the chains start in; partial
-    # pooling's funnel has its joint mode in the neck: Stan's inits
+    # pooling's is not: Stan's inits and the full warm-up
     searched = pooling == "none"
     assert ("mode_search" in labeled.attrs) == searched
     assert labeled.attrs["warmup"] == (MODE_WARMUP if searched else 400)
