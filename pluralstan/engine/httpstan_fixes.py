@@ -24,6 +24,7 @@ around. :mod:`pluralstan.engine.pystan` uses them; :func:`install_worker_cleanup
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import logging
@@ -195,14 +196,14 @@ _INSTALL_LOCK = threading.Lock()
 
 
 def record_fit_names() -> None:
-    """Wrap httpstan's fit-name function (once per process) to give every request a fit of its
-    own and note its name.
+    """Replace httpstan's fit-name function (once per process) by :func:`_random_fit_name`,
+    which gives every request a fit of its own and notes its name.
 
     httpstan names a seeded request's fit by hashing the request, so identical requests (the
     same program, data and seed, as several processes of a test or a parallel audit may post)
     share one stored fit, and the first to finish would delete the file another is still
     reading (:func:`discard_stored_fits`). httpstan names an unseeded request randomly; every
-    request is named that way here, so no stored fit is shared or reused. The seed stays in
+    request is named so here, so no stored fit is shared or reused. The seed stays in
     the arguments passed to Stan, so the draws do not change. httpstan has no public call that
     names a request's fit; its server runs in the calling thread's event loop, so a
     thread-local list collects the names of that thread's requests.
@@ -210,25 +211,23 @@ def record_fit_names() -> None:
     import httpstan.fits
 
     with _INSTALL_LOCK:
-        original = httpstan.fits.calculate_fit_name
-        if not getattr(original, "pluralstan_records", False):
-            httpstan.fits.calculate_fit_name = _recording(original)
+        if not getattr(httpstan.fits.calculate_fit_name, "pluralstan_records", False):
+            httpstan.fits.calculate_fit_name = _random_fit_name
 
 
-def _recording(original: Callable[[str, str, dict], str]) -> Callable[[str, str, dict], str]:
-    """``original`` (httpstan's fit-name function) naming every fit randomly, as it names an
-    unseeded request's, and noting each name for this thread."""
+def _random_fit_name(function: str, model_name: str, kwargs: dict) -> str:
+    """A random fit name, in the form httpstan gives an unseeded request's, noted for this
+    thread. The bits come from the operating system, not from the ``random`` module that
+    httpstan draws them from: a caller (Hypothesis, for one) may have seeded that module alike
+    in several processes."""
+    name = f"{model_name}/fits/{base64.b32encode(os.urandom(5)).decode().lower()}"
+    names = getattr(_FIT_NAMES, "names", None)
+    if names is not None:
+        names.append(name)
+    return name
 
-    def record(function: str, model_name: str, kwargs: dict) -> str:
-        unseeded = {key: value for key, value in kwargs.items() if key != "random_seed"}
-        name = original(function, model_name, unseeded)
-        names = getattr(_FIT_NAMES, "names", None)
-        if names is not None:
-            names.append(name)
-        return name
 
-    record.pluralstan_records = True  # type: ignore[attr-defined]
-    return record
+_random_fit_name.pluralstan_records = True  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
