@@ -201,6 +201,25 @@ def test_annotator_type_programs_keep_every_matrix_as_one_autodiff_node(model):
     assert set(layouts) == {"SoA"}, report.stdout
 
 
+
+@pytest.mark.parametrize("model", ["annotator", "covariate"])
+def test_annotator_type_programs_compile_no_scalar_log1p(model):
+    """The log normaliser over the cells x types matrix reaches C++ as whole-matrix ``exp`` and
+    ``log`` (Eigen's vectorised kernels), not as ``log1p_exp`` or ``log1p``, which call glibc
+    once per element: stanc's optimiser rewrites the pattern ``log(1 + exp(x))`` into
+    ``log1p_exp(x)`` (``stan/functions/annotator_types.stanfunctions``)."""
+    import importlib.resources
+
+    code = get_model(model).program.code
+    with importlib.resources.as_file(importlib.resources.files("httpstan") / "stanc") as stanc:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{model}.stan"
+            path.write_text(code)
+            cpp = subprocess.run([str(stanc), *STANC_OPTIONS, "--print-cpp", str(path)],
+                                 capture_output=True, text=True, check=True).stdout
+    assert "stan::math::exp(" in cpp and "stan::math::log(" in cpp
+    assert not re.findall(r"stan::math::log1p\w*\(", cpp)
+
 def test_a_failed_cpp_build_raises_with_the_compilers_error_text():
     """A program that passes stanc but whose C++ build fails (a flag the compiler does not know):
     PluralstanError names the program and carries the compiler's own message."""
