@@ -180,6 +180,19 @@ def test_compile_records_the_flags_it_added_and_is_cached_for_them(monkeypatch, 
         shutil.rmtree(engine.model_dir(program), ignore_errors=True)
 
 
+def _stanc(model: str, *flags: str) -> str:
+    """What httpstan's stanc, run with the engines' options and ``flags``, prints for the
+    registered model's program."""
+    import importlib.resources
+
+    with importlib.resources.as_file(importlib.resources.files("httpstan") / "stanc") as stanc:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{model}.stan"
+            path.write_text(get_model(model).program.code)
+            return subprocess.run([str(stanc), *STANC_OPTIONS, *flags, str(path)],
+                                  capture_output=True, text=True, check=True).stdout
+
+
 @pytest.mark.parametrize("model", ["annotator", "covariate"])
 def test_annotator_type_programs_keep_every_matrix_as_one_autodiff_node(model):
     """Under the engines' stanc optimisation the annotator-type programs keep every matrix of
@@ -187,19 +200,10 @@ def test_annotator_type_programs_keep_every_matrix_as_one_autodiff_node(model):
     One overloaded function, conditional expression or array of vectors on the way from the
     parameters to the likelihood turns them all back into a node per element
     (``stan/functions/design.stanfunctions``); stanc reports each variable's layout."""
-    import importlib.resources
-
-    code = get_model(model).program.code
-    with importlib.resources.as_file(importlib.resources.files("httpstan") / "stanc") as stanc:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / f"{model}.stan"
-            path.write_text(code)
-            report = subprocess.run([str(stanc), *STANC_OPTIONS, "--debug-mem-patterns",
-                                     str(path)], capture_output=True, text=True, check=True)
-    layouts = re.findall(r":\s*(SoA|AoS)\s*$", report.stdout, flags=re.MULTILINE)
-    assert len(layouts) > 10, report.stdout  # theta, the linear predictors, the normaliser ...
-    assert set(layouts) == {"SoA"}, report.stdout
-
+    report = _stanc(model, "--debug-mem-patterns")
+    layouts = re.findall(r":\s*(SoA|AoS)\s*$", report, flags=re.MULTILINE)
+    assert len(layouts) > 10, report  # theta, the linear predictors, the normaliser ...
+    assert set(layouts) == {"SoA"}, report
 
 
 @pytest.mark.parametrize("model", ["annotator", "covariate"])
@@ -208,17 +212,10 @@ def test_annotator_type_programs_compile_no_scalar_log1p(model):
     ``log`` (Eigen's vectorised kernels), not as ``log1p_exp`` or ``log1p``, which call glibc
     once per element: stanc's optimiser rewrites the pattern ``log(1 + exp(x))`` into
     ``log1p_exp(x)`` (``stan/functions/annotator_types.stanfunctions``)."""
-    import importlib.resources
-
-    code = get_model(model).program.code
-    with importlib.resources.as_file(importlib.resources.files("httpstan") / "stanc") as stanc:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / f"{model}.stan"
-            path.write_text(code)
-            cpp = subprocess.run([str(stanc), *STANC_OPTIONS, "--print-cpp", str(path)],
-                                 capture_output=True, text=True, check=True).stdout
+    cpp = _stanc(model, "--print-cpp")
     assert "stan::math::exp(" in cpp and "stan::math::log(" in cpp
     assert not re.findall(r"stan::math::log1p\w*\(", cpp)
+
 
 def test_a_failed_cpp_build_raises_with_the_compilers_error_text():
     """A program that passes stanc but whose C++ build fails (a flag the compiler does not know):
