@@ -3,9 +3,13 @@ identified quantities, seen / unseen / few-shot accuracy, and input validation."
 
 from __future__ import annotations
 
+import dataclasses
+import tracemalloc
+
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from scipy.special import expit
 from scipy.stats import special_ortho_group
 
@@ -255,6 +259,113 @@ def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
         assert acc[20] - acc[low] > 2 * np.hypot(se[20], se[low]), table
     assert acc[20] > acc[-1] - 0.05, table
     assert (table["judgements"].iloc[1:] == 24 * 30).all()
+
+
+def _synthetic_posteriors(seen: ps.Comparisons, new: ps.Comparisons, chains: int, draws: int,
+                          K: int = 2, n_carried: int = 7):
+    """A PAL-shaped seen-user posterior and a :func:`pal_users.fit_new_users`-shaped new-user
+    posterior, drawn at random (no Stan), with the package's dims and coords."""
+    rng = np.random.default_rng(11)
+    attrs, D = list(seen.attributes), len(seen.attributes)
+    L = rng.normal(size=(chains, draws, D, D))
+    theta = rng.normal(size=(chains, draws, K, D))
+    w = rng.dirichlet(np.ones(K), size=(chains, draws, len(seen.annotator_levels)))
+    base = {"chain": np.arange(chains), "draw": np.arange(draws)}
+    posterior = xr.Dataset(
+        {"M": (("chain", "draw", "attribute", "attribute_other"), L @ L.swapaxes(2, 3)),
+         "theta": (("chain", "draw", "group", "attribute"), theta),
+         "beta": (("chain", "draw", "annotator", "attribute"),
+                  np.einsum("cdik,cdkp->cdip", w, theta)),
+         "gamma": (("chain", "draw"), rng.normal(size=(chains, draws)))},
+        coords={**base, "attribute": attrs, "attribute_other": attrs, "group": np.arange(K),
+                "annotator": list(seen.annotator_levels)})
+    J = len(new.annotator_levels)
+    new_post = xr.Dataset(
+        {"w": (("chain", "draw", "annotator", "group"),
+               rng.dirichlet(np.ones(K), size=(chains, draws, J))),
+         # floats, as some engines return Stan's integers
+         "seen_draw": (("chain", "draw", "annotator"),
+                       rng.integers(1, n_carried + 1, size=(chains, draws, J)).astype(float))},
+        coords={**base, "annotator": list(new.annotator_levels), "group": np.arange(K)})
+    carried = np.sort(rng.choice(chains * draws, n_carried, replace=False))
+    return (_arviz.make_idata({"posterior": posterior}),
+            _arviz.make_idata({"posterior": new_post,
+                               "constant_data": xr.Dataset({"seen_sample": ("carried", carried)})}))
+
+
+def _reference_probability(post: xr.Dataset, comps: ps.Comparisons, users: xr.Dataset | None = None,
+                           carried: np.ndarray | None = None) -> np.ndarray:
+    """P(a > b) draw by draw with :func:`pal.log_odds`, (chain, draw, comparison)."""
+    A, B = comps.options()
+    order = comps.order_sign()
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    ann = comps.frame["annotator"].to_numpy()
+    out = np.empty((chains, draws, len(A)))
+    for c in range(chains):
+        for d in range(draws):
+            if users is None:
+                code = pd.Index(post["annotator"].values).get_indexer(ann)
+                M, beta = post["M"].values[c, d], post["beta"].values[c, d][code]
+                gamma = post["gamma"].values[c, d]
+                out[c, d] = expit(pal.log_odds(M, beta, A, B) + gamma * order)
+                continue
+            code = pd.Index(users["annotator"].values).get_indexer(ann)
+            flat = carried[users["seen_draw"].values[c, d].astype(int) - 1]  # per new user
+            sc, sd = np.divmod(flat, draws)
+            for n, j in enumerate(code):
+                M = post["M"].values[sc[j], sd[j]]
+                beta = users["w"].values[c, d, j] @ post["theta"].values[sc[j], sd[j]]
+                out[c, d, n] = expit(pal.log_odds(M, beta[None], A[n:n + 1], B[n:n + 1])[0]
+                                     + post["gamma"].values[sc[j], sd[j]] * order[n])
+    return out
+
+
+def test_predictions_match_a_draw_by_draw_reference():
+    """Seen-user, new-user and zero-shot probabilities equal a draw-by-draw evaluation of
+    :func:`pal.log_odds` plus the position effect (to 1e-12), with blocks of draws forced small
+    so that several blocks are joined."""
+    comps = pal.simulate(n_annotators=12, judgements=6, seed=4)
+    # a recorded presentation order, so the position effect enters too
+    comps = dataclasses.replace(comps, frame=comps.frame.assign(order=np.arange(comps.n) % 2))
+    seen, new = comps.subset(np.flatnonzero(comps.frame["annotator"] < 8)), \
+        comps.subset(np.flatnonzero(comps.frame["annotator"] >= 8))
+    fit, fit_new = _synthetic_posteriors(seen, new, chains=2, draws=9)
+    post = _arviz.group(fit, "posterior")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pal_users, "_BLOCK_VALUES", 50)
+        p_seen = pal_users.preference_probability(fit, seen)
+        p_new = pal_users.preference_probability(fit, new, fit_new)
+        p_zero = pal_users._zero_shot(fit, new)
+    np.testing.assert_allclose(p_seen.values, _reference_probability(post, seen), atol=1e-12)
+    carried = _arviz.group(fit_new, "constant_data")["seen_sample"].values
+    np.testing.assert_allclose(
+        p_new.values, _reference_probability(post, new, _arviz.group(fit_new, "posterior"),
+                                             carried), atol=1e-12)
+    # zero-shot: every seen user's probability for each new judgement, averaged over users
+    each = [_reference_probability(post, dataclasses.replace(
+        new, frame=new.frame.assign(annotator=a))) for a in seen.annotator_levels]
+    np.testing.assert_allclose(p_zero.values, np.mean(each, axis=0), atol=1e-12)
+
+
+def test_zero_shot_predictions_are_computed_a_block_of_draws_at_a_time():
+    """Zero-shot prediction averages over every seen user, so all at once it would hold draws x
+    users x judgements values (here 2 x 400 x 200 x 300 floats, 384 MB). Criterion: with blocks
+    of 2**18 values, the peak of traced allocations stays under 48 MB, an eighth of that."""
+    comps = pal.simulate(n_annotators=500, judgements=3, seed=4)
+    seen = comps.subset(np.flatnonzero(comps.frame["annotator"] < 200))
+    new = comps.subset(np.flatnonzero(comps.frame["annotator"] >= 400))
+    fit, _ = _synthetic_posteriors(seen, new, chains=2, draws=400)
+    assert new.n * 2 * 400 * 200 * 8 == 384_000_000
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pal_users, "_BLOCK_VALUES", 2**18)
+        tracemalloc.start()
+        try:
+            p = pal_users._zero_shot(fit, new)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert p.shape == (2, 400, new.n)
+    assert peak < 48e6, f"{peak / 1e6:.0f} MB"
 
 
 def test_new_users_must_be_unseen_and_have_enough_judgements(seen_fit, population):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,13 +74,75 @@ def _seen_codes(idata: _arviz.Idata, comps: Comparisons) -> np.ndarray:
     return code
 
 
+#: Most values one block of draws may hold while predictions are evaluated a block of draws at a
+#: time (float64: 128 MB), so their memory does not grow with chains x draws x annotators.
+_BLOCK_VALUES = 2**24
+
+
+def _by_draw_blocks(fn: Callable[[slice], xr.DataArray], n_draws: int,
+                    values_per_draw: int) -> xr.DataArray:
+    """``fn`` over consecutive blocks of draws, concatenated along ``draw``.
+
+    ``values_per_draw`` is the size of ``fn``'s largest intermediate per draw; blocks are as long
+    as :data:`_BLOCK_VALUES` allows.
+    """
+    size = max(1, _BLOCK_VALUES // max(1, values_per_draw))
+    return xr.concat([fn(slice(i, i + size)) for i in range(0, n_draws, size)], dim="draw")
+
+
+def _quad(M: xr.DataArray, design: tuple[xr.DataArray, xr.DataArray, xr.DataArray]
+          ) -> xr.DataArray:
+    """The shared quadratic term (a - b)' M (a + b) per comparison."""
+    X_diff, X_sum, _ = design
+    return xr.dot(X_diff, xr.dot(M, X_sum.rename(attribute="attribute_other"),
+                                 dim="attribute_other"), dim="attribute")
+
+
 def _eta(beta: xr.DataArray, M: xr.DataArray, gamma: xr.DataArray | float,
          design: tuple[xr.DataArray, xr.DataArray, xr.DataArray]) -> xr.DataArray:
     """Log-odds beta'(a - b) - (a - b)' M (a + b) + gamma order, broadcast by xarray."""
-    X_diff, X_sum, order = design
-    quad = xr.dot(X_diff, xr.dot(M, X_sum.rename(attribute="attribute_other"),
-                                 dim="attribute_other"), dim="attribute")
-    return xr.dot(X_diff, beta, dim="attribute") - quad + gamma * order
+    X_diff, _, order = design
+    return xr.dot(X_diff, beta, dim="attribute") - _quad(M, design) + gamma * order
+
+
+def _seen_probability(post: xr.Dataset, code: xr.DataArray,
+                      design: tuple[xr.DataArray, xr.DataArray, xr.DataArray]) -> xr.DataArray:
+    """P(a > b) per draw for judgements of seen users (``code``: their index in the fit)."""
+    def block(draws: slice) -> xr.DataArray:
+        part = post.isel(draw=draws)
+        gamma = part["gamma"] if "gamma" in part else 0.0
+        return xr.apply_ufunc(expit, _eta(part["beta"].isel(annotator=code), part["M"],
+                                          gamma, design))
+
+    width = post.sizes["chain"] * code.size * post.sizes["attribute"]
+    return _by_draw_blocks(block, post.sizes["draw"], width)
+
+
+def _new_user_probability(post: xr.Dataset, idata_new: _arviz.Idata, code: xr.DataArray,
+                          design: tuple[xr.DataArray, xr.DataArray, xr.DataArray]
+                          ) -> xr.DataArray:
+    """P(a > b) per draw of a :func:`fit_new_users` result for judgements of its users.
+
+    Each new-user draw goes with one carried-over draw s of the shared parameters, so the log-odds
+    are sum_k w_k u_sk(a, b) + base_s(a, b), with prototype utilities u_sk = theta_sk'(a - b) and
+    base_s = -(a - b)' M_s (a + b) + gamma_s order computed once per carried draw; only those
+    are gathered per new-user draw, never a copy of (M, theta) per draw and judgement.
+    """
+    new = _arviz.group(idata_new, "posterior")
+    carried = _arviz.group(idata_new, "constant_data")["seen_sample"].values
+    flat = post.stack(sample=("chain", "draw")).drop_vars(["sample", "chain", "draw"])
+    shared = flat.isel(sample=carried)
+    gamma = shared["gamma"] if "gamma" in shared else 0.0
+    X_diff, _, order = design
+    util = xr.dot(X_diff, shared["theta"], dim="attribute")  # (sample, group, comparison)
+    base = -_quad(shared["M"], design) + gamma * order  # (sample, comparison)
+    # Stan's integer outputs arrive as floats from some engines
+    pick = (new["seen_draw"].astype(np.int64) - 1).isel(annotator=code)
+    comparison = xr.DataArray(np.arange(code.size), dims="comparison")
+    eta = (xr.dot(new["w"].isel(annotator=code),
+                  util.isel(sample=pick, comparison=comparison), dim="group")
+           + base.isel(sample=pick, comparison=comparison))
+    return xr.apply_ufunc(expit, eta)
 
 
 def preference_probability(
@@ -111,25 +173,11 @@ def preference_probability(
     design = _design(comps)
     if idata_new is None:
         code = xr.DataArray(_seen_codes(idata_seen, comps), dims="comparison")
-        beta, M = post["beta"].isel(annotator=code), post["M"]
-        gamma = post["gamma"] if "gamma" in post else 0.0
+        p = _seen_probability(post, code, design)
     else:
         code = xr.DataArray(_seen_codes(idata_new, comps), dims="comparison")
-        new = _arviz.group(idata_new, "posterior")
-        names = ["M", "theta"] + (["gamma"] if "gamma" in post else [])
-        flat = post[names].stack(sample=("chain", "draw"))
-        flat = flat.drop_vars(["sample", "chain", "draw"])
-        # Stan's integer outputs arrive as floats from some engines
-        draw_index = new["seen_draw"].values.astype(np.int64) - 1
-        pick = _arviz.group(idata_new, "constant_data")["seen_sample"].values[draw_index]
-        pick = xr.DataArray(pick, dims=("chain", "draw", "annotator"),
-                            coords={"chain": new.chain, "draw": new.draw})
-        shared = flat.isel(sample=pick).isel(annotator=code)
-        beta = xr.dot(new["w"].isel(annotator=code), shared["theta"], dim="group")
-        M = shared["M"]
-        gamma = shared["gamma"] if "gamma" in shared else 0.0
-    eta = _eta(beta, M, gamma, design)
-    return xr.apply_ufunc(expit, eta).transpose("chain", "draw", "comparison")
+        p = _new_user_probability(post, idata_new, code, design)
+    return p.transpose("chain", "draw", "comparison")
 
 
 def _population_probability(post: xr.Dataset, comps: Comparisons) -> xr.DataArray:
@@ -293,7 +341,13 @@ def _oracle(comps: Comparisons) -> float:
 
 def _zero_shot(idata_seen: _arviz.Idata, comps: Comparisons) -> xr.DataArray:
     """P(a > b) for a user drawn from the seen population: averaged over the seen users."""
-    p = _population_probability(_arviz.group(idata_seen, "posterior"), comps).mean("annotator")
+    post = _arviz.group(idata_seen, "posterior")
+
+    def block(draws: slice) -> xr.DataArray:
+        return _population_probability(post.isel(draw=draws), comps).mean("annotator")
+
+    width = post.sizes["chain"] * post.sizes["annotator"] * comps.n
+    p = _by_draw_blocks(block, post.sizes["draw"], width)
     return p.transpose("chain", "draw", "comparison")
 
 
