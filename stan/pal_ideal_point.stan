@@ -28,6 +28,14 @@
 // Data arrive as counts per distinct cell (option a, option b, order, annotator); the likelihood
 // is binomial in each cell. Priors are data, so prior sensitivity needs no recompile.
 functions {
+  // Each user's linear utility beta_i = sum_k w_ik theta_k, in the prototypes' hull (I x D).
+  matrix user_utilities(array[] vector w, matrix theta) {
+    matrix[size(w), cols(theta)] beta;
+    for (i in 1:size(w)) {
+      beta[i] = w[i]' * theta;
+    }
+    return beta;
+  }
   // Log-odds that a is preferred, per cell: (a - b)' beta_user - (a - b)' M (a + b) + gamma order.
   vector pal_eta(matrix X_diff, matrix X_sum, matrix L_M, matrix beta, array[] int annotator,
                  vector order, real gamma) {
@@ -52,6 +60,7 @@ data {
   vector<lower=0>[K] prior_w_alpha;      // user weights: w_i ~ dirichlet(prior_w_alpha)
   real<lower=0> prior_order_sd;          // gamma ~ normal(0, prior_order_sd)
   int<lower=0, upper=1> prior_only;      // 1: ignore the likelihood (prior predictive runs)
+  int<lower=0, upper=1> replicate;       // 1: generate y_rep (PPC, SBC); 0: skip on big data
 }
 transformed data {
   matrix[C, D] X_diff = X_a - X_b;
@@ -69,20 +78,14 @@ parameters {
   array[I] simplex[K] w;                 // each user's weights on the prototypes
   array[has_order] real gamma;           // position (shown-first) effect
 }
-transformed parameters {
-  matrix[I, D] beta;                     // user linear utilities, in the prototypes' hull
-  for (i in 1:I) {
-    beta[i] = w[i]' * theta;
-  }
-}
 model {
   L_M ~ wishart_cholesky(D, L_S);
   to_vector(theta) ~ normal(0, prior_theta_sd);
   w ~ dirichlet(prior_w_alpha);
   gamma ~ normal(0, prior_order_sd);
   if (!prior_only) {
-    n_a ~ binomial_logit(n_ab, pal_eta(X_diff, X_sum, L_M, beta, annotator, order,
-                                       has_order ? gamma[1] : 0));
+    n_a ~ binomial_logit(n_ab, pal_eta(X_diff, X_sum, L_M, user_utilities(w, theta), annotator,
+                                       order, has_order ? gamma[1] : 0));
   }
 }
 generated quantities {
@@ -100,16 +103,22 @@ generated quantities {
     pi += w[i] / I;
   }
   // log probability of each annotator's judgements (the exchangeable unit) and replicated counts
+  // (C x 2 per draw: optional on big data). The users' utilities beta are computed in Python
+  // (pluralstan.models.pal.derive_outputs), not written per draw.
   vector[I] log_lik = rep_vector(0, I);
-  array[C, 2] int y_rep;
+  array[replicate ? C : 0, 2] int y_rep;
   {
-    vector[C] eta = pal_eta(X_diff, X_sum, L_M, beta, annotator, order,
+    vector[C] eta = pal_eta(X_diff, X_sum, L_M, user_utilities(w, theta), annotator, order,
                             has_order ? gamma[1] : 0);
     for (c in 1:C) {
       log_lik[annotator[c]] += n_a[c] * log_inv_logit(eta[c])
                                + (n_ab[c] - n_a[c]) * log_inv_logit(-eta[c]);
-      y_rep[c, 2] = binomial_rng(n_ab[c], inv_logit(eta[c]));
-      y_rep[c, 1] = n_ab[c] - y_rep[c, 2];
+    }
+    if (replicate) {
+      for (c in 1:C) {
+        y_rep[c, 2] = binomial_rng(n_ab[c], inv_logit(eta[c]));
+        y_rep[c, 1] = n_ab[c] - y_rep[c, 2];
+      }
     }
   }
 }

@@ -178,6 +178,28 @@ def test_fit_layout_follows_the_conventions(seen_fit, population):
     np.testing.assert_allclose(seen_fit.log_likelihood["y"].values[..., :3], total, rtol=1e-6)
 
 
+def test_replicate_false_skips_replicated_data_and_keeps_user_utilities(population):
+    """``replicate=False``: no posterior predictive group. The users' utilities ``beta``
+    (computed in Python, not by the program) equal w @ theta in every draw, and the program's
+    per-user log likelihood equals the Bernoulli log probability of the user's judgements under
+    them."""
+    train, _, _ = population
+    idata = ps.fit("pal", train, K=2, chains=1, draws=20, warmup=20, seed=2, backend="pystan",
+                   check=False, replicate=False)
+    assert "posterior_predictive" not in _arviz.groups(idata)
+    post = idata.posterior
+    assert post["beta"].dims[2:] == ("annotator", "attribute")
+    np.testing.assert_allclose(post["beta"].values, np.einsum(
+        "cdik,cdkp->cdip", post["w"].values, post["theta"].values), atol=1e-12)
+    y = train.frame["y"].to_numpy()
+    p = pal_users.preference_probability(idata, train).values
+    by_row = np.where(y == 1, np.log(p), np.log1p(-p))
+    code = train.codes("annotator")
+    total = np.stack([by_row[..., code == i].sum(-1)
+                      for i in range(len(train.annotator_levels))], axis=-1)
+    np.testing.assert_allclose(idata.log_likelihood["y"].values, total, rtol=1e-6)
+
+
 def test_prior_on_the_metric_is_that_of_an_iid_normal_map(seen_fit):
     """M = W'W for W with iid normal(0, W_sd) entries is Wishart(D, W_sd^2 I), so under the
     prior E[M] = D W_sd^2 I. Criterion: every entry of the prior-draw mean of M is within 4 Monte

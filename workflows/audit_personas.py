@@ -247,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     train = comps.subset(parts["train"])
     X, y = comps.design(), comps.frame["y"].to_numpy()
     users = comps.frame["annotator"].to_numpy()
+    # no model's replicated data is used here: not generating them keeps the PAL fit's output
+    # (its cells x 2 counts per draw were most of it) and memory small
     sampler = {"chains": args.chains, "draws": args.draws, "warmup": args.draws,
-               "seed": args.seed}
+               "seed": args.seed, "replicate": False}
     K = len(comps.group_levels)
     fits = {}
     for name in ["aggregate", *args.models]:

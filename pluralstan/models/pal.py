@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,7 @@ def encode(
     priors: dict[str, Any] | None = None,
     *,
     order: bool | None = None,
+    replicate: bool = True,
 ) -> Encoded:
     """Encode a comparison table for the PAL ideal-point model.
 
@@ -128,6 +129,9 @@ def encode(
         Overrides of :data:`DEFAULT_PRIORS`.
     order
         Estimate a position effect; default: when the table records presentation order.
+    replicate
+        Generate replicated data ``y_rep`` (posterior predictive checks, SBC). Its cells x 2
+        counts per draw are most of what the program writes; skip them when they are not used.
 
     Raises
     ------
@@ -151,6 +155,7 @@ def encode(
         "order": cells.order, "has_order": int(has_order), "y": cells.counts,
         "prior_W_sd": sd["W_sd"], "prior_theta_sd": sd["theta_sd"],
         "prior_w_alpha": alpha, "prior_order_sd": sd["order_sd"], "prior_only": 0,
+        "replicate": int(replicate),
     }
     coords = {
         "attribute": list(comps.attributes),
@@ -179,7 +184,19 @@ def encode(
         optional_scalars=("gamma",),
         label_dim="group",
         extra_attrs={"order_effect": int(has_order)},
+        derive=derive_outputs,
     )
+
+
+def derive_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any]
+                   ) -> dict[str, np.ndarray]:
+    """The users' utilities ``beta_i = sum_k w_ik theta_k`` of every draw.
+
+    They are computed here from the draws of ``w`` and ``theta`` rather than written by the
+    program: PyStan sends every value of every draw as JSON text, and users x attributes values
+    per draw cost it far more than this product costs NumPy.
+    """
+    return {"beta": np.einsum("...ik,...kd->...id", values["w"], values["theta"])}
 
 
 SPEC = register(
