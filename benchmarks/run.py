@@ -60,7 +60,8 @@ judgements x items matrix.
 (target 1's design, ``pooling='none'``) under PyStan and under cmdstanpy; the cmdstanpy row's
 ratio is its ESS/s over PyStan's, and it is skipped, saying so, when no CmdStan is installed.
 ``realdata`` (issue 21, goal 1) runs ``workflows/audit_datasets.py`` at its defaults on each real
-data set (``--realdata``; default all five, vTaiwan taking hours) in a process of its own, and
+data set (``--realdata``; default all five, vTaiwan taking hours) and
+``workflows/audit_personas.py`` at its defaults (``personas``), each in a process of its own, and
 reports its wall time and peak resident memory against the goal of 15 minutes and 2 GB
 (:func:`target_realdata`).
 ``search`` (issue 21, goal 1) times the mode search before a latent-type fit with its starts in
@@ -214,7 +215,7 @@ from pluralstan.engine import (  # noqa: E402
 )
 from pluralstan.files import write_atomic  # noqa: E402
 from pluralstan.models import get_model  # noqa: E402
-from pluralstan.models.base import Encoded, design_data, stan_design  # noqa: E402
+from pluralstan.models.base import Encoded, design_data, load_program, stan_design  # noqa: E402
 
 #: Model parameters compared across engines (those a model has).
 PARAMETERS = ("theta", "pi")
@@ -282,7 +283,8 @@ class Settings:
         and how many times each pair of searches runs (:func:`target_search`).
     realdata
         Target ``realdata``: the data sets of ``workflows/audit_datasets.py`` audited, each at
-        that script's defaults (``--quick`` settings: its ``--quick``).
+        that script's defaults (``--quick`` settings: its ``--quick``), and ``"personas"``,
+        ``workflows/audit_personas.py`` at its defaults.
     realdata_keep
         Target ``realdata``: a folder in which each audit's report folder is kept (to compare
         its conclusions with the last run's); ``None`` deletes them.
@@ -312,7 +314,8 @@ class Settings:
     whiten_K: tuple[int, ...] = (2, 3)
     search_K: tuple[int, ...] = (2, 3, 4)
     search_repeats: int = 2
-    realdata: tuple[str, ...] = ("cems", "german_parties", "polis_brexit", "taxes", "vtaiwan")
+    realdata: tuple[str, ...] = ("cems", "german_parties", "polis_brexit", "taxes", "vtaiwan",
+                                 "personas")
     realdata_keep: str | None = None
     seed: int = 20261122
 
@@ -1547,6 +1550,9 @@ def target_realdata(s: Settings) -> list[Row]:
     quick = ("--quick",) if not s.workflows else ()
     rows = []
     for name in s.realdata:
+        if name == "personas":
+            rows.append(personas_row(folder, s, quick))
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(s.realdata_keep or tmp)
             wall, maxrss_kb, code, log = audit_process(
@@ -1557,6 +1563,39 @@ def target_realdata(s: Settings) -> list[Row]:
             geometry = fit_geometry(out / name / "fits")
         rows.append(realdata_row(name, wall, maxrss_kb / 2**20, code, log, summary, geometry))
     return rows
+
+
+def personas_row(folder: Path, s: Settings, quick: tuple[str, ...]) -> Row:
+    """The ``realdata`` row of ``workflows/audit_personas.py`` (aggregate, annotator and PAL
+    fits of semi-synthetic persona users, with PAL's seen / unseen / few-shot predictions) at
+    its defaults, timed and measured as :func:`target_realdata` does; the note gives each
+    model's held-out accuracies and any failed diagnostics."""
+    for program in (get_model("annotator").program, get_model("pal").program,
+                    load_program("pal_new_users.stan")):
+        ensure_built(program)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(s.realdata_keep or tmp) / "personas"
+        wall, maxrss_kb, code, log = audit_process(
+            [str(REPO / "workflows" / "audit_personas.py"), "--data", str(folder),
+             "--out", str(out), *quick])
+        table = pd.read_csv(out / "accuracy.csv") if code == 0 else None
+    label, engine = "personas (workflows/audit_personas.py)", "persona audit (PyStan)"
+    if table is None:
+        return Row("realdata", label, engine, seconds=round(wall, 1),
+                   note=f"FAILED (exit {code}): " + (log.strip().splitlines() or [""])[-1][:200])
+    minutes, gb = REALDATA_GOAL
+    peak_gb = maxrss_kb / 2**20
+    accuracies = "; ".join(
+        f"{model} " + ", ".join(f"{r.split} {r.accuracy:.3f}" for r in rows.itertuples())
+        for model, rows in table.groupby("model", sort=False))
+    failed = sorted({f"{r.model} {r.split}" for r in table.itertuples()
+                     if r.diagnostics != "ok"})
+    return Row("realdata", label, engine, seconds=round(wall, 1), ratio=round(wall / 60, 2),
+               ratio_is=f"minutes, warm cache; peak memory {peak_gb:.2f} GB",
+               goal=f"< {minutes:g} min and < {gb:g} GB",
+               meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
+               note=f"held-out accuracy: {accuracies}"
+               + (f"; failed diagnostics: {', '.join(failed)}" if failed else ""))
 
 
 def target_search(s: Settings) -> list[Row]:
@@ -1719,7 +1758,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-n", type=int, nargs="+", help="target 3: sizes whose "
                         "gradient is timed (default 1e3 to 1e5, seven sizes)")
     parser.add_argument("--realdata", nargs="+", choices=Settings.realdata,
-                        help="target realdata: the data sets audited (default all five)")
+                        help="target realdata: the data sets audited, 'personas' for "
+                        "workflows/audit_personas.py (default all six)")
     parser.add_argument("--realdata-keep", type=Path, help="target realdata: keep each audit's "
                         "report folder here (default: deleted)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
