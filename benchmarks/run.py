@@ -178,6 +178,7 @@ import io
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -326,7 +327,7 @@ QUICK = Settings(n_pairs=20, n_annotators=10, peer_annotators=20, peer_pairs_per
                  input_n=20_000, input_items=1_000, ahead_chains=2, ahead_draws=100,
                  ahead_repeats=2, geometry_groups=3, geometry_judgements=(10,),
                  geometry_real=False, whiten_K=(2,), search_K=(2,), search_repeats=1,
-                 realdata=("german_parties",))
+                 realdata=("german_parties", "personas"))
 
 
 @dataclass
@@ -1579,6 +1580,7 @@ def personas_row(folder: Path, s: Settings, quick: tuple[str, ...]) -> Row:
             [str(REPO / "workflows" / "audit_personas.py"), "--data", str(folder),
              "--out", str(out), *quick])
         table = pd.read_csv(out / "accuracy.csv") if code == 0 else None
+        report = (out / "report.md").read_text() if code == 0 else ""
     label, engine = "personas (workflows/audit_personas.py)", "persona audit (PyStan)"
     if table is None:
         return Row("realdata", label, engine, seconds=round(wall, 1),
@@ -1588,14 +1590,17 @@ def personas_row(folder: Path, s: Settings, quick: tuple[str, ...]) -> Row:
     accuracies = "; ".join(
         f"{model} " + ", ".join(f"{r.split} {r.accuracy:.3f}" for r in rows.itertuples())
         for model, rows in table.groupby("model", sort=False))
-    failed = sorted({f"{r.model} {r.split}" for r in table.itertuples()
-                     if r.diagnostics != "ok"})
-    return Row("realdata", label, engine, seconds=round(wall, 1), ratio=round(wall / 60, 2),
+    failed = ", ".join(f"{model} {'/'.join(rows['split'])}" for model, rows in
+                       table[table["diagnostics"] != "ok"].groupby("model", sort=False))
+    n, chains, draws = map(int, re.search(
+        r"(\d+) judgements by .*?; (\d+) chains x (\d+) draws", report).groups())
+    return Row("realdata", f"{label}: {n} judgements", engine, n, chains, draws,
+               seconds=round(wall, 1), ratio=round(wall / 60, 2),
                ratio_is=f"minutes, warm cache; peak memory {peak_gb:.2f} GB",
                goal=f"< {minutes:g} min and < {gb:g} GB",
                meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
                note=f"held-out accuracy: {accuracies}"
-               + (f"; failed diagnostics: {', '.join(failed)}" if failed else ""))
+               + (f"; failed diagnostics: {failed}" if failed else ""))
 
 
 def target_search(s: Settings) -> list[Row]:

@@ -353,7 +353,7 @@ def test_realdata_row_audits_a_real_data_set_in_its_own_process(quick):
     """Goal 1's row: the German parties audit (the script's ``--quick``: K = 1, 2) ran to its
     report, with its wall time, the peak memory of its process and the goal scored on both."""
     table, _, _ = quick
-    rows = table[table["target"] == "realdata"]
+    rows = table[(table["target"] == "realdata") & table["case"].str.startswith("german")]
     assert len(rows) == 1
     row = rows.iloc[0]
     assert row["case"] == "german_parties: 2880 judgements by 192 annotators, K = 1, 2"
@@ -371,3 +371,25 @@ def test_realdata_row_audits_a_real_data_set_in_its_own_process(quick):
     assert {"annotator_K1", "annotator_K2"} <= set(fits)
     assert all(g >= 2 ** (d - 1) - 0.05 and d >= 1 for g, d in fits.values()), fits
     assert re.match(r"K chosen [12] by ", row["note"]) and "sampling s per fit: " in row["note"]
+
+
+def test_realdata_personas_row_times_the_persona_audit(quick):
+    """Goal 1 for ``workflows/audit_personas.py`` (its ``--quick``): the script ran to its
+    accuracy table in a process of its own; its wall time and peak memory are scored against
+    the goal, and the note gives every model's seen / unseen / few-shot accuracy."""
+    table, _, _ = quick
+    rows = table[(table["target"] == "realdata") & table["case"].str.startswith("personas")]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert "FAILED" not in row["note"], row["note"]
+    # the script's --quick: 20 users per persona x 30 pairs, 2 chains x 300 draws
+    assert row["case"] == "personas (workflows/audit_personas.py): 1200 judgements"
+    assert float(row["chains"]) == 2 and float(row["draws"]) == 300
+    peak = float(re.search(r"peak memory ([0-9.]+) GB", row["ratio_is"]).group(1))
+    assert 0.1 < peak < 24
+    assert row["meets"] == ("yes" if float(row["seconds"]) < 900 and peak < 2 else "no")
+    for model in ("aggregate", "annotator", "pal"):
+        found = re.search(rf"{model} seen ([0-9.]+), unseen ([0-9.]+), few-shot ([0-9.]+)",
+                          row["note"])
+        assert found, (model, row["note"])
+        assert all(0 <= float(a) <= 1 for a in found.groups())
