@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -104,6 +105,8 @@ class ModeSearch:
     n_starts: int
     failed: int
     label_dim: str | None = None
+    #: Wall-clock seconds the search took, loading the program included.
+    seconds: float = 0.0
 
     def inits(self, chains: int, max_modes: int = 2) -> list[dict[str, list]]:
         """Per-chain inits from the best ``max_modes`` modes, assigned in turn.
@@ -138,7 +141,7 @@ class ModeSearch:
     def to_json(self) -> str:
         """JSON form (modes with log densities, start counts and values) for fit attributes."""
         return json.dumps({
-            "n_starts": self.n_starts, "failed": self.failed,
+            "n_starts": self.n_starts, "failed": self.failed, "seconds": round(self.seconds, 3),
             "modes": [{"log_density": m.log_density, "starts": m.starts,
                        "values": {k: np.asarray(v).tolist() for k, v in m.values.items()}}
                       for m in self.modes],
@@ -204,6 +207,7 @@ def search(
     """
     if int(n_starts) < 1:
         raise PluralstanError(f"n_starts must be a positive integer, got {n_starts!r}")
+    t0 = time.perf_counter()
     density = get_engine(backend).log_density(program, data)
     rng = np.random.default_rng(seed)
     starts = [rng.uniform(-radius, radius, density.dims) for _ in range(int(n_starts))]
@@ -219,7 +223,7 @@ def search(
         optima.append(Mode(lp, 1, values, density.constrain(x)))
     label = label_dim if dims is not None else None
     modes = deduplicate(optima, dict(dims or {}), label, atol)
-    return ModeSearch(modes, int(n_starts), failed, label)
+    return ModeSearch(modes, int(n_starts), failed, label, time.perf_counter() - t0)
 
 
 def find_modes(model: str, comps: Any, *, K: int | None = None,

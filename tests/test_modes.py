@@ -178,10 +178,13 @@ def test_log_density_converts_its_data_once():
 def test_mode_search_in_worker_processes_finds_what_one_process_finds(monkeypatch):
     """The starts run side by side in forked workers; they are drawn before, in order, so the
     modes, their log densities and start counts are those of the search in one process. With
-    two workers no optimiser may run in this process."""
+    two workers no optimiser may run in this process. The search records its wall time."""
     comps = simulate.mixture(5.0 * np.eye(3), [0.4, 0.35, 0.25], n_pairs=30,
                              n_annotators=60, pairs_per_annotator=20, seed=3)
     alone = modes.find_modes("annotator", comps, K=2, n_starts=6, seed=4, workers=1)
+    # its own wall time is recorded, and goes into the fit attributes' JSON
+    assert alone.seconds > 0
+    assert json.loads(alone.to_json())["seconds"] == round(alone.seconds, 3)
     here, optimise = os.getpid(), modes._optimise
 
     def elsewhere(*args):
