@@ -130,7 +130,8 @@ def _new_user_probability(post: xr.Dataset, idata_new: _arviz.Idata, code: xr.Da
     """
     new = _arviz.group(idata_new, "posterior")
     carried = _arviz.group(idata_new, "constant_data")["seen_sample"].values
-    flat = post.stack(sample=("chain", "draw")).drop_vars(["sample", "chain", "draw"])
+    names = ["M", "theta"] + (["gamma"] if "gamma" in post else [])
+    flat = post[names].stack(sample=("chain", "draw")).drop_vars(["sample", "chain", "draw"])
     shared = flat.isel(sample=carried)
     gamma = shared["gamma"] if "gamma" in shared else 0.0
     X_diff, _, order = design
