@@ -60,7 +60,7 @@ judgements x items matrix.
 (target 1's design, ``pooling='none'``) under PyStan and under cmdstanpy; the cmdstanpy row's
 ratio is its ESS/s over PyStan's, and it is skipped, saying so, when no CmdStan is installed.
 ``realdata`` (issue 21, goal 1) runs ``workflows/audit_datasets.py`` at its defaults on each real
-data set (``--realdata``; default all five, vTaiwan taking hours) and
+data set (``--realdata``; default all five, vTaiwan taking about an hour) and
 ``workflows/audit_personas.py`` at its defaults (``personas``), each in a process of its own, and
 reports its wall time and peak resident memory against the goal of 15 minutes and 2 GB
 (:func:`target_realdata`).
