@@ -526,11 +526,14 @@ def _labels(name: str, shape: tuple[int, ...], enc: Encoded) -> list[str]:
 
 def _prior_draws(spec: ModelSpec, enc: Encoded, n_sims: int, prior_thin: int, seed: int,
                  backend: str) -> tuple[dict[str, np.ndarray], list[str]]:
-    """``n_sims`` thinned joint draws (every Stan output) from one prior-only run."""
+    """``n_sims`` thinned joint draws (every Stan output, and what the model computes from them
+    in Python) from one prior-only run."""
     chains = 2
     config = SamplerConfig(chains=chains, draws=math.ceil(n_sims * prior_thin / chains),
                            warmup=500, seed=seed)
-    draws = get_engine(backend).sample(spec.program, {**enc.data, "prior_only": 1}, config)
+    prior_data = {**enc.data, "prior_only": 1}
+    draws = complete(get_engine(backend).sample(spec.program, prior_data, config), enc,
+                     prior_data)
     problems = []
     n_div = int(draws.sample_stats["diverging"].sum()) if "diverging" in draws.sample_stats \
         else 0
@@ -681,14 +684,23 @@ def sbc(
 
 def _ranked_names(spec: ModelSpec, var_names: Sequence[str] | None, enc: Encoded) -> list[str]:
     """The variables to rank: ``var_names``, or every parameter the encoder does not mark as
-    internal (``Encoded.drop``, e.g. the raw pieces a mixture program assembles ``theta`` from)."""
+    internal (``Encoded.drop``, e.g. the raw pieces a mixture program assembles ``theta`` from).
+
+    ``var_names`` may also name what the model computes in Python from the draws
+    (:attr:`Encoded.derive`, e.g. PAL's user utilities ``beta``): the variables of the fit's
+    layout that no block of the program declares.
+    """
     available = stan_parameter_names(spec.program)
     if var_names is None:
         return [n for n in available if n not in enc.drop]
-    unknown = [n for n in var_names if n not in available]
+    info = program_info(spec.program)
+    declared = {n for block in ("parameters", "transformed parameters", "generated quantities")
+                for n in info.get(block, {})}
+    derived = [n for n in enc.dims if n not in declared] if enc.derive is not None else []
+    unknown = [n for n in var_names if n not in available + derived]
     if unknown:
         raise PluralstanError(f"var_names {unknown} are not parameters of model {spec.name!r}; "
-                              f"its parameters: {available}")
+                              f"its parameters: {available + derived}")
     return list(var_names)
 
 
