@@ -501,9 +501,15 @@ def run_registered(model: str, comps: ps.Comparisons, s: Settings, label: str,
     )
 
 
+def mode_search(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The mode search recorded in a fit's posterior attributes (``None`` without one)."""
+    return json.loads(attrs["mode_search"]) if "mode_search" in attrs else None
+
+
 def search_seconds(attrs: dict[str, Any]) -> float:
     """Seconds of the mode search recorded in a fit's posterior attributes (0 without one)."""
-    return float(json.loads(attrs["mode_search"])["seconds"]) if "mode_search" in attrs else 0.0
+    found = mode_search(attrs)
+    return 0.0 if found is None else float(found["seconds"])
 
 
 def run_program(prog: StanProgram, data: dict[str, Any], s: Settings, label: str,
@@ -996,7 +1002,7 @@ AHEAD_SEARCHED = "PyStan, the audit's start"
 def ahead_start_note(run: Run) -> str:
     """How a searched-start run began: its search's seconds and modes and its warm-up."""
     attrs = run.extra["idata"].posterior.attrs
-    found = json.loads(attrs["mode_search"])
+    found = mode_search(attrs)
     return (f"mode search {found['seconds']:.1f} s ({len(found['modes'])} mode(s) from "
             f"{found['n_starts']} starts, counted), {attrs['warmup']} warm-up iterations")
 
@@ -1609,10 +1615,7 @@ def personas_row(folder: Path, s: Settings, quick: tuple[str, ...]) -> Row:
         report = (out / "report.md").read_text() if code == 0 else ""
     label, engine = "personas (workflows/audit_personas.py)", "persona audit (PyStan)"
     if table is None:
-        return Row("realdata", label, engine, seconds=round(wall, 1),
-                   note=f"FAILED (exit {code}): " + (log.strip().splitlines() or [""])[-1][:200])
-    minutes, gb = REALDATA_GOAL
-    peak_gb = maxrss_kb / 2**20
+        return failed_audit_row(label, engine, wall, code, log)
     accuracies = "; ".join(
         f"{model} " + ", ".join(f"{r.split} {r.accuracy:.3f}" for r in rows.itertuples())
         for model, rows in table.groupby("model", sort=False))
@@ -1621,11 +1624,7 @@ def personas_row(folder: Path, s: Settings, quick: tuple[str, ...]) -> Row:
     n, chains, draws = map(int, re.search(
         r"(\d+) judgements by .*?; (\d+) chains x (\d+) draws", report).groups())
     return Row("realdata", f"{label}: {n} judgements", engine, n, chains, draws,
-               seconds=round(wall, 1), ratio=round(wall / 60, 2),
-               ratio_is=f"minutes, warm cache; peak memory {peak_gb:.2f} GB",
-               goal=f"< {minutes:g} min and < {gb:g} GB",
-               meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
-               note=f"held-out accuracy: {accuracies}"
+               **audit_goal(wall, maxrss_kb / 2**20), note=f"held-out accuracy: {accuracies}"
                + (f"; failed diagnostics: {failed}" if failed else ""))
 
 
@@ -1704,24 +1703,35 @@ def audit_process(args: list[str]) -> tuple[float, int, int, str]:
         return wall, usage.ru_maxrss, proc.returncode, log.read()[-2000:]
 
 
+def failed_audit_row(label: str, engine: str, wall: float, code: int, log: str) -> Row:
+    """The ``realdata`` row of an audit process that exited with ``code``: the end of its log."""
+    return Row("realdata", label, engine, seconds=round(wall, 1),
+               note=f"FAILED (exit {code}): " + (log.strip().splitlines() or [""])[-1][:200])
+
+
+def audit_goal(wall: float, peak_gb: float) -> dict[str, Any]:
+    """A ``realdata`` row's timing fields, scored against :data:`REALDATA_GOAL` (wall seconds
+    and peak memory)."""
+    minutes, gb = REALDATA_GOAL
+    return dict(seconds=round(wall, 1), ratio=round(wall / 60, 2),
+                ratio_is=f"minutes, warm cache; peak memory {peak_gb:.2f} GB",
+                goal=f"< {minutes:g} min and < {gb:g} GB",
+                meets="yes" if wall < 60 * minutes and peak_gb < gb else "no")
+
+
 def realdata_row(name: str, wall: float, peak_gb: float, code: int, log: str,
                  summary: dict[str, Any] | None, geometry: dict[str, tuple[float, float]]) -> Row:
     """The ``realdata`` row of one audited data set (:func:`target_realdata`); ``geometry``:
     :func:`fit_geometry` of its stored fits."""
     if code != 0 or summary is None:
-        return Row("realdata", name, "pluralstan audit (PyStan)", seconds=round(wall, 1),
-                   note=f"FAILED (exit {code}): " + (log.strip().splitlines() or [""])[-1][:200])
-    minutes, gb = REALDATA_GOAL
+        return failed_audit_row(name, "pluralstan audit (PyStan)", wall, code, log)
     settings, data = summary["settings"], summary["data"]
     marks = " / ".join(v["mark"] for v in summary["verdicts"])
     steps = ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())
     return Row("realdata", f"{name}: {data['judgements']} judgements by "
                f"{data['annotators']} annotators, K = {', '.join(map(str, settings['K']))}",
                "pluralstan audit (PyStan)", data["judgements"], settings["chains"],
-               settings["draws"], seconds=round(wall, 1), ratio=round(wall / 60, 2),
-               ratio_is=f"minutes, warm cache; peak memory {peak_gb:.2f} GB",
-               goal=f"< {minutes:g} min and < {gb:g} GB",
-               meets="yes" if wall < 60 * minutes and peak_gb < gb else "no",
+               settings["draws"], **audit_goal(wall, peak_gb),
                note=f"K chosen {summary['K']['chosen']} by {summary['K']['method']}; marks "
                f"{marks}; steps (s) {steps}; " + sampling_note(summary)
                + ("; gradients per draw (mean tree depth): " + ", ".join(

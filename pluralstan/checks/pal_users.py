@@ -181,10 +181,12 @@ def preference_probability(
     return p.transpose("chain", "draw", "comparison")
 
 
-def _population_probability(post: xr.Dataset, comps: Comparisons) -> xr.DataArray:
-    """P(a > b) per posterior draw, seen annotator and judgement of ``comps``."""
+def _population_probability(
+    post: xr.Dataset, design: tuple[xr.DataArray, xr.DataArray, xr.DataArray]
+) -> xr.DataArray:
+    """P(a > b) per posterior draw, seen annotator and judgement of ``design`` (:func:`_design`)."""
     gamma = post["gamma"] if "gamma" in post else 0.0
-    return xr.apply_ufunc(expit, _eta(post["beta"], post["M"], gamma, _design(comps)))
+    return xr.apply_ufunc(expit, _eta(post["beta"], post["M"], gamma, design))
 
 
 def agreement(idata: _arviz.Idata, comps: Comparisons, *, n_draws: int = 100) -> xr.DataArray:
@@ -205,7 +207,7 @@ def agreement(idata: _arviz.Idata, comps: Comparisons, *, n_draws: int = 100) ->
     pairs = dataclasses.replace(comps, frame=comps.frame.iloc[np.sort(keep)].reset_index(drop=True))
     post = _arviz.group(idata, "posterior").stack(sample=("chain", "draw"))
     take = np.linspace(0, post.sizes["sample"] - 1, min(n_draws, post.sizes["sample"])).astype(int)
-    p = _population_probability(post.isel(sample=take), pairs)
+    p = _population_probability(post.isel(sample=take), _design(pairs))
     p = p.transpose("sample", "annotator", "comparison").values
     same = (np.einsum("sic,sjc->ij", p, p) + np.einsum("sic,sjc->ij", 1 - p, 1 - p)) / (
         p.shape[0] * p.shape[2])
@@ -343,9 +345,10 @@ def _oracle(comps: Comparisons) -> float:
 def _zero_shot(idata_seen: _arviz.Idata, comps: Comparisons) -> xr.DataArray:
     """P(a > b) for a user drawn from the seen population: averaged over the seen users."""
     post = _arviz.group(idata_seen, "posterior")
+    design = _design(comps)
 
     def block(draws: slice) -> xr.DataArray:
-        return _population_probability(post.isel(draw=draws), comps).mean("annotator")
+        return _population_probability(post.isel(draw=draws), design).mean("annotator")
 
     width = post.sizes["chain"] * post.sizes["annotator"] * comps.n
     p = _by_draw_blocks(block, post.sizes["draw"], width)
