@@ -412,6 +412,7 @@ def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, 
     assert summary["K"]["method"] == "2-fold cross-validation by annotator"
     kfold = pd.DataFrame(summary["K_kfold"]).set_index("K")
     assert sorted(kfold.index) == [1, 2] and kfold["elpd_diff"].min() == 0
+    assert (kfold["mcse"] > 0).all() and kfold["mcse_diff"].min() == 0
     assert summary["K"]["chosen"] == kfold["elpd_diff"].idxmin() or (
         kfold.loc[summary["K"]["chosen"], "elpd_diff"] <= 2 * kfold.loc[
             summary["K"]["chosen"], "dse"])

@@ -127,3 +127,28 @@ def test_kfold_prefers_the_true_number_of_types():
     assert table.index[0] == 2 and table.loc[2, "elpd_diff"] == 0
     assert table.loc[1, "elpd_diff"] > 2 * table.loc[1, "dse"]
     assert np.isfinite(table["elpd_kfold"]).all()
+    # the Monte Carlo errors are stated, and small beside the sampling error that chooses K
+    assert table.loc[2, "mcse_diff"] == 0 and (table["mcse"] > 0).all()
+    assert table.loc[1, "mcse_diff"] < 0.1 * table.loc[1, "dse"]
+
+
+def test_held_out_lpd_states_its_monte_carlo_error():
+    # criterion: log p(y_i | theta_s) ~ normal(-10, 1) iid over 4 x 1000 draws, so the density is
+    # -10 + 1/2 and the delta-method MCSE sqrt(e - 1) / sqrt(4000); over 300 replicates the
+    # stated MCSE is within 10% of that and of the estimates' own spread, and every estimate
+    # lies within 4 stated MCSEs of the truth
+    import xarray as xr
+
+    from pluralstan.checks.compare import held_out_lpd
+
+    rng = np.random.default_rng(0)
+    ll = xr.DataArray(rng.normal(-10.0, 1.0, size=(4, 1000, 300)),
+                      dims=("chain", "draw", "annotator"))
+    lpd, mcse = held_out_lpd(ll)
+    theory = np.sqrt(np.e - 1) / np.sqrt(4000)
+    assert abs(np.mean(mcse) / theory - 1) < 0.1
+    assert abs(np.std(lpd) / theory - 1) < 0.1
+    assert np.all(np.abs(lpd + 9.5) < 4 * mcse)
+    # autocorrelated draws (each value repeated 4 times in a row) count as fewer: twice the MCSE
+    sticky = xr.DataArray(np.repeat(ll.to_numpy()[:, :250], 4, axis=1), dims=ll.dims)
+    assert 1.6 < np.mean(held_out_lpd(sticky)[1]) / np.mean(mcse) < 2.4

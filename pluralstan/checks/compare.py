@@ -44,6 +44,7 @@ __all__ = [
     "annotator_log_likelihood",
     "compare_K",
     "compare_models",
+    "held_out_lpd",
     "kfold_K",
     "loo",
     "pareto_k_table",
@@ -317,30 +318,63 @@ def kfold_K(
     pandas.DataFrame
         Indexed by ``K``, best first: ``elpd_kfold`` (sum over annotators of the log predictive
         density of their judgements), ``se``, ``elpd_diff`` (to the best, >= 0), ``dse``
-        (standard error of the paired difference) and ``flag`` (the folds' diagnostics).
+        (standard error of the paired difference), ``mcse`` (Monte Carlo standard error of
+        ``elpd_kfold``, :func:`held_out_lpd`), ``mcse_diff`` (of ``elpd_diff``: the refits
+        are independent) and ``flag`` (the folds' diagnostics).
     """
     if fit is None:
         from ..fit import fit
     parts = annotator_folds(comps, folds, seed)
     levels = list(comps.annotator_levels)
     pointwise: dict[int, np.ndarray] = {}
+    mc_var: dict[int, float] = {}
     flags: dict[int, str] = {}
     for k in Ks:
         lpd = np.full(len(levels), np.nan)
+        var = 0.0
         problems = []
         for part in parts:
             idata = fit("annotator", comps, K=int(k), held_out=part, seed=seed, **fit_kwargs)
-            ll = _arviz.group(idata, "log_likelihood")["y"].stack(s=("chain", "draw"))
-            ll = ll.transpose("annotator", "s").sel(annotator=part).to_numpy()
-            lpd[[levels.index(a) for a in part]] = logsumexp(ll, axis=1) - np.log(ll.shape[1])
+            ll = _arviz.group(idata, "log_likelihood")["y"].sel(annotator=part)
+            value, mcse = held_out_lpd(ll)
+            lpd[[levels.index(a) for a in part]] = value
+            var += float(np.sum(np.square(mcse)))
             if diagnostics.flag(idata):
                 problems.append(diagnostics.flag(idata))
         pointwise[int(k)] = lpd
+        mc_var[int(k)] = var
         flags[int(k)] = "; ".join(dict.fromkeys(problems))
     best = max(pointwise, key=lambda k: pointwise[k].sum())
     n = len(levels)
     rows = [{"K": k, "elpd_kfold": v.sum(), "se": float(np.sqrt(n * v.var())),
              "elpd_diff": float(pointwise[best].sum() - v.sum()),
-             "dse": float(np.sqrt(n * (pointwise[best] - v).var())), "flag": flags[k]}
+             "dse": float(np.sqrt(n * (pointwise[best] - v).var())),
+             "mcse": float(np.sqrt(mc_var[k])),
+             "mcse_diff": float(np.sqrt(mc_var[k] + mc_var[best])) if k != best else 0.0,
+             "flag": flags[k]}
             for k, v in pointwise.items()]
     return pd.DataFrame(rows).set_index("K").sort_values("elpd_diff")
+
+
+def held_out_lpd(log_lik: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """Log predictive density of each held-out unit and its Monte Carlo standard error.
+
+    ``log_lik``: ``log p(y_i | theta_s)`` with dims ``(chain, draw, unit)``, from draws of a
+    posterior that never saw the units. The density is ``log mean_s p(y_i | theta_s)``; its
+    Monte Carlo standard error, by the delta method, is the MCSE of the mean of
+    ``p(y_i | theta_s)`` (ArviZ's ``ess``, method ``"mean"``, so autocorrelation counts)
+    over that mean.
+
+    Returns
+    -------
+    lpd, mcse
+        One value per unit each, in the order of ``log_lik``'s unit dim.
+    """
+    unit = next(d for d in log_lik.dims if d not in ("chain", "draw"))
+    ll = log_lik.transpose("chain", "draw", unit)
+    lpd = logsumexp(ll.to_numpy(), axis=(0, 1)) - np.log(ll.sizes["chain"] * ll.sizes["draw"])
+    # p(y_i | theta_s) / mean_s p(y_i | theta_s): mean 1, so its MCSE is the relative one
+    relative = np.exp(ll - xr.DataArray(lpd, dims=unit))
+    ess = az.ess(xr.Dataset({"p": relative}), method="mean")["p"].to_numpy()
+    mcse = relative.std(("chain", "draw")).to_numpy() / np.sqrt(ess)
+    return lpd, mcse
