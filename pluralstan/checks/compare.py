@@ -20,7 +20,8 @@ not trustworthy (refit without them or use K-fold cross-validation).
 :func:`kfold_K` is that K-fold cross-validation for the annotator latent-type model: each fold's
 annotators are left out of the likelihood of one refit (``held_out``) and scored by it, so every
 annotator's predictive density comes from a posterior that never saw them, with no importance
-sampling (Vehtari, Gelman & Gabry 2017, section 4).
+sampling (Vehtari, Gelman & Gabry 2017, section 4). A refit's predictive density is a mean over
+its draws; :func:`held_out_lpd` states its Monte Carlo standard error, which the table sums.
 """
 
 from __future__ import annotations
