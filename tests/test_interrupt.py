@@ -61,6 +61,18 @@ def _group(pgid: int) -> list[psutil.Process]:
     return members
 
 
+def _live(read, processes: list[psutil.Process]) -> list:
+    """``read(p)`` of each process that still exists: a compiler driver's or a worker's short-lived
+    helpers can exit between a ``children()`` listing and the read."""
+    out = []
+    for proc in processes:
+        try:
+            out.append(read(proc))
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 def _wait_for(condition, timeout: float, what: str, child: subprocess.Popen) -> None:
     """Poll ``condition`` until it holds; fail (naming ``what``) if the child exits first."""
     deadline = time.monotonic() + timeout
@@ -210,7 +222,7 @@ def test_ctrl_c_during_a_pool_of_fits(tmp_path: Path, compiled_aggregate) -> Non
     try:
         # the two short fits are stored and the next two workers run sampler processes
         _wait_for(lambda: len(list(out.glob("j[01].pkl"))) == 2 and any(
-            len(p.children()) > 0 for p in psutil.Process(child.pid).children()),
+            _live(lambda p: len(p.children()) > 0, psutil.Process(child.pid).children())),
             START_TIMEOUT * 2, "the endless fits", child)
         child.send_signal(signal.SIGINT)
         try:
@@ -262,7 +274,8 @@ def test_ctrl_c_during_a_first_time_compile(tmp_path: Path) -> None:
                                  start_new_session=True, preexec_fn=PREEXEC)
     try:
         def compiling() -> bool:
-            names = [p.name() for p in psutil.Process(child.pid).children(recursive=True)]
+            names = _live(psutil.Process.name,
+                          psutil.Process(child.pid).children(recursive=True))
             return "cc1plus" in names
 
         _wait_for(compiling, START_TIMEOUT, "compiler process", child)
