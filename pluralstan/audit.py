@@ -445,6 +445,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
            if unreliable else "")
     echo(f"K chosen by {folds}-fold cross-validation by annotator{why}")
     return {"K": choose_K(table), "note": why, "loo": loo, "kfold": table, "folds": folds,
+            "kfold_draws": refits["draws"],
             "method": f"{folds}-fold cross-validation by annotator"}
 
 
@@ -939,7 +940,7 @@ def audit(
         if choice.get("kfold") is not None:
             doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
                      "judgements predicted by a fit that never saw them, of "
-                     f"{min(draws, KFOLD_DRAWS)} draws per chain; mcse and mcse_diff: the "
+                     f"{choice['kfold_draws']} draws per chain; mcse and mcse_diff: the "
                      "Monte Carlo standard errors of elpd_kfold and elpd_diff):")
             doc.table(choice["kfold"].reset_index())
         doc.heading("1. Composition")

@@ -94,11 +94,14 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- model introspection
-def stan_parameter_names(program: StanProgram, transformed: bool = True) -> list[str]:
-    """Names declared in the ``parameters`` (and ``transformed parameters``) blocks, in order."""
+def stan_parameter_names(program: StanProgram, transformed: bool = True,
+                         generated: bool = False) -> list[str]:
+    """Names declared in the ``parameters`` block, then (as asked) the ``transformed
+    parameters`` and ``generated quantities`` blocks, in order."""
     info = program_info(program)
-    return [*info.get("parameters", {}), *(info.get("transformed parameters", {})
-                                           if transformed else {})]
+    blocks = ["parameters", *(["transformed parameters"] if transformed else []),
+              *(["generated quantities"] if generated else [])]
+    return [name for block in blocks for name in info.get(block, {})]
 
 
 # --------------------------------------------------------------------------- rank statistics
@@ -693,9 +696,7 @@ def _ranked_names(spec: ModelSpec, var_names: Sequence[str] | None, enc: Encoded
     available = stan_parameter_names(spec.program)
     if var_names is None:
         return [n for n in available if n not in enc.drop]
-    info = program_info(spec.program)
-    declared = {n for block in ("parameters", "transformed parameters", "generated quantities")
-                for n in info.get(block, {})}
+    declared = set(stan_parameter_names(spec.program, generated=True))
     derived = [n for n in enc.dims if n not in declared] if enc.derive is not None else []
     unknown = [n for n in var_names if n not in available + derived]
     if unknown:
