@@ -887,14 +887,15 @@ def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
 
 #: Target ``geometry``'s parametrisations of the partially pooled labeled model, the first the
 #: reference of the others' ratios.
-CENTRINGS = ("non-centred", "auto", "conditional")
+CENTRINGS = ("non-centred", "auto", "conditional", "conditional-diagonal")
 
 
 def target_geometry(s: Settings) -> list[Row]:
     """Issue 21, goal 2: the partially pooled labeled model, non-centred against data-chosen
     partial centring (``centring="auto"``, :func:`pluralstan.models.labeled.centring_weights`)
-    and the conditional parametrisation (``centring="conditional"``,
-    :func:`pluralstan.models.labeled.conditional_data`).
+    and the conditional parametrisation with each group's whole pilot information
+    (``centring="conditional"``, :func:`pluralstan.models.labeled.conditional_data`) and with
+    its diagonal (``"conditional-diagonal"``).
 
     Same data, chains, warm-up and draws for each; a row's ratio is its ESS/s over the
     non-centred fit's, the note gives divergences, mean tree depth and the mean centring weight,
