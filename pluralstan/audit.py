@@ -389,20 +389,19 @@ def labeled_search(labeled: dict[str, Any], starts: int) -> dict[str, Any]:
 
 def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
     """Options of the labeled fit (``None`` without observed groups): partial pooling from three
-    groups on (two group means say little about their spread). A partially pooled fit with more
-    than :data:`~pluralstan.models.labeled.CONDITIONAL_MAX_ATTRIBUTES` attributes, whose
-    conditional form keeps only the diagonal of each group's pilot information, gets
-    ``adapt_delta = 0.95``: on vTaiwan's 109 comments it drew more effective draws per gradient
-    there than at the default (``benchmarks/latest_results.md``); the conditional form with the
-    whole information, the default below that many attributes, samples both regimes of the
-    groups' spread at the default."""
+    groups on (two group means say little about their spread). A partially pooled fit in the
+    non-centred form (more than :data:`~pluralstan.models.labeled.CONDITIONAL_MAX_ATTRIBUTES`
+    attributes) gets ``adapt_delta = 0.95``, because the hierarchical spread of few or small
+    groups makes the default step size diverge there; the conditional form, the default below
+    that many attributes, samples both regimes of that spread at the default."""
     if not comps.has_groups:
         return None
     pooling = pooling or ("partial" if len(comps.group_levels) >= 3 else "none")
     if pooling not in ("partial", "none"):
         raise PluralstanError(f"pooling must be 'partial' or 'none', got {pooling!r}")
-    diagonal = pooling == "partial" and len(comps.attributes) > CONDITIONAL_MAX_ATTRIBUTES
-    return {"pooling": pooling, **({"adapt_delta": 0.95} if diagonal else {})}
+    non_centred = (pooling == "partial"
+                   and len(comps.attributes) > CONDITIONAL_MAX_ATTRIBUTES)
+    return {"pooling": pooling, **({"adapt_delta": 0.95} if non_centred else {})}
 
 
 def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,

@@ -23,7 +23,8 @@
 // non-centred form ties z_k to tau). Weights set from a pilot fit of each group's data:
 // centring="auto" in Python.
 // A third parametrisation serves both regimes at once (conditional = 1; centring="conditional",
-// the Python encoder's default up to 50 attributes), after Christensen, Roberts & Skold (2006): a pilot approximates group k's log likelihood by a
+// the Python encoder's default up to 50 attributes, where it passes w = 0 otherwise),
+// after Christensen, Roberts & Skold (2006): a pilot approximates group k's log likelihood by a
 // normal with information I_k and linear term b_k, and mu and each theta_k are sampled as the
 // mean of their conditional posterior under that approximation plus the Cholesky square root of
 // its covariance times a standardised coordinate:
@@ -37,13 +38,7 @@
 // tau -> 0 (non-centred), theta_k ~ the data's estimate + I_k^-1/2 z_k where the data dominate
 // (centred, and whitened by the design's information), and mu's scale follows tau in the same
 // way. The priors are stated on mu and theta_k with the map's log Jacobian, so the posterior is
-// the model's whatever the pilot. Its cost per gradient grows as K P^3; with I_k cut to its
-// diagonal d_k (conditional = 2; centring="conditional-diagonal", the encoder's default beyond 50
-// attributes) every matrix above is diagonal and the map costs K P:
-//   theta_k = (b_k + mu ./ tau^2) ./ (d_k + tau^-2) + z_k ./ sqrt(d_k + tau^-2),
-//   Q = sum_k d_k .* tau^-2 ./ (d_k + tau^-2) + prior_theta_sd^-2,
-//   mu = (sum_k b_k .* tau^-2 ./ (d_k + tau^-2) + prior_theta_mean ./ prior_theta_sd^2) ./ Q
-//        + mu_coord ./ sqrt(Q).
+// the model's whatever the pilot.
 // Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
@@ -52,8 +47,9 @@ functions {
   // mu and theta of the conditional parametrisation (see the header) from their coordinates
   // mu_coord and z, given tau and the groups' pilot information I_k and linear terms b_k, as one
   // (K + 1) x P matrix: mu' on row 1, theta_k on row k + 1. Adds the map's log Jacobian.
-  matrix conditional_hierarchy_lp(vector mu_coord, matrix z, array[] matrix info, matrix score,
-                                  vector tau, vector prior_mean, vector prior_sd) {
+  matrix conditional_hierarchy_lp(vector mu_coord, matrix z, array[] matrix info,
+                                  array[] vector score, vector tau, vector prior_mean,
+                                  vector prior_sd) {
     int K = rows(z);
     int P = cols(z);
     vector[P] precision = inv_square(tau);
@@ -64,9 +60,9 @@ functions {
     for (k in 1:K) {
       L[k] = cholesky_decompose(add_diag(info[k], precision));
       matrix[P, P] LiI = mdivide_left_tri_low(L[k], info[k]);   // L_k^-1 I_k
-      Lib[k] = mdivide_left_tri_low(L[k], score[k]');
+      Lib[k] = mdivide_left_tri_low(L[k], score[k]);
       Q += info[k] - crossprod(LiI);
-      r += score[k]' - LiI' * Lib[k];
+      r += score[k] - LiI' * Lib[k];
       target += -sum(log(diagonal(L[k])));
     }
     matrix[P, P] L_Q = cholesky_decompose(0.5 * (Q + Q'));
@@ -77,22 +73,6 @@ functions {
       out[k + 1] = mdivide_right_tri_low(
         (Lib[k] + mdivide_left_tri_low(L[k], out[1]' .* precision))' + z[k], L[k]);
     }
-    return out;
-  }
-  // the same map with each I_k cut to its diagonal, the rows of info (conditional = 2)
-  matrix diagonal_hierarchy_lp(vector mu_coord, matrix z, matrix info, matrix score, vector tau,
-                               vector prior_mean, vector prior_sd) {
-    int K = rows(z);
-    row_vector[cols(z)] precision = inv_square(tau)';
-    matrix[K, cols(z)] Lambda = info + rep_matrix(precision, K);
-    matrix[K, cols(z)] shrink = rep_matrix(precision, K) ./ Lambda;   // tau^-2 / Lambda_k
-    row_vector[cols(z)] Q = ones_row_vector(K) * (info .* shrink) + inv_square(prior_sd)';
-    row_vector[cols(z)] r = ones_row_vector(K) * (score .* shrink)
-                            + (prior_mean .* inv_square(prior_sd))';
-    target += -0.5 * (sum(log(Lambda)) + sum(log(Q)));
-    matrix[K + 1, cols(z)] out;
-    out[1] = (r + mu_coord' .* sqrt(Q)) ./ Q;
-    out[2:(K + 1)] = (score + rep_matrix(out[1] .* precision, K)) ./ Lambda + z ./ sqrt(Lambda);
     return out;
   }
   // utility difference a - b per cell under the cell's group, x_c' theta[group[c]], plus the
@@ -130,12 +110,10 @@ data {
   int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
   matrix<lower=0, upper=1>[K, P] centring;  // weight w of the centred form (partial pooling)
   // the conditional parametrisation (partial pooling; replaces the weights): each group's pilot
-  // likelihood information I_k (1: whole; 2: its diagonal, row k of pilot_info_diagonal) and
-  // linear term b_k = I_k times the likelihood's maximum (row k of pilot_score)
-  int<lower=0, upper=2> conditional;
-  array[conditional == 1 ? K : 0] matrix[P, P] pilot_info;
-  matrix<lower=0>[conditional == 2 ? K : 0, P] pilot_info_diagonal;
-  matrix[conditional ? K : 0, P] pilot_score;
+  // likelihood information I_k and linear term b_k = I_k times the likelihood's maximum
+  int<lower=0, upper=1> conditional;
+  array[conditional ? K : 0] matrix[P, P] pilot_info;
+  array[conditional ? K : 0] vector[P] pilot_score;
   // QR reparameterisation (pooling none only): theta_k' = theta_basis[k] * z_k', with
   // theta_basis[k] whitening group k's judgement-weighted design (models.base.whitening_data)
   int<lower=0, upper=1> whiten;
@@ -166,7 +144,7 @@ transformed data {
            "geometry of partially pooled groups");
   }
   if (conditional && !partial) {
-    reject("conditional = ", conditional, " needs partial = 1");
+    reject("conditional = 1 needs partial = 1");
   }
   // the pilot approximates the likelihood, which a prior-only run ignores: it samples the
   // weights' form (non-centred when they are 0)
@@ -198,12 +176,8 @@ transformed parameters {
   vector[partial ? P : 0] mu = mu_coord; // population preference (partial pooling)
   matrix[K, P] theta;                    // preference weights of each subgroup (row k)
   if (conditioned) {
-    matrix[K + 1, P] hierarchy
-      = conditional == 1
-        ? conditional_hierarchy_lp(mu_coord, z, pilot_info, pilot_score, tau, prior_theta_mean,
-                                   prior_theta_sd)
-        : diagonal_hierarchy_lp(mu_coord, z, pilot_info_diagonal, pilot_score, tau,
-                                prior_theta_mean, prior_theta_sd);
+    matrix[K + 1, P] hierarchy = conditional_hierarchy_lp(mu_coord, z, pilot_info, pilot_score,
+                                                          tau, prior_theta_mean, prior_theta_sd);
     mu = hierarchy[1]';
     theta = hierarchy[2:(K + 1)];
   } else if (partial) {

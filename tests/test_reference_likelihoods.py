@@ -265,13 +265,10 @@ def conditional_coordinates(theta: np.ndarray, mu: np.ndarray, tau: np.ndarray, 
     dense solves: Lambda_k = I_k + diag(tau^-2), theta_k = Lambda_k^-1 (b_k + mu / tau^2) +
     chol(Lambda_k)'^-1 z_k; Q = sum_k (I_k - I_k Lambda_k^-1 I_k) + diag(prior_sd^-2),
     mu = Q^-1 (sum_k (b_k - I_k Lambda_k^-1 b_k) + prior_mean / prior_sd^2) + chol(Q)'^-1 mu_coord.
-    The diagonal form (``conditional`` 2) is the same map with I_k = diag(d_k).
     """
     z, log_jac = [], 0.0
     Q, r = np.diag(prior_sd ** -2.0), prior_mean / prior_sd ** 2
-    infos = (data["pilot_info"] if data["conditional"] == 1
-             else [np.diag(d) for d in data["pilot_info_diagonal"]])
-    for info, score, row in zip(infos, data["pilot_score"], theta, strict=True):
+    for info, score, row in zip(data["pilot_info"], data["pilot_score"], theta, strict=True):
         lam = info + np.diag(tau ** -2.0)
         L = np.linalg.cholesky(lam)
         z.append(L.T @ (row - np.linalg.solve(lam, score + mu / tau ** 2)))
@@ -285,10 +282,8 @@ def conditional_coordinates(theta: np.ndarray, mu: np.ndarray, tau: np.ndarray, 
 
 @pytest.mark.parametrize(("pooling", "whiten", "centring"),
                          [("partial", None, "non-centred"), ("partial", None, "conditional"),
-                          ("partial", None, "conditional-diagonal"),
                           ("none", None, "non-centred"), ("none", False, "non-centred")],
-                         ids=["partial", "partial-conditional", "partial-conditional-diagonal",
-                              "none-whitened", "none-theta"])
+                         ids=["partial", "partial-conditional", "none-whitened", "none-theta"])
 @pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
 def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring):
     comps = comps_of(kind, ties, order)
@@ -296,9 +291,8 @@ def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring)
                                       whiten=whiten, centring=centring)
     # unpooled groups are whitened by default (one basis per group), partially pooled never
     whitened = pooling == "none" and whiten is None
-    conditional = centring.startswith("conditional")
-    assert enc.data["whiten"] == int(whitened)
-    assert enc.data["conditional"] == {"conditional": 1, "conditional-diagonal": 2}.get(centring, 0)
+    conditional = centring == "conditional"
+    assert enc.data["whiten"] == int(whitened) and enc.data["conditional"] == int(conditional)
     levels = list(enc.coords["group"])
     j = judgements_of(comps, group_levels=levels)
     n_labels = annotators_per_label(comps, levels)

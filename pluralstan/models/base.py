@@ -554,9 +554,7 @@ def prior_parametrisation(data: Mapping[str, Any]) -> dict[str, Any]:
     if "whiten" in data:
         out |= {"whiten": 0, "theta_basis": np.zeros((0, 0))}
     if "conditional" in data:
-        P = data["P"]
-        out |= {"conditional": 0, "pilot_info": np.zeros((0, P, P)),
-                "pilot_info_diagonal": np.zeros((0, P)), "pilot_score": np.zeros((0, P))}
+        out |= {"conditional": 0, "pilot_info": np.zeros((0, 0)), "pilot_score": np.zeros((0, 0))}
     return out
 
 

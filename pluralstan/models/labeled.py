@@ -13,11 +13,9 @@ up to :data:`CONDITIONAL_MAX_ATTRIBUTES` attributes, is the conditional form
 posterior plus its Cholesky root times a standard coordinate, under a pilot's normal
 approximation to each group's likelihood, which is non-centred where ``tau`` is small and
 centred where a group's data dominate, so it serves both regimes even when ``tau``'s
-posterior spans them (as with three tax parties). Beyond that many attributes the default is
-the same form with each group's pilot information cut to its diagonal
-(``"conditional-diagonal"``), whose cost per gradient grows as ``K P`` instead of ``K P^3``.
-The alternatives are a partially centred form with a weight per group and attribute (0
-non-centred; 1 centred; ``"auto"``: weights from a pilot, :func:`centring_weights`).
+posterior spans them (as with three tax parties). The alternatives are a partially centred
+form with a weight per group and attribute (0 non-centred, the default beyond that many
+attributes; 1 centred; ``"auto"``: weights from a pilot, :func:`centring_weights`).
 ``benchmarks/run.py --targets geometry`` compares them side by side. With
 two or three groups ``tau`` is barely informed and its posterior follows ``tau_sd``: a small
 group is then pulled towards the large one by as much as that prior allows (on the CEMS data,
@@ -71,11 +69,10 @@ POOLING = ("partial", "none")
 #: Confidence of the lower bound on ``tau`` that sets the centring weights.
 TAU_LOWER = 0.9
 
-#: Most attributes for which ``centring=None`` chooses the conditional parametrisation with
-#: each group's whole pilot information: its gradient adds Cholesky factors and triangular
-#: solves of P x P matrices per group (cost ~ K P^3), which beyond this outweigh the shorter
-#: trajectories it buys over the diagonal form (``benchmarks/latest_results.md``,
-#: labeled-model geometry).
+#: Most attributes for which ``centring=None`` chooses the conditional parametrisation: its
+#: gradient adds Cholesky factors and triangular solves of P x P matrices per group (cost
+#: ~ K P^3), which beyond this outweigh the shorter trajectories it buys
+#: (``benchmarks/latest_results.md``, labeled-model geometry).
 CONDITIONAL_MAX_ATTRIBUTES = 50
 
 #: Named parametrisations of the partially pooled hierarchy: weight of the centred form.
@@ -163,10 +160,8 @@ def group_pilots(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
 
 
 def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
-                     prior_mean: np.ndarray, prior_sd: np.ndarray,
-                     diagonal: bool = False) -> dict[str, Any]:
-    """Stan data of the conditional parametrisation (``centring="conditional"``, or
-    ``"conditional-diagonal"`` with ``diagonal``).
+                     prior_mean: np.ndarray, prior_sd: np.ndarray) -> dict[str, np.ndarray]:
+    """Stan data of the conditional parametrisation (``centring="conditional"``).
 
     The program approximates group ``k``'s log likelihood by a normal with information ``I_k``
     and linear term ``b_k`` (``-theta' I_k theta / 2 + b_k' theta``), and samples ``theta_k``
@@ -178,20 +173,12 @@ def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     ``b_k = I_k t_k = (I_k + D) m_k - D prior_mean``, which needs no inverse of ``I_k`` (singular
     when a group never sees an attribute). The approximation only sets the sampler's
     geometry: the program states the prior on ``theta_k`` with the map's Jacobian, so the
-    posterior is exact whatever the pilot. With ``diagonal``, ``I_k`` is cut to its diagonal
-    ``d_k`` (and ``b_k = (d_k + D) m_k - D prior_mean``, the maximum of that approximation):
-    every matrix of the map is then diagonal.
+    posterior is exact whatever the pilot.
     """
     modes, infos = group_pilots(X, counts, group, K, prior_mean, prior_sd)
     precision = 1.0 / np.square(prior_sd)
-    P = modes.shape[1]
-    if diagonal:
-        d = np.einsum("kpp->kp", infos)
-        return {"conditional": 2, "pilot_info": np.zeros((0, P, P)), "pilot_info_diagonal": d,
-                "pilot_score": d * modes + precision * (modes - prior_mean)}
     scores = np.einsum("kpq,kq->kp", infos, modes) + precision * (modes - prior_mean)
-    return {"conditional": 1, "pilot_info": infos, "pilot_info_diagonal": np.zeros((0, P)),
-            "pilot_score": scores}
+    return {"conditional": 1, "pilot_info": infos, "pilot_score": scores}
 
 
 def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
@@ -260,29 +247,24 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
 def centring_data(centring: Any, cells: Any, K: int, priors: dict[str, np.ndarray],
                   partial: bool) -> dict[str, Any]:
     """The Stan data of ``encode``'s ``centring`` argument, checked: the ``(K, P)`` weights
-    ``centring`` and the conditional parametrisation's ``conditional``, ``pilot_info``,
-    ``pilot_info_diagonal`` and ``pilot_score`` (empty unless ``centring`` is
-    ``"conditional"`` or ``"conditional-diagonal"``)."""
+    ``centring`` and the conditional parametrisation's ``conditional``, ``pilot_info`` and
+    ``pilot_score`` (empty unless ``centring="conditional"``)."""
     P = len(priors["prior_tau_sd"])
-    off = {"conditional": 0, "pilot_info": np.zeros((0, P, P)),
-           "pilot_info_diagonal": np.zeros((0, P)), "pilot_score": np.zeros((0, P))}
+    off = {"conditional": 0, "pilot_info": np.zeros((0, P, P)), "pilot_score": np.zeros((0, P))}
     pilot = (cells.X, cells.counts, cells.group, K, priors["prior_theta_mean"],
              priors["prior_theta_sd"])
     if not partial:
         return {"centring": np.zeros((K, P)), **off}
     if centring is None:
-        centring = ("conditional" if P <= CONDITIONAL_MAX_ATTRIBUTES
-                    else "conditional-diagonal")
+        centring = "conditional" if P <= CONDITIONAL_MAX_ATTRIBUTES else "non-centred"
     if isinstance(centring, str):
-        if centring in ("conditional", "conditional-diagonal"):
-            return {"centring": np.zeros((K, P)),
-                    **conditional_data(*pilot, diagonal=centring == "conditional-diagonal")}
+        if centring == "conditional":
+            return {"centring": np.zeros((K, P)), **conditional_data(*pilot)}
         if centring == "auto":
             return {"centring": centring_weights(*pilot, priors["prior_tau_sd"]), **off}
         if centring not in CENTRING:
             raise PluralstanError(f"unknown centring {centring!r}; accepted: 'conditional', "
-                                  "'conditional-diagonal', 'auto', "
-                                  f"{list(CENTRING)} or weights in [0, 1]")
+                                  f"'auto', {list(CENTRING)} or weights in [0, 1]")
         return {"centring": np.full((K, P), CENTRING[centring]), **off}
     return {"centring": centring_weight_matrix(centring, K, P), **off}
 
@@ -356,8 +338,8 @@ def encode(
     priors: dict[str, Any] | None = None,
     *,
     pooling: Literal["partial", "none"] = "partial",
-    centring: Literal["non-centred", "centred", "auto", "conditional", "conditional-diagonal"]
-    | float | np.ndarray | None = None,
+    centring: Literal["non-centred", "centred", "auto", "conditional"] | float | np.ndarray
+    | None = None,
     ties: bool | None = None,
     order: bool | None = None,
     whiten: bool | None = None,
@@ -384,10 +366,8 @@ def encode(
         (a number or a ``(K, P)`` array), or ``"conditional"`` (each ``theta_k`` standardised
         by a normal approximation to its conditional posterior given ``mu`` and ``tau``,
         :func:`conditional_data`; non-centred where ``tau`` is small, centred and whitened
-        where the data dominate), or ``"conditional-diagonal"`` (the same with each group's
-        pilot information cut to its diagonal: cost per gradient ~ ``K P``, not ``K P^3``).
-        ``None`` (default): ``"conditional"`` up to :data:`CONDITIONAL_MAX_ATTRIBUTES`
-        attributes, else ``"conditional-diagonal"``. Every choice is
+        where the data dominate). ``None`` (default): ``"conditional"`` up to
+        :data:`CONDITIONAL_MAX_ATTRIBUTES` attributes, else ``"non-centred"``. Every choice is
         the same model; it changes only how well the sampler moves. Ignored under
         ``pooling="none"``.
     ties
