@@ -177,6 +177,9 @@ def test_parameter_names_come_from_the_program():
                                                                     "log_nu", "theta"]
     assert stan_parameter_names(get_model("aggregate").program, transformed=False) == [
         "theta_coord", "gamma", "log_nu"]
+    # the generated quantities follow, the top-level ones only (no block-local variables)
+    assert stan_parameter_names(get_model("aggregate").program, generated=True) == [
+        "theta_coord", "gamma", "log_nu", "theta", "lprior", "log_p_cell", "log_lik", "y_rep"]
 
 
 # --------------------------------------------------------------------------- bad input
