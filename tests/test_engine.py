@@ -410,6 +410,19 @@ def test_held_pystan_output_is_shown_when_the_block_fails(capsys):
     assert capsys.readouterr().err == progress + messages
 
 
+def test_held_pystan_output_outliving_its_target_closes_quietly(tmp_path):
+    """The stream :func:`pystan_output` installs is closed when it is collected, which flushes
+    it; when its target was closed first (a test runner's captured stderr), that is no error."""
+    from pluralstan.engine.pystan import _HeldOutput
+
+    with open(tmp_path / "stderr.txt", "w") as target:  # a file's flush raises once closed
+        stream = _HeldOutput(target, progress=True)
+        stream.write("Sampling: 100% (2/2)\n")
+    stream.close()
+    assert stream.closed
+    assert (tmp_path / "stderr.txt").read_text() == "Sampling: 100% (2/2)\n"
+
+
 def test_engine_output_lets_cmdstanpy_log_and_is_scoped():
     """``--verbose`` reaches the cmdstanpy engine through :func:`engine_output`: inside it the
     INFO lines that are otherwise hidden keep their level; outside it they are hidden again."""

@@ -105,7 +105,10 @@ class _HeldOutput(io.TextIOBase):
         return self.held.write(text)
 
     def flush(self) -> None:
-        self.target.flush()
+        # also called when the stream is collected (IOBase closes itself), possibly after its
+        # target, such as a test runner's captured stderr, was closed
+        if not self.target.closed:
+            self.target.flush()
 
     def isatty(self) -> bool:
         return self.target.isatty()
