@@ -68,7 +68,6 @@ from .fit import fit as fit_model
 from .fit import load, save
 from .models import get_model
 from .models.annotator import as_aggregate, initial_values
-from .models.labeled import CONDITIONAL_MAX_ATTRIBUTES
 from .outputs import png_bytes
 from .relabel import match_components, permute
 
@@ -389,19 +388,17 @@ def labeled_search(labeled: dict[str, Any], starts: int) -> dict[str, Any]:
 
 def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] | None:
     """Options of the labeled fit (``None`` without observed groups): partial pooling from three
-    groups on (two group means say little about their spread). A partially pooled fit in the
-    non-centred form (more than :data:`~pluralstan.models.labeled.CONDITIONAL_MAX_ATTRIBUTES`
-    attributes) gets ``adapt_delta = 0.95``, because the hierarchical spread of few or small
-    groups makes the default step size diverge there; the conditional form, the default below
-    that many attributes, samples both regimes of that spread at the default."""
+    groups on (two group means say little about their spread). The conditional parametrisation,
+    the labeled model's default (with each group's information whole, or beyond
+    :data:`~pluralstan.models.labeled.CONDITIONAL_MAX_ATTRIBUTES` attributes as its diagonal
+    plus a low-rank correction), samples both regimes of that spread at the default
+    ``adapt_delta``."""
     if not comps.has_groups:
         return None
     pooling = pooling or ("partial" if len(comps.group_levels) >= 3 else "none")
     if pooling not in ("partial", "none"):
         raise PluralstanError(f"pooling must be 'partial' or 'none', got {pooling!r}")
-    non_centred = (pooling == "partial"
-                   and len(comps.attributes) > CONDITIONAL_MAX_ATTRIBUTES)
-    return {"pooling": pooling, **({"adapt_delta": 0.95} if non_centred else {})}
+    return {"pooling": pooling}
 
 
 def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,

@@ -38,7 +38,16 @@
 // tau -> 0 (non-centred), theta_k ~ the data's estimate + I_k^-1/2 z_k where the data dominate
 // (centred, and whitened by the design's information), and mu's scale follows tau in the same
 // way. The priors are stated on mu and theta_k with the map's log Jacobian, so the posterior is
-// the model's whatever the pilot.
+// the model's whatever the pilot. Its cost per gradient grows as K P^3. With many attributes
+// (conditional = 2; centring="conditional-low-rank", the encoder's default beyond 50) each I_k is
+// given as a diagonal plus a rank-s correction in the scale of that diagonal,
+//   I_k = D_k^1/2 (I + V_k E_k V_k') D_k^1/2 = D_k + B_k E_k B_k',  B_k = D_k^1/2 V_k,
+// keeping the s eigenvalues of D_k^-1/2 I_k D_k^-1/2 farthest from 1 (in ratio): a comparison
+// graph's few poorly informed directions (every statement against the reference, say), which a
+// diagonal alone leaves elongated. Lambda_k = (D_k + diag(tau^-2)) + B_k E_k B_k' is then
+// rooted by Woodbury's identity in O(P s^2) (low_rank_root), and mu, whose conditional
+// precision Q is a diagonal plus K low-rank terms, takes its exact conditional mean and the
+// square root of Q's diagonal.
 // Mixture weights: pi ~ dirichlet(prior_pi_alpha) and n_annotators ~ multinomial(pi), where
 // n_annotators[k] is the number of distinct annotators labelled k. Priors are data.
 functions {
@@ -72,6 +81,68 @@ functions {
     for (k in 1:K) {
       out[k + 1] = mdivide_right_tri_low(
         (Lib[k] + mdivide_left_tri_low(L[k], out[1]' .* precision))' + z[k], L[k]);
+    }
+    return out;
+  }
+  // S = diag(m)^-1/2 (I + C X C') with S S' = (diag(m)^1/2 (I + C E C') diag(m)^1/2)^-1 for a
+  // P x s matrix C of full column rank and a symmetric s x s matrix E (Woodbury; O(P s^2)):
+  //   X = L_G'^-1 (L_Z'^-1 - I) L_G^-1,  L_G L_G' = C'C,  L_Z L_Z' = I + L_G' E L_G.
+  // Returns X, H = -(X + X' + X C'C X') (so that (I + C X C')(I + C X C')' = I - C H C') and
+  // log det (I + C X C') = -log det(L_Z)
+  tuple(matrix, matrix, real) low_rank_root(matrix C, matrix E) {
+    int s = cols(C);
+    matrix[s, s] G = crossprod(C);
+    matrix[s, s] L_G = cholesky_decompose(G);
+    matrix[s, s] L_Z = cholesky_decompose(add_diag(quad_form_sym(E, L_G), 1));
+    matrix[s, s] W = mdivide_left_tri_low(L_Z, identity_matrix(s))';   // L_Z'^-1
+    matrix[s, s] X = mdivide_right_tri_low(mdivide_right_tri_low(add_diag(W, -1), L_G)', L_G)';
+    return (X, -(X + X' + quad_form(G, X')), -sum(log(diagonal(L_Z))));
+  }
+  // the conditional map with each I_k = D_k + B_k E_k B_k' (conditional = 2; see the header):
+  // d the K x P diagonals, B the K bases (P x s), e the K x s eigenvalues; as
+  // conditional_hierarchy_lp
+  matrix low_rank_hierarchy_lp(vector mu_coord, matrix z, matrix d, array[] matrix B, matrix e,
+                               array[] vector score, vector tau, vector prior_mean,
+                               vector prior_sd) {
+    int K = rows(z);
+    int P = cols(z);
+    int s = cols(e);
+    vector[P] precision = inv_square(tau);
+    array[K] vector[P] root_m;                                    // sqrt(d_k + tau^-2)
+    array[K] matrix[P, s] C;
+    array[K] matrix[s, s] X;
+    matrix[P, K * s] R;                                           // Q's low-rank part R H R'
+    matrix[K * s, K * s] H = rep_matrix(0, K * s, K * s);
+    vector[P] q = inv_square(prior_sd);                           // Q's diagonal part
+    vector[P] r = prior_mean .* inv_square(prior_sd);
+    for (k in 1:K) {
+      int cols_k = (k - 1) * s;
+      root_m[k] = sqrt(d[k]' + precision);
+      C[k] = diag_pre_multiply(inv(root_m[k]), B[k]);
+      tuple(matrix[s, s], matrix[s, s], real) root = low_rank_root(C[k], diag_matrix(e[k]'));
+      X[k] = root.1;
+      H[(cols_k + 1):(cols_k + s), (cols_k + 1):(cols_k + s)] = root.2;
+      // Lambda_k^-1 b_k = S_k S_k' b_k, with S_k v = (v + C_k X_k C_k' v) ./ root_m
+      vector[P] w = score[k] ./ root_m[k];
+      w += C[k] * (X[k]' * (C[k]' * w));
+      r += precision .* (w + C[k] * (X[k] * (C[k]' * w))) ./ root_m[k];
+      q += precision - square(precision ./ root_m[k]);
+      R[:, (cols_k + 1):(cols_k + s)] = diag_pre_multiply(precision ./ root_m[k], C[k]);
+      target += -sum(log(root_m[k])) + root.3;
+    }
+    // mu's conditional mean Q^-1 r by Woodbury, without inverting H:
+    // Q^-1 r = r ./ q - (R H (I + R' diag(q)^-1 R H)^-1 R' (r ./ q)) ./ q
+    matrix[P, K * s] Rq = diag_pre_multiply(inv(q), R);
+    vector[P] mean_mu = r ./ q
+                        - Rq * (H * mdivide_left(add_diag(R' * Rq * H, 1), Rq' * r));
+    vector[P] q_diag = q + rows_dot_product(R * H, R);
+    target += -0.5 * sum(log(q_diag));
+    matrix[K + 1, P] out;
+    out[1] = (mean_mu + mu_coord ./ sqrt(q_diag))';
+    for (k in 1:K) {
+      vector[P] w = (score[k] + precision .* out[1]') ./ root_m[k];
+      w += C[k] * (X[k]' * (C[k]' * w)) + z[k]';
+      out[k + 1] = ((w + C[k] * (X[k] * (C[k]' * w))) ./ root_m[k])';
     }
     return out;
   }
@@ -110,9 +181,14 @@ data {
   int<lower=0, upper=1> partial;         // 1: partial pooling of theta_k; 0: independent groups
   matrix<lower=0, upper=1>[K, P] centring;  // weight w of the centred form (partial pooling)
   // the conditional parametrisation (partial pooling; replaces the weights): each group's pilot
-  // likelihood information I_k and linear term b_k = I_k times the likelihood's maximum
-  int<lower=0, upper=1> conditional;
-  array[conditional ? K : 0] matrix[P, P] pilot_info;
+  // likelihood information I_k (1: whole; 2: diagonal plus rank pilot_rank, see the header) and
+  // linear term b_k = I_k times the likelihood's maximum
+  int<lower=0, upper=2> conditional;
+  array[conditional == 1 ? K : 0] matrix[P, P] pilot_info;
+  int<lower=0> pilot_rank;
+  matrix<lower=0>[conditional == 2 ? K : 0, P] pilot_info_diagonal;
+  array[conditional == 2 ? K : 0] matrix[P, pilot_rank] pilot_info_basis;
+  matrix<lower=-1>[conditional == 2 ? K : 0, pilot_rank] pilot_info_eigen;
   array[conditional ? K : 0] vector[P] pilot_score;
   // QR reparameterisation (pooling none only): theta_k' = theta_basis[k] * z_k', with
   // theta_basis[k] whitening group k's judgement-weighted design (models.base.whitening_data)
@@ -144,7 +220,7 @@ transformed data {
            "geometry of partially pooled groups");
   }
   if (conditional && !partial) {
-    reject("conditional = 1 needs partial = 1");
+    reject("conditional = ", conditional, " needs partial = 1");
   }
   // the pilot approximates the likelihood, which a prior-only run ignores: it samples the
   // weights' form (non-centred when they are 0)
@@ -176,8 +252,13 @@ transformed parameters {
   vector[partial ? P : 0] mu = mu_coord; // population preference (partial pooling)
   matrix[K, P] theta;                    // preference weights of each subgroup (row k)
   if (conditioned) {
-    matrix[K + 1, P] hierarchy = conditional_hierarchy_lp(mu_coord, z, pilot_info, pilot_score,
-                                                          tau, prior_theta_mean, prior_theta_sd);
+    matrix[K + 1, P] hierarchy
+      = conditional == 1
+        ? conditional_hierarchy_lp(mu_coord, z, pilot_info, pilot_score, tau, prior_theta_mean,
+                                   prior_theta_sd)
+        : low_rank_hierarchy_lp(mu_coord, z, pilot_info_diagonal, pilot_info_basis,
+                                pilot_info_eigen, pilot_score, tau, prior_theta_mean,
+                                prior_theta_sd);
     mu = hierarchy[1]';
     theta = hierarchy[2:(K + 1)];
   } else if (partial) {

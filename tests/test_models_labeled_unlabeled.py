@@ -74,10 +74,11 @@ def test_labeled_encoding_counts_annotators_and_splits_cells_by_group() -> None:
     assert enc.data["partial"] == 1 and labeled.encode(comps, pooling="none").data["partial"] == 0
 
 
-def test_partial_pooling_defaults_to_the_conditional_form_on_few_attributes(monkeypatch) -> None:
+def test_partial_pooling_defaults_to_the_conditional_form(monkeypatch) -> None:
     """centring=None: the conditional parametrisation (pilot information and linear term per
-    group, weights unused) up to CONDITIONAL_MAX_ATTRIBUTES attributes, non-centred beyond; the
-    audit's labeled fit raises adapt_delta only for the non-centred form."""
+    group, weights unused) with each group's whole information up to
+    CONDITIONAL_MAX_ATTRIBUTES attributes, with its diagonal plus a low-rank correction
+    beyond."""
     from pluralstan.audit import labeled_options
 
     frame = _tiny_frame(group=np.repeat(["u", "v", "w", "x"], 10))
@@ -91,9 +92,46 @@ def test_partial_pooling_defaults_to_the_conditional_form_on_few_attributes(monk
     assert labeled.encode(comps, pooling="none").data["conditional"] == 0
     assert labeled.encode(comps, centring="auto").data["conditional"] == 0
     monkeypatch.setattr(labeled, "CONDITIONAL_MAX_ATTRIBUTES", 1)
-    monkeypatch.setattr("pluralstan.audit.CONDITIONAL_MAX_ATTRIBUTES", 1)
-    assert labeled.encode(comps).data["conditional"] == 0
-    assert labeled_options(comps, None) == {"pooling": "partial", "adapt_delta": 0.95}
+    low_rank = labeled.encode(comps).data
+    assert low_rank["conditional"] == 2 and np.shape(low_rank["pilot_info"]) == (0, 2, 2)
+    # rank min(LOW_RANK, P): on two attributes the correction is the whole information
+    assert low_rank["pilot_rank"] == 2
+    np.testing.assert_allclose(
+        [np.diag(d) + B @ np.diag(e) @ B.T for d, B, e in zip(
+            low_rank["pilot_info_diagonal"], low_rank["pilot_info_basis"],
+            low_rank["pilot_info_eigen"], strict=True)],
+        enc.data["pilot_info"], atol=1e-10)
+    np.testing.assert_allclose(low_rank["pilot_score"], enc.data["pilot_score"])
+
+
+def test_low_rank_information_keeps_the_poorly_informed_directions() -> None:
+    """A comparison graph coded against a reference item: items 1..P each compared 50 times
+    with one another and 2 times with the reference. Its diagonal scale leaves one direction
+    (every item against the reference) far less informed than the rest; rank 1 keeps exactly
+    that direction, so the approximation's eigenvalues in the whole information's scale are
+    all close to 1 where the diagonal's are not; rank P - 1 plus the diagonal is exact; an
+    item never compared keeps a zero row."""
+    P = 6
+    W = np.full((P + 1, P + 1), 50.0)
+    W[0, :] = W[:, 0] = 2.0
+    np.fill_diagonal(W, 0.0)
+    laplacian = np.diag(W.sum(axis=1)) - W
+    info = np.zeros((P + 1, P + 1))
+    info[:P, :P] = laplacian[1:, 1:]               # reference removed; attribute P never seen
+
+    def spread(approx: np.ndarray) -> float:
+        seen = slice(0, P)
+        vals = np.linalg.eigvals(np.linalg.solve(approx[seen, seen], info[seen, seen])).real
+        return vals.max() / vals.min()
+
+    d, B, e = labeled.low_rank_information(info, 1)
+    assert d[P] == 0 and not B[P].any() and B.shape == (P + 1, 1)
+    assert spread(np.diag(d)) > 20
+    assert spread(np.diag(d) + B @ np.diag(e) @ B.T) < 1.5
+    np.testing.assert_allclose(np.abs(B[:P, 0]) / np.sqrt(d[:P]), 1 / np.sqrt(P))
+    d, B, e = labeled.low_rank_information(info, P)
+    np.testing.assert_allclose(np.diag(d) + B @ np.diag(e) @ B.T, info, atol=1e-9)
+    assert (e >= -1).all()
 
 
 def test_unpooled_groups_are_whitened_each_in_its_own_basis() -> None:

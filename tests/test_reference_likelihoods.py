@@ -32,7 +32,7 @@ from scipy.special import logsumexp, softmax
 
 import pluralstan as ps
 from pluralstan.engine import StanProgram
-from pluralstan.models import get_model, pal
+from pluralstan.models import get_model, labeled, pal
 from pluralstan.models.base import load_program, log_normaliser, theta_coordinates
 
 from . import reference as ref
@@ -280,19 +280,50 @@ def conditional_coordinates(theta: np.ndarray, mu: np.ndarray, tau: np.ndarray, 
     return np.array(z), mu_coord, log_jac - np.log(np.diag(L_Q)).sum()
 
 
+def low_rank_pieces(data: dict, tau: np.ndarray, prior_mean: np.ndarray, prior_sd: np.ndarray
+                    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The low-rank conditional form's matrices from the program header's definitions, with
+    dense algebra: Lambda_k = D_k + B_k E_k B_k' + diag(tau^-2), Q = sum_k (T - T Lambda_k^-1 T)
+    + diag(prior_sd^-2) and r = sum_k T Lambda_k^-1 b_k + prior_mean / prior_sd^2, T =
+    diag(tau^-2) (the precision and linear term of mu given tau)."""
+    T = np.diag(tau ** -2.0)
+    lams = [np.diag(d) + B @ np.diag(e) @ B.T + T for d, B, e in zip(
+        data["pilot_info_diagonal"], data["pilot_info_basis"], data["pilot_info_eigen"],
+        strict=True)]
+    Q = np.diag(prior_sd ** -2.0) + sum(T - T @ np.linalg.solve(lam, T) for lam in lams)
+    r = prior_mean / prior_sd ** 2 + sum(
+        T @ np.linalg.solve(lam, b) for lam, b in zip(lams, data["pilot_score"], strict=True))
+    return lams, Q, r
+
+
+def low_rank_log_jacobian(data: dict, tau: np.ndarray, prior_mean: np.ndarray,
+                          prior_sd: np.ndarray) -> float:
+    """log |d(mu, theta) / d(mu_coord, z)| of the low-rank form, whatever square roots the
+    program takes: -log det(Lambda_k) / 2 per group, and -log det(diag(Q)) / 2 for mu, which
+    is rooted by Q's diagonal."""
+    lams, Q, _ = low_rank_pieces(data, tau, prior_mean, prior_sd)
+    return -0.5 * (sum(np.linalg.slogdet(lam)[1] for lam in lams) + np.log(np.diag(Q)).sum())
+
+
 @pytest.mark.parametrize(("pooling", "whiten", "centring"),
                          [("partial", None, "non-centred"), ("partial", None, "conditional"),
+                          ("partial", None, "conditional-low-rank"),
                           ("none", None, "non-centred"), ("none", False, "non-centred")],
-                         ids=["partial", "partial-conditional", "none-whitened", "none-theta"])
+                         ids=["partial", "partial-conditional", "partial-conditional-low-rank",
+                              "none-whitened", "none-theta"])
 @pytest.mark.parametrize(("kind", "ties", "order"), CASES, ids=CASE_IDS)
-def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring):
+def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring, monkeypatch):
+    # a correction of rank 2 < P_ATTR, so that the low-rank form approximates the pilot
+    monkeypatch.setattr(labeled, "LOW_RANK", 2)
     comps = comps_of(kind, ties, order)
     enc = get_model("labeled").encode(comps, priors=LABELED_PRIORS, pooling=pooling,
                                       whiten=whiten, centring=centring)
     # unpooled groups are whitened by default (one basis per group), partially pooled never
     whitened = pooling == "none" and whiten is None
     conditional = centring == "conditional"
-    assert enc.data["whiten"] == int(whitened) and enc.data["conditional"] == int(conditional)
+    low_rank = centring == "conditional-low-rank"
+    assert enc.data["whiten"] == int(whitened)
+    assert enc.data["conditional"] == int(conditional) + 2 * int(low_rank)
     levels = list(enc.coords["group"])
     j = judgements_of(comps, group_levels=levels)
     n_labels = annotators_per_label(comps, levels)
@@ -312,6 +343,15 @@ def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring)
             p["z"], mu_coord, p["log_jacobian"] = conditional_coordinates(
                 p["theta"], p["mu"], p["tau"], enc.data, m, s)
             stan |= {"z": p["z"], "mu_coord": mu_coord, "tau": p["tau"]}
+        elif low_rank:
+            # coordinates drawn; (mu, theta) are the program's map of them, whose Jacobian
+            # the reference computes from the header's matrices (test_low_rank_map checks the
+            # map itself)
+            p["tau"] = np.abs(rng.normal(size=P_ATTR))
+            stan |= {"mu_coord": rng.normal(size=P_ATTR), "tau": p["tau"]}
+            out = generated(get_model("labeled").program, enc.data, stan)
+            p["mu"], p["theta"] = out["mu"][0, 0], out["theta"][0, 0]
+            p["log_jacobian"] = low_rank_log_jacobian(enc.data, p["tau"], m, s)
         elif pooling == "partial":
             # the header's non-centred hierarchy: theta_k = mu + tau .* z_k
             p["mu"], p["tau"] = rng.normal(size=P_ATTR), np.abs(rng.normal(size=P_ATTR))
@@ -340,7 +380,7 @@ def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring)
     def density(p):
         # model block: z ~ std_normal (+ mu, tau), or theta's own prior when whitened (a linear
         # map: a constant Jacobian); labels n ~ multinomial(pi); judgements
-        if conditional:  # theta_k ~ normal(mu, tau), plus the map's log Jacobian (mu below)
+        if conditional or low_rank:  # theta_k ~ normal(mu, tau), plus the map's log Jacobian
             latent = ref.normal_lpdf(p["theta"], p["mu"], p["tau"]) + p["log_jacobian"]
         elif whitened:
             latent = ref.normal_lpdf(p["theta"], m, s)
@@ -355,6 +395,60 @@ def test_labeled_matches_reference(kind, ties, order, pooling, whiten, centring)
 
     check_program(get_model("labeled").program, enc.data, points, log_lik, per_judgement(enc),
                   density, top_prior)
+
+
+def test_low_rank_map(monkeypatch):
+    """The low-rank form's map is the header's: at zero coordinates mu is Q^-1 r and theta_k
+    is Lambda_k^-1 (b_k + mu / tau^2); theta_k moves with z_k alone, by a square root S_k of
+    Lambda_k^-1 (S_k S_k' = Lambda_k^-1); mu moves with mu_coord by diag(Q)^-1/2. The map is
+    affine in the coordinates, so unit steps read its Jacobian exactly."""
+    monkeypatch.setattr(labeled, "LOW_RANK", 2)
+    comps = comps_of("attributes", False, False)
+    data = get_model("labeled").encode(comps, priors=LABELED_PRIORS,
+                                       centring="conditional-low-rank").data
+    K = len(data["n_annotators"])
+    assert data["conditional"] == 2 and np.shape(data["pilot_info_basis"]) == (K, P_ATTR, 2)
+    m, s = np.array(BT_PRIORS["theta_mean"]), np.array(BT_PRIORS["theta_sd"])
+    density = ENGINE.log_density(get_model("labeled").program, data)
+    rng = np.random.default_rng(21)
+    tau = np.abs(rng.normal(size=P_ATTR)) + 0.2
+    lams, Q, r = low_rank_pieces(data, tau, m, s)
+    # the pilot's rank-2 correction is an approximation here, not the information itself
+    assert not np.allclose(lams[0] - np.diag(tau ** -2.0), pilot_information(comps, data)[0])
+    base = {"tau": tau, "pi": np.full(K, 1.0 / K)}
+
+    def mapped(mu_coord: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = density.constrain(density.unconstrain({**base, "mu_coord": mu_coord, "z": z}),
+                                transformed=True)
+        return out["mu"], out["theta"]
+
+    zero_mu, zero_z = np.zeros(P_ATTR), np.zeros((K, P_ATTR))
+    mu0, theta0 = mapped(zero_mu, zero_z)
+    np.testing.assert_allclose(mu0, np.linalg.solve(Q, r), rtol=1e-8, atol=1e-10)
+    for k in range(K):
+        np.testing.assert_allclose(
+            theta0[k], np.linalg.solve(lams[k], data["pilot_score"][k] + mu0 / tau ** 2),
+            rtol=1e-8, atol=1e-10)
+        steps = []
+        for j in range(P_ATTR):
+            z = zero_z.copy()
+            z[k, j] = 1.0
+            mu, theta = mapped(zero_mu, z)
+            np.testing.assert_allclose(mu, mu0, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(np.delete(theta, k, axis=0), np.delete(theta0, k, axis=0),
+                                       rtol=0, atol=1e-12)
+            steps.append(theta[k] - theta0[k])
+        S = np.array(steps).T
+        np.testing.assert_allclose(S @ S.T, np.linalg.inv(lams[k]), rtol=1e-7, atol=1e-10)
+    mu_steps = np.array([mapped(np.eye(P_ATTR)[j], zero_z)[0] - mu0 for j in range(P_ATTR)]).T
+    np.testing.assert_allclose(mu_steps, np.diag(np.diag(Q) ** -0.5), rtol=1e-7, atol=1e-10)
+
+
+def pilot_information(comps: ps.Comparisons, data: dict) -> np.ndarray:
+    """The whole pilot information of each group, as the conditional form receives it."""
+    whole = get_model("labeled").encode(comps, priors=LABELED_PRIORS, centring="conditional")
+    assert data["pilot_score"].shape == whole.data["pilot_score"].shape
+    return whole.data["pilot_info"]
 
 
 # ---------------------------------------------------------------------------- unlabeled

@@ -554,7 +554,9 @@ def prior_parametrisation(data: Mapping[str, Any]) -> dict[str, Any]:
     if "whiten" in data:
         out |= {"whiten": 0, "theta_basis": np.zeros((0, 0))}
     if "conditional" in data:
-        out |= {"conditional": 0, "pilot_info": np.zeros((0, 0)), "pilot_score": np.zeros((0, 0))}
+        out |= {"conditional": 0, **{name: np.zeros((0, 0)) for name in (
+            "pilot_info", "pilot_info_diagonal", "pilot_info_basis", "pilot_info_eigen",
+            "pilot_score")}}
     return out
 
 

@@ -13,9 +13,12 @@ up to :data:`CONDITIONAL_MAX_ATTRIBUTES` attributes, is the conditional form
 posterior plus its Cholesky root times a standard coordinate, under a pilot's normal
 approximation to each group's likelihood, which is non-centred where ``tau`` is small and
 centred where a group's data dominate, so it serves both regimes even when ``tau``'s
-posterior spans them (as with three tax parties). The alternatives are a partially centred
-form with a weight per group and attribute (0 non-centred, the default beyond that many
-attributes; 1 centred; ``"auto"``: weights from a pilot, :func:`centring_weights`).
+posterior spans them (as with three tax parties). Beyond that many attributes the default is
+the same form with each group's pilot information given as its diagonal plus a correction of
+rank :data:`LOW_RANK` (``"conditional-low-rank"``, :func:`low_rank_information`), whose cost
+per gradient grows as ``K P s^2`` instead of ``K P^3``. The alternatives are a partially
+centred form with a weight per group and attribute (0 non-centred; 1 centred; ``"auto"``:
+weights from a pilot, :func:`centring_weights`).
 ``benchmarks/run.py --targets geometry`` compares them side by side. With
 two or three groups ``tau`` is barely informed and its posterior follows ``tau_sd``: a small
 group is then pulled towards the large one by as much as that prior allows (on the CEMS data,
@@ -74,6 +77,10 @@ TAU_LOWER = 0.9
 #: ~ K P^3), which beyond this outweigh the shorter trajectories it buys
 #: (``benchmarks/latest_results.md``, labeled-model geometry).
 CONDITIONAL_MAX_ATTRIBUTES = 50
+
+#: Rank of the correction to each group's diagonal pilot information in the low-rank
+#: conditional form (``centring="conditional-low-rank"``, :func:`low_rank_information`).
+LOW_RANK = 8
 
 #: Named parametrisations of the partially pooled hierarchy: weight of the centred form.
 CENTRING = {"non-centred": 0.0, "centred": 1.0}
@@ -159,9 +166,39 @@ def group_pilots(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     return np.array(modes), np.array(infos)
 
 
+def low_rank_information(info: np.ndarray, rank: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An information matrix as its diagonal plus a low-rank correction in that diagonal's
+    scale: ``I ~ D^1/2 (1 + V E V') D^1/2 = D + B E B'`` with ``B = D^1/2 V``.
+
+    ``V`` holds the ``rank`` eigenvectors of ``D^-1/2 I D^-1/2`` (over the attributes with
+    positive information) whose eigenvalues are farthest from 1 in ratio, and ``E`` those
+    eigenvalues minus 1; every other eigenvalue is taken as 1. The result stays positive
+    semi-definite. For a comparison graph the far eigenvalues are its few poorly informed
+    directions (every item against the reference, say), which the diagonal alone leaves
+    elongated; with ``rank`` the number of such attributes it is exact.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The diagonal ``D`` ``(P,)``, the basis ``B`` ``(P, rank)`` (zero rows where ``D`` is 0)
+        and ``E`` ``(rank,)`` (at least -1).
+    """
+    d = np.clip(np.diag(info), 0.0, None)
+    seen = np.flatnonzero(d > 0)
+    root = np.sqrt(d[seen])
+    lam, vectors = np.linalg.eigh(info[np.ix_(seen, seen)] / np.outer(root, root))
+    pick = np.argsort(-np.abs(np.log(np.clip(lam, 1e-12, None))), kind="stable")[:rank]
+    basis = np.zeros((len(d), len(pick)))
+    basis[seen] = root[:, None] * vectors[:, pick]
+    return d, basis, np.clip(lam[pick] - 1.0, -1.0, None)
+
+
 def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
-                     prior_mean: np.ndarray, prior_sd: np.ndarray) -> dict[str, np.ndarray]:
-    """Stan data of the conditional parametrisation (``centring="conditional"``).
+                     prior_mean: np.ndarray, prior_sd: np.ndarray,
+                     rank: int | None = None) -> dict[str, Any]:
+    """Stan data of the conditional parametrisation (``centring="conditional"``, or
+    ``"conditional-low-rank"`` with ``rank``).
 
     The program approximates group ``k``'s log likelihood by a normal with information ``I_k``
     and linear term ``b_k`` (``-theta' I_k theta / 2 + b_k' theta``), and samples ``theta_k``
@@ -173,12 +210,28 @@ def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
     ``b_k = I_k t_k = (I_k + D) m_k - D prior_mean``, which needs no inverse of ``I_k`` (singular
     when a group never sees an attribute). The approximation only sets the sampler's
     geometry: the program states the prior on ``theta_k`` with the map's Jacobian, so the
-    posterior is exact whatever the pilot.
+    posterior is exact whatever the pilot. With ``rank``, each ``I_k`` is passed as its diagonal
+    plus a correction of that rank (:func:`low_rank_information`), which the program roots in
+    ``O(P rank^2)``; ``b_k`` is the whole information's.
     """
     modes, infos = group_pilots(X, counts, group, K, prior_mean, prior_sd)
     precision = 1.0 / np.square(prior_sd)
+    P = modes.shape[1]
     scores = np.einsum("kpq,kq->kp", infos, modes) + precision * (modes - prior_mean)
-    return {"conditional": 1, "pilot_info": infos, "pilot_score": scores}
+    if rank is None:
+        return {"conditional": 1, "pilot_info": infos, **low_rank_off(P),
+                "pilot_score": scores}
+    d, basis, eigen = zip(*(low_rank_information(info, min(rank, P)) for info in infos),
+                          strict=True)
+    return {"conditional": 2, "pilot_info": np.zeros((0, P, P)), "pilot_rank": len(eigen[0]),
+            "pilot_info_diagonal": np.array(d), "pilot_info_basis": np.array(basis),
+            "pilot_info_eigen": np.array(eigen), "pilot_score": scores}
+
+
+def low_rank_off(P: int) -> dict[str, Any]:
+    """The low-rank pilot data, empty (any parametrisation but ``"conditional-low-rank"``)."""
+    return {"pilot_rank": 0, "pilot_info_diagonal": np.zeros((0, P)),
+            "pilot_info_basis": np.zeros((0, P, 0)), "pilot_info_eigen": np.zeros((0, 0))}
 
 
 def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
@@ -247,24 +300,28 @@ def centring_weights(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
 def centring_data(centring: Any, cells: Any, K: int, priors: dict[str, np.ndarray],
                   partial: bool) -> dict[str, Any]:
     """The Stan data of ``encode``'s ``centring`` argument, checked: the ``(K, P)`` weights
-    ``centring`` and the conditional parametrisation's ``conditional``, ``pilot_info`` and
-    ``pilot_score`` (empty unless ``centring="conditional"``)."""
+    ``centring`` and the conditional parametrisation's ``conditional`` and ``pilot_*`` data
+    (empty unless ``centring`` is ``"conditional"`` or ``"conditional-low-rank"``)."""
     P = len(priors["prior_tau_sd"])
-    off = {"conditional": 0, "pilot_info": np.zeros((0, P, P)), "pilot_score": np.zeros((0, P))}
+    off = {"conditional": 0, "pilot_info": np.zeros((0, P, P)), **low_rank_off(P),
+           "pilot_score": np.zeros((0, P))}
     pilot = (cells.X, cells.counts, cells.group, K, priors["prior_theta_mean"],
              priors["prior_theta_sd"])
     if not partial:
         return {"centring": np.zeros((K, P)), **off}
     if centring is None:
-        centring = "conditional" if P <= CONDITIONAL_MAX_ATTRIBUTES else "non-centred"
+        centring = ("conditional" if P <= CONDITIONAL_MAX_ATTRIBUTES
+                    else "conditional-low-rank")
     if isinstance(centring, str):
-        if centring == "conditional":
-            return {"centring": np.zeros((K, P)), **conditional_data(*pilot)}
+        if centring in ("conditional", "conditional-low-rank"):
+            rank = LOW_RANK if centring == "conditional-low-rank" else None
+            return {"centring": np.zeros((K, P)), **conditional_data(*pilot, rank=rank)}
         if centring == "auto":
             return {"centring": centring_weights(*pilot, priors["prior_tau_sd"]), **off}
         if centring not in CENTRING:
             raise PluralstanError(f"unknown centring {centring!r}; accepted: 'conditional', "
-                                  f"'auto', {list(CENTRING)} or weights in [0, 1]")
+                                  "'conditional-low-rank', 'auto', "
+                                  f"{list(CENTRING)} or weights in [0, 1]")
         return {"centring": np.full((K, P), CENTRING[centring]), **off}
     return {"centring": centring_weight_matrix(centring, K, P), **off}
 
@@ -338,8 +395,8 @@ def encode(
     priors: dict[str, Any] | None = None,
     *,
     pooling: Literal["partial", "none"] = "partial",
-    centring: Literal["non-centred", "centred", "auto", "conditional"] | float | np.ndarray
-    | None = None,
+    centring: Literal["non-centred", "centred", "auto", "conditional", "conditional-low-rank"]
+    | float | np.ndarray | None = None,
     ties: bool | None = None,
     order: bool | None = None,
     whiten: bool | None = None,
@@ -366,8 +423,11 @@ def encode(
         (a number or a ``(K, P)`` array), or ``"conditional"`` (each ``theta_k`` standardised
         by a normal approximation to its conditional posterior given ``mu`` and ``tau``,
         :func:`conditional_data`; non-centred where ``tau`` is small, centred and whitened
-        where the data dominate). ``None`` (default): ``"conditional"`` up to
-        :data:`CONDITIONAL_MAX_ATTRIBUTES` attributes, else ``"non-centred"``. Every choice is
+        where the data dominate), or ``"conditional-low-rank"`` (the same with each group's
+        pilot information as its diagonal plus a rank-:data:`LOW_RANK` correction,
+        :func:`low_rank_information`: cost per gradient ~ ``K P LOW_RANK^2``, not ``K P^3``).
+        ``None`` (default): ``"conditional"`` up to :data:`CONDITIONAL_MAX_ATTRIBUTES`
+        attributes, else ``"conditional-low-rank"``. Every choice is
         the same model; it changes only how well the sampler moves. Ignored under
         ``pooling="none"``.
     ties
