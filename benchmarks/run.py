@@ -871,7 +871,7 @@ def taxes_case(label: str) -> dict[str, ps.Comparisons | str]:
 def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
     """Target ``geometry``'s data: two simulated designs of ``s.geometry_groups`` groups (many
     judgements per group, then few) and, unless ``--quick``, the tax conjoint's three parties
-    (or why it is absent)."""
+    and Polis vTaiwan's three opinion groups (or why they are absent)."""
     rng = np.random.default_rng(s.seed)
     G, base = s.geometry_groups, np.array([1.0, -0.5, 0.3, 0.8, -1.0])
     thetas = base + 0.5 * rng.standard_normal((G, base.size))
@@ -882,35 +882,53 @@ def geometry_cases(s: Settings) -> dict[str, ps.Comparisons | str]:
         cases[f"simulated: {G} groups x 20 annotators x {each} judgements"] = comps
     if s.geometry_real:
         cases.update(taxes_case("tax conjoint: 3 parties, 25 attributes"))
+        label = "Polis vTaiwan: 3 opinion groups, 109 statements"
+        try:
+            cases[label] = realdata.load_polis("vtaiwan.uberx")
+        except ps.PluralstanError as err:
+            cases[label] = f"skipped: {err}"
     return cases
 
 
-#: Target ``geometry``'s parametrisations of the partially pooled labeled model, the first the
-#: reference of the others' ratios.
-CENTRINGS = ("non-centred", "auto", "conditional")
+#: Target ``geometry``'s parametrisations of the partially pooled labeled model, with their
+#: sampler options, the first the reference of the others' ratios.
+CENTRINGS: dict[str, dict[str, Any]] = {
+    "non-centred": {}, "auto": {}, "conditional": {}, "conditional-low-rank": {}}
+
+#: The same beyond ``labeled.CONDITIONAL_MAX_ATTRIBUTES`` attributes, where the whole-information
+#: conditional form costs K P^3 per gradient: the default there against the non-centred form
+#: at the ``adapt_delta`` the audit gave it (its default there before the low-rank form).
+WIDE_CENTRINGS: dict[str, dict[str, Any]] = {
+    "non-centred": {"adapt_delta": 0.95}, "conditional-low-rank": {}}
 
 
 def target_geometry(s: Settings) -> list[Row]:
     """Issue 21, goal 2: the partially pooled labeled model, non-centred against data-chosen
     partial centring (``centring="auto"``, :func:`pluralstan.models.labeled.centring_weights`)
-    and the conditional parametrisation (``centring="conditional"``,
-    :func:`pluralstan.models.labeled.conditional_data`).
+    and the conditional parametrisation with each group's whole pilot information
+    (``centring="conditional"``, :func:`pluralstan.models.labeled.conditional_data`) and with
+    its diagonal plus a low-rank correction (``"conditional-low-rank"``); beyond
+    ``CONDITIONAL_MAX_ATTRIBUTES`` attributes only :data:`WIDE_CENTRINGS`.
 
     Same data, chains, warm-up and draws for each; a row's ratio is its ESS/s over the
     non-centred fit's, the note gives divergences, mean tree depth and the mean centring weight,
     and whether the posteriors agree.
     """
+    from pluralstan.models.labeled import CONDITIONAL_MAX_ATTRIBUTES
+
     target, rows = "geometry", []
     for case, comps in geometry_cases(s).items():
         if isinstance(comps, str):
             rows.append(Row(target, case, "pluralstan labeled", note=comps))
             continue
+        centrings = (WIDE_CENTRINGS if len(comps.attributes) > CONDITIONAL_MAX_ATTRIBUTES
+                     else CENTRINGS)
         base, *others = (run_registered("labeled", comps, s, f"pluralstan labeled ({centring})",
-                                        pooling="partial", centring=centring)
-                         for centring in CENTRINGS)
+                                        pooling="partial", centring=centring, **options)
+                         for centring, options in centrings.items())
         ref = fit_row(target, case, base, comps.n, s, geometry_note(base))
         rows.append(ref)
-        for centring, other in zip(CENTRINGS[1:], others, strict=True):
+        for centring, other in zip(list(centrings)[1:], others, strict=True):
             note = f"{geometry_note(other)}; {same_posterior(base, other)}"
             rows.append(compare(fit_row(target, case, other, comps.n, s, note), ref,
                                 f"{centring} / non-centred ESS/s", 1.0))

@@ -184,22 +184,22 @@ def test_ahead_rows_repeat_every_engine_against_numpyro(quick):
 
 def test_geometry_rows_compare_centrings_on_the_same_posterior(quick):
     """Issue 21, goal 2: each labeled design is fitted non-centred, with data-chosen centring
-    and in the conditional parametrisation; each later row's ratio is its ESS/s over the
-    first's, every row reports divergences, tree depth and the centring weight (0 for the
-    non-centred and conditional fits), and the parametrisations of one model reach the same
-    posterior."""
+    and in the conditional parametrisation (whole and low-rank pilot information); each later
+    row's ratio is its ESS/s over the first's, every row reports divergences, tree depth and
+    the centring weight (0 for the non-centred and conditional fits), and the
+    parametrisations of one model reach the same posterior."""
     table, _, _ = quick
     rows = table[table["target"] == "geometry"]
-    assert list(rows["engine"]) == ["pluralstan labeled (non-centred)",
-                                    "pluralstan labeled (auto)",
-                                    "pluralstan labeled (conditional)"]
+    names = ["auto", "conditional", "conditional-low-rank"]
+    assert list(rows["engine"]) == [f"pluralstan labeled ({name})"
+                                    for name in ["non-centred", *names]]
     ref = rows.iloc[0]
-    for row in (ref, rows.iloc[2]):
+    for row in (ref, rows.iloc[2], rows.iloc[3]):
         assert re.search(r"\d+ divergences, mean tree depth [0-9.]+, mean centring weight 0.00",
                          row["note"])
     weight = float(re.search(r"mean centring weight ([0-9.]+)", rows.iloc[1]["note"]).group(1))
     assert 0 <= weight <= 1
-    for name, other in zip(("auto", "conditional"), (rows.iloc[1], rows.iloc[2]), strict=True):
+    for name, other in zip(names, (rows.iloc[i] for i in (1, 2, 3)), strict=True):
         assert other["ratio_is"] == f"{name} / non-centred ESS/s"
         assert np.isclose(float(other["ratio"]),
                           float(other["ess_per_s"]) / float(ref["ess_per_s"]), rtol=0.01,
