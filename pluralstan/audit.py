@@ -88,10 +88,14 @@ HIGH_K_SHARE = 0.05
 REPEATS_MIN = 5
 #: Folds of the K-fold cross-validation run when PSIS-LOO is not reliable.
 KFOLD_FOLDS = 5
-#: Most draws per chain of a K-fold refit. A refit only estimates its held-out annotators'
+#: Most draws of a K-fold refit, in all. A refit only estimates its held-out annotators'
 #: predictive densities, a mean over draws whose Monte Carlo error the report states (column
-#: ``mcse``); at 4 x 250 draws it stays far below the paired standard errors that choose K.
-KFOLD_DRAWS = 250
+#: ``mcse``); at 1,000 draws it stays far below the paired standard errors that choose K.
+KFOLD_DRAWS = 1000
+#: Most chains of a K-fold refit, which share :data:`KFOLD_DRAWS`: every chain pays a warm-up
+#: (the refit's costliest iterations), and two chains keep both cores of a two-core machine
+#: busy and still let R-hat compare chains.
+KFOLD_CHAINS = 2
 #: Mass of every interval in the report.
 PROB = 0.9
 #: Dirichlet concentration of the pi-grid (item four): pi ~ Dirichlet(c x assumed).
@@ -407,7 +411,7 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
     """K by :data:`K_RULE` on PSIS-LOO, or on K-fold cross-validation by annotator when
     ``kfold`` asks for it (a number of folds) or, with ``kfold=None``, when more than
     :data:`HIGH_K_SHARE` of the annotators have a high Pareto k at some K (5 folds); each
-    refit draws at most :data:`KFOLD_DRAWS` per chain."""
+    refit runs at most :data:`KFOLD_CHAINS` chains and :data:`KFOLD_DRAWS` draws in all."""
     Ks = sorted(fits)
     if len(Ks) == 1:
         return {"K": Ks[0], "note": "", "method": "the only K fitted"}
@@ -435,15 +439,22 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
         bar.update()
         return idata
 
-    refits = {**sampler, "draws": min(sampler["draws"], KFOLD_DRAWS)}
+    refits = kfold_sampler(sampler)
     table = kfold_K(comps, Ks, folds=folds, fit=fit_quietly, **refits)
     bar.close()
     why = (f"; PSIS-LOO is not reliable here ({high} annotators have {good_k})"
            if unreliable else "")
     echo(f"K chosen by {folds}-fold cross-validation by annotator{why}")
     return {"K": choose_K(table), "note": why, "loo": loo, "kfold": table, "folds": folds,
-            "kfold_draws": refits["draws"],
+            "kfold_chains": refits["chains"], "kfold_draws": refits["draws"],
             "method": f"{folds}-fold cross-validation by annotator"}
+
+
+def kfold_sampler(sampler: dict[str, Any]) -> dict[str, Any]:
+    """The audit's sampler options for a K-fold refit: at most :data:`KFOLD_CHAINS` chains
+    sharing at most :data:`KFOLD_DRAWS` draws, never more draws per chain than the audit's."""
+    chains = min(sampler["chains"], KFOLD_CHAINS)
+    return {**sampler, "chains": chains, "draws": min(sampler["draws"], KFOLD_DRAWS // chains)}
 
 
 def choose_K(table: pd.DataFrame) -> int:
@@ -937,7 +948,8 @@ def audit(
         if choice.get("kfold") is not None:
             doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
                      "judgements predicted by a fit that never saw them, of "
-                     f"{choice['kfold_draws']} draws per chain; mcse and mcse_diff: the "
+                     f"{choice['kfold_chains']} chains x {choice['kfold_draws']} draws; "
+                     "mcse and mcse_diff: the "
                      "Monte Carlo standard errors of elpd_kfold and elpd_diff):")
             doc.table(choice["kfold"].reset_index())
         doc.heading("1. Composition")

@@ -25,6 +25,7 @@ from pluralstan.audit import (
     SEARCH_STARTS,
     _store,
     align_types,
+    kfold_sampler,
     pi_grid,
     read_judgements,
     reweighted,
@@ -167,6 +168,15 @@ def _dirichlet_fit(alpha: np.ndarray, draws: int, seed: int):
     return _arviz.from_dict({"posterior": {"pi": pi, "theta": pi[..., None]}},
                             coords={"group": [0, 1, 2], "attribute": ["x1"]},
                             dims={"pi": ["group"], "theta": ["group", "attribute"]})
+
+
+def test_kfold_refits_share_their_draws_among_two_chains():
+    """A K-fold refit runs at most two chains, drawing 1,000 in all, never more per chain than
+    the audit asked for; everything else is the audit's."""
+    audit = {"chains": 4, "draws": 1000, "warmup": 1000, "seed": 3}
+    assert kfold_sampler(audit) == {**audit, "chains": 2, "draws": 500}
+    assert kfold_sampler({**audit, "draws": 300}) == {**audit, "chains": 2, "draws": 300}
+    assert kfold_sampler({**audit, "chains": 1}) == {**audit, "chains": 1, "draws": 1000}
 
 
 def test_reweighting_changes_the_prior_on_pi_exactly():
@@ -413,6 +423,7 @@ def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, 
     kfold = pd.DataFrame(summary["K_kfold"]).set_index("K")
     assert sorted(kfold.index) == [1, 2] and kfold["elpd_diff"].min() == 0
     assert (kfold["mcse"] > 0).all() and kfold["mcse_diff"].min() == 0
+    assert "of 2 chains x 100 draws" in (out / "report.md").read_text()
     assert summary["K"]["chosen"] == kfold["elpd_diff"].idxmin() or (
         kfold.loc[summary["K"]["chosen"], "elpd_diff"] <= 2 * kfold.loc[
             summary["K"]["chosen"], "dse"])
