@@ -132,6 +132,15 @@ def test_low_rank_information_keeps_the_poorly_informed_directions() -> None:
     d, B, e = labeled.low_rank_information(info, P)
     np.testing.assert_allclose(np.diag(d) + B @ np.diag(e) @ B.T, info, atol=1e-9)
     assert (e >= -1).all()
+    # a group that saw fewer attributes than the rank: exact, and the basis keeps full column
+    # rank (unit vectors of unseen attributes, uncorrected), as the program's root needs
+    few = np.zeros((P + 1, P + 1))
+    few[:2, :2] = laplacian[1:3, 1:3]
+    d, B, e = labeled.low_rank_information(few, 4)
+    np.testing.assert_allclose(np.diag(d) + B @ np.diag(e) @ B.T, few, atol=1e-9)
+    assert B.shape == (P + 1, 4) and np.linalg.matrix_rank(B) == 4 and not e[2:].any()
+    with pytest.raises(PluralstanError, match=r"rank must lie in 1\.\.7"):
+        labeled.low_rank_information(info, 0)
 
 
 def test_unpooled_groups_are_whitened_each_in_its_own_basis() -> None:

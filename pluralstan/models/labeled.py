@@ -176,22 +176,30 @@ def low_rank_information(info: np.ndarray, rank: int
     eigenvalues minus 1; every other eigenvalue is taken as 1. The result stays positive
     semi-definite. For a comparison graph the far eigenvalues are its few poorly informed
     directions (every item against the reference, say), which the diagonal alone leaves
-    elongated; with ``rank`` the number of such attributes it is exact.
+    elongated; with ``rank`` the number of such attributes it is exact. Where fewer attributes
+    than ``rank`` have positive information, the remaining columns of ``B`` are unit vectors of
+    attributes without, with ``E`` 0 (no correction), so that ``B`` keeps full column rank, as
+    the program's Woodbury root needs.
 
     Returns
     -------
     tuple of numpy.ndarray
-        The diagonal ``D`` ``(P,)``, the basis ``B`` ``(P, rank)`` (zero rows where ``D`` is 0)
-        and ``E`` ``(rank,)`` (at least -1).
+        The diagonal ``D`` ``(P,)``, the basis ``B`` ``(P, rank)`` and ``E`` ``(rank,)`` (at
+        least -1).
     """
+    P = len(info)
+    if not 0 < rank <= P:
+        raise PluralstanError(f"rank must lie in 1..{P} (the attributes), got {rank!r}")
     d = np.clip(np.diag(info), 0.0, None)
-    seen = np.flatnonzero(d > 0)
+    seen, unseen = np.flatnonzero(d > 0), np.flatnonzero(d <= 0)
     root = np.sqrt(d[seen])
     lam, vectors = np.linalg.eigh(info[np.ix_(seen, seen)] / np.outer(root, root))
     pick = np.argsort(-np.abs(np.log(np.clip(lam, 1e-12, None))), kind="stable")[:rank]
-    basis = np.zeros((len(d), len(pick)))
-    basis[seen] = root[:, None] * vectors[:, pick]
-    return d, basis, np.clip(lam[pick] - 1.0, -1.0, None)
+    basis, eigen = np.zeros((P, rank)), np.zeros(rank)
+    basis[seen, :len(pick)] = root[:, None] * vectors[:, pick]
+    eigen[:len(pick)] = np.clip(lam[pick] - 1.0, -1.0, None)
+    basis[unseen[:rank - len(pick)], np.arange(len(pick), rank)] = 1.0
+    return d, basis, eigen
 
 
 def conditional_data(X: Any, counts: np.ndarray, group: np.ndarray, K: int,
