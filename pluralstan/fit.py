@@ -34,6 +34,7 @@ def fit(
     seed: int = 1,
     adapt_delta: float = 0.8,
     max_treedepth: int = 10,
+    stepsize: float | None = None,
     backend: str = "auto",
     sample_prior: bool = False,
     check: bool = True,
@@ -61,6 +62,11 @@ def fit(
         recompile).
     chains, draws, warmup, seed, adapt_delta, max_treedepth
         NUTS settings; the same seed, data and engine give identical draws.
+    stepsize
+        The step size NUTS starts from (default: Stan's). With fewer than 20 warm-up
+        iterations Stan adapts the step size alone and keeps its metric:
+        :func:`pluralstan.models.annotator.warm_start` uses both to start a fit where an
+        earlier one ended.
     backend
         ``"auto"``, ``"pystan"`` or ``"cmdstanpy"`` (see :mod:`pluralstan.engine`).
     sample_prior
@@ -118,7 +124,7 @@ def fit(
     if spec.needs_K and K is None:
         raise PluralstanError(f"model {spec.name!r} needs the number of components K")
     config = SamplerConfig(chains, draws, warmup, seed, adapt_delta, max_treedepth,
-                           inits=inits)
+                           inits=inits, stepsize=stepsize)
     config.validate()
     if mode_warmup is not None and (isinstance(mode_warmup, bool)
                                     or not isinstance(mode_warmup, int | np.integer)

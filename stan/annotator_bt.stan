@@ -27,6 +27,11 @@
 // theta is sampled in the design's whitened basis when the data say so (whiten = 1; the QR
 // reparameterisation, design.stanfunctions): the same posterior, without the correlations the
 // design puts between attributes.
+// Each free coordinate of theta is sampled divided by a scale given as data (Stan's
+// `multiplier`; 1 by default): a fit started from an earlier fit's draws (a K-fold refit from
+// the full fit) passes that fit's posterior scales, which stand in for the diagonal mass
+// matrix PyStan does not take, so the chains need no metric adaptation. The posterior of theta
+// is the same for any scales.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
@@ -64,6 +69,10 @@ data {
   // 1: the annotator's judgements enter the likelihood; 0: held out (K-fold cross-validation:
   // log_lik still scores them, from the posterior of the others)
   vector<lower=0, upper=1>[I] fit_weight;
+  // scales of the free coordinates of theta on the sampler's space (theta_lead_free,
+  // theta_rest; pluralstan.models.annotator.warm_start)
+  vector<lower=0>[identify ? 0 : K] theta_lead_scale;
+  matrix<lower=0>[K, P - 1] theta_rest_scale;
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -94,8 +103,9 @@ transformed data {
 parameters {
   simplex[K] pi;                                    // type shares
   ordered[identify ? K : 0] theta_lead_ordered;    // theta[ : , ident_attr] when identify = 1
-  vector[identify ? 0 : K] theta_lead_free;        // its coordinate when identify = 0
-  matrix[K, P - 1] theta_rest;                     // the other coordinates
+  vector<multiplier=theta_lead_scale>[identify ? 0 : K] theta_lead_free;  // its coordinate
+                                                                          // when identify = 0
+  matrix<multiplier=theta_rest_scale>[K, P - 1] theta_rest;  // the other coordinates
   array[has_order] real gamma;                      // position (shown-first) effect
   array[has_ties] real log_nu;                      // log Davidson tie parameter
 }

@@ -100,6 +100,9 @@ class SamplerConfig:
     #: Per-chain initial values (constrained ``parameters``-block values, one dict per chain,
     #: e.g. :meth:`pluralstan.modes.ModeSearch.inits`); ``None``: Stan's uniform(-2, 2) inits.
     inits: list[dict[str, Any]] | None = None
+    #: Step size NUTS starts its adaptation from (``None``: Stan's default, 1), e.g. an earlier
+    #: fit's adapted one (:func:`pluralstan.models.annotator.warm_start`).
+    stepsize: float | None = None
 
     def validate(self) -> None:
         """Raise :class:`PluralstanError` for settings no engine accepts."""
@@ -119,6 +122,9 @@ class SamplerConfig:
                 )
         if int(self.warmup) < 0:
             raise PluralstanError(f"warmup must be >= 0, got {self.warmup!r}")
+        if self.stepsize is not None and not (isinstance(self.stepsize, float | int | np.number)
+                                              and 0.0 < float(self.stepsize) < np.inf):
+            raise PluralstanError(f"stepsize must be a positive number, got {self.stepsize!r}")
         if not 0.0 < float(self.adapt_delta) < 1.0:
             raise PluralstanError(f"adapt_delta must lie in (0, 1), got {self.adapt_delta!r}")
         if not 0 <= int(self.seed) < 2**31:

@@ -442,6 +442,7 @@ class CmdStanEngine:
                     adapt_delta=float(config.adapt_delta),
                     max_treedepth=int(config.max_treedepth),
                     inits=None if config.inits is None else [init_values(i) for i in config.inits],
+                    step_size=None if config.stepsize is None else float(config.stepsize),
                     sig_figs=SIG_FIGS,
                     output_dir=output_dir,
                     show_progress=False,

@@ -325,10 +325,14 @@ class PyStanEngine:
 
 
 def pystan_inits(config: SamplerConfig) -> dict[str, Any]:
-    """PyStan's ``init`` keyword for ``config.inits`` (nothing when Stan draws its own)."""
-    if config.inits is None:
-        return {}
-    return {"init": [init_values(values) for values in config.inits]}
+    """PyStan's ``init`` and ``stepsize`` keywords for ``config.inits`` and
+    ``config.stepsize`` (nothing for what Stan chooses itself)."""
+    out: dict[str, Any] = {}
+    if config.inits is not None:
+        out["init"] = [init_values(values) for values in config.inits]
+    if config.stepsize is not None:
+        out["stepsize"] = float(config.stepsize)
+    return out
 
 
 @cache

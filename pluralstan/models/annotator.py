@@ -200,6 +200,77 @@ def initial_values(posterior: Any, chain: int, pi: np.ndarray,
     return inits
 
 
+#: Warm-up iterations of a fit started by :func:`warm_start`. Below 20, Stan adapts the step
+#: size alone and keeps the metric it starts with; at 0 it would set the step size to 1.
+WARM_START_WARMUP = 19
+
+
+def warm_start(fit: Any, data: Mapping[str, Any], chains: int,
+               backend: str = "auto") -> dict[str, Any]:
+    """Options of :func:`pluralstan.fit` that start an annotator fit where ``fit`` ended.
+
+    For a fit of nearly the same posterior as ``fit`` (a K-fold refit, from the full fit), whose
+    chains need neither to find the posterior's bulk nor to learn its scales. Stan's NUTS
+    adapts a diagonal metric, the posterior variances of the unconstrained parameters, which
+    PyStan cannot be given; scales on theta's coordinates take its place (``theta_scale`` of
+    :func:`encode`). With ``s0`` the smallest within-chain posterior sd in ``fit`` of the other
+    unconstrained parameters (type shares, position and tie parameters; 1 when there are
+    none):
+
+    * ``theta_scale``: the within-chain posterior sd of each coordinate of theta in ``fit``
+      over ``s0``, so that each is sampled with sd ``s0`` and the unit metric is ``fit``'s
+      adapted one up to that one factor, and no coordinate is narrower than ``s0``;
+    * ``stepsize``: ``fit``'s adapted step size (the median over chains) times ``s0``;
+    * ``inits``: chain ``c`` starts at the last draw of ``fit``'s chain ``c``
+      (:func:`initial_values`, which keeps ``fit``'s type labels);
+    * ``warmup``: :data:`WARM_START_WARMUP` iterations, which adapt the step size alone.
+
+    Parameters
+    ----------
+    fit
+        An annotator fit with exchangeable types (its ``posterior`` and its ``sample_stats``
+        ``step_size``).
+    data
+        The Stan data of the fit to start (:func:`encode` with the same ``K``; its basis maps
+        theta to the coordinates it samples).
+    chains
+        Chains of the fit to start.
+    backend
+        Engine whose log density gives the type shares' unconstrained values.
+
+    Returns
+    -------
+    dict
+        ``inits``, ``stepsize``, ``theta_scale`` and ``warmup``.
+    """
+    from .. import _arviz
+    from ..engine import get_engine
+
+    post = _arviz.group(fit, "posterior")
+    K, P = int(data["K"]), int(data["P"])
+    if bool(data["identify"]) or post.sizes.get("group") != K:
+        raise PluralstanError(f"warm_start needs a fit of {K} exchangeable types "
+                              "(identify='none') to start from")
+    theta = post["theta"].transpose("chain", "draw", "group", "attribute").to_numpy()
+    coords = theta_coordinates(theta.reshape(-1, P), data).reshape(theta.shape)
+    theta_sd = np.sqrt(coords.var(axis=1, ddof=1).mean(axis=0))
+    inits = [initial_values(post, c, post["pi"].isel(chain=c % post.sizes["chain"], draw=-1),
+                            data) for c in range(chains)]
+    others = [np.asarray(post[name]).reshape(post.sizes["chain"], post.sizes["draw"])
+              for name in ("gamma", "log_nu") if name in post]
+    if K > 1:
+        density = get_engine(backend).log_density(SPEC.program, {**data, **scale_data(None, data)})
+        every = max(1, post.sizes["draw"] // 100)
+        shares = post["pi"].isel(draw=slice(None, None, every)).transpose("chain", "draw", "group")
+        others += list(np.moveaxis(np.array([[density.unconstrain({**inits[0], "pi": pi})[:K - 1]
+                                              for pi in chain] for chain in shares.to_numpy()]),
+                                   -1, 0))
+    s0 = min((float(np.sqrt(np.var(v, axis=1, ddof=1).mean())) for v in others), default=1.0)
+    step = float(np.median(_arviz.group(fit, "sample_stats")["step_size"].to_numpy()))
+    return {"inits": inits, "stepsize": step * s0, "theta_scale": theta_sd / s0,
+            "warmup": WARM_START_WARMUP}
+
+
 def likelihood_data(
     comps: Comparisons,
     K: Any,
@@ -275,6 +346,7 @@ def encode(
     log_lik: bool = True,
     held_out: Sequence[Hashable] = (),
     whiten: bool | None = None,
+    theta_scale: np.ndarray | None = None,
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -327,17 +399,25 @@ def encode(
         :func:`~pluralstan.models.base.whitening_data`): ``None`` (default) when the design
         allows it and the components are not ordered, ``True`` or ``False`` to force the
         choice. The posterior is the same.
+    theta_scale
+        K x P scales of theta's coordinates (in the basis the program samples) on the
+        sampler's space: the sampler moves in the coordinates divided by them (Stan's
+        ``multiplier``), so with scales proportional to the posterior's a unit metric is
+        already adapted. Default 1; :func:`warm_start` sets them from an earlier fit. Only
+        with exchangeable types (``identify="none"``). The posterior is the same.
 
     Raises
     ------
     PluralstanError
-        For a bad ``K``, ``identify``, prior, or an annotator without judgements.
+        For a bad ``K``, ``identify``, prior, ``theta_scale``, or an annotator without
+        judgements.
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
     data, coords, cells, attrs = likelihood_data(
         comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
         order=order, whiten=whiten,
     )
+    data |= scale_data(theta_scale, data)
     data["replicate"] = int(replicate)
     data |= PYTHON_OUTPUTS
     data["fit_weight"] = fit_weights(comps, held_out)
@@ -367,6 +447,23 @@ def encode(
         extra_attrs=attrs,
         derive=partial(derive_outputs, membership=membership, log_lik=log_lik),
     )
+
+
+def scale_data(theta_scale: Any, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Stan data ``theta_lead_scale`` and ``theta_rest_scale``: ``theta_scale`` (K x P, or
+    1 when ``None``) split as the program splits theta's coordinates (the first attribute is
+    the lead one when the types are exchangeable; with ordered types it has no scale)."""
+    K, P, ordered = int(data["K"]), int(data["P"]), bool(data["identify"])
+    if theta_scale is None:
+        return {"theta_lead_scale": np.ones(0 if ordered else K),
+                "theta_rest_scale": np.ones((K, P - 1))}
+    if ordered:
+        raise PluralstanError("theta_scale needs exchangeable types (identify='none')")
+    scale = np.asarray(theta_scale, dtype=float)
+    if scale.shape != (K, P) or not np.all(np.isfinite(scale) & (scale > 0)):
+        raise PluralstanError(f"theta_scale must hold {K} x {P} positive finite numbers (types "
+                              f"x attributes), got shape {scale.shape}")
+    return {"theta_lead_scale": scale[:, 0], "theta_rest_scale": scale[:, 1:]}
 
 
 def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
