@@ -67,7 +67,7 @@ from .files import check_writable, write_atomic
 from .fit import fit as fit_model
 from .fit import load, save
 from .models import get_model
-from .models.annotator import as_aggregate, initial_values
+from .models.annotator import WARM_START_WARMUP, as_aggregate, initial_values, warm_start
 from .outputs import png_bytes
 from .relabel import match_components, permute
 
@@ -92,9 +92,10 @@ KFOLD_FOLDS = 5
 #: predictive densities, a mean over draws whose Monte Carlo error the report states (column
 #: ``mcse``); at 1,000 draws it stays far below the paired standard errors that choose K.
 KFOLD_DRAWS = 1000
-#: Most chains of a K-fold refit, which share :data:`KFOLD_DRAWS`: every chain pays a warm-up
-#: (the refit's costliest iterations), and two chains keep both cores of a two-core machine
-#: busy and still let R-hat compare chains.
+#: Most chains of a K-fold refit, which share :data:`KFOLD_DRAWS`: two chains keep both cores
+#: of a two-core machine busy and still let R-hat compare chains. Each starts where the full
+#: fit of its K ended (:func:`~pluralstan.models.annotator.warm_start`): at its draws, with its
+#: posterior scales and step size, and a warm-up that adapts the step size alone.
 KFOLD_CHAINS = 2
 #: Mass of every interval in the report.
 PROB = 0.9
@@ -406,12 +407,14 @@ def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] |
 
 
 def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,
-              sampler: dict[str, Any], starts: int, verbose: bool, progress: bool,
+              sampler: dict[str, Any], verbose: bool, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     """K by :data:`K_RULE` on PSIS-LOO, or on K-fold cross-validation by annotator when
     ``kfold`` asks for it (a number of folds) or, with ``kfold=None``, when more than
     :data:`HIGH_K_SHARE` of the annotators have a high Pareto k at some K (5 folds); each
-    refit runs at most :data:`KFOLD_CHAINS` chains and :data:`KFOLD_DRAWS` draws in all."""
+    refit runs at most :data:`KFOLD_CHAINS` chains and :data:`KFOLD_DRAWS` draws in all,
+    started where the full fit of its K ended (:func:`~pluralstan.models.annotator.warm_start`;
+    no mode search: the full fit's chains are in the modes its search found)."""
     Ks = sorted(fits)
     if len(Ks) == 1:
         return {"K": Ks[0], "note": "", "method": "the only K fitted"}
@@ -433,13 +436,18 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
     bar = tqdm(total=folds * len(Ks), desc="K-fold", unit="fit", disable=not progress,
                file=sys.stderr)
 
-    def fit_quietly(*args: Any, **kwargs: Any) -> _arviz.Idata:
+    refits = kfold_sampler(sampler)
+    warm: dict[int, dict[str, Any]] = {}
+
+    def fit_quietly(model: str, comps: Comparisons, *, K: int, **kwargs: Any) -> _arviz.Idata:
+        if K not in warm:  # the data without held-out annotators: the same basis
+            data = get_model(model).encode(comps, K=K, **LATENT_OPTIONS).data
+            warm[K] = warm_start(fits[K], data, refits["chains"])
         with _quiet(verbose):  # the folds' problems are in the table's flag column
-            idata = fit_model(*args, **latent_options(starts), **kwargs)
+            idata = fit_model(model, comps, K=K, **LATENT_OPTIONS, **{**kwargs, **warm[K]})
         bar.update()
         return idata
 
-    refits = kfold_sampler(sampler)
     table = kfold_K(comps, Ks, folds=folds, fit=fit_quietly, **refits)
     bar.close()
     why = (f"; PSIS-LOO is not reliable here ({high} annotators have {good_k})"
@@ -904,7 +912,7 @@ def audit(
         # K
         annotator_fits = {k: fits[f"annotator_K{k}"] for k in Ks}
         with _timed(seconds, "choose_K"):
-            choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler, starts=starts,
+            choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler,
                                verbose=verbose, progress=progress, echo=echo)
         chosen_K, loo_note = choice["K"], choice["note"]
         del annotator_fits
@@ -948,7 +956,9 @@ def audit(
         if choice.get("kfold") is not None:
             doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
                      "judgements predicted by a fit that never saw them, of "
-                     f"{choice['kfold_chains']} chains x {choice['kfold_draws']} draws; "
+                     f"{choice['kfold_chains']} chains x {choice['kfold_draws']} draws started "
+                     "where the full fit of the same K ended, with its posterior scales and "
+                     f"step size and {WARM_START_WARMUP} warm-up iterations; "
                      "mcse and mcse_diff: the "
                      "Monte Carlo standard errors of elpd_kfold and elpd_diff):")
             doc.table(choice["kfold"].reset_index())
