@@ -261,6 +261,29 @@ def test_pal_predicts_heterogeneous_users_better_than_aggregate_bt(seen_fit, pop
     assert acc_pal - acc_agg > 3 * se, (acc_pal, acc_agg, se)
 
 
+def test_new_user_fit_layout(seen_fit, population):
+    """A short new-user fit (the few-shot test judges its statistics): a weight vector on the
+    simplex per new user, ``n_draws`` seen draws carried over evenly thinned, each draw paired
+    with one of them, and a log likelihood per new user."""
+    _, _, new = population
+    n_draws = 3
+    idata = pal_users.fit_new_users(seen_fit, new, n_draws=n_draws, chains=1, draws=30,
+                                    warmup=30, seed=4, backend="pystan", check=False)
+    post = _arviz.group(idata, "posterior")
+    assert post["w"].dims[2:] == ("annotator", "group")
+    assert list(post["annotator"].values) == list(new.annotator_levels)
+    assert post.sizes["group"] == seen_fit.posterior.sizes["group"]
+    np.testing.assert_allclose(post["w"].sum("group"), 1.0, rtol=1e-10)
+    total = seen_fit.posterior.sizes["chain"] * seen_fit.posterior.sizes["draw"]
+    np.testing.assert_array_equal(_arviz.group(idata, "constant_data")["seen_sample"],
+                                  np.linspace(0, total - 1, n_draws).round())
+    assert np.isin(post["seen_draw"].values, np.arange(1, n_draws + 1)).all()
+    log_lik = _arviz.group(idata, "log_likelihood")["y"]
+    assert log_lik.dims[2:] == ("annotator",)
+    assert log_lik.sizes["annotator"] == len(new.annotator_levels)
+    assert (log_lik.values < 0).all()
+
+
 def test_few_shot_accuracy_increases_with_shots(seen_fit, population):
     """PAL section 3.3.1 / Fig. 2d. Criteria, on the same held-out judgements of 24 unseen
     users: (1) 20-shot accuracy exceeds both zero-shot and 1-shot accuracy by more than two
