@@ -27,15 +27,23 @@
 // theta is sampled in the design's whitened basis when the data say so (whiten = 1; the QR
 // reparameterisation, design.stanfunctions): the same posterior, without the correlations the
 // design puts between attributes.
-// Each free coordinate of theta is sampled divided by a scale given as data (Stan's
-// `multiplier`; 1 by default): a fit started from an earlier fit's draws (a K-fold refit from
-// the full fit) passes that fit's posterior scales, which stand in for the diagonal mass
-// matrix PyStan does not take, so the chains need no metric adaptation. The posterior of theta
-// is the same for any scales.
+// The type shares are sampled as K - 1 free log-ratio coordinates pi_coord:
+// pi = softmax(V pi_coord / sqrt(2)) with V the Helmert basis of the sum-to-zero vectors
+// (sum_to_zero.stanfunctions), which treats the K types alike. The factor makes pi_coord the
+// log odds log(pi_1 / pi_2) when K = 2, the scale of the simplex transform it replaces, so
+// Stan's inits (uniform(-2, 2) on the sampler's space) start every pairwise log ratio within
+// the same range. The map's log Jacobian is sum(log pi) up to a constant, so pi keeps its
+// Dirichlet prior.
+// Each free coordinate (of pi, theta, gamma and log nu) is sampled divided by a scale given as
+// data (Stan's `multiplier`; 1 by default): a fit started from an earlier fit's draws (a K-fold
+// refit from the full fit) passes that fit's posterior scales, which stand in for the diagonal
+// mass matrix PyStan does not take, so the chains need no metric adaptation. The posterior is
+// the same for any scales.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
   #include functions/annotator_types.stanfunctions
+  #include functions/sum_to_zero.stanfunctions
 }
 data {
   int<lower=1> I;                          // number of annotators
@@ -69,10 +77,12 @@ data {
   // 1: the annotator's judgements enter the likelihood; 0: held out (K-fold cross-validation:
   // log_lik still scores them, from the posterior of the others)
   vector<lower=0, upper=1>[I] fit_weight;
-  // scales of the free coordinates of theta on the sampler's space (theta_lead_free,
-  // theta_rest; pluralstan.models.annotator.warm_start)
+  // scales of the free coordinates on the sampler's space (pluralstan.models.annotator.scale_data)
+  vector<lower=0>[K - 1] pi_coord_scale;
   vector<lower=0>[identify ? 0 : K] theta_lead_scale;
   matrix<lower=0>[K, P - 1] theta_rest_scale;
+  real<lower=0> gamma_scale;
+  real<lower=0> log_nu_scale;
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -99,17 +109,19 @@ transformed data {
   // prior location and scale of to_vector(theta) (column-major, K x P)
   vector[K * P] theta_mu = to_vector(rep_matrix(prior_theta_mean', K));
   vector[K * P] theta_sigma = to_vector(rep_matrix(prior_theta_sd', K));
+  matrix[K, K - 1] V_types = sum_to_zero_basis(K) / sqrt(2);  // pi_coord -> centred log pi
 }
 parameters {
-  simplex[K] pi;                                    // type shares
+  vector<multiplier=pi_coord_scale>[K - 1] pi_coord;  // log-ratio coordinates of the shares
   ordered[identify ? K : 0] theta_lead_ordered;    // theta[ : , ident_attr] when identify = 1
   vector<multiplier=theta_lead_scale>[identify ? 0 : K] theta_lead_free;  // its coordinate
                                                                           // when identify = 0
   matrix<multiplier=theta_rest_scale>[K, P - 1] theta_rest;  // the other coordinates
-  array[has_order] real gamma;                      // position (shown-first) effect
-  array[has_ties] real log_nu;                      // log Davidson tie parameter
+  array[has_order] real<multiplier=gamma_scale> gamma;   // position (shown-first) effect
+  array[has_ties] real<multiplier=log_nu_scale> log_nu;  // log Davidson tie parameter
 }
 transformed parameters {
+  simplex[K] pi = softmax(V_types * pi_coord);      // type shares
   // preference vector of each type (rows)
   matrix[K, P] theta = rows_from_coordinates(
       component_coordinates(theta_lead_ordered, theta_lead_free, theta_rest, ident_attr),
@@ -118,6 +130,7 @@ transformed parameters {
 model {
   to_vector(theta) ~ normal(theta_mu, theta_sigma);
   pi ~ dirichlet(prior_pi_alpha);
+  target += sum(log(pi));  // log Jacobian of pi_coord -> pi, up to a constant
   gamma ~ normal(0, prior_order_sd);
   log_nu ~ normal(prior_log_nu_mean, prior_log_nu_sd);
   if (!prior_only) {

@@ -231,7 +231,7 @@ def test_zero_size_outputs_have_pystans_shapes():
     assert list(a) == list(b)
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
     assert b["membership"].shape == (1, 5, 0, 2) and b["gamma"].shape == (1, 5, 0)
-    params = {"pi": [0.5, 0.5], "theta_lead_free": [-1.0, 1.0], "theta_rest": [[0.0], [0.0]]}
+    params = {"pi_coord": [0.0], "theta_lead_free": [-1.0, 1.0], "theta_rest": [[0.0], [0.0]]}
     ga = PyStanEngine().generate(spec.program, enc.data, params, seed=1)
     gb = CmdStanEngine().generate(spec.program, enc.data, params, seed=1)
     assert {k: v.shape for k, v in ga.items()} == {k: v.shape for k, v in gb.items()}

@@ -33,6 +33,7 @@ from scipy.special import logsumexp, softmax
 import pluralstan as ps
 from pluralstan.engine import StanProgram
 from pluralstan.models import get_model, labeled, pal
+from pluralstan.models.annotator import share_coordinates
 from pluralstan.models.base import load_program, log_normaliser, theta_coordinates
 
 from . import reference as ref
@@ -518,14 +519,16 @@ def test_annotator_model_block_matches_reference():
         p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
              **bt_extras(rng, True, True)}
         refs.append(p)
-        stans.append({"pi": p["pi"], **mixture_stan_theta(p["theta"], 0, False, enc.data),
-                      **stan_extras(p)})
+        stans.append({"pi_coord": share_coordinates(p["pi"]),
+                      **mixture_stan_theta(p["theta"], 0, False, enc.data), **stan_extras(p)})
 
     def density(p):
         lp = ref.type_log_lik(j, p["theta"], p["gamma"], p["log_nu"])
         return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
                 + ref.dirichlet_lpdf(p["pi"], priors["pi_alpha"]) + bt_extras_prior(p)
-                + logsumexp(lp + np.log(p["pi"]), axis=1).sum())
+                + logsumexp(lp + np.log(p["pi"]), axis=1).sum()
+                # the program samples the shares' log ratios: the map's log Jacobian
+                + np.log(p["pi"]).sum())
 
     assert_differences_match(log_density(spec.program, enc.data, stans),
                              np.array([density(p) for p in refs]), "model-block log density")

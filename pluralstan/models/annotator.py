@@ -191,7 +191,7 @@ def initial_values(posterior: Any, chain: int, pi: np.ndarray,
     (:func:`~pluralstan.models.base.theta_coordinates`)."""
     last = posterior.isel(chain=chain % posterior.sizes["chain"], draw=-1)
     theta = theta_coordinates(last["theta"].transpose("group", "attribute").to_numpy(), data)
-    inits: dict[str, Any] = {"pi": np.asarray(pi, float).tolist(),
+    inits: dict[str, Any] = {"pi_coord": share_coordinates(pi).tolist(),
                              "theta_lead_free": theta[:, 0].tolist(),
                              "theta_rest": theta[:, 1:].tolist()}
     for name in ("gamma", "log_nu"):
@@ -205,22 +205,18 @@ def initial_values(posterior: Any, chain: int, pi: np.ndarray,
 WARM_START_WARMUP = 19
 
 
-def warm_start(fit: Any, data: Mapping[str, Any], chains: int,
-               backend: str = "auto") -> dict[str, Any]:
+def warm_start(fit: Any, data: Mapping[str, Any], chains: int) -> dict[str, Any]:
     """Options of :func:`pluralstan.fit` that start an annotator fit where ``fit`` ended.
 
     For a fit of nearly the same posterior as ``fit`` (a K-fold refit, from the full fit), whose
     chains need neither to find the posterior's bulk nor to learn its scales. Stan's NUTS
     adapts a diagonal metric, the posterior variances of the unconstrained parameters, which
-    PyStan cannot be given; scales on theta's coordinates take its place (``theta_scale`` of
-    :func:`encode`). With ``s0`` the smallest within-chain posterior sd in ``fit`` of the other
-    unconstrained parameters (type shares, position and tie parameters; 1 when there are
-    none):
+    PyStan cannot be given; scales of the program's free coordinates take its place
+    (``scales`` of :func:`encode`), so that the unit metric is ``fit``'s adapted one:
 
-    * ``theta_scale``: the within-chain posterior sd of each coordinate of theta in ``fit``
-      over ``s0``, so that each is sampled with sd ``s0`` and the unit metric is ``fit``'s
-      adapted one up to that one factor, and no coordinate is narrower than ``s0``;
-    * ``stepsize``: ``fit``'s adapted step size (the median over chains) times ``s0``;
+    * ``scales``: the within-chain posterior sd in ``fit`` of each free coordinate (the
+      shares' log ratios, theta's coordinates, the position and tie parameters);
+    * ``stepsize``: ``fit``'s adapted step size (the median over chains);
     * ``inits``: chain ``c`` starts at the last draw of ``fit``'s chain ``c``
       (:func:`initial_values`, which keeps ``fit``'s type labels);
     * ``warmup``: :data:`WARM_START_WARMUP` iterations, which adapt the step size alone.
@@ -235,16 +231,13 @@ def warm_start(fit: Any, data: Mapping[str, Any], chains: int,
         theta to the coordinates it samples).
     chains
         Chains of the fit to start.
-    backend
-        Engine whose log density gives the type shares' unconstrained values.
 
     Returns
     -------
     dict
-        ``inits``, ``stepsize``, ``theta_scale`` and ``warmup``.
+        ``inits``, ``stepsize``, ``scales`` and ``warmup``.
     """
     from .. import _arviz
-    from ..engine import get_engine
 
     post = _arviz.group(fit, "posterior")
     K, P = int(data["K"]), int(data["P"])
@@ -252,23 +245,33 @@ def warm_start(fit: Any, data: Mapping[str, Any], chains: int,
         raise PluralstanError(f"warm_start needs a fit of {K} exchangeable types "
                               "(identify='none') to start from")
     theta = post["theta"].transpose("chain", "draw", "group", "attribute").to_numpy()
-    coords = theta_coordinates(theta.reshape(-1, P), data).reshape(theta.shape)
-    theta_sd = np.sqrt(coords.var(axis=1, ddof=1).mean(axis=0))
+    draws = {"theta": theta_coordinates(theta.reshape(-1, P), data).reshape(theta.shape),
+             "pi_coord": share_coordinates(post["pi"].transpose("chain", "draw", "group"))}
+    draws |= {name: post[name].transpose("chain", "draw").to_numpy()
+              for name in ("gamma", "log_nu") if name in post}
     inits = [initial_values(post, c, post["pi"].isel(chain=c % post.sizes["chain"], draw=-1),
                             data) for c in range(chains)]
-    others = [np.asarray(post[name]).reshape(post.sizes["chain"], post.sizes["draw"])
-              for name in ("gamma", "log_nu") if name in post]
-    if K > 1:
-        density = get_engine(backend).log_density(SPEC.program, {**data, **scale_data(None, data)})
-        every = max(1, post.sizes["draw"] // 100)
-        shares = post["pi"].isel(draw=slice(None, None, every)).transpose("chain", "draw", "group")
-        others += list(np.moveaxis(np.array([[density.unconstrain({**inits[0], "pi": pi})[:K - 1]
-                                              for pi in chain] for chain in shares.to_numpy()]),
-                                   -1, 0))
-    s0 = min((float(np.sqrt(np.var(v, axis=1, ddof=1).mean())) for v in others), default=1.0)
     step = float(np.median(_arviz.group(fit, "sample_stats")["step_size"].to_numpy()))
-    return {"inits": inits, "stepsize": step * s0, "theta_scale": theta_sd / s0,
+    return {"inits": inits, "stepsize": step,
+            "scales": {name: within_chain_sd(v) for name, v in draws.items()},
             "warmup": WARM_START_WARMUP}
+
+
+def within_chain_sd(draws: np.ndarray) -> np.ndarray:
+    """Pooled within-chain posterior sd of ``draws`` (chain, draw, ...): the root of the mean
+    over chains of each chain's variance, which chains in different modes do not inflate."""
+    return np.sqrt(np.var(draws, axis=1, ddof=1).mean(axis=0))
+
+
+def share_coordinates(pi: Any) -> np.ndarray:
+    """The log-ratio coordinates of type shares (``..., K`` -> ``..., K - 1``) that the
+    annotator program samples as ``pi_coord``: ``pi = softmax(V pi_coord / sqrt(2))`` with
+    ``V`` the Helmert basis of ``stan/functions/sum_to_zero.stanfunctions`` (SciPy's
+    :func:`scipy.linalg.helmert`, transposed); with K = 2, the log odds of the first type."""
+    from scipy.linalg import helmert
+
+    log_pi = np.log(np.asarray(pi, dtype=float))
+    return np.sqrt(2) * log_pi @ helmert(log_pi.shape[-1]).T
 
 
 def likelihood_data(
@@ -346,7 +349,7 @@ def encode(
     log_lik: bool = True,
     held_out: Sequence[Hashable] = (),
     whiten: bool | None = None,
-    theta_scale: np.ndarray | None = None,
+    scales: Mapping[str, Any] | None = None,
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -399,17 +402,16 @@ def encode(
         :func:`~pluralstan.models.base.whitening_data`): ``None`` (default) when the design
         allows it and the components are not ordered, ``True`` or ``False`` to force the
         choice. The posterior is the same.
-    theta_scale
-        K x P scales of theta's coordinates (in the basis the program samples) on the
-        sampler's space: the sampler moves in the coordinates divided by them (Stan's
-        ``multiplier``), so with scales proportional to the posterior's a unit metric is
-        already adapted. Default 1; :func:`warm_start` sets them from an earlier fit. Only
-        with exchangeable types (``identify="none"``). The posterior is the same.
+    scales
+        Scales of the free coordinates on the sampler's space, by parameter
+        (:func:`scale_data`): the sampler moves in the coordinates divided by them (Stan's
+        ``multiplier``), so with the posterior's scales a unit metric is already adapted.
+        Default 1; :func:`warm_start` sets them from an earlier fit. The posterior is the same.
 
     Raises
     ------
     PluralstanError
-        For a bad ``K``, ``identify``, prior, ``theta_scale``, or an annotator without
+        For a bad ``K``, ``identify``, prior, ``scales``, or an annotator without
         judgements.
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
@@ -417,7 +419,7 @@ def encode(
         comps, K, p, identify=identify, ordered_attribute=ordered_attribute, ties=ties,
         order=order, whiten=whiten,
     )
-    data |= scale_data(theta_scale, data)
+    data |= scale_data(scales, data)
     data["replicate"] = int(replicate)
     data |= PYTHON_OUTPUTS
     data["fit_weight"] = fit_weights(comps, held_out)
@@ -449,21 +451,41 @@ def encode(
     )
 
 
-def scale_data(theta_scale: Any, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Stan data ``theta_lead_scale`` and ``theta_rest_scale``: ``theta_scale`` (K x P, or
-    1 when ``None``) split as the program splits theta's coordinates (the first attribute is
-    the lead one when the types are exchangeable; with ordered types it has no scale)."""
+def scale_data(scales: Mapping[str, Any] | None,
+               data: Mapping[str, Any]) -> dict[str, np.ndarray | float]:
+    """Stan data ``*_scale``: the scales of the program's free coordinates.
+
+    ``scales`` maps a parameter to the scales of its coordinates on the sampler's space, 1 for
+    a parameter it leaves out: ``"pi_coord"`` (K - 1: the log-ratio coordinates of the shares,
+    :func:`share_coordinates`), ``"theta"`` (K x P: theta in the basis the program samples,
+    :func:`~pluralstan.models.base.theta_coordinates`; only with exchangeable types, since the
+    ordered coordinate has none), ``"gamma"`` and ``"log_nu"`` (one each).
+    """
     K, P, ordered = int(data["K"]), int(data["P"]), bool(data["identify"])
-    if theta_scale is None:
-        return {"theta_lead_scale": np.ones(0 if ordered else K),
-                "theta_rest_scale": np.ones((K, P - 1))}
-    if ordered:
-        raise PluralstanError("theta_scale needs exchangeable types (identify='none')")
-    scale = np.asarray(theta_scale, dtype=float)
-    if scale.shape != (K, P) or not np.all(np.isfinite(scale) & (scale > 0)):
-        raise PluralstanError(f"theta_scale must hold {K} x {P} positive finite numbers (types "
-                              f"x attributes), got shape {scale.shape}")
-    return {"theta_lead_scale": scale[:, 0], "theta_rest_scale": scale[:, 1:]}
+    given = dict(scales or {})
+    unknown = sorted(set(given) - set(SCALE_SHAPES))
+    if unknown:
+        raise PluralstanError(f"scales has no parameter {unknown[0]!r}; it takes "
+                              f"{', '.join(map(repr, SCALE_SHAPES))}")
+    if ordered and "theta" in given:
+        raise PluralstanError("scales of theta need exchangeable types (identify='none')")
+    out: dict[str, Any] = {}
+    for name, shape in SCALE_SHAPES.items():
+        want = tuple({"K": K, "K-1": K - 1, "P": P}[d] for d in shape)
+        value = np.asarray(given.get(name, np.ones(want)), dtype=float)
+        if value.shape != want or not np.all(np.isfinite(value) & (value > 0)):
+            raise PluralstanError(f"scales[{name!r}] must hold positive finite numbers of shape "
+                                  f"{want}, got shape {value.shape}")
+        out[name] = value
+    theta = out.pop("theta")
+    return {"pi_coord_scale": out["pi_coord"],
+            "theta_lead_scale": np.ones(0) if ordered else theta[:, 0],
+            "theta_rest_scale": theta[:, 1:],
+            "gamma_scale": float(out["gamma"]), "log_nu_scale": float(out["log_nu"])}
+
+
+#: The parameters :func:`scale_data` takes scales of, with the shape of their scales.
+SCALE_SHAPES = {"pi_coord": ("K-1",), "theta": ("K", "P"), "gamma": (), "log_nu": ()}
 
 
 def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
@@ -586,9 +608,9 @@ def derive_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any], *,
 #: (set them to 1 to have the program write them, as the tests do to compare the two).
 PYTHON_OUTPUTS: dict[str, int] = {"save_membership": 0, "save_log_lik": 0}
 
-#: Stan outputs used internally (parts of ``theta``, the per-annotator log likelihood, which
-#: goes to the log_likelihood group): not kept in the posterior.
-INTERNAL = ("log_lik", "theta_lead_ordered", "theta_lead_free", "theta_rest")
+#: Stan outputs used internally (the coordinates of ``pi`` and ``theta``, the per-annotator
+#: log likelihood, which goes to the log_likelihood group): not kept in the posterior.
+INTERNAL = ("log_lik", "pi_coord", "theta_lead_ordered", "theta_lead_free", "theta_rest")
 
 #: Dims of the ``constant_data`` variables of the annotator-level models.
 CONSTANT_DIMS: dict[str, list[str]] = {

@@ -548,7 +548,7 @@ def prior_parametrisation(data: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` for the same program in the parametrisation its prior-only runs sample: theta
     itself (no basis, :func:`whitening_data`) and, in the labeled program, the centring
     weights' form rather than the conditional one (``labeled.conditional_data``), and in the
-    annotator program unit scales of theta's coordinates (``annotator.warm_start``). Parameter
+    annotator program unit scales of its free coordinates (``annotator.scale_data``). Parameter
     values from a prior-only run mean the same there (``theta_coord`` is theta, ``mu_coord``
     is mu)."""
     out = dict(data)
@@ -558,9 +558,8 @@ def prior_parametrisation(data: Mapping[str, Any]) -> dict[str, Any]:
         out |= {"conditional": 0, **{name: np.zeros((0, 0)) for name in (
             "pilot_info", "pilot_info_diagonal", "pilot_info_basis", "pilot_info_eigen",
             "pilot_score")}}
-    if "theta_rest_scale" in data:
-        out |= {name: np.ones_like(np.asarray(data[name], float))
-                for name in ("theta_lead_scale", "theta_rest_scale")}
+    out |= {name: np.ones_like(np.asarray(value, float)) for name, value in data.items()
+            if name.endswith("_scale")}
     return out
 
 
