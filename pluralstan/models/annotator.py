@@ -462,30 +462,24 @@ def scale_data(scales: Mapping[str, Any] | None,
     ordered coordinate has none), ``"gamma"`` and ``"log_nu"`` (one each).
     """
     K, P, ordered = int(data["K"]), int(data["P"]), bool(data["identify"])
+    shapes = {"pi_coord": (K - 1,), "theta": (K, P), "gamma": (), "log_nu": ()}
     given = dict(scales or {})
-    unknown = sorted(set(given) - set(SCALE_SHAPES))
+    unknown = sorted(set(given) - set(shapes))
     if unknown:
         raise PluralstanError(f"scales has no parameter {unknown[0]!r}; it takes "
-                              f"{', '.join(map(repr, SCALE_SHAPES))}")
+                              f"{', '.join(map(repr, shapes))}")
     if ordered and "theta" in given:
         raise PluralstanError("scales of theta need exchangeable types (identify='none')")
-    out: dict[str, Any] = {}
-    for name, shape in SCALE_SHAPES.items():
-        want = tuple({"K": K, "K-1": K - 1, "P": P}[d] for d in shape)
-        value = np.asarray(given.get(name, np.ones(want)), dtype=float)
-        if value.shape != want or not np.all(np.isfinite(value) & (value > 0)):
+    out = {name: np.asarray(given.get(name, np.ones(shape)), dtype=float)
+           for name, shape in shapes.items()}
+    for name, value in out.items():
+        if value.shape != shapes[name] or not np.all(np.isfinite(value) & (value > 0)):
             raise PluralstanError(f"scales[{name!r}] must hold positive finite numbers of shape "
-                                  f"{want}, got shape {value.shape}")
-        out[name] = value
-    theta = out.pop("theta")
+                                  f"{shapes[name]}, got shape {value.shape}")
     return {"pi_coord_scale": out["pi_coord"],
-            "theta_lead_scale": np.ones(0) if ordered else theta[:, 0],
-            "theta_rest_scale": theta[:, 1:],
+            "theta_lead_scale": np.ones(0) if ordered else out["theta"][:, 0],
+            "theta_rest_scale": out["theta"][:, 1:],
             "gamma_scale": float(out["gamma"]), "log_nu_scale": float(out["log_nu"])}
-
-
-#: The parameters :func:`scale_data` takes scales of, with the shape of their scales.
-SCALE_SHAPES = {"pi_coord": ("K-1",), "theta": ("K", "P"), "gamma": (), "log_nu": ()}
 
 
 def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
