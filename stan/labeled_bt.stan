@@ -98,6 +98,14 @@ functions {
     matrix[s, s] X = mdivide_right_tri_low(mdivide_right_tri_low(add_diag(W, -1), L_G)', L_G)';
     return (X, -(X + X' + quad_form(G, X')), -sum(log(diagonal(L_Z))));
   }
+  // S_k (S_k' v + z) for a group's root S_k = diag(root_m)^-1 (I + C X C') of low_rank_root,
+  // with S_k S_k' = Lambda_k^-1: Lambda_k^-1 v when z = 0 (the group's conditional mean), and
+  // the map's step z from it otherwise
+  vector root_apply(vector v, vector z, vector root_m, matrix C, matrix X) {
+    vector[rows(v)] w = v ./ root_m;
+    w += C * (X' * (C' * w)) + z;
+    return (w + C * (X * (C' * w))) ./ root_m;
+  }
   // the conditional map with each I_k = D_k + B_k E_k B_k' (conditional = 2; see the header):
   // d the K x P diagonals, B the K bases (P x s), e the K x s eigenvalues; as
   // conditional_hierarchy_lp
@@ -115,6 +123,7 @@ functions {
     matrix[K * s, K * s] H = rep_matrix(0, K * s, K * s);
     vector[P] q = inv_square(prior_sd);                           // Q's diagonal part
     vector[P] r = prior_mean .* inv_square(prior_sd);
+    vector[P] zero = rep_vector(0, P);
     for (k in 1:K) {
       int cols_k = (k - 1) * s;
       root_m[k] = sqrt(d[k]' + precision);
@@ -122,10 +131,7 @@ functions {
       tuple(matrix[s, s], matrix[s, s], real) root = low_rank_root(C[k], diag_matrix(e[k]'));
       X[k] = root.1;
       H[(cols_k + 1):(cols_k + s), (cols_k + 1):(cols_k + s)] = root.2;
-      // Lambda_k^-1 b_k = S_k S_k' b_k, with S_k v = (v + C_k X_k C_k' v) ./ root_m
-      vector[P] w = score[k] ./ root_m[k];
-      w += C[k] * (X[k]' * (C[k]' * w));
-      r += precision .* (w + C[k] * (X[k] * (C[k]' * w))) ./ root_m[k];
+      r += precision .* root_apply(score[k], zero, root_m[k], C[k], X[k]);  // Lambda_k^-1 b_k
       q += precision - square(precision ./ root_m[k]);
       R[:, (cols_k + 1):(cols_k + s)] = diag_pre_multiply(precision ./ root_m[k], C[k]);
       target += -sum(log(root_m[k])) + root.3;
@@ -140,9 +146,7 @@ functions {
     matrix[K + 1, P] out;
     out[1] = (mean_mu + mu_coord ./ sqrt(q_diag))';
     for (k in 1:K) {
-      vector[P] w = (score[k] + precision .* out[1]') ./ root_m[k];
-      w += C[k] * (X[k]' * (C[k]' * w)) + z[k]';
-      out[k + 1] = ((w + C[k] * (X[k] * (C[k]' * w))) ./ root_m[k])';
+      out[k + 1] = root_apply(score[k] + precision .* out[1]', z[k]', root_m[k], C[k], X[k])';
     }
     return out;
   }
