@@ -471,6 +471,16 @@ def choose_K(table: pd.DataFrame) -> int:
     return int(min(close))
 
 
+def largest_K_note(K: int, Ks: Sequence[int]) -> str:
+    """A note for the report when the chosen ``K`` is the largest of several fitted: the
+    comparison then says only that no fewer types will do, not that no more would fit better
+    (empty otherwise)."""
+    if len(Ks) < 2 or K < max(Ks):
+        return ""
+    return (f"; K = {K} is the largest K fitted, so more types may predict better still "
+            f"(fit K = {K + 1} too to see)")
+
+
 # ---------------------------------------------------------------------- tables
 def _membership(idata: _arviz.Idata) -> pd.DataFrame:
     """Posterior mean membership, annotators x types."""
@@ -914,7 +924,8 @@ def audit(
         with _timed(seconds, "choose_K"):
             choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler,
                                verbose=verbose, progress=progress, echo=echo)
-        chosen_K, loo_note = choice["K"], choice["note"]
+        chosen_K = choice["K"]
+        loo_note = choice["note"] + largest_K_note(chosen_K, Ks)
         del annotator_fits
         for k in Ks:  # the chosen fit whole again, the others without their log likelihood
             if k != chosen_K:
@@ -924,7 +935,8 @@ def audit(
             if choice.get(name) is not None:
                 summary[f"K_{name}"] = _records(choice[name].reset_index())
         summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks,
-                        "method": choice["method"]}
+                        "method": choice["method"],
+                        "largest_fitted": len(Ks) > 1 and chosen_K == max(Ks)}
         # items 1-2
         comp = composition_table(comps, chosen, PROB)
         within = within_table(aggregate, chosen, PROB, comps.reference)

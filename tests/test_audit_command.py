@@ -26,6 +26,7 @@ from pluralstan.audit import (
     _store,
     align_types,
     kfold_sampler,
+    largest_K_note,
     pi_grid,
     read_judgements,
     reweighted,
@@ -81,10 +82,23 @@ def test_audit_chooses_three_types(report):
     # no annotator has Pareto k > 0.7 here, so PSIS-LOO chose K and K-fold was not run
     assert summary["K"]["method"] == "leave-one-annotator-out PSIS-LOO"
     assert "K_kfold" not in summary
+    # K = 3 of 1..4: no note that more types might fit better
+    assert summary["K"]["largest_fitted"] is False
+    assert "the largest K fitted" not in (report[1] / "report.md").read_text()
     table = pd.DataFrame(summary["K_loo"]).set_index("K")
     # K = 1 and 2 are far from the best (more than 2 dse); 3 is within 2 dse of the best
     assert (table.loc[[1, 2], "elpd_diff"] > 2 * table.loc[[1, 2], "dse"]).all()
     assert table.loc[3, "elpd_diff"] <= 2 * table.loc[3, "dse"]
+
+
+@pytest.mark.parametrize(("K", "Ks", "noted"), [(4, [1, 2, 3, 4], True), (3, [1, 2, 3, 4], False),
+                                               (1, [1], False), (2, [2, 1], True)])
+def test_a_chosen_K_at_the_top_of_the_range_is_noted(K, Ks, noted):
+    # only a comparison of several K whose best is the largest leaves more types untried
+    note = largest_K_note(K, Ks)
+    assert bool(note) == noted
+    if noted:
+        assert f"K = {K} is the largest K fitted" in note and f"K = {K + 1}" in note
 
 
 def test_audit_types_match_the_truth(report):
@@ -322,6 +336,11 @@ def test_audit_with_observed_groups_adds_their_disclosure(files, tmp_path, pooli
     assert ("mode_search" in labeled.attrs) == searched
     assert labeled.attrs["warmup"] == (MODE_WARMUP if searched else 400)
     text = (out / "report.md").read_text()
+    # three simulated types and K = 1, 2 fitted: the largest is chosen, and the report says that
+    # more types may predict better
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["K"]["chosen"] == 2 and summary["K"]["largest_fitted"] is True
+    assert "K = 2 is the largest K fitted" in " ".join(text.split())
     assert ("Before each fit, L-BFGS" in text) == searched
     assert ("Before each fit but the labeled one, L-BFGS" in text) != searched
     assert "observed_groups/report.html" in text
