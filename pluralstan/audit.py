@@ -924,8 +924,8 @@ def audit(
         with _timed(seconds, "choose_K"):
             choice = _choose_K(comps, annotator_fits, kfold=kfold, sampler=sampler,
                                verbose=verbose, progress=progress, echo=echo)
-        chosen_K = choice["K"]
-        loo_note = choice["note"] + largest_K_note(chosen_K, Ks)
+        chosen_K, at_top = choice["K"], largest_K_note(choice["K"], Ks)
+        loo_note = choice["note"] + at_top
         del annotator_fits
         for k in Ks:  # the chosen fit whole again, the others without their log likelihood
             if k != chosen_K:
@@ -936,7 +936,7 @@ def audit(
                 summary[f"K_{name}"] = _records(choice[name].reset_index())
         summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks,
                         "method": choice["method"],
-                        "largest_fitted": len(Ks) > 1 and chosen_K == max(Ks)}
+                        "largest_fitted": bool(at_top)}
         # items 1-2
         comp = composition_table(comps, chosen, PROB)
         within = within_table(aggregate, chosen, PROB, comps.reference)
