@@ -39,6 +39,15 @@
 // refit from the full fit) passes that fit's posterior scales, which stand in for the diagonal
 // mass matrix PyStan does not take, so the chains need no metric adaptation. The posterior is
 // the same for any scales.
+// loo_mixture = 1 samples, instead of the posterior, the mixture of leave-one-annotator-out
+// posteriors of Silva & Zanella (2022, arXiv:2209.09190),
+//   q(theta, pi) ∝ p(theta, pi | y) * sum_i c_i / p(y_i | theta, pi),
+// with log c_i given as data (loo_log_weight). The importance weight from q to the posterior
+// without annotator i is at most 1 / c_i times a constant, so one fit estimates every
+// annotator's leave-one-out predictive density with finite variance where Pareto-smoothed
+// importance sampling from the posterior fails (pluralstan.checks.compare.mixture_loo_K).
+// Any positive c_i gives the same estimates; c_i near 1 / E[1 / p(y_i | theta, pi) | y] gives
+// every leave-one-out posterior an equal share of q.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
@@ -77,6 +86,9 @@ data {
   // 1: the annotator's judgements enter the likelihood; 0: held out (K-fold cross-validation:
   // log_lik still scores them, from the posterior of the others)
   vector<lower=0, upper=1>[I] fit_weight;
+  // 1: sample the leave-one-annotator-out mixture with weights exp(loo_log_weight) (header)
+  int<lower=0, upper=1> loo_mixture;
+  vector[loo_mixture ? I : 0] loo_log_weight;
   // scales of the free coordinates on the sampler's space (pluralstan.models.annotator.scale_data)
   vector<lower=0>[K - 1] pi_coord_scale;
   vector<lower=0>[identify ? 0 : K] theta_lead_scale;
@@ -138,8 +150,13 @@ model {
                                    theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
+    vector[I] ll;  // log p(y_i | theta, pi)
     for (i in 1:I) {
-      target += fit_weight[i] * log_sum_exp(lp[i]);
+      ll[i] = log_sum_exp(lp[i]);
+    }
+    target += dot_product(fit_weight, ll);
+    if (loo_mixture) {
+      target += log_sum_exp(loo_log_weight - ll);
     }
   }
 }

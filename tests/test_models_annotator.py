@@ -447,6 +447,27 @@ def test_share_coordinates_are_the_programs():
     np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-8)
 
 
+def test_loo_mixture_is_checked_and_recorded(small):
+    # the weights reach the program as data, the fit is marked as not the posterior, and bad
+    # weights are refused before any Stan code runs, naming the annotator
+    levels = pd.Index(small.annotator_levels).tolist()
+    enc = annotator.encode(small, K=2, loo_mixture=np.arange(len(levels), dtype=float))
+    assert enc.data["loo_mixture"] == 1
+    np.testing.assert_array_equal(enc.data["loo_log_weight"], np.arange(len(levels)))
+    assert enc.extra_attrs["loo_mixture"] == 1
+    plain = annotator.encode(small, K=2)
+    assert plain.data["loo_mixture"] == 0 and plain.data["loo_log_weight"].shape == (0,)
+    assert "loo_mixture" not in plain.extra_attrs
+    with pytest.raises(PluralstanError, match=rf"one log weight per annotator \({len(levels)}\)"):
+        annotator.encode(small, K=2, loo_mixture=np.zeros(len(levels) - 1))
+    bad = np.zeros(len(levels))
+    bad[3] = np.nan
+    with pytest.raises(PluralstanError, match=f"annotator {levels[3]!r} has nan"):
+        annotator.encode(small, K=2, loo_mixture=bad)
+    with pytest.raises(PluralstanError, match="loo_mixture and held_out do not go together"):
+        annotator.encode(small, K=2, loo_mixture=np.zeros(len(levels)), held_out=levels[:1])
+
+
 def test_scales_are_checked(small):
     with pytest.raises(PluralstanError, match=r"scales\['theta'\] must hold positive finite "
                                               r"numbers of shape \(2, 5\), got shape \(2, 4\)"):

@@ -502,18 +502,22 @@ def test_unlabeled_matches_reference(kind, ties, order, identify):
 
 
 # ---------------------------------------------------------------------------- annotator
-def test_annotator_model_block_matches_reference():
+@pytest.mark.parametrize("mixture", [False, True], ids=["posterior", "loo-mixture"])
+def test_annotator_model_block_matches_reference(mixture):
     """The annotator program's generated log likelihood is checked against the judgement-level
     reference in ``test_models_annotator.py``; this checks its model block with the same
-    reference (``reference.type_log_lik``) and the priors."""
+    reference (``reference.type_log_lik``) and the priors, and with ``loo_mixture`` the
+    mixture of leave-one-annotator-out posteriors: the posterior times
+    ``sum_i c_i / p(y_i | theta, pi)``."""
     comps = ties_order_data()
     K = 2
     priors = {**BT_PRIORS, "pi_alpha": [0.8, 1.6]}
     spec = get_model("annotator")
-    enc = spec.encode(comps, K=K, priors=priors)
+    rng = np.random.default_rng(14)
+    log_c = rng.normal(0.0, 2.0, len(comps.annotator_levels)) if mixture else None
+    enc = spec.encode(comps, K=K, priors=priors, loo_mixture=log_c)
     assert enc.data["whiten"] == 1  # the density is checked through the QR basis
     j = judgements_of(comps, annotator_levels=list(enc.coords["annotator"]))
-    rng = np.random.default_rng(14)
     refs, stans = [], []
     for _ in range(N_POINTS):
         p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
@@ -524,9 +528,10 @@ def test_annotator_model_block_matches_reference():
 
     def density(p):
         lp = ref.type_log_lik(j, p["theta"], p["gamma"], p["log_nu"])
+        ll = logsumexp(lp + np.log(p["pi"]), axis=1)  # log p(y_i | theta, pi)
         return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
                 + ref.dirichlet_lpdf(p["pi"], priors["pi_alpha"]) + bt_extras_prior(p)
-                + logsumexp(lp + np.log(p["pi"]), axis=1).sum()
+                + ll.sum() + (logsumexp(log_c - ll) if mixture else 0.0)
                 # the program samples the shares' log ratios: the map's log Jacobian
                 + np.log(p["pi"]).sum())
 

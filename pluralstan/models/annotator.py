@@ -350,6 +350,7 @@ def encode(
     held_out: Sequence[Hashable] = (),
     whiten: bool | None = None,
     scales: Mapping[str, Any] | None = None,
+    loo_mixture: Sequence[float] | np.ndarray | None = None,
 ) -> Encoded:
     """Encode a comparison table for the annotator-level latent-type model.
 
@@ -407,12 +408,20 @@ def encode(
         (:func:`scale_data`): the sampler moves in the coordinates divided by them (Stan's
         ``multiplier``), so with the posterior's scales a unit metric is already adapted.
         Default 1; :func:`warm_start` sets them from an earlier fit. The posterior is the same.
+    loo_mixture
+        Log weights ``log c_i``, one per annotator in ``comps.annotator_levels`` order: the
+        fit then samples the mixture of leave-one-annotator-out posteriors
+        ``q ∝ p(theta, pi | y) sum_i c_i / p(y_i | theta, pi)`` instead of the posterior
+        (Silva & Zanella 2022), from which
+        :func:`pluralstan.checks.compare.mixture_loo_K` estimates every annotator's
+        leave-one-out predictive density; :func:`pluralstan.checks.compare.mixture_weights`
+        gives weights that share ``q`` evenly among the annotators. Not with ``held_out``.
 
     Raises
     ------
     PluralstanError
-        For a bad ``K``, ``identify``, prior, ``scales``, or an annotator without
-        judgements.
+        For a bad ``K``, ``identify``, prior, ``scales``, ``loo_mixture``, or an annotator
+        without judgements.
     """
     p = merge_priors(DEFAULT_PRIORS, priors)
     data, coords, cells, attrs = likelihood_data(
@@ -425,6 +434,9 @@ def encode(
     data["fit_weight"] = fit_weights(comps, held_out)
     if len(held_out):
         attrs = {**attrs, "held_out_annotators": len(held_out)}
+    data |= mixture_data(loo_mixture, comps.annotator_levels, held_out)
+    if loo_mixture is not None:  # these draws are not the posterior's
+        attrs = {**attrs, "loo_mixture": 1}
     data["prior_pi_alpha"] = positive(
         broadcast_prior(p["pi_alpha"], data["K"], "pi_alpha"), "pi_alpha"
     )
@@ -493,6 +505,25 @@ def fit_weights(comps: Comparisons, held_out: Sequence[Hashable]) -> np.ndarray:
         raise PluralstanError("every annotator is held out: nothing is left to fit")
     return (~np.isin(np.asarray(levels, dtype=object), np.asarray(list(held_out),
                                                                    dtype=object))).astype(float)
+
+
+def mixture_data(log_weight: Sequence[float] | np.ndarray | None, levels: Sequence[Hashable],
+                 held_out: Sequence[Hashable]) -> dict[str, Any]:
+    """Stan data ``loo_mixture`` and ``loo_log_weight`` (see :func:`encode`)."""
+    if log_weight is None:
+        return {"loo_mixture": 0, "loo_log_weight": np.zeros(0)}
+    if len(held_out):
+        raise PluralstanError("loo_mixture and held_out do not go together: the mixture "
+                              "estimates every annotator's leave-one-out density from one fit")
+    w = np.asarray(log_weight, dtype=float)
+    if w.shape != (len(levels),):
+        raise PluralstanError(f"loo_mixture must hold one log weight per annotator "
+                              f"({len(levels)}), got shape {w.shape}")
+    bad = np.flatnonzero(~np.isfinite(w))
+    if bad.size:
+        who = pd.Index(levels).tolist()[bad[0]]  # as a Python value, printed plainly
+        raise PluralstanError(f"loo_mixture must be finite; annotator {who!r} has {w[bad[0]]}")
+    return {"loo_mixture": 1, "loo_log_weight": w}
 
 
 # ------------------------------------------------------------- outputs computed in Python
