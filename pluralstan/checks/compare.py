@@ -22,6 +22,18 @@ annotators are left out of the likelihood of one refit (``held_out``) and scored
 annotator's predictive density comes from a posterior that never saw them, with no importance
 sampling (Vehtari, Gelman & Gabry 2017, section 4). A refit's predictive density is a mean over
 its draws; :func:`held_out_lpd` states its Monte Carlo standard error, which the table sums.
+
+:func:`mixture_loo_K` estimates the same leave-one-annotator-out densities from one fit per K,
+without refits: the fit samples the mixture of the leave-one-out posteriors (Silva & Zanella
+2022, arXiv:2209.09190; the annotator program's ``loo_mixture``), from which the importance
+weights to each leave-one-out posterior are bounded, so the estimates have finite variance
+where PSIS-LOO's Pareto k says they may not. The mixture's components are weighted to share it
+evenly among the annotators (:func:`mixture_weights`): unweighted, it is dominated by the
+annotators whose judgements are least predictable, since the weight of annotator i's
+component is ``1 / p(y_i | y_-i)``, which spans many orders of magnitude when annotators make
+different numbers of judgements. :func:`mixture_lpd` is the estimator with its Monte Carlo
+standard error. ArviZ and loo implement PSIS-LOO and its moment matching, not this estimator,
+hence the few lines here.
 """
 
 from __future__ import annotations
@@ -48,6 +60,9 @@ __all__ = [
     "held_out_lpd",
     "kfold_K",
     "loo",
+    "mixture_loo_K",
+    "mixture_lpd",
+    "mixture_weights",
     "pareto_k_table",
 ]
 
@@ -345,16 +360,152 @@ def kfold_K(
         pointwise[int(k)] = lpd
         mc_var[int(k)] = var
         flags[int(k)] = "; ".join(dict.fromkeys(problems))
+    return elpd_table(pointwise, mc_var, flags, "elpd_kfold")
+
+
+def elpd_table(pointwise: Mapping[int, np.ndarray], mc_var: Mapping[int, float],
+               flags: Mapping[int, str], column: str) -> pd.DataFrame:
+    """A comparison of K from pointwise (per annotator) elpd estimates of independent fits.
+
+    ``mc_var`` is each K's Monte Carlo variance of the summed elpd. Indexed by ``K``, best
+    first: ``column`` (the sum), ``se``, ``elpd_diff`` (to the best, >= 0), ``dse`` (standard
+    error of the paired difference), ``mcse``, ``mcse_diff`` (the fits are independent) and
+    ``flag``.
+    """
     best = max(pointwise, key=lambda k: pointwise[k].sum())
-    n = len(levels)
-    rows = [{"K": k, "elpd_kfold": v.sum(), "se": float(np.sqrt(n * v.var())),
+    rows = [{"K": k, column: v.sum(), "se": float(np.sqrt(v.size * v.var())),
              "elpd_diff": float(pointwise[best].sum() - v.sum()),
-             "dse": float(np.sqrt(n * (pointwise[best] - v).var())),
+             "dse": float(np.sqrt(v.size * (pointwise[best] - v).var())),
              "mcse": float(np.sqrt(mc_var[k])),
              "mcse_diff": float(np.sqrt(mc_var[k] + mc_var[best])) if k != best else 0.0,
              "flag": flags[k]}
             for k, v in pointwise.items()]
     return pd.DataFrame(rows).set_index("K").sort_values("elpd_diff")
+
+
+#: Importance-sampling ESS below which a mixture estimate of an annotator's leave-one-out
+#: density is named in the table's flag: it then rests on a handful of draws.
+MIXTURE_MIN_ESS = 10
+
+
+def mixture_loo_K(
+    comps: Comparisons,
+    fits: Mapping[int, _arviz.Idata],
+    *,
+    seed: int = 1,
+    fit: Callable[..., _arviz.Idata] | None = None,
+    **fit_kwargs: Any,
+) -> pd.DataFrame:
+    """Choose K by leave-one-annotator-out estimated by mixture importance sampling.
+
+    For each K, one fit samples the mixture of the leave-one-out posteriors
+    (``loo_mixture`` of :func:`pluralstan.models.annotator.encode`, weighted by
+    :func:`mixture_weights` of the full fit ``fits[K]``), and :func:`mixture_lpd` estimates
+    every annotator's leave-one-out predictive density from its draws.
+
+    Parameters
+    ----------
+    comps
+        The judgements (with annotators).
+    fits
+        Full annotator fits keyed by K, with their per-annotator log likelihood.
+    seed
+        Seed of every mixture fit.
+    fit
+        The fitting function (default :func:`pluralstan.fit`), called as
+        ``fit("annotator", comps, K=k, loo_mixture=..., seed=seed, stack=False,
+        **fit_kwargs)``; the audit passes one that starts where ``fits[K]`` ended.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`kfold_K`'s, with ``elpd_loo`` for ``elpd_kfold``; ``mcse`` from
+        :func:`mixture_lpd`, and ``flag`` also names the annotators whose estimate rests on
+        fewer than :data:`MIXTURE_MIN_ESS` effective draws.
+    """
+    if fit is None:
+        from ..fit import fit
+    pointwise: dict[int, np.ndarray] = {}
+    mc_var: dict[int, float] = {}
+    flags: dict[int, str] = {}
+    for k, full in sorted(fits.items()):
+        log_weight = mixture_weights(_log_lik(full, "y"))
+        idata = fit("annotator", comps, K=int(k), loo_mixture=log_weight, seed=seed,
+                    stack=False, **fit_kwargs)
+        lpd, mcse, ess = mixture_lpd(_log_lik(idata, "y"), log_weight)
+        pointwise[int(k)], mc_var[int(k)] = lpd, mcse**2
+        problems = [diagnostics.flag(idata)] if diagnostics.flag(idata) else []
+        few = int((ess < MIXTURE_MIN_ESS).sum())
+        if few:
+            problems.append(f"{few} annotator(s) with importance ESS < {MIXTURE_MIN_ESS} "
+                            f"(smallest {ess.min():.1f})")
+        flags[int(k)] = "; ".join(problems)
+    return elpd_table(pointwise, mc_var, flags, "elpd_loo")
+
+
+def mixture_weights(log_lik: xr.DataArray) -> np.ndarray:
+    """Log weights of a mixture of leave-one-out posteriors that shares it evenly.
+
+    ``log_lik``: ``log p(y_i | theta_s)`` of posterior draws, dims ``(chain, draw, unit)``.
+    The component of unit ``i`` in ``q ∝ p(theta | y) sum_i c_i / p(y_i | theta)`` has mass
+    ``c_i E[1 / p(y_i | theta) | y]``; ``log c_i = -log mean_s exp(-log_lik_si)`` makes these
+    masses equal on the given draws. Any positive weights give consistent estimates
+    (:func:`mixture_lpd`); even masses spend the mixture's draws on every unit alike.
+    """
+    ll = _unit_last(log_lik)
+    draws = ll.shape[0] * ll.shape[1]
+    return -(logsumexp(-ll, axis=(0, 1)) - np.log(draws))
+
+
+def mixture_lpd(log_lik: xr.DataArray, log_weight: np.ndarray
+                ) -> tuple[np.ndarray, float, np.ndarray]:
+    """Leave-one-out log predictive densities from draws of a mixture of leave-one-out
+    posteriors, with the Monte Carlo standard error of their sum.
+
+    With draws ``theta_s`` of ``q ∝ p(theta | y) sum_j c_j / p(y_j | theta)`` (``log c_j =
+    log_weight``) and ``a_s = -log sum_j c_j / p(y_j | theta_s)``, the self-normalised
+    importance-sampling estimate of ``p(y_i | y_-i)`` is
+    ``sum_s exp(a_s) / sum_s exp(a_s) / p(y_i | theta_s)`` (Silva & Zanella 2022, eq. 9, with
+    weights; ``c_i`` cancels). Its Monte Carlo standard error is by the delta method: the
+    sum over units is a function of means over draws, whose per-draw influence ``F_s`` has
+    mean 0, so the error is ``sd(F) / sqrt(ESS(F))`` (ArviZ's ``ess``, method ``"mean"``:
+    autocorrelation counts).
+
+    Parameters
+    ----------
+    log_lik
+        ``log p(y_i | theta_s)``, dims ``(chain, draw, unit)``, of the mixture's draws.
+    log_weight
+        The ``log c_i`` the mixture was sampled with, in ``log_lik``'s unit order.
+
+    Returns
+    -------
+    lpd, mcse, ess
+        The estimates (one per unit), the Monte Carlo standard error of their sum, and each
+        unit's importance-sampling effective sample size ``1 / sum_s w_si^2`` (normalised
+        weights ``w_si ∝ exp(a_s) / p(y_i | theta_s)``).
+    """
+    ll = _unit_last(log_lik)
+    a = -logsumexp(np.asarray(log_weight)[None, None, :] - ll, axis=-1)  # (chain, draw)
+    log_w = a[..., None] - ll                                            # (chain, draw, unit)
+    log_num, log_den = logsumexp(a), logsumexp(log_w, axis=(0, 1))
+    lpd = log_num - log_den
+    w = np.exp(log_w - log_den)  # normalised: sums to 1 over draws, per unit
+    ess = 1.0 / np.sum(np.square(w), axis=(0, 1))
+    draws = ll.shape[0] * ll.shape[1]
+    # lpd_i = log mean(u) - log mean(v_i), u = exp(a), v_i = exp(a) / p_i: per-draw influence
+    # on sum_i lpd_i, each term scaled to mean 1
+    influence = ll.shape[-1] * np.exp(a - log_num) * draws - np.sum(w, axis=-1) * draws
+    ess_f = az.ess(xr.Dataset({"f": xr.DataArray(influence, dims=("chain", "draw"))}),
+                   method="mean")["f"].item()
+    mcse = float(np.std(influence) / np.sqrt(ess_f))
+    return lpd, mcse, ess
+
+
+def _unit_last(log_lik: xr.DataArray) -> np.ndarray:
+    """``log_lik`` as an array ``(chain, draw, unit)``."""
+    unit = next(d for d in log_lik.dims if d not in ("chain", "draw"))
+    return log_lik.transpose("chain", "draw", unit).to_numpy()
 
 
 def held_out_lpd(log_lik: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
