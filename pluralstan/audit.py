@@ -48,7 +48,7 @@ import pandas as pd
 import xarray as xr
 
 from . import _arviz, diagnostics, plots
-from .checks.compare import SUMMARY_COLUMNS, compare_K, kfold_K
+from .checks.compare import SUMMARY_COLUMNS, compare_K, kfold_K, mixture_loo_K
 from .checks.intervals import central_interval
 from .checks.masking import masking_ratio, summarize_masking
 from .checks.predict import observed_frequencies
@@ -86,13 +86,12 @@ MASKING_FAIL = 3.0
 HIGH_K_SHARE = 0.05
 #: Mean judgements per (type, pair) from which the masking ratio uses observed frequencies.
 REPEATS_MIN = 5
-#: Folds of the K-fold cross-validation run when PSIS-LOO is not reliable.
-KFOLD_FOLDS = 5
-#: Most draws of a K-fold refit, in all. A refit only estimates its held-out annotators'
-#: predictive densities, a mean over draws whose Monte Carlo error the report states (column
+#: Most draws, in all, of a fit that cross-validates K: a K-fold refit, or a fit of the
+#: mixture of leave-one-out posteriors when PSIS-LOO is not reliable. Either only estimates
+#: annotators' predictive densities, whose Monte Carlo error the report states (column
 #: ``mcse``); at 1,000 draws it stays far below the paired standard errors that choose K.
 KFOLD_DRAWS = 1000
-#: Most chains of a K-fold refit, which share :data:`KFOLD_DRAWS`: two chains keep both cores
+#: Most chains of such a fit, which share :data:`KFOLD_DRAWS`: two chains keep both cores
 #: of a two-core machine busy and still let R-hat compare chains. Each starts where the full
 #: fit of its K ended (:func:`~pluralstan.models.annotator.warm_start`): at its draws, with its
 #: posterior scales and step size, and a warm-up that adapts the step size alone.
@@ -409,12 +408,14 @@ def labeled_options(comps: Comparisons, pooling: str | None) -> dict[str, Any] |
 def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int | None,
               sampler: dict[str, Any], verbose: bool, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
-    """K by :data:`K_RULE` on PSIS-LOO, or on K-fold cross-validation by annotator when
-    ``kfold`` asks for it (a number of folds) or, with ``kfold=None``, when more than
-    :data:`HIGH_K_SHARE` of the annotators have a high Pareto k at some K (5 folds); each
-    refit runs at most :data:`KFOLD_CHAINS` chains and :data:`KFOLD_DRAWS` draws in all,
-    started where the full fit of its K ended (:func:`~pluralstan.models.annotator.warm_start`;
-    no mode search: the full fit's chains are in the modes its search found)."""
+    """K by :data:`K_RULE` on PSIS-LOO; when more than :data:`HIGH_K_SHARE` of the annotators
+    have a high Pareto k at some K, on leave-one-annotator-out by mixture importance sampling
+    (:func:`~pluralstan.checks.compare.mixture_loo_K`, one fit per K); on K-fold
+    cross-validation by annotator when ``kfold`` asks for it (a number of folds; ``0``: PSIS-LOO
+    however unreliable). Each such fit runs at most :data:`KFOLD_CHAINS` chains and
+    :data:`KFOLD_DRAWS` draws in all, started where the full fit of its K ended
+    (:func:`~pluralstan.models.annotator.warm_start`; no mode search: the full fit's chains are
+    in the modes its search found)."""
     Ks = sorted(fits)
     if len(Ks) == 1:
         return {"K": Ks[0], "note": "", "method": "the only K fitted"}
@@ -425,16 +426,16 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
     loo, high = compared[SUMMARY_COLUMNS], int(compared["n_high_k"].max())
     good_k = f"Pareto k > {compared['good_k'].min():.2f}"
     unreliable = high / len(comps.annotator_levels) > HIGH_K_SHARE
-    folds = kfold if kfold is not None else (KFOLD_FOLDS if unreliable else 0)
-    if not folds:
+    if kfold == 0 or (kfold is None and not unreliable):
         note = (f"; {high} annotators have {good_k}, so PSIS-LOO is not reliable here "
-                "(K-fold was turned off)" if unreliable else "")
+                "(cross-validation was turned off)" if unreliable else "")
         return {"K": choose_K(loo), "note": note, "loo": loo,
                 "method": "leave-one-annotator-out PSIS-LOO"}
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=folds * len(Ks), desc="K-fold", unit="fit", disable=not progress,
-               file=sys.stderr)
+    folds = kfold or 0
+    bar = tqdm(total=max(folds, 1) * len(Ks), desc="K-fold" if folds else "LOO mixture",
+               unit="fit", disable=not progress, file=sys.stderr)
 
     refits = kfold_sampler(sampler)
     warm: dict[int, dict[str, Any]] = {}
@@ -448,19 +449,24 @@ def _choose_K(comps: Comparisons, fits: dict[int, _arviz.Idata], *, kfold: int |
         bar.update()
         return idata
 
-    table = kfold_K(comps, Ks, folds=folds, fit=fit_quietly, **refits)
+    if folds:
+        table = kfold_K(comps, Ks, folds=folds, fit=fit_quietly, **refits)
+        method, name = f"{folds}-fold cross-validation by annotator", "kfold"
+    else:
+        table = mixture_loo_K(comps, fits, fit=fit_quietly, **refits)
+        method, name = "leave-one-annotator-out by mixture importance sampling", "mixture"
     bar.close()
     why = (f"; PSIS-LOO is not reliable here ({high} annotators have {good_k})"
            if unreliable else "")
-    echo(f"K chosen by {folds}-fold cross-validation by annotator{why}")
-    return {"K": choose_K(table), "note": why, "loo": loo, "kfold": table, "folds": folds,
-            "kfold_chains": refits["chains"], "kfold_draws": refits["draws"],
-            "method": f"{folds}-fold cross-validation by annotator"}
+    echo(f"K chosen by {method}{why}")
+    return {"K": choose_K(table), "note": why, "loo": loo, name: table, "folds": folds,
+            "cv_chains": refits["chains"], "cv_draws": refits["draws"], "method": method}
 
 
 def kfold_sampler(sampler: dict[str, Any]) -> dict[str, Any]:
-    """The audit's sampler options for a K-fold refit: at most :data:`KFOLD_CHAINS` chains
-    sharing at most :data:`KFOLD_DRAWS` draws, never more draws per chain than the audit's."""
+    """The audit's sampler options for a fit that cross-validates K (a K-fold refit or a
+    mixture fit): at most :data:`KFOLD_CHAINS` chains sharing at most :data:`KFOLD_DRAWS`
+    draws, never more draws per chain than the audit's."""
     chains = min(sampler["chains"], KFOLD_CHAINS)
     return {**sampler, "chains": chains, "draws": min(sampler["draws"], KFOLD_DRAWS // chains)}
 
@@ -860,9 +866,9 @@ def audit(
     pooling
         Labeled fit: ``"partial"`` or ``"none"`` (default: :func:`labeled_options`).
     kfold
-        Folds of K-fold cross-validation by annotator for choosing K: ``None`` runs
-        :data:`KFOLD_FOLDS` folds only when PSIS-LOO is not reliable, ``0`` never, a number
-        always.
+        Folds of K-fold cross-validation by annotator for choosing K, run always; ``None``
+        (default): leave-one-annotator-out by PSIS-LOO, or by mixture importance sampling
+        when PSIS-LOO is not reliable; ``0``: PSIS-LOO however unreliable.
     starts
         Random starts of the mode search before each fit (but a partially pooled labeled
         fit), whose chains then start in the best mode found (:data:`SEARCH_STARTS`,
@@ -931,7 +937,7 @@ def audit(
             if k != chosen_K:
                 _store(tmp, fits, f"annotator_K{k}", log_lik=False)
         chosen = fits[f"annotator_K{chosen_K}"] = load(tmp / "fits" / f"annotator_K{chosen_K}.nc")
-        for name in ("loo", "kfold"):
+        for name in ("loo", "kfold", "mixture"):
             if choice.get(name) is not None:
                 summary[f"K_{name}"] = _records(choice[name].reset_index())
         summary["K"] = {"chosen": chosen_K, "rule": K_RULE, "fitted": Ks,
@@ -965,15 +971,23 @@ def audit(
             doc.text(f"Annotator latent-type model for K = {Ks}; K = {chosen_K} chosen by "
                      f"{choice['method']}: {K_RULE}{loo_note}. Leave-one-annotator-out PSIS-LOO:")
             doc.table(choice["loo"].reset_index())
+        started = (f"{choice['cv_chains']} chains x {choice['cv_draws']} draws started "
+                   "where the full fit of the same K ended, with its posterior scales and "
+                   f"step size and {WARM_START_WARMUP} warm-up iterations")
         if choice.get("kfold") is not None:
             doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
-                     "judgements predicted by a fit that never saw them, of "
-                     f"{choice['kfold_chains']} chains x {choice['kfold_draws']} draws started "
-                     "where the full fit of the same K ended, with its posterior scales and "
-                     f"step size and {WARM_START_WARMUP} warm-up iterations; "
+                     f"judgements predicted by a fit that never saw them, of {started}; "
                      "mcse and mcse_diff: the "
                      "Monte Carlo standard errors of elpd_kfold and elpd_diff):")
             doc.table(choice["kfold"].reset_index())
+        if choice.get("mixture") is not None:
+            doc.text("Leave-one-annotator-out by mixture importance sampling (Silva & Zanella "
+                     "2022): for each K, one fit of the mixture of the leave-one-out "
+                     "posteriors, weighted to share it evenly among the annotators, from "
+                     "which the importance weights to each leave-one-out posterior are "
+                     f"bounded ({started}); mcse and mcse_diff: the Monte Carlo standard "
+                     "errors of elpd_loo and elpd_diff:")
+            doc.table(choice["mixture"].reset_index())
         doc.heading("1. Composition")
         doc.table(comp.rename(columns={"group": "type"}))
         summary["composition"] = _records(comp)

@@ -307,8 +307,9 @@ RLHF layout: one row per judgement with `chosen`, `rejected` (response ids) and 
                    help="numbers of latent types to compare")
     p.add_argument("--kfold", type=int, default=None, metavar="FOLDS",
                    help="choose K by K-fold cross-validation by annotator with FOLDS folds (0: "
-                        "never; none: 5 folds when PSIS-LOO is unreliable, i.e. more than 5%% "
-                        "of the annotators have Pareto k > 0.7)")
+                        "by PSIS-LOO however unreliable; none: by PSIS-LOO, or by mixture "
+                        "importance sampling when more than 5%% of the annotators have Pareto "
+                        "k > 0.7)")
     p.add_argument("--starts", type=int, default=None, metavar="N",
                    help="random starts of the mode search before each fit (but a partially "
                         "pooled labeled fit); the chains start in the best mode found (0: "

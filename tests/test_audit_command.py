@@ -452,6 +452,43 @@ def test_audit_of_the_rlhf_example_places_responses_by_their_features(tmp_path, 
     assert printed.count("  1. composition") == 1 and "report:" in printed
 
 
+def test_audit_chooses_K_by_mixture_loo_when_psis_loo_is_unreliable(tmp_path, monkeypatch):
+    # with every share of high Pareto k counted as too many, the audit chooses K by
+    # leave-one-annotator-out from one fit per K of the mixture of leave-one-out posteriors,
+    # with no K-fold refit. Criterion: PSIS-LOO is in fact reliable on this data (no Pareto k
+    # above its threshold), so both estimate the same elpd: for every K they agree within 4
+    # combined Monte Carlo errors, PSIS-LOO's taken as large as the mixture's (ArviZ does not
+    # state it)
+    from pathlib import Path
+
+    import pluralstan.audit as audit_module
+
+    monkeypatch.setattr(audit_module, "HIGH_K_SHARE", -1.0)
+    data = Path(__file__).resolve().parent.parent / "data" / "rlhf_example"
+    out = tmp_path / "report"
+    assert cli.main(["audit", str(data / "judgements.csv"), "--items",
+                     str(data / "responses.csv"), "--K", "1", "2", "--chains", "2",
+                     "--draws", "100", "--warmup", "100", "--out", str(out),
+                     "--no-progress"]) == 0
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["K"]["method"] == "leave-one-annotator-out by mixture importance sampling"
+    assert "K_kfold" not in summary
+    mixture = pd.DataFrame(summary["K_mixture"]).set_index("K")
+    psis = pd.DataFrame(summary["K_loo"]).set_index("K")
+    assert sorted(mixture.index) == [1, 2] and mixture["elpd_diff"].min() == 0
+    assert (mixture["mcse"] > 0).all() and mixture["mcse_diff"].min() == 0
+    assert (psis["n_high_k"] == 0).all()
+    gap = (mixture["elpd_loo"] - psis["elpd_loo"]).abs()
+    assert (gap < 4 * np.sqrt(2) * mixture["mcse"]).all(), gap
+    chosen = summary["K"]["chosen"]
+    assert mixture.loc[chosen, "elpd_diff"] <= 2 * mixture.loc[chosen, "dse"]
+    assert all(mixture.loc[k, "elpd_diff"] > 2 * mixture.loc[k, "dse"] for k in [1, 2]
+               if k < chosen)
+    text = " ".join((out / "report.md").read_text().split())
+    assert "Leave-one-annotator-out by mixture importance sampling" in text
+    assert "bounded (2 chains x 100 draws started where the full fit of the same K ended" in text
+
+
 def test_pystan_sampling_lines_drive_a_per_fit_progress_bar():
     # the captured engine output moves the fit's own bar to the last reported percentage, and
     # keeps every line for the error report

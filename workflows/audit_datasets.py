@@ -27,10 +27,10 @@ Data sets (``--datasets``):
     Polis vTaiwan (uberX) votes as within-participant pairs: 1,235 participants over 110
     statements (those in an agree / disagree pair); observed groups = Polis's opinion groups.
 
-At the defaults (4 chains x 1000 draws, K = 1..4, K-fold cross-validation when PSIS-LOO is
-unreliable) on 2 cores, CEMS and German parties take about a minute, Polis brexit about 4-6
-minutes (its K is chosen by 5-fold cross-validation), the tax conjoint about 14-17 minutes and
-vTaiwan about 35 (``python benchmarks/run.py --targets realdata`` times them); ``--chains``,
+At the defaults (4 chains x 1000 draws, K = 1..4, leave-one-annotator-out by mixture
+importance sampling when PSIS-LOO is unreliable) on 2 cores, CEMS and German parties take about
+a minute, Polis brexit about 5, the tax conjoint about 14-17 minutes and vTaiwan about 15
+(``python benchmarks/run.py --targets realdata`` times them); ``--chains``,
 ``--draws`` and ``--K`` trade precision for time, and each report states the settings it was
 written with.
 
