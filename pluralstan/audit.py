@@ -642,7 +642,8 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     (:func:`~pluralstan.models.annotator.initial_values`), so its type k is ``chosen``'s type k,
     which :func:`type_order` checks (a refit whose types it finds permuted is aligned, and its
     row's assumed shares are permuted with them). Column ``method`` says how each row was
-    obtained. ``progress`` shows a bar over the rows."""
+    obtained, ``pareto_k`` and ``is_ess`` hold the importance weights' Pareto k and effective
+    sample size that decided it. ``progress`` shows a bar over the rows."""
     from tqdm.auto import tqdm
 
     post = _arviz.group(chosen, "posterior")
@@ -653,10 +654,11 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     # would only be copied by every row's resampling and alignment
     slim = _arviz.replace_groups(chosen, posterior=post.drop_vars(
         [name for name, da in post.data_vars.items() if "annotator" in da.dims]))
-    fits, methods = {}, {}
+    fits, methods, weights = {}, {}, {}
     for row in tqdm(grid, desc="pi-grid", unit="row", disable=not progress, file=sys.stderr):
         label = grid_label(row)
         idata, khat, ess = reweighted(slim, PI_CONCENTRATION * row, data["prior_pi_alpha"])
+        weights[label] = (khat, ess)
         if idata is not None:
             fits[label] = idata
             methods[label] = f"importance sampling (k = {khat:.2f}, ESS {ess:.0f})"
@@ -678,7 +680,9 @@ def pi_sensitivity(comps: Comparisons, chosen: _arviz.Idata, K: int,
     shares = pd.DataFrame(assumed.values(), index=list(assumed),
                           columns=[f"pi_{k}" for k in range(K)]).rename_axis("grid")
     return (table.merge(shares.reset_index(), on="grid", how="left")
-            .assign(method=lambda t: t["grid"].map(methods)))
+            .assign(method=lambda t: t["grid"].map(methods),
+                    pareto_k=lambda t: t["grid"].map(lambda g: weights[g][0]),
+                    is_ess=lambda t: t["grid"].map(lambda g: weights[g][1])))
 
 
 def reweighted(idata: _arviz.Idata, alpha: np.ndarray, alpha_fitted: np.ndarray,
@@ -971,9 +975,9 @@ def audit(
             doc.text(f"Annotator latent-type model for K = {Ks}; K = {chosen_K} chosen by "
                      f"{choice['method']}: {K_RULE}{loo_note}. Leave-one-annotator-out PSIS-LOO:")
             doc.table(choice["loo"].reset_index())
-        started = (f"{choice['cv_chains']} chains x {choice['cv_draws']} draws started "
-                   "where the full fit of the same K ended, with its posterior scales and "
-                   f"step size and {WARM_START_WARMUP} warm-up iterations")
+        started = (f"{choice.get('cv_chains')} chains x {choice.get('cv_draws')} draws "
+                   "started where the full fit of the same K ended, with its posterior scales "
+                   f"and step size and {WARM_START_WARMUP} warm-up iterations")
         if choice.get("kfold") is not None:
             doc.text(f"{choice['folds']}-fold cross-validation by annotator (each annotator's "
                      f"judgements predicted by a fit that never saw them, of {started}; "

@@ -151,11 +151,15 @@ def test_audit_follows_the_chosen_types_under_a_pi_grid(report):
     grid = pd.DataFrame(summary["pi_grid"])
     labels = list(dict.fromkeys(grid["grid"]))
     assert len(labels) == 4 and len(grid) == 4 * 3 * 3  # 4 rows x 3 types x 3 coordinates
-    methods = grid.drop_duplicates("grid")["method"].str.extract(
+    rows = grid.drop_duplicates("grid")
+    methods = rows["method"].str.extract(
         r"^(importance sampling|refit) \((?:importance sampling: )?k = (-?[0-9.]+|nan), ESS (\d+)")
     assert methods.notna().all().all(), grid["method"].unique()
-    reliable = (methods[1].astype(float) <= PSIS_MAX_K) & (methods[2].astype(int) >= IS_MIN_ESS)
-    assert ((methods[0] == "importance sampling") == reliable).all()
+    # the decision reads the unrounded Pareto k and ESS, which the table keeps
+    reliable = (rows["pareto_k"] <= PSIS_MAX_K) & (rows["is_ess"] >= IS_MIN_ESS)
+    assert ((methods[0] == "importance sampling") == reliable).all(), rows[
+        ["method", "pareto_k", "is_ess"]]
+    np.testing.assert_allclose(methods[1].astype(float), rows["pareto_k"], atol=0.005)
     assert np.allclose(grid.query("grid == @labels[0]")["shift"], 0)
     shares = grid.drop_duplicates("grid")[["pi_0", "pi_1", "pi_2"]].to_numpy()
     assert np.allclose(shares.sum(axis=1), 1) and np.isfinite(grid["shift_sd"]).all()

@@ -29,11 +29,11 @@ without refits: the fit samples the mixture of the leave-one-out posteriors (Sil
 weights to each leave-one-out posterior are bounded, so the estimates have finite variance
 where PSIS-LOO's Pareto k says they may not. The mixture's components are weighted to share it
 evenly among the annotators (:func:`mixture_weights`): unweighted, it is dominated by the
-annotators whose judgements are least predictable, since the weight of annotator i's
-component is ``1 / p(y_i | y_-i)``, which spans many orders of magnitude when annotators make
-different numbers of judgements. :func:`mixture_lpd` is the estimator with its Monte Carlo
-standard error. ArviZ and loo implement PSIS-LOO and its moment matching, not this estimator,
-hence the few lines here.
+annotators whose judgements are least predictable, since the mass of annotator i's
+component is proportional to ``1 / p(y_i | y_-i)``, which spans many orders of magnitude when
+annotators make different numbers of judgements. :func:`mixture_lpd` is the estimator with its
+Monte Carlo standard error. ArviZ and loo implement PSIS-LOO and its moment matching, not this
+estimator, hence the few lines here.
 """
 
 from __future__ import annotations
