@@ -29,7 +29,7 @@ Data sets (``--datasets``):
 
 At the defaults (4 chains x 1000 draws, K = 1..4, leave-one-annotator-out by mixture
 importance sampling when PSIS-LOO is unreliable) on 2 cores, CEMS and German parties take about
-a minute, Polis brexit about 5, the tax conjoint about 14-17 minutes and vTaiwan about 15
+a minute, Polis brexit about 3.5, the tax conjoint about 14-17 minutes and vTaiwan about 19
 (``python benchmarks/run.py --targets realdata`` times them); ``--chains``,
 ``--draws`` and ``--K`` trade precision for time, and each report states the settings it was
 written with.
