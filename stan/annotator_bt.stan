@@ -46,8 +46,8 @@
 // without annotator i is at most 1 / c_i times a constant, so one fit estimates every
 // annotator's leave-one-out predictive density with finite variance where Pareto-smoothed
 // importance sampling from the posterior fails (pluralstan.checks.compare.mixture_loo_K).
-// Any positive c_i gives the same estimates; c_i near 1 / E[1 / p(y_i | theta, pi) | y] gives
-// every leave-one-out posterior an equal share of q.
+// Any positive c_i gives consistent estimates; c_i near 1 / E[1 / p(y_i | theta, pi) | y] gives
+// every leave-one-out posterior an equal share of q, so the draws serve every annotator alike.
 // Priors are data, so prior sensitivity and prior-only runs need no recompile.
 functions {
   #include functions/design.stanfunctions
