@@ -150,13 +150,19 @@ model {
                                    theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
-    vector[I] ll;  // log p(y_i | theta, pi)
+    // log sum_i c_i / p(y_i | theta, pi), accumulated in the loop: a vector of the
+    // annotators' log likelihoods, filled element by element, would turn every matrix on the
+    // way from the parameters into a node per element (design.stanfunctions)
+    real mixture = negative_infinity();
     for (i in 1:I) {
-      ll[i] = log_sum_exp(lp[i]);
+      real ll = log_sum_exp(lp[i]);  // log p(y_i | theta, pi)
+      target += fit_weight[i] * ll;
+      if (loo_mixture) {
+        mixture = log_sum_exp(mixture, loo_log_weight[i] - ll);
+      }
     }
-    target += dot_product(fit_weight, ll);
     if (loo_mixture) {
-      target += log_sum_exp(loo_log_weight - ll);
+      target += mixture;
     }
   }
 }
