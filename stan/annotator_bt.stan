@@ -150,19 +150,10 @@ model {
                                    theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
-    // log sum_i c_i / p(y_i | theta, pi), accumulated in the loop: a vector of the
-    // annotators' log likelihoods, filled element by element, would turn every matrix on the
-    // way from the parameters into a node per element (design.stanfunctions)
-    real mixture = negative_infinity();
-    for (i in 1:I) {
-      real ll = log_sum_exp(lp[i]);  // log p(y_i | theta, pi)
-      target += fit_weight[i] * ll;
-      if (loo_mixture) {
-        mixture = log_sum_exp(mixture, loo_log_weight[i] - ll);
-      }
-    }
+    vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, pi)
+    target += dot_product(fit_weight, ll);
     if (loo_mixture) {
-      target += mixture;
+      target += log_sum_exp(loo_log_weight - ll);  // log sum_i c_i / p(y_i | theta, pi)
     }
   }
 }
@@ -183,11 +174,10 @@ generated quantities {
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
-    vector[I] ll;              // log p(y_i | theta, pi)
-    matrix[I, K] post;         // membership probabilities
-    for (i in 1:I) {
-      ll[i] = log_sum_exp(lp[i]);
-      post[i] = prior_only ? pi' : exp(lp[i] - ll[i]);
+    vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, pi)
+    matrix[I, K] post = exp(lp - rep_matrix(ll, K));  // membership probabilities
+    if (prior_only) {
+      post = rep_matrix(pi', I);
     }
     if (save_log_lik) {
       log_lik = ll;

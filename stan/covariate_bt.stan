@@ -144,9 +144,9 @@ model {
     matrix[I, K] lp = type_log_lik(linear_predictors(X, X_w, X_v, X_u, theta, gamma, order),
                                    theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
-    for (i in 1:I) {
-      target += log_sum_exp(lp[i] + log_softmax(eta_pi[i]')');
-    }
+    // sum_i log sum_k pi_ik p(y_i | theta_k), with annotator i's type shares
+    // log pi_i = eta_pi[i] - log_sum_exp(eta_pi[i])
+    target += sum(log_sum_exp_rows(lp + eta_pi) - log_sum_exp_rows(eta_pi));
   }
 }
 generated quantities {
@@ -169,15 +169,14 @@ generated quantities {
     matrix[R, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
     matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
                                    csr_w, csr_v, csr_u);
-    vector[I] ll;              // log p(y_i | theta, beta, w_i)
-    matrix[I, K] post;         // membership probabilities
-    matrix[I, K] shares;       // each annotator's prior type shares
-    for (i in 1:I) {
-      vector[K] log_pi_i = log_softmax(eta_pi[i]');
-      shares[i] = exp(log_pi_i)';
-      lp[i] += log_pi_i';
-      ll[i] = log_sum_exp(lp[i]);
-      post[i] = prior_only ? shares[i] : exp(lp[i] - ll[i]);
+    // log of each annotator's prior type shares
+    matrix[I, K] log_shares = eta_pi - rep_matrix(log_sum_exp_rows(eta_pi), K);
+    matrix[I, K] shares = exp(log_shares);
+    lp += log_shares;
+    vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, beta, w_i)
+    matrix[I, K] post = exp(lp - rep_matrix(ll, K));  // membership probabilities
+    if (prior_only) {
+      post = shares;
     }
     pi = (rep_row_vector(1.0 / I, I) * shares)';
     if (save_pi_annotator) {

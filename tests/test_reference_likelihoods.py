@@ -33,7 +33,7 @@ from scipy.special import logsumexp, softmax
 import pluralstan as ps
 from pluralstan.engine import StanProgram
 from pluralstan.models import get_model, labeled, pal
-from pluralstan.models.annotator import share_coordinates
+from pluralstan.models.annotator import PYTHON_OUTPUTS, share_coordinates
 from pluralstan.models.base import load_program, log_normaliser, theta_coordinates
 
 from . import reference as ref
@@ -502,16 +502,23 @@ def test_unlabeled_matches_reference(kind, ties, order, identify):
 
 
 # ---------------------------------------------------------------------------- annotator
-@pytest.mark.parametrize("mixture", [False, True], ids=["posterior", "loo-mixture"])
-def test_annotator_model_block_matches_reference(mixture):
-    """The annotator program's generated log likelihood is checked against the judgement-level
-    reference in ``test_models_annotator.py``; this checks its model block with the same
-    reference (``reference.type_log_lik``) and the priors, and with ``loo_mixture`` the
-    mixture of leave-one-annotator-out posteriors: the posterior times
-    ``sum_i c_i / p(y_i | theta, pi)``."""
+#: Scale of the last point's theta in the annotator test: types so far apart that annotators'
+#: log likelihoods under them differ by more than exp's range (about 709).
+FAR_SCALE = 1000.0
+
+
+@pytest.mark.parametrize(("mixture", "K"), [(False, 2), (True, 2), (False, 3)],
+                         ids=["posterior", "loo-mixture", "posterior-K3"])
+def test_annotator_model_block_matches_reference(mixture, K):
+    """The annotator program's model block against the judgement-level reference
+    (``reference.type_log_lik``) and the priors, and with ``loo_mixture`` the mixture of
+    leave-one-annotator-out posteriors: the posterior times ``sum_i c_i / p(y_i | theta, pi)``.
+    At every point the generated log likelihood per annotator and membership are checked too.
+    The program sums over the types a column at a time (``log_sum_exp_rows``), so K = 3
+    checks more than one step, and the last point puts the types so far apart that an
+    annotator's log likelihoods under them differ by more than exp's range."""
     comps = ties_order_data()
-    K = 2
-    priors = {**BT_PRIORS, "pi_alpha": [0.8, 1.6]}
+    priors = {**BT_PRIORS, "pi_alpha": [0.8, 1.6, 1.2][:K]}
     spec = get_model("annotator")
     rng = np.random.default_rng(14)
     log_c = rng.normal(0.0, 2.0, len(comps.annotator_levels)) if mixture else None
@@ -519,24 +526,37 @@ def test_annotator_model_block_matches_reference(mixture):
     assert enc.data["whiten"] == 1  # the density is checked through the QR basis
     j = judgements_of(comps, annotator_levels=list(enc.coords["annotator"]))
     refs, stans = [], []
-    for _ in range(N_POINTS):
-        p = {"theta": rng.normal(0.0, 1.5, size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
+    for n in range(N_POINTS):
+        scale = FAR_SCALE if n == N_POINTS - 1 else 1.5
+        p = {"theta": rng.normal(0.0, scale, size=(K, P_ATTR)), "pi": rng.dirichlet(np.ones(K)),
              **bt_extras(rng, True, True)}
         refs.append(p)
         stans.append({"pi_coord": share_coordinates(p["pi"]),
                       **mixture_stan_theta(p["theta"], 0, False, enc.data), **stan_extras(p)})
 
+    def type_log_lik(p):  # log pi_k + log p(y_i | theta_k), annotators x types
+        return ref.type_log_lik(j, p["theta"], p["gamma"], p["log_nu"]) + np.log(p["pi"])
+
     def density(p):
-        lp = ref.type_log_lik(j, p["theta"], p["gamma"], p["log_nu"])
-        ll = logsumexp(lp + np.log(p["pi"]), axis=1)  # log p(y_i | theta, pi)
+        ll = logsumexp(type_log_lik(p), axis=1)  # log p(y_i | theta, pi)
         return (ref.normal_lpdf(p["theta"], BT_PRIORS["theta_mean"], BT_PRIORS["theta_sd"])
                 + ref.dirichlet_lpdf(p["pi"], priors["pi_alpha"]) + bt_extras_prior(p)
                 + ll.sum() + (logsumexp(log_c - ll) if mixture else 0.0)
                 # the program samples the shares' log ratios: the map's log Jacobian
                 + np.log(p["pi"]).sum())
 
+    assert np.ptp(type_log_lik(refs[-1]), axis=1).max() > 1000  # beyond exp's range
     assert_differences_match(log_density(spec.program, enc.data, stans),
                              np.array([density(p) for p in refs]), "model-block log density")
+    own = {**enc.data, **{flag: 1 for flag in PYTHON_OUTPUTS}}  # the program writes them
+    for p, point in zip(refs, stans, strict=True):
+        out = generated(spec.program, own, point)
+        lp = type_log_lik(p)
+        ll = logsumexp(lp, axis=1)
+        np.testing.assert_allclose(out["log_lik"].squeeze(), ll, rtol=RTOL, atol=ATOL,
+                                   err_msg="generated log likelihood")
+        np.testing.assert_allclose(out["membership"].squeeze(), np.exp(lp - ll[:, None]),
+                                   rtol=1e-6, atol=1e-12, err_msg="generated membership")
 
 
 # ---------------------------------------------------------------------------- covariate
