@@ -355,8 +355,8 @@ def kfold_K(
             value, mcse = held_out_lpd(ll)
             lpd[[levels.index(a) for a in part]] = value
             var += float(np.sum(np.square(mcse)))
-            if diagnostics.flag(idata):
-                problems.append(diagnostics.flag(idata))
+            if flag := diagnostics.flag(idata):
+                problems.append(flag)
         pointwise[int(k)] = lpd
         mc_var[int(k)] = var
         flags[int(k)] = "; ".join(dict.fromkeys(problems))
@@ -434,7 +434,7 @@ def mixture_loo_K(
                     stack=False, **fit_kwargs)
         lpd, mcse, ess = mixture_lpd(_log_lik(idata, "y"), log_weight)
         pointwise[int(k)], mc_var[int(k)] = lpd, mcse**2
-        problems = [diagnostics.flag(idata)] if diagnostics.flag(idata) else []
+        problems = [flag] if (flag := diagnostics.flag(idata)) else []
         few = int((ess < MIXTURE_MIN_ESS).sum())
         if few:
             problems.append(f"{few} annotator(s) with importance ESS < {MIXTURE_MIN_ESS} "
@@ -522,11 +522,11 @@ def held_out_lpd(log_lik: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     lpd, mcse
         One value per unit each, in the order of ``log_lik``'s unit dim.
     """
-    unit = next(d for d in log_lik.dims if d not in ("chain", "draw"))
-    ll = log_lik.transpose("chain", "draw", unit)
-    lpd = logsumexp(ll.to_numpy(), axis=(0, 1)) - np.log(ll.sizes["chain"] * ll.sizes["draw"])
+    ll = _unit_last(log_lik)
+    lpd = logsumexp(ll, axis=(0, 1)) - np.log(ll.shape[0] * ll.shape[1])
     # p(y_i | theta_s) / mean_s p(y_i | theta_s): mean 1, so its MCSE is the relative one
-    relative = np.exp(ll - xr.DataArray(lpd, dims=unit))
-    ess = az.ess(xr.Dataset({"p": relative}), method="mean")["p"].to_numpy()
-    mcse = relative.std(("chain", "draw")).to_numpy() / np.sqrt(ess)
+    relative = np.exp(ll - lpd)
+    ess = az.ess(xr.Dataset({"p": (("chain", "draw", "unit"), relative)}),
+                 method="mean")["p"].to_numpy()
+    mcse = relative.std(axis=(0, 1)) / np.sqrt(ess)
     return lpd, mcse
