@@ -149,7 +149,9 @@ iterations; quiet machine):
   gradient by 0.98x-1.17x (within the run-to-run noise); per-annotator ``binomial_logit_glm``
   calls (analytic gradients, 2,000 calls) were 1.17x slower, per-annotator ``binomial_logit``
   1.2x-1.9x; ``stanc --O1`` (matrices as one autodiff node) 0.95x. The program was left as it
-  is.
+  is. (Later, once ``--O1`` kept every matrix as one node, the loop was a third of the
+  gradient on this data, and summing the types a column at a time on whole vectors,
+  ``log_sum_exp_rows``, took a gradient from 0.60 to 0.41 ms, medians side by side.)
 * Why ``--O1`` did nothing then (``--debug-mem-patterns``): stanc keeps a matrix of parameters
   as one node (struct of arrays) only where every function it reaches allows it, and one
   conditional expression (``from_coordinates``), overloaded functions (never inlined) and
@@ -164,7 +166,8 @@ iterations; quiet machine):
   (at 0.198 the two forms took 2.32 and 2.44 ms). ``-march=native`` crashed the module
   (httpstan's prebuilt ``stan_services.o`` has the other vector ABI).
 
-So NumPyro still wins on this model (pluralstan 0.81x-0.91x): its fused, vectorised gradient
+So NumPyro still won on this model then (pluralstan 0.81x-0.91x; 0.76x at 4 chains x 1000 in
+target ``ahead``, benchmarks/latest_results.md): its fused, vectorised gradient
 costs about 0.65x of Stan's, which Stan's 1.29x more ESS per gradient does not make up. PyMC,
 whose gradient is dearer, is level or behind (pluralstan 1.02x-1.18x).
 """
