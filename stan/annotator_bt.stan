@@ -175,9 +175,11 @@ generated quantities {
                                    csr_w, csr_v, csr_u)
                       + rep_matrix(log(pi)', I);
     vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, pi)
-    matrix[I, K] post = exp(lp - rep_matrix(ll, K));  // membership probabilities
+    matrix[I, K] post;  // membership probabilities: the prior shares when prior_only
     if (prior_only) {
       post = rep_matrix(pi', I);
+    } else {
+      post = exp(lp - rep_matrix(ll, K));
     }
     if (save_log_lik) {
       log_lik = ll;

@@ -174,9 +174,11 @@ generated quantities {
     matrix[I, K] shares = exp(log_shares);
     lp += log_shares;
     vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, beta, w_i)
-    matrix[I, K] post = exp(lp - rep_matrix(ll, K));  // membership probabilities
+    matrix[I, K] post;  // membership probabilities: the prior shares when prior_only
     if (prior_only) {
       post = shares;
+    } else {
+      post = exp(lp - rep_matrix(ll, K));
     }
     pi = (rep_row_vector(1.0 / I, I) * shares)';
     if (save_pi_annotator) {
