@@ -38,11 +38,8 @@ data {
   int<lower=0, upper=1> prior_only;      // 1: ignore the likelihood (prior predictive runs)
 }
 transformed data {
-  array[C] int n_a = y[:, 2];
-  array[C] int n_ab;                      // trials decided for a or b
-  for (c in 1:C) {
-    n_ab[c] = y[c, 1] + y[c, 2];
-  }
+  vector[C] n_a = to_vector(y[ : , 2]);         // trials decided for a
+  vector[C] n_ab = n_a + to_vector(y[ : , 1]);  // trials decided for a or b
   matrix[C, 2 + has_ties] counts = to_matrix(y);
   int whitened = whiten && !prior_only;  // sample theta's coordinates (design.stanfunctions)
 }
@@ -64,7 +61,7 @@ model {
     if (has_ties) {
       target += sum(counts .* davidson_log_probs(eta, log_nu[1]));
     } else {
-      n_a ~ binomial_logit(n_ab, eta);
+      target += binomial_logit_sum(n_a, n_ab, eta);
     }
   }
 }
