@@ -417,8 +417,11 @@ def _modes_lines(post: xr.Dataset) -> list[str]:
     if post.attrs.get("mode_search"):
         found = json.loads(post.attrs["mode_search"])
         lds = ", ".join(f"{m['log_density']:.1f} ({m['starts']} starts)" for m in found["modes"])
+        scaled = ("; the chains took the best mode's Laplace sds as the scales of their "
+                  "coordinates" if found["modes"] and "laplace_sd" in found["modes"][0] else "")
         lines.append(f"mode search: {len(found['modes'])} distinct mode(s) up to label "
-                     f"permutation from {found['n_starts']} L-BFGS starts; log densities {lds}")
+                     f"permutation from {found['n_starts']} L-BFGS starts; log densities "
+                     f"{lds}{scaled}")
     if post.attrs.get("modes"):
         report = json.loads(post.attrs["modes"])
         lines.append(f"modes ({len(report['modes'])}, stacked on leave-one-"

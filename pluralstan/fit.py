@@ -99,7 +99,10 @@ def fit(
         Opt-in, because it costs a fraction of a fit and most latent-type posteriors have one
         mode up to labels (see :mod:`pluralstan.pipeline`). Chains started at modes take at
         most ``mode_warmup`` warm-up iterations (default ``warmup``);
-        ``posterior.attrs["warmup"]`` records the number used.
+        ``posterior.attrs["warmup"]`` records the number used. With ``max_modes=1`` the
+        annotator and covariate programs also take the mode's Laplace sds as the scales of
+        their coordinates, so that the warm-up starts from a metric near the posterior's
+        (:func:`pluralstan.pipeline.search_inits`).
     stack
         When the chains, relabelled, are stationary but sit in different modes (genuine
         multimodality), combine the modes by stacking of chains

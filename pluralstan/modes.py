@@ -31,7 +31,7 @@ import json
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ __all__ = [
     "find_modes",
     "group_chains",
     "keep_unstacked",
+    "laplace_sd",
     "search",
     "stack_chains",
     "stacking_weights",
@@ -89,12 +90,17 @@ class Mode:
         canonical order (decreasing mixing weight).
     init
         The ``parameters``-block values at the mode (as Stan's ``init`` takes them).
+    sd
+        The Laplace approximation's marginal posterior sd of each unconstrained coordinate,
+        by ``parameters``-block variable (:func:`laplace_sd`); ``None`` when not computed (or
+        the log density is not concave there).
     """
 
     log_density: float
     starts: int
     values: dict[str, np.ndarray]
     init: dict[str, np.ndarray]
+    sd: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -139,11 +145,14 @@ class ModeSearch:
         return pd.DataFrame(rows).set_index("mode") if rows else pd.DataFrame()
 
     def to_json(self) -> str:
-        """JSON form (modes with log densities, start counts and values) for fit attributes."""
+        """JSON form (modes with log densities, start counts, values and Laplace sds where
+        computed) for fit attributes."""
         return json.dumps({
             "n_starts": self.n_starts, "failed": self.failed, "seconds": round(self.seconds, 3),
             "modes": [{"log_density": m.log_density, "starts": m.starts,
-                       "values": {k: np.asarray(v).tolist() for k, v in m.values.items()}}
+                       "values": {k: np.asarray(v).tolist() for k, v in m.values.items()},
+                       **({} if m.sd is None else
+                          {"laplace_sd": {k: np.asarray(v).tolist() for k, v in m.sd.items()}})}
                       for m in self.modes],
         })
 
@@ -169,6 +178,7 @@ def search(
     max_iter: int = 1000,
     backend: str = "pystan",
     workers: int | None = None,
+    laplace: bool = False,
 ) -> ModeSearch:
     """Find the distinct modes of a program's posterior by L-BFGS from random starts.
 
@@ -199,6 +209,9 @@ def search(
     workers
         Processes that run the starts (default: the cores this process may use); the starts
         are drawn here, in order, so the modes found do not depend on it.
+    laplace
+        Also give the best mode its Laplace approximation's marginal sds (``Mode.sd``,
+        :func:`laplace_sd`).
 
     Returns
     -------
@@ -223,7 +236,61 @@ def search(
         optima.append(Mode(lp, 1, values, density.constrain(x)))
     label = label_dim if dims is not None else None
     modes = deduplicate(optima, dict(dims or {}), label, atol)
+    if laplace and modes:
+        modes[0].sd = laplace_sd(density, density.unconstrain(modes[0].init), workers)
     return ModeSearch(modes, int(n_starts), failed, label, time.perf_counter() - t0)
+
+
+def _hessian_column(density: Any, x: np.ndarray, j: int) -> np.ndarray:
+    """Column ``j`` of the log density's Hessian at ``x``, by central differences of the
+    gradient."""
+    step = np.zeros(np.size(x))
+    step[j] = HESSIAN_STEP
+    return (density.grad(x + step) - density.grad(x - step)) / (2 * HESSIAN_STEP)
+
+
+#: Step of the central differences of the gradient that :func:`laplace_sd` takes, on the
+#: unconstrained space: small against the posterior's scales, large against the gradient's
+#: rounding.
+HESSIAN_STEP = 1e-4
+
+
+def laplace_sd(density: Any, x: np.ndarray,
+               workers: int | None = None) -> dict[str, np.ndarray] | None:
+    """Marginal posterior sd of each unconstrained coordinate under the Laplace approximation
+    at the mode ``x``: the root of the diagonal of the inverse of the negative Hessian of the
+    log density, the Hessian by central differences of the gradient (two gradients per
+    coordinate).
+
+    A chain started at the mode can take these as the scales of its coordinates, where Stan's
+    NUTS starts from a unit metric: PyStan cannot be given a metric, and the first window of
+    its adaptation, on the unit metric, takes most of a warm-up's gradients
+    (``benchmarks/latest_results.md``). Returns the sds by ``parameters``-block variable
+    (column-major, as :meth:`~pluralstan.engine.base.LogDensity.constrain` splits values), or
+    ``None`` when the negative Hessian is not positive definite (not a proper mode) or the
+    program has a transform that changes the number of values (a simplex), whose coordinates
+    do not split by variable. The columns of the Hessian are computed in ``workers``
+    processes as the search's starts are (:func:`search`).
+    """
+    sizes = [int(np.prod(shape)) for shape in density.param_shapes]
+    if sum(sizes) != density.dims:
+        return None
+    columns = _run_all(density, _hessian_column, _hessian_column_held,
+                       [(x, j) for j in range(density.dims)], workers)
+    hessian = np.column_stack(columns)
+    precision = -0.5 * (hessian + hessian.T)
+    try:
+        chol = np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError:
+        return None
+    # diag(P^-1) = column sums of squares of L^-1, for P = L L'
+    sd = np.sqrt(np.sum(np.linalg.inv(chol) ** 2, axis=0))
+    if not np.all(np.isfinite(sd)):
+        return None
+    parts = np.split(sd, np.cumsum(sizes)[:-1])
+    return {name: part.reshape(shape, order="F")
+            for name, part, shape in zip(density.param_names, parts, density.param_shapes,
+                                         strict=True)}
 
 
 def find_modes(model: str, comps: Any, *, K: int | None = None,
@@ -259,21 +326,34 @@ def _optimise_held(x0: np.ndarray, max_iter: int) -> tuple[float, np.ndarray] | 
     return _optimise(_WORKER_DENSITY, x0, max_iter)
 
 
-def _optimise_all(density: Any, starts: Sequence[np.ndarray], max_iter: int,
-                  workers: int | None) -> list[tuple[float, np.ndarray] | None]:
-    """:func:`_optimise` from every start, in order, spread over ``workers`` processes.
+def _hessian_column_held(x: np.ndarray, j: int) -> np.ndarray:
+    return _hessian_column(_WORKER_DENSITY, x, j)
+
+
+def _run_all(density: Any, local: Callable[..., Any], held: Callable[..., Any],
+             args: Sequence[tuple], workers: int | None) -> list[Any]:
+    """``local(density, *a)`` for every ``a`` in ``args``, in order, spread over ``workers``
+    processes, where each runs ``held(*a)`` on the ``density`` it inherited.
 
     Each evaluation goes through httpstan's module, which holds the GIL, so threads would not
     run side by side. The workers are forked, so they inherit ``density`` (its compiled module
     and converted data) instead of rebuilding it; leaving the pool terminates them, also on
     Ctrl-C. Where fork is not available, or in a daemonic process (which may not start
-    children), the starts run here one after another.
+    children), the calls run here one after another.
     """
-    n = min(len(starts), int(workers or default_workers()))
+    n = min(len(args), int(workers or default_workers()))
     if n < 2 or mp.current_process().daemon or "fork" not in mp.get_all_start_methods():
-        return [_optimise(density, x0, max_iter) for x0 in starts]
+        return [local(density, *a) for a in args]
     with mp.get_context("fork").Pool(n, initializer=_hold, initargs=(density,)) as pool:
-        return pool.starmap(_optimise_held, [(x0, max_iter) for x0 in starts], chunksize=1)
+        return pool.starmap(held, args, chunksize=max(1, len(args) // (4 * n)))
+
+
+def _optimise_all(density: Any, starts: Sequence[np.ndarray], max_iter: int,
+                  workers: int | None) -> list[tuple[float, np.ndarray] | None]:
+    """:func:`_optimise` from every start, in order, spread over ``workers`` processes
+    (:func:`_run_all`)."""
+    return _run_all(density, _optimise, _optimise_held, [(x0, max_iter) for x0 in starts],
+                    workers)
 
 
 def _optimise(density: Any, x0: np.ndarray, max_iter: int) -> tuple[float, np.ndarray] | None:

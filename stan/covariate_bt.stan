@@ -86,6 +86,13 @@ data {
   int<lower=0, upper=1> save_membership;   // 1: output membership (I x K per draw); 0: skip
   int<lower=0, upper=1> save_log_lik;      // 1: output log_lik (I per draw, for LOO); 0: skip
   int<lower=0, upper=1> save_pi_annotator; // 1: output pi_annotator (I x K per draw); 0: skip
+  // scales of the free coordinates on the sampler's space (as in annotator_bt.stan; a fit
+  // started in a searched mode takes the mode's Laplace sds, pluralstan.pipeline.search_inits)
+  matrix<lower=0>[K - 1, Q] beta_raw_scale;
+  vector<lower=0>[identify ? 0 : K] theta_lead_scale;
+  matrix<lower=0>[K, P - 1] theta_rest_scale;
+  real<lower=0> gamma_scale;
+  real<lower=0> log_nu_scale;
 }
 transformed data {
   vector[C] n_a = to_vector(y[ : , 2]);
@@ -119,12 +126,14 @@ transformed data {
       = to_vector(rep_matrix(prior_beta_sd' * (K > 1 ? sqrt(K / (K - 1.0)) : 1), K - 1));
 }
 parameters {
-  matrix[K - 1, Q] beta_raw;                        // coordinates of beta's columns in V_types
+  // coordinates of beta's columns in V_types
+  matrix<multiplier=beta_raw_scale>[K - 1, Q] beta_raw;
   ordered[identify ? K : 0] theta_lead_ordered;    // theta[ : , ident_attr] when identify = 1
-  vector[identify ? 0 : K] theta_lead_free;        // its coordinate when identify = 0
-  matrix[K, P - 1] theta_rest;                     // the other coordinates
-  array[has_order] real gamma;                      // position (shown-first) effect
-  array[has_ties] real log_nu;                      // log Davidson tie parameter
+  vector<multiplier=theta_lead_scale>[identify ? 0 : K] theta_lead_free;  // its coordinate
+                                                                          // when identify = 0
+  matrix<multiplier=theta_rest_scale>[K, P - 1] theta_rest;  // the other coordinates
+  array[has_order] real<multiplier=gamma_scale> gamma;   // position (shown-first) effect
+  array[has_ties] real<multiplier=log_nu_scale> log_nu;  // log Davidson tie parameter
 }
 transformed parameters {
   // preference vector of each type (rows)

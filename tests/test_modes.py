@@ -114,9 +114,9 @@ def test_chains_started_in_modes_take_the_shorter_warmup(monkeypatch, n_modes, w
         n_starts=4, failed=4 - n_modes)
     monkeypatch.setattr(pipeline, "search", lambda *args, **kwargs: found)
     enc = get_model("annotator").encode(simulate.high_conflict(seed=1, n_annotators=6), K=2)
-    config, _ = pipeline.search_inits(get_model("annotator").program, enc,
-                                      SamplerConfig(chains=2, warmup=warmup),
-                                      mode_warmup=mode_warmup)
+    config, _, _ = pipeline.search_inits(get_model("annotator").program, enc,
+                                         SamplerConfig(chains=2, warmup=warmup),
+                                         mode_warmup=mode_warmup)
     assert config.warmup == expected
     assert (config.inits is None) == (n_modes == 0)
     if n_modes:
@@ -200,6 +200,76 @@ def test_mode_search_in_worker_processes_finds_what_one_process_finds(monkeypatc
         assert a.values.keys() == b.values.keys()
         for name in a.values:
             np.testing.assert_array_equal(a.values[name], b.values[name])
+
+
+class _Gaussian:
+    """A log density -x' P x / 2 with the layout of a program's ``parameters`` block."""
+
+    def __init__(self, precision: np.ndarray, names: tuple, shapes: tuple) -> None:
+        self.precision = precision
+        self.param_names, self.param_shapes = names, shapes
+        self.dims = precision.shape[0]
+
+    def grad(self, x: np.ndarray) -> np.ndarray:
+        return -self.precision @ x
+
+
+def test_laplace_sd_is_the_root_of_the_inverse_hessian_diagonal_by_variable():
+    """On a Gaussian the Laplace approximation is exact: the sds are the roots of the
+    diagonal of the covariance (not of the inverse precision's diagonal entries, which a
+    correlated posterior makes smaller), split by variable in column-major order."""
+    rng = np.random.default_rng(5)
+    A = rng.normal(size=(7, 7))
+    precision = A @ A.T + 0.5 * np.eye(7)
+    density = _Gaussian(precision, ("pi_coord", "theta_rest"), ((1,), (2, 3)))
+    sd = modes.laplace_sd(density, rng.normal(size=7))  # the Hessian is the same everywhere
+    expected = np.sqrt(np.diag(np.linalg.inv(precision)))
+    np.testing.assert_allclose(sd["pi_coord"], expected[:1], rtol=1e-6)
+    np.testing.assert_allclose(sd["theta_rest"], expected[1:].reshape((2, 3), order="F"),
+                               rtol=1e-6)
+    assert not np.allclose(expected, 1 / np.sqrt(np.diag(precision)), rtol=0.05)
+
+
+def test_laplace_sd_refuses_a_saddle_and_a_layout_it_cannot_split():
+    saddle = _Gaussian(np.diag([1.0, -2.0]), ("a",), ((2,),))
+    assert modes.laplace_sd(saddle, np.zeros(2)) is None
+    simplex_like = _Gaussian(np.eye(2), ("pi",), ((3,),))  # 3 values, 2 coordinates
+    assert modes.laplace_sd(simplex_like, np.zeros(2)) is None
+
+
+def test_chains_in_one_mode_take_its_laplace_scales():
+    """With every chain in the best mode, the annotator program's coordinate scales become the
+    mode's Laplace sds (the program's own density, all of its free coordinates); with two modes
+    to start in, the unit scales stay. The scales leave the posterior alone: the log density
+    at the mode differs by the log Jacobian of the scales only."""
+    comps = simulate.mixture(5.0 * np.eye(3), [0.6, 0.4, 0.0], n_pairs=30, n_annotators=40,
+                             pairs_per_annotator=15, seed=6)
+    spec = get_model("annotator")
+    enc = spec.encode(comps, K=2)
+    config, scaled, found = pipeline.search_inits(spec.program, enc, SamplerConfig(chains=2),
+                                                  n_starts=4, max_modes=1)
+    assert config.inits == found.inits(2, max_modes=1)
+    sd = found.modes[0].sd
+    assert set(sd) == {"pi_coord", "theta_lead_free", "theta_rest"}
+    for param, name in enc.scale_names.items():
+        if param in sd:
+            np.testing.assert_allclose(scaled.data[name], np.reshape(sd[param],
+                                                                     np.shape(enc.data[name])))
+            assert np.all(np.asarray(scaled.data[name]) < 1.0)  # the data shrink the posterior
+    assert np.all(enc.data["theta_rest_scale"] == 1.0)  # the encoding itself is left alone
+    plain = get_engine("pystan").log_density(spec.program, enc.data)
+    rescaled = get_engine("pystan").log_density(spec.program, scaled.data)
+    init = found.modes[0].init
+    log_jacobian = sum(np.log(np.asarray(scaled.data[enc.scale_names[p]], float)).sum()
+                       for p in sd)
+    assert rescaled.log_prob(rescaled.unconstrain(init)) == pytest.approx(
+        plain.log_prob(plain.unconstrain(init)) + log_jacobian, rel=1e-9)
+    _, kept, two = pipeline.search_inits(spec.program, enc, SamplerConfig(chains=2),
+                                         n_starts=4, max_modes=2)
+    assert two.modes[0].sd is None and kept.data is enc.data
+    # the fit's record says which: the sds are in the mode table
+    assert "laplace_sd" in json.loads(found.to_json())["modes"][0]
+    assert "laplace_sd" not in json.loads(two.to_json())["modes"][0]
 
 
 # ---------------------------------------------------------------------- chains into modes

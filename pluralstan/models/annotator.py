@@ -460,7 +460,14 @@ def encode(
         label_dim="group",
         extra_attrs=attrs,
         derive=partial(derive_outputs, membership=membership, log_lik=log_lik),
+        scale_names=SCALE_NAMES,
     )
+
+
+#: The program's free coordinates -> the data holding their scales (:func:`scale_data`).
+SCALE_NAMES = {"pi_coord": "pi_coord_scale", "theta_lead_free": "theta_lead_scale",
+               "theta_rest": "theta_rest_scale", "gamma": "gamma_scale",
+               "log_nu": "log_nu_scale"}
 
 
 def scale_data(scales: Mapping[str, Any] | None,

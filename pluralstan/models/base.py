@@ -60,6 +60,11 @@ class Encoded:
     derive
         Outputs computed in Python from the draws and the Stan data (see :meth:`complete`),
         keyed by Stan name, instead of being written by the program for every draw.
+    scale_names
+        ``parameters``-block variable -> the Stan data that holds its ``multiplier`` (its scale
+        on the sampler's space), for the programs that take scales: a fit started in a
+        searched mode sets them from the mode's Laplace approximation
+        (:func:`pluralstan.pipeline.search_inits`).
     """
 
     data: dict[str, Any]
@@ -75,6 +80,7 @@ class Encoded:
     label_dim: str | None = None
     extra_attrs: dict[str, Any] = field(default_factory=dict)
     derive: DeriveFn | None = None
+    scale_names: dict[str, str] = field(default_factory=dict)
 
     def complete(self, variables: Mapping[str, np.ndarray],
                  data: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:

@@ -49,8 +49,10 @@ from .annotator import (
     constant_data,
     likelihood_data,
     mixture_outputs,
+    scale_data,
 )
 from .annotator import DEFAULT_PRIORS as ANNOTATOR_PRIORS
+from .annotator import SCALE_NAMES as ANNOTATOR_SCALE_NAMES
 from .base import (
     Encoded,
     ModelSpec,
@@ -247,6 +249,7 @@ def encode(
         "Q": Q,
         "W": W,
         "prior_beta_sd": np.concatenate([[intercept_sd], slopes]),
+        **unit_scales(data, Q),
     }
     coords["covariate"] = names
     attrs["covariate_encoding"] = json.dumps(encoding)
@@ -275,7 +278,20 @@ def encode(
         extra_attrs=attrs,
         derive=partial(derive_outputs, membership=membership, log_lik=log_lik,
                        pi_annotator=pi_annotator),
+        scale_names=SCALE_NAMES,
     )
+
+
+#: The program's free coordinates -> the data holding their scales: the annotator program's,
+#: with ``beta_raw`` in place of the shares' ``pi_coord``.
+SCALE_NAMES = {"beta_raw": "beta_raw_scale",
+               **{k: v for k, v in ANNOTATOR_SCALE_NAMES.items() if k != "pi_coord"}}
+
+
+def unit_scales(data: Mapping[str, Any], Q: int) -> dict[str, Any]:
+    """Stan data of unit scales for every free coordinate (:data:`SCALE_NAMES`)."""
+    scales = {k: v for k, v in scale_data(None, data).items() if k != "pi_coord_scale"}
+    return {**scales, "beta_raw_scale": np.ones((int(data["K"]) - 1, Q))}
 
 
 def derive_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any], *,
