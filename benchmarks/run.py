@@ -67,6 +67,9 @@ reports its wall time and peak resident memory against the goal of 15 minutes an
 ``search`` (issue 21, goal 1) times the mode search before a latent-type fit with its starts in
 one process and side by side in worker processes, on the tax conjoint
 (:func:`target_search`).
+``laplace`` (issue 21, goal 1) counts the leapfrog steps of the audit's latent-type fits on the
+tax conjoint, warm-up included, started in the searched mode with unit scales and with the
+mode's Laplace sds as the scales of the program's coordinates (:func:`target_laplace`).
 ``ahead`` (issue 21, goal 3) runs target 2's annotator model against NumPyro at 4 chains x 1000
 warm-up iterations + 1000 draws, three times with new sampler seeds, under PyStan and cmdstanpy,
 against a NumPyro program on the same sufficient statistics as the Stan program and against
@@ -284,7 +287,8 @@ class Settings:
         Target ``whiten``: numbers of types of the annotator fits (:func:`whiten_fits`).
     search_K, search_repeats
         Target ``search``: numbers of types of the annotator fits whose mode search is timed,
-        and how many times each pair of searches runs (:func:`target_search`).
+        and how many times each pair of searches runs (:func:`target_search`); target
+        ``laplace``'s numbers of types (:func:`target_laplace`).
     realdata
         Target ``realdata``: the data sets of ``workflows/audit_datasets.py`` audited, each at
         that script's defaults (``--quick`` settings: its ``--quick``), and ``"personas"``,
@@ -1699,6 +1703,89 @@ def target_search(s: Settings) -> list[Row]:
     return rows
 
 
+def target_laplace(s: Settings) -> list[Row]:
+    """Issue 21, goal 1: chains started in the searched mode with unit scales of the program's
+    coordinates against the mode's Laplace sds as scales
+    (:func:`pluralstan.pipeline.search_inits`).
+
+    The annotator model at each K of ``s.search_K`` and the covariate model at the largest,
+    on the tax conjoint (target 2's data and no covariate fit without ``s.geometry_real``),
+    as the audit fits them: its mode search, every chain in the best mode, its warm-up
+    (:data:`pluralstan.audit.MODE_WARMUP`), ``s.ahead_chains`` chains of ``s.ahead_draws``
+    draws. Both runs start from the same inits with the same seed, alternating; the warm-up is
+    saved to count its leapfrog steps, which do not depend on the host. ``ratio``: all leapfrog
+    steps (warm-up and draws) with unit scales over those with the Laplace scales.
+    """
+    import stan
+
+    from pluralstan import pipeline
+    from pluralstan.audit import LATENT_OPTIONS, MODE_WARMUP, SEARCH_STARTS
+
+    case = "tax conjoint: 1,925 respondents x 8, 25 attributes"
+    comps = taxes_case(case)[case] if s.geometry_real else None
+    if not isinstance(comps, ps.Comparisons):
+        case, comps = "target 2 data", peer_comps(s)
+    fits = [("annotator", K) for K in s.search_K]
+    if comps.annotators is not None:
+        fits.append(("covariate", max(s.search_K)))
+    rows = []
+    for model, K in fits:
+        spec = get_model(model)
+        ensure_built(spec.program)
+        enc = spec.encode(comps, K=K, **LATENT_OPTIONS)
+        config, scaled, found = pipeline.search_inits(
+            spec.program, enc, SamplerConfig(chains=s.ahead_chains, seed=s.seed),
+            n_starts=SEARCH_STARTS, max_modes=1, mode_warmup=MODE_WARMUP)
+        if found.modes[0].sd is None:
+            rows.append(Row("laplace", f"{case}, {model} K = {K}", "PyStan", comps.n,
+                            note="no Laplace sds (the Hessian at the mode is not negative "
+                            "definite)"))
+            continue
+        runs = {}
+        for name, data in (("unit scales", enc.data), ("Laplace scales", scaled.data)):
+            runs[name] = laplace_run(stan, spec.program, data, config, s.ahead_draws)
+        steps = {name: r["warmup"] + r["draws"] for name, r in runs.items()}
+        for name, r in runs.items():
+            label = f"{case}, {model} K = {K}"
+            laplace = name == "Laplace scales"
+            ratio = steps["unit scales"] / steps[name]
+            rows.append(Row(
+                "laplace", label, f"PyStan, mode search, {name}", comps.n, s.ahead_chains,
+                s.ahead_draws, seconds=round(r["seconds"], 1), min_ess_bulk=round(r["ess"]),
+                grads_per_draw=round(r["draws"] / (s.ahead_chains * s.ahead_draws), 1),
+                ratio=round(ratio, 3) if laplace else None,
+                ratio_is="leapfrog steps: unit scales / Laplace scales" if laplace else "",
+                goal="> 1" if laplace else "", meets=("yes" if ratio > 1 else "no")
+                if laplace else "",
+                note=(f"{MODE_WARMUP} warm-up iterations; leapfrog steps in the warm-up "
+                      f"{r['warmup']:.0f}, in the draws {r['draws']:.0f}; step sizes "
+                      f"{r['steps']}; min_ess_bulk is lp__'s; {r['divergent']} divergent")))
+    return rows
+
+
+def laplace_run(stan: Any, program: Any, data: dict[str, Any], config: SamplerConfig,
+                draws: int) -> dict[str, Any]:
+    """One PyStan run of :func:`target_laplace`: seconds, leapfrog steps in the warm-up and
+    in the draws, lp__'s bulk ESS, adapted step sizes and divergent transitions."""
+    jsonable = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in data.items()}
+    chains, warmup = config.chains, config.warmup
+    with quiet(), discard_stored_fits():
+        model = stan.build(program.code, data=jsonable, random_seed=config.seed)
+        t0 = time.perf_counter()
+        fit = model.sample(num_chains=chains, num_warmup=warmup, num_samples=draws,
+                           save_warmup=True, init=config.inits)
+        seconds = time.perf_counter() - t0
+    leapfrog = np.asarray(fit["n_leapfrog__"]).reshape(warmup + draws, chains)
+    lp = np.asarray(fit["lp__"]).reshape(warmup + draws, chains)[warmup:]
+    step = np.asarray(fit["stepsize__"]).reshape(warmup + draws, chains)[-1]
+    divergent = np.asarray(fit["divergent__"]).reshape(warmup + draws, chains)[warmup:]
+    return {"seconds": seconds, "warmup": float(leapfrog[:warmup].sum()),
+            "draws": float(leapfrog[warmup:].sum()),
+            "ess": min_ess(_arviz.make_idata(
+                {"posterior": _arviz.dataset_from_dict({"lp": lp.T})})),
+            "steps": ", ".join(f"{x:.3f}" for x in step), "divergent": int(divergent.sum())}
+
+
 def fit_geometry(folder: Path) -> dict[str, tuple[float, float]]:
     """Gradients per draw and mean tree depth of each fit stored in ``folder`` (an audit's
     ``fits/``), by file name; only the sampler statistics are read."""
@@ -1773,6 +1860,7 @@ TARGETS: dict[str, Callable[[Settings], list[Row]]] = {
     "audit": target_audit,
     "realdata": target_realdata,
     "search": target_search,
+    "laplace": target_laplace,
     "engines": target_engines,
     "ahead": target_ahead,
     "geometry": target_geometry,

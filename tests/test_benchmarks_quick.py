@@ -68,7 +68,7 @@ def test_every_target_has_rows_and_outputs_are_written(quick):
     table, out, stdout = quick
     targets = {t.split()[0] for t in table["target"]}
     assert targets == {"1", "2", "3", "4", "6", "sparse", "flags", "input", "audit", "engines",
-                       "ahead", "geometry", "whiten", "realdata", "search"}
+                       "ahead", "geometry", "whiten", "realdata", "search", "laplace"}
     assert (out / "benchmarks.md").read_text().count("\n| ") == len(table) + 1  # header + rows
     info = json.loads((out / "machine.json").read_text())
     assert info["cores"] >= 1 and info["cpu"] and "pystan" in info["stan engine"]
@@ -346,6 +346,29 @@ def test_search_rows_time_one_process_against_worker_processes(quick):
     assert side["ratio_is"] == "seconds: one process / worker processes"
     assert np.isclose(float(side["ratio"]), float(one["seconds"]) / float(side["seconds"]),
                       rtol=0.02, atol=0.01)
+
+
+def test_laplace_rows_count_every_leapfrog_step_of_both_runs(quick):
+    """The two runs of one fit, from the same mode: the ratio is all leapfrog steps (warm-up
+    and draws, read back from the notes) with unit scales over those with Laplace scales, and
+    the draws' steps give the gradients per draw."""
+    table, _, _ = quick
+    rows = table[table["target"] == "laplace"]
+    assert list(rows["case"]) == ["target 2 data, annotator K = 2"] * 2
+    assert list(rows["engine"]) == ["PyStan, mode search, unit scales",
+                                    "PyStan, mode search, Laplace scales"]
+    steps = []
+    for _, row in rows.iterrows():
+        found = re.search(r"in the warm-up (\d+), in the draws (\d+)", row["note"])
+        warmup, draws = int(found.group(1)), int(found.group(2))
+        saved = float(row["chains"]) * float(row["draws"])
+        assert warmup > 0 and draws >= saved
+        assert np.isclose(float(row["grads_per_draw"]), draws / saved, atol=0.05)
+        assert float(row["min_ess_bulk"]) > 0
+        steps.append(warmup + draws)
+    laplace = rows.iloc[1]
+    assert laplace["ratio_is"] == "leapfrog steps: unit scales / Laplace scales"
+    assert np.isclose(float(laplace["ratio"]), steps[0] / steps[1], rtol=1e-3)
 
 
 def test_audit_row_times_the_whole_command(quick):
