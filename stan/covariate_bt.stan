@@ -175,32 +175,35 @@ generated quantities {
   array[replicate ? C : 0, 2 + has_ties] int y_rep;
   {
     matrix[I, K] eta_pi = W * beta';
-    matrix[R, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
-    matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
-                                   csr_w, csr_v, csr_u);
     // log of each annotator's prior type shares
     matrix[I, K] log_shares = eta_pi - rep_matrix(log_sum_exp_rows(eta_pi), K);
     matrix[I, K] shares = exp(log_shares);
-    lp += log_shares;
-    vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, beta, w_i)
-    matrix[I, K] post;  // membership probabilities: the prior shares when prior_only
-    if (prior_only) {
-      post = shares;
-    } else {
-      post = exp(lp - rep_matrix(ll, K));
-    }
     pi = (rep_row_vector(1.0 / I, I) * shares)';
     if (save_pi_annotator) {
       pi_annotator = shares;
     }
-    if (save_log_lik) {
-      log_lik = ll;
-    }
-    if (save_membership) {
-      membership = post;
-    }
-    if (replicate) {
-      y_rep = replicate_rng(post, eta[row], ann, n_cell_int, log_nu);
+    // the per-annotator outputs: the judgements' likelihood under every type, only when asked
+    if (save_log_lik || save_membership || replicate) {
+      matrix[R, K] eta = linear_predictors(X, X_w, X_v, X_u, theta, gamma, order);
+      matrix[I, K] lp = type_log_lik(eta, theta, gamma, log_nu, S, S_order, n_tie_ann,
+                                     csr_w, csr_v, csr_u)
+                        + log_shares;
+      vector[I] ll = log_sum_exp_rows(lp);  // log p(y_i | theta, beta, w_i)
+      matrix[I, K] post;  // membership probabilities: the prior shares when prior_only
+      if (prior_only) {
+        post = shares;
+      } else {
+        post = exp(lp - rep_matrix(ll, K));
+      }
+      if (save_log_lik) {
+        log_lik = ll;
+      }
+      if (save_membership) {
+        membership = post;
+      }
+      if (replicate) {
+        y_rep = replicate_rng(post, eta[row], ann, n_cell_int, log_nu);
+      }
     }
   }
 }
