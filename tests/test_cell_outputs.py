@@ -103,3 +103,32 @@ def test_python_log_lik_equals_the_programs_own(model, options, unit, kind, ties
     derived = enc.complete({k: v for k, v in own.items() if k not in ("log_p_cell", "log_lik")})
     assert own[name].size and derived[name].shape == own[name].shape
     np.testing.assert_allclose(derived[name], own[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("model, options", [
+    ("annotator", {"K": 2}),
+    ("labeled", {"pooling": "none", "log_lik": "annotator", "replicate": False}),
+])
+def test_outputs_over_many_blocks_side_by_side_equal_one_block(comps, model, options,
+                                                               monkeypatch) -> None:
+    """The outputs computed in Python from the draws run over blocks of draws, side by side in
+    threads (:func:`pluralstan.models.base.over_blocks`). With one draw per block they must
+    equal the one-block result, draw by draw: a block written into another's rows, or left
+    out, would change them."""
+    from pluralstan.models import base
+
+    enc = get_model(model).encode(comps, **options)
+    K, P = int(enc.data["K"]), int(enc.data["P"])
+    rng = np.random.default_rng(3)
+    values = {"theta": rng.normal(0.0, 1.0, size=(2, 7, K, P))}
+    if model == "annotator":
+        values["pi"] = rng.dirichlet(np.ones(K), size=(2, 7))
+    whole = enc.complete(values)
+    monkeypatch.setattr(base, "BLOCK_VALUES", 1)
+    blocks = enc.complete(values)
+    derived = set(whole) - set(values)
+    assert derived and derived == set(blocks) - set(values)
+    for name in derived:
+        assert np.unique(whole[name].reshape(14, -1), axis=0).shape[0] == 14, name
+        np.testing.assert_allclose(blocks[name], whole[name], rtol=1e-12, atol=1e-12,
+                                   err_msg=name)

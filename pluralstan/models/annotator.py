@@ -30,7 +30,6 @@ from scipy.special import logsumexp
 from ..data import OUTCOMES, Comparisons
 from ..errors import PluralstanError
 from .base import (
-    BLOCK_VALUES,
     Encoded,
     ModelSpec,
     broadcast_prior,
@@ -41,6 +40,7 @@ from .base import (
     log_normaliser,
     merge_priors,
     optional_scalar,
+    over_blocks,
     positive,
     register,
     require_annotators,
@@ -595,8 +595,8 @@ def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
     likelihood under type k (:class:`TypeLikelihood`) plus the log prior share
     ``log_shares(draws)`` (``(d, I or 1, K)`` for a slice of the flattened draws),
     ``log_lik[i] = log_sum_exp(lp[i])`` and ``membership[i] = exp(lp[i] - log_lik[i])``
-    (the prior shares when ``data["prior_only"]``). Computed in blocks of draws
-    (:data:`BLOCK_VALUES`). Outputs not asked for are left out.
+    (the prior shares when ``data["prior_only"]``). Computed in blocks of draws, side by side
+    (:func:`~pluralstan.models.base.over_blocks`). Outputs not asked for are left out.
     """
     if not (membership or log_lik):
         return {}
@@ -609,9 +609,8 @@ def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
     n_ann, D = lik.S.shape[0], flat.shape[0]
     ll = np.empty((D, n_ann))
     post = np.empty((D, n_ann, K) if membership else (0,))
-    step = max(1, BLOCK_VALUES // (lik.order.size * K))
-    for start in range(0, D, step):
-        at = slice(start, min(start + step, D))
+
+    def block(at: slice) -> None:
         shares = log_shares(at)
         lp = lik(flat[at], None if gamma is None else gamma[at],
                  None if log_nu is None else log_nu[at]) + shares
@@ -619,6 +618,8 @@ def mixture_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any],
         if membership:
             post[at] = (np.broadcast_to(np.exp(shares), lp.shape) if data["prior_only"]
                         else np.exp(lp - ll[at][..., None]))
+
+    over_blocks(D, lik.order.size * K, block)
     out = {}
     if membership:
         out["membership"] = post.reshape(*lead, n_ann, K)

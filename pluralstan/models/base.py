@@ -623,6 +623,31 @@ LOG_LIK_UNITS = ("comparison", "annotator", None)
 #: about 80 MB of doubles per temporary.
 BLOCK_VALUES = 10_000_000
 
+
+def over_blocks(n: int, width: int, work: Callable[[slice], None]) -> None:
+    """Call ``work`` on consecutive slices of ``range(n)`` (blocks of draws of ``width``
+    values each), side by side in one thread per core this process may use.
+
+    ``work`` writes its results into the caller's arrays, each slice into its own rows. NumPy's
+    ufuncs and matrix products release the GIL, so the threads run at once, on cores that
+    otherwise idle while a fit's per-draw outputs are computed. The products of one block are
+    too small for BLAS's own threads to pay (``benchmarks/latest_results.md``), so BLAS runs
+    one thread per block. A block holds at most :data:`BLOCK_VALUES` values over the number
+    of threads, so the temporaries of all the threads together keep the memory bound of one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from ..parallel import default_workers
+
+    workers = default_workers()
+    step = max(1, BLOCK_VALUES // (max(width, 1) * workers))
+    blocks = [slice(start, min(start + step, n)) for start in range(0, n, step)]
+    with threadpool_limits(1), ThreadPoolExecutor(min(workers, len(blocks) or 1)) as pool:
+        for _ in pool.map(work, blocks):  # re-raises a block's exception here
+            pass
+
 #: Stan data flags of the cell-level programs' log-likelihood outputs, which
 #: :func:`derive_cell_outputs` computes instead (set them to 1 to have the program write them,
 #: as the tests do to compare the two).
@@ -720,10 +745,8 @@ def derive_cell_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any
         units = csr_matrix((np.asarray(data["unit_w"], float), np.asarray(data["unit_v"]) - 1,
                             np.asarray(data["unit_u"]) - 1), shape=(int(data["U"]), n_out * C))
     out = np.empty((D, C, n_out) if units is None else (D, units.shape[0]))
-    width = C * max(n_out, int(np.prod(flat.shape[1:-1], dtype=int)))
-    step = max(1, BLOCK_VALUES // width)
-    for start in range(0, D, step):
-        at = slice(start, min(start + step, D))
+
+    def block(at: slice) -> None:
         lin = eta(flat[at], data)
         if gamma is not None:
             lin = lin + np.outer(gamma[at], order)
@@ -731,6 +754,8 @@ def derive_cell_outputs(values: Mapping[str, np.ndarray], data: Mapping[str, Any
         # columns (outcome - 1) * C + cell, as the program's to_vector(log_p)
         out[at] = log_p if units is None else (
             units @ log_p.transpose(0, 2, 1).reshape(log_p.shape[0], -1).T).T
+
+    over_blocks(D, C * max(n_out, int(np.prod(flat.shape[1:-1], dtype=int))), block)
     name = "log_p_cell" if units is None else "log_lik"
     return {name: out.reshape(*lead, *out.shape[1:])}
 
