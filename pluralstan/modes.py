@@ -39,6 +39,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.linalg import solve_triangular
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
@@ -284,7 +285,8 @@ def laplace_sd(density: Any, x: np.ndarray,
     except np.linalg.LinAlgError:
         return None
     # diag(P^-1) = column sums of squares of L^-1, for P = L L'
-    sd = np.sqrt(np.sum(np.linalg.inv(chol) ** 2, axis=0))
+    chol_inv = solve_triangular(chol, np.eye(len(chol)), lower=True)
+    sd = np.sqrt(np.sum(chol_inv**2, axis=0))
     if not np.all(np.isfinite(sd)):
         return None
     parts = np.split(sd, np.cumsum(sizes)[:-1])
