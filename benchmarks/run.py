@@ -1741,32 +1741,37 @@ def target_laplace(s: Settings) -> list[Row]:
                             note="no Laplace sds (the Hessian at the mode is not negative "
                             "definite)"))
             continue
-        runs = {}
-        for name, data in (("unit scales", enc.data), ("Laplace scales", scaled.data)):
-            runs[name] = laplace_run(stan, spec.program, data, config, s.ahead_draws)
-        steps = {name: r["warmup"] + r["draws"] for name, r in runs.items()}
-        for name, r in runs.items():
-            label = f"{case}, {model} K = {K}"
-            laplace = name == "Laplace scales"
-            ratio = steps["unit scales"] / steps[name]
-            rows.append(Row(
-                "laplace", label, f"PyStan, mode search, {name}", comps.n, s.ahead_chains,
-                s.ahead_draws, seconds=round(r["seconds"], 1), min_ess_bulk=round(r["ess"]),
-                grads_per_draw=round(r["draws"] / (s.ahead_chains * s.ahead_draws), 1),
-                ratio=round(ratio, 3) if laplace else None,
-                ratio_is="leapfrog steps: unit scales / Laplace scales" if laplace else "",
-                goal="> 1" if laplace else "", meets=("yes" if ratio > 1 else "no")
-                if laplace else "",
-                note=(f"{MODE_WARMUP} warm-up iterations; leapfrog steps in the warm-up "
-                      f"{r['warmup']:.0f}, in the draws {r['draws']:.0f}; step sizes "
-                      f"{r['steps']}; min_ess_bulk is lp__'s; {r['divergent']} divergent")))
+        unit, scaled_run = (laplace_run(stan, spec.program, data, config, s.ahead_draws)
+                            for data in (enc.data, scaled.data))
+        ratio = ((unit["warmup"] + unit["draws"])
+                 / (scaled_run["warmup"] + scaled_run["draws"]))
+        label = f"{case}, {model} K = {K}"
+        rows.append(laplace_row(label, "unit scales", unit, comps.n, s))
+        rows.append(laplace_row(label, "Laplace scales", scaled_run, comps.n, s,
+                                ratio=round(ratio, 3),
+                                ratio_is="leapfrog steps: unit scales / Laplace scales",
+                                goal="> 1", meets="yes" if ratio > 1 else "no"))
     return rows
+
+
+def laplace_row(case: str, scales: str, run: dict[str, Any], n: int, s: Settings,
+                **score: Any) -> Row:
+    """A :func:`target_laplace` row of one run (:func:`laplace_run`) with ``scales``;
+    ``score``: the ratio columns of the Laplace run."""
+    return Row("laplace", case, f"PyStan, mode search, {scales}", n, s.ahead_chains,
+               s.ahead_draws, seconds=round(run["seconds"], 1), min_ess_bulk=round(run["ess"]),
+               grads_per_draw=round(run["draws"] / (s.ahead_chains * s.ahead_draws), 1),
+               note=(f"{run['iterations']} warm-up iterations; leapfrog steps in the warm-up "
+                     f"{run['warmup']:.0f}, in the draws {run['draws']:.0f}; step sizes "
+                     f"{run['steps']}; min_ess_bulk is lp__'s; {run['divergent']} divergent"),
+               **score)
 
 
 def laplace_run(stan: Any, program: Any, data: dict[str, Any], config: SamplerConfig,
                 draws: int) -> dict[str, Any]:
-    """One PyStan run of :func:`target_laplace`: seconds, leapfrog steps in the warm-up and
-    in the draws, lp__'s bulk ESS, adapted step sizes and divergent transitions."""
+    """One PyStan run of :func:`target_laplace`: seconds, warm-up iterations, leapfrog steps in
+    the warm-up and in the draws, lp__'s bulk ESS, adapted step sizes and divergent
+    transitions."""
     jsonable = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in data.items()}
     chains, warmup = config.chains, config.warmup
     with quiet(), discard_stored_fits():
@@ -1779,7 +1784,7 @@ def laplace_run(stan: Any, program: Any, data: dict[str, Any], config: SamplerCo
     lp = np.asarray(fit["lp__"]).reshape(warmup + draws, chains)[warmup:]
     step = np.asarray(fit["stepsize__"]).reshape(warmup + draws, chains)[-1]
     divergent = np.asarray(fit["divergent__"]).reshape(warmup + draws, chains)[warmup:]
-    return {"seconds": seconds, "warmup": float(leapfrog[:warmup].sum()),
+    return {"seconds": seconds, "iterations": warmup, "warmup": float(leapfrog[:warmup].sum()),
             "draws": float(leapfrog[warmup:].sum()),
             "ess": min_ess(_arviz.make_idata(
                 {"posterior": _arviz.dataset_from_dict({"lp": lp.T})})),
