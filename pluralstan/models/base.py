@@ -648,6 +648,7 @@ def over_blocks(n: int, width: int, work: Callable[[slice], None]) -> None:
         for _ in pool.map(work, blocks):  # re-raises a block's exception here
             pass
 
+
 #: Stan data flags of the cell-level programs' log-likelihood outputs, which
 #: :func:`derive_cell_outputs` computes instead (set them to 1 to have the program write them,
 #: as the tests do to compare the two).
